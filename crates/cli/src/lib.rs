@@ -1,0 +1,1 @@
+//! The sagaflow command-line interface.

@@ -1,0 +1,385 @@
+//! Database pools and migrations for PostgreSQL and SQLite, chosen by the URL (DESIGN §8).
+//!
+//! Every store in sagaflow is written once, against sqlx's `Any` driver, with `$1`-style
+//! placeholders that both backends accept. The portable column types are:
+//!
+//! | Rust         | PostgreSQL | SQLite  | used for                                   |
+//! |--------------|------------|---------|--------------------------------------------|
+//! | `i64`        | `BIGINT`   | INTEGER | money (KRW won), counts, unix milliseconds |
+//! | `String`     | `TEXT`     | TEXT    | UUIDs, codes, statuses, JSON documents     |
+//! | `Vec<u8>`    | `BYTEA`    | BLOB    | encoded protobuf responses                 |
+//!
+//! (`Any` cannot decode PostgreSQL `UUID`, `JSONB`, `INT4` or `TIMESTAMPTZ`, so migrations avoid
+//! them.) Dialect differences live in the migrations (one folder per dialect, same versions) and,
+//! where a statement must differ, in a `match db.backend()`.
+//!
+//! SQLite runs in WAL mode with a busy timeout and foreign keys on. Write transactions begin with
+//! `BEGIN IMMEDIATE` ([`Db::begin`]) so that two writers never deadlock on a lock upgrade.
+//! A PostgreSQL database named in the URL is created when missing.
+
+use std::{str::FromStr, sync::Once, time::Duration};
+
+use sqlx::{
+    AnyPool, ConnectOptions, Connection, Executor,
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::Migrator,
+};
+
+/// Which database server a [`Db`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL (production; `postgres://` or `postgresql://` URLs).
+    Postgres,
+    /// SQLite (the embedded default; `sqlite://` or `sqlite:` URLs).
+    Sqlite,
+}
+
+impl Backend {
+    /// Picks the backend from a database URL.
+    ///
+    /// # Errors
+    /// [`DbError::UnsupportedUrl`] for any other scheme.
+    pub fn from_url(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            Err(DbError::UnsupportedUrl(redact(url)))
+        }
+    }
+}
+
+/// The migrations of one database, one embedded [`Migrator`] per dialect
+/// (`migrations/<db>/{postgres,sqlite}/`, DESIGN §2).
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// Migrations for PostgreSQL.
+    pub postgres: &'static Migrator,
+    /// Migrations for SQLite (same versions as `postgres`).
+    pub sqlite: &'static Migrator,
+}
+
+/// Pool settings. Defaults work on a laptop.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Most open connections. Default 16 for PostgreSQL; SQLite uses at most this many, default 4
+    /// (writes are serialized by SQLite anyway).
+    pub max_connections: Option<u32>,
+    /// How long a caller waits for a free connection, milliseconds. Default 10000.
+    pub acquire_timeout_ms: u64,
+    /// SQLite busy timeout, milliseconds. Default 10000.
+    pub sqlite_busy_timeout_ms: u64,
+    /// SQLite `synchronous` pragma: `FULL` (default: every commit is on disk) or `NORMAL`
+    /// (a commit survives a process crash but may be lost on power loss).
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// SQLite durability setting (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSynchronous {
+    /// fsync the WAL on every commit.
+    #[default]
+    Full,
+    /// fsync only at checkpoints: crash-safe for the process, not for power loss.
+    Normal,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            acquire_timeout_ms: 10_000,
+            sqlite_busy_timeout_ms: 10_000,
+            sqlite_synchronous: SqliteSynchronous::Full,
+        }
+    }
+}
+
+/// Errors opening or migrating a database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL's scheme is neither PostgreSQL nor SQLite.
+    #[error("unsupported database URL {0:?}: use postgres://… or sqlite://…")]
+    UnsupportedUrl(String),
+    /// The server could not be reached or refused the connection.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL with any password removed.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migrating {url} failed: {source}")]
+    Migrate {
+        /// The URL with any password removed.
+        url: String,
+        /// The migrator's error.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// A connection pool to one service's database plus the backend it talks to.
+///
+/// Cloning is cheap (the pool is reference-counted).
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A write transaction on a [`Db`]. Commit it with `tx.commit().await`; dropping it rolls back.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+static INSTALL_DRIVERS: Once = Once::new();
+
+impl Db {
+    /// Opens a pool to `url`, creating the database (PostgreSQL) or file (SQLite) when missing,
+    /// and runs the migrations for its dialect.
+    ///
+    /// # Errors
+    /// [`DbError::UnsupportedUrl`], [`DbError::Connect`] when the server is unreachable,
+    /// [`DbError::Migrate`] when a migration fails or the database holds a newer schema.
+    pub async fn connect(
+        url: &str,
+        migrations: Migrations,
+        config: &PoolConfig,
+    ) -> Result<Self, DbError> {
+        INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = Backend::from_url(url)?;
+        let connect_err = |source| DbError::Connect {
+            url: redact(url),
+            source,
+        };
+        let url = match backend {
+            Backend::Postgres => {
+                create_postgres_database_if_missing(url)
+                    .await
+                    .map_err(connect_err)?;
+                url.to_owned()
+            }
+            Backend::Sqlite => sqlite_url_with_create(url),
+        };
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(connect_err)?
+            .disable_statement_logging();
+        let busy = config.sqlite_busy_timeout_ms;
+        let synchronous = match config.sqlite_synchronous {
+            SqliteSynchronous::Full => "FULL",
+            SqliteSynchronous::Normal => "NORMAL",
+        };
+        let max = config.max_connections.unwrap_or(match backend {
+            Backend::Postgres => 16,
+            Backend::Sqlite => 4,
+        });
+        let mut pool_options = AnyPoolOptions::new()
+            .max_connections(max.max(1))
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms));
+        if backend == Backend::Sqlite {
+            pool_options = pool_options.after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    let pragmas = format!(
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = {busy}; \
+                         PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous};"
+                    );
+                    conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .map_err(connect_err)?;
+        let migrator = match backend {
+            Backend::Postgres => migrations.postgres,
+            Backend::Sqlite => migrations.sqlite,
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|source| DbError::Migrate {
+                url: redact(&url),
+                source,
+            })?;
+        Ok(Self { pool, backend })
+    }
+
+    /// The backend this pool talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for reads outside a transaction.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Begins a write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock at once, so
+    /// read-then-write transactions cannot deadlock), `BEGIN` on PostgreSQL.
+    ///
+    /// # Errors
+    /// The driver's error when no connection is free within the acquire timeout or the server
+    /// is gone.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Current wall-clock time as unix milliseconds (the portable timestamp column type).
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Converts unix milliseconds to a protobuf timestamp.
+pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// Converts a protobuf timestamp to unix milliseconds (saturating).
+pub fn ms_from_timestamp(ts: &prost_types::Timestamp) -> i64 {
+    ts.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(ts.nanos) / 1_000_000)
+}
+
+/// Whether an sqlx error is a unique-constraint violation (both backends).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db
+                    .code()
+                    .is_some_and(|c| c == "23505" || c == "2067" || c == "1555")
+        }
+        _ => false,
+    }
+}
+
+/// Whether an sqlx error is worth retrying (pool timeout, I/O, lock contention, serialization
+/// failure, server shutting down) rather than a bug.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            // PostgreSQL: serialization failure, deadlock, admin shutdown, cannot connect now.
+            // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes.
+            matches!(
+                code,
+                "40001" | "40P01" | "57P01" | "57P03" | "5" | "6" | "517" | "262"
+            ) || db.message().contains("database is locked")
+        }
+        _ => false,
+    }
+}
+
+/// Removes the password from a URL for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn sqlite_url_with_create(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// Connects to the server's `postgres` database and creates the URL's database when missing.
+/// Two processes racing to create it are fine: "already exists" counts as success.
+async fn create_postgres_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = options
+        .database("postgres")
+        .disable_statement_logging()
+        .connect()
+        .await?;
+    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut admin)
+        .await?;
+    if exists.is_none() {
+        let quoted = name.replace('"', "\"\"");
+        let create = format!("CREATE DATABASE \"{quoted}\"");
+        match admin.execute(sqlx::AssertSqlSafe(create)).await {
+            Ok(_) => {}
+            // 42P04 duplicate_database; 23505 when two creators race on pg_database's index.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_from_url() {
+        assert_eq!(
+            Backend::from_url("postgres://x/y").ok(),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::from_url("sqlite://a.db").ok(),
+            Some(Backend::Sqlite)
+        );
+        assert!(Backend::from_url("mysql://x").is_err());
+    }
+
+    #[test]
+    fn redact_hides_password() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(ms_from_timestamp(&timestamp_from_ms(ms)), ms);
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The error type every service handler returns, and its one mapping to `tonic::Status`
+//! (DESIGN §6; STYLE rules 13, 18, 19, 21).
+//!
+//! | variant              | gRPC code             | details                        |
+//! |----------------------|-----------------------|--------------------------------|
+//! | `InvalidArgument`    | `INVALID_ARGUMENT`    | `google.rpc.BadRequest`        |
+//! | `NotFound`           | `NOT_FOUND`           | —                              |
+//! | `AlreadyExists`      | `ALREADY_EXISTS`      | `ErrorInfo` reason             |
+//! | `FailedPrecondition` | `FAILED_PRECONDITION` | `google.rpc.ErrorInfo` reason  |
+//! | `Unavailable`        | `UNAVAILABLE`         | —                              |
+//! | `Internal`           | `INTERNAL`            | none: the cause is only logged |
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// One offending field of a request: the proto field path (`lines[2].quantity`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Proto field path, for example `lines[0].sku`.
+    pub field: String,
+    /// What is wrong with it, for a person.
+    pub description: String,
+}
+
+/// A service error. Handlers return `Result<T, ServiceError>`; `?` turns it into a `Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad input: one or more fields are invalid. Nothing was written.
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<Violation>),
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// An idempotency key was reused with a different request, or a unique name is taken.
+    #[error("{message}")]
+    AlreadyExists {
+        /// Machine-readable reason, for example `IDEMPOTENCY_KEY_REUSED`.
+        reason: &'static str,
+        /// For a person.
+        message: String,
+    },
+    /// A business rule rejects the command (DESIGN §6): no retry will help.
+    #[error("{message}")]
+    FailedPrecondition {
+        /// Machine-readable reason in `SCREAMING_SNAKE_CASE`, for example `OUT_OF_STOCK`.
+        reason: &'static str,
+        /// For a person.
+        message: String,
+        /// Extra machine-readable facts (for example `sku`).
+        metadata: HashMap<String, String>,
+    },
+    /// A dependency (database, another service) is unavailable; retrying may help.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure. The client sees a generic message.
+    #[error("internal error: {0:#}")]
+    Internal(#[source] anyhow::Error),
+}
+
+fn describe(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ServiceError {
+    /// A single-field `InvalidArgument`.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![Violation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+
+    /// A `FailedPrecondition` with no metadata.
+    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::FailedPrecondition {
+            reason,
+            message: message.into(),
+            metadata: HashMap::new(),
+        }
+    }
+
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// The `ErrorInfo.domain` of sagaflow errors.
+pub const ERROR_DOMAIN: &str = "sagaflow";
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Self {
+        let code = err.code();
+        match err {
+            ServiceError::InvalidArgument(violations) => {
+                let message = format!("invalid argument: {}", describe(&violations));
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(code, message, details)
+            }
+            ServiceError::NotFound(what) => Status::not_found(format!("{what} not found")),
+            ServiceError::AlreadyExists { reason, message } => Status::with_error_details(
+                code,
+                message,
+                ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
+            ),
+            ServiceError::FailedPrecondition {
+                reason,
+                message,
+                metadata,
+            } => Status::with_error_details(
+                code,
+                message,
+                ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+            ),
+            ServiceError::Unavailable(message) => Status::unavailable(message),
+            ServiceError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for ServiceError {
+    /// Pool timeouts, I/O and lock contention are `Unavailable` (the caller retries); anything
+    /// else is `Internal`. Call sites that expect `RowNotFound` or a unique violation map those
+    /// themselves, naming what was missing or duplicated (STYLE rule 21).
+    fn from(err: sqlx::Error) -> Self {
+        if crate::db::is_transient(&err) {
+            Self::Unavailable(format!("database: {err}"))
+        } else {
+            Self::Internal(anyhow::Error::new(err).context("database"))
+        }
+    }
+}
+
+/// The `ErrorInfo.reason` carried by a status, if any.
+pub fn error_reason(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+/// The field paths named by a status's `BadRequest` details.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let status: Status =
+            ServiceError::invalid("lines[1].quantity", "must be at least 1").into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            violated_fields(&status),
+            vec!["lines[1].quantity".to_owned()]
+        );
+        assert!(status.message().contains("lines[1].quantity"));
+    }
+
+    #[test]
+    fn failed_precondition_carries_reason() {
+        let status: Status = ServiceError::precondition("OUT_OF_STOCK", "sku KB-1 is out").into();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(error_reason(&status).as_deref(), Some("OUT_OF_STOCK"));
+    }
+
+    #[test]
+    fn internal_hides_the_cause() {
+        let status: Status = ServiceError::Internal(anyhow::anyhow!("secret path /x")).into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}

@@ -1,0 +1,107 @@
+//! The gRPC server every sagaflow process runs: the caller's services plus `grpc.health.v1` and
+//! server reflection in both v1 and v1alpha (grpcurl 1.8.6 speaks only v1alpha; TOOLCHAIN trap 1),
+//! behind the fault-injection layer ([`crate::faults`]), with graceful shutdown that finishes
+//! in-flight calls.
+//!
+//! ```text
+//!  TcpListener ─▶ FaultLayer ─▶ Routes ─┬─ caller's services
+//!                                       ├─ grpc.health.v1.Health
+//!                                       └─ grpc.reflection.{v1,v1alpha}.ServerReflection
+//! ```
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+
+use crate::faults::{FaultConfig, FaultLayer};
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not load a descriptor set (a build problem).
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting connections and
+/// waits for in-flight calls to finish.
+///
+/// `service_names` are the fully-qualified names (`sagaflow.order.v1.OrderService`) reported as
+/// SERVING by the health service (the empty name, the whole server, is always reported).
+///
+/// # Errors
+/// [`ServeError`] when reflection cannot be built or the transport fails.
+pub async fn serve(
+    listener: TcpListener,
+    mut routes: RoutesBuilder,
+    service_names: &[&str],
+    faults: FaultConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for name in service_names {
+        health_reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    health_reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sagaflow_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sagaflow_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, services = ?service_names, faults = %faults, "gRPC server listening");
+    tonic::transport::Server::builder()
+        .layer(FaultLayer::new(faults))
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!(?addr, "gRPC server stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received: shutting down"),
+        () = term => tracing::info!("SIGTERM received: shutting down"),
+    }
+}

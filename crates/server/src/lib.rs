@@ -1,0 +1,21 @@
+//! Shared service plumbing, written once and used by every sagaflow service and the orchestrator
+//! (issue "Foundation", STYLE rule 4):
+//!
+//! - [`config`]: flags and `SAGAFLOW_*` environment variables (clap) shared by every process;
+//! - [`db`]: sqlx pools and migrations for PostgreSQL and SQLite chosen by the URL;
+//! - [`error`]: [`ServiceError`] and its one mapping to `tonic::Status` with rich details;
+//! - [`validate`]: request validation naming the offending field;
+//! - [`idempotency`]: the idempotency store of DESIGN §6;
+//! - [`faults`]: the fault-injection tower layer for chaos tests;
+//! - [`grpc`]: the server with health, reflection (v1 and v1alpha) and graceful shutdown.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod faults;
+pub mod grpc;
+pub mod idempotency;
+pub mod validate;
+
+pub use db::{Backend, Db, Migrations, PoolConfig, Tx};
+pub use error::ServiceError;

@@ -1,0 +1,1 @@
+//! Tracing subscriber setup and trace-context propagation for sagaflow processes.

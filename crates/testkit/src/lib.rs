@@ -1,0 +1,145 @@
+//! Test support shared by every crate's tests (STYLE rules 43-45).
+//!
+//! Tests run against real databases: [`TestDatabase::sqlite`] gives a SQLite file in a fresh temp
+//! dir; [`TestDatabase::postgres`] gives a uniquely named PostgreSQL database on the server named by
+//! `SAGAFLOW_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), created by
+//! the code under test on first connect. PostgreSQL is never silently skipped: an unreachable
+//! server fails the test.
+
+#![allow(clippy::expect_used)]
+
+use std::path::PathBuf;
+
+/// The PostgreSQL server used when `SAGAFLOW_TEST_DATABASE_URL` is unset.
+pub const DEFAULT_TEST_DATABASE_URL: &str =
+    "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
+
+/// Which backend a test database lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// SQLite file in a temp dir.
+    Sqlite,
+    /// Fresh PostgreSQL database.
+    Postgres,
+}
+
+/// A database URL for one test, plus the temp dir that holds it (SQLite).
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// The URL to hand to the code under test.
+    pub url: String,
+    /// The backend.
+    pub kind: Kind,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// A fresh database of `kind`; `name` (letters, digits, `_`) is part of the database name.
+    pub fn new(kind: Kind, name: &str) -> Self {
+        match kind {
+            Kind::Sqlite => Self::sqlite(name),
+            Kind::Postgres => Self::postgres(name),
+        }
+    }
+
+    /// A SQLite file `<name>.db` in a new temp dir (removed on drop unless the test panicked
+    /// and `SAGAFLOW_KEEP_TEST_DATA` is set).
+    pub fn sqlite(name: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sagaflow-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let path = dir.path().join(format!("{name}.db"));
+        Self {
+            url: format!("sqlite://{}", path.display()),
+            kind: Kind::Sqlite,
+            dir: Some(dir),
+        }
+    }
+
+    /// A uniquely named PostgreSQL database `sft_<name>_<random>` on the test server.
+    pub fn postgres(name: &str) -> Self {
+        let base = std::env::var("SAGAFLOW_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
+        Self {
+            url: postgres_url_with_database(&base, &unique_name(name)),
+            kind: Kind::Postgres,
+            dir: None,
+        }
+    }
+
+    /// The temp dir of a SQLite database (a place for other test files too).
+    pub fn dir(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.path().to_owned())
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("SAGAFLOW_KEEP_TEST_DATA").is_some() {
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("test data kept in {}", kept.display());
+            }
+        }
+    }
+}
+
+/// A database name unique to this test run: `sft_<name>_<12 hex digits>`, lower case.
+pub fn unique_name(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("sft_{clean}_{}", &id[..12])
+}
+
+/// Replaces the database name in a PostgreSQL URL, keeping its query string.
+pub fn postgres_url_with_database(base: &str, database: &str) -> String {
+    let (without_query, query) = match base.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (base, None),
+    };
+    let after_scheme = without_query.find("://").map_or(0, |i| i + 3);
+    let host_end = without_query[after_scheme..]
+        .find('/')
+        .map_or(without_query.len(), |i| after_scheme + i);
+    let mut url = format!("{}/{}", &without_query[..host_end], database);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_database_name() {
+        assert_eq!(
+            postgres_url_with_database("postgres://u@h:5432/postgres?sslmode=disable", "x"),
+            "postgres://u@h:5432/x?sslmode=disable"
+        );
+        assert_eq!(
+            postgres_url_with_database("postgres://h", "x"),
+            "postgres://h/x"
+        );
+    }
+
+    #[test]
+    fn unique_names_are_lowercase_and_distinct() {
+        let a = unique_name("Idem-Race");
+        assert!(a.starts_with("sft_idem_race_"));
+        assert_ne!(a, unique_name("Idem-Race"));
+    }
+}

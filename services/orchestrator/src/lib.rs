@@ -1,0 +1,1 @@
+//! The sagaflow orchestrator service.

@@ -1,0 +1,1 @@
+//! The sagaflow payment service.

@@ -1,0 +1,1 @@
+//! Cross-service integration, crash-recovery chaos and acceptance tests.

@@ -1,0 +1,1 @@
+//! The durable saga engine: state rows, journal, leases, fencing, retries, compensation, recovery.
