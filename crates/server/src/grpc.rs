@@ -105,3 +105,69 @@ pub async fn shutdown_signal() {
         () = term => tracing::info!("SIGTERM received: shutting down"),
     }
 }
+
+/// A server running on a background task, stopped by [`ServerHandle::shutdown`] (tests and the
+/// embedded `sagaflow dev` use it).
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl ServerHandle {
+    /// The bound address (with the real port when spawned on port 0).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for tonic clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections, lets in-flight calls finish, and waits for the server.
+    ///
+    /// # Errors
+    /// The server's own error, if it failed while running.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(join) => {
+                tracing::error!(%join, "gRPC server task failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Binds `addr` (use `127.0.0.1:0` for a free port) and serves `routes` on a background task.
+///
+/// # Errors
+/// The bind error.
+pub async fn spawn(
+    addr: std::net::SocketAddr,
+    routes: RoutesBuilder,
+    service_names: &[&str],
+    faults: FaultConfig,
+) -> std::io::Result<ServerHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let names: Vec<String> = service_names.iter().map(|s| (*s).to_owned()).collect();
+    let task = tokio::spawn(async move {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        serve(listener, routes, &names, faults, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Ok(ServerHandle {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}

