@@ -1,1 +1,160 @@
-//! Cross-service integration, crash-recovery chaos and acceptance tests.
+//! Harness for tests that run the real `sagaflow` binary as separate processes (DESIGN §9).
+//!
+//! [`Process::start`] runs `sagaflow ARGS…` with its logs in a temp dir, waits until its gRPC
+//! server reports the address it bound (tests pass `--listen 127.0.0.1:0`), and can stop it with
+//! SIGTERM ([`Process::terminate`]) or SIGKILL ([`Process::kill`]). Logs of a test that panics are
+//! kept and their path printed (STYLE rule 45).
+//!
+//! The binary is `target/<profile>/sagaflow`, next to the test executable's `deps/` directory, so
+//! run these tests with `--workspace` (which builds it) or set `SAGAFLOW_BIN`.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::{
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Path of the `sagaflow` binary under test.
+pub fn sagaflow_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SAGAFLOW_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/it-xxxx -> target/debug/sagaflow
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = dir.join("sagaflow");
+    assert!(
+        bin.exists(),
+        "{} not found: run the tests with --workspace (or set SAGAFLOW_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `sagaflow` process.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    log: PathBuf,
+    addr: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Process {
+    /// Starts `sagaflow args…` with `envs`, logging to a file in a temp dir, and waits up to
+    /// `timeout` for the "gRPC server listening" line, whose address it records.
+    pub fn start(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sagaflow-proc-")
+            .tempdir()
+            .expect("temp dir");
+        let log = dir.path().join("sagaflow.log");
+        let out = fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(sagaflow_bin())
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("SAGAFLOW_LOG_FORMAT", "pretty")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn sagaflow");
+        let mut process = Self {
+            child: Some(child),
+            log,
+            addr: String::new(),
+            _dir: Some(dir),
+        };
+        process.addr = process.wait_for_listening(timeout);
+        process
+    }
+
+    fn wait_for_listening(&mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if let Some(line) = logs.lines().find(|l| l.contains("gRPC server listening")) {
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                {
+                    return addr.to_owned();
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("sagaflow exited with {status} before listening; logs:\n{logs}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sagaflow did not start listening within {timeout:?}; logs:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address the server bound, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, for tonic clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit; returns its exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                panic!("sagaflow did not exit within {timeout:?} of SIGTERM; logs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs the process (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            if let Some(dir) = self._dir.take() {
+                let kept = dir.keep();
+                eprintln!("sagaflow logs kept in {}", kept.display());
+            }
+        }
+    }
+}

@@ -67,14 +67,17 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
-    let addr = listener.local_addr().ok();
-    tracing::info!(?addr, services = ?service_names, faults = %faults, "gRPC server listening");
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%addr, services = ?service_names, faults = %faults, "gRPC server listening");
     tonic::transport::Server::builder()
         .layer(FaultLayer::new(faults))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
-    tracing::info!(?addr, "gRPC server stopped");
+    tracing::info!(%addr, "gRPC server stopped");
     Ok(())
 }
 

@@ -1,0 +1,3 @@
+//! Acceptance tests that run the real `sagaflow` binary and drive it with the real grpcurl.
+
+mod foundation;
