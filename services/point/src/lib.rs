@@ -1,1 +1,66 @@
-//! The sagaflow point service.
+//! The sagaflow point service (DESIGN §3, §3a, §4 step 5, §6).
+//!
+//! It owns the users' point balances (KRW won, never negative) and an append-only point ledger of
+//! grants, deductions and restorations, and serves:
+//!
+//! - the saga's step 5, `DeductPoints` (takes points for an order), and its compensation
+//!   `RestorePoints` (gives back exactly what that order took; **beyond the report**, DESIGN §4);
+//! - the query `GetBalance` and the admin command `GrantPoints`.
+//!
+//! ```text
+//!            DeductPoints                     RestorePoints
+//!  (none) ────────────────▶ DEDUCTED ──────────────────────▶ RESTORED
+//!     │                                                         ▲
+//!     └──────────── RestorePoints first (tombstone) ────────────┘
+//!  DeductPoints on RESTORED: FAILED_PRECONDITION COMPENSATED_BEFORE_ACTION
+//!  DeductPoints on DEDUCTED with another key: FAILED_PRECONDITION ORDER_ALREADY_DEDUCTED
+//! ```
+//!
+//! Invariant (DESIGN §6): each balance equals its ledger's GRANT + RESTORE − DEDUCT rows.
+//!
+//! Modules (STYLE rule 5): [`domain`] holds the pure rules, `store` the SQL (one implementation for
+//! PostgreSQL and SQLite), `grpc` the tonic service, validation and proto mapping. Every mutating
+//! command runs through [`sagaflow_server::idempotency::execute`], so each effect and its stored
+//! response commit in one transaction.
+
+pub mod domain;
+mod grpc;
+mod store;
+
+use sagaflow_proto::point::v1::point_service_server::PointServiceServer;
+use sagaflow_server::{Db, Migrations};
+
+/// The fully-qualified gRPC service name (for health and reflection).
+pub const SERVICE_NAME: &str = "sagaflow.point.v1.PointService";
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("../../migrations/point/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/point/sqlite");
+
+/// The point database's migrations (`migrations/point/{postgres,sqlite}`), for [`Db::connect`].
+pub fn migrations() -> Migrations {
+    Migrations {
+        postgres: &POSTGRES_MIGRATIONS,
+        sqlite: &SQLITE_MIGRATIONS,
+    }
+}
+
+/// The point gRPC service (`sagaflow.point.v1.PointService`) over its own database.
+///
+/// Cloning is cheap (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct PointService {
+    db: Db,
+}
+
+impl PointService {
+    /// A service over `db`, which must have been opened with [`migrations`].
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Adds the service to a tonic router (`PointServiceServer::new(self)`).
+    pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(PointServiceServer::new(self));
+    }
+}

@@ -6,7 +6,7 @@ use sagaflow_proto::inventory::v1::{Product, RestockRequest};
 use sagaflow_server::{
     Db, Migrations, PoolConfig, ServiceError,
     error::error_reason,
-    idempotency::{execute, execute_detailed},
+    idempotency::{execute, execute_detailed, lookup},
 };
 use sagaflow_testkit::{Kind, TestDatabase};
 use tonic::Code;
@@ -170,6 +170,29 @@ async fn racing_tasks_apply_once(kind: Kind) {
     assert_eq!(key_rows(&db).await, 1);
 }
 
+async fn lookup_reads_without_claiming(kind: Kind) {
+    let (_tdb, db) = open(kind, "idem_lookup").await;
+    let none = lookup::<_, Product>(&db, "test.Restock", "k1", &restock("k1", 5))
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    assert_eq!(key_rows(&db).await, 0, "lookup writes nothing");
+    let first = run_restock(&db, &restock("k1", 5)).await.unwrap();
+    let stored = lookup::<_, Product>(&db, "test.Restock", "k1", &restock("k1", 5))
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(first));
+    let err = lookup::<_, Product>(&db, "test.Restock", "k1", &restock("k1", 6))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    run_restock(&db, &restock("neg", -1)).await.unwrap_err();
+    let err = lookup::<_, Product>(&db, "test.Restock", "neg", &restock("neg", -1))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err).as_deref(), Some("NEGATIVE"));
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -189,4 +212,5 @@ both_backends!(
     business_errors_are_stored_and_replayed,
     transient_errors_store_nothing,
     racing_tasks_apply_once,
+    lookup_reads_without_claiming,
 );

@@ -1,3 +1,6 @@
 //! Integration tests of the shared plumbing against real SQLite files and a real PostgreSQL server.
 
+// Test code: a failed unwrap is a failed test (clippy's allow-*-in-tests does not reach helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod idempotency;

@@ -1,0 +1,76 @@
+//! The real grpcurl binary against a running server (reflection on): the public coupon API of
+//! DESIGN §3a answers with the documented lowerCamelCase JSON fields.
+
+use sagaflow_proto::coupon::v1::UseCouponRequest;
+use sagaflow_testkit::{Kind, grpcurl_json};
+use serde_json::{Value, json};
+
+use crate::harness::{Harness, order_id};
+
+const SERVICE: &str = "sagaflow.coupon.v1.CouponService";
+
+/// Runs grpcurl off the async runtime (it is a blocking child process).
+async fn call(addr: String, method: &'static str, body: Value) -> Value {
+    tokio::task::spawn_blocking(move || {
+        let body = body.to_string();
+        grpcurl_json(
+            &addr,
+            &["-emit-defaults", "-d", &body],
+            &format!("{SERVICE}/{method}"),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn grpcurl_sees_the_documented_json(kind: Kind) {
+    let h = Harness::start(kind, "cpn_grpcurl").await;
+    let addr = h.server.addr().to_string();
+
+    let issued = call(
+        addr.clone(),
+        "IssueCoupon",
+        json!({
+            "code": "WELCOME10",
+            "userId": "alice",
+            "discountPercent": 10,
+            "minOrderAmount": 10000,
+            "maxDiscount": 20000,
+            "expiresAt": "2030-01-01T00:00:00Z"
+        }),
+    )
+    .await;
+    let available = json!({"coupon": {
+        "code": "WELCOME10",
+        "userId": "alice",
+        "status": "COUPON_STATUS_AVAILABLE",
+        "orderId": "",
+        "discountAmount": "0",
+        "discountPercent": 10,
+        "minOrderAmount": "10000",
+        "maxDiscount": "20000",
+        "expiresAt": "2030-01-01T00:00:00Z"
+    }});
+    assert_eq!(issued, available);
+    let fetched = call(addr.clone(), "GetCoupon", json!({"code": "WELCOME10"})).await;
+    assert_eq!(fetched, available);
+
+    let order = order_id();
+    h.client
+        .clone()
+        .use_coupon(UseCouponRequest {
+            idempotency_key: "saga:use_coupon".into(),
+            code: "WELCOME10".into(),
+            user_id: "alice".into(),
+            order_id: order.clone(),
+            order_amount: 50_000,
+        })
+        .await
+        .unwrap();
+    let used = call(addr.clone(), "GetCoupon", json!({"code": "WELCOME10"})).await;
+    assert_eq!(used["coupon"]["status"], json!("COUPON_STATUS_USED"));
+    assert_eq!(used["coupon"]["orderId"], json!(order));
+    h.server.shutdown().await.unwrap();
+}
+
+sagaflow_testkit::both_backends!(grpcurl_sees_the_documented_json);

@@ -1,0 +1,150 @@
+//! Starts a coupon server on a fresh database and reads the database directly, so tests can
+//! check what changed (and what did not).
+
+use sagaflow_coupon::{CouponService, SERVICE_NAME, migrations};
+use sagaflow_proto::coupon::v1::{
+    Coupon, IssueCouponRequest, coupon_service_client::CouponServiceClient,
+};
+use sagaflow_server::{
+    Db, PoolConfig,
+    db::{now_ms, timestamp_from_ms},
+    faults::FaultConfig,
+    grpc::ServerHandle,
+};
+use sagaflow_testkit::{Kind, TestDatabase};
+use tonic::transport::Channel;
+
+/// One day, milliseconds.
+pub(crate) const DAY_MS: i64 = 86_400_000;
+
+/// A running coupon server with its database and a connected client.
+pub(crate) struct Harness {
+    pub(crate) db: Db,
+    pub(crate) server: ServerHandle,
+    pub(crate) client: CouponServiceClient<Channel>,
+    _tdb: TestDatabase,
+}
+
+impl Harness {
+    pub(crate) async fn start(kind: Kind, name: &str) -> Self {
+        let tdb = TestDatabase::new(kind, name);
+        let db = Db::connect(&tdb.url, migrations(), &PoolConfig::default())
+            .await
+            .expect("open the test database");
+        let mut routes = tonic::service::RoutesBuilder::default();
+        CouponService::new(db.clone()).register(&mut routes);
+        let server = sagaflow_server::grpc::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            routes,
+            &[SERVICE_NAME],
+            FaultConfig::default(),
+        )
+        .await
+        .expect("spawn the server");
+        let client = CouponServiceClient::connect(server.url())
+            .await
+            .expect("connect to the server");
+        Self {
+            db,
+            server,
+            client,
+            _tdb: tdb,
+        }
+    }
+
+    /// Issues `req` and returns the coupon.
+    pub(crate) async fn issue(&self, req: IssueCouponRequest) -> Coupon {
+        self.client
+            .clone()
+            .issue_coupon(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .coupon
+            .unwrap()
+    }
+
+    /// (status, order_id) of the coupon row.
+    pub(crate) async fn holder(&self, code: &str) -> (String, Option<String>) {
+        sqlx::query_as("SELECT status, order_id FROM coupons WHERE code = $1")
+            .bind(code)
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Every row of every coupon table (except timestamps), for "nothing changed" checks.
+    pub(crate) async fn snapshot(&self) -> Snapshot {
+        let pool = self.db.pool();
+        Snapshot {
+            coupons: sqlx::query_as(
+                "SELECT code, user_id, discount_amount, discount_percent, min_order_amount, \
+                 max_discount, expires_at, status, order_id FROM coupons ORDER BY code",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            compensations: sqlx::query_as(
+                "SELECT order_id, code FROM coupon_compensations ORDER BY order_id, code",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            idempotency_keys: sqlx::query_scalar(
+                "SELECT idempotency_key FROM idempotency_keys ORDER BY idempotency_key",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        }
+    }
+}
+
+type CouponRow = (
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    String,
+    Option<String>,
+);
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) coupons: Vec<CouponRow>,
+    pub(crate) compensations: Vec<(String, String)>,
+    pub(crate) idempotency_keys: Vec<String>,
+}
+
+/// A fixed 5 000 won coupon of `user` for orders of 10 000 won or more, valid for a day.
+pub(crate) fn fixed(code: &str, user: &str) -> IssueCouponRequest {
+    IssueCouponRequest {
+        code: code.into(),
+        user_id: user.into(),
+        discount_amount: 5_000,
+        discount_percent: 0,
+        min_order_amount: 10_000,
+        max_discount: 0,
+        expires_at: Some(timestamp_from_ms(now_ms() / 1000 * 1000 + DAY_MS)),
+    }
+}
+
+/// A 10 % coupon of `user`, capped at 20 000 won, no minimum, valid for a day.
+pub(crate) fn percent(code: &str, user: &str) -> IssueCouponRequest {
+    IssueCouponRequest {
+        code: code.into(),
+        user_id: user.into(),
+        discount_amount: 0,
+        discount_percent: 10,
+        min_order_amount: 0,
+        max_discount: 20_000,
+        expires_at: Some(timestamp_from_ms(now_ms() / 1000 * 1000 + DAY_MS)),
+    }
+}
+
+pub(crate) fn order_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

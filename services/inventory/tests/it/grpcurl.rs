@@ -1,0 +1,94 @@
+//! The real grpcurl binary against a running server (reflection on): the public inventory API of
+//! DESIGN §3a answers with the documented lowerCamelCase JSON fields.
+
+use sagaflow_testkit::{Kind, grpcurl_json};
+use serde_json::{Value, json};
+
+use crate::harness::Harness;
+
+const SERVICE: &str = "sagaflow.inventory.v1.InventoryService";
+
+/// Runs grpcurl off the async runtime (it is a blocking child process).
+async fn call(addr: String, method: &'static str, body: Value) -> Value {
+    tokio::task::spawn_blocking(move || {
+        let body = body.to_string();
+        grpcurl_json(
+            &addr,
+            &["-emit-defaults", "-d", &body],
+            &format!("{SERVICE}/{method}"),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn grpcurl_sees_the_documented_json(kind: Kind) {
+    let h = Harness::start(kind, "inv_grpcurl").await;
+    let addr = h.server.addr().to_string();
+
+    let upserted = call(
+        addr.clone(),
+        "UpsertProduct",
+        json!({"sku": "KB-001", "name": "Keyboard", "unitPrice": 49000}),
+    )
+    .await;
+    assert_eq!(
+        upserted,
+        json!({"product": {"sku": "KB-001", "name": "Keyboard", "unitPrice": "49000", "stock": "0"}})
+    );
+    let restocked = call(
+        addr.clone(),
+        "Restock",
+        json!({"sku": "KB-001", "quantity": 12, "idempotencyKey": "grpcurl-1"}),
+    )
+    .await;
+    assert_eq!(restocked["product"]["stock"], json!("12"));
+    call(
+        addr.clone(),
+        "UpsertProduct",
+        json!({"sku": "MS-002", "name": "Mouse", "unitPrice": 19000}),
+    )
+    .await;
+
+    let product = call(addr.clone(), "GetProduct", json!({"sku": "KB-001"})).await;
+    assert_eq!(
+        product,
+        json!({"product": {"sku": "KB-001", "name": "Keyboard", "unitPrice": "49000", "stock": "12"}})
+    );
+
+    let page = call(addr.clone(), "ListProducts", json!({"pageSize": 1})).await;
+    assert_eq!(page["products"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["products"][0]["sku"], json!("KB-001"));
+    let token = page["nextPageToken"].as_str().unwrap().to_owned();
+    assert!(!token.is_empty());
+    let last = call(
+        addr.clone(),
+        "ListProducts",
+        json!({"pageSize": 1, "pageToken": token}),
+    )
+    .await;
+    assert_eq!(
+        last,
+        json!({
+            "products": [{"sku": "MS-002", "name": "Mouse", "unitPrice": "19000", "stock": "0"}],
+            "nextPageToken": ""
+        })
+    );
+
+    let batch = call(
+        addr.clone(),
+        "BatchGetProducts",
+        json!({"skus": ["MS-002", "NOPE", "KB-001"]}),
+    )
+    .await;
+    let skus: Vec<&str> = batch["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["sku"].as_str().unwrap())
+        .collect();
+    assert_eq!(skus, ["MS-002", "KB-001"]);
+    h.server.shutdown().await.unwrap();
+}
+
+sagaflow_testkit::both_backends!(grpcurl_sees_the_documented_json);

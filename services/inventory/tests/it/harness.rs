@@ -1,0 +1,166 @@
+//! Starts an inventory server on a fresh database and reads the database directly, so tests can
+//! check what changed (and what did not).
+
+use sagaflow_inventory::{InventoryService, SERVICE_NAME, migrations};
+use sagaflow_proto::inventory::v1::{
+    Product, RestockRequest, UpsertProductRequest, inventory_service_client::InventoryServiceClient,
+};
+use sagaflow_server::{Db, PoolConfig, faults::FaultConfig, grpc::ServerHandle};
+use sagaflow_testkit::{Kind, TestDatabase};
+use tonic::transport::Channel;
+
+/// A running inventory server with its database and a connected client.
+pub(crate) struct Harness {
+    pub(crate) db: Db,
+    pub(crate) server: ServerHandle,
+    pub(crate) client: InventoryServiceClient<Channel>,
+    _tdb: TestDatabase,
+}
+
+impl Harness {
+    pub(crate) async fn start(kind: Kind, name: &str) -> Self {
+        let tdb = TestDatabase::new(kind, name);
+        let db = Db::connect(&tdb.url, migrations(), &PoolConfig::default())
+            .await
+            .expect("open the test database");
+        let mut routes = tonic::service::RoutesBuilder::default();
+        InventoryService::new(db.clone()).register(&mut routes);
+        let server = sagaflow_server::grpc::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            routes,
+            &[SERVICE_NAME],
+            FaultConfig::default(),
+        )
+        .await
+        .expect("spawn the server");
+        let client = InventoryServiceClient::connect(server.url())
+            .await
+            .expect("connect to the server");
+        Self {
+            db,
+            server,
+            client,
+            _tdb: tdb,
+        }
+    }
+
+    /// Creates `sku` (price 1000 KRW) and restocks it to `stock` units.
+    pub(crate) async fn product(&self, sku: &str, stock: i32) -> Product {
+        let mut client = self.client.clone();
+        let mut product = client
+            .upsert_product(UpsertProductRequest {
+                sku: sku.into(),
+                name: format!("product {sku}"),
+                unit_price: 1000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .product
+            .unwrap();
+        if stock > 0 {
+            product = client
+                .restock(RestockRequest {
+                    sku: sku.into(),
+                    quantity: stock,
+                    idempotency_key: format!("initial-{sku}"),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .product
+                .unwrap();
+        }
+        product
+    }
+
+    pub(crate) async fn stock(&self, sku: &str) -> i64 {
+        sqlx::query_scalar("SELECT stock FROM products WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn reservation(&self, order_id: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(self.db.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Every row of every inventory table (except timestamps), for "nothing changed" checks.
+    pub(crate) async fn snapshot(&self) -> Snapshot {
+        let pool = self.db.pool();
+        Snapshot {
+            products: sqlx::query_as(
+                "SELECT sku, name, unit_price, stock FROM products ORDER BY sku",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            reservations: sqlx::query_as(
+                "SELECT order_id, status FROM reservations ORDER BY order_id",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            reservation_lines: sqlx::query_as(
+                "SELECT order_id, sku, quantity FROM reservation_lines ORDER BY order_id, sku",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            restocks: sqlx::query_as(
+                "SELECT idempotency_key, sku, quantity FROM restocks ORDER BY idempotency_key",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            idempotency_keys: sqlx::query_scalar(
+                "SELECT idempotency_key FROM idempotency_keys ORDER BY idempotency_key",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        }
+    }
+
+    /// DESIGN §6 invariant for every product: restocks - stock = units held by RESERVED orders
+    /// (products start at stock 0, so restocks are all the stock that ever arrived).
+    pub(crate) async fn assert_stock_invariant(&self) {
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT p.sku, p.stock, \
+                CAST(COALESCE((SELECT SUM(r.quantity) FROM restocks r WHERE r.sku = p.sku), 0) AS BIGINT), \
+                CAST(COALESCE((SELECT SUM(l.quantity) FROM reservation_lines l \
+                    JOIN reservations s ON s.order_id = l.order_id \
+                    WHERE l.sku = p.sku AND s.status = 'RESERVED'), 0) AS BIGINT) \
+             FROM products p ORDER BY p.sku",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .unwrap();
+        for (sku, stock, restocked, reserved) in rows {
+            assert!(stock >= 0, "{sku}: negative stock {stock}");
+            assert_eq!(
+                restocked - stock,
+                reserved,
+                "{sku}: restocked {restocked}, stock {stock}, reserved {reserved}"
+            );
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) products: Vec<(String, String, i64, i64)>,
+    pub(crate) reservations: Vec<(String, String)>,
+    pub(crate) reservation_lines: Vec<(String, String, i64)>,
+    pub(crate) restocks: Vec<(String, String, i64)>,
+    pub(crate) idempotency_keys: Vec<String>,
+}
+
+pub(crate) fn order_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,137 @@
+//! The tonic implementation of `sagaflow.point.v1.PointService`: request validation (every
+//! invalid field is named, nothing is written) and the idempotency store around every mutating
+//! command (DESIGN §6).
+
+use sagaflow_proto::point::v1::{
+    DeductPointsRequest, DeductPointsResponse, GetBalanceRequest, GetBalanceResponse,
+    GrantPointsRequest, GrantPointsResponse, RestorePointsRequest, RestorePointsResponse,
+    point_service_server,
+};
+use sagaflow_server::{ServiceError, idempotency::execute, validate::Validator};
+use tonic::{Request, Response, Status};
+
+use crate::{PointService, store};
+
+#[tonic::async_trait]
+impl point_service_server::PointService for PointService {
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn get_balance(
+        &self,
+        request: Request<GetBalanceRequest>,
+    ) -> Result<Response<GetBalanceResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        v.required("user_id", &req.user_id);
+        v.finish()?;
+        let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+        let balance = store::balance(&mut conn, &req.user_id)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(GetBalanceResponse {
+            user_id: req.user_id,
+            balance,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn grant_points(
+        &self,
+        request: Request<GrantPointsRequest>,
+    ) -> Result<Response<GrantPointsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        v.required("idempotency_key", &req.idempotency_key);
+        v.required("user_id", &req.user_id);
+        v.positive_i64("amount", req.amount);
+        v.finish()?;
+        let backend = self.db.backend();
+        let (key, user_id, amount) = (req.idempotency_key.clone(), req.user_id.clone(), req.amount);
+        let response = execute(
+            &self.db,
+            "point.GrantPoints",
+            &req.idempotency_key,
+            &req,
+            move |conn| {
+                Box::pin(async move {
+                    let balance = store::grant(conn, backend, &key, &user_id, amount).await?;
+                    Ok(GrantPointsResponse { user_id, balance })
+                })
+            },
+        )
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(
+        skip_all,
+        fields(user_id = %request.get_ref().user_id, order_id = %request.get_ref().order_id)
+    )]
+    async fn deduct_points(
+        &self,
+        request: Request<DeductPointsRequest>,
+    ) -> Result<Response<DeductPointsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        v.required("idempotency_key", &req.idempotency_key);
+        v.required("user_id", &req.user_id);
+        let order_id = v.uuid("order_id", &req.order_id);
+        v.positive_i64("amount", req.amount);
+        v.finish()?;
+        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
+        let backend = self.db.backend();
+        let (key, user_id, amount) = (req.idempotency_key.clone(), req.user_id.clone(), req.amount);
+        let response = execute(
+            &self.db,
+            "point.DeductPoints",
+            &req.idempotency_key,
+            &req,
+            move |conn| {
+                Box::pin(async move {
+                    let balance =
+                        store::deduct(conn, backend, &key, &user_id, &order_id, amount).await?;
+                    Ok(DeductPointsResponse { user_id, balance })
+                })
+            },
+        )
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(
+        skip_all,
+        fields(user_id = %request.get_ref().user_id, order_id = %request.get_ref().order_id)
+    )]
+    async fn restore_points(
+        &self,
+        request: Request<RestorePointsRequest>,
+    ) -> Result<Response<RestorePointsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        v.required("idempotency_key", &req.idempotency_key);
+        v.required("user_id", &req.user_id);
+        let order_id = v.uuid("order_id", &req.order_id);
+        v.finish()?;
+        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
+        let backend = self.db.backend();
+        let (key, user_id) = (req.idempotency_key.clone(), req.user_id.clone());
+        let response = execute(
+            &self.db,
+            "point.RestorePoints",
+            &req.idempotency_key,
+            &req,
+            move |conn| {
+                Box::pin(async move {
+                    let (balance, restored) =
+                        store::restore(conn, backend, &key, &user_id, &order_id).await?;
+                    Ok(RestorePointsResponse {
+                        user_id,
+                        balance,
+                        restored,
+                    })
+                })
+            },
+        )
+        .await?;
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,316 @@
+//! The point database (sqlx `Any`, one SQL text for PostgreSQL and SQLite except the row locks).
+//! Schema: `migrations/point/{postgres,sqlite}/0001_init.sql`.
+//!
+//! Every command takes the connection of the transaction begun by
+//! [`sagaflow_server::idempotency::execute`] (STYLE rule 24), so the balance, the per-order
+//! deduction, the ledger row and the stored response commit together. Rows are locked in one
+//! order — the order's deduction row, then the balance row — with `FOR UPDATE` on PostgreSQL;
+//! SQLite's `BEGIN IMMEDIATE` already serializes writers.
+
+use std::collections::HashMap;
+
+use sagaflow_server::{Backend, ServiceError, db::now_ms};
+use sqlx::AnyConnection;
+
+use crate::domain::{
+    self, DeductionStatus, INSUFFICIENT_POINTS, LedgerKind, RestorePlan, USER_MISMATCH,
+};
+
+/// The balance of `user_id` in KRW won (0 for an unknown user).
+pub(crate) async fn balance(conn: &mut AnyConnection, user_id: &str) -> Result<i64, sqlx::Error> {
+    let balance: Option<i64> =
+        sqlx::query_scalar("SELECT balance FROM balances WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(balance.unwrap_or(0))
+}
+
+/// The balance row of `user_id`, locked on PostgreSQL; `None` when the user has none.
+async fn lock_balance(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    user_id: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let sql = match backend {
+        Backend::Postgres => "SELECT balance FROM balances WHERE user_id = $1 FOR UPDATE",
+        Backend::Sqlite => "SELECT balance FROM balances WHERE user_id = $1",
+    };
+    sqlx::query_scalar(sql)
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await
+}
+
+async fn set_balance(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    balance: i64,
+) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO balances (user_id, balance, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id) DO UPDATE SET balance = excluded.balance, \
+             updated_at = excluded.updated_at",
+    )
+    .bind(user_id)
+    .bind(balance)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn append_ledger(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    kind: LedgerKind,
+    amount: i64,
+    order_id: Option<&str>,
+    key: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO point_ledger (user_id, kind, amount, order_id, idempotency_key, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(user_id)
+    .bind(kind.as_str())
+    .bind(amount)
+    .bind(order_id)
+    .bind(key)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// GrantPoints' effect: adds `amount` to the balance of `user_id` (creating it) and appends a
+/// GRANT ledger row under `key`. Returns the new balance.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming `amount` when the balance plus the points held by the user's orders
+/// would overflow `i64`.
+pub(crate) async fn grant(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    key: &str,
+    user_id: &str,
+    amount: i64,
+) -> Result<i64, ServiceError> {
+    // Create the row first, so that two grants to a new user serialize on its lock instead of
+    // both starting from 0.
+    sqlx::query(
+        "INSERT INTO balances (user_id, balance, updated_at) VALUES ($1, 0, $2) \
+         ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    let current = lock_balance(conn, backend, user_id).await?.unwrap_or(0);
+    let held: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM deductions \
+         WHERE user_id = $1 AND status = $2",
+    )
+    .bind(user_id)
+    .bind(DeductionStatus::Deducted.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    let Some(balance) = domain::grant(current, held, amount) else {
+        return Err(ServiceError::invalid(
+            "amount",
+            "the balance would exceed the largest int64",
+        ));
+    };
+    set_balance(conn, user_id, balance).await?;
+    append_ledger(conn, user_id, LedgerKind::Grant, amount, None, key).await?;
+    Ok(balance)
+}
+
+/// A `deductions` row.
+#[derive(Debug, sqlx::FromRow)]
+struct DeductionRow {
+    user_id: String,
+    amount: i64,
+    status: String,
+}
+
+/// Inserts the order's deduction row (`status`, `amount`) unless the order already has one;
+/// returns the existing row when it has.
+async fn claim_deduction(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    order_id: &str,
+    user_id: &str,
+    amount: i64,
+    status: DeductionStatus,
+) -> Result<Option<(DeductionRow, DeductionStatus)>, ServiceError> {
+    let now = now_ms();
+    let inserted = sqlx::query(
+        "INSERT INTO deductions (order_id, user_id, amount, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(user_id)
+    .bind(amount)
+    .bind(status.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        return Ok(None);
+    }
+    // On PostgreSQL the INSERT waited for a concurrent inserter of the same order to finish, and
+    // this statement sees its committed row.
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT user_id, amount, status FROM deductions WHERE order_id = $1 FOR UPDATE"
+        }
+        Backend::Sqlite => "SELECT user_id, amount, status FROM deductions WHERE order_id = $1",
+    };
+    let row: Option<DeductionRow> = sqlx::query_as(sql)
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        return Err(ServiceError::Unavailable(format!(
+            "a concurrent command for order {order_id} did not finish; retry"
+        )));
+    };
+    let status = DeductionStatus::parse(&row.status).ok_or_else(|| {
+        ServiceError::Internal(anyhow::anyhow!(
+            "deduction of order {order_id} has unknown status {:?}",
+            row.status
+        ))
+    })?;
+    Ok(Some((row, status)))
+}
+
+/// DeductPoints' effect: takes `amount` from the balance of `user_id` for `order_id`, records
+/// the order's deduction and appends a DEDUCT ledger row under `key`. Returns the new balance.
+///
+/// # Errors
+/// `FAILED_PRECONDITION` `COMPENSATED_BEFORE_ACTION` / `ORDER_ALREADY_DEDUCTED` when the order
+/// already has a deduction row; `INSUFFICIENT_POINTS` (metadata `balance`, `requested`) when
+/// the balance is smaller than `amount`. On any error the caller discards the savepoint, so
+/// nothing changes.
+pub(crate) async fn deduct(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    key: &str,
+    user_id: &str,
+    order_id: &str,
+    amount: i64,
+) -> Result<i64, ServiceError> {
+    if let Some((_, existing)) = claim_deduction(
+        conn,
+        backend,
+        order_id,
+        user_id,
+        amount,
+        DeductionStatus::Deducted,
+    )
+    .await?
+    {
+        let reason = domain::deduct_rejection(existing);
+        return Err(ServiceError::precondition(
+            reason,
+            match existing {
+                DeductionStatus::Restored => format!(
+                    "RestorePoints for order {order_id} came first; its DeductPoints is rejected"
+                ),
+                DeductionStatus::Deducted => {
+                    format!("order {order_id} already deducted points under another key")
+                }
+            },
+        ));
+    }
+    let current = lock_balance(conn, backend, user_id).await?.unwrap_or(0);
+    let Some(balance) = domain::deduct(current, amount) else {
+        return Err(ServiceError::FailedPrecondition {
+            reason: INSUFFICIENT_POINTS,
+            message: format!("user {user_id:?} has {current} points, the order needs {amount}"),
+            metadata: HashMap::from([
+                ("balance".to_owned(), current.to_string()),
+                ("requested".to_owned(), amount.to_string()),
+            ]),
+        });
+    };
+    set_balance(conn, user_id, balance).await?;
+    append_ledger(
+        conn,
+        user_id,
+        LedgerKind::Deduct,
+        amount,
+        Some(order_id),
+        key,
+    )
+    .await?;
+    Ok(balance)
+}
+
+/// RestorePoints' effect: gives back exactly what `order_id` deducted and marks its deduction
+/// RESTORED (appending a RESTORE ledger row under `key`); records a RESTORED tombstone when the
+/// order deducted nothing. Returns (balance of `user_id`, points given back by this call).
+///
+/// # Errors
+/// `FAILED_PRECONDITION` `USER_MISMATCH` when the order's deduction belongs to another user.
+pub(crate) async fn restore(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    key: &str,
+    user_id: &str,
+    order_id: &str,
+) -> Result<(i64, i64), ServiceError> {
+    let existing = claim_deduction(
+        conn,
+        backend,
+        order_id,
+        user_id,
+        0,
+        DeductionStatus::Restored,
+    )
+    .await?;
+    if let Some((row, _)) = &existing
+        && row.user_id != user_id
+    {
+        return Err(ServiceError::precondition(
+            USER_MISMATCH,
+            format!("order {order_id} belongs to another user than {user_id:?}"),
+        ));
+    }
+    let (amount, plan) = match existing {
+        None => (0, domain::plan_restore(None)),
+        Some((row, status)) => (row.amount, domain::plan_restore(Some(status))),
+    };
+    match plan {
+        RestorePlan::Tombstone | RestorePlan::Nothing => Ok((balance(conn, user_id).await?, 0)),
+        RestorePlan::GiveBack => {
+            let current = lock_balance(conn, backend, user_id).await?.unwrap_or(0);
+            let Some(balance) = domain::give_back(current, amount) else {
+                return Err(ServiceError::Internal(anyhow::anyhow!(
+                    "giving back {amount} points to {user_id:?} would overflow the balance"
+                )));
+            };
+            set_balance(conn, user_id, balance).await?;
+            sqlx::query("UPDATE deductions SET status = $1, updated_at = $2 WHERE order_id = $3")
+                .bind(DeductionStatus::Restored.as_str())
+                .bind(now_ms())
+                .bind(order_id)
+                .execute(&mut *conn)
+                .await?;
+            append_ledger(
+                conn,
+                user_id,
+                LedgerKind::Restore,
+                amount,
+                Some(order_id),
+                key,
+            )
+            .await?;
+            Ok((balance, amount))
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The real grpcurl binary against a running server (reflection on): the public point API of
+//! DESIGN §3a answers with the documented lowerCamelCase JSON fields.
+
+use sagaflow_testkit::{Kind, grpcurl_json};
+use serde_json::{Value, json};
+
+use crate::harness::Harness;
+
+const SERVICE: &str = "sagaflow.point.v1.PointService";
+
+/// Runs grpcurl off the async runtime (it is a blocking child process).
+async fn call(addr: String, method: &'static str, body: Value) -> Value {
+    tokio::task::spawn_blocking(move || {
+        let body = body.to_string();
+        grpcurl_json(
+            &addr,
+            &["-emit-defaults", "-d", &body],
+            &format!("{SERVICE}/{method}"),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn grpcurl_sees_the_documented_json(kind: Kind) {
+    let h = Harness::start(kind, "pt_grpcurl").await;
+    let addr = h.server.addr().to_string();
+
+    let empty = call(addr.clone(), "GetBalance", json!({"userId": "alice"})).await;
+    assert_eq!(empty, json!({"userId": "alice", "balance": "0"}));
+    let granted = call(
+        addr.clone(),
+        "GrantPoints",
+        json!({"userId": "alice", "amount": 30000, "idempotencyKey": "welcome:alice"}),
+    )
+    .await;
+    assert_eq!(granted, json!({"userId": "alice", "balance": "30000"}));
+    // The same key again: the same answer, granted once.
+    let again = call(
+        addr.clone(),
+        "GrantPoints",
+        json!({"userId": "alice", "amount": 30000, "idempotencyKey": "welcome:alice"}),
+    )
+    .await;
+    assert_eq!(again, granted);
+    let balance = call(addr.clone(), "GetBalance", json!({"userId": "alice"})).await;
+    assert_eq!(balance, json!({"userId": "alice", "balance": "30000"}));
+    h.server.shutdown().await.unwrap();
+}
+
+sagaflow_testkit::both_backends!(grpcurl_sees_the_documented_json);
