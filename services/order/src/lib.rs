@@ -1,1 +1,91 @@
-//! The sagaflow order service.
+//! The sagaflow order service (DESIGN §3, §3a, §4, §7): the public order API (PlaceOrder,
+//! GetOrder, ListOrders) and the saga's order commands (ApplyCoupon, CompleteOrder, FailOrder),
+//! over the order database with its transactional outbox.
+//!
+//! - [`domain`]: statuses, pricing and the amount rules, the decision of each command;
+//! - [`outbox`]: the outbox rows written with each change, and the API the relay uses
+//!   ([`outbox::pending`], [`outbox::mark_sent`]);
+//! - `store`: the orders, order lines and status history tables;
+//! - `grpc`: the `sagaflow.order.v1.OrderService` implementation and validation.
+//!
+//! ```text
+//!  PlaceOrder ─validate─▶ replay? ─no─▶ Inventory.BatchGetProducts (one call) ─▶ price
+//!      └─▶ one transaction: order PENDING + lines + history + OutboxEvent(OrderCreated) + key
+//!  CompleteOrder / FailOrder ─▶ one transaction: status + history + OutboxEvent + key
+//!      └─▶ in-process change notice ─▶ wakes GetOrder{wait} callers (which also re-read every
+//!          200 ms, to see changes made by another replica)
+//! ```
+//!
+//! An order's saga id is its order id: the orchestrator starts the saga keyed by the order id.
+
+use std::time::Duration;
+
+use sagaflow_proto::{
+    inventory::v1::inventory_service_client::InventoryServiceClient,
+    order::v1::order_service_server::OrderServiceServer,
+};
+use sagaflow_server::{Db, Migrations};
+use sqlx::migrate::Migrator;
+use tokio::sync::broadcast;
+use tonic::transport::Channel;
+
+pub mod domain;
+mod grpc;
+pub mod outbox;
+mod store;
+
+/// The fully-qualified gRPC service name (for health and reflection).
+pub const SERVICE_NAME: &str = "sagaflow.order.v1.OrderService";
+
+/// How long PlaceOrder waits for Inventory to price an order before answering UNAVAILABLE.
+pub const INVENTORY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a waiting GetOrder re-reads the order (changes made by another replica do not
+/// reach this process's change notices).
+pub const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Capacity of the in-process change notice channel; a waiter that falls further behind simply
+/// re-reads its order.
+const CHANGE_NOTICES: usize = 1024;
+
+static POSTGRES: Migrator = sqlx::migrate!("../../migrations/order/postgres");
+static SQLITE: Migrator = sqlx::migrate!("../../migrations/order/sqlite");
+
+/// The order database's migrations (`migrations/order/{postgres,sqlite}`).
+pub fn migrations() -> Migrations {
+    Migrations {
+        postgres: &POSTGRES,
+        sqlite: &SQLITE,
+    }
+}
+
+/// The order service: implements `sagaflow.order.v1.OrderService` over its own database,
+/// pricing orders through the Inventory service. Cloning is cheap; clones share the pool, the
+/// Inventory channel and the change notices.
+#[derive(Clone, Debug)]
+pub struct OrderService {
+    db: Db,
+    inventory: InventoryServiceClient<Channel>,
+    /// Order ids that just reached a terminal status (CompleteOrder, FailOrder), for GetOrder
+    /// callers that wait.
+    changes: broadcast::Sender<String>,
+}
+
+impl OrderService {
+    /// A service over `db` (opened with [`migrations`]) that prices orders with `inventory`
+    /// (a lazily connected channel is fine: an unreachable Inventory makes PlaceOrder answer
+    /// UNAVAILABLE).
+    pub fn new(db: Db, inventory: InventoryServiceClient<Channel>) -> Self {
+        let (changes, _) = broadcast::channel(CHANGE_NOTICES);
+        Self {
+            db,
+            inventory,
+            changes,
+        }
+    }
+
+    /// Adds the gRPC service to `routes`.
+    pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(OrderServiceServer::new(self));
+    }
+}

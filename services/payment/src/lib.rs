@@ -1,1 +1,85 @@
-//! The sagaflow payment service.
+//! The sagaflow payment service (DESIGN §3, §3a, §4 steps 4 and 6, §6): one payment per order,
+//! authorized, voided, captured and refunded through a [`PaymentGateway`].
+//!
+//! - [`domain`]: statuses and the pure decision of each command;
+//! - [`gateway`]: the [`PaymentGateway`] trait and the [`SimulatedGateway`] (card tokens);
+//! - `store`: the payments table;
+//! - `grpc`: the `sagaflow.payment.v1.PaymentService` implementation.
+//!
+//! Every command that reaches the gateway runs in three parts, so that no database transaction
+//! is held while the gateway answers (it may take seconds: `tok_slow`), which on SQLite would
+//! block every other writer of the service:
+//!
+//! ```text
+//!  1. read:   replay check of the idempotency key; read the order's payment; decide
+//!  2. call:   the gateway (idempotent on a key derived from the order id)
+//!  3. record: idempotency::execute { read again, decide again, write } ── one transaction
+//! ```
+//!
+//! Step 3 decides again because the row may have changed during step 2: in particular a
+//! CancelPayment may have left a tombstone while StartPayment's authorization was in flight; the
+//! late authorization is then voided and StartPayment answers `COMPENSATED_BEFORE_ACTION`
+//! (DESIGN §6). The three parts run on their own task, so a caller that gives up (its deadline
+//! passes) does not cut them in two: the outcome is still recorded, and a retry with the same
+//! idempotency key gets it.
+//!
+//! ```no_run
+//! # async fn run(db: sagaflow_server::Db) {
+//! use std::sync::Arc;
+//! use sagaflow_payment::{PaymentService, SimulatedGateway, SimulatedGatewayConfig};
+//!
+//! let gateway = Arc::new(SimulatedGateway::new(SimulatedGatewayConfig::default()));
+//! let mut routes = tonic::service::RoutesBuilder::default();
+//! PaymentService::new(db, gateway).register(&mut routes);
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+use sagaflow_proto::payment::v1::payment_service_server::PaymentServiceServer;
+use sagaflow_server::{Db, Migrations};
+use sqlx::migrate::Migrator;
+
+pub mod domain;
+pub mod gateway;
+mod grpc;
+mod store;
+
+pub use gateway::{
+    AuthorizationState, AuthorizeRequest, CardToken, GatewayArgs, GatewayError, GatewayReference,
+    OperationRequest, PaymentGateway, SimulatedGateway, SimulatedGatewayConfig,
+};
+
+/// The fully-qualified gRPC service name (for health and reflection).
+pub const SERVICE_NAME: &str = "sagaflow.payment.v1.PaymentService";
+
+static POSTGRES: Migrator = sqlx::migrate!("../../migrations/payment/postgres");
+static SQLITE: Migrator = sqlx::migrate!("../../migrations/payment/sqlite");
+
+/// The payment database's migrations (`migrations/payment/{postgres,sqlite}`).
+pub fn migrations() -> Migrations {
+    Migrations {
+        postgres: &POSTGRES,
+        sqlite: &SQLITE,
+    }
+}
+
+/// The payment service: implements `sagaflow.payment.v1.PaymentService` over its own database
+/// and a payment gateway. Cloning is cheap (shared pool and gateway).
+#[derive(Clone, Debug)]
+pub struct PaymentService {
+    db: Db,
+    gateway: Arc<dyn PaymentGateway>,
+}
+
+impl PaymentService {
+    /// A service over `db` (migrated with [`migrations`]) that charges through `gateway`.
+    pub fn new(db: Db, gateway: Arc<dyn PaymentGateway>) -> Self {
+        Self { db, gateway }
+    }
+
+    /// Adds the gRPC service to `routes`.
+    pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(PaymentServiceServer::new(self));
+    }
+}

@@ -1,1 +1,56 @@
-//! The sagaflow ranking service.
+//! The sagaflow ranking service (DESIGN §3, §3a, §7): product sales aggregates built from the
+//! Order service's OrderCompleted events, and the TopProducts query.
+//!
+//! ```text
+//!  Order outbox ──relay──▶ RecordOrderCompleted(event_id, event)
+//!                              │ idempotency::execute(key = event_id)   (redelivery: replay)
+//!                              │   inbox row per order                  (second event of an order: ignored)
+//!                              │   product_sales += units, orders += 1  (same transaction)
+//!                              ▼
+//!                          TopProducts(limit) ── units_sold desc, then sku
+//! ```
+//!
+//! - [`domain`]: the completed-order sales and the ranking rule;
+//! - `store`: the inbox and aggregate tables;
+//! - `grpc`: the `sagaflow.ranking.v1.RankingService` implementation and validation.
+
+use sagaflow_proto::ranking::v1::ranking_service_server::RankingServiceServer;
+use sagaflow_server::{Db, Migrations};
+use sqlx::migrate::Migrator;
+
+pub mod domain;
+mod grpc;
+mod store;
+
+/// The fully-qualified gRPC service name (for health and reflection).
+pub const SERVICE_NAME: &str = "sagaflow.ranking.v1.RankingService";
+
+static POSTGRES: Migrator = sqlx::migrate!("../../migrations/ranking/postgres");
+static SQLITE: Migrator = sqlx::migrate!("../../migrations/ranking/sqlite");
+
+/// The ranking database's migrations (`migrations/ranking/{postgres,sqlite}`).
+pub fn migrations() -> Migrations {
+    Migrations {
+        postgres: &POSTGRES,
+        sqlite: &SQLITE,
+    }
+}
+
+/// The ranking service: implements `sagaflow.ranking.v1.RankingService` over its own database.
+/// Cloning is cheap (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct RankingService {
+    db: Db,
+}
+
+impl RankingService {
+    /// A service over `db`, which must have been opened with [`migrations`].
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Adds the gRPC service to `routes`.
+    pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(RankingServiceServer::new(self));
+    }
+}

@@ -1,0 +1,604 @@
+//! `sagaflow.order.v1.OrderService` over tonic: validation (issue 3 item 5), pricing through
+//! Inventory, the idempotent commands, GetOrder's wait, and proto ↔ domain conversion.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use sagaflow_proto::{
+    inventory::v1::BatchGetProductsRequest,
+    order::v1::{self as pb, order_service_server::OrderService as OrderServiceApi},
+};
+use sagaflow_server::{
+    ServiceError,
+    db::{now_ms, timestamp_from_ms},
+    idempotency,
+    validate::{MAX_LINES, Validator, decode_page_token, encode_page_token},
+};
+use tokio::sync::broadcast;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    INVENTORY_TIMEOUT, OrderService, WAIT_POLL_INTERVAL,
+    domain::{
+        Amounts, Decision, DiscountRule, FailureReason, Order, OrderStatus, PricingError,
+        Rejection, decide_apply_coupon, decide_complete, decide_fail, price_lines,
+    },
+    outbox::OrderEvent,
+    store::{self, Cursor},
+};
+
+const PLACE: &str = "order.PlaceOrder";
+const APPLY_COUPON: &str = "order.ApplyCoupon";
+const COMPLETE: &str = "order.CompleteOrder";
+const FAIL: &str = "order.FailOrder";
+
+#[tonic::async_trait]
+impl OrderServiceApi for OrderService {
+    #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id), err)]
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let req = request.into_inner();
+        let lines = validate_place(&req)?;
+        let key = format!("PlaceOrder:{}", req.request_id);
+        // A repeat is answered from the idempotency store, without asking Inventory.
+        if let Some(stored) = idempotency::lookup(&self.db, PLACE, &key, &req).await? {
+            return Ok(Response::new(stored));
+        }
+        let prices = self.prices(&lines).await?;
+        let (lines, subtotal) = price_lines(&lines, &prices).map_err(|err| match err {
+            PricingError::UnknownSku { index } => {
+                ServiceError::invalid(format!("lines[{index}].sku"), "unknown sku")
+            }
+            PricingError::Overflow { index } => ServiceError::invalid(
+                format!("lines[{index}].quantity"),
+                "the order total does not fit a 64-bit amount",
+            ),
+        })?;
+        let amounts = Amounts::placed(subtotal, req.points).ok_or_else(|| {
+            ServiceError::invalid(
+                "points",
+                format!("must be at most the subtotal ({subtotal} KRW)"),
+            )
+        })?;
+        let now = now_ms();
+        let order = Order {
+            order_id: Uuid::now_v7().to_string(),
+            user_id: req.user_id.clone(),
+            lines,
+            coupon_code: req.coupon_code.clone().filter(|c| !c.is_empty()),
+            amounts,
+            status: OrderStatus::Pending,
+            failure_reason: None,
+            payment_method: req.payment_method.clone(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let created = OrderEvent::Created(pb::OrderCreatedEvent {
+            order: Some(to_proto(&order)),
+            payment_method: order.payment_method.clone(),
+        });
+        let request_id = req.request_id.clone();
+        let response = idempotency::execute(&self.db, PLACE, &key, &req, move |conn| {
+            Box::pin(async move {
+                store::insert_order(conn, &request_id, &order, &created).await?;
+                Ok(pb::PlaceOrderResponse {
+                    order: Some(to_proto(&order)),
+                })
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err)]
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        let order_id = v.uuid("order_id", &req.order_id);
+        let wait = v.wait("wait", req.wait.as_ref());
+        v.finish()?;
+        let order_id = canonical(order_id);
+        let order = self
+            .wait_for_terminal(&order_id, wait.unwrap_or_default())
+            .await?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(to_proto(&order)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id), err)]
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        v.required("user_id", &req.user_id);
+        let page_size = v.page_size("page_size", req.page_size);
+        let status = match req.status {
+            None => None,
+            Some(value) => {
+                let status = status_from_proto(value);
+                v.check(
+                    status.is_some(),
+                    "status",
+                    "must be ORDER_STATUS_PENDING, _COMPLETED or _FAILED",
+                );
+                status
+            }
+        };
+        let after = decode_cursor(&req.page_token);
+        v.check(
+            after.is_ok(),
+            "page_token",
+            "is not a page token from a previous response",
+        );
+        v.finish()?;
+        let after = after.ok().flatten();
+        let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+        // One extra row tells whether another page follows.
+        let mut orders = store::list(
+            &mut conn,
+            &req.user_id,
+            status,
+            after.as_ref(),
+            page_size.saturating_add(1),
+        )
+        .await?;
+        let more = i64::try_from(orders.len()).unwrap_or(i64::MAX) > page_size;
+        orders.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+        let next_page_token = match orders.last() {
+            Some(last) if more => encode_cursor(&Cursor {
+                created_at_ms: last.created_at_ms,
+                order_id: last.order_id.clone(),
+            }),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: orders.iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err)]
+    async fn apply_coupon(
+        &self,
+        request: Request<pb::ApplyCouponRequest>,
+    ) -> Result<Response<pb::ApplyCouponResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        v.required("idempotency_key", &req.idempotency_key);
+        let order_id = v.uuid("order_id", &req.order_id);
+        let rule = validate_rule(&mut v, req.rule.as_ref());
+        v.finish()?;
+        let (id, rule) = (canonical(order_id), rule.unwrap_or(NO_DISCOUNT));
+        let response =
+            idempotency::execute(&self.db, APPLY_COUPON, &req.idempotency_key, &req, |conn| {
+                Box::pin(async move {
+                    let mut order = load_existing(conn, &id).await?;
+                    match decide_apply_coupon(&order) {
+                        Decision::Apply => {
+                            let amounts = order.amounts.with_coupon(&rule);
+                            let now = now_ms();
+                            if !store::update_amounts(conn, &id, amounts, now).await? {
+                                return Err(changed_meanwhile(&id));
+                            }
+                            order.amounts = amounts;
+                            order.updated_at_ms = now;
+                        }
+                        Decision::Unchanged => {}
+                        Decision::Reject(rejection) => return Err(rejected(&id, rejection)),
+                    }
+                    Ok(pb::ApplyCouponResponse {
+                        order: Some(to_proto(&order)),
+                    })
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err)]
+    async fn complete_order(
+        &self,
+        request: Request<pb::CompleteOrderRequest>,
+    ) -> Result<Response<pb::CompleteOrderResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        v.required("idempotency_key", &req.idempotency_key);
+        let order_id = v.uuid("order_id", &req.order_id);
+        v.finish()?;
+        let id = canonical(order_id);
+        let order = self
+            .finish(COMPLETE, &req.idempotency_key, &req, id, None)
+            .await?;
+        Ok(Response::new(pb::CompleteOrderResponse { order }))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err)]
+    async fn fail_order(
+        &self,
+        request: Request<pb::FailOrderRequest>,
+    ) -> Result<Response<pb::FailOrderResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        v.required("idempotency_key", &req.idempotency_key);
+        let order_id = v.uuid("order_id", &req.order_id);
+        let reason = reason_from_proto(req.reason);
+        v.check(
+            reason.is_some(),
+            "reason",
+            "must be a FAILURE_REASON_* value other than UNSPECIFIED",
+        );
+        v.finish()?;
+        let id = canonical(order_id);
+        let order = self
+            .finish(FAIL, &req.idempotency_key, &req, id, reason)
+            .await?;
+        Ok(Response::new(pb::FailOrderResponse { order }))
+    }
+}
+
+/// A rule that grants nothing (only used when validation already failed).
+const NO_DISCOUNT: DiscountRule = DiscountRule {
+    discount_amount: 0,
+    discount_percent: 0,
+    max_discount: 0,
+};
+
+impl OrderService {
+    /// Unit prices (KRW won) of `lines`' skus, from one `BatchGetProducts` call; unknown skus are
+    /// absent.
+    async fn prices(&self, lines: &[(String, i32)]) -> Result<HashMap<String, i64>, ServiceError> {
+        let mut request = Request::new(BatchGetProductsRequest {
+            skus: lines.iter().map(|(sku, _)| sku.clone()).collect(),
+        });
+        // The header lets Inventory stop working for us; the local timeout bounds our wait even
+        // when Inventory's host does not answer at all (tonic does not enforce the header
+        // on the client side).
+        request.set_timeout(INVENTORY_TIMEOUT);
+        let mut inventory = self.inventory.clone();
+        let products =
+            tokio::time::timeout(INVENTORY_TIMEOUT, inventory.batch_get_products(request))
+                .await
+                .map_err(|_| {
+                    ServiceError::Unavailable(format!(
+                        "inventory did not answer within {} ms",
+                        INVENTORY_TIMEOUT.as_millis()
+                    ))
+                })?
+                .map_err(|status| match status.code() {
+                    // We validated the skus, so Inventory rejecting them is a bug on one side.
+                    Code::InvalidArgument => ServiceError::Internal(anyhow::anyhow!(
+                        "inventory rejected a validated BatchGetProducts: {status}"
+                    )),
+                    _ => ServiceError::Unavailable(format!(
+                        "inventory cannot price the order: {}",
+                        status.message()
+                    )),
+                })?
+                .into_inner()
+                .products;
+        Ok(products
+            .into_iter()
+            .map(|p| (p.sku, p.unit_price))
+            .collect())
+    }
+
+    /// CompleteOrder (`reason` None) or FailOrder (`reason` Some): one transaction with the
+    /// status, history row and outbox event; then a change notice for waiting GetOrder callers.
+    ///
+    /// The stored response is a `GetOrderResponse`: `CompleteOrderResponse`,
+    /// `FailOrderResponse` and it are the same message on the wire (`Order order = 1`).
+    async fn finish<Req: prost::Message>(
+        &self,
+        command: &'static str,
+        key: &str,
+        req: &Req,
+        id: String,
+        reason: Option<FailureReason>,
+    ) -> Result<Option<pb::Order>, Status> {
+        let notice_id = id.clone();
+        let response = idempotency::execute(&self.db, command, key, req, move |conn| {
+            Box::pin(async move {
+                let mut order = load_existing(conn, &id).await?;
+                let decision = match reason {
+                    None => decide_complete(order.status),
+                    Some(_) => decide_fail(order.status),
+                };
+                match decision {
+                    Decision::Apply => {
+                        order.updated_at_ms = now_ms();
+                        let event = match reason {
+                            None => {
+                                order.status = OrderStatus::Completed;
+                                OrderEvent::Completed(pb::OrderCompletedEvent {
+                                    order: Some(to_proto(&order)),
+                                })
+                            }
+                            Some(reason) => {
+                                order.status = OrderStatus::Failed;
+                                order.failure_reason = Some(reason);
+                                // The coupon was given back: no discount any more.
+                                order.amounts = order.amounts.without_discount();
+                                OrderEvent::Failed(pb::OrderFailedEvent {
+                                    order: Some(to_proto(&order)),
+                                })
+                            }
+                        };
+                        if !store::finish(conn, &order, &event).await? {
+                            return Err(changed_meanwhile(&id));
+                        }
+                    }
+                    Decision::Unchanged => {}
+                    Decision::Reject(rejection) => return Err(rejected(&id, rejection)),
+                }
+                Ok(pb::GetOrderResponse {
+                    order: Some(to_proto(&order)),
+                })
+            })
+        })
+        .await?;
+        // No receiver is fine: nobody is waiting.
+        let _ = self.changes.send(notice_id);
+        Ok(response.order)
+    }
+
+    /// The order, once it is terminal or `wait` has passed (at once when `wait` is zero).
+    /// Woken by this process's change notices; re-reads every [`WAIT_POLL_INTERVAL`] for changes
+    /// made elsewhere. Bounded by `wait` (at most 60 s, validated).
+    async fn wait_for_terminal(&self, order_id: &str, wait: Duration) -> Result<Order, Status> {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribe before the first read, so a change between the read and the wait is seen.
+        let mut changes = self.changes.subscribe();
+        loop {
+            let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+            let order = load_existing(&mut conn, order_id).await?;
+            drop(conn);
+            let now = tokio::time::Instant::now();
+            if order.status.is_terminal() || now >= deadline {
+                return Ok(order);
+            }
+            let nap = WAIT_POLL_INTERVAL.min(deadline - now);
+            tokio::select! {
+                () = changed(&mut changes, order_id) => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+}
+
+/// Resolves when `order_id` is announced, or the receiver lagged (the caller re-reads anyway).
+/// Runs only inside a `select!` with a timer, which bounds it.
+async fn changed(changes: &mut broadcast::Receiver<String>, order_id: &str) {
+    loop {
+        match changes.recv().await {
+            Ok(id) if id == order_id => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            // The service (sender) is gone: only the timer can end the wait.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+async fn load_existing(
+    conn: &mut sqlx::AnyConnection,
+    order_id: &str,
+) -> Result<Order, ServiceError> {
+    store::load(conn, order_id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("order {order_id}")))
+}
+
+/// Checks every field of PlaceOrder (issue 3 item 5) and returns the lines as (sku, quantity).
+fn validate_place(req: &pb::PlaceOrderRequest) -> Result<Vec<(String, i32)>, ServiceError> {
+    let mut v = Validator::new();
+    v.required("request_id", &req.request_id);
+    v.required("user_id", &req.user_id);
+    if req.lines.is_empty() || req.lines.len() > MAX_LINES {
+        v.add("lines", format!("must have 1 to {MAX_LINES} lines"));
+    }
+    let mut seen = HashSet::new();
+    for (i, line) in req.lines.iter().enumerate() {
+        let sku_field = format!("lines[{i}].sku");
+        if v.required(&sku_field, &line.sku) && !seen.insert(line.sku.as_str()) {
+            v.add(&sku_field, "duplicate sku in one order");
+        }
+        v.positive_i32(&format!("lines[{i}].quantity"), line.quantity);
+    }
+    if let Some(code) = req.coupon_code.as_deref().filter(|c| !c.is_empty()) {
+        v.required("coupon_code", code);
+    }
+    v.non_negative_i64("points", req.points);
+    v.required("payment_method", &req.payment_method);
+    v.finish()?;
+    Ok(req
+        .lines
+        .iter()
+        .map(|l| (l.sku.clone(), l.quantity))
+        .collect())
+}
+
+/// Checks ApplyCoupon's rule: present, amounts not negative, percentage 0..=100, not both a
+/// fixed amount and a percentage.
+fn validate_rule(v: &mut Validator, rule: Option<&pb::DiscountRule>) -> Option<DiscountRule> {
+    let Some(rule) = rule else {
+        v.add("rule", "must be set");
+        return None;
+    };
+    v.non_negative_i64("rule.discount_amount", rule.discount_amount);
+    v.check(
+        (0..=100).contains(&rule.discount_percent),
+        "rule.discount_percent",
+        "must be between 0 and 100",
+    );
+    v.non_negative_i64("rule.max_discount", rule.max_discount);
+    v.check(
+        !(rule.discount_amount > 0 && rule.discount_percent > 0),
+        "rule",
+        "must be a fixed amount or a percentage, not both",
+    );
+    Some(DiscountRule {
+        discount_amount: rule.discount_amount,
+        discount_percent: rule.discount_percent,
+        max_discount: rule.max_discount,
+    })
+}
+
+/// The canonical (lower-case, hyphenated) text of a validated order id.
+fn canonical(order_id: Option<Uuid>) -> String {
+    order_id.map(|id| id.to_string()).unwrap_or_default()
+}
+
+fn encode_cursor(cursor: &Cursor) -> String {
+    encode_page_token(&format!("{}:{}", cursor.created_at_ms, cursor.order_id))
+}
+
+/// `Ok(None)` for the first page; `Err(())` for a token that is not ours.
+fn decode_cursor(token: &str) -> Result<Option<Cursor>, ()> {
+    let Some(text) = decode_page_token("page_token", token).map_err(|_| ())? else {
+        return Ok(None);
+    };
+    let (created_at, order_id) = text.split_once(':').ok_or(())?;
+    let created_at_ms = created_at.parse::<i64>().map_err(|_| ())?;
+    let order_id = Uuid::parse_str(order_id).map_err(|_| ())?.to_string();
+    Ok(Some(Cursor {
+        created_at_ms,
+        order_id,
+    }))
+}
+
+fn rejected(order_id: &str, rejection: Rejection) -> ServiceError {
+    ServiceError::FailedPrecondition {
+        reason: rejection.reason(),
+        message: rejection.message(order_id),
+        metadata: HashMap::from([("order_id".to_owned(), order_id.to_owned())]),
+    }
+}
+
+fn changed_meanwhile(order_id: &str) -> ServiceError {
+    ServiceError::Unavailable(format!("order {order_id} changed concurrently; retry"))
+}
+
+fn status_from_proto(value: i32) -> Option<OrderStatus> {
+    match pb::OrderStatus::try_from(value).ok()? {
+        pb::OrderStatus::Unspecified => None,
+        pb::OrderStatus::Pending => Some(OrderStatus::Pending),
+        pb::OrderStatus::Completed => Some(OrderStatus::Completed),
+        pb::OrderStatus::Failed => Some(OrderStatus::Failed),
+    }
+}
+
+fn status_to_proto(status: OrderStatus) -> pb::OrderStatus {
+    match status {
+        OrderStatus::Pending => pb::OrderStatus::Pending,
+        OrderStatus::Completed => pb::OrderStatus::Completed,
+        OrderStatus::Failed => pb::OrderStatus::Failed,
+    }
+}
+
+fn reason_from_proto(value: i32) -> Option<FailureReason> {
+    match pb::FailureReason::try_from(value).ok()? {
+        pb::FailureReason::Unspecified => None,
+        pb::FailureReason::CouponUnavailable => Some(FailureReason::CouponUnavailable),
+        pb::FailureReason::OutOfStock => Some(FailureReason::OutOfStock),
+        pb::FailureReason::PaymentDeclined => Some(FailureReason::PaymentDeclined),
+        pb::FailureReason::InsufficientPoints => Some(FailureReason::InsufficientPoints),
+        pb::FailureReason::DeadlineExceeded => Some(FailureReason::DeadlineExceeded),
+        pb::FailureReason::Canceled => Some(FailureReason::Canceled),
+        pb::FailureReason::Internal => Some(FailureReason::Internal),
+    }
+}
+
+fn reason_to_proto(reason: FailureReason) -> pb::FailureReason {
+    match reason {
+        FailureReason::CouponUnavailable => pb::FailureReason::CouponUnavailable,
+        FailureReason::OutOfStock => pb::FailureReason::OutOfStock,
+        FailureReason::PaymentDeclined => pb::FailureReason::PaymentDeclined,
+        FailureReason::InsufficientPoints => pb::FailureReason::InsufficientPoints,
+        FailureReason::DeadlineExceeded => pb::FailureReason::DeadlineExceeded,
+        FailureReason::Canceled => pb::FailureReason::Canceled,
+        FailureReason::Internal => pb::FailureReason::Internal,
+    }
+}
+
+fn to_proto(order: &Order) -> pb::Order {
+    pb::Order {
+        order_id: order.order_id.clone(),
+        user_id: order.user_id.clone(),
+        lines: order
+            .lines
+            .iter()
+            .map(|l| pb::OrderLine {
+                sku: l.sku.clone(),
+                quantity: l.quantity,
+                unit_price: l.unit_price,
+            })
+            .collect(),
+        coupon_code: order.coupon_code.clone().unwrap_or_default(),
+        subtotal: order.amounts.subtotal,
+        discount: order.amounts.discount,
+        points: order.amounts.points,
+        payable: order.amounts.payable,
+        status: status_to_proto(order.status).into(),
+        failure_reason: order
+            .failure_reason
+            .map_or(pb::FailureReason::Unspecified, reason_to_proto)
+            .into(),
+        // The orchestrator runs each order's saga with the order id as the saga id.
+        saga_id: order.order_id.clone(),
+        created_at: Some(timestamp_from_ms(order.created_at_ms)),
+        updated_at: Some(timestamp_from_ms(order.updated_at_ms)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let cursor = Cursor {
+            created_at_ms: 1_700_000_000_123,
+            order_id: Uuid::now_v7().to_string(),
+        };
+        assert_eq!(decode_cursor(&encode_cursor(&cursor)), Ok(Some(cursor)));
+        assert_eq!(decode_cursor(""), Ok(None));
+        for bad in ["zz", &encode_page_token("x"), &encode_page_token("12:nope")] {
+            assert_eq!(decode_cursor(bad), Err(()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn enums_map_both_ways() {
+        for reason in FailureReason::ALL {
+            assert_eq!(
+                reason_from_proto(reason_to_proto(reason).into()),
+                Some(reason)
+            );
+        }
+        assert_eq!(reason_from_proto(0), None);
+        assert_eq!(reason_from_proto(99), None);
+        for status in [
+            OrderStatus::Pending,
+            OrderStatus::Completed,
+            OrderStatus::Failed,
+        ] {
+            assert_eq!(
+                status_from_proto(status_to_proto(status).into()),
+                Some(status)
+            );
+        }
+        assert_eq!(status_from_proto(0), None);
+        assert_eq!(status_from_proto(-4), None);
+    }
+}

@@ -1,0 +1,289 @@
+//! The order service's transactional outbox (DESIGN §7).
+//!
+//! Every order change that publishes an event (OrderCreated, OrderCompleted, OrderFailed) appends
+//! an outbox row **in the same transaction** as the change, so an event exists if and only if its
+//! change committed. A relay (a later issue) delivers the rows at least once and marks them sent:
+//!
+//! ```text
+//!  loop {
+//!      let events = outbox::pending(&db, 100).await?;     // oldest first
+//!      for event in &events { deliver(event.decode()?).await?; }
+//!      outbox::mark_sent(&db, &ids_of(&events)).await?;
+//!  }
+//! ```
+//!
+//! Rows are returned in `position` order, a number the database assigns on insert. Events of one
+//! order are written by transactions that each follow the previous one's commit (they change the
+//! same order row), so per order `position` order is `sequence` order (1, 2, …): a relay that
+//! delivers in the order given preserves the order of each aggregate's events.
+
+use prost::Message;
+use sagaflow_proto::order::v1::{OrderCompletedEvent, OrderCreatedEvent, OrderFailedEvent};
+use sagaflow_server::{Db, db::now_ms};
+use sqlx::AnyConnection;
+use uuid::Uuid;
+
+/// The kind of an outbox event (the `event_type` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// An order was placed (payload `OrderCreatedEvent`); starts the order saga.
+    OrderCreated,
+    /// An order completed (payload `OrderCompletedEvent`); Ranking consumes it.
+    OrderCompleted,
+    /// An order failed (payload `OrderFailedEvent`).
+    OrderFailed,
+}
+
+impl EventType {
+    /// The column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OrderCreated => "OrderCreated",
+            Self::OrderCompleted => "OrderCompleted",
+            Self::OrderFailed => "OrderFailed",
+        }
+    }
+
+    /// Parses a column value.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "OrderCreated" => Some(Self::OrderCreated),
+            "OrderCompleted" => Some(Self::OrderCompleted),
+            "OrderFailed" => Some(Self::OrderFailed),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded outbox payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrderEvent {
+    /// An order was placed.
+    Created(OrderCreatedEvent),
+    /// An order completed.
+    Completed(OrderCompletedEvent),
+    /// An order failed.
+    Failed(OrderFailedEvent),
+}
+
+impl OrderEvent {
+    /// The event's type.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Self::Created(_) => EventType::OrderCreated,
+            Self::Completed(_) => EventType::OrderCompleted,
+            Self::Failed(_) => EventType::OrderFailed,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Created(e) => e.encode_to_vec(),
+            Self::Completed(e) => e.encode_to_vec(),
+            Self::Failed(e) => e.encode_to_vec(),
+        }
+    }
+}
+
+/// One outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Database-assigned delivery order (increasing).
+    pub position: i64,
+    /// UUID of the event: the consumer's inbox key.
+    pub event_id: String,
+    /// The order id.
+    pub aggregate_id: String,
+    /// 1, 2, … per aggregate.
+    pub sequence: i64,
+    /// What happened.
+    pub event_type: EventType,
+    /// The encoded `sagaflow.order.v1.<type>Event` message.
+    pub payload: Vec<u8>,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Unix milliseconds; `None` until delivered.
+    pub sent_at_ms: Option<i64>,
+}
+
+impl OutboxEvent {
+    /// Decodes the payload as the message its type names.
+    ///
+    /// # Errors
+    /// The decode error when the payload is not that message.
+    pub fn decode(&self) -> Result<OrderEvent, prost::DecodeError> {
+        let bytes = self.payload.as_slice();
+        Ok(match self.event_type {
+            EventType::OrderCreated => OrderEvent::Created(OrderCreatedEvent::decode(bytes)?),
+            EventType::OrderCompleted => OrderEvent::Completed(OrderCompletedEvent::decode(bytes)?),
+            EventType::OrderFailed => OrderEvent::Failed(OrderFailedEvent::decode(bytes)?),
+        })
+    }
+}
+
+/// Errors of the outbox API.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The database failed (see [`sagaflow_server::db::is_transient`] to decide on a retry).
+    #[error("outbox database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A row holds an event type this version does not know (a newer writer).
+    #[error("outbox event {event_id} has unknown type {event_type:?}")]
+    UnknownType {
+        /// The row's event id.
+        event_id: String,
+        /// The stored type.
+        event_type: String,
+    },
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct OutboxRow {
+    position: i64,
+    event_id: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    payload: Vec<u8>,
+    created_at: i64,
+    sent_at: Option<i64>,
+}
+
+impl TryFrom<OutboxRow> for OutboxEvent {
+    type Error = OutboxError;
+
+    fn try_from(row: OutboxRow) -> Result<Self, OutboxError> {
+        let event_type =
+            EventType::parse(&row.event_type).ok_or_else(|| OutboxError::UnknownType {
+                event_id: row.event_id.clone(),
+                event_type: row.event_type.clone(),
+            })?;
+        Ok(Self {
+            position: row.position,
+            event_id: row.event_id,
+            aggregate_id: row.aggregate_id,
+            sequence: row.sequence,
+            event_type,
+            payload: row.payload,
+            created_at_ms: row.created_at,
+            sent_at_ms: row.sent_at,
+        })
+    }
+}
+
+/// Up to `limit` undelivered events, oldest first (`position` order; per aggregate, `sequence`
+/// order). A `limit` below 1 returns nothing.
+///
+/// # Errors
+/// [`OutboxError::Database`] when the database fails; [`OutboxError::UnknownType`] for a row
+/// of an unknown type.
+pub async fn pending(db: &Db, limit: i64) -> Result<Vec<OutboxEvent>, OutboxError> {
+    if limit < 1 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "SELECT position, event_id, aggregate_id, sequence, event_type, payload, created_at, \
+         sent_at FROM outbox WHERE sent_at IS NULL ORDER BY position LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(OutboxEvent::try_from).collect()
+}
+
+/// Every event of one aggregate (order), delivered or not, in `sequence` order.
+///
+/// # Errors
+/// As [`pending`].
+pub async fn events_of(db: &Db, aggregate_id: &str) -> Result<Vec<OutboxEvent>, OutboxError> {
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "SELECT position, event_id, aggregate_id, sequence, event_type, payload, created_at, \
+         sent_at FROM outbox WHERE aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(aggregate_id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(OutboxEvent::try_from).collect()
+}
+
+/// Marks the events with these ids as delivered, in one transaction. Ids that are unknown or
+/// already marked are skipped; returns how many rows were marked now.
+///
+/// # Errors
+/// [`OutboxError::Database`] when the database fails (nothing was marked).
+pub async fn mark_sent(db: &Db, event_ids: &[String]) -> Result<u64, OutboxError> {
+    if event_ids.is_empty() {
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    let mut marked = 0;
+    for event_id in event_ids {
+        marked +=
+            sqlx::query("UPDATE outbox SET sent_at = $1 WHERE event_id = $2 AND sent_at IS NULL")
+                .bind(now)
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(marked)
+}
+
+/// Appends `event` for `aggregate_id` with the aggregate's next sequence number, on the caller's
+/// transaction (STYLE rule 24). Returns the event id.
+pub(crate) async fn append(
+    conn: &mut AnyConnection,
+    aggregate_id: &str,
+    event: &OrderEvent,
+) -> Result<String, sqlx::Error> {
+    let event_id = Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, sequence, event_type, payload, created_at) \
+         SELECT $1, $2, COALESCE(MAX(sequence), 0) + 1, $3, $4, $5 \
+         FROM outbox WHERE aggregate_id = $6",
+    )
+    .bind(&event_id)
+    .bind(aggregate_id)
+    .bind(event.event_type().as_str())
+    .bind(event.encode())
+    .bind(now_ms())
+    .bind(aggregate_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(event_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_round_trip() {
+        for t in [
+            EventType::OrderCreated,
+            EventType::OrderCompleted,
+            EventType::OrderFailed,
+        ] {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::parse("OrderShipped"), None);
+    }
+
+    #[test]
+    fn payload_decodes_as_its_type() {
+        let event = OrderEvent::Failed(OrderFailedEvent { order: None });
+        let row = OutboxEvent {
+            position: 1,
+            event_id: "e".into(),
+            aggregate_id: "o".into(),
+            sequence: 1,
+            event_type: event.event_type(),
+            payload: event.encode(),
+            created_at_ms: 0,
+            sent_at_ms: None,
+        };
+        assert_eq!(row.decode().unwrap(), event);
+    }
+}

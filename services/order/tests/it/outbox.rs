@@ -1,0 +1,72 @@
+//! The outbox API the relay uses (DESIGN §7): pending events in order, per aggregate in sequence
+//! order, marked sent once.
+
+use sagaflow_order::outbox::{self, EventType};
+use sagaflow_proto::order::v1::FailureReason;
+use sagaflow_testkit::Kind;
+
+use crate::harness::{self, complete_req, fail_req, place_req};
+
+async fn pending_in_order_and_marked_once(kind: Kind) {
+    let mut t = harness::start(kind, "ord_outbox").await;
+    assert!(outbox::pending(&t.db, 100).await.unwrap().is_empty());
+    let a = t
+        .place(place_req("o-a", "alice", &[("KB-001", 1)], None, 0))
+        .await;
+    let b = t
+        .place(place_req("o-b", "alice", &[("MS-002", 1)], None, 0))
+        .await;
+    t.client
+        .complete_order(complete_req("a:7", &a.order_id))
+        .await
+        .unwrap();
+    t.client
+        .fail_order(fail_req("b:fail", &b.order_id, FailureReason::OutOfStock))
+        .await
+        .unwrap();
+
+    let pending = outbox::pending(&t.db, 100).await.unwrap();
+    let seen: Vec<_> = pending
+        .iter()
+        .map(|e| (e.aggregate_id.clone(), e.event_type, e.sequence))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (a.order_id.clone(), EventType::OrderCreated, 1),
+            (b.order_id.clone(), EventType::OrderCreated, 1),
+            (a.order_id.clone(), EventType::OrderCompleted, 2),
+            (b.order_id.clone(), EventType::OrderFailed, 2),
+        ]
+    );
+    assert!(pending.windows(2).all(|w| w[0].position < w[1].position));
+    for event in &pending {
+        event.decode().unwrap();
+    }
+
+    // A limit, then marking the first two sent.
+    let first_two = outbox::pending(&t.db, 2).await.unwrap();
+    assert_eq!(first_two, pending[..2]);
+    assert!(outbox::pending(&t.db, 0).await.unwrap().is_empty());
+    let ids: Vec<String> = first_two.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(outbox::mark_sent(&t.db, &ids).await.unwrap(), 2);
+    assert_eq!(
+        outbox::mark_sent(&t.db, &ids).await.unwrap(),
+        0,
+        "marked once"
+    );
+    assert_eq!(
+        outbox::mark_sent(&t.db, &["not-an-event".to_owned()])
+            .await
+            .unwrap(),
+        0
+    );
+    let rest = outbox::pending(&t.db, 100).await.unwrap();
+    assert_eq!(rest, pending[2..]);
+    let a_events = outbox::events_of(&t.db, &a.order_id).await.unwrap();
+    assert!(a_events[0].sent_at_ms.is_some());
+    assert!(a_events[1].sent_at_ms.is_none());
+    t.stop().await;
+}
+
+sagaflow_testkit::both_backends!(pending_in_order_and_marked_once);

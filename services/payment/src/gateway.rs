@@ -1,0 +1,554 @@
+//! The payment gateway boundary (DESIGN §3): the [`PaymentGateway`] trait the service calls, and
+//! the [`SimulatedGateway`] that stands in for a card processor, as payment sandboxes do.
+//!
+//! Lifecycle of one authorization at the gateway:
+//!
+//! ```text
+//!  authorize ──▶ AUTHORIZED ──capture──▶ CAPTURED ──refund──▶ REFUNDED
+//!                    │
+//!                    └──void──▶ VOIDED
+//! ```
+//!
+//! Every call carries an idempotency key and the gateway is idempotent on it, like real gateways:
+//! a repeat returns the first answer. The payment service derives the keys from the order id
+//! (one payment per order), so every retry of a saga step reaches the same authorization.
+//!
+//! The simulated gateway reads the card token (`payment_method`, DESIGN §3a):
+//!
+//! | token                 | authorize                      | capture             |
+//! |-----------------------|--------------------------------|---------------------|
+//! | `tok_ok`              | approved                       | approved            |
+//! | `tok_decline`         | declined                       | —                   |
+//! | `tok_capture_decline` | approved                       | declined            |
+//! | `tok_slow`            | approved, after `slow_ms`      | approved            |
+//! | anything else         | unknown card token             | unknown card token  |
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use uuid::Uuid;
+
+/// A gateway's reference for one operation (authorization, void, capture or refund), for
+/// example `sim_auth_0190…`.
+pub type GatewayReference = String;
+
+/// An authorization request: reserve `amount` on the card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizeRequest {
+    /// The gateway idempotency key: a repeat returns the first answer.
+    pub idempotency_key: String,
+    /// The order paid for (a UUID).
+    pub order_id: String,
+    /// KRW won, 0 or more.
+    pub amount: i64,
+    /// The card token (`payment_method`).
+    pub card_token: String,
+}
+
+/// A void, capture or refund of an earlier authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationRequest {
+    /// The gateway idempotency key: a repeat returns the first answer.
+    pub idempotency_key: String,
+    /// The reference [`PaymentGateway::authorize`] returned.
+    pub authorization: GatewayReference,
+    /// The order paid for (a UUID).
+    pub order_id: String,
+    /// KRW won: the authorized amount.
+    pub amount: i64,
+    /// The card token the authorization was made with (real gateways act on the reference alone;
+    /// the simulated one decides captures by the token).
+    pub card_token: String,
+}
+
+/// Why a gateway call did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The issuer declined the authorization (the payment service answers `PAYMENT_DECLINED`).
+    #[error("authorization declined: {0}")]
+    AuthorizationDeclined(String),
+    /// The issuer declined the capture (`CAPTURE_DECLINED`); the authorization stays open.
+    #[error("capture declined: {0}")]
+    CaptureDeclined(String),
+    /// The card token is not one the gateway knows (the service answers `INVALID_ARGUMENT`
+    /// naming `payment_method`).
+    #[error("unknown card token {0:?}")]
+    UnknownCardToken(String),
+    /// The operation does not fit the authorization's state (void after capture, capture after
+    /// void, refund before capture): another call on the same payment is in flight.
+    #[error("conflicting gateway operation: {0}")]
+    Conflict(String),
+    /// The gateway failed or could not be reached: the outcome is unknown; retry with the same
+    /// idempotency key.
+    #[error("gateway fault: {0}")]
+    Fault(String),
+}
+
+/// A card processor. Implementations must be idempotent on each request's `idempotency_key`.
+///
+/// The payment service never holds a database transaction across these calls (they may be slow).
+#[tonic::async_trait]
+pub trait PaymentGateway: fmt::Debug + Send + Sync + 'static {
+    /// Reserves `request.amount` on the card.
+    ///
+    /// # Errors
+    /// [`GatewayError::AuthorizationDeclined`], [`GatewayError::UnknownCardToken`],
+    /// [`GatewayError::Fault`].
+    async fn authorize(&self, request: &AuthorizeRequest)
+    -> Result<GatewayReference, GatewayError>;
+
+    /// Releases an authorization that will not be captured.
+    ///
+    /// # Errors
+    /// [`GatewayError::Conflict`] when it was captured; [`GatewayError::Fault`].
+    async fn void(&self, request: &OperationRequest) -> Result<GatewayReference, GatewayError>;
+
+    /// Takes the authorized money (the saga's pivot).
+    ///
+    /// # Errors
+    /// [`GatewayError::CaptureDeclined`]; [`GatewayError::Conflict`] when it was voided;
+    /// [`GatewayError::Fault`].
+    async fn capture(&self, request: &OperationRequest) -> Result<GatewayReference, GatewayError>;
+
+    /// Gives captured money back.
+    ///
+    /// # Errors
+    /// [`GatewayError::Conflict`] when nothing was captured; [`GatewayError::Fault`].
+    async fn refund(&self, request: &OperationRequest) -> Result<GatewayReference, GatewayError>;
+}
+
+/// Settings of the [`SimulatedGateway`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimulatedGatewayConfig {
+    /// Delay added to every call, milliseconds. Default 0.
+    pub latency_ms: u64,
+    /// How long an authorization with `tok_slow` takes to answer, milliseconds. Default 10000:
+    /// longer than any step timeout, so the saga sees an unknown outcome.
+    pub slow_ms: u64,
+}
+
+impl Default for SimulatedGatewayConfig {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            slow_ms: 10_000,
+        }
+    }
+}
+
+/// Command-line flags and `SAGAFLOW_*` variables of the simulated gateway (DESIGN §8).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// Simulated gateway: delay added to every call, milliseconds (default 0).
+    #[arg(long, env = "SAGAFLOW_GATEWAY_LATENCY_MS", default_value_t = 0)]
+    pub gateway_latency_ms: u64,
+    /// Simulated gateway: how long an authorization with card token `tok_slow` takes to answer,
+    /// milliseconds (default 10000, longer than any step timeout).
+    #[arg(long, env = "SAGAFLOW_GATEWAY_SLOW_MS", default_value_t = 10_000)]
+    pub gateway_slow_ms: u64,
+}
+
+impl GatewayArgs {
+    /// The gateway settings these flags describe.
+    pub fn config(&self) -> SimulatedGatewayConfig {
+        SimulatedGatewayConfig {
+            latency_ms: self.gateway_latency_ms,
+            slow_ms: self.gateway_slow_ms,
+        }
+    }
+}
+
+/// The card tokens the simulated gateway knows (DESIGN §3a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardToken {
+    /// `tok_ok`: approves everything.
+    Ok,
+    /// `tok_decline`: declined at authorization.
+    Decline,
+    /// `tok_capture_decline`: authorized, declined at capture.
+    CaptureDecline,
+    /// `tok_slow`: approves, but the authorization answers after `slow_ms`.
+    Slow,
+}
+
+impl CardToken {
+    /// Parses a card token; `None` for an unknown one.
+    pub fn parse(token: &str) -> Option<Self> {
+        match token {
+            "tok_ok" => Some(Self::Ok),
+            "tok_decline" => Some(Self::Decline),
+            "tok_capture_decline" => Some(Self::CaptureDecline),
+            "tok_slow" => Some(Self::Slow),
+            _ => None,
+        }
+    }
+}
+
+/// Where one authorization stands at the simulated gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizationState {
+    /// Money reserved.
+    Authorized,
+    /// Released without capture.
+    Voided,
+    /// Money taken.
+    Captured,
+    /// Money given back.
+    Refunded,
+}
+
+/// An in-memory card processor for development and tests (see the module docs for the tokens).
+///
+/// Its memory is the process's: after a restart it has forgotten earlier authorizations and
+/// decides void, capture and refund by the card token alone (approving them), which keeps
+/// sagas that were interrupted by a crash able to finish.
+#[derive(Debug, Clone)]
+pub struct SimulatedGateway {
+    config: SimulatedGatewayConfig,
+    state: Arc<Mutex<SimState>>,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    /// First answer per idempotency key.
+    answers: HashMap<String, Result<GatewayReference, GatewayError>>,
+    /// Authorizations by reference.
+    authorizations: HashMap<GatewayReference, SimAuthorization>,
+}
+
+#[derive(Debug, Clone)]
+struct SimAuthorization {
+    order_id: String,
+    state: AuthorizationState,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Operation {
+    Void,
+    Capture,
+    Refund,
+}
+
+impl SimulatedGateway {
+    /// A gateway with these settings and no history.
+    pub fn new(config: SimulatedGatewayConfig) -> Self {
+        Self {
+            config,
+            state: Arc::new(Mutex::new(SimState::default())),
+        }
+    }
+
+    /// The gateway's settings.
+    pub fn config(&self) -> SimulatedGatewayConfig {
+        self.config
+    }
+
+    /// The state of every authorization made for `order_id`, for tests and diagnostics.
+    pub fn authorizations_of(&self, order_id: &str) -> Vec<AuthorizationState> {
+        self.lock()
+            .authorizations
+            .values()
+            .filter(|a| a.order_id == order_id)
+            .map(|a| a.state)
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+        // A panic while holding the lock cannot leave the maps half-updated (each update is one
+        // insert), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn latency(&self) {
+        if self.config.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.config.latency_ms)).await;
+        }
+    }
+
+    fn operate(
+        &self,
+        operation: Operation,
+        request: &OperationRequest,
+    ) -> Result<GatewayReference, GatewayError> {
+        let token = CardToken::parse(&request.card_token)
+            .ok_or_else(|| GatewayError::UnknownCardToken(request.card_token.clone()))?;
+        let mut state = self.lock();
+        if let Some(answer) = state.answers.get(&request.idempotency_key) {
+            return answer.clone();
+        }
+        let current = state
+            .authorizations
+            .get(&request.authorization)
+            .map(|a| a.state);
+        use AuthorizationState as S;
+        let (answer, next) = match (operation, current) {
+            (Operation::Void, Some(S::Captured | S::Refunded)) => (
+                Err(GatewayError::Conflict(
+                    "cannot void a captured authorization".into(),
+                )),
+                None,
+            ),
+            (Operation::Void, _) => (Ok(new_reference("void")), Some(S::Voided)),
+            (Operation::Capture, Some(S::Voided)) => (
+                Err(GatewayError::Conflict(
+                    "cannot capture a voided authorization".into(),
+                )),
+                None,
+            ),
+            (Operation::Capture, Some(S::Refunded)) => (
+                Err(GatewayError::Conflict(
+                    "cannot capture a refunded authorization".into(),
+                )),
+                None,
+            ),
+            (Operation::Capture, _) if token == CardToken::CaptureDecline => (
+                Err(GatewayError::CaptureDeclined(
+                    "the issuer declined the capture".into(),
+                )),
+                None,
+            ),
+            (Operation::Capture, _) => (Ok(new_reference("cap")), Some(S::Captured)),
+            (Operation::Refund, Some(S::Authorized | S::Voided)) => (
+                Err(GatewayError::Conflict(
+                    "cannot refund an authorization that was not captured".into(),
+                )),
+                None,
+            ),
+            (Operation::Refund, _) => (Ok(new_reference("ref")), Some(S::Refunded)),
+        };
+        if let Some(next) = next {
+            state
+                .authorizations
+                .entry(request.authorization.clone())
+                .and_modify(|a| a.state = next)
+                .or_insert_with(|| SimAuthorization {
+                    order_id: request.order_id.clone(),
+                    state: next,
+                });
+        }
+        state
+            .answers
+            .insert(request.idempotency_key.clone(), answer.clone());
+        answer
+    }
+}
+
+fn new_reference(kind: &str) -> GatewayReference {
+    format!("sim_{kind}_{}", Uuid::now_v7().simple())
+}
+
+#[tonic::async_trait]
+impl PaymentGateway for SimulatedGateway {
+    /// Decides at once (the gateway has the request) and, for `tok_slow`, answers after
+    /// `slow_ms`: a caller that gave up earlier leaves an authorization it does not know about.
+    async fn authorize(
+        &self,
+        request: &AuthorizeRequest,
+    ) -> Result<GatewayReference, GatewayError> {
+        self.latency().await;
+        let token = CardToken::parse(&request.card_token)
+            .ok_or_else(|| GatewayError::UnknownCardToken(request.card_token.clone()))?;
+        let answer = {
+            let mut state = self.lock();
+            match state.answers.get(&request.idempotency_key) {
+                Some(answer) => answer.clone(),
+                None => {
+                    let answer = if token == CardToken::Decline {
+                        Err(GatewayError::AuthorizationDeclined(
+                            "the issuer declined the card".into(),
+                        ))
+                    } else {
+                        let reference = new_reference("auth");
+                        state.authorizations.insert(
+                            reference.clone(),
+                            SimAuthorization {
+                                order_id: request.order_id.clone(),
+                                state: AuthorizationState::Authorized,
+                            },
+                        );
+                        Ok(reference)
+                    };
+                    state
+                        .answers
+                        .insert(request.idempotency_key.clone(), answer.clone());
+                    answer
+                }
+            }
+        };
+        if token == CardToken::Slow {
+            tokio::time::sleep(Duration::from_millis(self.config.slow_ms)).await;
+        }
+        answer
+    }
+
+    async fn void(&self, request: &OperationRequest) -> Result<GatewayReference, GatewayError> {
+        self.latency().await;
+        self.operate(Operation::Void, request)
+    }
+
+    async fn capture(&self, request: &OperationRequest) -> Result<GatewayReference, GatewayError> {
+        self.latency().await;
+        self.operate(Operation::Capture, request)
+    }
+
+    async fn refund(&self, request: &OperationRequest) -> Result<GatewayReference, GatewayError> {
+        self.latency().await;
+        self.operate(Operation::Refund, request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn authorize(key: &str, token: &str) -> AuthorizeRequest {
+        AuthorizeRequest {
+            idempotency_key: key.into(),
+            order_id: "o1".into(),
+            amount: 1000,
+            card_token: token.into(),
+        }
+    }
+
+    fn operation(key: &str, authorization: &str, token: &str) -> OperationRequest {
+        OperationRequest {
+            idempotency_key: key.into(),
+            authorization: authorization.into(),
+            order_id: "o1".into(),
+            amount: 1000,
+            card_token: token.into(),
+        }
+    }
+
+    fn gateway() -> SimulatedGateway {
+        SimulatedGateway::new(SimulatedGatewayConfig {
+            latency_ms: 0,
+            slow_ms: 50,
+        })
+    }
+
+    #[tokio::test]
+    async fn tokens_decide_authorization() {
+        let gw = gateway();
+        assert!(gw.authorize(&authorize("a", "tok_ok")).await.is_ok());
+        assert_eq!(
+            gw.authorize(&authorize("b", "tok_decline")).await,
+            Err(GatewayError::AuthorizationDeclined(
+                "the issuer declined the card".into()
+            ))
+        );
+        assert!(
+            gw.authorize(&authorize("c", "tok_capture_decline"))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            gw.authorize(&authorize("d", "tok_nope")).await,
+            Err(GatewayError::UnknownCardToken("tok_nope".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn idempotent_on_the_key() {
+        let gw = gateway();
+        let first = gw.authorize(&authorize("k", "tok_ok")).await.unwrap();
+        let again = gw.authorize(&authorize("k", "tok_ok")).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(gw.authorizations_of("o1").len(), 1);
+        let void = gw.void(&operation("v", &first, "tok_ok")).await.unwrap();
+        assert_eq!(gw.void(&operation("v", &first, "tok_ok")).await, Ok(void));
+    }
+
+    #[tokio::test]
+    async fn capture_decline_and_state_conflicts() {
+        let gw = gateway();
+        let auth = gw
+            .authorize(&authorize("a", "tok_capture_decline"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            gw.capture(&operation("c", &auth, "tok_capture_decline"))
+                .await,
+            Err(GatewayError::CaptureDeclined(_))
+        ));
+        // The authorization is still open: it can be voided, then not captured.
+        gw.void(&operation("v", &auth, "tok_capture_decline"))
+            .await
+            .unwrap();
+        assert_eq!(gw.authorizations_of("o1"), vec![AuthorizationState::Voided]);
+
+        let auth = gw.authorize(&authorize("a2", "tok_ok")).await.unwrap();
+        assert!(matches!(
+            gw.refund(&operation("r0", &auth, "tok_ok")).await,
+            Err(GatewayError::Conflict(_))
+        ));
+        gw.capture(&operation("c2", &auth, "tok_ok")).await.unwrap();
+        assert!(matches!(
+            gw.void(&operation("v2", &auth, "tok_ok")).await,
+            Err(GatewayError::Conflict(_))
+        ));
+        gw.refund(&operation("r2", &auth, "tok_ok")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn forgotten_authorizations_are_decided_by_token() {
+        let gw = gateway();
+        assert!(
+            gw.capture(&operation("c", "sim_auth_unknown", "tok_ok"))
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            gw.capture(&operation("c2", "sim_auth_unknown2", "tok_capture_decline"))
+                .await,
+            Err(GatewayError::CaptureDeclined(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_token_answers_after_slow_ms_but_decides_at_once() {
+        let gw = SimulatedGateway::new(SimulatedGatewayConfig {
+            latency_ms: 0,
+            slow_ms: 10_000,
+        });
+        let call = {
+            let gw = gw.clone();
+            tokio::spawn(async move { gw.authorize(&authorize("s", "tok_slow")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            gw.authorizations_of("o1"),
+            vec![AuthorizationState::Authorized]
+        );
+        assert!(!call.is_finished());
+        tokio::time::sleep(Duration::from_millis(10_000)).await;
+        assert!(call.await.unwrap().is_ok());
+    }
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        let cli = Cli::parse_from(["x"]);
+        assert_eq!(cli.gateway.config(), SimulatedGatewayConfig::default());
+        assert_eq!(SimulatedGatewayConfig::default().slow_ms, 10_000);
+        let cli = Cli::parse_from(["x", "--gateway-latency-ms", "5", "--gateway-slow-ms", "200"]);
+        assert_eq!(
+            cli.gateway.config(),
+            SimulatedGatewayConfig {
+                latency_ms: 5,
+                slow_ms: 200
+            }
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! The query RPC of DESIGN §3a through the real grpcurl binary: JSON field names are the
+//! documented ones (lowerCamelCase) with the right values.
+
+use sagaflow_testkit::{Kind, grpcurl_json};
+
+use crate::harness::{self, order_id, start_req};
+
+async fn get_payment_json(kind: Kind) {
+    let mut t = harness::start(kind, "pay_grpcurl").await;
+    let order = order_id();
+    let payment = t
+        .client
+        .start_payment(start_req("g:4", &order, 12_345, "tok_ok"))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    let addr = t.server.addr().to_string();
+    let body = serde_json::json!({ "order_id": order }).to_string();
+    let json = tokio::task::spawn_blocking(move || {
+        grpcurl_json(
+            &addr,
+            &["-d", &body],
+            "sagaflow.payment.v1.PaymentService/GetPayment",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "payment": {
+                "paymentId": payment.payment_id,
+                "orderId": order,
+                "amount": "12345",
+                "status": "PAYMENT_STATUS_STARTED",
+            }
+        })
+    );
+    t.stop().await;
+}
+
+sagaflow_testkit::both_backends!(get_payment_json);

@@ -1,0 +1,12 @@
+//! Integration tests of the payment service over real gRPC on loopback, each on a fresh SQLite
+//! file and a fresh PostgreSQL database (issue 3 acceptance).
+
+// Test code: a failed unwrap is a failed test (clippy's allow-*-in-tests does not reach helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod commands;
+mod grpcurl;
+mod harness;
+mod migrations;
+mod slow_gateway;
+mod validation;

@@ -1,0 +1,38 @@
+//! TopProducts through the real grpcurl binary: JSON field names are the documented ones
+//! (lowerCamelCase) with the right values.
+
+use sagaflow_testkit::{Kind, grpcurl_json};
+
+use crate::harness::{self, completed};
+
+async fn top_products_json(kind: Kind) {
+    let mut t = harness::start(kind, "rank_grpcurl").await;
+    for event in [
+        completed(&[("KB-001", 2), ("MS-002", 1)]),
+        completed(&[("KB-001", 1)]),
+    ] {
+        t.client.record_order_completed(event).await.unwrap();
+    }
+    let addr = t.server.addr().to_string();
+    let json = tokio::task::spawn_blocking(move || {
+        grpcurl_json(
+            &addr,
+            &["-d", r#"{"limit": 5}"#],
+            "sagaflow.ranking.v1.RankingService/TopProducts",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "products": [
+                { "sku": "KB-001", "unitsSold": "3", "orders": "2" },
+                { "sku": "MS-002", "unitsSold": "1", "orders": "1" },
+            ]
+        })
+    );
+    t.stop().await;
+}
+
+sagaflow_testkit::both_backends!(top_products_json);
