@@ -61,7 +61,10 @@ impl Process {
         let child = Command::new(sagaflow_bin())
             .args(args)
             .envs(envs.iter().copied())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("SAGAFLOW_LOG_FORMAT", "pretty")
             .stdin(Stdio::null())
             .stdout(out)
@@ -90,7 +93,11 @@ impl Process {
                     return addr.to_owned();
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("sagaflow exited with {status} before listening; logs:\n{logs}");
             }
             assert!(
@@ -132,7 +139,10 @@ impl Process {
                 return status.code();
             }
             if Instant::now() >= deadline {
-                panic!("sagaflow did not exit within {timeout:?} of SIGTERM; logs:\n{}", self.logs());
+                panic!(
+                    "sagaflow did not exit within {timeout:?} of SIGTERM; logs:\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

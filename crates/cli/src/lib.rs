@@ -1,1 +1,33 @@
-//! The sagaflow command-line interface.
+//! The `sagaflow` command line (DESIGN §8), as a library so that tests can run the embedded system
+//! and reuse the invariant checks:
+//!
+//! - [`serve`]: one service on its own port and database (`sagaflow serve <service>`);
+//! - [`dev`]: every service and the orchestrator in one process on SQLite (`sagaflow dev`);
+//! - [`demo`]: places the shipped sample orders and checks the invariants (`sagaflow demo`);
+//! - [`bench`]: a load generator (`sagaflow bench`);
+//! - [`saga`]: the saga admin API (`sagaflow saga show|list|retry|cancel`);
+//! - [`invariants`]: the invariants of DESIGN §6 checked through the query APIs.
+
+pub mod bench;
+pub mod demo;
+pub mod dev;
+pub mod invariants;
+pub mod load;
+pub mod saga;
+pub mod seed;
+pub mod serve;
+
+/// Why a command failed: bad configuration (exit 64) or a runtime failure (exit 1).
+#[derive(Debug)]
+pub enum CliError {
+    /// Invalid configuration, with a one-line message.
+    Usage(String),
+    /// A runtime failure.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(err: anyhow::Error) -> Self {
+        Self::Failed(err)
+    }
+}

@@ -14,7 +14,9 @@ use sagaflow_proto::order::v1::{
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let addr = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let user_id = args.next().unwrap_or_else(|| "alice".into());
     let sku = args.next().unwrap_or_else(|| "KB-001".into());
     let quantity: i32 = args.next().as_deref().unwrap_or("1").parse()?;
@@ -34,13 +36,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_inner()
         .order
         .ok_or("PlaceOrder returned no order")?;
-    println!("placed {} (payable {} KRW)", placed.order_id, placed.payable);
+    println!(
+        "placed {} (payable {} KRW)",
+        placed.order_id, placed.payable
+    );
 
     // Block until the saga finished (at most 30 s).
     let order = orders
         .get_order(GetOrderRequest {
             order_id: placed.order_id.clone(),
-            wait: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+            wait: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
         })
         .await?
         .into_inner()

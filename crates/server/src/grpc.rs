@@ -158,6 +158,20 @@ pub async fn spawn(
     faults: FaultConfig,
 ) -> std::io::Result<ServerHandle> {
     let listener = TcpListener::bind(addr).await?;
+    spawn_on(listener, routes, service_names, faults)
+}
+
+/// Serves `routes` on an already-bound `listener` on a background task (bind first when other
+/// components must know the address before the server runs, as the embedded system does).
+///
+/// # Errors
+/// When the listener's local address cannot be read.
+pub fn spawn_on(
+    listener: TcpListener,
+    routes: RoutesBuilder,
+    service_names: &[&str],
+    faults: FaultConfig,
+) -> std::io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let names: Vec<String> = service_names.iter().map(|s| (*s).to_owned()).collect();

@@ -37,7 +37,7 @@ const FAIL: &str = "order.FailOrder";
 
 #[tonic::async_trait]
 impl OrderServiceApi for OrderService {
-    #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id), err)]
+    #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id), err(level = "info"))]
     async fn place_order(
         &self,
         request: Request<pb::PlaceOrderRequest>,
@@ -92,10 +92,11 @@ impl OrderServiceApi for OrderService {
             })
         })
         .await?;
+        self.wake_relay();
         Ok(Response::new(response))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err)]
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "info"))]
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,
@@ -114,7 +115,7 @@ impl OrderServiceApi for OrderService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id), err)]
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id), err(level = "info"))]
     async fn list_orders(
         &self,
         request: Request<pb::ListOrdersRequest>,
@@ -168,7 +169,7 @@ impl OrderServiceApi for OrderService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err)]
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "info"))]
     async fn apply_coupon(
         &self,
         request: Request<pb::ApplyCouponRequest>,
@@ -206,7 +207,7 @@ impl OrderServiceApi for OrderService {
         Ok(Response::new(response))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err)]
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "info"))]
     async fn complete_order(
         &self,
         request: Request<pb::CompleteOrderRequest>,
@@ -223,7 +224,7 @@ impl OrderServiceApi for OrderService {
         Ok(Response::new(pb::CompleteOrderResponse { order }))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err)]
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "info"))]
     async fn fail_order(
         &self,
         request: Request<pb::FailOrderRequest>,
@@ -255,6 +256,13 @@ const NO_DISCOUNT: DiscountRule = DiscountRule {
 };
 
 impl OrderService {
+    /// Wakes the outbox relay, if one is attached, after a commit that may have written an event.
+    fn wake_relay(&self) {
+        if let Some(relay) = &self.relay {
+            relay.wake();
+        }
+    }
+
     /// Unit prices (KRW won) of `lines`' skus, from one `BatchGetProducts` call; unknown skus are
     /// absent.
     async fn prices(&self, lines: &[(String, i32)]) -> Result<HashMap<String, i64>, ServiceError> {
@@ -347,6 +355,7 @@ impl OrderService {
             })
         })
         .await?;
+        self.wake_relay();
         // No receiver is fine: nobody is waiting.
         let _ = self.changes.send(notice_id);
         Ok(response.order)

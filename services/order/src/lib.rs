@@ -32,6 +32,7 @@ use tonic::transport::Channel;
 pub mod domain;
 mod grpc;
 pub mod outbox;
+pub mod relay;
 mod store;
 
 /// The fully-qualified gRPC service name (for health and reflection).
@@ -69,6 +70,8 @@ pub struct OrderService {
     /// Order ids that just reached a terminal status (CompleteOrder, FailOrder), for GetOrder
     /// callers that wait.
     changes: broadcast::Sender<String>,
+    /// Wakes the outbox relay after a commit that wrote an event.
+    relay: Option<relay::RelayWaker>,
 }
 
 impl OrderService {
@@ -81,7 +84,15 @@ impl OrderService {
             db,
             inventory,
             changes,
+            relay: None,
         }
+    }
+
+    /// The same service, waking `relay` right after every commit that writes an outbox event
+    /// (DESIGN §7: the relay tries right after the commit).
+    pub fn with_relay_waker(mut self, relay: relay::RelayWaker) -> Self {
+        self.relay = Some(relay);
+        self
     }
 
     /// Adds the gRPC service to `routes`.

@@ -139,7 +139,7 @@ enum Authorization {
     Declined,
 }
 
-#[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
+#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "info"))]
 async fn start(
     db: Db,
     gateway: Arc<dyn PaymentGateway>,
@@ -244,7 +244,7 @@ async fn void_late_authorization(
     }
 }
 
-#[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
+#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "info"))]
 async fn cancel(
     db: Db,
     gateway: Arc<dyn PaymentGateway>,
@@ -303,7 +303,7 @@ enum Capture {
     Declined,
 }
 
-#[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
+#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "info"))]
 async fn complete(
     db: Db,
     gateway: Arc<dyn PaymentGateway>,
@@ -356,7 +356,7 @@ async fn complete(
     .await
 }
 
-#[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
+#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "info"))]
 async fn refund(
     db: Db,
     gateway: Arc<dyn PaymentGateway>,

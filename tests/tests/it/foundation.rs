@@ -11,7 +11,14 @@ const START: Duration = Duration::from_secs(30);
 
 fn serve(service: &str, db: &TestDatabase) -> Process {
     Process::start(
-        &["serve", service, "--listen", "127.0.0.1:0", "--database-url", &db.url],
+        &[
+            "serve",
+            service,
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+        ],
         &[],
         START,
     )
@@ -32,7 +39,10 @@ fn every_service_lists_itself_health_and_reflection_on_sqlite() {
         let listed = grpcurl(p.addr(), &[], Some("list"));
         let names: Vec<&str> = listed.lines().collect();
         assert!(names.contains(&full_name), "{service}: {names:?}");
-        assert!(names.contains(&"grpc.health.v1.Health"), "{service}: {names:?}");
+        assert!(
+            names.contains(&"grpc.health.v1.Health"),
+            "{service}: {names:?}"
+        );
         assert!(
             names.contains(&"grpc.reflection.v1alpha.ServerReflection"),
             "{service}: {names:?}"
@@ -43,7 +53,12 @@ fn every_service_lists_itself_health_and_reflection_on_sqlite() {
             Some("grpc.health.v1.Health/Check"),
         );
         assert!(health.contains("SERVING"), "{service}: {health}");
-        assert_eq!(p.terminate(Duration::from_secs(10)), Some(0), "{}", p.logs());
+        assert_eq!(
+            p.terminate(Duration::from_secs(10)),
+            Some(0),
+            "{}",
+            p.logs()
+        );
     }
 }
 
@@ -51,7 +66,11 @@ fn every_service_lists_itself_health_and_reflection_on_sqlite() {
 fn describe_order_service_shows_the_public_rpcs_on_postgres() {
     let db = TestDatabase::new(Kind::Postgres, "found_order");
     let mut p = serve("order", &db);
-    let described = grpcurl(p.addr(), &[], Some("describe sagaflow.order.v1.OrderService"));
+    let described = grpcurl(
+        p.addr(),
+        &[],
+        Some("describe sagaflow.order.v1.OrderService"),
+    );
     for rpc in [
         "rpc PlaceOrder ( .sagaflow.order.v1.PlaceOrderRequest ) returns ( .sagaflow.order.v1.PlaceOrderResponse );",
         "rpc GetOrder ( .sagaflow.order.v1.GetOrderRequest ) returns ( .sagaflow.order.v1.GetOrderResponse );",
@@ -59,13 +78,29 @@ fn describe_order_service_shows_the_public_rpcs_on_postgres() {
     ] {
         assert!(described.contains(rpc), "missing {rpc:?} in:\n{described}");
     }
-    let message = grpcurl(p.addr(), &[], Some("describe sagaflow.order.v1.PlaceOrderRequest"));
-    for field in ["request_id", "user_id", "lines", "coupon_code", "points", "payment_method"] {
+    let message = grpcurl(
+        p.addr(),
+        &[],
+        Some("describe sagaflow.order.v1.PlaceOrderRequest"),
+    );
+    for field in [
+        "request_id",
+        "user_id",
+        "lines",
+        "coupon_code",
+        "points",
+        "payment_method",
+    ] {
         assert!(message.contains(field), "missing {field} in:\n{message}");
     }
     let health = grpcurl(p.addr(), &[], Some("describe grpc.health.v1.Health"));
     assert!(health.contains("rpc Check"), "{health}");
-    assert_eq!(p.terminate(Duration::from_secs(10)), Some(0), "{}", p.logs());
+    assert_eq!(
+        p.terminate(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        p.logs()
+    );
 }
 
 #[test]
@@ -82,6 +117,10 @@ fn unsupported_database_url_is_a_usage_error() {
 fn unknown_method_is_reported_by_grpcurl() {
     let db = TestDatabase::new(Kind::Sqlite, "found_unknown");
     let p = serve("inventory", &db);
-    let out = grpcurl_output(p.addr(), &[], Some("sagaflow.inventory.v1.InventoryService/Nope"));
+    let out = grpcurl_output(
+        p.addr(),
+        &[],
+        Some("sagaflow.inventory.v1.InventoryService/Nope"),
+    );
     assert!(!out.status.success());
 }

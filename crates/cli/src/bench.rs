@@ -1,0 +1,237 @@
+//! `sagaflow bench`: a load generator for the order saga. It places plain orders (one line, card
+//! `tok_ok`, no coupon, no points) from `--concurrency` clients for `--count` orders or
+//! `--duration` seconds, waits for each saga to finish, and prints sagas per second, p50/p95/p99
+//! latency from PlaceOrder to the terminal status, outcome counts and, for a local server, its
+//! peak RSS. It reports; it never fails on slowness.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use sagaflow_proto::{
+    inventory::v1::{
+        RestockRequest, UpsertProductRequest, inventory_service_client::InventoryServiceClient,
+    },
+    order::v1::{OrderLineRequest, PlaceOrderRequest, order_service_client::OrderServiceClient},
+};
+use tokio::{sync::Mutex, task::JoinSet, time::Instant};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    dev::{Embedded, EmbeddedConfig},
+    load::{Latencies, outcome_label, peak_rss_kib, place_and_wait},
+};
+
+/// The product every bench order buys.
+const BENCH_SKU: &str = "BENCH-001";
+
+/// Flags of `sagaflow bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// URL of a running system; without it an embedded system is started on a fresh data
+    /// directory (its peak RSS is then reported).
+    #[arg(long, env = "SAGAFLOW_ADDR")]
+    pub addr: Option<String>,
+    /// Orders in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Orders to place in all (ignored when --duration is given).
+    #[arg(long, default_value_t = 2000)]
+    pub count: u64,
+    /// Place orders for this many seconds instead of a fixed count.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Process id of a local server started separately, to report its peak RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// SQLite durability of the embedded system: `full` or `normal`.
+    #[arg(long, value_enum, default_value_t = sagaflow_server::config::Synchronous::Full)]
+    pub sqlite_synchronous: sagaflow_server::config::Synchronous,
+}
+
+/// Bench results.
+#[derive(Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// Clients placing orders at once.
+    pub concurrency: usize,
+    /// Orders that reached a terminal status.
+    pub finished: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Finished sagas per second.
+    pub sagas_per_second: f64,
+    /// Latency from PlaceOrder to the terminal read, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile, milliseconds.
+    pub p95_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+    /// Outcome label → count.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Errors placing or waiting.
+    pub errors: u64,
+    /// Peak RSS of the server in KiB (embedded: this process, clients included).
+    pub server_peak_rss_kib: Option<u64>,
+    /// Durability of the embedded system's SQLite databases, when embedded.
+    pub durability: String,
+}
+
+/// Runs the bench (see the module docs).
+///
+/// # Errors
+/// When the system cannot be reached or started, or the bench product cannot be set up.
+pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
+    let (embedded, url, durability) = match &args.addr {
+        Some(url) => (None, url.clone(), "remote (its own settings)".to_owned()),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("sagaflow-bench-")
+                .tempdir()
+                .context("creating a data directory")?;
+            let mut config = EmbeddedConfig::bench(dir.path().to_path_buf());
+            config.sqlite_synchronous = args.sqlite_synchronous;
+            let durability = format!(
+                "embedded SQLite, WAL, synchronous={:?}",
+                args.sqlite_synchronous
+            );
+            let system = Embedded::start(config).await?;
+            let url = system.url();
+            (Some((system, dir)), url, durability)
+        }
+    };
+    let channel = Endpoint::from_shared(url.clone())
+        .context("--addr")?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let report = drive(&args, channel, durability).await;
+    if let Some((system, _dir)) = embedded {
+        system.shutdown().await;
+    }
+    let mut report = report?;
+    if args.addr.is_none() {
+        report.server_peak_rss_kib = peak_rss_kib(None);
+    } else if let Some(pid) = args.server_pid {
+        report.server_peak_rss_kib = peak_rss_kib(Some(pid));
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("encoding the report")?
+        );
+    } else {
+        println!(
+            "concurrency {}: {} sagas in {:.2} s = {:.1} sagas/s; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; errors {}; outcomes {:?}; server peak RSS {}; durability: {}",
+            report.concurrency,
+            report.finished,
+            report.seconds,
+            report.sagas_per_second,
+            report.p50_ms,
+            report.p95_ms,
+            report.p99_ms,
+            report.errors,
+            report.outcomes,
+            report.server_peak_rss_kib.map_or_else(
+                || "n/a".to_owned(),
+                |k| format!("{:.1} MiB", k as f64 / 1024.0)
+            ),
+            report.durability
+        );
+    }
+    Ok(report)
+}
+
+async fn drive(
+    args: &BenchArgs,
+    channel: Channel,
+    durability: String,
+) -> anyhow::Result<BenchReport> {
+    let run = format!("bench{}", sagaflow_server::db::now_ms());
+    let mut inventory = InventoryServiceClient::new(channel.clone());
+    inventory
+        .upsert_product(UpsertProductRequest {
+            sku: BENCH_SKU.into(),
+            name: "Bench widget".into(),
+            unit_price: 1000,
+        })
+        .await
+        .context("creating the bench product")?;
+    inventory
+        .restock(RestockRequest {
+            sku: BENCH_SKU.into(),
+            quantity: 1_000_000_000,
+            idempotency_key: format!("{run}:restock"),
+        })
+        .await
+        .context("stocking the bench product")?;
+
+    let concurrency = args.concurrency.max(1);
+    let started = Instant::now();
+    let stop_at = args.duration.map(|s| started + Duration::from_secs(s));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let results = Arc::new(Mutex::new((Vec::new(), BTreeMap::new(), 0_u64)));
+    let mut set = JoinSet::new();
+    for _ in 0..concurrency {
+        let next = next.clone();
+        let results = results.clone();
+        let mut client = OrderServiceClient::new(channel.clone());
+        let run = run.clone();
+        let count = args.count;
+        set.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let more = match stop_at {
+                    Some(t) => Instant::now() < t,
+                    None => i < count,
+                };
+                if !more {
+                    break;
+                }
+                let request = PlaceOrderRequest {
+                    request_id: format!("{run}-{i}"),
+                    user_id: format!("bench-user-{}", i % 1000),
+                    lines: vec![OrderLineRequest {
+                        sku: BENCH_SKU.into(),
+                        quantity: 1,
+                    }],
+                    coupon_code: None,
+                    points: 0,
+                    payment_method: "tok_ok".into(),
+                };
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let outcome = place_and_wait(&mut client, request, deadline).await;
+                let mut r = results.lock().await;
+                match outcome {
+                    Ok((order, latency)) => {
+                        r.0.push(latency);
+                        *r.1.entry(outcome_label(&order)).or_insert(0_u64) += 1;
+                    }
+                    Err(_) => r.2 += 1,
+                }
+            }
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        joined.context("a bench client failed")?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (latencies, outcomes, errors) = std::mem::take(&mut *results.lock().await);
+    let lat = Latencies::of(&latencies);
+    let finished = latencies.len() as u64;
+    Ok(BenchReport {
+        concurrency,
+        finished,
+        seconds,
+        sagas_per_second: finished as f64 / seconds.max(1e-9),
+        p50_ms: lat.p50_ms,
+        p95_ms: lat.p95_ms,
+        p99_ms: lat.p99_ms,
+        outcomes,
+        errors,
+        server_peak_rss_kib: None,
+        durability,
+    })
+}

@@ -1,0 +1,314 @@
+//! `sagaflow demo`: places the shipped sample orders (`examples/orders.jsonl`, or `--orders FILE`)
+//! against a running system (`--addr`) or an embedded one started for the occasion, waits for every
+//! saga, prints the outcomes by reason and scenario, sagas per second and p50/p99 latency, then
+//! checks the invariants of DESIGN §6 through the query APIs. Exits non-zero if an order did not
+//! finish or an invariant fails.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use sagaflow_proto::order::v1::{
+    Order, OrderLineRequest, PlaceOrderRequest, order_service_client::OrderServiceClient,
+};
+use serde::Deserialize;
+use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    dev::{Embedded, EmbeddedConfig},
+    invariants::{self, Services},
+    load::{Latencies, is_terminal, outcome_label, place_and_wait},
+};
+
+/// The shipped sample orders.
+pub const SAMPLE_ORDERS: &str = include_str!("../examples/orders.jsonl");
+
+/// Flags of `sagaflow demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// URL of a running system (`http://127.0.0.1:50051`); without it an embedded system is
+    /// started on a fresh data directory and stopped afterwards.
+    #[arg(long, env = "SAGAFLOW_ADDR")]
+    pub addr: Option<String>,
+    /// Orders to place, one JSON `PlaceOrderRequest` per line (default: the shipped sample).
+    #[arg(long)]
+    pub orders: Option<PathBuf>,
+    /// Orders in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Longest wait for all orders to finish, seconds.
+    #[arg(long, default_value_t = 180)]
+    pub timeout_secs: u64,
+}
+
+/// One line of the orders file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SampleOrder {
+    /// Client request id; the demo prefixes it with a run id so every run places new orders.
+    pub request_id: String,
+    /// Ordering user.
+    pub user_id: String,
+    /// Lines.
+    pub lines: Vec<SampleLine>,
+    /// Coupon code, if any.
+    #[serde(default)]
+    pub coupon_code: Option<String>,
+    /// Points to spend, KRW won.
+    #[serde(default)]
+    pub points: i64,
+    /// Card token.
+    pub payment_method: String,
+    /// What the order exercises (for the report).
+    #[serde(default)]
+    pub scenario: String,
+}
+
+/// One line of a sample order.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SampleLine {
+    /// Product sku.
+    pub sku: String,
+    /// Units.
+    pub quantity: i32,
+}
+
+/// Parses a JSONL orders file.
+///
+/// # Errors
+/// Names the first line that is not a sample order.
+pub fn parse_orders(text: &str) -> anyhow::Result<Vec<SampleOrder>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("orders line {}", i + 1)))
+        .collect()
+}
+
+impl SampleOrder {
+    /// The PlaceOrder request, with `run` prefixed to the request id.
+    pub fn request(&self, run: &str) -> PlaceOrderRequest {
+        PlaceOrderRequest {
+            request_id: format!("{run}-{}", self.request_id),
+            user_id: self.user_id.clone(),
+            lines: self
+                .lines
+                .iter()
+                .map(|l| OrderLineRequest {
+                    sku: l.sku.clone(),
+                    quantity: l.quantity,
+                })
+                .collect(),
+            coupon_code: self.coupon_code.clone(),
+            points: self.points,
+            payment_method: self.payment_method.clone(),
+        }
+    }
+}
+
+/// What one demo run observed.
+#[derive(Debug)]
+pub struct DemoOutcome {
+    /// Every order as last read.
+    pub orders: Vec<Order>,
+    /// Orders that never reached a terminal status.
+    pub unfinished: usize,
+    /// Invariant violations.
+    pub violations: Vec<String>,
+    /// Number of invariant checks made.
+    pub checks: usize,
+}
+
+/// Runs the demo (see the module docs).
+///
+/// # Errors
+/// When the system cannot be reached or started, or orders cannot be placed.
+pub async fn run(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
+    let text = match &args.orders {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => SAMPLE_ORDERS.to_owned(),
+    };
+    let samples = parse_orders(&text)?;
+    if samples.is_empty() {
+        bail!("the orders file has no orders");
+    }
+    let (embedded, url) = match &args.addr {
+        Some(url) => (None, url.clone()),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("sagaflow-demo-")
+                .tempdir()
+                .context("creating a data directory")?;
+            let config = EmbeddedConfig::demo(dir.path().to_path_buf());
+            println!("starting an embedded system on {}", dir.path().display());
+            let system = Embedded::start(config).await?;
+            let url = system.url();
+            (Some((system, dir)), url)
+        }
+    };
+    let channel = Endpoint::from_shared(url.clone())
+        .context("--addr")?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let outcome = place_all(&args, &samples, channel).await;
+    if let Some((system, _dir)) = embedded {
+        system.shutdown().await;
+    }
+    outcome
+}
+
+async fn place_all(
+    args: &DemoArgs,
+    samples: &[SampleOrder],
+    channel: Channel,
+) -> anyhow::Result<DemoOutcome> {
+    let services = Services::single(channel.clone());
+    let users: BTreeSet<String> = samples.iter().map(|o| o.user_id.clone()).collect();
+    let coupons: BTreeSet<String> = samples
+        .iter()
+        .filter_map(|o| o.coupon_code.clone())
+        .collect();
+    let before = invariants::snapshot(&services, &users, &coupons)
+        .await
+        .context("reading the state before the run")?;
+
+    let run = format!("run{}", sagaflow_server::db::now_ms());
+    println!(
+        "placing {} orders ({} in flight at once), run id {run}",
+        samples.len(),
+        args.concurrency.max(1)
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let started = Instant::now();
+    let mut set = JoinSet::new();
+    for (i, sample) in samples.iter().enumerate() {
+        let permits = permits.clone();
+        let mut client = OrderServiceClient::new(channel.clone());
+        let request = sample.request(&run);
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (i, place_and_wait(&mut client, request, deadline).await)
+        });
+    }
+    let mut results: Vec<Option<(Order, Duration)>> = vec![None; samples.len()];
+    let mut errors = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (i, result) = joined.context("an order task failed")?;
+        match result {
+            Ok(r) => results[i] = Some(r),
+            Err(status) => errors.push(format!(
+                "{}: {} {}",
+                samples[i].request_id,
+                status.code(),
+                status.message()
+            )),
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let mut by_outcome: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_scenario: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut latencies = Vec::new();
+    let mut orders = Vec::new();
+    for (sample, result) in samples.iter().zip(&results) {
+        let Some((order, latency)) = result else {
+            continue;
+        };
+        let label = outcome_label(order);
+        *by_outcome.entry(label.clone()).or_default() += 1;
+        *by_scenario
+            .entry((sample.scenario.clone(), label))
+            .or_default() += 1;
+        if is_terminal(order) {
+            latencies.push(*latency);
+        }
+        orders.push(order.clone());
+    }
+    let unfinished = orders.iter().filter(|o| !is_terminal(o)).count() + errors.len();
+    let lat = Latencies::of(&latencies);
+
+    println!("\noutcomes:");
+    for (label, n) in &by_outcome {
+        println!("  {label:<32} {n:>5}");
+    }
+    println!("\nby scenario:");
+    for ((scenario, label), n) in &by_scenario {
+        println!("  {scenario:<56} {label:<30} {n:>4}");
+    }
+    for e in &errors {
+        println!("  error placing {e}");
+    }
+    println!(
+        "\n{} orders finished in {:.2} s: {:.1} sagas/s; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        elapsed.as_secs_f64(),
+        latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        lat.p50_ms,
+        lat.p99_ms,
+        lat.max_ms
+    );
+
+    let after = invariants::snapshot(&services, &users, &coupons)
+        .await
+        .context("reading the state after the run")?;
+    let report = invariants::check(&services, &orders, &before, &after)
+        .await
+        .context("checking invariants")?;
+    if report.violations.is_empty() {
+        println!("invariants: {} checks, all hold", report.checks);
+    } else {
+        println!(
+            "invariants: {} checks, {} VIOLATED:",
+            report.checks,
+            report.violations.len()
+        );
+        for v in &report.violations {
+            println!("  {v}");
+        }
+    }
+    Ok(DemoOutcome {
+        orders,
+        unfinished,
+        violations: report.violations,
+        checks: report.checks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_sample_has_every_scenario() {
+        let orders = parse_orders(SAMPLE_ORDERS).unwrap();
+        assert!(orders.len() >= 200);
+        let scenarios: BTreeSet<&str> = orders.iter().map(|o| o.scenario.as_str()).collect();
+        for s in [
+            "plain",
+            "coupon",
+            "points",
+            "out of stock",
+            "expired coupon",
+            "someone else's coupon",
+            "declined card",
+            "points above balance",
+            "slow gateway (unknown outcome)",
+        ] {
+            assert!(scenarios.contains(s), "missing scenario {s}");
+        }
+        assert!(
+            orders
+                .iter()
+                .any(|o| o.payment_method == "tok_capture_decline")
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! The invariants of DESIGN §6, checked from outside through the public query APIs, for a set of
+//! orders placed by one run (`sagaflow demo`, the acceptance and chaos tests).
+//!
+//! Take a [`Snapshot`] of the catalog, the users' balances and the coupons before placing orders;
+//! when every order is terminal, [`check`] compares the snapshot taken after with the one before:
+//!
+//! - every order is terminal (COMPLETED or FAILED) and payable = subtotal − discount − points ≥ 0;
+//! - per sku: stock before − stock after = units of the run's COMPLETED orders; stock ≥ 0;
+//! - per user: balance before − balance after = points of the run's COMPLETED orders;
+//! - the coupon of a COMPLETED order is USED by it; the coupon of a FAILED order is AVAILABLE
+//!   again, unless another COMPLETED order of the run holds it;
+//! - each COMPLETED order has one COMPLETED payment of its payable amount; each FAILED order has
+//!   none, or a CANCELED or REFUNDED one.
+//!
+//! These deltas assume nobody else changes the same products, users or coupons meanwhile.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sagaflow_proto::{
+    coupon::v1::{CouponStatus, GetCouponRequest, coupon_service_client::CouponServiceClient},
+    inventory::v1::{ListProductsRequest, inventory_service_client::InventoryServiceClient},
+    order::v1::{Order, OrderStatus},
+    payment::v1::{GetPaymentRequest, PaymentStatus, payment_service_client::PaymentServiceClient},
+    point::v1::{GetBalanceRequest, point_service_client::PointServiceClient},
+};
+use tonic::{Code, transport::Channel};
+
+/// Stock, balances and coupon holders at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// sku → units in stock.
+    pub stock: BTreeMap<String, i64>,
+    /// user → point balance, KRW won.
+    pub balances: BTreeMap<String, i64>,
+    /// coupon code → order holding it (`None` when AVAILABLE).
+    pub coupons: BTreeMap<String, Option<String>>,
+}
+
+/// Channels to the services whose state is checked (one channel for the embedded system).
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Inventory.
+    pub inventory: Channel,
+    /// Point.
+    pub point: Channel,
+    /// Coupon.
+    pub coupon: Channel,
+    /// Payment.
+    pub payment: Channel,
+}
+
+impl Services {
+    /// Every service behind one channel.
+    pub fn single(channel: Channel) -> Self {
+        Self {
+            inventory: channel.clone(),
+            point: channel.clone(),
+            coupon: channel.clone(),
+            payment: channel,
+        }
+    }
+}
+
+/// Reads stock of every product, the balances of `users` and the holders of `coupons`.
+///
+/// # Errors
+/// The first query that fails.
+pub async fn snapshot(
+    services: &Services,
+    users: &BTreeSet<String>,
+    coupons: &BTreeSet<String>,
+) -> Result<Snapshot, tonic::Status> {
+    let mut snap = Snapshot::default();
+    let mut inventory = InventoryServiceClient::new(services.inventory.clone());
+    let mut page_token = String::new();
+    loop {
+        let page = inventory
+            .list_products(ListProductsRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        for p in page.products {
+            snap.stock.insert(p.sku, p.stock);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let mut point = PointServiceClient::new(services.point.clone());
+    for user in users {
+        let balance = point
+            .get_balance(GetBalanceRequest {
+                user_id: user.clone(),
+            })
+            .await?
+            .into_inner()
+            .balance;
+        snap.balances.insert(user.clone(), balance);
+    }
+    let mut coupon = CouponServiceClient::new(services.coupon.clone());
+    for code in coupons {
+        match coupon
+            .get_coupon(GetCouponRequest { code: code.clone() })
+            .await
+        {
+            Ok(reply) => {
+                let c = reply.into_inner().coupon.unwrap_or_default();
+                let holder = (c.status == CouponStatus::Used as i32).then_some(c.order_id);
+                snap.coupons.insert(code.clone(), holder);
+            }
+            Err(status) if status.code() == Code::NotFound => {}
+            Err(status) => return Err(status),
+        }
+    }
+    Ok(snap)
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Number of individual checks made.
+    pub checks: usize,
+    /// One line per violated invariant (empty when all hold).
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    fn expect(&mut self, ok: bool, violation: impl FnOnce() -> String) {
+        self.checks += 1;
+        if !ok {
+            self.violations.push(violation());
+        }
+    }
+}
+
+/// Checks the invariants for `orders` (as read after they finished) between `before` and `after`.
+///
+/// # Errors
+/// A payment query that fails with anything but NOT_FOUND.
+pub async fn check(
+    services: &Services,
+    orders: &[Order],
+    before: &Snapshot,
+    after: &Snapshot,
+) -> Result<Report, tonic::Status> {
+    let mut report = Report::default();
+    let mut units: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut points: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut coupon_winner: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut payment = PaymentServiceClient::new(services.payment.clone());
+
+    for order in orders {
+        let status = OrderStatus::try_from(order.status).unwrap_or(OrderStatus::Unspecified);
+        let id = &order.order_id;
+        report.expect(
+            matches!(status, OrderStatus::Completed | OrderStatus::Failed),
+            || format!("order {id} is not terminal: {}", status.as_str_name()),
+        );
+        report.expect(
+            order.payable == order.subtotal - order.discount - order.points && order.payable >= 0,
+            || {
+                format!(
+                    "order {id}: payable {} != subtotal {} - discount {} - points {}",
+                    order.payable, order.subtotal, order.discount, order.points
+                )
+            },
+        );
+        let paid = match payment
+            .get_payment(GetPaymentRequest {
+                order_id: id.clone(),
+            })
+            .await
+        {
+            Ok(reply) => reply.into_inner().payment,
+            Err(s) if s.code() == Code::NotFound => None,
+            Err(s) => return Err(s),
+        };
+        let paid_status = paid
+            .as_ref()
+            .map(|p| PaymentStatus::try_from(p.status).unwrap_or(PaymentStatus::Unspecified));
+        if status == OrderStatus::Completed {
+            for line in &order.lines {
+                *units.entry(&line.sku).or_default() += i64::from(line.quantity);
+            }
+            *points.entry(&order.user_id).or_default() += order.points;
+            if !order.coupon_code.is_empty() {
+                coupon_winner.insert(&order.coupon_code, id);
+            }
+            report.expect(
+                paid_status == Some(PaymentStatus::Completed)
+                    && paid.as_ref().map(|p| p.amount) == Some(order.payable),
+                || {
+                    format!(
+                        "COMPLETED order {id}: payment {paid:?}, payable {}",
+                        order.payable
+                    )
+                },
+            );
+        } else if status == OrderStatus::Failed {
+            report.expect(
+                matches!(
+                    paid_status,
+                    None | Some(PaymentStatus::Canceled) | Some(PaymentStatus::Refunded)
+                ),
+                || format!("FAILED order {id} has payment {paid:?}"),
+            );
+        }
+    }
+
+    for (sku, stock_after) in &after.stock {
+        report.expect(*stock_after >= 0, || {
+            format!("sku {sku}: negative stock {stock_after}")
+        });
+        let stock_before = before.stock.get(sku).copied().unwrap_or(0);
+        let sold = units.get(sku.as_str()).copied().unwrap_or(0);
+        report.expect(stock_before - stock_after == sold, || {
+            format!("sku {sku}: stock went {stock_before} -> {stock_after}, but COMPLETED orders took {sold}")
+        });
+    }
+    for (user, balance_after) in &after.balances {
+        let balance_before = before.balances.get(user).copied().unwrap_or(0);
+        let spent = points.get(user.as_str()).copied().unwrap_or(0);
+        report.expect(balance_before - balance_after == spent, || {
+            format!("user {user}: balance went {balance_before} -> {balance_after}, but COMPLETED orders spent {spent}")
+        });
+    }
+    for order in orders.iter().filter(|o| !o.coupon_code.is_empty()) {
+        let code = order.coupon_code.as_str();
+        let holder = after.coupons.get(code).cloned().flatten();
+        let winner = coupon_winner.get(code).copied();
+        let expected = match winner {
+            Some(w) => Some(w.to_owned()),
+            // No order of this run completed with it: as it was before the run.
+            None => before.coupons.get(code).cloned().flatten(),
+        };
+        report.expect(holder == expected, || {
+            format!(
+                "coupon {code} (order {} {}): held by {holder:?}, expected {expected:?}",
+                order.order_id,
+                OrderStatus::try_from(order.status)
+                    .unwrap_or(OrderStatus::Unspecified)
+                    .as_str_name()
+            )
+        });
+    }
+    Ok(report)
+}

@@ -1,0 +1,177 @@
+//! Placing orders and waiting for their sagas, shared by `sagaflow demo` and `sagaflow bench`.
+
+use std::time::Duration;
+
+use sagaflow_proto::order::v1::{
+    GetOrderRequest, Order, OrderStatus, PlaceOrderRequest,
+    order_service_client::OrderServiceClient,
+};
+use tokio::time::Instant;
+use tonic::{Code, transport::Channel};
+
+/// How long one `GetOrder` long-poll waits, at most (the API's limit is 60 s).
+const WAIT_SLICE: Duration = Duration::from_secs(30);
+
+/// Whether an order has reached COMPLETED or FAILED.
+pub fn is_terminal(order: &Order) -> bool {
+    matches!(
+        OrderStatus::try_from(order.status),
+        Ok(OrderStatus::Completed | OrderStatus::Failed)
+    )
+}
+
+/// Places `request` (retrying UNAVAILABLE with the same request id, which is safe: PlaceOrder is
+/// idempotent on it) and waits until the order is terminal or `deadline` passes.
+/// Returns the last order read and the time from the first PlaceOrder to the terminal read.
+///
+/// # Errors
+/// PlaceOrder's error (other than UNAVAILABLE before the deadline), or GetOrder's.
+pub async fn place_and_wait(
+    client: &mut OrderServiceClient<Channel>,
+    request: PlaceOrderRequest,
+    deadline: Instant,
+) -> Result<(Order, Duration), tonic::Status> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    let placed = loop {
+        match client.place_order(request.clone()).await {
+            Ok(reply) => {
+                break reply
+                    .into_inner()
+                    .order
+                    .ok_or_else(|| tonic::Status::internal("PlaceOrder returned no order"))?;
+            }
+            Err(s) if s.code() == Code::Unavailable && Instant::now() + backoff < deadline => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(s) => return Err(s),
+        }
+    };
+    let order = wait_terminal(client, placed, deadline).await?;
+    Ok((order, started.elapsed()))
+}
+
+/// Long-polls `GetOrder` until `order` is terminal or `deadline` passes; returns the last read.
+///
+/// # Errors
+/// GetOrder's error (UNAVAILABLE is retried until the deadline).
+pub async fn wait_terminal(
+    client: &mut OrderServiceClient<Channel>,
+    mut order: Order,
+    deadline: Instant,
+) -> Result<Order, tonic::Status> {
+    while !is_terminal(&order) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let wait = left.min(WAIT_SLICE);
+        let mut req = tonic::Request::new(GetOrderRequest {
+            order_id: order.order_id.clone(),
+            wait: Some(prost_types::Duration {
+                seconds: i64::try_from(wait.as_secs()).unwrap_or(30),
+                nanos: i32::try_from(wait.subsec_nanos()).unwrap_or(0),
+            }),
+        });
+        req.set_timeout(wait + Duration::from_secs(5));
+        match client.get_order(req).await {
+            Ok(reply) => {
+                if let Some(o) = reply.into_inner().order {
+                    order = o;
+                }
+            }
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+    Ok(order)
+}
+
+/// Latency percentiles over a set of samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latencies {
+    /// Median, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile, milliseconds.
+    pub p95_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+    /// Largest sample, milliseconds.
+    pub max_ms: f64,
+}
+
+impl Latencies {
+    /// Nearest-rank percentiles of `samples` (empty → zeros).
+    pub fn of(samples: &[Duration]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let rank = |p: f64| {
+            let idx = ((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1;
+            ms[idx]
+        };
+        Self {
+            p50_ms: rank(0.50),
+            p95_ms: rank(0.95),
+            p99_ms: rank(0.99),
+            max_ms: ms[ms.len() - 1],
+        }
+    }
+}
+
+/// Peak resident set size of process `pid` (or this process for `None`) in KiB, from
+/// `/proc/<pid>/status` `VmHWM`; `None` where that is not available.
+pub fn peak_rss_kib(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The label of an order's outcome: `COMPLETED`, `FAILED/OUT_OF_STOCK`, `PENDING`, …
+pub fn outcome_label(order: &Order) -> String {
+    use sagaflow_proto::order::v1::FailureReason;
+    let status = OrderStatus::try_from(order.status).unwrap_or(OrderStatus::Unspecified);
+    let status = status.as_str_name().trim_start_matches("ORDER_STATUS_");
+    if status == "FAILED" {
+        let reason = FailureReason::try_from(order.failure_reason)
+            .unwrap_or(FailureReason::Unspecified)
+            .as_str_name()
+            .trim_start_matches("FAILURE_REASON_")
+            .to_owned();
+        format!("FAILED/{reason}")
+    } else {
+        status.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let l = Latencies::of(&samples);
+        assert_eq!(l.p50_ms, 50.0);
+        assert_eq!(l.p95_ms, 95.0);
+        assert_eq!(l.p99_ms, 99.0);
+        assert_eq!(l.max_ms, 100.0);
+        assert_eq!(Latencies::of(&[]), Latencies::default());
+    }
+
+    #[test]
+    fn reads_own_peak_rss() {
+        assert!(peak_rss_kib(None).is_some_and(|kib| kib > 0));
+    }
+}

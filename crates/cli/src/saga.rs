@@ -1,0 +1,349 @@
+//! `sagaflow saga show|list|retry|cancel`: the saga admin API from the command line
+//! (`sagaflow.workflow.v1.SagaAdminService`, DESIGN §3; issue "Observability" item 3).
+//!
+//! `show` prints the journal as a timeline: milliseconds since the saga started, the event, the
+//! step and attempt, how long the call took (from its `*_started` entry) and the error, if any.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+use sagaflow_proto::workflow::v1::{
+    CancelSagaRequest, GetSagaRequest, GetSagaResponse, JournalEntry, ListSagasRequest,
+    RetrySagaRequest, Saga, SagaStatus, saga_admin_service_client::SagaAdminServiceClient,
+};
+use sagaflow_server::db::ms_from_timestamp;
+use tonic::transport::Endpoint;
+
+/// Flags of `sagaflow saga`.
+#[derive(Debug, Args)]
+pub struct SagaArgs {
+    /// URL of the orchestrator (or of `sagaflow dev`).
+    #[arg(
+        long,
+        env = "SAGAFLOW_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub addr: String,
+    #[command(subcommand)]
+    pub command: SagaCommand,
+}
+
+/// What to do with sagas.
+#[derive(Debug, Subcommand)]
+pub enum SagaCommand {
+    /// Show a saga's state and its journal as a timeline.
+    Show {
+        /// The saga id (for order sagas, the order id).
+        saga_id: String,
+    },
+    /// List sagas, newest first.
+    List {
+        /// Only sagas in this status.
+        #[arg(long, value_enum)]
+        status: Option<StatusFilter>,
+        /// Only sagas of this definition (for example `order`).
+        #[arg(long)]
+        definition: Option<String>,
+        /// Most sagas to print.
+        #[arg(long, default_value_t = 50)]
+        limit: i32,
+    },
+    /// Resume a saga parked in NEEDS_ATTENTION.
+    Retry {
+        /// The saga id.
+        saga_id: String,
+    },
+    /// Cancel a running saga before its pivot (it compensates with reason CANCELED).
+    Cancel {
+        /// The saga id.
+        saga_id: String,
+    },
+}
+
+/// Saga statuses on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFilter {
+    /// RUNNING.
+    Running,
+    /// COMPENSATING.
+    Compensating,
+    /// COMPLETED.
+    Completed,
+    /// COMPENSATED.
+    Compensated,
+    /// NEEDS_ATTENTION.
+    NeedsAttention,
+}
+
+impl From<StatusFilter> for SagaStatus {
+    fn from(s: StatusFilter) -> Self {
+        match s {
+            StatusFilter::Running => Self::Running,
+            StatusFilter::Compensating => Self::Compensating,
+            StatusFilter::Completed => Self::Completed,
+            StatusFilter::Compensated => Self::Compensated,
+            StatusFilter::NeedsAttention => Self::NeedsAttention,
+        }
+    }
+}
+
+/// Runs a `sagaflow saga` command, printing to stdout.
+///
+/// # Errors
+/// The admin API's error (NOT_FOUND, FAILED_PRECONDITION with its reason, …) or a connection error.
+pub async fn run(args: SagaArgs) -> anyhow::Result<()> {
+    let channel = Endpoint::from_shared(args.addr.clone())
+        .context("--addr")?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    let mut admin = SagaAdminServiceClient::new(channel);
+    match args.command {
+        SagaCommand::Show { saga_id } => {
+            let reply = admin
+                .get_saga(GetSagaRequest { saga_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print!("{}", render_timeline(&reply));
+        }
+        SagaCommand::List {
+            status,
+            definition,
+            limit,
+        } => {
+            let reply = admin
+                .list_sagas(ListSagasRequest {
+                    status: status.map(|s| SagaStatus::from(s) as i32),
+                    definition_name: definition.unwrap_or_default(),
+                    page_size: limit.clamp(1, 1000),
+                    ..ListSagasRequest::default()
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!(
+                "{:<38} {:<10} {:<16} {:<18} REASON",
+                "SAGA", "DEFINITION", "STATUS", "STEP"
+            );
+            for saga in &reply.sagas {
+                println!(
+                    "{:<38} {:<10} {:<16} {:<18} {}",
+                    saga.saga_id,
+                    saga.definition_name,
+                    status_name(saga),
+                    saga.current_step,
+                    saga.failure_reason
+                );
+            }
+            println!("({} shown)", reply.sagas.len());
+        }
+        SagaCommand::Retry { saga_id } => {
+            let saga = admin
+                .retry_saga(RetrySagaRequest { saga_id })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .saga
+                .unwrap_or_default();
+            println!("saga {} is {} again", saga.saga_id, status_name(&saga));
+        }
+        SagaCommand::Cancel { saga_id } => {
+            let saga = admin
+                .cancel_saga(CancelSagaRequest { saga_id })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .saga
+                .unwrap_or_default();
+            println!("saga {} is {}", saga.saga_id, status_name(&saga));
+        }
+    }
+    Ok(())
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    let reason = sagaflow_server::error::error_reason(&status)
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    anyhow::anyhow!("{:?}{reason}: {}", status.code(), status.message())
+}
+
+fn status_name(saga: &Saga) -> &'static str {
+    SagaStatus::try_from(saga.status)
+        .unwrap_or(SagaStatus::Unspecified)
+        .as_str_name()
+        .trim_start_matches("SAGA_STATUS_")
+}
+
+/// Renders a saga and its journal as a readable timeline.
+pub fn render_timeline(reply: &GetSagaResponse) -> String {
+    let saga = reply.saga.clone().unwrap_or_default();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "saga {}  {} v{}  key {}\nstatus {}  phase {}  step {}  attempt {}",
+        saga.saga_id,
+        saga.definition_name,
+        saga.definition_version,
+        saga.business_key,
+        status_name(&saga),
+        saga.phase,
+        if saga.current_step.is_empty() {
+            "-"
+        } else {
+            &saga.current_step
+        },
+        saga.attempt
+    ));
+    if !saga.failure_reason.is_empty() {
+        out.push_str(&format!("  reason {}", saga.failure_reason));
+    }
+    out.push('\n');
+    if !reply.steps.is_empty() {
+        out.push_str("steps:");
+        for s in &reply.steps {
+            out.push_str(&format!(
+                " {}[{}:{}x{}]",
+                s.name, s.kind, s.state, s.attempts
+            ));
+        }
+        out.push('\n');
+    }
+    let start = reply
+        .journal
+        .first()
+        .and_then(|e| e.at.as_ref())
+        .map(ms_from_timestamp)
+        .unwrap_or(0);
+    out.push_str(&format!(
+        "{:>9}  {:<26} {:<18} {:>3}  {:>8}  DETAIL\n",
+        "+MS", "EVENT", "STEP", "TRY", "TOOK"
+    ));
+    let mut started: HashMap<(String, u32, bool), i64> = HashMap::new();
+    for entry in &reply.journal {
+        out.push_str(&timeline_line(entry, start, &mut started));
+        out.push('\n');
+    }
+    out
+}
+
+fn timeline_line(
+    entry: &JournalEntry,
+    start: i64,
+    started: &mut HashMap<(String, u32, bool), i64>,
+) -> String {
+    let at = entry.at.as_ref().map(ms_from_timestamp).unwrap_or(start);
+    let compensation = entry.event_type.starts_with("compensation");
+    let key = (entry.step.clone(), entry.attempt, compensation);
+    let took = if entry.event_type.ends_with("_started") {
+        started.insert(key, at);
+        String::new()
+    } else {
+        started
+            .remove(&key)
+            .map(|t| format!("{} ms", at - t))
+            .unwrap_or_default()
+    };
+    let detail: serde_json::Value =
+        serde_json::from_str(&entry.detail_json).unwrap_or(serde_json::Value::Null);
+    let error = detail
+        .get("error")
+        .map(|e| {
+            let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
+            let message = e.get("message").and_then(|c| c.as_str()).unwrap_or("");
+            format!("{code}: {message}")
+        })
+        .or_else(|| {
+            detail
+                .get("reason")
+                .and_then(|r| r.as_str())
+                .map(|r| format!("reason {r}"))
+        })
+        .unwrap_or_default();
+    format!(
+        "{:>9}  {:<26} {:<18} {:>3}  {:>8}  {}",
+        at - start,
+        entry.event_type,
+        entry.step,
+        if entry.attempt == 0 {
+            String::new()
+        } else {
+            entry.attempt.to_string()
+        },
+        took,
+        error
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sagaflow_server::db::timestamp_from_ms;
+
+    fn entry(
+        seq: i64,
+        at: i64,
+        event: &str,
+        step: &str,
+        attempt: u32,
+        detail: &str,
+    ) -> JournalEntry {
+        JournalEntry {
+            sequence: seq,
+            at: Some(timestamp_from_ms(at)),
+            event_type: event.into(),
+            step: step.into(),
+            attempt,
+            detail_json: detail.into(),
+        }
+    }
+
+    #[test]
+    fn timeline_shows_durations_and_errors() {
+        let reply = GetSagaResponse {
+            saga: Some(Saga {
+                saga_id: "s1".into(),
+                definition_name: "order".into(),
+                definition_version: 1,
+                business_key: "o1".into(),
+                status: SagaStatus::Compensated as i32,
+                phase: "compensating".into(),
+                failure_reason: "OUT_OF_STOCK".into(),
+                ..Saga::default()
+            }),
+            steps: vec![],
+            journal: vec![
+                entry(1, 1_000, "saga_started", "", 0, "{}"),
+                entry(2, 1_001, "step_started", "deduct_inventory", 1, "{}"),
+                entry(
+                    3,
+                    1_013,
+                    "step_failed",
+                    "deduct_inventory",
+                    1,
+                    r#"{"error":{"code":"FAILED_PRECONDITION","message":"OUT_OF_STOCK: sku X"}}"#,
+                ),
+                entry(
+                    4,
+                    1_020,
+                    "saga_compensated",
+                    "",
+                    0,
+                    r#"{"reason":"OUT_OF_STOCK"}"#,
+                ),
+            ],
+        };
+        let text = render_timeline(&reply);
+        assert!(text.contains("status COMPENSATED"), "{text}");
+        assert!(text.contains("reason OUT_OF_STOCK"), "{text}");
+        let failed = text.lines().find(|l| l.contains("step_failed")).unwrap();
+        assert!(failed.contains("12 ms"), "{failed}");
+        assert!(
+            failed.contains("FAILED_PRECONDITION: OUT_OF_STOCK: sku X"),
+            "{failed}"
+        );
+        assert!(failed.trim_start().starts_with("13"), "{failed}");
+    }
+}

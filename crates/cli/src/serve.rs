@@ -1,0 +1,361 @@
+//! `sagaflow serve <service>`: one service, its own port and database (DESIGN §8, distributed
+//! mode). The orchestrator runs the saga engine over the workflow database; any number of
+//! orchestrator replicas may share one PostgreSQL workflow database. The order service also runs
+//! its outbox relay.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use sagaflow_orchestrator::{OrchestratorService, ServiceClients, StepPolicies, order_saga};
+use sagaflow_order::relay::{OutboxRelay, RelayWaker};
+use sagaflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use sagaflow_server::{
+    Db, Migrations,
+    config::{DatabaseArgs, FaultArgs},
+    grpc,
+};
+use sagaflow_workflow_engine::{Engine, SqlSagaStore, admin::SagaAdmin};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    service::RoutesBuilder,
+    transport::{Channel, Endpoint},
+};
+
+use crate::CliError;
+
+/// The services `sagaflow serve` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Service {
+    /// Orders (PlaceOrder, GetOrder, …) and the outbox relay.
+    Order,
+    /// Coupons.
+    Coupon,
+    /// Products and stock.
+    Inventory,
+    /// Payments through the simulated gateway.
+    Payment,
+    /// Point balances.
+    Point,
+    /// Sales ranking.
+    Ranking,
+    /// The saga engine with the order saga, StartOrderSaga and the saga admin API.
+    Orchestrator,
+}
+
+impl Service {
+    /// The service's short name (database file name, log `service.name`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Coupon => "coupon",
+            Self::Inventory => "inventory",
+            Self::Payment => "payment",
+            Self::Point => "point",
+            Self::Ranking => "ranking",
+            Self::Orchestrator => "orchestrator",
+        }
+    }
+
+    /// The port a service listens on when `--listen` is not given, so that every service can run
+    /// on one laptop at once.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Order => 50061,
+            Self::Coupon => 50062,
+            Self::Inventory => 50063,
+            Self::Payment => 50064,
+            Self::Point => 50065,
+            Self::Ranking => 50066,
+            Self::Orchestrator => 50067,
+        }
+    }
+
+    fn migrations(self) -> Migrations {
+        match self {
+            Self::Order => sagaflow_order::migrations(),
+            Self::Coupon => sagaflow_coupon::migrations(),
+            Self::Inventory => sagaflow_inventory::migrations(),
+            Self::Payment => sagaflow_payment::migrations(),
+            Self::Point => sagaflow_point::migrations(),
+            Self::Ranking => sagaflow_ranking::migrations(),
+            Self::Orchestrator => sagaflow_workflow_engine::MIGRATIONS,
+        }
+    }
+
+    /// The database file name for the default SQLite URL.
+    fn database_name(self) -> &'static str {
+        match self {
+            Self::Orchestrator => "workflow",
+            other => other.name(),
+        }
+    }
+}
+
+/// Addresses of the other services (each a URL; several comma-separated URLs are load-balanced).
+#[derive(Debug, Clone, Args)]
+pub struct PeerArgs {
+    /// Order service (used by the orchestrator).
+    #[arg(
+        long,
+        env = "SAGAFLOW_ORDER_ADDR",
+        default_value = "http://127.0.0.1:50061"
+    )]
+    pub order_addr: String,
+    /// Coupon service (used by the orchestrator).
+    #[arg(
+        long,
+        env = "SAGAFLOW_COUPON_ADDR",
+        default_value = "http://127.0.0.1:50062"
+    )]
+    pub coupon_addr: String,
+    /// Inventory service (used by the orchestrator, and by order to price orders).
+    #[arg(
+        long,
+        env = "SAGAFLOW_INVENTORY_ADDR",
+        default_value = "http://127.0.0.1:50063"
+    )]
+    pub inventory_addr: String,
+    /// Payment service (used by the orchestrator).
+    #[arg(
+        long,
+        env = "SAGAFLOW_PAYMENT_ADDR",
+        default_value = "http://127.0.0.1:50064"
+    )]
+    pub payment_addr: String,
+    /// Point service (used by the orchestrator).
+    #[arg(
+        long,
+        env = "SAGAFLOW_POINT_ADDR",
+        default_value = "http://127.0.0.1:50065"
+    )]
+    pub point_addr: String,
+    /// Ranking service (the order relay delivers OrderCompleted to it).
+    #[arg(
+        long,
+        env = "SAGAFLOW_RANKING_ADDR",
+        default_value = "http://127.0.0.1:50066"
+    )]
+    pub ranking_addr: String,
+    /// Orchestrator replicas (the order relay delivers OrderCreated to them).
+    #[arg(
+        long,
+        env = "SAGAFLOW_ORCHESTRATOR_ADDR",
+        default_value = "http://127.0.0.1:50067"
+    )]
+    pub orchestrator_addr: String,
+}
+
+/// Saga engine settings (orchestrator only).
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Saga lease, milliseconds: how long after a crash another replica may take a saga over.
+    #[arg(long, env = "SAGAFLOW_LEASE_MS", default_value_t = 5_000)]
+    pub lease_ms: u64,
+    /// How often the engine polls for due and orphaned sagas, milliseconds.
+    #[arg(long, env = "SAGAFLOW_POLL_MS", default_value_t = 500)]
+    pub poll_ms: u64,
+    /// A saga still before its pivot this long after it started is compensated with reason
+    /// DEADLINE_EXCEEDED, milliseconds.
+    #[arg(long, env = "SAGAFLOW_SAGA_DEADLINE_MS", default_value_t = 60_000)]
+    pub saga_deadline_ms: u64,
+    /// This replica's lease owner id (default: `<service>-<pid>`).
+    #[arg(long, env = "SAGAFLOW_OWNER")]
+    pub owner: Option<String>,
+}
+
+/// Flags of `sagaflow serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Which service to run.
+    #[arg(value_enum)]
+    pub service: Service,
+    /// Address to bind (default: 127.0.0.1 and the service's own port: order 50061, coupon
+    /// 50062, inventory 50063, payment 50064, point 50065, ranking 50066, orchestrator 50067).
+    #[arg(long, env = "SAGAFLOW_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the default SQLite database file `<service>.db`.
+    #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = ".sagaflow")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    #[command(flatten)]
+    pub peers: PeerArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub gateway: sagaflow_payment::GatewayArgs,
+}
+
+/// A lazily connected channel to one URL, or load-balanced over several comma-separated URLs.
+///
+/// # Errors
+/// `CliError::Usage` naming `flag` when a URL is malformed.
+pub fn channel(flag: &str, urls: &str) -> Result<Channel, CliError> {
+    let endpoints = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            Endpoint::from_shared(u.to_owned())
+                .map(|e| e.connect_timeout(Duration::from_secs(2)))
+                .map_err(|e| CliError::Usage(format!("--{flag} {u:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match endpoints.len() {
+        0 => Err(CliError::Usage(format!("--{flag} is empty"))),
+        1 => {
+            let mut endpoints = endpoints;
+            match endpoints.pop() {
+                Some(endpoint) => Ok(endpoint.connect_lazy()),
+                None => Err(CliError::Usage(format!("--{flag} is empty"))),
+            }
+        }
+        _ => Ok(Channel::balance_list(endpoints.into_iter())),
+    }
+}
+
+/// Connects the database (creating and migrating it), builds the service and serves it until
+/// SIGTERM or Ctrl-C, then shuts down gracefully.
+///
+/// # Errors
+/// `CliError::Usage` for bad flags (exit 64); `CliError::Failed` when the database or the port
+/// cannot be opened.
+pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let service = args.service;
+    let listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], service.default_port())));
+    let url = match &args.database.database_url {
+        Some(url) => url.clone(),
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+            format!(
+                "sqlite://{}",
+                args.data_dir
+                    .join(format!("{}.db", service.database_name()))
+                    .display()
+            )
+        }
+    };
+    sagaflow_server::Backend::from_url(&url).map_err(|e| CliError::Usage(e.to_string()))?;
+    let db = Db::connect(&url, service.migrations(), &args.database.pool_config())
+        .await
+        .context("opening the database")?;
+
+    let stop = CancellationToken::new();
+    let mut background = Vec::new();
+    let mut engine = None;
+    let mut routes = RoutesBuilder::default();
+    let names: Vec<&str> = match service {
+        Service::Coupon => {
+            sagaflow_coupon::CouponService::new(db.clone()).register(&mut routes);
+            vec![sagaflow_coupon::SERVICE_NAME]
+        }
+        Service::Inventory => {
+            sagaflow_inventory::InventoryService::new(db.clone()).register(&mut routes);
+            vec![sagaflow_inventory::SERVICE_NAME]
+        }
+        Service::Payment => {
+            let gateway = Arc::new(sagaflow_payment::SimulatedGateway::new(
+                args.gateway.config(),
+            ));
+            sagaflow_payment::PaymentService::new(db.clone(), gateway).register(&mut routes);
+            vec![sagaflow_payment::SERVICE_NAME]
+        }
+        Service::Point => {
+            sagaflow_point::PointService::new(db.clone()).register(&mut routes);
+            vec![sagaflow_point::SERVICE_NAME]
+        }
+        Service::Ranking => {
+            sagaflow_ranking::RankingService::new(db.clone()).register(&mut routes);
+            vec![sagaflow_ranking::SERVICE_NAME]
+        }
+        Service::Order => {
+            let inventory = channel("inventory-addr", &args.peers.inventory_addr)?;
+            let orchestrator = channel("orchestrator-addr", &args.peers.orchestrator_addr)?;
+            let ranking = channel("ranking-addr", &args.peers.ranking_addr)?;
+            let waker = RelayWaker::default();
+            sagaflow_order::OrderService::new(db.clone(), InventoryServiceClient::new(inventory))
+                .with_relay_waker(waker.clone())
+                .register(&mut routes);
+            let relay = OutboxRelay::new(
+                db.clone(),
+                orchestrator,
+                ranking,
+                waker,
+                Duration::from_millis(500),
+            );
+            background.push(tokio::spawn(relay.run(stop.clone())));
+            vec![sagaflow_order::SERVICE_NAME]
+        }
+        Service::Orchestrator => {
+            let p = &args.peers;
+            let clients = ServiceClients::new(
+                channel("order-addr", &p.order_addr)?,
+                channel("coupon-addr", &p.coupon_addr)?,
+                channel("inventory-addr", &p.inventory_addr)?,
+                channel("payment-addr", &p.payment_addr)?,
+                channel("point-addr", &p.point_addr)?,
+            );
+            let owner = args
+                .engine
+                .owner
+                .clone()
+                .unwrap_or_else(|| format!("orchestrator-{}", std::process::id()));
+            let built = Engine::builder(Arc::new(SqlSagaStore::new(db.clone())))
+                .definition(
+                    order_saga(clients, StepPolicies::default())
+                        .context("building the order saga")?,
+                )
+                .owner(owner)
+                .lease_ms(args.engine.lease_ms)
+                .poll_interval_ms(args.engine.poll_ms)
+                .build()
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            OrchestratorService::new(
+                built.clone(),
+                Duration::from_millis(args.engine.saga_deadline_ms),
+            )
+            .register(&mut routes);
+            routes.add_service(SagaAdmin::new(built.clone()).into_server());
+            engine = Some(built);
+            vec![
+                sagaflow_orchestrator::SERVICE_NAME,
+                "sagaflow.workflow.v1.SagaAdminService",
+            ]
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let served = grpc::serve(
+        listener,
+        routes,
+        &names,
+        args.faults.faults,
+        grpc::shutdown_signal(),
+    )
+    .await;
+    stop.cancel();
+    for task in background {
+        if let Err(err) = task.await {
+            tracing::warn!(error = %err, "background task failed");
+        }
+    }
+    if let Some(engine) = engine {
+        let report = engine.shutdown(Duration::from_secs(10)).await;
+        if report.aborted > 0 {
+            tracing::warn!(
+                aborted = report.aborted,
+                "saga drivers aborted at shutdown; their leases will expire"
+            );
+        }
+    }
+    db.close().await;
+    served.context("serving")?;
+    Ok(())
+}

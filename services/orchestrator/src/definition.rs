@@ -1,0 +1,175 @@
+//! The order saga as a workflow-engine definition: step kinds, per-attempt timeouts and retry
+//! policies (DESIGN §4, §5).
+
+use std::sync::Arc;
+
+use sagaflow_workflow_engine::definition::{
+    CallKind, DefinitionError, RetryPolicy, SagaDefinition, Step, StepAction, StepContext,
+    StepError,
+};
+use serde_json::Value;
+
+use crate::order_saga::{
+    self, DEFINITION_NAME, DEFINITION_VERSION, OrderSagaInput, ServiceClients,
+    business_failure_reason, reason_from_saga, reason_name, step,
+};
+
+/// Per-attempt timeouts (milliseconds) and attempt counts of the order saga's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPolicies {
+    /// Per-attempt timeout of the coupon, order, inventory and point calls, ms. Default 2000.
+    pub call_timeout_ms: u64,
+    /// Per-attempt timeout of the payment calls, ms. Default 2000: with 4 attempts the step gives
+    /// up (unknown outcome) before the simulated gateway's `tok_slow` answer at 10 s.
+    pub payment_timeout_ms: u64,
+    /// Attempts of a forward step before its outcome counts as unknown. Default 4.
+    pub max_attempts: u32,
+    /// First retry delay cap, ms (doubles per attempt, full jitter). Default 50.
+    pub base_delay_ms: u64,
+    /// Largest retry delay, ms. Default 2000.
+    pub max_delay_ms: u64,
+}
+
+impl Default for StepPolicies {
+    fn default() -> Self {
+        Self {
+            call_timeout_ms: 2_000,
+            payment_timeout_ms: 2_000,
+            max_attempts: 4,
+            base_delay_ms: 50,
+            max_delay_ms: 2_000,
+        }
+    }
+}
+
+/// One callable of the order saga: a step's action or compensation, or the finalizer.
+struct OrderCall {
+    clients: ServiceClients,
+}
+
+#[async_trait::async_trait]
+impl StepAction for OrderCall {
+    async fn run(&self, ctx: StepContext) -> Result<Value, StepError> {
+        let input: OrderSagaInput = serde_json::from_value(ctx.input.clone()).map_err(|e| {
+            StepError::business("INTERNAL", format!("saga input is not an order: {e}"))
+        })?;
+        let outputs = Value::Object(ctx.outputs.clone());
+        let timeout = ctx.remaining();
+        let key = ctx.idempotency_key.as_str();
+        let result = match ctx.kind {
+            CallKind::Action => {
+                order_saga::run_action(&self.clients, ctx.step, &input, &outputs, key, timeout)
+                    .await
+            }
+            CallKind::Compensation => {
+                order_saga::run_compensation(&self.clients, ctx.step, &input, key, timeout).await
+            }
+            CallKind::Finalizer => {
+                let reason = reason_from_saga(ctx.failure_reason.as_deref());
+                order_saga::fail_order(&self.clients, &input, reason, key, timeout).await
+            }
+        };
+        result.map_err(|status| {
+            // tonic reports its own client-side timeout as CANCELLED ("Timeout expired"): for the
+            // saga that is an attempt without a reply, an unknown outcome, not a business
+            // failure (DESIGN §5). Nothing else cancels our calls.
+            let status = if status.code() == tonic::Code::Cancelled {
+                tonic::Status::deadline_exceeded(format!(
+                    "no reply within the attempt's deadline ({})",
+                    status.message()
+                ))
+            } else {
+                status
+            };
+            let mut error = StepError::from_status(&status);
+            // A business failure of an action becomes the order's failure reason; the service's
+            // own reason stays in the message (and in the journal).
+            if ctx.kind == CallKind::Action && !error.retryable {
+                let service_reason = error.failure_reason();
+                error.message = format!("{service_reason}: {}", error.message);
+                error.reason = Some(reason_name(business_failure_reason(ctx.step)).to_owned());
+            }
+            error
+        })
+    }
+}
+
+/// Builds the order saga definition over `clients`.
+///
+/// # Errors
+/// [`DefinitionError`] if the shape were invalid (it is not: one pivot, one retriable step after).
+pub fn order_saga(
+    clients: ServiceClients,
+    policies: StepPolicies,
+) -> Result<SagaDefinition, DefinitionError> {
+    let call = Arc::new(OrderCall { clients });
+    let action = || SharedCall(call.clone());
+    let retry = RetryPolicy::new(
+        policies.max_attempts,
+        policies.base_delay_ms,
+        policies.max_delay_ms,
+    );
+    let no_coupon = |input: &Value| {
+        input
+            .get("coupon_code")
+            .is_none_or(|c| c.as_str().is_none_or(str::is_empty))
+    };
+    let no_points = |input: &Value| input.get("points").and_then(Value::as_i64).unwrap_or(0) == 0;
+    SagaDefinition::builder(DEFINITION_NAME, DEFINITION_VERSION)
+        .step(
+            Step::compensatable(step::USE_COUPON, action())
+                .compensation(action())
+                .timeout_ms(policies.call_timeout_ms)
+                .retry(retry)
+                .skip_if(no_coupon),
+        )
+        .step(
+            Step::compensatable(step::APPLY_COUPON, action())
+                .timeout_ms(policies.call_timeout_ms)
+                .retry(retry)
+                .skip_if(no_coupon),
+        )
+        .step(
+            Step::compensatable(step::DEDUCT_INVENTORY, action())
+                .compensation(action())
+                .timeout_ms(policies.call_timeout_ms)
+                .retry(retry),
+        )
+        .step(
+            Step::compensatable(step::START_PAYMENT, action())
+                .compensation(action())
+                .timeout_ms(policies.payment_timeout_ms)
+                .retry(retry),
+        )
+        .step(
+            Step::compensatable(step::DEDUCT_POINTS, action())
+                .compensation(action())
+                .timeout_ms(policies.call_timeout_ms)
+                .retry(retry)
+                .skip_if(no_points),
+        )
+        .step(
+            Step::pivot(step::COMPLETE_PAYMENT, action())
+                .timeout_ms(policies.payment_timeout_ms)
+                .retry(retry),
+        )
+        .step(
+            Step::retriable(step::COMPLETE_ORDER, action())
+                .timeout_ms(policies.call_timeout_ms)
+                .retry(retry),
+        )
+        .failure_finalizer(action())
+        .finalizer_retry(retry)
+        .finalizer_timeout_ms(policies.call_timeout_ms)
+        .build()
+}
+
+/// An [`OrderCall`] shared by every step of the definition.
+struct SharedCall(Arc<OrderCall>);
+
+#[async_trait::async_trait]
+impl StepAction for SharedCall {
+    async fn run(&self, ctx: StepContext) -> Result<Value, StepError> {
+        self.0.run(ctx).await
+    }
+}

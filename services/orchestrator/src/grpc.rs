@@ -1,0 +1,109 @@
+//! `StartOrderSaga`: the OrderCreated consumer.
+
+use std::time::Duration;
+
+use sagaflow_proto::orchestrator::v1::{
+    StartOrderSagaRequest, StartOrderSagaResponse,
+    orchestrator_service_server::{OrchestratorService as Rpc, OrchestratorServiceServer},
+};
+use sagaflow_server::{ServiceError, db::now_ms, validate::Validator};
+use sagaflow_workflow_engine::{Engine, EngineError};
+use tonic::{Request, Response, Status, service::RoutesBuilder};
+
+use crate::order_saga::{DEFINITION_NAME, OrderSagaInput};
+
+/// The OrchestratorService: starts an order saga per OrderCreated event.
+#[derive(Debug, Clone)]
+pub struct OrchestratorService {
+    engine: Engine,
+    saga_deadline: Duration,
+}
+
+impl OrchestratorService {
+    /// The service over `engine` (which must have the order saga registered). A saga still
+    /// before its pivot `saga_deadline` after it started is compensated with reason
+    /// DEADLINE_EXCEEDED (DESIGN §5).
+    pub fn new(engine: Engine, saga_deadline: Duration) -> Self {
+        Self {
+            engine,
+            saga_deadline,
+        }
+    }
+
+    /// Adds the tonic server of this service to `routes`.
+    pub fn register(self, routes: &mut RoutesBuilder) {
+        routes.add_service(OrchestratorServiceServer::new(self));
+    }
+}
+
+fn engine_status(err: EngineError) -> Status {
+    match err {
+        EngineError::ShuttingDown => Status::unavailable("the orchestrator is shutting down"),
+        EngineError::Store(e) => {
+            tracing::warn!(error = %e, "saga store failed");
+            Status::unavailable(format!("saga store: {e}"))
+        }
+        other => ServiceError::Internal(other.into()).into(),
+    }
+}
+
+#[tonic::async_trait]
+impl Rpc for OrchestratorService {
+    /// Starts (or finds) the saga of the event's order.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT naming `event_id` / `event.order` / `event.order.order_id`; UNAVAILABLE
+    /// when the saga store is unreachable or the orchestrator is shutting down.
+    #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id), err(level = "info"))]
+    async fn start_order_saga(
+        &self,
+        request: Request<StartOrderSagaRequest>,
+    ) -> Result<Response<StartOrderSagaResponse>, Status> {
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        v.uuid("event_id", &req.event_id);
+        let event = req.event.unwrap_or_default();
+        let order = event.order.clone().unwrap_or_default();
+        let order_id = v.uuid("event.order.order_id", &order.order_id);
+        v.required("event.order.user_id", &order.user_id);
+        v.check(
+            !order.lines.is_empty(),
+            "event.order.lines",
+            "must not be empty",
+        );
+        v.required("event.payment_method", &event.payment_method);
+        v.finish()?;
+        if order_id.is_none() {
+            return Err(ServiceError::invalid("event.order.order_id", "must be a UUID").into());
+        }
+        let input = OrderSagaInput::from_event(&event)?;
+        let input =
+            serde_json::to_value(&input).map_err(|e| ServiceError::Internal(anyhow_like(e)))?;
+        let deadline_ms = now_ms()
+            .saturating_add(i64::try_from(self.saga_deadline.as_millis()).unwrap_or(i64::MAX));
+        let (saga_id, created) = self
+            .engine
+            .start(
+                DEFINITION_NAME,
+                &order.order_id,
+                input,
+                traceparent,
+                Some(deadline_ms),
+            )
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(StartOrderSagaResponse {
+            saga_id: saga_id.to_string(),
+            created,
+        }))
+    }
+}
+
+fn anyhow_like(e: serde_json::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context("encoding the saga input")
+}

@@ -1,0 +1,1113 @@
+//! The engine (DESIGN §5 "Scheduling"): starts sagas, executes their steps, records every result
+//! durably, and recovers sagas that another engine (or this one, before a crash) left unfinished.
+//!
+//! ```text
+//!  Engine::start ──Create──┐                        ┌──────────── poller (every poll interval,
+//!                          ▼                        │             or kicked): claim_due in batches
+//!                   ┌─ committer ─┐  ◀──Transition── driver ×N ◀──┘  (one per leased saga,
+//!                   │ group commit│                    │              at most `concurrency`)
+//!                   └─────┬───────┘                    ├─ action / compensation / finalizer call
+//!                         ▼                            │  (per-attempt timeout, lease renewal)
+//!                     SagaStore (one transaction per batch: state rows + journal, fenced)
+//! ```
+//!
+//! - The replica that starts a saga drives it at once: the insert already holds the lease and the
+//!   first step's `step_started`.
+//! - A driver owns one saga while it holds the lease: it asks [`crate::recovery`] what is next,
+//!   calls the action with the step's idempotency key, and records the result together with the
+//!   next step's start in **one** fenced commit. A fenced commit means the lease was lost: the
+//!   result is thrown away and the driver stops.
+//! - The committer batches the writes of all drivers into one transaction (group commit), so many
+//!   sagas share one flush. It retries transient database errors for as long as the engine runs,
+//!   with capped exponential backoff (STYLE rule 27).
+//! - Before every call the driver checks that its lease is valid for at least a third of the
+//!   lease duration (renewing it if not) and renews it every third of the lease while the call
+//!   runs; so no step of a saga starts after another engine took it over or after it ended.
+//! - [`Engine::shutdown`] stops the poller, lets drivers finish the call in flight (bounded by a
+//!   grace period), releases their leases, then stops the committer. Every task is owned and
+//!   joined.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::FutureExt;
+use rand::Rng;
+use sagaflow_server::db::now_ms;
+use serde_json::Value;
+use tokio::{
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot},
+    task::{AbortHandle, JoinHandle},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use crate::{
+    definition::{ActionRef, CallKind, SagaDefinition, StepContext, StepError},
+    journal::{self, Event},
+    recovery::{self, Next, Refusal},
+    state::{SagaId, SagaState, SagaStatus},
+    store::{OperatorError, SagaStore, StoreError, Write, WriteOutcome},
+};
+
+/// Capacity of the committer's queue: drivers wait when it is full (back-pressure).
+pub const COMMIT_QUEUE_CAPACITY: usize = 4096;
+/// Capacity of the channel announcing sagas that came to rest; a lagging waiter re-reads the store.
+const RESTED_CHANNEL_CAPACITY: usize = 4096;
+/// Longest pause between retries of a failing database write, milliseconds.
+const MAX_WRITE_BACKOFF_MS: u64 = 1_000;
+
+/// An engine failure.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No registered definition has this name (and version).
+    #[error("no saga definition {name:?}{}", version.map(|v| format!(" version {v}")).unwrap_or_default())]
+    UnknownDefinition {
+        /// The name.
+        name: String,
+        /// The version, when one was asked for.
+        version: Option<u32>,
+    },
+    /// Two registered definitions have the same name and version.
+    #[error("saga definition {name:?} version {version} is registered twice")]
+    DuplicateDefinition {
+        /// The name.
+        name: String,
+        /// The version.
+        version: u32,
+    },
+    /// No saga has this id.
+    #[error("saga {0} not found")]
+    NotFound(SagaId),
+    /// The operator's command does not apply (FAILED_PRECONDITION at the admin API).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine is shutting down and accepts no new sagas.
+    #[error("the saga engine is shutting down")]
+    ShuttingDown,
+    /// [`Engine::wait_finished`] gave up.
+    #[error("saga {id} is still {status} after waiting")]
+    Timeout {
+        /// The saga.
+        id: SagaId,
+        /// Its status when the wait ended.
+        status: SagaStatus,
+    },
+    /// The engine was built outside a tokio runtime.
+    #[error("the saga engine must be built inside a tokio runtime")]
+    NoRuntime,
+    /// A configuration value is out of range.
+    #[error("invalid engine configuration: {0}")]
+    InvalidConfig(&'static str),
+}
+
+/// Builder of an [`Engine`]. Defaults suit a laptop and a small cluster.
+#[derive(Debug)]
+pub struct EngineBuilder {
+    store: Arc<dyn SagaStore>,
+    definitions: Vec<SagaDefinition>,
+    owner: Option<String>,
+    lease_ms: u64,
+    poll_interval_ms: u64,
+    batch_size: u32,
+    concurrency: usize,
+    max_local_wait_ms: u64,
+    commit_batch_size: usize,
+}
+
+impl EngineBuilder {
+    /// Registers a definition. Several versions of one name may be registered: new sagas start on
+    /// the highest version, and each saga finishes on the version that started it.
+    pub fn definition(mut self, definition: SagaDefinition) -> Self {
+        self.definitions.push(definition);
+        self
+    }
+
+    /// This engine's owner id in leases and the journal (default: `engine-<random>`). Unique per
+    /// replica and per process start.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Lease duration, milliseconds (default 30000). A crashed engine's sagas are taken over at
+    /// most this long after its last renewal.
+    pub fn lease_ms(mut self, lease_ms: u64) -> Self {
+        self.lease_ms = lease_ms;
+        self
+    }
+
+    /// How often the poller looks for due or orphaned sagas, milliseconds (default 1000).
+    pub fn poll_interval_ms(mut self, poll_interval_ms: u64) -> Self {
+        self.poll_interval_ms = poll_interval_ms;
+        self
+    }
+
+    /// Most sagas claimed per poll (default 32).
+    pub fn batch_size(mut self, batch_size: u32) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// Most sagas driven at once by this engine (default 64).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Retry waits up to this long are slept by the driver holding the lease; longer ones release
+    /// the lease and leave the saga to the poller, milliseconds (default 2000).
+    pub fn max_local_wait_ms(mut self, max_local_wait_ms: u64) -> Self {
+        self.max_local_wait_ms = max_local_wait_ms;
+        self
+    }
+
+    /// Most writes per group commit (default 256).
+    pub fn commit_batch_size(mut self, commit_batch_size: usize) -> Self {
+        self.commit_batch_size = commit_batch_size;
+        self
+    }
+
+    /// Builds the engine and starts its poller and committer.
+    ///
+    /// # Errors
+    /// [`EngineError::NoRuntime`] outside a tokio runtime; [`EngineError::DuplicateDefinition`];
+    /// [`EngineError::InvalidConfig`] for a zero lease, poll interval, batch or concurrency.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
+        if self.lease_ms < 3 {
+            return Err(EngineError::InvalidConfig("lease_ms must be at least 3"));
+        }
+        if self.poll_interval_ms == 0 || self.batch_size == 0 || self.concurrency == 0 {
+            return Err(EngineError::InvalidConfig(
+                "poll interval, batch size and concurrency must be positive",
+            ));
+        }
+        let mut definitions = HashMap::new();
+        let mut latest: HashMap<String, Arc<SagaDefinition>> = HashMap::new();
+        for def in self.definitions {
+            let def = Arc::new(def);
+            let key = (def.name().to_owned(), def.version());
+            if definitions.insert(key, def.clone()).is_some() {
+                return Err(EngineError::DuplicateDefinition {
+                    name: def.name().to_owned(),
+                    version: def.version(),
+                });
+            }
+            let newer = latest
+                .get(def.name())
+                .is_none_or(|current| current.version() < def.version());
+            if newer {
+                latest.insert(def.name().to_owned(), def);
+            }
+        }
+        let owner = self
+            .owner
+            .unwrap_or_else(|| format!("engine-{}", uuid::Uuid::new_v4().simple()));
+        let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE_CAPACITY);
+        let (rested, _) = broadcast::channel(RESTED_CHANNEL_CAPACITY);
+        let inner = Arc::new(Inner {
+            store: self.store,
+            definitions,
+            latest,
+            owner,
+            lease_ms: i64::try_from(self.lease_ms).unwrap_or(i64::MAX),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            batch_size: self.batch_size,
+            max_local_wait_ms: i64::try_from(self.max_local_wait_ms).unwrap_or(i64::MAX),
+            permits: Arc::new(Semaphore::new(self.concurrency)),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            running: Mutex::new(HashMap::new()),
+            next_task: AtomicU64::new(0),
+            commit_tx,
+            rested,
+            kick: Notify::new(),
+        });
+        let stop_committer = CancellationToken::new();
+        let committer = runtime.spawn(run_committer(
+            inner.store.clone(),
+            commit_rx,
+            self.commit_batch_size.max(1),
+            stop_committer.clone(),
+        ));
+        let poller = runtime.spawn(run_poller(inner.clone()));
+        tracing::info!(owner = %inner.owner, "saga engine started");
+        Ok(Engine {
+            inner,
+            background: Arc::new(tokio::sync::Mutex::new(Some(Background {
+                committer,
+                poller,
+                stop_committer,
+            }))),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Background {
+    committer: JoinHandle<()>,
+    poller: JoinHandle<()>,
+    stop_committer: CancellationToken,
+}
+
+struct CommitRequest {
+    write: Write,
+    reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+}
+
+struct Inner {
+    store: Arc<dyn SagaStore>,
+    definitions: HashMap<(String, u32), Arc<SagaDefinition>>,
+    latest: HashMap<String, Arc<SagaDefinition>>,
+    owner: String,
+    lease_ms: i64,
+    poll_interval: Duration,
+    batch_size: u32,
+    max_local_wait_ms: i64,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    running: Mutex<HashMap<u64, AbortHandle>>,
+    next_task: AtomicU64,
+    commit_tx: mpsc::Sender<CommitRequest>,
+    rested: broadcast::Sender<(SagaId, SagaStatus)>,
+    kick: Notify,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("owner", &self.owner)
+            .field("lease_ms", &self.lease_ms)
+            .field("definitions", &self.definitions.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The saga engine. Cheap to clone (all clones are one engine). Call [`Engine::shutdown`] before
+/// dropping the last clone: the poller keeps the engine alive until then.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    background: Arc<tokio::sync::Mutex<Option<Background>>>,
+}
+
+/// What [`Engine::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Drivers that had not finished within the grace period and were aborted (their leases
+    /// expire instead of being released).
+    pub aborted: usize,
+}
+
+impl Engine {
+    /// Starts building an engine over `store`.
+    pub fn builder(store: Arc<dyn SagaStore>) -> EngineBuilder {
+        EngineBuilder {
+            store,
+            definitions: Vec::new(),
+            owner: None,
+            lease_ms: 30_000,
+            poll_interval_ms: 1_000,
+            batch_size: 32,
+            concurrency: 64,
+            max_local_wait_ms: 2_000,
+            commit_batch_size: 256,
+        }
+    }
+
+    /// This engine's owner id.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SagaStore> {
+        &self.inner.store
+    }
+
+    /// The registered definition `name` at `version`.
+    pub fn definition(&self, name: &str, version: u32) -> Option<Arc<SagaDefinition>> {
+        self.inner
+            .definitions
+            .get(&(name.to_owned(), version))
+            .cloned()
+    }
+
+    /// Starts a saga of the newest registered version of `definition_name`, idempotently on
+    /// `business_key`: when a saga with that key exists, returns its id and `false` and changes
+    /// nothing. A new saga is driven by this engine at once.
+    ///
+    /// `trace_context` is the W3C `traceparent` to join (saved with the saga); `deadline_ms` is a
+    /// unix-ms deadline after which a saga still before its pivot is compensated with reason
+    /// DEADLINE_EXCEEDED.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownDefinition`], [`EngineError::ShuttingDown`], or
+    /// [`EngineError::Store`] when the database fails.
+    #[tracing::instrument(skip_all, fields(saga.definition = definition_name, saga.business_key = business_key, saga.id), err)]
+    pub async fn start(
+        &self,
+        definition_name: &str,
+        business_key: &str,
+        input: Value,
+        trace_context: Option<String>,
+        deadline_ms: Option<i64>,
+    ) -> Result<(SagaId, bool), EngineError> {
+        let inner = &self.inner;
+        if inner.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let def = inner.latest.get(definition_name).cloned().ok_or_else(|| {
+            EngineError::UnknownDefinition {
+                name: definition_name.to_owned(),
+                version: None,
+            }
+        })?;
+        let id = SagaId::new();
+        tracing::Span::current().record("saga.id", tracing::field::display(id));
+        let now = now_ms();
+        let events = recovery::start_events(
+            &def,
+            business_key,
+            &input,
+            trace_context,
+            deadline_ms,
+            &inner.owner,
+            now.saturating_add(inner.lease_ms),
+        );
+        let (state, entries) =
+            journal::begin(id, now, events).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let outcome = inner
+            .commit(Write::Create {
+                state: state.clone(),
+                entries,
+            })
+            .await?;
+        match outcome {
+            WriteOutcome::Created => {}
+            WriteOutcome::Exists(existing) if existing == id => {}
+            WriteOutcome::Exists(existing) => return Ok((existing, false)),
+            WriteOutcome::Applied | WriteOutcome::Fenced => {
+                return Err(StoreError::Corrupt("unexpected outcome of a create".into()).into());
+            }
+        }
+        tracing::info!(saga.id = %id, "saga started");
+        if state.status.is_active() {
+            inner.spawn_driver(state, None, now);
+        } else {
+            let _ = inner.rested.send((id, state.status));
+        }
+        Ok((id, true))
+    }
+
+    /// CancelSaga (DESIGN §5): a saga before its pivot moves to COMPENSATING with reason
+    /// CANCELED (the current step is compensated too, since it may have been sent), and any
+    /// engine still running one of its steps throws the result away. A saga already compensating
+    /// is returned unchanged. The compensation starts at once on this engine.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`]; [`EngineError::Refused`] with [`Refusal::PastPivot`] or
+    /// [`Refusal::Finished`]; [`EngineError::UnknownDefinition`]; [`EngineError::Store`].
+    #[tracing::instrument(skip_all, fields(saga.id = %id), err)]
+    pub async fn cancel(&self, id: SagaId) -> Result<SagaState, EngineError> {
+        let state = self.get(id).await?;
+        let def = self.inner.definition_of(&state)?;
+        let decide = move |s: &SagaState| recovery::cancel_events(&def, s, s.fencing_token + 1);
+        let state = self
+            .inner
+            .store
+            .operator_update(id, now_ms(), &decide)
+            .await
+            .map_err(|e| not_found_as(e, id))?;
+        if state.status.is_active() && state.lease_owner.is_none() {
+            tracing::warn!(saga.id = %id, "saga canceled: compensating");
+            self.inner.spawn_claim(id);
+        }
+        Ok(state)
+    }
+
+    /// RetrySaga (DESIGN §5): resumes a NEEDS_ATTENTION saga from the step, compensation or
+    /// finalizer that parked it (journal `operator_retry`, attempts counted afresh), at once on
+    /// this engine.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`]; [`EngineError::Refused`] with [`Refusal::NotNeedsAttention`];
+    /// [`EngineError::Store`].
+    #[tracing::instrument(skip_all, fields(saga.id = %id), err)]
+    pub async fn retry(&self, id: SagaId) -> Result<SagaState, EngineError> {
+        let state = self
+            .inner
+            .store
+            .operator_update(id, now_ms(), &recovery::retry_events)
+            .await
+            .map_err(|e| not_found_as(e, id))?;
+        tracing::info!(saga.id = %id, "saga resumed by an operator");
+        self.inner.spawn_claim(id);
+        Ok(state)
+    }
+
+    /// The state row of saga `id`.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`], [`EngineError::Store`].
+    pub async fn get(&self, id: SagaId) -> Result<SagaState, EngineError> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or(EngineError::NotFound(id))
+    }
+
+    /// The journal of saga `id`, in order.
+    ///
+    /// # Errors
+    /// [`EngineError::Store`].
+    pub async fn journal(&self, id: SagaId) -> Result<Vec<journal::JournalEntry>, EngineError> {
+        Ok(self.inner.store.journal(id).await?)
+    }
+
+    /// Waits until saga `id` comes to rest (COMPLETED, COMPENSATED or NEEDS_ATTENTION), at most
+    /// `timeout`. Woken by this engine's drivers; re-reads the store every 100 ms for sagas that
+    /// other engines drive.
+    ///
+    /// # Errors
+    /// [`EngineError::Timeout`] with the last status; [`EngineError::NotFound`];
+    /// [`EngineError::Store`].
+    pub async fn wait_finished(
+        &self,
+        id: SagaId,
+        timeout: Duration,
+    ) -> Result<SagaState, EngineError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rested = self.inner.rested.subscribe();
+        loop {
+            let state = self.get(id).await?;
+            if !state.status.is_active() {
+                return Ok(state);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(EngineError::Timeout {
+                    id,
+                    status: state.status,
+                });
+            }
+            let recheck = (now + Duration::from_millis(100)).min(deadline);
+            loop {
+                match tokio::time::timeout_at(recheck, rested.recv()).await {
+                    Ok(Ok((rested_id, _))) if rested_id != id => continue,
+                    // Ours came to rest, the channel lagged, or it is time to re-read the store.
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Wakes the poller now instead of at its next interval.
+    pub fn kick(&self) {
+        self.inner.kick.notify_one();
+    }
+
+    /// Graceful shutdown (DESIGN §5): stops claiming, lets drivers finish the call in flight and
+    /// release their leases for at most `grace`, aborts the rest (their leases expire), then stops
+    /// the committer. Idempotent.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let inner = &self.inner;
+        inner.shutdown.cancel();
+        inner.tracker.close();
+        let mut aborted = 0;
+        if tokio::time::timeout(grace, inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            let handles: Vec<AbortHandle> = match inner.running.lock() {
+                Ok(mut running) => running.drain().map(|(_, h)| h).collect(),
+                Err(poisoned) => poisoned.into_inner().drain().map(|(_, h)| h).collect(),
+            };
+            aborted = handles.len();
+            for handle in handles {
+                handle.abort();
+            }
+            inner.tracker.wait().await;
+            tracing::warn!(
+                aborted,
+                "saga drivers aborted at shutdown; their leases will expire"
+            );
+        }
+        if let Some(background) = self.background.lock().await.take() {
+            if let Err(err) = background.poller.await {
+                tracing::error!(%err, "saga poller failed");
+            }
+            background.stop_committer.cancel();
+            if let Err(err) = background.committer.await {
+                tracing::error!(%err, "saga committer failed");
+            }
+            tracing::info!(owner = %inner.owner, "saga engine stopped");
+        }
+        ShutdownReport { aborted }
+    }
+}
+
+fn not_found_as(err: OperatorError, id: SagaId) -> EngineError {
+    match err {
+        OperatorError::NotFound => EngineError::NotFound(id),
+        OperatorError::Refused(refusal) => EngineError::Refused(refusal),
+        OperatorError::Store(err) => EngineError::Store(err),
+    }
+}
+
+impl Inner {
+    fn definition_of(&self, state: &SagaState) -> Result<Arc<SagaDefinition>, EngineError> {
+        self.definitions
+            .get(&(state.definition_name.clone(), state.definition_version))
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownDefinition {
+                name: state.definition_name.clone(),
+                version: Some(state.definition_version),
+            })
+    }
+
+    /// Sends a write to the committer and waits for its outcome.
+    async fn commit(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
+        self.commit_tx
+            .send(CommitRequest { write, reply })
+            .await
+            .map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+
+    /// Spawns a tracked driver for a leased saga; `permit` is taken when `None`.
+    fn spawn_driver(
+        self: &Arc<Self>,
+        state: SagaState,
+        permit: Option<OwnedSemaphorePermit>,
+        leased_at: i64,
+    ) {
+        let inner = self.clone();
+        self.spawn_tracked(async move {
+            let _permit = match permit {
+                Some(p) => p,
+                None => match inner.permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            Driver::new(inner, state, leased_at).run().await;
+        });
+    }
+
+    /// Claims saga `id` and drives it, in a tracked task (after CancelSaga and RetrySaga).
+    fn spawn_claim(self: &Arc<Self>, id: SagaId) {
+        let inner = self.clone();
+        self.spawn_tracked(async move {
+            let Ok(permit) = inner.permits.clone().acquire_owned().await else {
+                return;
+            };
+            let now = now_ms();
+            match inner.store.claim(id, &inner.owner, now, inner.lease_ms).await {
+                Ok(Some(state)) => {
+                    fail::fail_point!("after_claim");
+                    Driver::new(inner, state, now).run().await;
+                    drop(permit);
+                }
+                Ok(None) => inner.kick.notify_one(),
+                Err(err) => {
+                    tracing::warn!(saga.id = %id, error = %err, "claim failed; the poller will retry");
+                }
+            }
+        });
+    }
+
+    fn spawn_tracked(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let key = self.next_task.fetch_add(1, Ordering::Relaxed);
+        let inner = self.clone();
+        // The lock is held while spawning so that the task's removal cannot run before the insert.
+        let mut running = match self.running.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let handle = self.tracker.spawn(async move {
+            work.await;
+            match inner.running.lock() {
+                Ok(mut r) => r.remove(&key),
+                Err(poisoned) => poisoned.into_inner().remove(&key),
+            };
+        });
+        running.insert(key, handle.abort_handle());
+    }
+}
+
+/// The committer: takes writes from every driver and commits them in batches (group commit).
+/// Transient database errors are retried indefinitely with capped backoff until the engine
+/// stops; a batch failing otherwise is split so that only the bad write fails.
+async fn run_committer(
+    store: Arc<dyn SagaStore>,
+    mut requests: mpsc::Receiver<CommitRequest>,
+    batch_size: usize,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<CommitRequest> = Vec::with_capacity(batch_size);
+    loop {
+        tokio::select! {
+            biased;
+            received = requests.recv_many(&mut batch, batch_size) => {
+                if received == 0 {
+                    break;
+                }
+            }
+            () = stop.cancelled() => {
+                // Drivers have finished; answer anything left and stop.
+                requests.close();
+                while let Ok(req) = requests.try_recv() {
+                    batch.push(req);
+                }
+                if batch.is_empty() {
+                    break;
+                }
+            }
+        }
+        let writes: Vec<Write> = batch.iter().map(|r| r.write.clone()).collect();
+        let outcomes = commit_with_retry(store.as_ref(), &writes, &stop).await;
+        match outcomes {
+            Ok(outcomes) => {
+                for (req, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = req.reply.send(Ok(outcome));
+                }
+            }
+            Err(err) if batch.len() > 1 && !err.is_transient() => {
+                tracing::warn!(error = %err, "group commit failed; committing its writes one by one");
+                for req in batch.drain(..) {
+                    let result =
+                        commit_with_retry(store.as_ref(), std::slice::from_ref(&req.write), &stop)
+                            .await
+                            .and_then(|mut o| {
+                                o.pop()
+                                    .ok_or_else(|| StoreError::Corrupt("no outcome".into()))
+                            });
+                    let _ = req.reply.send(result);
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                let transient = err.is_transient();
+                for req in batch.drain(..) {
+                    let err = if transient {
+                        StoreError::Unavailable(sqlx::Error::Protocol(message.clone()))
+                    } else {
+                        StoreError::Corrupt(message.clone())
+                    };
+                    let _ = req.reply.send(Err(err));
+                }
+            }
+        }
+        if stop.is_cancelled() && requests.is_closed() && requests.is_empty() {
+            break;
+        }
+    }
+}
+
+async fn commit_with_retry(
+    store: &dyn SagaStore,
+    writes: &[Write],
+    stop: &CancellationToken,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let mut backoff_ms = 10;
+    loop {
+        match store.commit(writes).await {
+            Err(err) if err.is_transient() && !stop.is_cancelled() => {
+                tracing::warn!(error = %err, backoff_ms, "saga store write failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+                    () = stop.cancelled() => return Err(err),
+                }
+                backoff_ms = (backoff_ms * 2).min(MAX_WRITE_BACKOFF_MS);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The poller: claims due and orphaned sagas in batches, as many as there are free driver slots.
+async fn run_poller(inner: Arc<Inner>) {
+    let mut again = true;
+    loop {
+        if !again {
+            tokio::select! {
+                () = inner.shutdown.cancelled() => break,
+                () = tokio::time::sleep(inner.poll_interval) => {}
+                () = inner.kick.notified() => {}
+            }
+        }
+        if inner.shutdown.is_cancelled() {
+            break;
+        }
+        again = false;
+        let mut permits = Vec::new();
+        while permits.len() < inner.batch_size as usize {
+            match inner.permits.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        if permits.is_empty() {
+            continue;
+        }
+        let limit = u32::try_from(permits.len()).unwrap_or(inner.batch_size);
+        let now = now_ms();
+        match inner
+            .store
+            .claim_due(&inner.owner, now, inner.lease_ms, limit)
+            .await
+        {
+            Ok(claimed) => {
+                if claimed.is_empty() {
+                    continue;
+                }
+                fail::fail_point!("after_claim");
+                again = claimed.len() == permits.len();
+                tracing::debug!(count = claimed.len(), "claimed sagas");
+                for state in claimed {
+                    let Some(permit) = permits.pop() else { break };
+                    inner.spawn_driver(state, Some(permit), now);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "claiming due sagas failed"),
+        }
+    }
+}
+
+/// Why a driver stops driving its saga.
+#[derive(Debug)]
+enum Stop {
+    /// The saga is at rest or no longer ours.
+    Done,
+}
+
+/// Drives one leased saga until it rests, waits long, loses its lease or the engine stops.
+struct Driver {
+    inner: Arc<Inner>,
+    state: SagaState,
+    /// Unix ms until which this driver knows its lease is valid (measured from before the write
+    /// that set it, so it errs early).
+    lease_valid_until: i64,
+}
+
+impl Driver {
+    fn new(inner: Arc<Inner>, state: SagaState, leased_at: i64) -> Self {
+        let lease_valid_until = leased_at.saturating_add(inner.lease_ms);
+        Self {
+            inner,
+            state,
+            lease_valid_until,
+        }
+    }
+
+    async fn run(mut self) {
+        let _ = self.drive().await;
+        if !self.state.status.is_active() {
+            let _ = self.inner.rested.send((self.state.id, self.state.status));
+        }
+    }
+
+    async fn drive(&mut self) -> Result<(), Stop> {
+        let def = match self.inner.definition_of(&self.state) {
+            Ok(def) => def,
+            Err(err) => {
+                tracing::error!(saga.id = %self.state.id, error = %err, "cannot drive saga: releasing it");
+                return self.release().await;
+            }
+        };
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return self.release().await;
+            }
+            let now = now_ms();
+            let next = match recovery::next(&def, &self.state, now) {
+                Ok(next) => next,
+                Err(err) => {
+                    tracing::error!(saga.id = %self.state.id, error = %err, "ALERT: saga parked in NEEDS_ATTENTION");
+                    let reason = err.to_string();
+                    self.record(vec![Event::SagaNeedsAttention { reason }])
+                        .await?;
+                    continue;
+                }
+            };
+            match next {
+                Next::Idle => return Ok(()),
+                Next::Record(events) => self.record(events).await?,
+                Next::WaitUntil(at) => {
+                    if at - now > self.inner.max_local_wait_ms {
+                        return self.release().await;
+                    }
+                    self.wait_until(at).await?;
+                }
+                Next::Forward(index) => {
+                    let step = &def.steps()[index];
+                    let ctx = self.context(step.name(), CallKind::Action);
+                    let mut timeout_ms = step.timeout();
+                    if let (Some(deadline), true) =
+                        (self.state.deadline_at, index < def.point_of_no_return())
+                    {
+                        let left = u64::try_from(deadline - now).unwrap_or(0).max(1);
+                        timeout_ms = timeout_ms.min(left);
+                    }
+                    self.ensure_lease().await?;
+                    fail::fail_point!("before_step_call");
+                    let result = self.call(step.action(), ctx, timeout_ms).await?;
+                    fail::fail_point!("after_step_reply_before_record");
+                    let events = recovery::after_forward(
+                        &def,
+                        &self.state,
+                        index,
+                        result,
+                        now_ms(),
+                        jitter(),
+                    )
+                    .map_err(|e| self.plan_failed(&e))?;
+                    self.record(events).await?;
+                    fail::fail_point!("after_step_recorded");
+                }
+                Next::Compensate(index) => {
+                    let step = &def.steps()[index];
+                    let Some(compensation) = step.compensation_action() else {
+                        tracing::error!(saga.id = %self.state.id, step = step.name(), "no compensation to run");
+                        return Err(Stop::Done);
+                    };
+                    let ctx = self.context(step.name(), CallKind::Compensation);
+                    self.ensure_lease().await?;
+                    let result = self.call(compensation, ctx, step.timeout()).await?;
+                    fail::fail_point!("in_compensation");
+                    if let Err(err) = &result
+                        && !err.retryable
+                    {
+                        tracing::error!(saga.id = %self.state.id, step = step.name(), error = %err,
+                            "ALERT: compensation failed for good; saga needs attention");
+                    }
+                    let events = recovery::after_compensation(
+                        &def,
+                        &self.state,
+                        index,
+                        result,
+                        now_ms(),
+                        jitter(),
+                    )
+                    .map_err(|e| self.plan_failed(&e))?;
+                    self.record(events).await?;
+                }
+                Next::Finalize => {
+                    let Some(finalizer) = def.finalizer() else {
+                        return Err(Stop::Done);
+                    };
+                    let ctx = self.context(crate::definition::FINALIZER, CallKind::Finalizer);
+                    self.ensure_lease().await?;
+                    let result = self
+                        .call(finalizer, ctx, def.finalizer_timeout_ms())
+                        .await?;
+                    if let Err(err) = &result
+                        && !err.retryable
+                    {
+                        tracing::error!(saga.id = %self.state.id, error = %err,
+                            "ALERT: failure finalizer failed for good; saga needs attention");
+                    }
+                    let events =
+                        recovery::after_finalizer(&def, &self.state, result, now_ms(), jitter());
+                    self.record(events).await?;
+                }
+            }
+        }
+    }
+
+    fn plan_failed(&self, err: &recovery::PlanError) -> Stop {
+        tracing::error!(saga.id = %self.state.id, error = %err, "cannot plan the saga's next step");
+        Stop::Done
+    }
+
+    fn context(&self, step: &'static str, kind: CallKind) -> StepContext {
+        StepContext {
+            saga_id: self.state.id,
+            step,
+            kind,
+            attempt: self.state.attempt,
+            idempotency_key: recovery::idempotency_key(self.state.id, step, kind),
+            input: self.state.input.clone(),
+            outputs: self.state.outputs.clone(),
+            deadline_ms: 0,
+            failure_reason: self.state.failure_reason.clone(),
+            trace_context: self.state.trace_context.clone(),
+        }
+    }
+
+    /// Runs one attempt with its timeout, renewing the lease while it runs. A panicking action
+    /// counts as a transient INTERNAL failure. `Err` when the lease was lost meanwhile.
+    async fn call(
+        &mut self,
+        action: &ActionRef,
+        mut ctx: StepContext,
+        timeout_ms: u64,
+    ) -> Result<Result<Value, StepError>, Stop> {
+        let started = now_ms();
+        ctx.deadline_ms = started.saturating_add(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
+        let step = ctx.step;
+        let attempt = ctx.attempt;
+        let span = tracing::debug_span!("saga.call", saga.id = %self.state.id, saga.step = step,
+            saga.attempt = attempt, kind = ?ctx.kind);
+        let run = AssertUnwindSafe(action.run(ctx).instrument(span)).catch_unwind();
+        let attempt_fut = tokio::time::timeout(Duration::from_millis(timeout_ms), run);
+        tokio::pin!(attempt_fut);
+        let renew_every =
+            Duration::from_millis(u64::try_from(self.inner.lease_ms / 3).unwrap_or(1).max(1));
+        loop {
+            tokio::select! {
+                outcome = &mut attempt_fut => {
+                    let result = match outcome {
+                        Err(_) => Err(StepError::timed_out(timeout_ms)),
+                        Ok(Err(_panic)) => Err(StepError {
+                            code: "INTERNAL".to_owned(),
+                            message: format!("the {step} call panicked"),
+                            reason: None,
+                            retryable: true,
+                        }),
+                        Ok(Ok(result)) => result,
+                    };
+                    if let Err(err) = &result {
+                        tracing::info!(saga.id = %self.state.id, saga.step = step, saga.attempt = attempt,
+                            error = %err, "step attempt failed");
+                    }
+                    return Ok(result);
+                }
+                () = tokio::time::sleep(renew_every) => self.renew().await?,
+            }
+        }
+    }
+
+    /// Makes sure the lease stays valid for at least a third of its duration before a call.
+    async fn ensure_lease(&mut self) -> Result<(), Stop> {
+        if now_ms().saturating_add(self.inner.lease_ms / 3) >= self.lease_valid_until {
+            self.renew().await?;
+        }
+        Ok(())
+    }
+
+    async fn renew(&mut self) -> Result<(), Stop> {
+        let now = now_ms();
+        let until = now.saturating_add(self.inner.lease_ms);
+        match self
+            .inner
+            .store
+            .renew_lease(
+                self.state.id,
+                &self.inner.owner,
+                self.state.fencing_token,
+                until,
+            )
+            .await
+        {
+            Ok(true) => {
+                self.lease_valid_until = until;
+                self.state.lease_expires_at = Some(until);
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::warn!(saga.id = %self.state.id, "lease lost; stopping this saga's driver");
+                Err(Stop::Done)
+            }
+            Err(err) if now < self.lease_valid_until => {
+                tracing::warn!(saga.id = %self.state.id, error = %err, "lease renewal failed; lease still valid");
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!(saga.id = %self.state.id, error = %err, "lease renewal failed and the lease expired");
+                Err(Stop::Done)
+            }
+        }
+    }
+
+    async fn wait_until(&mut self, at: i64) -> Result<(), Stop> {
+        loop {
+            let now = now_ms();
+            if now >= at {
+                return Ok(());
+            }
+            self.ensure_lease().await?;
+            let nap = u64::try_from(at - now)
+                .unwrap_or(0)
+                .min(u64::try_from(self.inner.lease_ms / 3).unwrap_or(1).max(1));
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(nap)) => {}
+                () = self.inner.shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// Journals `events` and the resulting state in one fenced commit (renewing the lease).
+    async fn record(&mut self, events: Vec<Event>) -> Result<(), Stop> {
+        let now = now_ms();
+        let (mut next, entries) = match journal::append(&self.state, now, events) {
+            Ok(x) => x,
+            Err(err) => {
+                tracing::error!(saga.id = %self.state.id, error = %err, "invalid transition");
+                return Err(Stop::Done);
+            }
+        };
+        if next.lease_owner.is_some() {
+            next.lease_expires_at = Some(now.saturating_add(self.inner.lease_ms));
+        }
+        let write = Write::Transition {
+            expected_token: self.state.fencing_token,
+            expected_seq: self.state.last_seq,
+            state: next.clone(),
+            entries,
+        };
+        match self.inner.commit(write).await {
+            Ok(WriteOutcome::Applied) => {
+                if next.lease_owner.is_some() {
+                    self.lease_valid_until = now.saturating_add(self.inner.lease_ms);
+                }
+                if next.status == SagaStatus::NeedsAttention && self.state.status != next.status {
+                    tracing::error!(saga.id = %next.id, step = ?next.current_step,
+                        error = ?next.last_error, "ALERT: saga needs attention");
+                }
+                self.state = next;
+                Ok(())
+            }
+            Ok(_) => {
+                tracing::warn!(saga.id = %self.state.id, "write fenced: lease lost, result thrown away");
+                Err(Stop::Done)
+            }
+            Err(err) => {
+                tracing::error!(saga.id = %self.state.id, error = %err, "cannot record; the lease will expire and the saga be recovered");
+                Err(Stop::Done)
+            }
+        }
+    }
+
+    async fn release(&mut self) -> Result<(), Stop> {
+        if self.state.lease_owner.as_deref() != Some(self.inner.owner.as_str()) {
+            return Ok(());
+        }
+        let owner = self.inner.owner.clone();
+        self.record(vec![Event::LeaseReleased { owner }]).await
+    }
+}
+
+/// A uniform random number in `0..=1` for full jitter.
+fn jitter() -> f64 {
+    rand::rng().random_range(0.0..=1.0)
+}

@@ -1,0 +1,240 @@
+//! Storage of saga state rows and journals (DESIGN §5): the [`SagaStore`] trait and its one
+//! implementation, [`SqlSagaStore`], written once over `sqlx::Any` for PostgreSQL and SQLite
+//! (`sagaflow_server::db`), plus the shared conformance suite (feature `testkit`).
+//!
+//! Rules every implementation keeps:
+//! - a state-row change and its journal entries commit in one transaction ([`Write`]);
+//! - every change of an existing row is fenced: `UPDATE … WHERE id = $1 AND fencing_token = $2
+//!   AND last_seq = $3`; when no row matches, the writer lost its lease and nothing of its write is
+//!   kept ([`WriteOutcome::Fenced`]);
+//! - the journal is only appended to (the migrations also make the database refuse updates and
+//!   deletes of journal rows);
+//! - claims take due or orphaned sagas in batches, bump the fencing token and journal
+//!   `lease_acquired` (and `recovered` when another engine's lease had expired).
+
+use async_trait::async_trait;
+
+use crate::{
+    journal::{Event, JournalEntry, JournalError},
+    recovery::Refusal,
+    state::{SagaId, SagaState, SagaStatus, UnknownValue},
+};
+
+mod sql;
+
+#[cfg(feature = "testkit")]
+pub mod conformance;
+
+pub use sql::{MIGRATIONS, SqlSagaStore};
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is unreachable, timed out or busy; retrying may help.
+    #[error("saga store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Any other database error (a bug or a schema mismatch).
+    #[error("saga store: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A row or journal entry that does not decode.
+    #[error("saga store holds an invalid value: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether retrying the operation may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if sagaflow_server::db::is_transient(&err) {
+            Self::Unavailable(err)
+        } else {
+            Self::Database(err)
+        }
+    }
+}
+
+impl From<JournalError> for StoreError {
+    fn from(err: JournalError) -> Self {
+        Self::Corrupt(err.to_string())
+    }
+}
+
+impl From<UnknownValue> for StoreError {
+    fn from(err: UnknownValue) -> Self {
+        Self::Corrupt(err.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(err: serde_json::Error) -> Self {
+        Self::Corrupt(format!("JSON: {err}"))
+    }
+}
+
+/// One write of a batch: the new state row and the journal entries that produced it
+/// (`journal::append`). A write API that cannot express an unfenced change (STYLE rule 28).
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Insert a new saga, unless its business key exists.
+    Create {
+        /// The folded state after `entries`.
+        state: SagaState,
+        /// The first entries (`saga_started`, `lease_acquired`, …).
+        entries: Vec<JournalEntry>,
+    },
+    /// Change a saga the writer holds the lease of.
+    Transition {
+        /// The fencing token the writer holds.
+        expected_token: i64,
+        /// The `last_seq` the writer read.
+        expected_seq: i64,
+        /// The new state.
+        state: SagaState,
+        /// The entries to append (numbered after `expected_seq`).
+        entries: Vec<JournalEntry>,
+    },
+}
+
+/// What happened to one [`Write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The saga was inserted.
+    Created,
+    /// A saga with that business key exists already: nothing was written.
+    Exists(SagaId),
+    /// The transition was committed.
+    Applied,
+    /// The fencing token or sequence no longer matched: nothing was written; the writer lost
+    /// its lease and must throw its result away.
+    Fenced,
+}
+
+/// Filters and page position of [`SagaStore::list`]. Sagas are listed newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<SagaStatus>,
+    /// Only this definition.
+    pub definition_name: Option<String>,
+    /// Only sagas created at or after this unix ms.
+    pub created_after: Option<i64>,
+    /// Only sagas created before this unix ms.
+    pub created_before: Option<i64>,
+    /// Continue after this `(created_at, id)` (the last saga of the previous page).
+    pub after: Option<(i64, SagaId)>,
+    /// Most sagas returned.
+    pub limit: u32,
+}
+
+/// Why an operator's command could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// No such saga.
+    #[error("saga not found")]
+    NotFound,
+    /// The command does not apply to the saga's state.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A decision taken on a saga's current state inside the store's transaction.
+pub type Decide<'a> = &'a (dyn Fn(&SagaState) -> Result<Vec<Event>, Refusal> + Send + Sync);
+
+/// Storage of saga instances (DESIGN §5). Timestamps and durations are unix ms / ms.
+#[async_trait]
+pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Commits `batch` in **one** transaction (group commit: many sagas' transitions share one
+    /// flush). Each write is fenced on its own: a fenced write is skipped, the others commit.
+    ///
+    /// # Errors
+    /// [`StoreError`]; on error nothing of the batch is committed.
+    async fn commit(&self, batch: &[Write]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// Claims up to `limit` due or orphaned sagas for `owner`: status RUNNING or COMPENSATING,
+    /// `next_attempt_at <= now`, lease released or expired. Each claim bumps the fencing token,
+    /// sets a lease until `now + lease_ms` and journals it, in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<SagaState>, StoreError>;
+
+    /// Claims saga `id` like [`SagaStore::claim_due`] but regardless of `next_attempt_at`;
+    /// `None` when it is not active or another engine holds a live lease.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn claim(
+        &self,
+        id: SagaId,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Option<SagaState>, StoreError>;
+
+    /// Extends the lease of saga `id` to `lease_expires_at` if `owner` still holds it with
+    /// `fencing_token`. Not journaled. Returns false when the lease was lost.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn renew_lease(
+        &self,
+        id: SagaId,
+        owner: &str,
+        fencing_token: i64,
+        lease_expires_at: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Applies an operator's command (CancelSaga, RetrySaga) to saga `id` at `now`: reads the
+    /// row under a write lock, asks `decide` for the events, commits them. No events: nothing is
+    /// written. Returns the resulting state.
+    ///
+    /// # Errors
+    /// [`OperatorError`].
+    async fn operator_update(
+        &self,
+        id: SagaId,
+        now: i64,
+        decide: Decide<'_>,
+    ) -> Result<SagaState, OperatorError>;
+
+    /// The state row of saga `id`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn get(&self, id: SagaId) -> Result<Option<SagaState>, StoreError>;
+
+    /// The id of the saga started with `business_key`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn find_by_business_key(&self, business_key: &str) -> Result<Option<SagaId>, StoreError>;
+
+    /// The whole journal of saga `id`, in sequence order.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn journal(&self, id: SagaId) -> Result<Vec<JournalEntry>, StoreError>;
+
+    /// Sagas matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<SagaState>, StoreError>;
+
+    /// Number of write transactions committed through this store so far (for benchmarks).
+    fn commits(&self) -> u64;
+}
