@@ -97,6 +97,13 @@ for i in range(6):
 for i in range(4):
     order("slow gateway (unknown outcome)", rng.choice(users), lines(1), pm="tok_slow")
 
+# The README walkthrough's users and coupons (not used by the sample orders).
+points["alice"] = 50000
+points["bob"] = 20000
+users_all += ["alice", "bob"]
+coupon("WELCOME-ALICE", "alice", percent=10, max_discount=20000)
+coupon("WELCOME-BOB", "bob", amount=3000, min_order=10000)
+
 rng.shuffle(orders)
 for i, o in enumerate(orders):
     o["request_id"] = f"demo-{i+1:04d}"

@@ -6,11 +6,17 @@
 //! - [`demo`]: places the shipped sample orders and checks the invariants (`sagaflow demo`);
 //! - [`bench`]: a load generator (`sagaflow bench`);
 //! - [`saga`]: the saga admin API (`sagaflow saga show|list|retry|cancel`);
-//! - [`invariants`]: the invariants of DESIGN §6 checked through the query APIs.
+//! - [`invariants`]: the invariants of DESIGN §6 checked through the query APIs;
+//! - [`failpoints`]: arming the engine's failpoints from `FAILPOINTS` (chaos tests).
+
+mod cli;
+
+pub use cli::main;
 
 pub mod bench;
 pub mod demo;
 pub mod dev;
+pub mod failpoints;
 pub mod invariants;
 pub mod load;
 pub mod saga;

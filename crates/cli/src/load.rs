@@ -20,8 +20,24 @@ pub fn is_terminal(order: &Order) -> bool {
     )
 }
 
-/// Places `request` (retrying UNAVAILABLE with the same request id, which is safe: PlaceOrder is
-/// idempotent on it) and waits until the order is terminal or `deadline` passes.
+/// Whether a status is worth retrying with the same request: the transient codes of DESIGN §5 plus
+/// CANCELLED (a connection that broke mid-call, for example a server that was killed, surfaces as
+/// UNKNOWN "transport error" or CANCELLED).
+pub fn is_retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Cancelled
+            | Code::Internal
+    )
+}
+
+/// Places `request` (retrying transient failures with the same request id, which is safe:
+/// PlaceOrder is idempotent on it) and waits until the order is terminal or `deadline` passes.
 /// Returns the last order read and the time from the first PlaceOrder to the terminal read.
 ///
 /// # Errors
@@ -41,7 +57,7 @@ pub async fn place_and_wait(
                     .order
                     .ok_or_else(|| tonic::Status::internal("PlaceOrder returned no order"))?;
             }
-            Err(s) if s.code() == Code::Unavailable && Instant::now() + backoff < deadline => {
+            Err(s) if is_retryable(s.code()) && Instant::now() + backoff < deadline => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -55,7 +71,7 @@ pub async fn place_and_wait(
 /// Long-polls `GetOrder` until `order` is terminal or `deadline` passes; returns the last read.
 ///
 /// # Errors
-/// GetOrder's error (UNAVAILABLE is retried until the deadline).
+/// GetOrder's error (transient ones are retried until the deadline).
 pub async fn wait_terminal(
     client: &mut OrderServiceClient<Channel>,
     mut order: Order,
@@ -81,7 +97,7 @@ pub async fn wait_terminal(
                     order = o;
                 }
             }
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) => {
+            Err(s) if is_retryable(s.code()) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(s) => return Err(s),

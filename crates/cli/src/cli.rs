@@ -1,0 +1,102 @@
+//! The command line itself: clap definitions and dispatch.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sagaflow_telemetry::LogFormat;
+
+use crate::{CliError, bench, demo, dev, saga, serve};
+
+/// The sagaflow order system: gRPC services coordinated by a durable saga engine.
+#[derive(Debug, Parser)]
+#[command(name = "sagaflow", version, about, long_about = None)]
+struct Cli {
+    /// Log output: `pretty` for a terminal, `json` for log shippers. Filter with RUST_LOG.
+    #[arg(long, global = true, env = "SAGAFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing the flags would only obscure clap's derive"
+)]
+enum Command {
+    /// Run every service and the orchestrator in one process on SQLite files (embedded default).
+    Dev(dev::DevArgs),
+    /// Place the shipped sample orders, wait for their sagas, print outcomes, check invariants.
+    Demo(demo::DemoArgs),
+    /// Load-test the order saga and print sagas/s and latency percentiles.
+    Bench(bench::BenchArgs),
+    /// Run one service on its own port and database.
+    Serve(serve::ServeArgs),
+    /// Inspect, retry or cancel sagas through the admin API.
+    Saga(saga::SagaArgs),
+}
+
+/// Exit code for invalid configuration (EX_USAGE, STYLE rule 33).
+const EXIT_USAGE: u8 = 64;
+
+/// Runs the `sagaflow` command line: parses `std::env::args`, runs the command, and returns the
+/// exit code (0 ok, 1 failure, 2 bad flags from clap, 64 invalid configuration).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("sagaflow: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let format = cli.log_format;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => {
+                let _telemetry = sagaflow_telemetry::init("sagaflow-dev", format);
+                dev::run(args).await.map_err(CliError::Failed)
+            }
+            Command::Demo(args) => {
+                let _telemetry = sagaflow_telemetry::init("sagaflow-demo", format);
+                match demo::run(args).await {
+                    Ok(outcome) if outcome.unfinished == 0 && outcome.violations.is_empty() => {
+                        Ok(())
+                    }
+                    Ok(outcome) => Err(CliError::Failed(anyhow::anyhow!(
+                        "{} orders unfinished, {} invariant violations",
+                        outcome.unfinished,
+                        outcome.violations.len()
+                    ))),
+                    Err(err) => Err(CliError::Failed(err)),
+                }
+            }
+            Command::Bench(args) => {
+                let _telemetry = sagaflow_telemetry::init("sagaflow-bench", format);
+                bench::run(args).await.map(|_| ()).map_err(CliError::Failed)
+            }
+            Command::Serve(args) => {
+                let _telemetry = sagaflow_telemetry::init(args.service.name(), format);
+                serve::run(args).await
+            }
+            Command::Saga(args) => {
+                let _telemetry = sagaflow_telemetry::init("sagaflow-cli", format);
+                saga::run(args).await.map_err(CliError::Failed)
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Usage(message)) => {
+            eprintln!("sagaflow: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(CliError::Failed(err)) => {
+            eprintln!("sagaflow: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Issue "order saga" acceptance: SIGKILL `sagaflow dev` while `sagaflow demo` is placing the
+//! sample orders against it, start it again on the same port and data directory, and the demo
+//! still sees every saga finish with every invariant of DESIGN §6 holding (it exits non-zero
+//! otherwise).
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sagaflow_testkit::grpcurl_output;
+use sagaflow_tests::{Process, free_port, sagaflow_bin};
+use serde_json::Value;
+
+/// Sagas the admin API lists (up to 1000).
+fn saga_count(addr: &str) -> usize {
+    let out = grpcurl_output(
+        addr,
+        &["-d", r#"{"page_size":1000}"#],
+        Some("sagaflow.workflow.v1.SagaAdminService/ListSagas"),
+    );
+    if !out.status.success() {
+        return 0;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["sagas"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn sigkill_during_demo_then_restart_finishes_every_saga() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "dev",
+        "--listen",
+        listen.as_str(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--lease-ms",
+        "2000",
+    ];
+    let mut dev = Process::start(&args, &[], Duration::from_secs(60));
+    dev.wait_for_log("sagaflow dev is running", Duration::from_secs(60));
+
+    let demo_log = dir.path().join("demo.log");
+    let mut demo = Command::new(sagaflow_bin())
+        .args([
+            "demo",
+            "--addr",
+            &format!("http://{listen}"),
+            "--timeout-secs",
+            "150",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&demo_log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    // Kill once the run is well under way: some sagas exist, many are still running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while saga_count(&listen) < 40 {
+        assert!(Instant::now() < deadline, "the demo made no progress");
+        assert!(
+            demo.try_wait().unwrap().is_none(),
+            "the demo ended before the crash"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before_kill = saga_count(&listen);
+    dev.kill();
+
+    // Start it again on the same port and data directory: it resumes every unfinished saga.
+    let mut dev = Process::start(&args, &[], Duration::from_secs(60));
+    let status = {
+        let deadline = Instant::now() + Duration::from_secs(200);
+        loop {
+            if let Some(status) = demo.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = demo.kill();
+                panic!("the demo did not finish; dev logs:\n{}", dev.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let report = std::fs::read_to_string(&demo_log).unwrap();
+    assert!(
+        status.success(),
+        "demo failed after the crash ({status}):\n{report}\ndev logs:\n{}",
+        dev.logs()
+    );
+    assert!(report.contains("all hold"), "{report}");
+    assert!(report.contains("206 orders finished"), "{report}");
+    assert!(before_kill >= 40);
+    // Every saga of the run came to rest: none RUNNING or COMPENSATING.
+    for status in ["SAGA_STATUS_RUNNING", "SAGA_STATUS_COMPENSATING"] {
+        let out = grpcurl_output(
+            &listen,
+            &[
+                "-d",
+                &format!(r#"{{"status":"{status}","page_size":1000}}"#),
+            ],
+            Some("sagaflow.workflow.v1.SagaAdminService/ListSagas"),
+        );
+        assert!(out.status.success());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            v["sagas"].as_array().is_none_or(Vec::is_empty),
+            "{status}: {v}"
+        );
+    }
+    assert_eq!(
+        dev.terminate(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        dev.logs()
+    );
+}

@@ -1,0 +1,349 @@
+//! Issue "order saga" acceptance: a real `sagaflow dev` process driven with the real grpcurl through
+//! the README walkthrough, then one order per failure reason, asserting the final status and every
+//! stock, balance, coupon and payment value.
+
+use std::time::Duration;
+
+use sagaflow_testkit::{grpcurl_json, grpcurl_output};
+use sagaflow_tests::Process;
+use serde_json::{Value, json};
+
+const ORDER: &str = "sagaflow.order.v1.OrderService";
+const INVENTORY: &str = "sagaflow.inventory.v1.InventoryService";
+const POINT: &str = "sagaflow.point.v1.PointService";
+const COUPON: &str = "sagaflow.coupon.v1.CouponService";
+const PAYMENT: &str = "sagaflow.payment.v1.PaymentService";
+const RANKING: &str = "sagaflow.ranking.v1.RankingService";
+const ADMIN: &str = "sagaflow.workflow.v1.SagaAdminService";
+
+struct Dev {
+    process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl Dev {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let process = Process::start(
+            &[
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &[],
+            Duration::from_secs(60),
+        );
+        let dev = Self { process, _dir: dir };
+        // Seeding finishes right after the server starts listening: wait for the catalog.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = grpcurl_output(
+                dev.addr(),
+                &["-d", r#"{"code":"WELCOME-BOB"}"#],
+                Some(&format!("{COUPON}/GetCoupon")),
+            );
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "demo data never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dev
+    }
+
+    fn addr(&self) -> &str {
+        self.process.addr()
+    }
+
+    fn call(&self, method: &str, body: Value) -> Value {
+        grpcurl_json(self.addr(), &["-d", &body.to_string()], method)
+    }
+
+    fn stock(&self, sku: &str) -> i64 {
+        as_i64(
+            &self.call(&format!("{INVENTORY}/GetProduct"), json!({ "sku": sku }))["product"]["stock"],
+        )
+    }
+
+    fn balance(&self, user: &str) -> i64 {
+        as_i64(&self.call(&format!("{POINT}/GetBalance"), json!({ "user_id": user }))["balance"])
+    }
+
+    fn coupon(&self, code: &str) -> Value {
+        self.call(&format!("{COUPON}/GetCoupon"), json!({ "code": code }))["coupon"].clone()
+    }
+
+    /// The order's payment, or None when it has none (NOT_FOUND).
+    fn payment(&self, order_id: &str) -> Option<Value> {
+        let out = grpcurl_output(
+            self.addr(),
+            &["-d", &json!({ "order_id": order_id }).to_string()],
+            Some(&format!("{PAYMENT}/GetPayment")),
+        );
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            Some(v["payment"].clone())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("NotFound"), "GetPayment failed: {err}");
+            None
+        }
+    }
+
+    fn place(&self, body: Value) -> String {
+        let reply = self.call(&format!("{ORDER}/PlaceOrder"), body);
+        assert_eq!(reply["order"]["status"], "ORDER_STATUS_PENDING", "{reply}");
+        reply["order"]["orderId"].as_str().unwrap().to_owned()
+    }
+
+    /// GetOrder with `wait`, as the README shows.
+    fn wait(&self, order_id: &str) -> Value {
+        let order = self.call(
+            &format!("{ORDER}/GetOrder"),
+            json!({ "order_id": order_id, "wait": "30s" }),
+        )["order"]
+            .clone();
+        assert_ne!(
+            order["status"], "ORDER_STATUS_PENDING",
+            "still pending: {order}"
+        );
+        order
+    }
+}
+
+/// grpcurl prints int64 fields as JSON strings (proto3 JSON mapping); absent means 0.
+fn as_i64(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap(),
+        Value::Number(n) => n.as_i64().unwrap(),
+        Value::Null => 0,
+        other => panic!("not an integer: {other}"),
+    }
+}
+
+#[test]
+fn readme_walkthrough_and_every_failure_reason() {
+    let dev = Dev::start();
+
+    // -- list the services
+    let listed = sagaflow_testkit::grpcurl(dev.addr(), &[], Some("list"));
+    for service in [ORDER, INVENTORY, POINT, COUPON, PAYMENT, RANKING, ADMIN] {
+        assert!(
+            listed.contains(service),
+            "{service} missing from:\n{listed}"
+        );
+    }
+
+    // -- state before
+    assert_eq!(dev.stock("KB-001"), 10_000);
+    assert_eq!(dev.balance("alice"), 50_000);
+    assert_eq!(
+        dev.coupon("WELCOME-ALICE")["status"],
+        "COUPON_STATUS_AVAILABLE"
+    );
+
+    // -- a successful order: 1 x KB-001 (89,000) - 10% coupon (8,900) - 5,000 points = 75,100
+    let ok = dev.place(json!({
+        "request_id": "walkthrough-1", "user_id": "alice",
+        "lines": [{ "sku": "KB-001", "quantity": 1 }],
+        "coupon_code": "WELCOME-ALICE", "points": 5000, "payment_method": "tok_ok"
+    }));
+    let order = dev.wait(&ok);
+    assert_eq!(order["status"], "ORDER_STATUS_COMPLETED", "{order}");
+    assert_eq!(as_i64(&order["subtotal"]), 89_000);
+    assert_eq!(as_i64(&order["discount"]), 8_900);
+    assert_eq!(as_i64(&order["points"]), 5_000);
+    assert_eq!(as_i64(&order["payable"]), 75_100);
+    assert_eq!(dev.stock("KB-001"), 9_999);
+    assert_eq!(dev.balance("alice"), 45_000);
+    let coupon = dev.coupon("WELCOME-ALICE");
+    assert_eq!(coupon["status"], "COUPON_STATUS_USED");
+    assert_eq!(coupon["orderId"], ok.as_str());
+    let payment = dev.payment(&ok).expect("a payment");
+    assert_eq!(payment["status"], "PAYMENT_STATUS_COMPLETED");
+    assert_eq!(as_i64(&payment["amount"]), 75_100);
+    // A repeat of the same request returns the same order.
+    let again = dev.call(
+        &format!("{ORDER}/PlaceOrder"),
+        json!({
+            "request_id": "walkthrough-1", "user_id": "alice",
+            "lines": [{ "sku": "KB-001", "quantity": 1 }],
+            "coupon_code": "WELCOME-ALICE", "points": 5000, "payment_method": "tok_ok"
+        }),
+    );
+    assert_eq!(again["order"]["orderId"], ok.as_str());
+
+    // -- a failing order: capture declined at the pivot, every step compensated
+    let declined = dev.place(json!({
+        "request_id": "walkthrough-2", "user_id": "bob",
+        "lines": [{ "sku": "MS-001", "quantity": 1 }],
+        "coupon_code": "WELCOME-BOB", "points": 1000, "payment_method": "tok_capture_decline"
+    }));
+    let order = dev.wait(&declined);
+    assert_eq!(order["status"], "ORDER_STATUS_FAILED", "{order}");
+    assert_eq!(order["failureReason"], "FAILURE_REASON_PAYMENT_DECLINED");
+    assert_eq!(
+        as_i64(&order["discount"]),
+        0,
+        "FailOrder clears the discount"
+    );
+    assert_eq!(dev.stock("MS-001"), 10_000);
+    assert_eq!(dev.balance("bob"), 20_000);
+    assert_eq!(
+        dev.coupon("WELCOME-BOB")["status"],
+        "COUPON_STATUS_AVAILABLE"
+    );
+    let payment = dev
+        .payment(&declined)
+        .expect("the authorization is recorded");
+    assert_eq!(payment["status"], "PAYMENT_STATUS_CANCELED");
+
+    // -- its saga journal: compensations in exact reverse order of the completed steps
+    let saga_id = order["sagaId"].as_str().unwrap().to_owned();
+    let saga = dev.call(&format!("{ADMIN}/GetSaga"), json!({ "saga_id": saga_id }));
+    assert_eq!(saga["saga"]["status"], "SAGA_STATUS_COMPENSATED", "{saga}");
+    let journal = saga["journal"].as_array().unwrap();
+    let steps_of = |event: &str| -> Vec<String> {
+        journal
+            .iter()
+            .filter(|e| e["eventType"] == event)
+            .map(|e| e["step"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        steps_of("step_succeeded"),
+        [
+            "use_coupon",
+            "apply_coupon",
+            "deduct_inventory",
+            "start_payment",
+            "deduct_points"
+        ]
+    );
+    assert_eq!(
+        steps_of("compensation_succeeded"),
+        [
+            "deduct_points",
+            "start_payment",
+            "deduct_inventory",
+            "use_coupon"
+        ]
+    );
+
+    // -- ranking counts the completed order only
+    let top = dev.call(&format!("{RANKING}/TopProducts"), json!({ "limit": 5 }));
+    let products = top["products"].as_array().unwrap();
+    assert_eq!(products.len(), 1, "{top}");
+    assert_eq!(products[0]["sku"], "KB-001");
+    assert_eq!(as_i64(&products[0]["unitsSold"]), 1);
+
+    // -- one order per remaining failure reason, placed together
+    let placed: Vec<(&str, String)> = vec![
+        (
+            "FAILURE_REASON_COUPON_UNAVAILABLE",
+            dev.place(json!({
+                "request_id": "reason-coupon", "user_id": "alice",
+                "lines": [{ "sku": "HS-001", "quantity": 1 }],
+                "coupon_code": "WELCOME-BOB", "payment_method": "tok_ok"
+            })),
+        ),
+        (
+            "FAILURE_REASON_OUT_OF_STOCK",
+            dev.place(json!({
+                "request_id": "reason-stock", "user_id": "alice",
+                "lines": [{ "sku": "HS-001", "quantity": 1 }, { "sku": "SOLD-001", "quantity": 1 }],
+                "payment_method": "tok_ok"
+            })),
+        ),
+        (
+            "FAILURE_REASON_PAYMENT_DECLINED",
+            dev.place(json!({
+                "request_id": "reason-declined", "user_id": "alice",
+                "lines": [{ "sku": "HS-001", "quantity": 1 }],
+                "payment_method": "tok_decline"
+            })),
+        ),
+        (
+            "FAILURE_REASON_INSUFFICIENT_POINTS",
+            dev.place(json!({
+                "request_id": "reason-points", "user_id": "user-poor",
+                "lines": [{ "sku": "HS-001", "quantity": 1 }],
+                "points": 5000, "payment_method": "tok_ok"
+            })),
+        ),
+        (
+            "FAILURE_REASON_DEADLINE_EXCEEDED",
+            dev.place(json!({
+                "request_id": "reason-slow", "user_id": "alice",
+                "lines": [{ "sku": "HS-001", "quantity": 1 }],
+                "payment_method": "tok_slow"
+            })),
+        ),
+    ];
+    // CANCELED: an operator cancels a saga stuck on the slow gateway, before its pivot.
+    let canceled = dev.place(json!({
+        "request_id": "reason-canceled", "user_id": "bob",
+        "lines": [{ "sku": "HS-001", "quantity": 1 }],
+        "payment_method": "tok_slow"
+    }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = grpcurl_output(
+            dev.addr(),
+            &["-d", &json!({ "saga_id": canceled }).to_string()],
+            Some(&format!("{ADMIN}/CancelSaga")),
+        );
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["saga"]["status"], "SAGA_STATUS_COMPENSATING", "{v}");
+            break;
+        }
+        // Not started yet (the relay has not delivered the event): try again.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let hs_before = 10_000;
+    for (reason, id) in &placed {
+        let order = dev.wait(id);
+        assert_eq!(order["status"], "ORDER_STATUS_FAILED", "{reason}: {order}");
+        assert_eq!(order["failureReason"], *reason, "{order}");
+        let payment = dev.payment(id);
+        assert!(
+            payment
+                .as_ref()
+                .is_none_or(|p| p["status"] == "PAYMENT_STATUS_CANCELED"),
+            "{reason}: payment {payment:?}"
+        );
+    }
+    let order = dev.wait(&canceled);
+    assert_eq!(order["failureReason"], "FAILURE_REASON_CANCELED", "{order}");
+    // Every failed order gave its stock, points and coupons back.
+    assert_eq!(dev.stock("HS-001"), hs_before);
+    assert_eq!(dev.stock("SOLD-001"), 0);
+    assert_eq!(dev.balance("user-poor"), 1_000);
+    assert_eq!(dev.balance("alice"), 45_000);
+    assert_eq!(dev.balance("bob"), 20_000);
+    assert_eq!(
+        dev.coupon("WELCOME-BOB")["status"],
+        "COUPON_STATUS_AVAILABLE"
+    );
+
+    let mut dev = dev;
+    assert_eq!(
+        dev.process.terminate(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        dev.process.logs()
+    );
+}
