@@ -5,8 +5,8 @@
 //! SIGTERM ([`Process::terminate`]) or SIGKILL ([`Process::kill`]). Logs of a test that panics are
 //! kept and their path printed (STYLE rule 45).
 //!
-//! The binary is `target/<profile>/sagaflow`, next to the test executable's `deps/` directory, so
-//! run these tests with `--workspace` (which builds it) or set `SAGAFLOW_BIN`.
+//! The binary is this package's `sagaflow-under-test` (the `sagaflow` command line, rebuilt with
+//! every test build), next to the test executable's `deps/` directory; `SAGAFLOW_BIN` overrides it.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -24,18 +24,27 @@ pub fn sagaflow_bin() -> PathBuf {
         return PathBuf::from(bin);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/it-xxxx -> target/debug/sagaflow
+    // target/debug/deps/it-xxxx -> target/debug/sagaflow-under-test
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps");
-    let bin = dir.join("sagaflow");
+    let bin = dir.join("sagaflow-under-test");
     assert!(
         bin.exists(),
-        "{} not found: run the tests with --workspace (or set SAGAFLOW_BIN)",
+        "{} not found: build the tests with cargo (or set SAGAFLOW_BIN)",
         bin.display()
     );
     bin
+}
+
+/// A loopback port that was free a moment ago (bind to port 0, read it, release it). For
+/// processes that must come back on the same address after a restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// A running `sagaflow` process.
@@ -85,13 +94,12 @@ impl Process {
         let deadline = Instant::now() + timeout;
         loop {
             let logs = self.logs();
-            if let Some(line) = logs.lines().find(|l| l.contains("gRPC server listening")) {
-                if let Some(addr) = line
+            if let Some(line) = logs.lines().find(|l| l.contains("gRPC server listening"))
+                && let Some(addr) = line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("addr="))
-                {
-                    return addr.to_owned();
-                }
+            {
+                return addr.to_owned();
             }
             if let Some(status) = self
                 .child
@@ -103,6 +111,29 @@ impl Process {
             assert!(
                 Instant::now() < deadline,
                 "sagaflow did not start listening within {timeout:?}; logs:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `timeout` until the logs contain `needle` (for example a readiness line).
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("sagaflow exited with {status} before logging {needle:?}; logs:\n{logs}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sagaflow did not log {needle:?} within {timeout:?}; logs:\n{logs}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -160,11 +191,11 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
-            if let Some(dir) = self._dir.take() {
-                let kept = dir.keep();
-                eprintln!("sagaflow logs kept in {}", kept.display());
-            }
+        if std::thread::panicking()
+            && let Some(dir) = self._dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!("sagaflow logs kept in {}", kept.display());
         }
     }
 }
