@@ -1,5 +1,8 @@
 //! Acceptance tests that run the real `sagaflow` binary and drive it with the real grpcurl.
 
+// Test code: a failed unwrap is a failed test (clippy's allow-*-in-tests does not reach helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod crash_restart;
 mod foundation;
 mod walkthrough;
