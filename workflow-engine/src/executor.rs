@@ -19,7 +19,9 @@
 //!   result is thrown away and the driver stops.
 //! - The committer batches the writes of all drivers into one transaction (group commit), so many
 //!   sagas share one flush. It retries transient database errors for as long as the engine runs,
-//!   with capped exponential backoff (STYLE rule 27).
+//!   with capped exponential backoff (STYLE rule 27). There is one committer per parallel writer
+//!   of the store (`SagaStore::write_parallelism`: one on SQLite, four on PostgreSQL); a saga's
+//!   writes always go to the committer its id hashes to, so they stay in order.
 //! - Before every call the driver checks that its lease is valid for at least a third of the
 //!   lease duration (renewing it if not) and renews it every third of the lease while the call
 //!   runs; so no step of a saga starts after another engine took it over or after it ended.
@@ -214,7 +216,12 @@ impl EngineBuilder {
         let owner = self
             .owner
             .unwrap_or_else(|| format!("engine-{}", uuid::Uuid::new_v4().simple()));
-        let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE_CAPACITY);
+        // One committer per parallel writer the store supports (SQLite: one; PostgreSQL: a few),
+        // each owning the sagas whose id hashes to it, so one saga's writes stay in order.
+        let writers = self.store.write_parallelism().max(1);
+        let (commit_txs, commit_rxs): (Vec<_>, Vec<_>) = (0..writers)
+            .map(|_| mpsc::channel::<CommitRequest>(COMMIT_QUEUE_CAPACITY))
+            .unzip();
         let (rested, _) = broadcast::channel(RESTED_CHANNEL_CAPACITY);
         let inner = Arc::new(Inner {
             store: self.store,
@@ -230,23 +237,28 @@ impl EngineBuilder {
             tracker: TaskTracker::new(),
             running: Mutex::new(HashMap::new()),
             next_task: AtomicU64::new(0),
-            commit_tx,
+            commit_txs,
             rested,
             kick: Notify::new(),
         });
         let stop_committer = CancellationToken::new();
-        let committer = runtime.spawn(run_committer(
-            inner.store.clone(),
-            commit_rx,
-            self.commit_batch_size.max(1),
-            stop_committer.clone(),
-        ));
+        let committers = commit_rxs
+            .into_iter()
+            .map(|rx| {
+                runtime.spawn(run_committer(
+                    inner.store.clone(),
+                    rx,
+                    self.commit_batch_size.max(1),
+                    stop_committer.clone(),
+                ))
+            })
+            .collect();
         let poller = runtime.spawn(run_poller(inner.clone()));
         tracing::info!(owner = %inner.owner, "saga engine started");
         Ok(Engine {
             inner,
             background: Arc::new(tokio::sync::Mutex::new(Some(Background {
-                committer,
+                committers,
                 poller,
                 stop_committer,
             }))),
@@ -256,7 +268,7 @@ impl EngineBuilder {
 
 #[derive(Debug)]
 struct Background {
-    committer: JoinHandle<()>,
+    committers: Vec<JoinHandle<()>>,
     poller: JoinHandle<()>,
     stop_committer: CancellationToken,
 }
@@ -280,7 +292,8 @@ struct Inner {
     tracker: TaskTracker,
     running: Mutex<HashMap<u64, AbortHandle>>,
     next_task: AtomicU64,
-    commit_tx: mpsc::Sender<CommitRequest>,
+    /// One queue per committer; a saga's writes always go to the same one.
+    commit_txs: Vec<mpsc::Sender<CommitRequest>>,
     rested: broadcast::Sender<(SagaId, SagaStatus)>,
     kick: Notify,
 }
@@ -356,9 +369,68 @@ impl Engine {
     /// # Errors
     /// [`EngineError::UnknownDefinition`], [`EngineError::ShuttingDown`], or
     /// [`EngineError::Store`] when the database fails.
-    #[tracing::instrument(skip_all, fields(saga.definition = definition_name, saga.business_key = business_key, saga.id), err)]
     pub async fn start(
         &self,
+        definition_name: &str,
+        business_key: &str,
+        input: Value,
+        trace_context: Option<String>,
+        deadline_ms: Option<i64>,
+    ) -> Result<(SagaId, bool), EngineError> {
+        self.start_as(
+            SagaId::new(),
+            true,
+            definition_name,
+            business_key,
+            input,
+            trace_context,
+            deadline_ms,
+        )
+        .await
+    }
+
+    /// Like [`Engine::start`], with a saga id chosen by the caller (the orchestrator uses the
+    /// order id, so an order names its saga before the saga exists). A second call with the same
+    /// business key returns the existing saga's id and `false`.
+    ///
+    /// One difference from [`Engine::start`]: when the create's commit reply was lost and the
+    /// retry finds the saga, this engine cannot tell its own create from an earlier caller's, so it
+    /// does not drive the saga at once; the poller takes it over when its lease expires.
+    ///
+    /// # Errors
+    /// As [`Engine::start`].
+    pub async fn start_with_id(
+        &self,
+        id: SagaId,
+        definition_name: &str,
+        business_key: &str,
+        input: Value,
+        trace_context: Option<String>,
+        deadline_ms: Option<i64>,
+    ) -> Result<(SagaId, bool), EngineError> {
+        self.start_as(
+            id,
+            false,
+            definition_name,
+            business_key,
+            input,
+            trace_context,
+            deadline_ms,
+        )
+        .await
+    }
+
+    /// `fresh_id`: the id was generated for this call, so finding it already stored can only be
+    /// this call's own commit retried after a lost reply.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "private: the two public starts pass through"
+    )]
+    #[tracing::instrument(skip_all, fields(saga.definition = definition_name, saga.business_key = business_key, saga.id = %id), err)]
+    async fn start_as(
+        &self,
+        id: SagaId,
+        fresh_id: bool,
         definition_name: &str,
         business_key: &str,
         input: Value,
@@ -375,8 +447,6 @@ impl Engine {
                 version: None,
             }
         })?;
-        let id = SagaId::new();
-        tracing::Span::current().record("saga.id", tracing::field::display(id));
         let now = now_ms();
         let events = recovery::start_events(
             &def,
@@ -397,7 +467,7 @@ impl Engine {
             .await?;
         match outcome {
             WriteOutcome::Created => {}
-            WriteOutcome::Exists(existing) if existing == id => {}
+            WriteOutcome::Exists(existing) if existing == id && fresh_id => {}
             WriteOutcome::Exists(existing) => return Ok((existing, false)),
             WriteOutcome::Applied | WriteOutcome::Fenced => {
                 return Err(StoreError::Corrupt("unexpected outcome of a create".into()).into());
@@ -551,8 +621,10 @@ impl Engine {
                 tracing::error!(%err, "saga poller failed");
             }
             background.stop_committer.cancel();
-            if let Err(err) = background.committer.await {
-                tracing::error!(%err, "saga committer failed");
+            for committer in background.committers {
+                if let Err(err) = committer.await {
+                    tracing::error!(%err, "saga committer failed");
+                }
             }
             tracing::info!(owner = %inner.owner, "saga engine stopped");
         }
@@ -583,7 +655,11 @@ impl Inner {
     async fn commit(&self, write: Write) -> Result<WriteOutcome, StoreError> {
         let (reply, outcome) = oneshot::channel();
         let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
-        self.commit_tx
+        let id = match &write {
+            Write::Create { state, .. } | Write::Transition { state, .. } => state.id,
+        };
+        let shard = usize::try_from(id.0.as_u128() % self.commit_txs.len() as u128).unwrap_or(0);
+        self.commit_txs[shard]
             .send(CommitRequest { write, reply })
             .await
             .map_err(|_| stopped())?;

@@ -73,6 +73,8 @@ pub async fn serve(
         .unwrap_or_default();
     tracing::info!(%addr, services = ?service_names, faults = %faults, "gRPC server listening");
     tonic::transport::Server::builder()
+        // Small unary messages: do not let Nagle's algorithm hold replies back.
+        .tcp_nodelay(true)
         .layer(FaultLayer::new(faults))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

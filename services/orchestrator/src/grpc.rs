@@ -7,7 +7,7 @@ use sagaflow_proto::orchestrator::v1::{
     orchestrator_service_server::{OrchestratorService as Rpc, OrchestratorServiceServer},
 };
 use sagaflow_server::{ServiceError, db::now_ms, validate::Validator};
-use sagaflow_workflow_engine::{Engine, EngineError};
+use sagaflow_workflow_engine::{Engine, EngineError, SagaId};
 use tonic::{Request, Response, Status, service::RoutesBuilder};
 
 use crate::order_saga::{DEFINITION_NAME, OrderSagaInput};
@@ -78,9 +78,9 @@ impl Rpc for OrchestratorService {
         );
         v.required("event.payment_method", &event.payment_method);
         v.finish()?;
-        if order_id.is_none() {
+        let Some(order_id) = order_id else {
             return Err(ServiceError::invalid("event.order.order_id", "must be a UUID").into());
-        }
+        };
         let input = OrderSagaInput::from_event(&event)?;
         let input =
             serde_json::to_value(&input).map_err(|e| ServiceError::Internal(anyhow_like(e)))?;
@@ -88,7 +88,8 @@ impl Rpc for OrchestratorService {
             .saturating_add(i64::try_from(self.saga_deadline.as_millis()).unwrap_or(i64::MAX));
         let (saga_id, created) = self
             .engine
-            .start(
+            .start_with_id(
+                SagaId(order_id),
                 DEFINITION_NAME,
                 &order.order_id,
                 input,

@@ -237,4 +237,10 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Number of write transactions committed through this store so far (for benchmarks).
     fn commits(&self) -> u64;
+
+    /// How many [`SagaStore::commit`] calls may usefully run at once (the engine runs that many
+    /// group committers). Default 1.
+    fn write_parallelism(&self) -> usize {
+        1
+    }
 }

@@ -90,6 +90,9 @@ const CLAIM_ONE_POSTGRES: &str = concat!(
      AND (lease_owner IS NULL OR lease_expires_at < $1) FOR UPDATE SKIP LOCKED"
 );
 
+/// Group committers the engine runs on PostgreSQL ([`SagaStore::write_parallelism`]).
+const POSTGRES_WRITERS: usize = 4;
+
 /// Most journal rows in one INSERT statement (7 parameters each; PostgreSQL allows 65535).
 const ROWS_PER_INSERT: usize = 500;
 
@@ -656,5 +659,14 @@ impl SagaStore for SqlSagaStore {
 
     fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+
+    /// SQLite has one writer at a time; PostgreSQL overlaps the round trips of several
+    /// committers (each on its own connection).
+    fn write_parallelism(&self) -> usize {
+        match self.db.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_WRITERS,
+        }
     }
 }

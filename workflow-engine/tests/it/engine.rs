@@ -32,6 +32,7 @@ both_backends!(
     cancel_before_and_after_the_pivot,
     start_is_idempotent_on_the_business_key,
     the_starter_runs_at_once_and_shutdown_releases_leases,
+    a_saga_finishes_on_the_definition_version_that_started_it,
 );
 
 async fn a_saga_completes(kind: Kind) {
@@ -583,4 +584,86 @@ async fn the_starter_runs_at_once_and_shutdown_releases_leases(kind: Kind) {
         "a released lease is not a recovery"
     );
     next.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn a_saga_finishes_on_the_definition_version_that_started_it(kind: Kind) {
+    use std::sync::Mutex;
+
+    use sagaflow_workflow_engine::{
+        Engine, RetryPolicy, SagaDefinition, Step, StepContext, StepError, definition::Jitter,
+    };
+
+    let h = open(kind, "versions").await;
+    let seen: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
+    let version = |v: u32| {
+        let seen = seen.clone();
+        let action = move |ctx: StepContext| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push((v, ctx.attempt));
+                // Version 1 fails its first attempt; the retry waits 300 ms, longer than the
+                // engine sleeps locally, so the lease is released and the poller resumes it.
+                if v == 1 && ctx.attempt == 1 {
+                    Err(StepError::transient("later"))
+                } else {
+                    Ok(json!(v))
+                }
+            }
+        };
+        SagaDefinition::builder("versioned", v)
+            .step(
+                Step::compensatable("x", action)
+                    .retry(RetryPolicy::new(3, 300, 300).with_jitter(Jitter::None)),
+            )
+            .build()
+            .unwrap()
+    };
+    let engine = |defs: Vec<SagaDefinition>| {
+        let mut b = Engine::builder(h.store.clone())
+            .poll_interval_ms(20)
+            .max_local_wait_ms(100);
+        for d in defs {
+            b = b.definition(d);
+        }
+        b.build().unwrap()
+    };
+    let old = engine(vec![version(1)]);
+    let (id, _) = old
+        .start("versioned", "v-1", json!({}), None, None)
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + WAIT;
+    while engine_lease_released(&h, id).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the retry never released the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    old.shutdown(Duration::from_secs(5)).await;
+    // The new engine knows versions 1 and 2: new sagas start on 2, the old one finishes on 1.
+    let new = engine(vec![version(1), version(2)]);
+    let (fresh, _) = new
+        .start("versioned", "v-2", json!({}), None, None)
+        .await
+        .unwrap();
+    let done = new.wait_finished(id, WAIT).await.unwrap();
+    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.definition_version, 1);
+    assert_eq!(done.outputs.get("x"), Some(&json!(1)));
+    let fresh = new.wait_finished(fresh, WAIT).await.unwrap();
+    assert_eq!(fresh.definition_version, 2);
+    assert_eq!(fresh.outputs.get("x"), Some(&json!(2)));
+    new.shutdown(Duration::from_secs(5)).await;
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, [(1, 1), (1, 2), (2, 1)]);
+}
+
+async fn engine_lease_released(
+    h: &crate::support::Harness,
+    id: sagaflow_workflow_engine::SagaId,
+) -> Option<()> {
+    let state = h.store.get(id).await.unwrap()?;
+    state.lease_owner.is_none().then_some(())
 }
