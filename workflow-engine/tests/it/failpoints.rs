@@ -112,6 +112,9 @@ async fn serve_call(effects: &Db, ctx: &StepContext) -> Result<Value, StepError>
     Ok(json!({"key": ctx.idempotency_key}))
 }
 
+/// Delay between attempts of every step, milliseconds.
+const RETRY_MS: u64 = 300;
+
 fn definition(effects: &Db) -> SagaDefinition {
     let act = || {
         let effects = effects.clone();
@@ -120,17 +123,19 @@ fn definition(effects: &Db) -> SagaDefinition {
             async move { serve_call(&effects, &ctx).await }
         }
     };
+    // Retry delays far above a commit's latency under load: a retry that is already due when its
+    // failure is recorded runs locally without a claim, and `after_claim` would never be hit.
     let mut builder = SagaDefinition::builder("fp", 1);
     for step in ["a", "b", "c"] {
         builder = builder.step(
             Step::compensatable(step, act())
                 .compensation(act())
-                .retry(fixed_retry(30)),
+                .retry(fixed_retry(RETRY_MS)),
         );
     }
     builder
-        .step(Step::pivot("p", act()).retry(fixed_retry(30)))
-        .step(Step::retriable("r", act()).retry(fixed_retry(30)))
+        .step(Step::pivot("p", act()).retry(fixed_retry(RETRY_MS)))
+        .step(Step::retriable("r", act()).retry(fixed_retry(RETRY_MS)))
         .failure_finalizer(act())
         .build()
         .unwrap()
