@@ -10,6 +10,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod chaos;
+
 use std::{
     fs,
     io::Read,

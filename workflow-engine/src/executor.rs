@@ -28,6 +28,16 @@
 //! - [`Engine::shutdown`] stops the poller, lets drivers finish the call in flight (bounded by a
 //!   grace period), releases their leases, then stops the committer. Every task is owned and
 //!   joined.
+//!
+//! Tracing (DESIGN §8, issue 7): every attempt of a step, compensation or finalizer runs inside a
+//! `saga.step` span (`saga.id`, `saga.definition`, `saga.step`, `saga.attempt`, `saga.phase`,
+//! `saga.outcome`) whose parent is the trace context saved when the saga started, set before the
+//! span is first entered, so the service calls the step makes (through traced channels) and
+//! their server spans join the trace of the request that started the saga — also after a crash
+//! or on another replica. A driver whose saga was claimed by the poller (an orphaned lease after
+//! a crash, or a saga resumed after a released lease) links each step span to the poller's
+//! `saga.claim` span; one resumed by CancelSaga/RetrySaga links to the operator's request.
+//! Metrics: [`crate::metrics`].
 
 use std::{
     collections::HashMap,
@@ -43,17 +53,19 @@ use std::{
 use futures::FutureExt;
 use rand::Rng;
 use sagaflow_server::db::now_ms;
+use sagaflow_telemetry::{propagation, semconv};
 use serde_json::Value;
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot},
     task::{AbortHandle, JoinHandle},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::Instrument;
+use tracing::{Instrument, field::Empty};
 
 use crate::{
     definition::{ActionRef, CallKind, SagaDefinition, StepContext, StepError},
     journal::{self, Event},
+    metrics::{self as saga_metrics, Facts, InFlight},
     recovery::{self, Next, Refusal},
     state::{SagaId, SagaState, SagaStatus},
     store::{OperatorError, SagaStore, StoreError, Write, WriteOutcome},
@@ -475,7 +487,7 @@ impl Engine {
         }
         tracing::info!(saga.id = %id, "saga started");
         if state.status.is_active() {
-            inner.spawn_driver(state, None, now);
+            inner.spawn_driver(state, None, now, None);
         } else {
             let _ = inner.rested.send((id, state.status));
         }
@@ -651,27 +663,33 @@ impl Inner {
             })
     }
 
-    /// Sends a write to the committer and waits for its outcome.
+    /// Sends a write to the committer and waits for its outcome; counts what the write made
+    /// true once it committed ([`crate::metrics`]).
     async fn commit(&self, write: Write) -> Result<WriteOutcome, StoreError> {
         let (reply, outcome) = oneshot::channel();
         let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
         let id = match &write {
             Write::Create { state, .. } | Write::Transition { state, .. } => state.id,
         };
+        let facts = Facts::of(&write);
         let shard = usize::try_from(id.0.as_u128() % self.commit_txs.len() as u128).unwrap_or(0);
         self.commit_txs[shard]
             .send(CommitRequest { write, reply })
             .await
             .map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+        let outcome = outcome.await.map_err(|_| stopped())??;
+        facts.record(&outcome);
+        Ok(outcome)
     }
 
-    /// Spawns a tracked driver for a leased saga; `permit` is taken when `None`.
+    /// Spawns a tracked driver for a leased saga; `permit` is taken when `None`. `claimed_by`
+    /// is the `traceparent` of the span that claimed the saga (its step spans link to it).
     fn spawn_driver(
         self: &Arc<Self>,
         state: SagaState,
         permit: Option<OwnedSemaphorePermit>,
         leased_at: i64,
+        claimed_by: Option<String>,
     ) {
         let inner = self.clone();
         self.spawn_tracked(async move {
@@ -682,13 +700,15 @@ impl Inner {
                     Err(_) => return,
                 },
             };
-            Driver::new(inner, state, leased_at).run().await;
+            Driver::new(inner, state, leased_at, claimed_by).run().await;
         });
     }
 
-    /// Claims saga `id` and drives it, in a tracked task (after CancelSaga and RetrySaga).
+    /// Claims saga `id` and drives it, in a tracked task (after CancelSaga and RetrySaga). The
+    /// steps it runs link to the current span (the operator's request).
     fn spawn_claim(self: &Arc<Self>, id: SagaId) {
         let inner = self.clone();
+        let requested_by = propagation::current_traceparent();
         self.spawn_tracked(async move {
             let Ok(permit) = inner.permits.clone().acquire_owned().await else {
                 return;
@@ -697,7 +717,8 @@ impl Inner {
             match inner.store.claim(id, &inner.owner, now, inner.lease_ms).await {
                 Ok(Some(state)) => {
                     fail::fail_point!("after_claim");
-                    Driver::new(inner, state, now).run().await;
+                    saga_metrics::claimed(1);
+                    Driver::new(inner, state, now, requested_by).run().await;
                     drop(permit);
                 }
                 Ok(None) => inner.kick.notify_one(),
@@ -858,10 +879,28 @@ async fn run_poller(inner: Arc<Inner>) {
                 }
                 fail::fail_point!("after_claim");
                 again = claimed.len() == permits.len();
+                saga_metrics::claimed(claimed.len());
+                // The recovery's own span (a new trace: the poller serves no request). It links
+                // to each saga's trace and each step the drivers run links back to it. Created
+                // only when something was claimed, so idle polls export nothing.
+                let claim = tracing::info_span!(
+                    parent: None,
+                    "saga.claim",
+                    { semconv::SAGA_OWNER } = %inner.owner,
+                    { semconv::SAGA_CLAIMED } = i64::try_from(claimed.len()).unwrap_or(i64::MAX),
+                );
+                for state in &claimed {
+                    if let Some(tp) = &state.trace_context {
+                        propagation::link_to_traceparent(&claim, tp);
+                    }
+                }
+                let claimed_by = propagation::traceparent_of(&claim);
+                let _entered = claim.enter();
                 tracing::debug!(count = claimed.len(), "claimed sagas");
                 for state in claimed {
                     let Some(permit) = permits.pop() else { break };
-                    inner.spawn_driver(state, Some(permit), now);
+                    tracing::debug!(saga.id = %state.id, fencing_token = state.fencing_token, "saga claimed");
+                    inner.spawn_driver(state, Some(permit), now, claimed_by.clone());
                 }
             }
             Err(err) => tracing::warn!(error = %err, "claiming due sagas failed"),
@@ -883,19 +922,30 @@ struct Driver {
     /// Unix ms until which this driver knows its lease is valid (measured from before the write
     /// that set it, so it errs early).
     lease_valid_until: i64,
+    /// `traceparent` of the span that claimed the saga (the poller's `saga.claim`, an
+    /// operator's request): every step span of this driver links to it. `None` for a saga this
+    /// engine started.
+    claimed_by: Option<String>,
 }
 
 impl Driver {
-    fn new(inner: Arc<Inner>, state: SagaState, leased_at: i64) -> Self {
+    fn new(
+        inner: Arc<Inner>,
+        state: SagaState,
+        leased_at: i64,
+        claimed_by: Option<String>,
+    ) -> Self {
         let lease_valid_until = leased_at.saturating_add(inner.lease_ms);
         Self {
             inner,
             state,
             lease_valid_until,
+            claimed_by,
         }
     }
 
     async fn run(mut self) {
+        let _in_flight = InFlight::enter();
         let _ = self.drive().await;
         if !self.state.status.is_active() {
             let _ = self.inner.rested.send((self.state.id, self.state.status));
@@ -1039,12 +1089,13 @@ impl Driver {
         timeout_ms: u64,
     ) -> Result<Result<Value, StepError>, Stop> {
         let started = now_ms();
+        let timer = tokio::time::Instant::now();
         ctx.deadline_ms = started.saturating_add(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
         let step = ctx.step;
         let attempt = ctx.attempt;
-        let span = tracing::debug_span!("saga.call", saga.id = %self.state.id, saga.step = step,
-            saga.attempt = attempt, kind = ?ctx.kind);
-        let run = AssertUnwindSafe(action.run(ctx).instrument(span)).catch_unwind();
+        let kind = ctx.kind;
+        let span = self.step_span(step, attempt, kind);
+        let run = AssertUnwindSafe(action.run(ctx).instrument(span.clone())).catch_unwind();
         let attempt_fut = tokio::time::timeout(Duration::from_millis(timeout_ms), run);
         tokio::pin!(attempt_fut);
         let renew_every =
@@ -1062,15 +1113,55 @@ impl Driver {
                         }),
                         Ok(Ok(result)) => result,
                     };
+                    let outcome = match &result {
+                        Ok(_) => saga_metrics::OUTCOME_OK,
+                        Err(err) if err.retryable => saga_metrics::OUTCOME_TRANSIENT_ERROR,
+                        Err(_) => saga_metrics::OUTCOME_BUSINESS_ERROR,
+                    };
+                    saga_metrics::attempt_finished(
+                        &self.state.definition_name,
+                        step,
+                        kind,
+                        outcome,
+                        timer.elapsed().as_secs_f64(),
+                    );
+                    span.record(semconv::SAGA_OUTCOME, outcome);
                     if let Err(err) = &result {
-                        tracing::info!(saga.id = %self.state.id, saga.step = step, saga.attempt = attempt,
-                            error = %err, "step attempt failed");
+                        span.record(semconv::OTEL_STATUS_CODE, "error");
+                        span.in_scope(|| {
+                            tracing::info!(saga.id = %self.state.id, saga.step = step, saga.attempt = attempt,
+                                error = %err, "step attempt failed");
+                        });
                     }
                     return Ok(result);
                 }
                 () = tokio::time::sleep(renew_every) => self.renew().await?,
             }
         }
+    }
+
+    /// The span of one attempt: parented to the saga's stored trace context (before it is first
+    /// entered, TOOLCHAIN trap 6) and linked to the claim that handed the saga to this driver.
+    fn step_span(&self, step: &'static str, attempt: u32, kind: CallKind) -> tracing::Span {
+        let span = tracing::info_span!(
+            parent: None,
+            "saga.step",
+            { semconv::SAGA_ID } = %self.state.id,
+            { semconv::SAGA_DEFINITION } = %self.state.definition_name,
+            { semconv::SAGA_STEP } = step,
+            // i64: tracing-opentelemetry exports unsigned integers as strings.
+            { semconv::SAGA_ATTEMPT } = i64::from(attempt),
+            { semconv::SAGA_PHASE } = saga_metrics::phase_of(kind),
+            { semconv::SAGA_OUTCOME } = Empty,
+            { semconv::OTEL_STATUS_CODE } = Empty,
+        );
+        if let Some(tp) = &self.state.trace_context {
+            propagation::set_parent_from_traceparent(&span, tp);
+        }
+        if let Some(tp) = &self.claimed_by {
+            propagation::link_to_traceparent(&span, tp);
+        }
+        span
     }
 
     /// Makes sure the lease stays valid for at least a third of its duration before a call.
@@ -1101,6 +1192,7 @@ impl Driver {
                 Ok(())
             }
             Ok(false) => {
+                saga_metrics::lease_lost(saga_metrics::LOSS_RENEWAL);
                 tracing::warn!(saga.id = %self.state.id, "lease lost; stopping this saga's driver");
                 Err(Stop::Done)
             }
@@ -1109,6 +1201,7 @@ impl Driver {
                 Ok(())
             }
             Err(err) => {
+                saga_metrics::lease_lost(saga_metrics::LOSS_RENEWAL);
                 tracing::warn!(saga.id = %self.state.id, error = %err, "lease renewal failed and the lease expired");
                 Err(Stop::Done)
             }

@@ -8,7 +8,8 @@
 //! - [`store::SqlSagaStore`] over a `sagaflow_server::Db` connected with [`store::MIGRATIONS`];
 //! - [`Engine`] (from [`Engine::builder`]): `start`, `cancel`, `retry`, `wait_finished`,
 //!   `shutdown`;
-//! - [`admin::SagaAdmin`]: the `SagaAdminService` gRPC API.
+//! - [`admin::SagaAdmin`]: the `SagaAdminService` gRPC API;
+//! - [`metrics`]: the Prometheus metrics the engine records (tracing: see [`executor`]).
 //!
 //! ```text
 //!        start ─▶ RUNNING ──every step ok──▶ COMPLETED
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod definition;
 pub mod executor;
 pub mod journal;
+pub mod metrics;
 pub mod recovery;
 pub mod state;
 pub mod store;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sagaflow_telemetry::LogFormat;
+use sagaflow_telemetry::{LogFormat, TelemetryGuard, metrics::MetricsError};
 
 use crate::{CliError, bench, demo, dev, saga, serve};
 
@@ -55,38 +55,18 @@ pub fn main() -> ExitCode {
     };
     let format = cli.log_format;
     let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Dev(args) => {
-                let _telemetry = sagaflow_telemetry::init("sagaflow-dev", format);
-                dev::run(args).await.map_err(CliError::Failed)
-            }
-            Command::Demo(args) => {
-                let _telemetry = sagaflow_telemetry::init("sagaflow-demo", format);
-                match demo::run(args).await {
-                    Ok(outcome) if outcome.unfinished == 0 && outcome.violations.is_empty() => {
-                        Ok(())
-                    }
-                    Ok(outcome) => Err(CliError::Failed(anyhow::anyhow!(
-                        "{} orders unfinished, {} invariant violations",
-                        outcome.unfinished,
-                        outcome.violations.len()
-                    ))),
-                    Err(err) => Err(CliError::Failed(err)),
-                }
-            }
-            Command::Bench(args) => {
-                let _telemetry = sagaflow_telemetry::init("sagaflow-bench", format);
-                bench::run(args).await.map(|_| ()).map_err(CliError::Failed)
-            }
-            Command::Serve(args) => {
-                let _telemetry = sagaflow_telemetry::init(args.service.name(), format);
-                serve::run(args).await
-            }
-            Command::Saga(args) => {
-                let _telemetry = sagaflow_telemetry::init("sagaflow-cli", format);
-                saga::run(args).await.map_err(CliError::Failed)
-            }
-        }
+        // One `service.name` per process (DESIGN §8): `sagaflow-dev`, `sagaflow-<service>`, …
+        let service = match &cli.command {
+            Command::Dev(_) => "sagaflow-dev".to_owned(),
+            Command::Demo(_) => "sagaflow-demo".to_owned(),
+            Command::Bench(_) => "sagaflow-bench".to_owned(),
+            Command::Serve(args) => args.service.telemetry_name(),
+            Command::Saga(_) => "sagaflow-cli".to_owned(),
+        };
+        let telemetry = sagaflow_telemetry::init(&service, format);
+        let result = run(cli.command).await;
+        flush(telemetry).await;
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,5 +78,40 @@ pub fn main() -> ExitCode {
             eprintln!("sagaflow: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Exports the spans still buffered and stops the exporter (TOOLCHAIN trap 7): every command
+/// ends here — after SIGTERM/Ctrl-C and a graceful shutdown for the servers — before the
+/// process exits.
+async fn flush(telemetry: TelemetryGuard) {
+    if let Err(err) = telemetry.shutdown().await {
+        tracing::warn!(error = %err, "spans may have been lost at exit");
+    }
+}
+
+/// Runs one command to its end.
+async fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Dev(args) => dev::run(args).await.map_err(|err| {
+            // An unusable metrics address is a configuration error, as for `serve`.
+            if matches!(err.downcast_ref(), Some(MetricsError::NoPort(_))) {
+                CliError::Usage(err.to_string())
+            } else {
+                CliError::Failed(err)
+            }
+        }),
+        Command::Demo(args) => match demo::run(args).await {
+            Ok(outcome) if outcome.unfinished == 0 && outcome.violations.is_empty() => Ok(()),
+            Ok(outcome) => Err(CliError::Failed(anyhow::anyhow!(
+                "{} orders unfinished, {} invariant violations",
+                outcome.unfinished,
+                outcome.violations.len()
+            ))),
+            Err(err) => Err(CliError::Failed(err)),
+        },
+        Command::Bench(args) => bench::run(args).await.map(|_| ()).map_err(CliError::Failed),
+        Command::Serve(args) => serve::run(args).await,
+        Command::Saga(args) => saga::run(args).await.map_err(CliError::Failed),
     }
 }

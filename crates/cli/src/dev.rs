@@ -14,15 +14,18 @@
 //! Services call each other over loopback gRPC exactly as in the distributed deployment, so the
 //! embedded system exercises the same code paths. A restart continues every unfinished saga: the
 //! engine reclaims their leases (after they expire) and resumes them from their state rows.
+//!
+//! Observability: spans are exported as `service.name` `sagaflow-dev` when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `--metrics-listen ADDR` serves the engine's and the
+//! relay's Prometheus metrics (including the sampled outbox backlog).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
 use sagaflow_orchestrator::{OrchestratorService, ServiceClients, StepPolicies, order_saga};
-use sagaflow_order::relay::{OutboxRelay, RelayWaker};
+use sagaflow_order::relay::{self, OutboxRelay, RelayWaker};
 use sagaflow_payment::{SimulatedGateway, SimulatedGatewayConfig};
-use sagaflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use sagaflow_server::{
     Db, Migrations, PoolConfig,
     config::Synchronous,
@@ -30,6 +33,7 @@ use sagaflow_server::{
     faults::FaultConfig,
     grpc::{self, ServerHandle},
 };
+use sagaflow_telemetry::metrics::{MetricsArgs, MetricsExporter};
 use sagaflow_workflow_engine::{Engine, SqlSagaStore, admin::SagaAdmin};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +72,8 @@ pub struct DevArgs {
     /// Faults to inject (chaos tests; see `sagaflow serve --help`).
     #[arg(long, env = "SAGAFLOW_FAULTS", default_value = "")]
     pub faults: FaultConfig,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Configuration of an embedded system.
@@ -93,6 +99,9 @@ pub struct EmbeddedConfig {
     pub faults: FaultConfig,
     /// How often the outbox relay polls for missed events.
     pub relay_poll: Duration,
+    /// How often the relay samples the outbox backlog into the metrics; `None` (the default):
+    /// never (no metrics endpoint).
+    pub backlog_sampling: Option<Duration>,
 }
 
 impl EmbeddedConfig {
@@ -109,6 +118,7 @@ impl EmbeddedConfig {
             lease_ms: 5_000,
             faults: FaultConfig::default(),
             relay_poll: Duration::from_millis(500),
+            backlog_sampling: None,
         }
     }
 
@@ -141,6 +151,10 @@ impl EmbeddedConfig {
             lease_ms: args.lease_ms,
             faults: args.faults.clone(),
             relay_poll: Duration::from_millis(500),
+            backlog_sampling: args
+                .metrics
+                .metrics_listen
+                .map(|_| relay::BACKLOG_SAMPLE_INTERVAL),
         })
     }
 }
@@ -211,12 +225,9 @@ impl Embedded {
 
         let waker = RelayWaker::default();
         let mut routes = RoutesBuilder::default();
-        sagaflow_order::OrderService::new(
-            order_db.clone(),
-            InventoryServiceClient::new(channel.clone()),
-        )
-        .with_relay_waker(waker.clone())
-        .register(&mut routes);
+        sagaflow_order::OrderService::new(order_db.clone(), channel.clone())
+            .with_relay_waker(waker.clone())
+            .register(&mut routes);
         sagaflow_coupon::CouponService::new(coupon_db.clone()).register(&mut routes);
         sagaflow_inventory::InventoryService::new(inventory_db.clone()).register(&mut routes);
         sagaflow_payment::PaymentService::new(
@@ -247,16 +258,17 @@ impl Embedded {
         .context("starting the gRPC server")?;
 
         let stop = CancellationToken::new();
-        let relay = tokio::spawn(
-            OutboxRelay::new(
-                order_db.clone(),
-                channel.clone(),
-                channel.clone(),
-                waker,
-                config.relay_poll,
-            )
-            .run(stop.clone()),
+        let mut relay = OutboxRelay::new(
+            order_db.clone(),
+            channel.clone(),
+            channel.clone(),
+            waker,
+            config.relay_poll,
         );
+        if let Some(every) = config.backlog_sampling {
+            relay = relay.with_backlog_sampling(every);
+        }
+        let relay = tokio::spawn(relay.run(stop.clone()));
         let system = Self {
             server,
             engine,
@@ -323,13 +335,23 @@ impl Embedded {
     }
 }
 
-/// `sagaflow dev`: runs the embedded system until SIGTERM or Ctrl-C.
+/// `sagaflow dev`: runs the embedded system until SIGTERM or Ctrl-C, with the metrics endpoint
+/// when `--metrics-listen` is set.
 ///
 /// # Errors
-/// As [`Embedded::start`].
+/// As [`Embedded::start`]; when the metrics endpoint cannot be started.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = EmbeddedConfig::from_args(&args)?;
-    let system = Embedded::start(config).await?;
+    let metrics = start_metrics(&args.metrics)?;
+    let system = match Embedded::start(config).await {
+        Ok(system) => system,
+        Err(err) => {
+            if let Some(metrics) = metrics {
+                metrics.shutdown().await;
+            }
+            return Err(err);
+        }
+    };
     tracing::info!(
         addr = %system.addr(),
         data_dir = %args.data_dir.display(),
@@ -338,5 +360,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     grpc::shutdown_signal().await;
     system.shutdown().await;
+    if let Some(metrics) = metrics {
+        metrics.shutdown().await;
+    }
     Ok(())
+}
+
+/// Starts the metrics endpoint when `args` ask for one, with the descriptions of every metric
+/// the embedded system records (engine and relay).
+fn start_metrics(args: &MetricsArgs) -> anyhow::Result<Option<MetricsExporter>> {
+    let exporter = MetricsExporter::from_args(args)?;
+    if exporter.is_some() {
+        sagaflow_workflow_engine::metrics::describe();
+        relay::describe_metrics();
+    }
+    Ok(exporter)
 }

@@ -4,7 +4,7 @@
 //! - [`serve`]: one service on its own port and database (`sagaflow serve <service>`);
 //! - [`dev`]: every service and the orchestrator in one process on SQLite (`sagaflow dev`);
 //! - [`demo`]: places the shipped sample orders and checks the invariants (`sagaflow demo`);
-//! - [`bench`]: a load generator (`sagaflow bench`);
+//! - [`bench`](mod@bench): a load generator (`sagaflow bench`);
 //! - [`saga`]: the saga admin API (`sagaflow saga show|list|retry|cancel`);
 //! - [`invariants`]: the invariants of DESIGN §6 checked through the query APIs;
 //! - [`failpoints`]: arming the engine's failpoints from `FAILPOINTS` (chaos tests).

@@ -52,8 +52,10 @@ pub struct SeedUser {
 /// A coupon issued to a user.
 #[derive(Debug, Deserialize)]
 pub struct SeedCoupon {
-    code: String,
-    user_id: String,
+    /// The coupon code.
+    pub code: String,
+    /// The user it is issued to (only they can use it).
+    pub user_id: String,
     discount_amount: i64,
     discount_percent: i32,
     min_order_amount: i64,
@@ -92,9 +94,22 @@ pub async fn seed_once(data_dir: &Path, channel: Channel, seed: &Seed) -> anyhow
 /// # Errors
 /// The first RPC that fails.
 pub async fn apply(channel: Channel, seed: &Seed) -> anyhow::Result<()> {
-    let mut inventory = InventoryServiceClient::new(channel.clone());
-    let mut points = PointServiceClient::new(channel.clone());
-    let mut coupons = CouponServiceClient::new(channel);
+    apply_split(channel.clone(), channel.clone(), channel, seed).await
+}
+
+/// Like [`apply`], with each service behind its own channel (the distributed deployment).
+///
+/// # Errors
+/// The first RPC that fails.
+pub async fn apply_split(
+    inventory: Channel,
+    point: Channel,
+    coupon: Channel,
+    seed: &Seed,
+) -> anyhow::Result<()> {
+    let mut inventory = InventoryServiceClient::new(inventory);
+    let mut points = PointServiceClient::new(point);
+    let mut coupons = CouponServiceClient::new(coupon);
     for p in &seed.products {
         inventory
             .upsert_product(UpsertProductRequest {

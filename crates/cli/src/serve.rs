@@ -2,19 +2,23 @@
 //! mode). The orchestrator runs the saga engine over the workflow database; any number of
 //! orchestrator replicas may share one PostgreSQL workflow database. The order service also runs
 //! its outbox relay.
+//!
+//! Observability: spans are exported as `service.name` `sagaflow-<service>` when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `--metrics-listen ADDR` serves this process's Prometheus
+//! metrics (the orchestrator's engine metrics, the order relay's outbox metrics).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use sagaflow_orchestrator::{OrchestratorService, ServiceClients, StepPolicies, order_saga};
-use sagaflow_order::relay::{OutboxRelay, RelayWaker};
-use sagaflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use sagaflow_order::relay::{self, OutboxRelay, RelayWaker};
 use sagaflow_server::{
     Db, Migrations,
     config::{DatabaseArgs, FaultArgs},
     grpc,
 };
+use sagaflow_telemetry::metrics::{MetricsArgs, MetricsError, MetricsExporter};
 use sagaflow_workflow_engine::{Engine, SqlSagaStore, admin::SagaAdmin};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -44,7 +48,7 @@ pub enum Service {
 }
 
 impl Service {
-    /// The service's short name (database file name, log `service.name`).
+    /// The service's short name (database file name; `service.name` is `sagaflow-<name>`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Order => "order",
@@ -69,6 +73,11 @@ impl Service {
             Self::Ranking => 50066,
             Self::Orchestrator => 50067,
         }
+    }
+
+    /// The OpenTelemetry `service.name` of a process serving this service: `sagaflow-<name>`.
+    pub fn telemetry_name(self) -> String {
+        format!("sagaflow-{}", self.name())
     }
 
     fn migrations(self) -> Migrations {
@@ -207,6 +216,7 @@ impl EngineArgs {
             call_timeout_ms: self.call_timeout_ms,
             payment_timeout_ms: self.payment_timeout_ms,
             max_attempts: self.step_attempts,
+            pivot_attempts: StepPolicies::default().pivot_attempts,
             base_delay_ms: self.step_base_delay_ms,
             max_delay_ms: self.step_max_delay_ms,
         })
@@ -236,6 +246,8 @@ pub struct ServeArgs {
     pub engine: EngineArgs,
     #[command(flatten)]
     pub gateway: sagaflow_payment::GatewayArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// A lazily connected channel to one URL, or load-balanced over several comma-separated URLs.
@@ -293,7 +305,33 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     sagaflow_server::Backend::from_url(&url).map_err(|e| CliError::Usage(e.to_string()))?;
     let policies = args.engine.policies()?;
     crate::failpoints::arm_from_env()?;
-    let db = Db::connect(&url, service.migrations(), &args.database.pool_config())
+    let metrics = MetricsExporter::from_args(&args.metrics).map_err(|err| match err {
+        MetricsError::NoPort(_) => CliError::Usage(err.to_string()),
+        other => CliError::Failed(other.into()),
+    })?;
+    if metrics.is_some() {
+        match service {
+            Service::Orchestrator => sagaflow_workflow_engine::metrics::describe(),
+            Service::Order => relay::describe_metrics(),
+            _ => {}
+        }
+    }
+    let served = serve_with(args, service, listen, &url, policies).await;
+    if let Some(metrics) = metrics {
+        metrics.shutdown().await;
+    }
+    served
+}
+
+/// The body of [`run`] once the metrics endpoint (if any) is up.
+async fn serve_with(
+    args: ServeArgs,
+    service: Service,
+    listen: SocketAddr,
+    url: &str,
+    policies: StepPolicies,
+) -> Result<(), CliError> {
+    let db = Db::connect(url, service.migrations(), &args.database.pool_config())
         .await
         .context("opening the database")?;
 
@@ -330,16 +368,19 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
             let orchestrator = channel("orchestrator-addr", &args.peers.orchestrator_addr)?;
             let ranking = channel("ranking-addr", &args.peers.ranking_addr)?;
             let waker = RelayWaker::default();
-            sagaflow_order::OrderService::new(db.clone(), InventoryServiceClient::new(inventory))
+            sagaflow_order::OrderService::new(db.clone(), inventory)
                 .with_relay_waker(waker.clone())
                 .register(&mut routes);
-            let relay = OutboxRelay::new(
+            let mut relay = OutboxRelay::new(
                 db.clone(),
                 orchestrator,
                 ranking,
                 waker,
                 Duration::from_millis(500),
             );
+            if args.metrics.metrics_listen.is_some() {
+                relay = relay.with_backlog_sampling(relay::BACKLOG_SAMPLE_INTERVAL);
+            }
             background.push(tokio::spawn(relay.run(stop.clone())));
             vec![sagaflow_order::SERVICE_NAME]
         }

@@ -1,16 +1,21 @@
 //! The gRPC server every sagaflow process runs: the caller's services plus `grpc.health.v1` and
 //! server reflection in both v1 and v1alpha (grpcurl 1.8.6 speaks only v1alpha; TOOLCHAIN trap 1),
-//! behind the fault-injection layer ([`crate::faults`]), with graceful shutdown that finishes
-//! in-flight calls.
+//! behind the tracing layer (one span per call, parented to the caller's `traceparent`;
+//! [`sagaflow_telemetry::propagation::TraceLayer`]) and the fault-injection layer
+//! ([`crate::faults`]), with graceful shutdown that finishes in-flight calls.
 //!
 //! ```text
-//!  TcpListener ─▶ FaultLayer ─▶ Routes ─┬─ caller's services
-//!                                       ├─ grpc.health.v1.Health
-//!                                       └─ grpc.reflection.{v1,v1alpha}.ServerReflection
+//!  TcpListener ─▶ TraceLayer ─▶ FaultLayer ─▶ Routes ─┬─ caller's services
+//!                                                     ├─ grpc.health.v1.Health
+//!                                                     └─ grpc.reflection.{v1,v1alpha}.ServerReflection
 //! ```
+//!
+//! The tracing layer is outermost so that an injected fault is recorded on the call's span
+//! (`rpc.grpc.status_code`) like any other answer.
 
 use std::future::Future;
 
+use sagaflow_telemetry::propagation::TraceLayer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
@@ -75,6 +80,8 @@ pub async fn serve(
     tonic::transport::Server::builder()
         // Small unary messages: do not let Nagle's algorithm hold replies back.
         .tcp_nodelay(true)
+        // Outermost first: the span covers the faults injected below it.
+        .layer(TraceLayer::new())
         .layer(FaultLayer::new(faults))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

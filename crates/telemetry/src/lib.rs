@@ -16,6 +16,9 @@
 //!
 //! Without `OTEL_EXPORTER_OTLP_ENDPOINT` no exporter, thread or OpenTelemetry layer exists and
 //! the [`propagation`] helpers are cheap no-ops.
+//!
+//! [`metrics`] serves the process's Prometheus metrics over HTTP, only when asked
+//! (`--metrics-listen`); the code records them through the `metrics` facade.
 
 use std::time::Duration;
 
@@ -27,6 +30,7 @@ use opentelemetry_sdk::{
 };
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, prelude::*};
 
+pub mod metrics;
 pub mod propagation;
 
 /// The environment variable that turns OTLP export on (OpenTelemetry specification), e.g.
@@ -70,8 +74,23 @@ pub mod semconv {
     pub const SAGA_STEP: &str = "saga.step";
     /// The attempt number, from 1.
     pub const SAGA_ATTEMPT: &str = "saga.attempt";
-    /// `forward` or `compensating`.
+    /// `forward`, `compensating` or `finalizing` (the failure finalizer).
     pub const SAGA_PHASE: &str = "saga.phase";
+    /// The saga definition's name (`order`).
+    pub const SAGA_DEFINITION: &str = "saga.definition";
+    /// How a step attempt ended: `ok`, `business_error` or `transient_error`.
+    pub const SAGA_OUTCOME: &str = "saga.outcome";
+    /// The engine (lease owner) that claimed sagas.
+    pub const SAGA_OWNER: &str = "saga.owner";
+    /// How many sagas one claim took over.
+    pub const SAGA_CLAIMED: &str = "saga.claimed";
+
+    /// The outbox event's id (the consumer's inbox key).
+    pub const OUTBOX_EVENT_ID: &str = "outbox.event_id";
+    /// The outbox event's type (`OrderCreated`, …).
+    pub const OUTBOX_EVENT_TYPE: &str = "outbox.event_type";
+    /// The aggregate (order) id of an outbox event.
+    pub const OUTBOX_AGGREGATE_ID: &str = "outbox.aggregate_id";
 
     /// Resource attribute naming the process's service.
     pub const SERVICE_NAME: &str = "service.name";

@@ -134,12 +134,26 @@ pub fn inject(metadata: &mut MetadataMap) {
 /// The current span's context as a W3C `traceparent` (`00-{trace id}-{span id}-{flags}`), for a
 /// saga to store at its start; `None` when no span is being exported.
 pub fn current_traceparent() -> Option<String> {
-    let cx = current_context();
-    if !has_valid_span(&cx) {
+    traceparent_of_context(&current_context())
+}
+
+/// `span`'s context as a W3C `traceparent`, without entering it (e.g. a claim span whose id the
+/// steps it hands over link to); `None` when `span` is not exported.
+///
+/// This starts the OpenTelemetry span: set its parent ([`set_parent_from_traceparent`]) first.
+pub fn traceparent_of(span: &Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    traceparent_of_context(&span.context())
+}
+
+fn traceparent_of_context(cx: &Context) -> Option<String> {
+    if !has_valid_span(cx) {
         return None;
     }
     let mut carrier = HashMap::new();
-    propagator().inject_context(&cx, &mut carrier);
+    propagator().inject_context(cx, &mut carrier);
     carrier.remove(TRACEPARENT)
 }
 
@@ -159,6 +173,8 @@ pub fn set_parent_from_traceparent(span: &Span, traceparent: &str) -> bool {
     };
     match span.set_parent(cx) {
         Ok(()) => true,
+        // Telemetry is off (no OpenTelemetry layer): nothing to parent, nothing to report.
+        Err(tracing_opentelemetry::SetParentError::LayerNotFound) => false,
         Err(err) => {
             tracing::debug!(error = %err, "cannot set a span's remote parent");
             false

@@ -5,10 +5,16 @@
 //! `SAGAFLOW_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), created by
 //! the code under test on first connect. PostgreSQL is never silently skipped: an unreachable
 //! server fails the test.
+//!
+//! [`grpcurl`] runs the real grpcurl; with feature `otlp`, `otlp::Collector` is an in-process
+//! OTLP/gRPC trace receiver.
 
 #![allow(clippy::expect_used)]
 
 use std::path::PathBuf;
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 /// The PostgreSQL server used when `SAGAFLOW_TEST_DATABASE_URL` is unset.
 pub const DEFAULT_TEST_DATABASE_URL: &str =

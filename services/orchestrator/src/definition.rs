@@ -1,13 +1,14 @@
 //! The order saga as a workflow-engine definition: step kinds, per-attempt timeouts and retry
 //! policies (DESIGN §4, §5).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use sagaflow_workflow_engine::definition::{
     CallKind, DefinitionError, RetryPolicy, SagaDefinition, Step, StepAction, StepContext,
     StepError,
 };
 use serde_json::Value;
+use tonic::{Code, Status};
 
 use crate::order_saga::{
     self, DEFINITION_NAME, DEFINITION_VERSION, OrderSagaInput, ServiceClients,
@@ -24,6 +25,10 @@ pub struct StepPolicies {
     pub payment_timeout_ms: u64,
     /// Attempts of a forward step before its outcome counts as unknown. Default 4.
     pub max_attempts: u32,
+    /// Attempts of the pivot (`complete_payment`) before it is parked in NEEDS_ATTENTION. Default
+    /// 30 (about a minute with the default delays): the pivot is never compensated on an unknown
+    /// outcome (DESIGN §5), so it must outlast a payment-service restart or deploy.
+    pub pivot_attempts: u32,
     /// First retry delay cap, ms (doubles per attempt, full jitter). Default 50.
     pub base_delay_ms: u64,
     /// Largest retry delay, ms. Default 2000.
@@ -36,6 +41,7 @@ impl Default for StepPolicies {
             call_timeout_ms: 2_000,
             payment_timeout_ms: 2_000,
             max_attempts: 4,
+            pivot_attempts: 30,
             base_delay_ms: 50,
             max_delay_ms: 2_000,
         }
@@ -47,6 +53,39 @@ struct OrderCall {
     clients: ServiceClients,
 }
 
+/// Pause before re-sending a call whose connection was refused, within one attempt.
+const CONNECT_RETRY: Duration = Duration::from_millis(50);
+
+/// Whether the call failed before the request left this process (connection refused or reset
+/// while connecting), so sending it again cannot apply an effect twice.
+fn is_connect_error(status: &Status) -> bool {
+    status.code() == Code::Unavailable && status.message().contains("connect error")
+}
+
+impl OrderCall {
+    async fn call(
+        &self,
+        ctx: &StepContext,
+        input: &OrderSagaInput,
+        outputs: &Value,
+        key: &str,
+    ) -> Result<Value, Status> {
+        let timeout = ctx.remaining();
+        match ctx.kind {
+            CallKind::Action => {
+                order_saga::run_action(&self.clients, ctx.step, input, outputs, key, timeout).await
+            }
+            CallKind::Compensation => {
+                order_saga::run_compensation(&self.clients, ctx.step, input, key, timeout).await
+            }
+            CallKind::Finalizer => {
+                let reason = reason_from_saga(ctx.failure_reason.as_deref());
+                order_saga::fail_order(&self.clients, input, reason, key, timeout).await
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl StepAction for OrderCall {
     async fn run(&self, ctx: StepContext) -> Result<Value, StepError> {
@@ -54,27 +93,24 @@ impl StepAction for OrderCall {
             StepError::business("INTERNAL", format!("saga input is not an order: {e}"))
         })?;
         let outputs = Value::Object(ctx.outputs.clone());
-        let timeout = ctx.remaining();
-        let key = ctx.idempotency_key.as_str();
-        let result = match ctx.kind {
-            CallKind::Action => {
-                order_saga::run_action(&self.clients, ctx.step, &input, &outputs, key, timeout)
-                    .await
-            }
-            CallKind::Compensation => {
-                order_saga::run_compensation(&self.clients, ctx.step, &input, key, timeout).await
-            }
-            CallKind::Finalizer => {
-                let reason = reason_from_saga(ctx.failure_reason.as_deref());
-                order_saga::fail_order(&self.clients, &input, reason, key, timeout).await
+        let key = ctx.idempotency_key.clone();
+        let result = loop {
+            let result = self.call(&ctx, &input, &outputs, &key).await;
+            // A refused connection means the request was never sent: retrying within this
+            // attempt is safe and keeps a restarting service from using up the step's attempts.
+            match &result {
+                Err(status) if is_connect_error(status) && ctx.remaining() > CONNECT_RETRY => {
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
+                _ => break result,
             }
         };
         result.map_err(|status| {
             // tonic reports its own client-side timeout as CANCELLED ("Timeout expired"): for the
             // saga that is an attempt without a reply, an unknown outcome, not a business
             // failure (DESIGN §5). Nothing else cancels our calls.
-            let status = if status.code() == tonic::Code::Cancelled {
-                tonic::Status::deadline_exceeded(format!(
+            let status = if status.code() == Code::Cancelled {
+                Status::deadline_exceeded(format!(
                     "no reply within the attempt's deadline ({})",
                     status.message()
                 ))
@@ -151,7 +187,11 @@ pub fn order_saga(
         .step(
             Step::pivot(step::COMPLETE_PAYMENT, action())
                 .timeout_ms(policies.payment_timeout_ms)
-                .retry(retry),
+                .retry(RetryPolicy::new(
+                    policies.pivot_attempts.max(policies.max_attempts),
+                    policies.base_delay_ms,
+                    policies.max_delay_ms,
+                )),
         )
         .step(
             Step::retriable(step::COMPLETE_ORDER, action())

@@ -7,6 +7,7 @@ use sagaflow_proto::orchestrator::v1::{
     orchestrator_service_server::{OrchestratorService as Rpc, OrchestratorServiceServer},
 };
 use sagaflow_server::{ServiceError, db::now_ms, validate::Validator};
+use sagaflow_telemetry::propagation;
 use sagaflow_workflow_engine::{Engine, EngineError, SagaId};
 use tonic::{Request, Response, Status, service::RoutesBuilder};
 
@@ -49,7 +50,10 @@ fn engine_status(err: EngineError) -> Status {
 
 #[tonic::async_trait]
 impl Rpc for OrchestratorService {
-    /// Starts (or finds) the saga of the event's order.
+    /// Starts (or finds) the saga of the event's order. The saga stores the trace context of
+    /// this handler's span (a child of the call's server span, whose parent is the relay's
+    /// delivery in the PlaceOrder trace), so its steps join that trace; with tracing off, the
+    /// caller's `traceparent` header is stored as given.
     ///
     /// # Errors
     /// INVALID_ARGUMENT naming `event_id` / `event.order` / `event.order.order_id`; UNAVAILABLE
@@ -59,11 +63,13 @@ impl Rpc for OrchestratorService {
         &self,
         request: Request<StartOrderSagaRequest>,
     ) -> Result<Response<StartOrderSagaResponse>, Status> {
-        let traceparent = request
-            .metadata()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let traceparent = propagation::current_traceparent().or_else(|| {
+            request
+                .metadata()
+                .get(propagation::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
         let req = request.into_inner();
         let mut v = Validator::new();
         v.uuid("event_id", &req.event_id);

@@ -12,8 +12,10 @@
 //! | 7 | `complete_order`   | CompleteOrder     | —                 | retriable                     |
 //!
 //! On failure, after the compensations, the finalizer runs `FailOrder` with the reason.
-//! Every call carries the engine's idempotency key (`<saga id>:<step>`, `…:compensate`) and the
-//! step's per-attempt deadline as the gRPC timeout.
+//! Every call carries the engine's idempotency key (`<saga id>:<step>`, `…:compensate`), the
+//! step's per-attempt deadline as the gRPC timeout, and the `traceparent` of the engine's
+//! `saga.step` span it runs in (the clients are built over traced channels), so each service's
+//! server span is a child of its step's span.
 
 use std::time::Duration;
 
@@ -37,6 +39,7 @@ use sagaflow_proto::{
         DeductPointsRequest, RestorePointsRequest, point_service_client::PointServiceClient,
     },
 };
+use sagaflow_telemetry::propagation::{TracedChannel, traced};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tonic::{Status, transport::Channel};
@@ -129,23 +132,25 @@ impl OrderSagaInput {
     }
 }
 
-/// Typed clients of the services the saga calls. Cloning is cheap (shared HTTP/2 channels).
+/// Typed clients of the services the saga calls, over traced channels (every call carries the
+/// caller's `traceparent`). Cloning is cheap (shared HTTP/2 channels).
 #[derive(Debug, Clone)]
 pub struct ServiceClients {
     /// Order service.
-    pub order: OrderServiceClient<Channel>,
+    pub order: OrderServiceClient<TracedChannel>,
     /// Coupon service.
-    pub coupon: CouponServiceClient<Channel>,
+    pub coupon: CouponServiceClient<TracedChannel>,
     /// Inventory service.
-    pub inventory: InventoryServiceClient<Channel>,
+    pub inventory: InventoryServiceClient<TracedChannel>,
     /// Payment service.
-    pub payment: PaymentServiceClient<Channel>,
+    pub payment: PaymentServiceClient<TracedChannel>,
     /// Point service.
-    pub point: PointServiceClient<Channel>,
+    pub point: PointServiceClient<TracedChannel>,
 }
 
 impl ServiceClients {
-    /// Clients over already-built channels (lazy channels connect on first use).
+    /// Clients over already-built channels (lazy channels connect on first use), each wrapped
+    /// with [`traced`].
     pub fn new(
         order: Channel,
         coupon: Channel,
@@ -154,11 +159,11 @@ impl ServiceClients {
         point: Channel,
     ) -> Self {
         Self {
-            order: OrderServiceClient::new(order),
-            coupon: CouponServiceClient::new(coupon),
-            inventory: InventoryServiceClient::new(inventory),
-            payment: PaymentServiceClient::new(payment),
-            point: PointServiceClient::new(point),
+            order: OrderServiceClient::new(traced(order)),
+            coupon: CouponServiceClient::new(traced(coupon)),
+            inventory: InventoryServiceClient::new(traced(inventory)),
+            payment: PaymentServiceClient::new(traced(payment)),
+            point: PointServiceClient::new(traced(point)),
         }
     }
 

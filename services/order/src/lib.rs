@@ -25,6 +25,7 @@ use sagaflow_proto::{
     order::v1::order_service_server::OrderServiceServer,
 };
 use sagaflow_server::{Db, Migrations};
+use sagaflow_telemetry::propagation::{TracedChannel, traced};
 use sqlx::migrate::Migrator;
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
@@ -66,7 +67,7 @@ pub fn migrations() -> Migrations {
 #[derive(Clone, Debug)]
 pub struct OrderService {
     db: Db,
-    inventory: InventoryServiceClient<Channel>,
+    inventory: InventoryServiceClient<TracedChannel>,
     /// Order ids that just reached a terminal status (CompleteOrder, FailOrder), for GetOrder
     /// callers that wait.
     changes: broadcast::Sender<String>,
@@ -75,14 +76,15 @@ pub struct OrderService {
 }
 
 impl OrderService {
-    /// A service over `db` (opened with [`migrations`]) that prices orders with `inventory`
-    /// (a lazily connected channel is fine: an unreachable Inventory makes PlaceOrder answer
-    /// UNAVAILABLE).
-    pub fn new(db: Db, inventory: InventoryServiceClient<Channel>) -> Self {
+    /// A service over `db` (opened with [`migrations`]) that prices orders through the
+    /// Inventory service at `inventory` (a lazily connected channel is fine: an unreachable
+    /// Inventory makes PlaceOrder answer UNAVAILABLE). The channel is [`traced`]: the pricing
+    /// call joins the PlaceOrder trace.
+    pub fn new(db: Db, inventory: Channel) -> Self {
         let (changes, _) = broadcast::channel(CHANGE_NOTICES);
         Self {
             db,
-            inventory,
+            inventory: InventoryServiceClient::new(traced(inventory)),
             changes,
             relay: None,
         }

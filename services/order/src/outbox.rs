@@ -16,10 +16,16 @@
 //! order are written by transactions that each follow the previous one's commit (they change the
 //! same order row), so per order `position` order is `sequence` order (1, 2, …): a relay that
 //! delivers in the order given preserves the order of each aggregate's events.
+//!
+//! Each row also keeps the W3C `traceparent` of the span that wrote it (the command's handler),
+//! so the relay delivers the event within the trace of the request that caused it (issue 7):
+//! OrderCreated carries the PlaceOrder trace on to the order saga. [`backlog`] measures what is
+//! still undelivered (the relay samples it for the metrics).
 
 use prost::Message;
 use sagaflow_proto::order::v1::{OrderCompletedEvent, OrderCreatedEvent, OrderFailedEvent};
 use sagaflow_server::{Db, db::now_ms};
+use sagaflow_telemetry::propagation;
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
@@ -104,6 +110,8 @@ pub struct OutboxEvent {
     pub created_at_ms: i64,
     /// Unix milliseconds; `None` until delivered.
     pub sent_at_ms: Option<i64>,
+    /// W3C trace context of the span that wrote the event; `None` when tracing was off.
+    pub traceparent: Option<String>,
 }
 
 impl OutboxEvent {
@@ -147,6 +155,7 @@ struct OutboxRow {
     payload: Vec<u8>,
     created_at: i64,
     sent_at: Option<i64>,
+    traceparent: Option<String>,
 }
 
 impl TryFrom<OutboxRow> for OutboxEvent {
@@ -167,6 +176,7 @@ impl TryFrom<OutboxRow> for OutboxEvent {
             payload: row.payload,
             created_at_ms: row.created_at,
             sent_at_ms: row.sent_at,
+            traceparent: row.traceparent,
         })
     }
 }
@@ -183,7 +193,7 @@ pub async fn pending(db: &Db, limit: i64) -> Result<Vec<OutboxEvent>, OutboxErro
     }
     let rows: Vec<OutboxRow> = sqlx::query_as(
         "SELECT position, event_id, aggregate_id, sequence, event_type, payload, created_at, \
-         sent_at FROM outbox WHERE sent_at IS NULL ORDER BY position LIMIT $1",
+         sent_at, traceparent FROM outbox WHERE sent_at IS NULL ORDER BY position LIMIT $1",
     )
     .bind(limit)
     .fetch_all(db.pool())
@@ -198,7 +208,7 @@ pub async fn pending(db: &Db, limit: i64) -> Result<Vec<OutboxEvent>, OutboxErro
 pub async fn events_of(db: &Db, aggregate_id: &str) -> Result<Vec<OutboxEvent>, OutboxError> {
     let rows: Vec<OutboxRow> = sqlx::query_as(
         "SELECT position, event_id, aggregate_id, sequence, event_type, payload, created_at, \
-         sent_at FROM outbox WHERE aggregate_id = $1 ORDER BY sequence",
+         sent_at, traceparent FROM outbox WHERE aggregate_id = $1 ORDER BY sequence",
     )
     .bind(aggregate_id)
     .fetch_all(db.pool())
@@ -231,8 +241,33 @@ pub async fn mark_sent(db: &Db, event_ids: &[String]) -> Result<u64, OutboxError
     Ok(marked)
 }
 
+/// Undelivered events: how many, and when the oldest was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Events not yet marked sent.
+    pub pending: i64,
+    /// Unix ms of the oldest of them; `None` when there are none.
+    pub oldest_created_at_ms: Option<i64>,
+}
+
+/// The undelivered events' count and oldest creation time (one query over the pending index).
+///
+/// # Errors
+/// [`OutboxError::Database`] when the database fails.
+pub async fn backlog(db: &Db) -> Result<Backlog, OutboxError> {
+    let (pending, oldest_created_at_ms): (i64, Option<i64>) =
+        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(db.pool())
+            .await?;
+    Ok(Backlog {
+        pending,
+        oldest_created_at_ms,
+    })
+}
+
 /// Appends `event` for `aggregate_id` with the aggregate's next sequence number, on the caller's
-/// transaction (STYLE rule 24). Returns the event id.
+/// transaction (STYLE rule 24), with the current span's `traceparent` (the command's handler).
+/// Returns the event id.
 pub(crate) async fn append(
     conn: &mut AnyConnection,
     aggregate_id: &str,
@@ -240,15 +275,17 @@ pub(crate) async fn append(
 ) -> Result<String, sqlx::Error> {
     let event_id = Uuid::new_v4().to_string();
     sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, sequence, event_type, payload, created_at) \
-         SELECT $1, $2, COALESCE(MAX(sequence), 0) + 1, $3, $4, $5 \
-         FROM outbox WHERE aggregate_id = $6",
+        "INSERT INTO outbox (event_id, aggregate_id, sequence, event_type, payload, created_at, \
+         traceparent) \
+         SELECT $1, $2, COALESCE(MAX(sequence), 0) + 1, $3, $4, $5, $6 \
+         FROM outbox WHERE aggregate_id = $7",
     )
     .bind(&event_id)
     .bind(aggregate_id)
     .bind(event.event_type().as_str())
     .bind(event.encode())
     .bind(now_ms())
+    .bind(propagation::current_traceparent())
     .bind(aggregate_id)
     .execute(&mut *conn)
     .await?;
@@ -283,6 +320,7 @@ mod tests {
             payload: event.encode(),
             created_at_ms: 0,
             sent_at_ms: None,
+            traceparent: None,
         };
         assert_eq!(row.decode().unwrap(), event);
     }

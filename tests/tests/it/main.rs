@@ -3,6 +3,8 @@
 // Test code: a failed unwrap is a failed test (clippy's allow-*-in-tests does not reach helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod chaos;
 mod crash_restart;
 mod foundation;
+mod observability;
 mod walkthrough;

@@ -429,7 +429,9 @@ impl EntryRow {
 
 #[async_trait]
 impl SagaStore for SqlSagaStore {
-    #[tracing::instrument(skip_all, fields(writes = batch.len()), err)]
+    // Debug level: group commits and polls run without a request (their spans would each be a
+    // trace of their own, one per poll interval), so they are not exported by default.
+    #[tracing::instrument(level = "debug", skip_all, fields(writes = batch.len()), err)]
     async fn commit(&self, batch: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -484,7 +486,7 @@ impl SagaStore for SqlSagaStore {
         Ok(outcomes)
     }
 
-    #[tracing::instrument(skip_all, fields(owner, limit), err)]
+    #[tracing::instrument(level = "debug", skip_all, fields(owner, limit), err)]
     async fn claim_due(
         &self,
         owner: &str,
@@ -498,7 +500,7 @@ impl SagaStore for SqlSagaStore {
         self.claim_rows(None, owner, now, lease_ms, limit).await
     }
 
-    #[tracing::instrument(skip_all, fields(saga.id = %id), err)]
+    #[tracing::instrument(level = "debug", skip_all, fields(saga.id = %id), err)]
     async fn claim(
         &self,
         id: SagaId,

@@ -9,25 +9,20 @@ use sagaflow_telemetry::{
     LogFormat, TelemetryConfig,
     propagation::{
         current_traceparent, link_to_current, link_to_traceparent, set_parent_from_traceparent,
+        traceparent_of,
     },
     semconv,
 };
+use sagaflow_testkit::otlp::{Collector, KIND_SERVER, Received, STATUS_ERROR};
 use tracing::Instrument as _;
 
-use crate::{
-    collector::{Collector, Received},
-    health::{HealthServer, check},
-};
+use crate::health::{HealthServer, check};
 
 const SERVICE: &str = "telemetry-it";
 /// flush() and the guard's drop return once the receiver has answered, so the spans are there
 /// already; the bound stays well below the batch processor's 5-second schedule, which would
 /// otherwise export them anyway and hide a flush that does nothing.
 const WAIT: Duration = Duration::from_secs(2);
-/// OTLP `SPAN_KIND_SERVER`.
-const KIND_SERVER: i32 = 2;
-/// OTLP `STATUS_CODE_ERROR`.
-const STATUS_ERROR: i32 = 2;
 
 /// A stored context from "another process": a fixed trace and span id.
 const STORED_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -89,6 +84,8 @@ async fn spans_are_exported_with_propagated_parents() {
 
     // --- a saga step run "later": parent = stored context, link = the recovery
     let recovery = tracing::info_span!(parent: None, "saga.recover");
+    // The context of a span that was never entered (the engine's claim span).
+    let recovery_tp_unentered = traceparent_of(&recovery);
     let recovery_tp = async {
         let step = tracing::info_span!("saga.step", { semconv::SAGA_STEP } = "reserve");
         assert!(set_parent_from_traceparent(&step, &stored));
@@ -196,6 +193,7 @@ async fn spans_are_exported_with_propagated_parents() {
         recovery_tp,
         format!("00-{}-{}-01", recover.trace_id(), recover.span_id())
     );
+    assert_eq!(recovery_tp_unentered.as_deref(), Some(recovery_tp.as_str()));
 
     // A context stored elsewhere: the span is in that trace, under that span.
     let synthetic = one(&spans, "saga.step.synthetic");

@@ -34,11 +34,9 @@ pub(crate) struct TestOrder {
 }
 
 async fn spawn_order(db: &Db, inventory_url: &str) -> (ServerHandle, OrderServiceClient<Channel>) {
-    let inventory = InventoryServiceClient::new(
-        Endpoint::from_shared(inventory_url.to_owned())
-            .unwrap()
-            .connect_lazy(),
-    );
+    let inventory = Endpoint::from_shared(inventory_url.to_owned())
+        .unwrap()
+        .connect_lazy();
     let mut routes = tonic::service::RoutesBuilder::default();
     OrderService::new(db.clone(), inventory).register(&mut routes);
     let server = sagaflow_server::grpc::spawn(

@@ -1,7 +1,7 @@
 //! The outbox API the relay uses (DESIGN §7): pending events in order, per aggregate in sequence
-//! order, marked sent once.
+//! order, marked sent once; the backlog the relay samples for the metrics.
 
-use sagaflow_order::outbox::{self, EventType};
+use sagaflow_order::outbox::{self, Backlog, EventType};
 use sagaflow_proto::order::v1::FailureReason;
 use sagaflow_testkit::Kind;
 
@@ -10,6 +10,7 @@ use crate::harness::{self, complete_req, fail_req, place_req};
 async fn pending_in_order_and_marked_once(kind: Kind) {
     let mut t = harness::start(kind, "ord_outbox").await;
     assert!(outbox::pending(&t.db, 100).await.unwrap().is_empty());
+    assert_eq!(outbox::backlog(&t.db).await.unwrap(), Backlog::default());
     let a = t
         .place(place_req("o-a", "alice", &[("KB-001", 1)], None, 0))
         .await;
@@ -42,7 +43,16 @@ async fn pending_in_order_and_marked_once(kind: Kind) {
     assert!(pending.windows(2).all(|w| w[0].position < w[1].position));
     for event in &pending {
         event.decode().unwrap();
+        // No OpenTelemetry in this test: no trace context to store.
+        assert_eq!(event.traceparent, None);
     }
+    assert_eq!(
+        outbox::backlog(&t.db).await.unwrap(),
+        Backlog {
+            pending: 4,
+            oldest_created_at_ms: pending.iter().map(|e| e.created_at_ms).min(),
+        }
+    );
 
     // A limit, then marking the first two sent.
     let first_two = outbox::pending(&t.db, 2).await.unwrap();
@@ -63,6 +73,13 @@ async fn pending_in_order_and_marked_once(kind: Kind) {
     );
     let rest = outbox::pending(&t.db, 100).await.unwrap();
     assert_eq!(rest, pending[2..]);
+    assert_eq!(
+        outbox::backlog(&t.db).await.unwrap(),
+        Backlog {
+            pending: 2,
+            oldest_created_at_ms: rest.iter().map(|e| e.created_at_ms).min(),
+        }
+    );
     let a_events = outbox::events_of(&t.db, &a.order_id).await.unwrap();
     assert!(a_events[0].sent_at_ms.is_some());
     assert!(a_events[1].sent_at_ms.is_none());

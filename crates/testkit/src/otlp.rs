@@ -1,4 +1,12 @@
-//! An in-process OTLP/gRPC trace receiver collecting exported spans.
+//! An in-process OTLP/gRPC trace receiver (feature `otlp`): point a process's
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` at [`Collector::endpoint`] and assert on the spans it exported.
+//!
+//! ```ignore
+//! let collector = Collector::start().await;           // 127.0.0.1:<free port>
+//! // … run code exporting to collector.endpoint() …
+//! let spans = collector.wait_for(Duration::from_secs(10), "the step", |s| !s.is_empty()).await;
+//! collector.stop().await;
+//! ```
 
 use std::{
     net::SocketAddr,
@@ -17,31 +25,47 @@ use opentelemetry_proto::tonic::{
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 
+/// OTLP `SPAN_KIND_INTERNAL`.
+pub const KIND_INTERNAL: i32 = 1;
+/// OTLP `SPAN_KIND_SERVER`.
+pub const KIND_SERVER: i32 = 2;
+/// OTLP `SPAN_KIND_CLIENT`.
+pub const KIND_CLIENT: i32 = 3;
+/// OTLP `STATUS_CODE_ERROR`.
+pub const STATUS_ERROR: i32 = 2;
+
 /// One exported span with its resource's `service.name`.
 #[derive(Debug, Clone)]
-pub(crate) struct Received {
-    pub(crate) service_name: Option<String>,
-    pub(crate) span: Span,
+pub struct Received {
+    /// The exporting process's `service.name` resource attribute.
+    pub service_name: Option<String>,
+    /// The span as exported.
+    pub span: Span,
 }
 
 impl Received {
-    pub(crate) fn name(&self) -> &str {
+    /// The span name.
+    pub fn name(&self) -> &str {
         &self.span.name
     }
 
-    pub(crate) fn trace_id(&self) -> String {
+    /// The trace id, 32 lower-case hex digits.
+    pub fn trace_id(&self) -> String {
         hex(&self.span.trace_id)
     }
 
-    pub(crate) fn span_id(&self) -> String {
+    /// The span id, 16 lower-case hex digits.
+    pub fn span_id(&self) -> String {
         hex(&self.span.span_id)
     }
 
-    pub(crate) fn parent_span_id(&self) -> String {
+    /// The parent span id, 16 hex digits; empty for a root span.
+    pub fn parent_span_id(&self) -> String {
         hex(&self.span.parent_span_id)
     }
 
-    pub(crate) fn attr(&self, key: &str) -> Option<&Value> {
+    /// The value of attribute `key`.
+    pub fn attr(&self, key: &str) -> Option<&Value> {
         self.span
             .attributes
             .iter()
@@ -50,14 +74,16 @@ impl Received {
             .and_then(|v| v.value.as_ref())
     }
 
-    pub(crate) fn str_attr(&self, key: &str) -> Option<&str> {
+    /// The string attribute `key`.
+    pub fn str_attr(&self, key: &str) -> Option<&str> {
         match self.attr(key) {
             Some(Value::StringValue(s)) => Some(s),
             _ => None,
         }
     }
 
-    pub(crate) fn int_attr(&self, key: &str) -> Option<i64> {
+    /// The integer attribute `key`.
+    pub fn int_attr(&self, key: &str) -> Option<i64> {
         match self.attr(key) {
             Some(Value::IntValue(i)) => Some(*i),
             _ => None,
@@ -65,21 +91,36 @@ impl Received {
     }
 
     /// `(trace id, span id)` of each link.
-    pub(crate) fn links(&self) -> Vec<(String, String)> {
+    pub fn links(&self) -> Vec<(String, String)> {
         self.span
             .links
             .iter()
             .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
             .collect()
     }
+
+    /// The span's OTLP status code (0 unset, 1 ok, 2 error).
+    pub fn status_code(&self) -> i32 {
+        self.span.status.as_ref().map_or(0, |s| s.code)
+    }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Clone, Default)]
 struct Sink(Arc<Mutex<Vec<Received>>>);
+
+impl Sink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Received>> {
+        match self.0.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Sink {
@@ -108,26 +149,35 @@ impl TraceService for Sink {
                 }
             }
         }
-        self.0.lock().unwrap().extend(received);
+        self.lock().extend(received);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
     }
 }
 
-/// The running receiver; `stop` shuts it down and joins it.
+/// The running receiver on `127.0.0.1:<free port>`; [`Collector::stop`] shuts it down and joins
+/// it.
 #[derive(Debug)]
-pub(crate) struct Collector {
-    pub(crate) addr: SocketAddr,
+pub struct Collector {
+    /// The bound address.
+    pub addr: SocketAddr,
     sink: Sink,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Collector {
-    pub(crate) async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    /// Binds a free loopback port and serves the OTLP trace service on it (call inside a tokio
+    /// runtime; the server runs on it).
+    ///
+    /// # Panics
+    /// When no loopback port can be bound.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port for the OTLP receiver");
+        let addr = listener.local_addr().expect("the receiver's address");
         let sink = Sink::default();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(
@@ -145,16 +195,21 @@ impl Collector {
         }
     }
 
-    pub(crate) fn endpoint(&self) -> String {
+    /// `http://127.0.0.1:PORT`, the value for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub(crate) fn spans(&self) -> Vec<Received> {
-        self.sink.0.lock().unwrap().clone()
+    /// Every span received so far, in arrival order.
+    pub fn spans(&self) -> Vec<Received> {
+        self.sink.lock().clone()
     }
 
-    /// Polls until `done` holds for the spans received so far, or panics after `timeout`.
-    pub(crate) async fn wait_for(
+    /// Polls (every 20 ms) until `done` holds for the spans received so far and returns them.
+    ///
+    /// # Panics
+    /// After `timeout`, naming `what` and listing the spans received.
+    pub async fn wait_for(
         &self,
         timeout: Duration,
         what: &str,
@@ -174,8 +229,15 @@ impl Collector {
         }
     }
 
-    pub(crate) async fn stop(self) {
+    /// Stops the receiver and waits for it.
+    ///
+    /// # Panics
+    /// When the receiver failed.
+    pub async fn stop(self) {
         let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
+        self.task
+            .await
+            .expect("the OTLP receiver task")
+            .expect("the OTLP receiver");
     }
 }

@@ -1,0 +1,445 @@
+//! The engine's metrics (issue 7 item 2), recorded through the [`metrics`] facade where the facts
+//! are known: the executor's one path to the store counts the journal events of each write once
+//! it has committed, so a counter never counts a result that a fenced write threw
+//! away, and the drivers time each attempt. Without an installed recorder (the
+//! default; `--metrics-listen` installs one) every call is a no-op.
+//!
+//! | metric | type | labels | counts |
+//! |---|---|---|---|
+//! | `sagaflow_sagas_started_total` | counter | definition | sagas created by this engine |
+//! | `sagaflow_sagas_completed_total` | counter | definition | sagas that reached COMPLETED |
+//! | `sagaflow_sagas_compensated_total` | counter | definition | sagas that reached COMPENSATED |
+//! | `sagaflow_sagas_needs_attention_total` | counter | definition | entries into NEEDS_ATTENTION |
+//! | `sagaflow_sagas_in_flight` | gauge | — | sagas this engine drives now (holding their lease) |
+//! | `sagaflow_saga_step_duration_seconds` | histogram | definition, step, phase, outcome | step, compensation and finalizer attempts |
+//! | `sagaflow_saga_step_retries_total` | counter | definition, step, phase | retries scheduled after a transient failure |
+//! | `sagaflow_saga_compensations_total` | counter | definition, step | compensations that succeeded |
+//! | `sagaflow_saga_lease_claims_total` | counter | — | sagas claimed by the poller or an operator's command (recovery after a crash, resumption after a released lease) |
+//! | `sagaflow_saga_lease_losses_total` | counter | cause | leases found lost: `fenced` (a write refused by its fencing token), `renewal` (renewal refused or failed past expiry) |
+//!
+//! `phase` is `forward`, `compensating` or `finalizing`; `outcome` is [`OUTCOME_OK`],
+//! [`OUTCOME_BUSINESS_ERROR`] or [`OUTCOME_TRANSIENT_ERROR`] (a timeout is transient). The
+//! per-saga counters are per engine: sum them over replicas.
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+
+use crate::{
+    definition::{CallKind, FINALIZER},
+    journal::{Event, FailureOutcome},
+    state::Phase,
+    store::{Write, WriteOutcome},
+};
+
+/// Sagas created (counter; label `definition`).
+pub const SAGAS_STARTED: &str = "sagaflow_sagas_started_total";
+/// Sagas that reached COMPLETED (counter; label `definition`).
+pub const SAGAS_COMPLETED: &str = "sagaflow_sagas_completed_total";
+/// Sagas that reached COMPENSATED (counter; label `definition`).
+pub const SAGAS_COMPENSATED: &str = "sagaflow_sagas_compensated_total";
+/// Entries into NEEDS_ATTENTION (counter; label `definition`).
+pub const SAGAS_NEEDS_ATTENTION: &str = "sagaflow_sagas_needs_attention_total";
+/// Sagas driven by this engine right now (gauge).
+pub const SAGAS_IN_FLIGHT: &str = "sagaflow_sagas_in_flight";
+/// Duration of each attempt (histogram, seconds; labels `definition`, `step`, `phase`,
+/// `outcome`).
+pub const STEP_DURATION: &str = "sagaflow_saga_step_duration_seconds";
+/// Retries scheduled after a transient failure (counter; labels `definition`, `step`, `phase`).
+pub const STEP_RETRIES: &str = "sagaflow_saga_step_retries_total";
+/// Compensations that succeeded (counter; labels `definition`, `step`).
+pub const COMPENSATIONS: &str = "sagaflow_saga_compensations_total";
+/// Sagas claimed by the poller or for an operator's command (counter).
+pub const LEASE_CLAIMS: &str = "sagaflow_saga_lease_claims_total";
+/// Leases found lost (counter; label `cause`: [`LOSS_FENCED`] or [`LOSS_RENEWAL`]).
+pub const LEASE_LOSSES: &str = "sagaflow_saga_lease_losses_total";
+
+/// Label: the definition's name.
+pub const LABEL_DEFINITION: &str = "definition";
+/// Label: the step's name (`finalize` for the failure finalizer).
+pub const LABEL_STEP: &str = "step";
+/// Label: `forward`, `compensating` or `finalizing`.
+pub const LABEL_PHASE: &str = "phase";
+/// Label: how an attempt ended.
+pub const LABEL_OUTCOME: &str = "outcome";
+/// Label: why a lease was lost.
+pub const LABEL_CAUSE: &str = "cause";
+
+/// The attempt succeeded.
+pub const OUTCOME_OK: &str = "ok";
+/// The attempt failed for good (not retried).
+pub const OUTCOME_BUSINESS_ERROR: &str = "business_error";
+/// The attempt failed transiently (UNAVAILABLE, a timeout, …): retried.
+pub const OUTCOME_TRANSIENT_ERROR: &str = "transient_error";
+
+/// A write was refused because its fencing token no longer matched.
+pub const LOSS_FENCED: &str = "fenced";
+/// The lease could not be renewed (another engine holds it, or it expired while the database
+/// was unreachable).
+pub const LOSS_RENEWAL: &str = "renewal";
+
+/// Registers the help text and units of every engine metric with the installed recorder. Call
+/// it once after installing the recorder (descriptions given before are lost).
+pub fn describe() {
+    describe_counter!(SAGAS_STARTED, Unit::Count, "Sagas created by this engine.");
+    describe_counter!(
+        SAGAS_COMPLETED,
+        Unit::Count,
+        "Sagas that reached COMPLETED on this engine."
+    );
+    describe_counter!(
+        SAGAS_COMPENSATED,
+        Unit::Count,
+        "Sagas that reached COMPENSATED on this engine."
+    );
+    describe_counter!(
+        SAGAS_NEEDS_ATTENTION,
+        Unit::Count,
+        "Sagas parked in NEEDS_ATTENTION by this engine (each entry counts)."
+    );
+    describe_gauge!(
+        SAGAS_IN_FLIGHT,
+        Unit::Count,
+        "Sagas this engine is driving now (holding their lease)."
+    );
+    describe_histogram!(
+        STEP_DURATION,
+        Unit::Seconds,
+        "Duration of each step, compensation and finalizer attempt."
+    );
+    describe_counter!(
+        STEP_RETRIES,
+        Unit::Count,
+        "Retries scheduled after a transient failure of a step, compensation or finalizer."
+    );
+    describe_counter!(COMPENSATIONS, Unit::Count, "Compensations that succeeded.");
+    describe_counter!(
+        LEASE_CLAIMS,
+        Unit::Count,
+        "Sagas claimed by the poller (orphaned or due) or for an operator's command."
+    );
+    describe_counter!(
+        LEASE_LOSSES,
+        Unit::Count,
+        "Leases found lost: a fenced write or a refused renewal; the result is thrown away."
+    );
+}
+
+/// The `phase` label of a call kind.
+pub(crate) fn phase_of(kind: CallKind) -> &'static str {
+    match kind {
+        CallKind::Action => Phase::Forward.as_str(),
+        CallKind::Compensation => Phase::Compensating.as_str(),
+        CallKind::Finalizer => Phase::Finalizing.as_str(),
+    }
+}
+
+/// One attempt took `seconds` and ended with `outcome`.
+pub(crate) fn attempt_finished(
+    definition: &str,
+    step: &'static str,
+    kind: CallKind,
+    outcome: &'static str,
+    seconds: f64,
+) {
+    metrics::histogram!(
+        STEP_DURATION,
+        LABEL_DEFINITION => definition.to_owned(),
+        LABEL_STEP => step,
+        LABEL_PHASE => phase_of(kind),
+        LABEL_OUTCOME => outcome,
+    )
+    .record(seconds);
+}
+
+/// What a write makes true once committed: taken from the write before it goes to the
+/// committer, recorded with its outcome ([`Facts::record`]).
+#[derive(Debug)]
+pub(crate) struct Facts {
+    definition: String,
+    create: bool,
+    counted: Vec<Counted>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Counted {
+    Retry(String, Phase),
+    Compensation(String),
+    Completed,
+    Compensated,
+    NeedsAttention,
+}
+
+impl Facts {
+    /// The facts of `write` (only the events that some metric counts are kept).
+    pub(crate) fn of(write: &Write) -> Self {
+        let (state, entries, create) = match write {
+            Write::Create { state, entries } => (state, entries, true),
+            Write::Transition { state, entries, .. } => (state, entries, false),
+        };
+        let counted = entries
+            .iter()
+            .filter_map(|entry| match &entry.event {
+                Event::StepFailed {
+                    step,
+                    outcome: FailureOutcome::Retry,
+                    ..
+                } => Some(Counted::Retry(step.clone(), Phase::Forward)),
+                Event::CompensationFailed {
+                    step,
+                    next_attempt_at: Some(_),
+                    ..
+                } => Some(Counted::Retry(step.clone(), Phase::Compensating)),
+                Event::FinalizerFailed {
+                    next_attempt_at: Some(_),
+                    ..
+                } => Some(Counted::Retry(FINALIZER.to_owned(), Phase::Finalizing)),
+                Event::CompensationSucceeded { step, .. } => {
+                    Some(Counted::Compensation(step.clone()))
+                }
+                Event::SagaCompleted {} => Some(Counted::Completed),
+                Event::SagaCompensated {} => Some(Counted::Compensated),
+                Event::SagaNeedsAttention { .. } => Some(Counted::NeedsAttention),
+                _ => None,
+            })
+            .collect();
+        Self {
+            definition: state.definition_name.clone(),
+            create,
+            counted,
+        }
+    }
+
+    /// Counts the facts if the write took effect (`Created`, `Applied`); a fenced write counts
+    /// as a lost lease and nothing else.
+    pub(crate) fn record(self, outcome: &WriteOutcome) {
+        match outcome {
+            WriteOutcome::Created | WriteOutcome::Applied => {}
+            WriteOutcome::Fenced => {
+                lease_lost(LOSS_FENCED);
+                return;
+            }
+            WriteOutcome::Exists(_) => return,
+        }
+        let definition = || self.definition.clone();
+        if self.create {
+            counter!(SAGAS_STARTED, LABEL_DEFINITION => definition()).increment(1);
+        }
+        for fact in &self.counted {
+            match fact {
+                Counted::Retry(step, phase) => counter!(
+                    STEP_RETRIES,
+                    LABEL_DEFINITION => definition(),
+                    LABEL_STEP => step.clone(),
+                    LABEL_PHASE => phase.as_str(),
+                )
+                .increment(1),
+                Counted::Compensation(step) => counter!(
+                    COMPENSATIONS,
+                    LABEL_DEFINITION => definition(),
+                    LABEL_STEP => step.clone(),
+                )
+                .increment(1),
+                Counted::Completed => {
+                    counter!(SAGAS_COMPLETED, LABEL_DEFINITION => definition()).increment(1);
+                }
+                Counted::Compensated => {
+                    counter!(SAGAS_COMPENSATED, LABEL_DEFINITION => definition()).increment(1);
+                }
+                Counted::NeedsAttention => {
+                    counter!(SAGAS_NEEDS_ATTENTION, LABEL_DEFINITION => definition()).increment(1);
+                }
+            }
+        }
+    }
+}
+
+/// `count` sagas were claimed.
+pub(crate) fn claimed(count: usize) {
+    counter!(LEASE_CLAIMS).increment(u64::try_from(count).unwrap_or(u64::MAX));
+}
+
+/// A lease was found lost.
+pub(crate) fn lease_lost(cause: &'static str) {
+    counter!(LEASE_LOSSES, LABEL_CAUSE => cause).increment(1);
+}
+
+/// Counts a driver in [`SAGAS_IN_FLIGHT`] from creation to drop (also when its task is aborted).
+#[derive(Debug)]
+pub(crate) struct InFlight(());
+
+impl InFlight {
+    pub(crate) fn enter() -> Self {
+        gauge!(SAGAS_IN_FLIGHT).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(SAGAS_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        definition::StepError,
+        journal::{self, JournalEntry},
+        state::SagaId,
+    };
+
+    fn render(record: impl FnOnce()) -> String {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&recorder, record);
+        recorder.handle().render()
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// A write of a saga of definition `order` carrying `events` (the state is not checked).
+    fn write(create: bool, events: Vec<Event>) -> Write {
+        let id = SagaId::new();
+        let (state, _) = journal::begin(
+            id,
+            1,
+            vec![Event::SagaStarted {
+                definition_name: "order".into(),
+                definition_version: 1,
+                business_key: "k".into(),
+                input: json!({}),
+                deadline_at: None,
+                trace_context: None,
+            }],
+        )
+        .unwrap();
+        let entries = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| JournalEntry {
+                saga_id: id,
+                seq: i64::try_from(i).unwrap() + 2,
+                at: 2,
+                event,
+            })
+            .collect();
+        if create {
+            Write::Create { state, entries }
+        } else {
+            Write::Transition {
+                expected_token: 1,
+                expected_seq: 1,
+                state,
+                entries,
+            }
+        }
+    }
+
+    fn failed(outcome: FailureOutcome, next_attempt_at: Option<i64>) -> Event {
+        Event::StepFailed {
+            step: "pay".into(),
+            attempt: 1,
+            error: StepError::transient("down"),
+            outcome,
+            next_attempt_at,
+            backoff_cap_ms: None,
+        }
+    }
+
+    /// Committed events count what they say, once; the others, and fenced or existing writes,
+    /// count nothing (a fenced one counts a lost lease).
+    #[test]
+    fn committed_writes_count_what_they_say() {
+        let transition = || {
+            write(
+                false,
+                vec![
+                    failed(FailureOutcome::Retry, Some(10)),
+                    failed(FailureOutcome::Unknown, None),
+                    Event::CompensationFailed {
+                        step: "reserve".into(),
+                        attempt: 1,
+                        error: StepError::transient("down"),
+                        next_attempt_at: Some(20),
+                        backoff_cap_ms: Some(100),
+                    },
+                    Event::CompensationSucceeded {
+                        step: "reserve".into(),
+                        attempt: 2,
+                        output: Value::Null,
+                    },
+                    Event::FinalizerFailed {
+                        attempt: 1,
+                        error: StepError::business("NOPE", "no"),
+                        next_attempt_at: None,
+                        backoff_cap_ms: None,
+                    },
+                    Event::SagaCompensated {},
+                    Event::SagaNeedsAttention { reason: "x".into() },
+                ],
+            )
+        };
+        let text = render(|| {
+            Facts::of(&write(true, vec![])).record(&WriteOutcome::Created);
+            Facts::of(&write(true, vec![])).record(&WriteOutcome::Exists(SagaId::new()));
+            Facts::of(&transition()).record(&WriteOutcome::Applied);
+            Facts::of(&transition()).record(&WriteOutcome::Fenced);
+            attempt_finished("order", "pay", CallKind::Action, OUTCOME_OK, 0.02);
+            claimed(3);
+            let in_flight = InFlight::enter();
+            drop(in_flight);
+        });
+        let get = |series: &str| value(&text, series);
+        assert_eq!(
+            get(r#"sagaflow_sagas_started_total{definition="order"}"#),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            get(
+                r#"sagaflow_saga_step_retries_total{definition="order",step="pay",phase="forward"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            get(
+                r#"sagaflow_saga_step_retries_total{definition="order",step="reserve",phase="compensating"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(!text.contains(r#"phase="finalizing""#), "{text}");
+        assert_eq!(
+            get(r#"sagaflow_saga_compensations_total{definition="order",step="reserve"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            get(r#"sagaflow_sagas_compensated_total{definition="order"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            get(r#"sagaflow_sagas_needs_attention_total{definition="order"}"#),
+            Some(1.0)
+        );
+        assert_eq!(get("sagaflow_sagas_completed_total"), None);
+        assert_eq!(
+            get(
+                r#"sagaflow_saga_step_duration_seconds_count{definition="order",step="pay",phase="forward",outcome="ok"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(get("sagaflow_saga_lease_claims_total"), Some(3.0));
+        assert_eq!(
+            get(r#"sagaflow_saga_lease_losses_total{cause="fenced"}"#),
+            Some(1.0)
+        );
+        assert_eq!(get("sagaflow_sagas_in_flight"), Some(0.0));
+    }
+}
