@@ -71,12 +71,13 @@ impl Process {
         let err = out.try_clone().expect("log file");
         let child = Command::new(sagaflow_bin())
             .args(args)
-            .envs(envs.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("SAGAFLOW_LOG_FORMAT", "pretty")
+            // The test's own variables win (for example a RUST_LOG that enables a debug line).
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -206,7 +206,7 @@ impl SagaAdmin {
 
 #[tonic::async_trait]
 impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
-    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err)]
+    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err(level = "info"))]
     async fn get_saga(
         &self,
         request: Request<pb::GetSagaRequest>,
@@ -225,7 +225,7 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
         }))
     }
 
-    #[tracing::instrument(skip_all, err)]
+    #[tracing::instrument(skip_all, err(level = "info"))]
     async fn list_sagas(
         &self,
         request: Request<pb::ListSagasRequest>,
@@ -299,7 +299,7 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err)]
+    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err(level = "info"))]
     async fn retry_saga(
         &self,
         request: Request<pb::RetrySagaRequest>,
@@ -315,7 +315,7 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err)]
+    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err(level = "info"))]
     async fn cancel_saga(
         &self,
         request: Request<pb::CancelSagaRequest>,

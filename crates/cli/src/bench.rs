@@ -85,7 +85,11 @@ pub struct BenchReport {
 /// When the system cannot be reached or started, or the bench product cannot be set up.
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let (embedded, url, durability) = match &args.addr {
-        Some(url) => (None, url.clone(), "remote (its own settings)".to_owned()),
+        Some(url) => (
+            None,
+            crate::load::addr_url(url),
+            "remote (its own settings)".to_owned(),
+        ),
         None => {
             let dir = tempfile::Builder::new()
                 .prefix("sagaflow-bench-")

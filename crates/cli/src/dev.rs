@@ -225,8 +225,10 @@ impl Embedded {
 
         let waker = RelayWaker::default();
         let mut routes = RoutesBuilder::default();
+        let stop = CancellationToken::new();
         sagaflow_order::OrderService::new(order_db.clone(), channel.clone())
             .with_relay_waker(waker.clone())
+            .with_shutdown(stop.clone())
             .register(&mut routes);
         sagaflow_coupon::CouponService::new(coupon_db.clone()).register(&mut routes);
         sagaflow_inventory::InventoryService::new(inventory_db.clone()).register(&mut routes);
@@ -257,7 +259,6 @@ impl Embedded {
         )
         .context("starting the gRPC server")?;
 
-        let stop = CancellationToken::new();
         let mut relay = OutboxRelay::new(
             order_db.clone(),
             channel.clone(),
@@ -315,9 +316,9 @@ impl Embedded {
     /// Graceful shutdown: stop accepting calls and let in-flight ones finish, stop the relay,
     /// let running steps finish (up to 10 s) and release their leases, close the databases.
     pub async fn shutdown(self) {
-        if let Err(err) = self.server.shutdown().await {
-            tracing::warn!(error = %err, "gRPC server stopped with an error");
-        }
+        // Order matters: the engine's steps call services in this very process, so the engine
+        // stops (finishing the calls in flight, releasing its leases) while the server still
+        // serves; long-polls and the relay stop first so the server can drain at once.
         self.stop.cancel();
         if let Err(err) = self.relay.await {
             tracing::warn!(error = %err, "outbox relay task failed");
@@ -328,6 +329,9 @@ impl Embedded {
                 aborted = report.aborted,
                 "saga drivers aborted at shutdown; their leases will expire"
             );
+        }
+        if let Err(err) = self.server.shutdown().await {
+            tracing::warn!(error = %err, "gRPC server stopped with an error");
         }
         for db in &self.dbs {
             db.close().await;

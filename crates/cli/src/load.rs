@@ -9,6 +9,16 @@ use sagaflow_proto::order::v1::{
 use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
 
+/// A server address as a URL: `127.0.0.1:50051` becomes `http://127.0.0.1:50051`; a URL with a
+/// scheme is kept.
+pub fn addr_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 /// How long one `GetOrder` long-poll waits, at most (the API's limit is 60 s).
 const WAIT_SLICE: Duration = Duration::from_secs(30);
 
@@ -184,6 +194,13 @@ mod tests {
         assert_eq!(l.p99_ms, 99.0);
         assert_eq!(l.max_ms, 100.0);
         assert_eq!(Latencies::of(&[]), Latencies::default());
+    }
+
+    #[test]
+    fn addresses_become_urls() {
+        assert_eq!(addr_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(addr_url("http://127.0.0.1:1"), "http://127.0.0.1:1");
+        assert_eq!(addr_url("https://h:443"), "https://h:443");
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl From<StatusFilter> for SagaStatus {
 /// # Errors
 /// The admin API's error (NOT_FOUND, FAILED_PRECONDITION with its reason, …) or a connection error.
 pub async fn run(args: SagaArgs) -> anyhow::Result<()> {
-    let channel = Endpoint::from_shared(args.addr.clone())
+    let channel = Endpoint::from_shared(crate::load::addr_url(&args.addr))
         .context("--addr")?
         .connect()
         .await

@@ -370,6 +370,7 @@ async fn serve_with(
             let waker = RelayWaker::default();
             sagaflow_order::OrderService::new(db.clone(), inventory)
                 .with_relay_waker(waker.clone())
+                .with_shutdown(stop.clone())
                 .register(&mut routes);
             let mut relay = OutboxRelay::new(
                 db.clone(),
@@ -421,14 +422,15 @@ async fn serve_with(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let served = grpc::serve(
-        listener,
-        routes,
-        &names,
-        args.faults.faults,
-        grpc::shutdown_signal(),
-    )
-    .await;
+    // On SIGTERM/Ctrl-C, end long-polls and the relay at once, then let the server drain.
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            grpc::shutdown_signal().await;
+            stop.cancel();
+        }
+    };
+    let served = grpc::serve(listener, routes, &names, args.faults.faults, signal).await;
     stop.cancel();
     for task in background {
         if let Err(err) = task.await {

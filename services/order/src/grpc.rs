@@ -47,7 +47,7 @@ impl OrderServiceApi for OrderService {
         let key = format!("PlaceOrder:{}", req.request_id);
         // A repeat is answered from the idempotency store, without asking Inventory.
         if let Some(stored) = idempotency::lookup(&self.db, PLACE, &key, &req).await? {
-            return Ok(Response::new(stored));
+            return Ok(Response::new(self.current(stored).await?));
         }
         let prices = self.prices(&lines).await?;
         let (lines, subtotal) = price_lines(&lines, &prices).map_err(|err| match err {
@@ -83,7 +83,7 @@ impl OrderServiceApi for OrderService {
             payment_method: order.payment_method.clone(),
         });
         let request_id = req.request_id.clone();
-        let response = idempotency::execute(&self.db, PLACE, &key, &req, move |conn| {
+        let executed = idempotency::execute_detailed(&self.db, PLACE, &key, &req, move |conn| {
             Box::pin(async move {
                 store::insert_order(conn, &request_id, &order, &created).await?;
                 Ok(pb::PlaceOrderResponse {
@@ -92,8 +92,11 @@ impl OrderServiceApi for OrderService {
             })
         })
         .await?;
+        if executed.replayed {
+            return Ok(Response::new(self.current(executed.response).await?));
+        }
         self.wake_relay();
-        Ok(Response::new(response))
+        Ok(Response::new(executed.response))
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "info"))]
@@ -256,6 +259,22 @@ const NO_DISCOUNT: DiscountRule = DiscountRule {
 };
 
 impl OrderService {
+    /// A repeated PlaceOrder answers with the order as it is now (its saga may have finished
+    /// since), not the PENDING copy stored with the idempotency key.
+    async fn current(
+        &self,
+        stored: pb::PlaceOrderResponse,
+    ) -> Result<pb::PlaceOrderResponse, Status> {
+        let Some(order) = stored.order else {
+            return Ok(stored);
+        };
+        let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+        let order = load_existing(&mut conn, &order.order_id).await?;
+        Ok(pb::PlaceOrderResponse {
+            order: Some(to_proto(&order)),
+        })
+    }
+
     /// Wakes the outbox relay, if one is attached, after a commit that may have written an event.
     fn wake_relay(&self) {
         if let Some(relay) = &self.relay {
@@ -368,6 +387,11 @@ impl OrderService {
         let deadline = tokio::time::Instant::now() + wait;
         // Subscribe before the first read, so a change between the read and the wait is seen.
         let mut changes = self.changes.subscribe();
+        tracing::debug!(
+            order_id,
+            wait_ms = wait.as_millis() as u64,
+            "GetOrder is waiting for a terminal status"
+        );
         loop {
             let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
             let order = load_existing(&mut conn, order_id).await?;
@@ -380,6 +404,7 @@ impl OrderService {
             tokio::select! {
                 () = changed(&mut changes, order_id) => {}
                 () = tokio::time::sleep(nap) => {}
+                () = self.shutdown.cancelled() => return Ok(order),
             }
         }
     }

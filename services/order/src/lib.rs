@@ -73,6 +73,9 @@ pub struct OrderService {
     changes: broadcast::Sender<String>,
     /// Wakes the outbox relay after a commit that wrote an event.
     relay: Option<relay::RelayWaker>,
+    /// Cancelled when the process shuts down: GetOrder long-polls return the order as it is, so
+    /// that a graceful shutdown does not wait up to a minute for them.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl OrderService {
@@ -87,6 +90,7 @@ impl OrderService {
             inventory: InventoryServiceClient::new(traced(inventory)),
             changes,
             relay: None,
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -94,6 +98,13 @@ impl OrderService {
     /// (DESIGN §7: the relay tries right after the commit).
     pub fn with_relay_waker(mut self, relay: relay::RelayWaker) -> Self {
         self.relay = Some(relay);
+        self
+    }
+
+    /// The same service, ending GetOrder long-polls (returning the order as it is) once
+    /// `shutdown` is cancelled.
+    pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        self.shutdown = shutdown;
         self
     }
 

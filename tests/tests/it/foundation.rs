@@ -47,6 +47,12 @@ fn every_service_lists_itself_health_and_reflection_on_sqlite() {
             names.contains(&"grpc.reflection.v1alpha.ServerReflection"),
             "{service}: {names:?}"
         );
+        // Only what this process serves (a new user's finding: `serve inventory` listed all).
+        let sagaflow: Vec<&&str> = names
+            .iter()
+            .filter(|n| n.starts_with("sagaflow."))
+            .collect();
+        assert_eq!(sagaflow, vec![&full_name], "{service}: {names:?}");
         let health = grpcurl(
             p.addr(),
             &["-d", &format!("{{\"service\":\"{full_name}\"}}")],
@@ -101,6 +107,43 @@ fn describe_order_service_shows_the_public_rpcs_on_postgres() {
         "{}",
         p.logs()
     );
+}
+
+/// grpcurl can read the rich error details (a new user's finding: they printed as raw bytes).
+#[test]
+fn grpcurl_prints_error_details() {
+    let db = TestDatabase::new(Kind::Sqlite, "found_details");
+    let p = serve("inventory", &db);
+    let out = grpcurl_output(
+        p.addr(),
+        &["-d", r#"{"sku":"","name":"x","unit_price":-1}"#],
+        Some("sagaflow.inventory.v1.InventoryService/UpsertProduct"),
+    );
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("InvalidArgument"), "{text}");
+    assert!(text.contains("google.rpc.BadRequest"), "{text}");
+    assert!(text.contains("fieldViolations"), "{text}");
+    assert!(!text.contains("is not recognized"), "{text}");
+}
+
+/// A demo that runs out of time says so instead of reporting the orders still in flight as
+/// invariant violations (a new user's finding).
+#[test]
+fn demo_timeout_reports_unfinished_orders_not_violations() {
+    let out = std::process::Command::new(sagaflow_tests::sagaflow_bin())
+        .args(["demo", "--timeout-secs", "1"])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("invariants not checked"), "{stdout}");
+    assert!(!stdout.contains("VIOLATED"), "{stdout}");
 }
 
 #[test]

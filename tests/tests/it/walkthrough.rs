@@ -33,7 +33,8 @@ impl Dev {
                 "--data-dir",
                 data.to_str().unwrap(),
             ],
-            &[],
+            // The debug line of GetOrder's long-poll tells the shutdown check it is in flight.
+            &[("RUST_LOG", "info,sagaflow_order=debug")],
             Duration::from_secs(60),
         );
         let dev = Self { process, _dir: dir };
@@ -178,6 +179,12 @@ fn readme_walkthrough_and_every_failure_reason() {
         }),
     );
     assert_eq!(again["order"]["orderId"], ok.as_str());
+    // ... as it is now, not the PENDING copy of the first reply (a new user's finding).
+    assert_eq!(
+        again["order"]["status"], "ORDER_STATUS_COMPLETED",
+        "{again}"
+    );
+    assert_eq!(as_i64(&again["order"]["payable"]), 75_100);
 
     // -- a failing order: capture declined at the pivot, every step compensated
     let declined = dev.place(json!({
@@ -339,11 +346,52 @@ fn readme_walkthrough_and_every_failure_reason() {
         "COUPON_STATUS_AVAILABLE"
     );
 
+    // SIGTERM with a GetOrder long-poll in flight (a new user's finding: shutdown waited up to a
+    // minute for it, while the engine, already cut off from the server, failed healthy sagas).
+    let slow = dev.place(json!({
+        "request_id": "shutdown-slow", "user_id": "alice",
+        "lines": [{ "sku": "HS-001", "quantity": 1 }], "payment_method": "tok_slow"
+    }));
+    let waiting_before = dev.process.logs().matches("GetOrder is waiting").count();
+    let poll = std::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            &json!({ "order_id": slow, "wait": "60s" }).to_string(),
+        ])
+        .arg(dev.addr())
+        .arg(format!("{ORDER}/GetOrder"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut dev = dev;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dev.process.logs().matches("GetOrder is waiting").count() == waiting_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long-poll never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
     assert_eq!(
         dev.process.terminate(Duration::from_secs(20)),
         Some(0),
         "{}",
         dev.process.logs()
     );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let polled = poll.wait_with_output().unwrap();
+    assert!(
+        polled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&polled.stderr)
+    );
+    let order: Value = serde_json::from_slice(&polled.stdout).unwrap();
+    assert_eq!(order["order"]["orderId"], slow.as_str());
 }
