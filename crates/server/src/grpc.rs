@@ -207,3 +207,23 @@ pub fn spawn_on(
         task,
     })
 }
+
+/// Opens the database at `url` (creating and migrating it), lets `register` add the service built
+/// on it to the routes, and serves them on a free loopback port: one service on its own database,
+/// as every service's integration tests need it.
+///
+/// # Errors
+/// When the database cannot be opened or the port cannot be bound.
+pub async fn spawn_service(
+    url: &str,
+    migrations: crate::Migrations,
+    service_name: &str,
+    register: impl FnOnce(crate::Db, &mut RoutesBuilder),
+) -> anyhow::Result<(crate::Db, ServerHandle)> {
+    let db = crate::Db::connect(url, migrations, &crate::PoolConfig::default()).await?;
+    let mut routes = RoutesBuilder::default();
+    register(db.clone(), &mut routes);
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = spawn(loopback, routes, &[service_name], FaultConfig::default()).await?;
+    Ok((db, server))
+}

@@ -6,9 +6,8 @@ use sagaflow_proto::coupon::v1::{
     Coupon, IssueCouponRequest, coupon_service_client::CouponServiceClient,
 };
 use sagaflow_server::{
-    Db, PoolConfig,
+    Db,
     db::{now_ms, timestamp_from_ms},
-    faults::FaultConfig,
     grpc::ServerHandle,
 };
 use sagaflow_testkit::{Kind, TestDatabase};
@@ -28,19 +27,14 @@ pub(crate) struct Harness {
 impl Harness {
     pub(crate) async fn start(kind: Kind, name: &str) -> Self {
         let tdb = TestDatabase::new(kind, name);
-        let db = Db::connect(&tdb.url, migrations(), &PoolConfig::default())
-            .await
-            .expect("open the test database");
-        let mut routes = tonic::service::RoutesBuilder::default();
-        CouponService::new(db.clone()).register(&mut routes);
-        let server = sagaflow_server::grpc::spawn(
-            "127.0.0.1:0".parse().unwrap(),
-            routes,
-            &[SERVICE_NAME],
-            FaultConfig::default(),
+        let (db, server) = sagaflow_server::grpc::spawn_service(
+            &tdb.url,
+            migrations(),
+            SERVICE_NAME,
+            |db, routes| CouponService::new(db).register(routes),
         )
         .await
-        .expect("spawn the server");
+        .expect("start the service on its test database");
         let client = CouponServiceClient::connect(server.url())
             .await
             .expect("connect to the server");

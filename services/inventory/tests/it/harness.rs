@@ -5,7 +5,7 @@ use sagaflow_inventory::{InventoryService, SERVICE_NAME, migrations};
 use sagaflow_proto::inventory::v1::{
     Product, RestockRequest, UpsertProductRequest, inventory_service_client::InventoryServiceClient,
 };
-use sagaflow_server::{Db, PoolConfig, faults::FaultConfig, grpc::ServerHandle};
+use sagaflow_server::{Db, grpc::ServerHandle};
 use sagaflow_testkit::{Kind, TestDatabase};
 use tonic::transport::Channel;
 
@@ -20,19 +20,14 @@ pub(crate) struct Harness {
 impl Harness {
     pub(crate) async fn start(kind: Kind, name: &str) -> Self {
         let tdb = TestDatabase::new(kind, name);
-        let db = Db::connect(&tdb.url, migrations(), &PoolConfig::default())
-            .await
-            .expect("open the test database");
-        let mut routes = tonic::service::RoutesBuilder::default();
-        InventoryService::new(db.clone()).register(&mut routes);
-        let server = sagaflow_server::grpc::spawn(
-            "127.0.0.1:0".parse().unwrap(),
-            routes,
-            &[SERVICE_NAME],
-            FaultConfig::default(),
+        let (db, server) = sagaflow_server::grpc::spawn_service(
+            &tdb.url,
+            migrations(),
+            SERVICE_NAME,
+            |db, routes| InventoryService::new(db).register(routes),
         )
         .await
-        .expect("spawn the server");
+        .expect("start the service on its test database");
         let client = InventoryServiceClient::connect(server.url())
             .await
             .expect("connect to the server");

@@ -53,23 +53,14 @@ async fn spawn_order(db: &Db, inventory_url: &str) -> (ServerHandle, OrderServic
 
 pub(crate) async fn start(kind: Kind, name: &str) -> TestOrder {
     let inventory_tdb = TestDatabase::new(kind, &format!("{name}_inv"));
-    let inventory_db = Db::connect(
+    let (inventory_db, inventory_server) = sagaflow_server::grpc::spawn_service(
         &inventory_tdb.url,
         sagaflow_inventory::migrations(),
-        &PoolConfig::default(),
+        sagaflow_inventory::SERVICE_NAME,
+        |db, routes| InventoryService::new(db).register(routes),
     )
     .await
-    .expect("connect to the inventory test database");
-    let mut routes = tonic::service::RoutesBuilder::default();
-    InventoryService::new(inventory_db.clone()).register(&mut routes);
-    let inventory_server = sagaflow_server::grpc::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        routes,
-        &[sagaflow_inventory::SERVICE_NAME],
-        FaultConfig::default(),
-    )
-    .await
-    .unwrap();
+    .expect("start inventory on its test database");
     let inventory_url = inventory_server.url();
     let mut inventory = InventoryServiceClient::connect(inventory_url.clone())
         .await

@@ -8,7 +8,7 @@ use sagaflow_proto::payment::v1::{
     CancelPaymentRequest, CompletePaymentRequest, GetPaymentRequest, RefundPaymentRequest,
     StartPaymentRequest, payment_service_client::PaymentServiceClient,
 };
-use sagaflow_server::{Db, PoolConfig, faults::FaultConfig, grpc::ServerHandle};
+use sagaflow_server::{Db, grpc::ServerHandle};
 use sagaflow_testkit::{Kind, TestDatabase};
 use tonic::transport::Channel;
 
@@ -30,24 +30,15 @@ pub(crate) async fn start_with(
     config: SimulatedGatewayConfig,
 ) -> TestPayment {
     let tdb = TestDatabase::new(kind, name);
-    let db = Db::connect(
+    let gateway = Arc::new(SimulatedGateway::new(config));
+    let (db, server) = sagaflow_server::grpc::spawn_service(
         &tdb.url,
         sagaflow_payment::migrations(),
-        &PoolConfig::default(),
+        sagaflow_payment::SERVICE_NAME,
+        |db, routes| PaymentService::new(db, gateway.clone()).register(routes),
     )
     .await
-    .expect("connect to the test database");
-    let gateway = Arc::new(SimulatedGateway::new(config));
-    let mut routes = tonic::service::RoutesBuilder::default();
-    PaymentService::new(db.clone(), gateway.clone()).register(&mut routes);
-    let server = sagaflow_server::grpc::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        routes,
-        &[sagaflow_payment::SERVICE_NAME],
-        FaultConfig::default(),
-    )
-    .await
-    .unwrap();
+    .expect("start the service on its test database");
     let client = PaymentServiceClient::connect(server.url()).await.unwrap();
     TestPayment {
         _tdb: tdb,

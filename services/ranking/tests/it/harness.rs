@@ -8,7 +8,7 @@ use sagaflow_proto::{
     },
 };
 use sagaflow_ranking::RankingService;
-use sagaflow_server::{Db, PoolConfig, faults::FaultConfig, grpc::ServerHandle};
+use sagaflow_server::{Db, grpc::ServerHandle};
 use sagaflow_testkit::{Kind, TestDatabase};
 use tonic::transport::Channel;
 
@@ -21,23 +21,14 @@ pub(crate) struct TestRanking {
 
 pub(crate) async fn start(kind: Kind, name: &str) -> TestRanking {
     let tdb = TestDatabase::new(kind, name);
-    let db = Db::connect(
+    let (db, server) = sagaflow_server::grpc::spawn_service(
         &tdb.url,
         sagaflow_ranking::migrations(),
-        &PoolConfig::default(),
+        sagaflow_ranking::SERVICE_NAME,
+        |db, routes| RankingService::new(db).register(routes),
     )
     .await
-    .expect("connect to the test database");
-    let mut routes = tonic::service::RoutesBuilder::default();
-    RankingService::new(db.clone()).register(&mut routes);
-    let server = sagaflow_server::grpc::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        routes,
-        &[sagaflow_ranking::SERVICE_NAME],
-        FaultConfig::default(),
-    )
-    .await
-    .unwrap();
+    .expect("start the service on its test database");
     let client = RankingServiceClient::connect(server.url()).await.unwrap();
     TestRanking {
         _tdb: tdb,
