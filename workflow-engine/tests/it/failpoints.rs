@@ -151,9 +151,8 @@ async fn connect(engine_url: &str, effects_url: &str) -> (Arc<SqlSagaStore>, Db)
     (Arc::new(SqlSagaStore::new(db)), effects)
 }
 
-/// The child process: runs the sagas and aborts at the configured failpoint hit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "child process of the failpoint tests; run by them"]
+/// The child process: runs the sagas and aborts at the configured failpoint hit. Each test runs
+/// it by re-executing itself (same test name) with the child's environment set.
 async fn child() {
     let name = std::env::var(ENV_FAILPOINT).expect("failpoint name");
     let hit: usize = std::env::var(ENV_HIT).unwrap().parse().unwrap();
@@ -191,13 +190,19 @@ async fn child() {
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
-async fn crash_and_recover(kind: Kind, failpoint: &str, hit: usize) {
+/// The test body: as the parent, runs `test_name` again as the child process and checks the
+/// recovery; as that child (the environment says so), runs [`child`].
+async fn crash_and_recover(kind: Kind, failpoint: &str, hit: usize, test_name: &str) {
+    if std::env::var_os(ENV_FAILPOINT).is_some() {
+        child().await;
+        return;
+    }
     let engine_db = TestDatabase::new(kind, &format!("fp_{failpoint}"));
     let effects_db = TestDatabase::sqlite("effects");
     // Create both databases before the child starts.
     connect(&engine_db.url, &effects_db.url).await;
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["failpoints::child", "--exact", "--ignored", "--nocapture"])
+        .args([test_name, "--exact", "--nocapture"])
         .env(ENV_FAILPOINT, failpoint)
         .env(ENV_HIT, hit.to_string())
         .env(ENV_DB, &engine_db.url)
@@ -340,11 +345,23 @@ macro_rules! failpoint_tests {
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
-                    super::crash_and_recover(sagaflow_testkit::Kind::Sqlite, stringify!($name), $hit).await;
+                    super::crash_and_recover(
+                        sagaflow_testkit::Kind::Sqlite,
+                        stringify!($name),
+                        $hit,
+                        concat!("failpoints::", stringify!($name), "::sqlite"),
+                    )
+                    .await;
                 }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
-                    super::crash_and_recover(sagaflow_testkit::Kind::Postgres, stringify!($name), $hit).await;
+                    super::crash_and_recover(
+                        sagaflow_testkit::Kind::Postgres,
+                        stringify!($name),
+                        $hit,
+                        concat!("failpoints::", stringify!($name), "::postgres"),
+                    )
+                    .await;
                 }
             }
         )*
