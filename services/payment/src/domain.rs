@@ -13,6 +13,18 @@
 //! Each command first asks a `decide_*` function what to do with the payment as stored; the
 //! service then calls the gateway when told to, and decides again inside the recording
 //! transaction (the row may have changed while the gateway answered).
+//!
+//! Before StartPayment calls the gateway's authorize it commits an authorization intent
+//! ([`IntentStatus`]), so that an authorization made at the gateway is known to the database even
+//! when the payment is never recorded (the recording fails, or the process dies):
+//!
+//! ```text
+//!  StartPayment ──▶ AUTHORIZING ──recorded with the STARTED payment──────────────▶ RECORDED
+//!                       │  └──────the gateway declined───────────────────────────▶ DECLINED
+//!                       └──void_by_key (CancelPayment's tombstone path, or a
+//!                          StartPayment that finds the tombstone)───────────────▶ VOIDED
+//!  CancelPayment before any StartPayment claims the order ──────────────────────▶ VOIDED (no amount)
+//! ```
 
 use std::fmt;
 
@@ -287,6 +299,112 @@ pub fn decide_refund(stored: Option<&PaymentRecord>) -> RefundDecision {
     }
 }
 
+/// Where an order's authorization intent stands (the `payment_intents.status` column; see the
+/// module docs for the transitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntentStatus {
+    /// Committed before the gateway's authorize: the gateway may hold an authorization under the
+    /// intent's key that no payment row owns yet.
+    Authorizing,
+    /// The authorization belongs to the STARTED payment (recorded in the same transaction).
+    Recorded,
+    /// The gateway declined under the key: nothing is or can be authorized under it.
+    Declined,
+    /// Released: voided at the gateway by key, or claimed by a CancelPayment that came before any
+    /// StartPayment. Nothing is or can be authorized under the key any more.
+    Voided,
+}
+
+impl IntentStatus {
+    /// The column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authorizing => "AUTHORIZING",
+            Self::Recorded => "RECORDED",
+            Self::Declined => "DECLINED",
+            Self::Voided => "VOIDED",
+        }
+    }
+
+    /// Parses a column value.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "AUTHORIZING" => Some(Self::Authorizing),
+            "RECORDED" => Some(Self::Recorded),
+            "DECLINED" => Some(Self::Declined),
+            "VOIDED" => Some(Self::Voided),
+            _ => None,
+        }
+    }
+
+    /// True when the gateway may hold an authorization under the intent's key that no payment
+    /// owns: a CancelPayment (or a StartPayment that finds the tombstone) voids it by key.
+    pub fn may_hold_open_authorization(self) -> bool {
+        self == Self::Authorizing
+    }
+
+    /// True when StartPayment may call the gateway's authorize: not once the authorization is
+    /// recorded (a racing StartPayment did it) or the key is released (CancelPayment came).
+    pub fn allows_authorize(self) -> bool {
+        matches!(self, Self::Authorizing | Self::Declined)
+    }
+}
+
+impl fmt::Display for IntentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// StartPayment's authorization intent for one order (one per order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    /// UUID of the order.
+    pub order_id: String,
+    /// The gateway idempotency key of the authorization: `gateway_key(order_id, "authorize")`.
+    pub gateway_key: String,
+    /// KRW won; `None` for the row a CancelPayment claimed before any StartPayment.
+    pub amount: Option<i64>,
+    /// The card token; `None` exactly when `amount` is.
+    pub payment_method: Option<String>,
+    /// Where it stands.
+    pub status: IntentStatus,
+    /// The gateway's void reference, when a void by key voided an authorization.
+    pub void_ref: Option<String>,
+}
+
+/// What CancelPayment's tombstone transaction does with the order's intent, so that a tombstone
+/// is never committed while the gateway may hold an authorization under the order's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TombstoneIntent {
+    /// No intent: insert a VOIDED one without amount, so a StartPayment that comes later finds
+    /// the order released and does not call the gateway.
+    Claim,
+    /// An open intent this CancelPayment voided by key before the transaction: mark it VOIDED.
+    SettleVoided,
+    /// Settled already (declined or released): nothing to do.
+    Keep,
+    /// An open intent this CancelPayment did not void (a StartPayment began meanwhile): roll back
+    /// and answer `UNAVAILABLE`, so the retry voids it first.
+    ChangedMeanwhile,
+}
+
+/// Decides [`TombstoneIntent`] given the stored intent's status and whether this CancelPayment
+/// voided the order's authorization key before its transaction.
+pub fn decide_tombstone_intent(
+    intent: Option<IntentStatus>,
+    voided_by_key: bool,
+) -> TombstoneIntent {
+    match intent {
+        None => TombstoneIntent::Claim,
+        Some(IntentStatus::Authorizing) if voided_by_key => TombstoneIntent::SettleVoided,
+        Some(IntentStatus::Authorizing) => TombstoneIntent::ChangedMeanwhile,
+        Some(IntentStatus::Recorded | IntentStatus::Declined | IntentStatus::Voided) => {
+            TombstoneIntent::Keep
+        }
+    }
+}
+
 /// The gateway idempotency key of one operation on an order's payment. Derived from the order id
 /// (one payment per order), so that every retry and every racing request for the order reaches
 /// the same authorization, and a repeated compensation the same void.
@@ -469,6 +587,44 @@ mod tests {
             assert!(r.message("o").contains('o'));
         }
         assert_eq!(Rejection::NotFound.reason(), None);
+    }
+
+    #[test]
+    fn intent_statuses() {
+        use IntentStatus as I;
+        for s in [I::Authorizing, I::Recorded, I::Declined, I::Voided] {
+            assert_eq!(I::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(I::parse("authorizing"), None);
+        assert!(I::Authorizing.may_hold_open_authorization());
+        for s in [I::Recorded, I::Declined, I::Voided] {
+            assert!(!s.may_hold_open_authorization(), "{s}");
+        }
+        assert!(I::Authorizing.allows_authorize());
+        assert!(
+            I::Declined.allows_authorize(),
+            "the gateway replays its decline"
+        );
+        assert!(!I::Recorded.allows_authorize());
+        assert!(!I::Voided.allows_authorize());
+    }
+
+    #[test]
+    fn tombstone_intent() {
+        use IntentStatus as I;
+        use TombstoneIntent as T;
+        assert_eq!(decide_tombstone_intent(None, false), T::Claim);
+        assert_eq!(
+            decide_tombstone_intent(Some(I::Authorizing), true),
+            T::SettleVoided
+        );
+        assert_eq!(
+            decide_tombstone_intent(Some(I::Authorizing), false),
+            T::ChangedMeanwhile
+        );
+        for s in [I::Recorded, I::Declined, I::Voided] {
+            assert_eq!(decide_tombstone_intent(Some(s), false), T::Keep, "{s}");
+        }
     }
 
     #[test]

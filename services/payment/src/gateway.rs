@@ -6,8 +6,13 @@
 //! ```text
 //!  authorize ──▶ AUTHORIZED ──capture──▶ CAPTURED ──refund──▶ REFUNDED
 //!                    │
-//!                    └──void──▶ VOIDED
+//!                    └──void / void_by_key──▶ VOIDED
 //! ```
+//!
+//! [`PaymentGateway::void_by_key`] releases "whatever was authorized under authorization key K":
+//! the payment service uses it when it knows it asked for an authorization (its intent is in the
+//! database) but not whether the gateway made one. After it, key K is closed: an authorization
+//! under K is refused, so nothing can be authorized under K later either.
 //!
 //! Every call carries an idempotency key and the gateway is idempotent on it, like real gateways:
 //! a repeat returns the first answer. The payment service derives the keys from the order id
@@ -65,6 +70,20 @@ pub struct OperationRequest {
     pub card_token: String,
 }
 
+/// A void of whatever authorization was made under an authorization idempotency key, if any
+/// (see [`PaymentGateway::void_by_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoidByKeyRequest {
+    /// The void's own idempotency key: a repeat returns the first answer, and a
+    /// [`PaymentGateway::void`] with the same key is the same void.
+    pub idempotency_key: String,
+    /// The idempotency key the authorization was (or may have been) requested under
+    /// ([`AuthorizeRequest::idempotency_key`]).
+    pub authorization_key: String,
+    /// The order paid for (a UUID).
+    pub order_id: String,
+}
+
 /// Why a gateway call did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
@@ -79,7 +98,9 @@ pub enum GatewayError {
     #[error("unknown card token {0:?}")]
     UnknownCardToken(String),
     /// The operation does not fit the authorization's state (void after capture, capture after
-    /// void, refund before capture): another call on the same payment is in flight.
+    /// void, refund before capture, authorize under a key closed by
+    /// [`PaymentGateway::void_by_key`]): another call on the same payment is in flight or came
+    /// first.
     #[error("conflicting gateway operation: {0}")]
     Conflict(String),
     /// The gateway failed or could not be reached: the outcome is unknown; retry with the same
@@ -97,6 +118,7 @@ pub trait PaymentGateway: fmt::Debug + Send + Sync + 'static {
     ///
     /// # Errors
     /// [`GatewayError::AuthorizationDeclined`], [`GatewayError::UnknownCardToken`],
+    /// [`GatewayError::Conflict`] when [`void_by_key`](Self::void_by_key) closed the key first,
     /// [`GatewayError::Fault`].
     async fn authorize(&self, request: &AuthorizeRequest)
     -> Result<GatewayReference, GatewayError>;
@@ -106,6 +128,21 @@ pub trait PaymentGateway: fmt::Debug + Send + Sync + 'static {
     /// # Errors
     /// [`GatewayError::Conflict`] when it was captured; [`GatewayError::Fault`].
     async fn void(&self, request: &OperationRequest) -> Result<GatewayReference, GatewayError>;
+
+    /// Releases whatever authorization was made under `request.authorization_key`, if any, and
+    /// closes that key: a later [`authorize`](Self::authorize) under it answers
+    /// [`GatewayError::Conflict`], so nothing can be authorized under it afterwards.
+    ///
+    /// Idempotent (a repeat gives the same answer). Returns `Ok(Some(void reference))` when an
+    /// authorization existed under the key (voided now, or earlier under the same void key), and
+    /// `Ok(None)` when nothing was authorized under it (never requested, or declined).
+    ///
+    /// # Errors
+    /// [`GatewayError::Conflict`] when the authorization was captured; [`GatewayError::Fault`].
+    async fn void_by_key(
+        &self,
+        request: &VoidByKeyRequest,
+    ) -> Result<Option<GatewayReference>, GatewayError>;
 
     /// Takes the authorized money (the saga's pivot).
     ///
@@ -204,8 +241,8 @@ pub enum AuthorizationState {
 /// An in-memory card processor for development and tests (see the module docs for the tokens).
 ///
 /// Its memory is the process's: after a restart it has forgotten earlier authorizations and
-/// decides void, capture and refund by the card token alone (approving them), which keeps
-/// sagas that were interrupted by a crash able to finish.
+/// decides void, capture and refund by the card token alone (approving them), and a void by key
+/// finds nothing authorized, which keeps sagas that were interrupted by a crash able to finish.
 #[derive(Debug, Clone)]
 pub struct SimulatedGateway {
     config: SimulatedGatewayConfig,
@@ -223,6 +260,7 @@ struct SimState {
 #[derive(Debug, Clone)]
 struct SimAuthorization {
     order_id: String,
+    token: CardToken,
     state: AuthorizationState,
 }
 
@@ -257,6 +295,17 @@ impl SimulatedGateway {
             .collect()
     }
 
+    /// The state of the authorization made under the authorization idempotency key
+    /// `authorization_key`, or `None` when nothing was authorized under it (never asked, declined,
+    /// or closed by [`PaymentGateway::void_by_key`] first), for tests and diagnostics.
+    pub fn authorization_under_key(&self, authorization_key: &str) -> Option<AuthorizationState> {
+        let state = self.lock();
+        match state.answers.get(authorization_key) {
+            Some(Ok(reference)) => state.authorizations.get(reference).map(|a| a.state),
+            Some(Err(_)) | None => None,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
         // A panic while holding the lock cannot leave the maps half-updated (each update is one
         // insert), so a poisoned lock is still consistent.
@@ -276,65 +325,112 @@ impl SimulatedGateway {
     ) -> Result<GatewayReference, GatewayError> {
         let token = CardToken::parse(&request.card_token)
             .ok_or_else(|| GatewayError::UnknownCardToken(request.card_token.clone()))?;
-        let mut state = self.lock();
-        if let Some(answer) = state.answers.get(&request.idempotency_key) {
-            return answer.clone();
-        }
-        let current = state
-            .authorizations
-            .get(&request.authorization)
-            .map(|a| a.state);
-        use AuthorizationState as S;
-        let (answer, next) = match (operation, current) {
-            (Operation::Void, Some(S::Captured | S::Refunded)) => (
-                Err(GatewayError::Conflict(
-                    "cannot void a captured authorization".into(),
-                )),
-                None,
-            ),
-            (Operation::Void, _) => (Ok(new_reference("void")), Some(S::Voided)),
-            (Operation::Capture, Some(S::Voided)) => (
-                Err(GatewayError::Conflict(
-                    "cannot capture a voided authorization".into(),
-                )),
-                None,
-            ),
-            (Operation::Capture, Some(S::Refunded)) => (
-                Err(GatewayError::Conflict(
-                    "cannot capture a refunded authorization".into(),
-                )),
-                None,
-            ),
-            (Operation::Capture, _) if token == CardToken::CaptureDecline => (
-                Err(GatewayError::CaptureDeclined(
-                    "the issuer declined the capture".into(),
-                )),
-                None,
-            ),
-            (Operation::Capture, _) => (Ok(new_reference("cap")), Some(S::Captured)),
-            (Operation::Refund, Some(S::Authorized | S::Voided)) => (
-                Err(GatewayError::Conflict(
-                    "cannot refund an authorization that was not captured".into(),
-                )),
-                None,
-            ),
-            (Operation::Refund, _) => (Ok(new_reference("ref")), Some(S::Refunded)),
-        };
-        if let Some(next) = next {
-            state
-                .authorizations
-                .entry(request.authorization.clone())
-                .and_modify(|a| a.state = next)
-                .or_insert_with(|| SimAuthorization {
-                    order_id: request.order_id.clone(),
-                    state: next,
-                });
-        }
-        state
-            .answers
-            .insert(request.idempotency_key.clone(), answer.clone());
-        answer
+        operate_locked(&mut self.lock(), operation, request, token)
     }
+
+    fn void_by_key_now(
+        &self,
+        request: &VoidByKeyRequest,
+    ) -> Result<Option<GatewayReference>, GatewayError> {
+        let mut state = self.lock();
+        let authorization = match state.answers.get(&request.authorization_key) {
+            Some(Ok(reference)) => reference.clone(),
+            // Declined, or already closed: nothing was authorized under the key.
+            Some(Err(_)) => return Ok(None),
+            None => {
+                // Close the key: the authorization it was meant for will not be made.
+                state.answers.insert(
+                    request.authorization_key.clone(),
+                    Err(GatewayError::Conflict(format!(
+                        "authorization key {:?} was voided before anything was authorized",
+                        request.authorization_key
+                    ))),
+                );
+                return Ok(None);
+            }
+        };
+        // The answer and the authorization are stored together; the fallback token is never used
+        // for a void (only captures read it).
+        let token = state
+            .authorizations
+            .get(&authorization)
+            .map_or(CardToken::Ok, |a| a.token);
+        let call = OperationRequest {
+            idempotency_key: request.idempotency_key.clone(),
+            authorization,
+            order_id: request.order_id.clone(),
+            amount: 0,
+            card_token: String::new(),
+        };
+        operate_locked(&mut state, Operation::Void, &call, token).map(Some)
+    }
+}
+
+/// One void, capture or refund with the state locked (`token` is the request's card token).
+fn operate_locked(
+    state: &mut SimState,
+    operation: Operation,
+    request: &OperationRequest,
+    token: CardToken,
+) -> Result<GatewayReference, GatewayError> {
+    if let Some(answer) = state.answers.get(&request.idempotency_key) {
+        return answer.clone();
+    }
+    let current = state
+        .authorizations
+        .get(&request.authorization)
+        .map(|a| a.state);
+    use AuthorizationState as S;
+    let (answer, next) = match (operation, current) {
+        (Operation::Void, Some(S::Captured | S::Refunded)) => (
+            Err(GatewayError::Conflict(
+                "cannot void a captured authorization".into(),
+            )),
+            None,
+        ),
+        (Operation::Void, _) => (Ok(new_reference("void")), Some(S::Voided)),
+        (Operation::Capture, Some(S::Voided)) => (
+            Err(GatewayError::Conflict(
+                "cannot capture a voided authorization".into(),
+            )),
+            None,
+        ),
+        (Operation::Capture, Some(S::Refunded)) => (
+            Err(GatewayError::Conflict(
+                "cannot capture a refunded authorization".into(),
+            )),
+            None,
+        ),
+        (Operation::Capture, _) if token == CardToken::CaptureDecline => (
+            Err(GatewayError::CaptureDeclined(
+                "the issuer declined the capture".into(),
+            )),
+            None,
+        ),
+        (Operation::Capture, _) => (Ok(new_reference("cap")), Some(S::Captured)),
+        (Operation::Refund, Some(S::Authorized | S::Voided)) => (
+            Err(GatewayError::Conflict(
+                "cannot refund an authorization that was not captured".into(),
+            )),
+            None,
+        ),
+        (Operation::Refund, _) => (Ok(new_reference("ref")), Some(S::Refunded)),
+    };
+    if let Some(next) = next {
+        state
+            .authorizations
+            .entry(request.authorization.clone())
+            .and_modify(|a| a.state = next)
+            .or_insert_with(|| SimAuthorization {
+                order_id: request.order_id.clone(),
+                token,
+                state: next,
+            });
+    }
+    state
+        .answers
+        .insert(request.idempotency_key.clone(), answer.clone());
+    answer
 }
 
 fn new_reference(kind: &str) -> GatewayReference {
@@ -367,6 +463,7 @@ impl PaymentGateway for SimulatedGateway {
                             reference.clone(),
                             SimAuthorization {
                                 order_id: request.order_id.clone(),
+                                token,
                                 state: AuthorizationState::Authorized,
                             },
                         );
@@ -388,6 +485,16 @@ impl PaymentGateway for SimulatedGateway {
     async fn void(&self, request: &OperationRequest) -> Result<GatewayReference, GatewayError> {
         self.latency().await;
         self.operate(Operation::Void, request)
+    }
+
+    /// Decides under the same lock as [`authorize`](Self::authorize), so a void by key and an
+    /// authorization under the same key are one before the other.
+    async fn void_by_key(
+        &self,
+        request: &VoidByKeyRequest,
+    ) -> Result<Option<GatewayReference>, GatewayError> {
+        self.latency().await;
+        self.void_by_key_now(request)
     }
 
     async fn capture(&self, request: &OperationRequest) -> Result<GatewayReference, GatewayError> {
@@ -509,6 +616,68 @@ mod tests {
                 .await,
             Err(GatewayError::CaptureDeclined(_))
         ));
+    }
+
+    fn void_by_key(key: &str, authorization_key: &str) -> VoidByKeyRequest {
+        VoidByKeyRequest {
+            idempotency_key: key.into(),
+            authorization_key: authorization_key.into(),
+            order_id: "o1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn void_by_key_releases_what_the_key_authorized() {
+        let gw = gateway();
+        let auth = gw.authorize(&authorize("a", "tok_ok")).await.unwrap();
+        assert_eq!(
+            gw.authorization_under_key("a"),
+            Some(AuthorizationState::Authorized)
+        );
+        let void = gw.void_by_key(&void_by_key("v", "a")).await.unwrap();
+        assert!(void.is_some());
+        assert_eq!(gw.authorizations_of("o1"), vec![AuthorizationState::Voided]);
+        assert_eq!(
+            gw.authorization_under_key("a"),
+            Some(AuthorizationState::Voided)
+        );
+        // Idempotent, and the same void as a `void` with the same key.
+        assert_eq!(gw.void_by_key(&void_by_key("v", "a")).await.unwrap(), void);
+        assert_eq!(gw.void(&operation("v", &auth, "tok_ok")).await.ok(), void);
+        // A repeat of the authorization replays it; it is not reopened.
+        assert_eq!(gw.authorize(&authorize("a", "tok_ok")).await, Ok(auth));
+        assert_eq!(gw.authorizations_of("o1"), vec![AuthorizationState::Voided]);
+    }
+
+    #[tokio::test]
+    async fn void_by_key_before_authorize_closes_the_key() {
+        let gw = gateway();
+        assert_eq!(gw.void_by_key(&void_by_key("v", "a")).await, Ok(None));
+        assert_eq!(gw.void_by_key(&void_by_key("v", "a")).await, Ok(None));
+        assert!(matches!(
+            gw.authorize(&authorize("a", "tok_ok")).await,
+            Err(GatewayError::Conflict(_))
+        ));
+        assert!(gw.authorizations_of("o1").is_empty());
+        assert_eq!(gw.authorization_under_key("a"), None);
+        // A declined key has nothing to void either.
+        assert!(gw.authorize(&authorize("d", "tok_decline")).await.is_err());
+        assert_eq!(gw.void_by_key(&void_by_key("v2", "d")).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn void_by_key_of_a_captured_authorization_conflicts() {
+        let gw = gateway();
+        let auth = gw.authorize(&authorize("a", "tok_ok")).await.unwrap();
+        gw.capture(&operation("c", &auth, "tok_ok")).await.unwrap();
+        assert!(matches!(
+            gw.void_by_key(&void_by_key("v", "a")).await,
+            Err(GatewayError::Conflict(_))
+        ));
+        assert_eq!(
+            gw.authorizations_of("o1"),
+            vec![AuthorizationState::Captured]
+        );
     }
 
     #[tokio::test(start_paused = true)]

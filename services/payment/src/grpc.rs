@@ -6,18 +6,21 @@ use std::{collections::HashMap, future::Future, sync::Arc};
 use sagaflow_proto::payment::v1::{
     self as pb, payment_service_server::PaymentService as PaymentServiceApi,
 };
-use sagaflow_server::{Db, ServiceError, error::error_reason, idempotency, validate::Validator};
+use sagaflow_server::{Db, ServiceError, idempotency, validate::Validator};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
     PaymentService,
     domain::{
-        CancelDecision, CompleteDecision, Payment, PaymentRecord, PaymentStatus, RefundDecision,
-        Rejection, StartDecision, decide_cancel, decide_complete, decide_refund, decide_start,
-        gateway_key, reason,
+        CancelDecision, CompleteDecision, IntentStatus, Payment, PaymentRecord, PaymentStatus,
+        RefundDecision, Rejection, StartDecision, TombstoneIntent, decide_cancel, decide_complete,
+        decide_refund, decide_start, decide_tombstone_intent, gateway_key,
     },
-    gateway::{AuthorizeRequest, GatewayError, GatewayReference, OperationRequest, PaymentGateway},
+    gateway::{
+        AuthorizeRequest, GatewayError, GatewayReference, OperationRequest, PaymentGateway,
+        VoidByKeyRequest,
+    },
     store::{self, Transition},
 };
 
@@ -133,10 +136,13 @@ fn canonical(order_id: Option<uuid::Uuid>) -> String {
 /// What the gateway said to an authorization, carried into the recording transaction.
 #[derive(Debug)]
 enum Authorization {
-    /// The decision needed no gateway call.
+    /// No gateway call: the decision needed none, or the order's intent was settled meanwhile
+    /// (recorded by a racing StartPayment, or released by a CancelPayment).
     NotCalled,
     Approved(GatewayReference),
     Declined,
+    /// The gateway refused the key: a CancelPayment voided it by key first.
+    KeyClosed,
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "info"))]
@@ -152,35 +158,10 @@ async fn start(
     }
     let stored = store::find(db.pool(), &order_id).await?;
     let authorization = match decide_start(stored.as_ref(), req.amount, &req.payment_method) {
-        StartDecision::Authorize => {
-            let call = AuthorizeRequest {
-                idempotency_key: gateway_key(&order_id, "authorize"),
-                order_id: order_id.clone(),
-                amount: req.amount,
-                card_token: req.payment_method.clone(),
-            };
-            match gateway.authorize(&call).await {
-                Ok(reference) => Authorization::Approved(reference),
-                Err(GatewayError::AuthorizationDeclined(message)) => {
-                    tracing::info!(%message, "authorization declined");
-                    Authorization::Declined
-                }
-                Err(GatewayError::UnknownCardToken(token)) => {
-                    return Err(ServiceError::invalid(
-                        "payment_method",
-                        format!("unknown card token {token:?}"),
-                    )
-                    .into());
-                }
-                Err(other) => return Err(gateway_failure(other).into()),
-            }
-        }
+        StartDecision::Authorize => authorize(&db, gateway.as_ref(), &req, &order_id).await?,
         StartDecision::Existing(_) | StartDecision::Reject(_) => Authorization::NotCalled,
     };
-    let late_authorization = match &authorization {
-        Authorization::Approved(reference) => Some(reference.clone()),
-        Authorization::NotCalled | Authorization::Declined => None,
-    };
+    let approved = matches!(authorization, Authorization::Approved(_));
     let (amount, method, id) = (req.amount, req.payment_method.clone(), order_id.clone());
     let result = idempotency::execute(&db, START, &key, &req, move |conn| {
         Box::pin(async move {
@@ -192,14 +173,17 @@ async fn start(
                 (StartDecision::Reject(rejection), _) => return Err(rejected(&id, rejection)),
                 (StartDecision::Existing(p), _) => p,
                 (StartDecision::Authorize, Authorization::Approved(reference)) => {
-                    store::insert_started(conn, &id, amount, &method, &reference)
+                    let payment = store::insert_started(conn, &id, amount, &method, &reference)
                         .await?
-                        .ok_or_else(|| changed_meanwhile(&id))?
+                        .ok_or_else(|| changed_meanwhile(&id))?;
+                    // From now on the payment row owns the authorization.
+                    store::settle_intent(conn, &id, IntentStatus::Recorded, None).await?;
+                    payment
                 }
                 (StartDecision::Authorize, Authorization::Declined) => {
                     return Err(rejected(&id, Rejection::Declined));
                 }
-                (StartDecision::Authorize, Authorization::NotCalled) => {
+                (StartDecision::Authorize, Authorization::NotCalled | Authorization::KeyClosed) => {
                     return Err(changed_meanwhile(&id));
                 }
             };
@@ -209,39 +193,166 @@ async fn start(
         })
     })
     .await;
-    if let (Err(status), Some(reference)) = (&result, late_authorization)
-        && error_reason(status).as_deref() == Some(reason::COMPENSATED_BEFORE_ACTION)
-    {
-        // CancelPayment came while the gateway was authorizing: the authorization is not
-        // attached to any payment (the tombstone holds the order's row), so release it.
-        void_late_authorization(gateway.as_ref(), &order_id, &req, reference).await;
+    if result.is_err() {
+        // No payment was recorded (COMPENSATED_BEFORE_ACTION, a tombstone committed while the
+        // insert waited, or a failed recording): if the order is tombstoned, whatever the
+        // gateway authorized under the order's key belongs to no payment.
+        release_if_tombstoned(&db, gateway.as_ref(), &order_id, approved).await;
     }
     result
 }
 
-/// Voids an authorization that a tombstone made late. A failure is only logged: the payment
-/// record is already final, and an authorization that is never captured expires at the gateway.
-// TODO-robustness: a crash between the record and this void leaves the authorization to expire;
-// a sweeper could void authorizations of tombstoned orders.
-async fn void_late_authorization(
+/// Commits the order's authorization intent, then asks the gateway to authorize (unless the
+/// intent says the order was recorded or released meanwhile).
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming `payment_method` for a card token the gateway does not know;
+/// `UNAVAILABLE` when the database or the gateway fails (retry with the same key).
+async fn authorize(
+    db: &Db,
     gateway: &dyn PaymentGateway,
-    order_id: &str,
     req: &pb::StartPaymentRequest,
-    authorization: GatewayReference,
-) {
-    let call = OperationRequest {
-        idempotency_key: gateway_key(order_id, "void"),
-        authorization,
+    order_id: &str,
+) -> Result<Authorization, Status> {
+    let call = AuthorizeRequest {
+        idempotency_key: gateway_key(order_id, "authorize"),
         order_id: order_id.to_owned(),
         amount: req.amount,
         card_token: req.payment_method.clone(),
     };
-    match gateway.void(&call).await {
-        Ok(reference) => tracing::info!(%reference, "late authorization voided"),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot void a late authorization; it will expire")
-        }
+    // Durable before the gateway is called: whatever happens to the recording (or the process)
+    // afterwards, a CancelPayment finds the intent and voids the authorization by key.
+    let intent = store::open_intent(
+        db,
+        order_id,
+        &call.idempotency_key,
+        req.amount,
+        &req.payment_method,
+    )
+    .await?;
+    if !intent.status.allows_authorize() {
+        return Ok(Authorization::NotCalled);
     }
+    match gateway.authorize(&call).await {
+        Ok(reference) => Ok(Authorization::Approved(reference)),
+        Err(GatewayError::AuthorizationDeclined(message)) => {
+            tracing::info!(%message, "authorization declined");
+            // Nothing is or can be authorized under the key. If this fails the intent stays
+            // AUTHORIZING, which is safe: a void by key finds nothing.
+            if let Err(err) =
+                store::settle_intent_now(db, order_id, IntentStatus::Declined, None).await
+            {
+                tracing::warn!(error = %err, "cannot mark the declined intent");
+            }
+            Ok(Authorization::Declined)
+        }
+        Err(GatewayError::UnknownCardToken(token)) => {
+            // The gateway did nothing: an invalid request leaves no intent behind.
+            if let Err(err) =
+                store::forget_intent(db, order_id, req.amount, &req.payment_method).await
+            {
+                tracing::warn!(error = %err, "cannot delete the intent of an unknown card token");
+            }
+            Err(
+                ServiceError::invalid("payment_method", format!("unknown card token {token:?}"))
+                    .into(),
+            )
+        }
+        Err(GatewayError::Conflict(message)) => {
+            tracing::info!(%message, "authorization key closed by a CancelPayment");
+            Ok(Authorization::KeyClosed)
+        }
+        Err(other) => Err(gateway_failure(other).into()),
+    }
+}
+
+/// After a StartPayment that recorded no payment: when the order has a tombstone, voids at the
+/// gateway, by key, whatever was authorized under the order's authorization key (when the
+/// intent is still open, or `approved` says this StartPayment got an authorization), and settles
+/// the intent VOIDED.
+///
+/// A failure is only logged: the intent stays AUTHORIZING, and the order's next CancelPayment or
+/// StartPayment voids it.
+async fn release_if_tombstoned(
+    db: &Db,
+    gateway: &dyn PaymentGateway,
+    order_id: &str,
+    approved: bool,
+) {
+    let released = async {
+        let Some(PaymentRecord::Tombstone { .. }) = store::find(db.pool(), order_id).await? else {
+            return Ok(None);
+        };
+        let open = store::find_intent(db.pool(), order_id)
+            .await?
+            .is_some_and(|intent| intent.status.may_hold_open_authorization());
+        if !(open || approved) {
+            return Ok(None);
+        }
+        let void_ref = void_by_key(gateway, order_id)
+            .await
+            .map_err(gateway_failure)?;
+        store::settle_intent_now(db, order_id, IntentStatus::Voided, void_ref.as_deref()).await?;
+        Ok::<_, ServiceError>(Some(void_ref))
+    }
+    .await;
+    match released {
+        Ok(Some(Some(reference))) => tracing::info!(%reference, "late authorization voided"),
+        Ok(Some(None)) => tracing::info!("nothing was authorized under the tombstoned order's key"),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(
+            error = %err,
+            "cannot void a late authorization now; the order's next CancelPayment or \
+             StartPayment voids it"
+        ),
+    }
+}
+
+/// Voids at the gateway whatever was authorized under the order's authorization key, and closes
+/// the key. `Ok(None)` when nothing was authorized under it.
+async fn void_by_key(
+    gateway: &dyn PaymentGateway,
+    order_id: &str,
+) -> Result<Option<GatewayReference>, GatewayError> {
+    gateway
+        .void_by_key(&VoidByKeyRequest {
+            idempotency_key: gateway_key(order_id, "void"),
+            authorization_key: gateway_key(order_id, "authorize"),
+            order_id: order_id.to_owned(),
+        })
+        .await
+}
+
+/// In CancelPayment's tombstone transaction: makes sure no authorization can be open under the
+/// order's key once the tombstone commits (see [`decide_tombstone_intent`]). `released` holds
+/// the void by key this CancelPayment made before the transaction, if it made one.
+///
+/// # Errors
+/// `UNAVAILABLE` when a StartPayment committed an intent meanwhile (the retry voids it), or the
+/// database fails.
+async fn settle_for_tombstone(
+    conn: &mut sqlx::AnyConnection,
+    order_id: &str,
+    released: Option<&Option<GatewayReference>>,
+) -> Result<(), ServiceError> {
+    let intent = store::find_intent(&mut *conn, order_id).await?;
+    match decide_tombstone_intent(intent.map(|i| i.status), released.is_some()) {
+        TombstoneIntent::Claim => {
+            let key = gateway_key(order_id, "authorize");
+            if !store::claim_intent(conn, order_id, &key).await? {
+                return Err(changed_meanwhile(order_id));
+            }
+        }
+        TombstoneIntent::SettleVoided => {
+            let void_ref = released.and_then(Option::as_deref);
+            if !store::settle_intent(conn, order_id, IntentStatus::Voided, void_ref).await? {
+                return Err(changed_meanwhile(order_id));
+            }
+        }
+        TombstoneIntent::Keep => {}
+        TombstoneIntent::ChangedMeanwhile => return Err(changed_meanwhile(order_id)),
+    }
+    Ok(())
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "info"))]
@@ -256,14 +367,35 @@ async fn cancel(
         return Ok(stored);
     }
     let stored = store::find(db.pool(), &order_id).await?;
-    let voided = match decide_cancel(stored.as_ref()) {
-        CancelDecision::Void(payment) => Some(
-            gateway
-                .void(&operation(&payment, "void"))
-                .await
-                .map_err(gateway_failure)?,
+    let (voided, released) = match decide_cancel(stored.as_ref()) {
+        CancelDecision::Void(payment) => (
+            Some(
+                gateway
+                    .void(&operation(&payment, "void"))
+                    .await
+                    .map_err(gateway_failure)?,
+            ),
+            None,
         ),
-        _ => None,
+        // No payment owns the order's authorization key, but a StartPayment may have asked the
+        // gateway under it (its intent is open: in flight, or its recording failed or crashed):
+        // void by key before the tombstone is recorded.
+        CancelDecision::RecordTombstone | CancelDecision::AlreadyTombstoned => {
+            let open = store::find_intent(db.pool(), &order_id)
+                .await?
+                .is_some_and(|intent| intent.status.may_hold_open_authorization());
+            let released = if open {
+                Some(
+                    void_by_key(gateway.as_ref(), &order_id)
+                        .await
+                        .map_err(gateway_failure)?,
+                )
+            } else {
+                None
+            };
+            (None, released)
+        }
+        CancelDecision::Done(_) | CancelDecision::Reject(_) => (None, None),
     };
     let id = order_id.clone();
     idempotency::execute(&db, CANCEL, &key, &req, move |conn| {
@@ -274,9 +406,13 @@ async fn cancel(
                     if !store::insert_tombstone(conn, &id).await? {
                         return Err(changed_meanwhile(&id));
                     }
+                    settle_for_tombstone(conn, &id, released.as_ref()).await?;
                     None
                 }
-                CancelDecision::AlreadyTombstoned => None,
+                CancelDecision::AlreadyTombstoned => {
+                    settle_for_tombstone(conn, &id, released.as_ref()).await?;
+                    None
+                }
                 CancelDecision::Done(p) => Some(p),
                 CancelDecision::Void(p) => {
                     let reference = voided.ok_or_else(|| changed_meanwhile(&id))?;

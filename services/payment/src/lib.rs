@@ -17,11 +17,21 @@
 //! ```
 //!
 //! Step 3 decides again because the row may have changed during step 2: in particular a
-//! CancelPayment may have left a tombstone while StartPayment's authorization was in flight; the
-//! late authorization is then voided and StartPayment answers `COMPENSATED_BEFORE_ACTION`
-//! (DESIGN §6). The three parts run on their own task, so a caller that gives up (its deadline
-//! passes) does not cut them in two: the outcome is still recorded, and a retry with the same
-//! idempotency key gets it.
+//! CancelPayment may have left a tombstone while StartPayment's authorization was in flight
+//! (DESIGN §6); StartPayment then answers `COMPENSATED_BEFORE_ACTION`. The three parts run on
+//! their own task, so a caller that gives up (its deadline passes) does not cut them in two: the
+//! outcome is still recorded, and a retry with the same idempotency key gets it.
+//!
+//! An authorization must never stay open at the gateway without a payment to void it, even when
+//! step 3 fails or the process dies between steps 2 and 3. So StartPayment first commits an
+//! authorization intent (`payment_intents`: the gateway key, amount and card token; see
+//! [`domain::IntentStatus`]) in a transaction of its own, then calls the gateway; step 3 marks
+//! the intent RECORDED with the STARTED payment. CancelPayment, when it finds no payment but an
+//! open intent, voids by key at the gateway ([`PaymentGateway::void_by_key`]: whatever was
+//! authorized under the key, and nothing can be afterwards) before it records its tombstone, and
+//! its tombstone transaction settles the intent (or claims the order with a VOIDED intent when no
+//! StartPayment came yet, so a later one never calls the gateway). A StartPayment whose recording
+//! finds the tombstone voids by key too.
 //!
 //! ```no_run
 //! # async fn run(db: sagaflow_server::Db) {
@@ -47,7 +57,7 @@ mod store;
 
 pub use gateway::{
     AuthorizationState, AuthorizeRequest, CardToken, GatewayArgs, GatewayError, GatewayReference,
-    OperationRequest, PaymentGateway, SimulatedGateway, SimulatedGatewayConfig,
+    OperationRequest, PaymentGateway, SimulatedGateway, SimulatedGatewayConfig, VoidByKeyRequest,
 };
 
 /// The fully-qualified gRPC service name (for health and reflection).

@@ -1,16 +1,21 @@
-//! The payments table (sqlx `Any`, one SQL text for PostgreSQL and SQLite; `sagaflow_server::db`).
+//! The payments and payment_intents tables (sqlx `Any`, one SQL text for PostgreSQL and SQLite;
+//! `sagaflow_server::db`).
 //!
 //! Writes take the connection of an [`sagaflow_server::idempotency::execute`] effect, so that each
 //! change commits with its idempotency key (STYLE rule 24). Status changes are conditional
 //! (`WHERE status = 'STARTED'`): a write that finds the row changed by a concurrent command
 //! affects no row, and the caller answers `UNAVAILABLE` so that the command is retried and decided
 //! again.
+//!
+//! The intent writes StartPayment makes around its gateway call ([`open_intent`],
+//! [`settle_intent_now`], [`forget_intent`]) commit on their own, outside any idempotency key:
+//! the intent must be durable before the gateway is called, whatever happens to the recording.
 
-use sagaflow_server::{ServiceError, db::now_ms};
+use sagaflow_server::{Db, ServiceError, db::now_ms};
 use sqlx::{Any, AnyConnection, Executor};
 use uuid::Uuid;
 
-use crate::domain::{Payment, PaymentRecord, PaymentStatus};
+use crate::domain::{Intent, IntentStatus, Payment, PaymentRecord, PaymentStatus};
 
 #[derive(Debug, sqlx::FromRow)]
 struct PaymentRow {
@@ -190,4 +195,189 @@ pub(crate) async fn transition(
         status: to,
         ..payment.clone()
     }))
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct IntentRow {
+    order_id: String,
+    gateway_key: String,
+    amount: Option<i64>,
+    payment_method: Option<String>,
+    status: String,
+    void_ref: Option<String>,
+}
+
+impl IntentRow {
+    fn into_intent(self) -> Result<Intent, ServiceError> {
+        let status = IntentStatus::parse(&self.status).ok_or_else(|| {
+            ServiceError::Internal(anyhow::anyhow!(
+                "payment intent of order {} has unknown status {:?}",
+                self.order_id,
+                self.status
+            ))
+        })?;
+        Ok(Intent {
+            order_id: self.order_id,
+            gateway_key: self.gateway_key,
+            amount: self.amount,
+            payment_method: self.payment_method,
+            status,
+            void_ref: self.void_ref,
+        })
+    }
+}
+
+/// The authorization intent of `order_id`, if any.
+///
+/// # Errors
+/// `UNAVAILABLE` / `INTERNAL` when the database fails.
+pub(crate) async fn find_intent<'e, E>(
+    executor: E,
+    order_id: &str,
+) -> Result<Option<Intent>, ServiceError>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let row: Option<IntentRow> = sqlx::query_as(
+        "SELECT order_id, gateway_key, amount, payment_method, status, void_ref \
+         FROM payment_intents WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(executor)
+    .await?;
+    row.map(IntentRow::into_intent).transpose()
+}
+
+/// Commits, in a transaction of its own, an AUTHORIZING intent to authorize `amount` (KRW won)
+/// with `payment_method` under the gateway key `gateway_key`, unless the order has an intent
+/// already; returns the order's intent as stored after that (ours, or the earlier one: a racing
+/// StartPayment's, a settled one, or the VOIDED claim of a CancelPayment that came first).
+///
+/// # Errors
+/// `UNAVAILABLE` / `INTERNAL` when the database fails (then the gateway must not be called).
+pub(crate) async fn open_intent(
+    db: &Db,
+    order_id: &str,
+    gateway_key: &str,
+    amount: i64,
+    payment_method: &str,
+) -> Result<Intent, ServiceError> {
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO payment_intents (order_id, gateway_key, amount, payment_method, status, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, 'AUTHORIZING', $5, $6) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(gateway_key)
+    .bind(amount)
+    .bind(payment_method)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let intent = find_intent(&mut *tx, order_id).await?.ok_or_else(|| {
+        ServiceError::Internal(anyhow::anyhow!(
+            "the payment intent of order {order_id} is missing right after its insert"
+        ))
+    })?;
+    tx.commit().await?;
+    Ok(intent)
+}
+
+/// Moves the AUTHORIZING intent of `order_id` to `to` (with the gateway's void reference for
+/// VOIDED, if something was voided). Returns false when there is no open intent (settled
+/// already, or none).
+///
+/// # Errors
+/// `UNAVAILABLE` / `INTERNAL` when the database fails.
+pub(crate) async fn settle_intent(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    to: IntentStatus,
+    void_ref: Option<&str>,
+) -> Result<bool, ServiceError> {
+    let updated = sqlx::query(
+        "UPDATE payment_intents SET status = $1, void_ref = $2, updated_at = $3 \
+         WHERE order_id = $4 AND status = 'AUTHORIZING'",
+    )
+    .bind(to.as_str())
+    .bind(void_ref)
+    .bind(now_ms())
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// [`settle_intent`] in a transaction of its own.
+///
+/// # Errors
+/// `UNAVAILABLE` / `INTERNAL` when the database fails.
+pub(crate) async fn settle_intent_now(
+    db: &Db,
+    order_id: &str,
+    to: IntentStatus,
+    void_ref: Option<&str>,
+) -> Result<bool, ServiceError> {
+    let mut tx = db.begin().await?;
+    let settled = settle_intent(&mut tx, order_id, to, void_ref).await?;
+    tx.commit().await?;
+    Ok(settled)
+}
+
+/// Stores the VOIDED intent, without amount, of an order that has none: the claim of a
+/// CancelPayment that came before any StartPayment. Returns false when the order got an intent
+/// meanwhile (a StartPayment committed one).
+///
+/// # Errors
+/// `UNAVAILABLE` / `INTERNAL` when the database fails.
+pub(crate) async fn claim_intent(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    gateway_key: &str,
+) -> Result<bool, ServiceError> {
+    let now = now_ms();
+    let inserted = sqlx::query(
+        "INSERT INTO payment_intents (order_id, gateway_key, status, created_at, updated_at) \
+         VALUES ($1, $2, 'VOIDED', $3, $4) ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(gateway_key)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Deletes, in a transaction of its own, the AUTHORIZING intent of `order_id` with these terms
+/// (`amount` in KRW won), after the gateway refused the request without authorizing anything
+/// (an unknown card token): an invalid request leaves nothing behind. Returns whether it was
+/// deleted.
+///
+/// # Errors
+/// `UNAVAILABLE` / `INTERNAL` when the database fails.
+pub(crate) async fn forget_intent(
+    db: &Db,
+    order_id: &str,
+    amount: i64,
+    payment_method: &str,
+) -> Result<bool, ServiceError> {
+    let mut tx = db.begin().await?;
+    let deleted = sqlx::query(
+        "DELETE FROM payment_intents WHERE order_id = $1 AND status = 'AUTHORIZING' \
+         AND amount = $2 AND payment_method = $3",
+    )
+    .bind(order_id)
+    .bind(amount)
+    .bind(payment_method)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(deleted == 1)
 }

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sagaflow_payment::{PaymentService, SimulatedGateway, SimulatedGatewayConfig};
+use sagaflow_payment::{PaymentGateway, PaymentService, SimulatedGateway, SimulatedGatewayConfig};
 use sagaflow_proto::payment::v1::{
     CancelPaymentRequest, CompletePaymentRequest, GetPaymentRequest, RefundPaymentRequest,
     StartPaymentRequest, payment_service_client::PaymentServiceClient,
@@ -29,13 +29,33 @@ pub(crate) async fn start_with(
     name: &str,
     config: SimulatedGatewayConfig,
 ) -> TestPayment {
-    let tdb = TestDatabase::new(kind, name);
     let gateway = Arc::new(SimulatedGateway::new(config));
+    serve(TestDatabase::new(kind, name), gateway, |_, g| g).await
+}
+
+/// A service whose gateway is `wrap(db, simulated)`: a test gateway in front of the simulated
+/// one (which the test still inspects through [`TestPayment::gateway`]). `db` is the service's
+/// own pool.
+pub(crate) async fn start_wrapped(
+    kind: Kind,
+    name: &str,
+    wrap: impl FnOnce(Db, Arc<SimulatedGateway>) -> Arc<dyn PaymentGateway>,
+) -> TestPayment {
+    let gateway = Arc::new(SimulatedGateway::new(SimulatedGatewayConfig::default()));
+    serve(TestDatabase::new(kind, name), gateway, wrap).await
+}
+
+async fn serve(
+    tdb: TestDatabase,
+    gateway: Arc<SimulatedGateway>,
+    wrap: impl FnOnce(Db, Arc<SimulatedGateway>) -> Arc<dyn PaymentGateway>,
+) -> TestPayment {
+    let simulated = Arc::clone(&gateway);
     let (db, server) = sagaflow_server::grpc::spawn_service(
         &tdb.url,
         sagaflow_payment::migrations(),
         sagaflow_payment::SERVICE_NAME,
-        |db, routes| PaymentService::new(db, gateway.clone()).register(routes),
+        |db, routes| PaymentService::new(db.clone(), wrap(db, simulated)).register(routes),
     )
     .await
     .expect("start the service on its test database");
@@ -53,6 +73,34 @@ impl TestPayment {
     pub(crate) async fn stop(self) {
         self.server.shutdown().await.unwrap();
         self.db.close().await;
+    }
+
+    /// Stops the server and its pool and starts a new one over the same database, with the same
+    /// simulated gateway (an outside party: it remembers) unwrapped: the service's restart.
+    pub(crate) async fn restart(self) -> TestPayment {
+        let TestPayment {
+            _tdb,
+            db,
+            gateway,
+            server,
+            ..
+        } = self;
+        server.shutdown().await.unwrap();
+        db.close().await;
+        serve(_tdb, gateway, |_, g| g).await
+    }
+
+    /// The authorization intent of `order_id` as (order_id, gateway_key, amount, method, status,
+    /// void_ref), if any.
+    pub(crate) async fn intent(&self, order_id: &str) -> Option<IntentRow> {
+        sqlx::query_as(
+            "SELECT order_id, gateway_key, amount, payment_method, status, void_ref \
+             FROM payment_intents WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(self.db.pool())
+        .await
+        .unwrap()
     }
 
     /// Every payments row as (order_id, amount, method, status, authorization_ref), ordered.
@@ -87,6 +135,15 @@ impl TestPayment {
 }
 
 pub(crate) type PaymentRow = (String, Option<i64>, Option<String>, String, Option<String>);
+
+pub(crate) type IntentRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<String>,
+    String,
+    Option<String>,
+);
 
 pub(crate) fn order_id() -> String {
     uuid::Uuid::new_v4().to_string()

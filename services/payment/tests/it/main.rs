@@ -7,6 +7,7 @@
 mod commands;
 mod grpcurl;
 mod harness;
+mod intents;
 mod migrations;
 mod slow_gateway;
 mod validation;

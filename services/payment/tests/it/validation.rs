@@ -125,6 +125,11 @@ async fn invalid_inputs_write_nothing(kind: Kind) {
     assert_eq!(t.rows().await, rows, "no payment row changed");
     assert_eq!(t.key_rows().await, keys, "no idempotency key stored");
     assert!(t.gateway.authorizations_of(&order).is_empty());
+    assert_eq!(
+        t.intent(&order).await,
+        None,
+        "no authorization intent is left (the unknown card token's is deleted)"
+    );
     t.stop().await;
 }
 
