@@ -1,6 +1,6 @@
 //! The admin API `sagaflow.workflow.v1.SagaAdminService` (DESIGN §3, §5) over an [`Engine`]:
 //! GetSaga (state row, per-step view, journal), ListSagas (filters, pagination), RetrySaga,
-//! CancelSaga. Errors go through `sagaflow_server::ServiceError`:
+//! CancelSaga, ResolveStep. Errors go through `sagaflow_server::ServiceError`:
 //!
 //! | case                                   | code                | ErrorInfo reason             |
 //! |----------------------------------------|---------------------|------------------------------|
@@ -9,6 +9,8 @@
 //! | RetrySaga of a saga not parked         | FAILED_PRECONDITION | `SAGA_NOT_NEEDS_ATTENTION`   |
 //! | CancelSaga at or after the pivot       | FAILED_PRECONDITION | `SAGA_PAST_PIVOT`            |
 //! | CancelSaga of a finished saga          | FAILED_PRECONDITION | `SAGA_FINISHED`              |
+//! | ResolveStep of a saga not parked       | FAILED_PRECONDITION | `SAGA_NOT_NEEDS_ATTENTION`   |
+//! | ResolveStep NOT_APPLIED where it can't | FAILED_PRECONDITION | `RESOLUTION_NOT_APPLICABLE`  |
 //! | database unavailable                   | UNAVAILABLE         | —                            |
 //!
 //! Serve it with `sagaflow_server::grpc::serve` and
@@ -39,6 +41,9 @@ pub const REASON_NOT_NEEDS_ATTENTION: &str = "SAGA_NOT_NEEDS_ATTENTION";
 pub const REASON_PAST_PIVOT: &str = "SAGA_PAST_PIVOT";
 /// `FAILED_PRECONDITION` reason of CancelSaga on a finished saga.
 pub const REASON_FINISHED: &str = "SAGA_FINISHED";
+/// `FAILED_PRECONDITION` reason of ResolveStep with NOT_APPLIED past the pivot or on a
+/// compensation or finalizer.
+pub const REASON_NOT_APPLICABLE: &str = "RESOLUTION_NOT_APPLICABLE";
 
 /// The SagaAdminService implementation.
 #[derive(Debug, Clone)]
@@ -79,6 +84,9 @@ fn engine_error(err: EngineError, id: SagaId) -> ServiceError {
         ),
         EngineError::Refused(Refusal::Finished) => {
             ServiceError::precondition(REASON_FINISHED, format!("saga {id} has finished"))
+        }
+        EngineError::Refused(refusal @ Refusal::NotApplicable) => {
+            ServiceError::precondition(REASON_NOT_APPLICABLE, format!("saga {id}: {refusal}"))
         }
         EngineError::Store(err) => store_error(err),
         EngineError::ShuttingDown => {
@@ -311,6 +319,47 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
             .await
             .map_err(|e| engine_error(e, id))?;
         Ok(Response::new(pb::RetrySagaResponse {
+            saga: Some(saga_to_pb(&state)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err(level = "info"))]
+    async fn resolve_step(
+        &self,
+        request: Request<pb::ResolveStepRequest>,
+    ) -> Result<Response<pb::ResolveStepResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Validator::new();
+        let id = v.uuid("saga_id", &req.saga_id);
+        let resolution = match pb::Resolution::try_from(req.resolution) {
+            Ok(pb::Resolution::Applied) => Some(journal::Resolution::Applied),
+            Ok(pb::Resolution::NotApplied) => Some(journal::Resolution::NotApplied),
+            Ok(pb::Resolution::Unspecified) | Err(_) => {
+                v.add(
+                    "resolution",
+                    "must be RESOLUTION_APPLIED or RESOLUTION_NOT_APPLIED",
+                );
+                None
+            }
+        };
+        v.required("operator", &req.operator);
+        v.max_len("operator", &req.operator);
+        v.required("reason", &req.reason);
+        v.check(
+            req.reason.chars().count() <= 1_000,
+            "reason",
+            "must be at most 1000 characters",
+        );
+        v.finish()?;
+        let (Some(id), Some(resolution)) = (id.map(SagaId), resolution) else {
+            return Err(ServiceError::invalid("saga_id", "must be a UUID").into());
+        };
+        let state = self
+            .engine
+            .resolve(id, resolution, &req.operator, &req.reason)
+            .await
+            .map_err(|e| engine_error(e, id))?;
+        Ok(Response::new(pb::ResolveStepResponse {
             saga: Some(saga_to_pb(&state)),
         }))
     }

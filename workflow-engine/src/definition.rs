@@ -184,6 +184,21 @@ pub fn classify_code(code: Code) -> Classification {
     }
 }
 
+/// The ErrorInfo reason of `ALREADY_EXISTS` when an idempotency key was used with another
+/// request: proof that an earlier request under the key was applied.
+pub const REASON_IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+
+/// Whether a code proves that the request never reached the service's handler: UNIMPLEMENTED
+/// (no such method behind this address, e.g. a proxy during a redeploy), UNAUTHENTICATED and
+/// PERMISSION_DENIED (refused by an authentication layer before the handler). Our services
+/// never answer these from a handler (docs/architecture.md, "Attempts in doubt").
+pub fn proves_not_delivered(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unimplemented | Code::Unauthenticated | Code::PermissionDenied
+    )
+}
+
 /// Classifies a gRPC status by its code ([`classify_code`]).
 pub fn classify(status: &Status) -> Classification {
     classify_code(status.code())
@@ -226,6 +241,12 @@ pub struct StepError {
     pub reason: Option<String>,
     /// Whether the failure is transient (retried) rather than a business failure.
     pub retryable: bool,
+    /// The request provably never reached the service's handler (UNIMPLEMENTED,
+    /// UNAUTHENTICATED, PERMISSION_DENIED from a proxy or an auth layer, a refused connection):
+    /// this attempt had no effect, but it also says nothing about earlier attempts
+    /// (docs/architecture.md, "Attempts in doubt").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_delivered: bool,
 }
 
 impl StepError {
@@ -237,17 +258,50 @@ impl StepError {
             message: message.into(),
             reason: Some(reason.into()),
             retryable: false,
+            not_delivered: false,
         }
     }
 
-    /// A transient failure with gRPC code UNAVAILABLE.
+    /// A transient failure with gRPC code UNAVAILABLE whose effect is in doubt.
     pub fn transient(message: impl Into<String>) -> Self {
         Self {
             code: code_name(Code::Unavailable).to_owned(),
             message: message.into(),
             reason: None,
             retryable: true,
+            not_delivered: false,
         }
+    }
+
+    /// A transient UNAVAILABLE that provably never reached the service (a refused connection):
+    /// retried, but not in doubt.
+    pub fn not_delivered(message: impl Into<String>) -> Self {
+        Self {
+            not_delivered: true,
+            ..Self::transient(message)
+        }
+    }
+
+    /// A panic or other internal fault of the caller's own code: transient INTERNAL, in doubt.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            code: code_name(Code::Internal).to_owned(),
+            ..Self::transient(message)
+        }
+    }
+
+    /// Whether this attempt may have had its effect although it failed: a transient failure
+    /// that may have reached the handler (a timeout, a lost reply), or `ALREADY_EXISTS`
+    /// [`REASON_IDEMPOTENCY_KEY_REUSED`], which proves an earlier request under the same key was
+    /// applied (docs/architecture.md, "Attempts in doubt").
+    pub fn in_doubt(&self) -> bool {
+        (self.retryable && !self.not_delivered) || self.is_key_reuse()
+    }
+
+    /// `ALREADY_EXISTS` with reason [`REASON_IDEMPOTENCY_KEY_REUSED`].
+    pub fn is_key_reuse(&self) -> bool {
+        self.code == code_name(Code::AlreadyExists)
+            && self.reason.as_deref() == Some(REASON_IDEMPOTENCY_KEY_REUSED)
     }
 
     /// The transient DEADLINE_EXCEEDED of an attempt that outlived its per-attempt timeout.
@@ -257,16 +311,19 @@ impl StepError {
             message: format!("no reply within the attempt's timeout of {timeout_ms} ms"),
             reason: None,
             retryable: true,
+            not_delivered: false,
         }
     }
 
-    /// Classifies a gRPC status ([`classify`]) and keeps its ErrorInfo reason.
+    /// Classifies a gRPC status ([`classify`]), keeps its ErrorInfo reason and marks the codes
+    /// that prove the request never reached a handler ([`proves_not_delivered`]).
     pub fn from_status(status: &Status) -> Self {
         Self {
             code: code_name(status.code()).to_owned(),
             message: status.message().to_owned(),
             reason: sagaflow_server::error::error_reason(status),
             retryable: classify(status) == Classification::Transient,
+            not_delivered: proves_not_delivered(status.code()),
         }
     }
 
@@ -321,6 +378,9 @@ pub struct StepContext {
     /// Unix ms by which this attempt must be done; the engine abandons it then (a transient
     /// DEADLINE_EXCEEDED). Pass it on as the gRPC deadline ([`StepContext::remaining`]).
     pub deadline_ms: i64,
+    /// The same deadline on the monotonic clock ([`StepContext::remaining`] measures from it, so
+    /// a skewed wall clock does not shorten or stretch the call).
+    pub deadline: tokio::time::Instant,
     /// Why the saga is failing, for compensations and the finalizer (`OUT_OF_STOCK`, …).
     pub failure_reason: Option<String>,
     /// Saved W3C trace context of the request that started the saga.
@@ -330,10 +390,8 @@ pub struct StepContext {
 impl StepContext {
     /// Time left until [`StepContext::deadline_ms`] (zero when past).
     pub fn remaining(&self) -> Duration {
-        let left = self
-            .deadline_ms
-            .saturating_sub(sagaflow_server::db::now_ms());
-        Duration::from_millis(u64::try_from(left).unwrap_or(0))
+        self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
     }
 
     /// The output of an earlier step, if it succeeded.

@@ -52,7 +52,6 @@ use std::{
 
 use futures::FutureExt;
 use rand::Rng;
-use sagaflow_server::db::now_ms;
 use sagaflow_telemetry::{propagation, semconv};
 use serde_json::Value;
 use tokio::{
@@ -63,6 +62,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, field::Empty};
 
 use crate::{
+    clock::{Clock, CorrectedClock, SystemClock},
     definition::{ActionRef, CallKind, SagaDefinition, StepContext, StepError},
     journal::{self, Event},
     metrics::{self as saga_metrics, Facts, InFlight},
@@ -75,6 +75,8 @@ use crate::{
 pub const COMMIT_QUEUE_CAPACITY: usize = 4096;
 /// Capacity of the channel announcing sagas that came to rest; a lagging waiter re-reads the store.
 const RESTED_CHANNEL_CAPACITY: usize = 4096;
+/// How often the poller counts due sagas of unknown definitions, milliseconds.
+const UNKNOWN_COUNT_INTERVAL_MS: i64 = 30_000;
 /// Longest pause between retries of a failing database write, milliseconds.
 const MAX_WRITE_BACKOFF_MS: u64 = 1_000;
 
@@ -137,6 +139,7 @@ pub struct EngineBuilder {
     concurrency: usize,
     max_local_wait_ms: u64,
     commit_batch_size: usize,
+    clock: Box<dyn Clock>,
 }
 
 impl EngineBuilder {
@@ -192,6 +195,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Sets the wall clock (default [`SystemClock`]); the engine corrects it to the database's
+    /// clock ([`crate::clock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
     /// Builds the engine and starts its poller and committer.
     ///
     /// # Errors
@@ -225,6 +235,8 @@ impl EngineBuilder {
                 latest.insert(def.name().to_owned(), def);
             }
         }
+        let mut known: Vec<(String, u32)> = definitions.keys().cloned().collect();
+        known.sort();
         let owner = self
             .owner
             .unwrap_or_else(|| format!("engine-{}", uuid::Uuid::new_v4().simple()));
@@ -252,6 +264,9 @@ impl EngineBuilder {
             commit_txs,
             rested,
             kick: Notify::new(),
+            clock: CorrectedClock::new(self.clock),
+            known,
+            unknown_counted_at: std::sync::atomic::AtomicI64::new(i64::MIN),
         });
         let stop_committer = CancellationToken::new();
         let committers = commit_rxs
@@ -308,6 +323,11 @@ struct Inner {
     commit_txs: Vec<mpsc::Sender<CommitRequest>>,
     rested: broadcast::Sender<(SagaId, SagaStatus)>,
     kick: Notify,
+    clock: CorrectedClock,
+    /// (name, version) of every registered definition: the only sagas this engine claims.
+    known: Vec<(String, u32)>,
+    /// Local unix ms of the last count of due sagas of unknown definitions.
+    unknown_counted_at: std::sync::atomic::AtomicI64,
 }
 
 impl fmt::Debug for Inner {
@@ -349,7 +369,14 @@ impl Engine {
             concurrency: 64,
             max_local_wait_ms: 2_000,
             commit_batch_size: 256,
+            clock: Box::new(SystemClock),
         }
+    }
+
+    /// The engine's time, unix ms: its clock corrected to the database's ([`crate::clock`]).
+    /// Compute saga deadlines from this.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.now()
     }
 
     /// This engine's owner id.
@@ -459,7 +486,7 @@ impl Engine {
                 version: None,
             }
         })?;
-        let now = now_ms();
+        let now = inner.now();
         let events = recovery::start_events(
             &def,
             business_key,
@@ -510,7 +537,7 @@ impl Engine {
         let state = self
             .inner
             .store
-            .operator_update(id, now_ms(), &decide)
+            .operator_update(id, self.inner.now(), &decide)
             .await
             .map_err(|e| not_found_as(e, id))?;
         if state.status.is_active() && state.lease_owner.is_none() {
@@ -532,11 +559,46 @@ impl Engine {
         let state = self
             .inner
             .store
-            .operator_update(id, now_ms(), &recovery::retry_events)
+            .operator_update(id, self.inner.now(), &recovery::retry_events)
             .await
             .map_err(|e| not_found_as(e, id))?;
         tracing::info!(saga.id = %id, "saga resumed by an operator");
         self.inner.spawn_claim(id);
+        Ok(state)
+    }
+
+    /// ResolveStep (docs/architecture.md, "Operator commands"): an operator settles the parked
+    /// call of a NEEDS_ATTENTION saga by hand — the one case only a person can decide (a pivot
+    /// whose outcome stayed unknown, a compensation a service keeps refusing) — and the saga
+    /// moves on at once on this engine. The journal keeps who and why (`operator_resolved`).
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`]; [`EngineError::Refused`] with [`Refusal::NotNeedsAttention`]
+    /// or [`Refusal::NotApplicable`]; [`EngineError::UnknownDefinition`];
+    /// [`EngineError::Store`].
+    #[tracing::instrument(skip_all, fields(saga.id = %id, resolution = resolution.as_str()), err)]
+    pub async fn resolve(
+        &self,
+        id: SagaId,
+        resolution: journal::Resolution,
+        operator: &str,
+        reason: &str,
+    ) -> Result<SagaState, EngineError> {
+        let state = self.get(id).await?;
+        let def = self.inner.definition_of(&state)?;
+        let decide =
+            move |s: &SagaState| recovery::resolve_events(&def, s, resolution, operator, reason);
+        let state = self
+            .inner
+            .store
+            .operator_update(id, self.inner.now(), &decide)
+            .await
+            .map_err(|e| not_found_as(e, id))?;
+        tracing::warn!(saga.id = %id, operator, reason, resolution = resolution.as_str(),
+            "AUDIT: parked call resolved by an operator");
+        if state.status.is_active() {
+            self.inner.spawn_claim(id);
+        }
         Ok(state)
     }
 
@@ -653,6 +715,49 @@ fn not_found_as(err: OperatorError, id: SagaId) -> EngineError {
 }
 
 impl Inner {
+    /// The engine's time: its clock corrected to the database's ([`crate::clock`]), unix ms.
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Every [`UNKNOWN_COUNT_INTERVAL_MS`], counts the due sagas of definitions this engine does
+    /// not know (it never claims them) into a gauge, and warns when there are any.
+    async fn count_unknown_definitions(&self, now: i64) {
+        let last = self.unknown_counted_at.load(Ordering::Relaxed);
+        let local = self.clock.local_ms();
+        if last != i64::MIN && local.saturating_sub(last) < UNKNOWN_COUNT_INTERVAL_MS {
+            return;
+        }
+        self.unknown_counted_at.store(local, Ordering::Relaxed);
+        match self.store.count_due_elsewhere(now, &self.known).await {
+            Ok(count) => {
+                #[allow(clippy::cast_precision_loss)] // a count of sagas fits an f64 exactly
+                metrics::gauge!(saga_metrics::UNKNOWN_DEFINITION_DUE).set(count as f64);
+                if count > 0 {
+                    tracing::warn!(count, known = ?self.known,
+                        "due sagas of a definition version this engine does not know: left to a replica that knows it");
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot count sagas of unknown definitions"),
+        }
+    }
+
+    /// Samples the database's clock when a sample is due; a failure keeps the last offset.
+    async fn sync_clock(&self) {
+        if !self.clock.sample_due() {
+            return;
+        }
+        let sent = self.clock.local_ms();
+        match self.store.clock_ms().await {
+            Ok(database) => {
+                let received = self.clock.local_ms();
+                self.clock.record(sent, received, database);
+                tracing::trace!(offset_ms = self.clock.offset_ms(), "clock offset sampled");
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot read the database's clock"),
+        }
+    }
+
     fn definition_of(&self, state: &SagaState) -> Result<Arc<SagaDefinition>, EngineError> {
         self.definitions
             .get(&(state.definition_name.clone(), state.definition_version))
@@ -713,7 +818,8 @@ impl Inner {
             let Ok(permit) = inner.permits.clone().acquire_owned().await else {
                 return;
             };
-            let now = now_ms();
+            inner.sync_clock().await;
+            let now = inner.now();
             match inner.store.claim(id, &inner.owner, now, inner.lease_ms).await {
                 Ok(Some(state)) => {
                     fail::fail_point!("after_claim");
@@ -867,10 +973,12 @@ async fn run_poller(inner: Arc<Inner>) {
             continue;
         }
         let limit = u32::try_from(permits.len()).unwrap_or(inner.batch_size);
-        let now = now_ms();
+        inner.sync_clock().await;
+        let now = inner.now();
+        inner.count_unknown_definitions(now).await;
         match inner
             .store
-            .claim_due(&inner.owner, now, inner.lease_ms, limit)
+            .claim_due(&inner.owner, now, inner.lease_ms, limit, &inner.known)
             .await
         {
             Ok(claimed) => {
@@ -964,7 +1072,7 @@ impl Driver {
             if self.inner.shutdown.is_cancelled() {
                 return self.release().await;
             }
-            let now = now_ms();
+            let now = self.inner.now();
             let next = match recovery::next(&def, &self.state, now) {
                 Ok(next) => next,
                 Err(err) => {
@@ -986,7 +1094,7 @@ impl Driver {
                 }
                 Next::Forward(index) => {
                     let step = &def.steps()[index];
-                    let ctx = self.context(step.name(), CallKind::Action);
+                    let ctx = self.context(&def, step.name(), CallKind::Action);
                     let mut timeout_ms = step.timeout();
                     if let (Some(deadline), true) =
                         (self.state.deadline_at, index < def.point_of_no_return())
@@ -1003,7 +1111,7 @@ impl Driver {
                         &self.state,
                         index,
                         result,
-                        now_ms(),
+                        self.inner.now(),
                         jitter(),
                     )
                     .map_err(|e| self.plan_failed(&e))?;
@@ -1016,7 +1124,7 @@ impl Driver {
                         tracing::error!(saga.id = %self.state.id, step = step.name(), "no compensation to run");
                         return Err(Stop::Done);
                     };
-                    let ctx = self.context(step.name(), CallKind::Compensation);
+                    let ctx = self.context(&def, step.name(), CallKind::Compensation);
                     self.ensure_lease().await?;
                     let result = self.call(compensation, ctx, step.timeout()).await?;
                     fail::fail_point!("in_compensation");
@@ -1031,7 +1139,7 @@ impl Driver {
                         &self.state,
                         index,
                         result,
-                        now_ms(),
+                        self.inner.now(),
                         jitter(),
                     )
                     .map_err(|e| self.plan_failed(&e))?;
@@ -1041,7 +1149,7 @@ impl Driver {
                     let Some(finalizer) = def.finalizer() else {
                         return Err(Stop::Done);
                     };
-                    let ctx = self.context(crate::definition::FINALIZER, CallKind::Finalizer);
+                    let ctx = self.context(&def, crate::definition::FINALIZER, CallKind::Finalizer);
                     self.ensure_lease().await?;
                     let result = self
                         .call(finalizer, ctx, def.finalizer_timeout_ms())
@@ -1052,8 +1160,13 @@ impl Driver {
                         tracing::error!(saga.id = %self.state.id, error = %err,
                             "ALERT: failure finalizer failed for good; saga needs attention");
                     }
-                    let events =
-                        recovery::after_finalizer(&def, &self.state, result, now_ms(), jitter());
+                    let events = recovery::after_finalizer(
+                        &def,
+                        &self.state,
+                        result,
+                        self.inner.now(),
+                        jitter(),
+                    );
                     self.record(events).await?;
                 }
             }
@@ -1065,16 +1178,25 @@ impl Driver {
         Stop::Done
     }
 
-    fn context(&self, step: &'static str, kind: CallKind) -> StepContext {
+    fn context(&self, def: &SagaDefinition, step: &'static str, kind: CallKind) -> StepContext {
+        // After an operator retry, calls carry the next key generation — except the pivot's
+        // action: a pivot is parked only when its outcome is unknown, and its retry must learn
+        // the fate of the original request under the original key.
+        let pivot = kind == CallKind::Action
+            && def
+                .step(step)
+                .is_some_and(|(_, s)| s.kind() == crate::definition::StepKind::Pivot);
+        let generation = if pivot { 0 } else { self.state.generation };
         StepContext {
             saga_id: self.state.id,
             step,
             kind,
             attempt: self.state.attempt,
-            idempotency_key: recovery::idempotency_key(self.state.id, step, kind),
+            idempotency_key: recovery::idempotency_key(self.state.id, step, kind, generation),
             input: self.state.input.clone(),
             outputs: self.state.outputs.clone(),
             deadline_ms: 0,
+            deadline: tokio::time::Instant::now(),
             failure_reason: self.state.failure_reason.clone(),
             trace_context: self.state.trace_context.clone(),
         }
@@ -1088,9 +1210,12 @@ impl Driver {
         mut ctx: StepContext,
         timeout_ms: u64,
     ) -> Result<Result<Value, StepError>, Stop> {
-        let started = now_ms();
+        let started = self.inner.now();
         let timer = tokio::time::Instant::now();
         ctx.deadline_ms = started.saturating_add(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
+        ctx.deadline = timer
+            .checked_add(Duration::from_millis(timeout_ms))
+            .unwrap_or_else(|| timer + Duration::from_secs(86_400));
         let step = ctx.step;
         let attempt = ctx.attempt;
         let kind = ctx.kind;
@@ -1105,12 +1230,7 @@ impl Driver {
                 outcome = &mut attempt_fut => {
                     let result = match outcome {
                         Err(_) => Err(StepError::timed_out(timeout_ms)),
-                        Ok(Err(_panic)) => Err(StepError {
-                            code: "INTERNAL".to_owned(),
-                            message: format!("the {step} call panicked"),
-                            reason: None,
-                            retryable: true,
-                        }),
+                        Ok(Err(_panic)) => Err(StepError::internal(format!("the {step} call panicked"))),
                         Ok(Ok(result)) => result,
                     };
                     let outcome = match &result {
@@ -1166,14 +1286,14 @@ impl Driver {
 
     /// Makes sure the lease stays valid for at least a third of its duration before a call.
     async fn ensure_lease(&mut self) -> Result<(), Stop> {
-        if now_ms().saturating_add(self.inner.lease_ms / 3) >= self.lease_valid_until {
+        if self.inner.now().saturating_add(self.inner.lease_ms / 3) >= self.lease_valid_until {
             self.renew().await?;
         }
         Ok(())
     }
 
     async fn renew(&mut self) -> Result<(), Stop> {
-        let now = now_ms();
+        let now = self.inner.now();
         let until = now.saturating_add(self.inner.lease_ms);
         match self
             .inner
@@ -1210,7 +1330,7 @@ impl Driver {
 
     async fn wait_until(&mut self, at: i64) -> Result<(), Stop> {
         loop {
-            let now = now_ms();
+            let now = self.inner.now();
             if now >= at {
                 return Ok(());
             }
@@ -1227,7 +1347,7 @@ impl Driver {
 
     /// Journals `events` and the resulting state in one fenced commit (renewing the lease).
     async fn record(&mut self, events: Vec<Event>) -> Result<(), Stop> {
-        let now = now_ms();
+        let now = self.inner.now();
         let (mut next, entries) = match journal::append(&self.state, now, events) {
             Ok(x) => x,
             Err(err) => {

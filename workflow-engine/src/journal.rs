@@ -27,8 +27,11 @@ pub enum FailureOutcome {
     Retry,
     /// A definite business failure: the step did not happen.
     Business,
-    /// Still transient after the last attempt: the outcome is unknown (DESIGN §5).
+    /// The outcome is unknown: still transient after the last attempt, or a failure after an
+    /// attempt in doubt (docs/architecture.md, "Attempts in doubt").
     Unknown,
+    /// Still failing after the last attempt, but no attempt ever reached the service.
+    NotApplied,
 }
 
 /// Why a saga began compensating.
@@ -43,6 +46,27 @@ pub enum CompensationCause {
     Deadline,
     /// An operator canceled it before the pivot.
     Canceled,
+}
+
+/// How an operator settled a parked call (ResolveStep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The parked call's effect happened (or is settled by hand): the step counts as
+    /// succeeded, the compensation or finalizer as done.
+    Applied,
+    /// The parked forward call had no effect: the saga compensates (only at or before the pivot).
+    NotApplied,
+}
+
+impl Resolution {
+    /// `applied` or `not_applied`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::NotApplied => "not_applied",
+        }
+    }
 }
 
 /// One journaled event. Detail fields are documented per variant; times are unix ms.
@@ -198,8 +222,21 @@ pub enum Event {
         /// Backoff cap of the delay, milliseconds (transient).
         backoff_cap_ms: Option<u64>,
     },
-    /// An operator resumed a NEEDS_ATTENTION saga (RetrySaga).
+    /// An operator resumed a NEEDS_ATTENTION saga (RetrySaga); later calls carry the next key
+    /// generation.
     OperatorRetry {},
+    /// An operator settled the parked call of a NEEDS_ATTENTION saga by hand (ResolveStep);
+    /// the events that follow carry the saga on (an audit record: who, why).
+    OperatorResolved {
+        /// The parked step (`finalize` for the failure finalizer).
+        step: String,
+        /// What the operator says happened.
+        resolution: Resolution,
+        /// Who settled it.
+        operator: String,
+        /// Why, for the audit trail.
+        reason: String,
+    },
     /// Every step succeeded.
     SagaCompleted {},
     /// Every compensation (and the finalizer) succeeded.
@@ -233,6 +270,7 @@ impl Event {
             Self::FinalizerSucceeded { .. } => "finalizer_succeeded",
             Self::FinalizerFailed { .. } => "finalizer_failed",
             Self::OperatorRetry {} => "operator_retry",
+            Self::OperatorResolved { .. } => "operator_resolved",
             Self::SagaCompleted {} => "saga_completed",
             Self::SagaCompensated {} => "saga_compensated",
             Self::SagaNeedsAttention { .. } => "saga_needs_attention",
@@ -382,6 +420,8 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
                 updated_at: entry.at,
                 last_error: None,
                 failure_reason: None,
+                in_doubt: false,
+                generation: 0,
                 last_seq: 1,
             });
         }
@@ -415,7 +455,13 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             s.fencing_token = *fencing_token;
             s.lease_expires_at = Some(*lease_expires_at);
         }
-        Event::Recovered { .. } | Event::StepSkipped { .. } | Event::DeadlineExceeded { .. } => {}
+        Event::Recovered { .. } => {
+            // The previous holder may have sent the current attempt before it died.
+            if s.status == SagaStatus::Running && s.phase == Phase::Forward && s.attempt >= 1 {
+                s.in_doubt = true;
+            }
+        }
+        Event::StepSkipped { .. } | Event::DeadlineExceeded { .. } => {}
         Event::LeaseReleased { .. } => release(&mut s),
         Event::StepStarted {
             step,
@@ -426,6 +472,7 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             s.step_index = Some(*index);
             s.current_step = Some(step.clone());
             s.attempt = *attempt;
+            s.in_doubt = false;
         }
         Event::StepSucceeded { step, output, .. } => {
             s.outputs.insert(step.clone(), output.clone());
@@ -435,8 +482,15 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             error,
             next_attempt_at,
             ..
+        } => {
+            s.last_error = Some(error.clone());
+            s.in_doubt |= error.in_doubt();
+            if let Some(at) = next_attempt_at {
+                s.attempt = attempt.saturating_add(1);
+                s.next_attempt_at = *at;
+            }
         }
-        | Event::CompensationFailed {
+        Event::CompensationFailed {
             attempt,
             error,
             next_attempt_at,
@@ -466,6 +520,7 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             s.step_index = None;
             s.current_step = None;
             s.attempt = 0;
+            s.in_doubt = false;
         }
         Event::CompensationStarted {
             step,
@@ -485,13 +540,11 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             s.attempt = *attempt;
         }
         Event::OperatorRetry {} => {
-            s.status = match s.phase {
-                Phase::Forward => SagaStatus::Running,
-                Phase::Compensating | Phase::Finalizing => SagaStatus::Compensating,
-                Phase::Finished => s.status,
-            };
+            s.status = resumed_status(&s);
             s.attempt = 1;
+            s.generation = s.generation.saturating_add(1);
         }
+        Event::OperatorResolved { .. } => s.status = resumed_status(&s),
         Event::SagaCompleted {} => finish(&mut s, SagaStatus::Completed),
         Event::SagaCompensated {} => finish(&mut s, SagaStatus::Compensated),
         Event::SagaNeedsAttention { .. } => {
@@ -500,6 +553,15 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
         }
     }
     Ok(s)
+}
+
+/// The status a parked saga resumes in: RUNNING forward, COMPENSATING otherwise.
+fn resumed_status(s: &SagaState) -> SagaStatus {
+    match s.phase {
+        Phase::Forward => SagaStatus::Running,
+        Phase::Compensating | Phase::Finalizing => SagaStatus::Compensating,
+        Phase::Finished => s.status,
+    }
 }
 
 fn release(s: &mut SagaState) {
@@ -513,6 +575,7 @@ fn finish(s: &mut SagaState, status: SagaStatus) {
     s.step_index = None;
     s.current_step = None;
     s.attempt = 0;
+    s.in_doubt = false;
     release(s);
 }
 

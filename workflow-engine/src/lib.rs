@@ -23,6 +23,7 @@
 //! `after_step_reply_before_record`, `after_step_recorded`, `in_compensation`.
 
 pub mod admin;
+pub mod clock;
 pub mod definition;
 pub mod executor;
 pub mod journal;

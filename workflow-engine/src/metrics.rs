@@ -51,6 +51,11 @@ pub const COMPENSATIONS: &str = "sagaflow_saga_compensations_total";
 pub const LEASE_CLAIMS: &str = "sagaflow_saga_lease_claims_total";
 /// Leases found lost (counter; label `cause`: [`LOSS_FENCED`] or [`LOSS_RENEWAL`]).
 pub const LEASE_LOSSES: &str = "sagaflow_saga_lease_losses_total";
+/// Counter: sagas whose state row did not decode, parked in NEEDS_ATTENTION by a claim.
+pub const UNREADABLE_PARKED: &str = "sagaflow_saga_unreadable_parked_total";
+/// Gauge: due sagas of a definition (name, version) this engine does not know, sampled by the
+/// poller; a value above 0 for long means no replica runs that version.
+pub const UNKNOWN_DEFINITION_DUE: &str = "sagaflow_saga_unknown_definition_due";
 
 /// Label: the definition's name.
 pub const LABEL_DEFINITION: &str = "definition";
@@ -115,6 +120,16 @@ pub fn describe() {
         LEASE_CLAIMS,
         Unit::Count,
         "Sagas claimed by the poller (orphaned or due) or for an operator's command."
+    );
+    describe_counter!(
+        UNREADABLE_PARKED,
+        Unit::Count,
+        "Sagas whose state row did not decode, parked in NEEDS_ATTENTION by a claim."
+    );
+    describe_gauge!(
+        UNKNOWN_DEFINITION_DUE,
+        Unit::Count,
+        "Due sagas of a definition version this engine does not know (left to other replicas)."
     );
     describe_counter!(
         LEASE_LOSSES,

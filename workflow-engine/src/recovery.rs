@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::{
     definition::{CallKind, FINALIZER, RetryPolicy, SagaDefinition, StepError, StepKind},
-    journal::{CompensationCause, Event, FailureOutcome},
+    journal::{CompensationCause, Event, FailureOutcome, Resolution},
     state::{Phase, SagaId, SagaState, SagaStatus},
 };
 
@@ -64,14 +64,69 @@ fn plan_error(def: &SagaDefinition, state: &SagaState, reason: impl Into<String>
     }
 }
 
-/// The idempotency key of a call (DESIGN §6).
-pub fn idempotency_key(saga_id: SagaId, step: &str, kind: CallKind) -> String {
-    match kind {
+/// The idempotency key of a call (docs/architecture.md, "Service contract"):
+/// `<saga id>:<step>`, `<saga id>:<step>:compensate` or `<saga id>:finalize`, and after the
+/// n-th operator retry (`generation` n ≥ 1) the suffix `:retry-<n>`, so that a rejection a
+/// service stored under the old key is not replayed after the operator repaired its cause.
+/// Step names contain no `:`, so the forms never collide.
+pub fn idempotency_key(saga_id: SagaId, step: &str, kind: CallKind, generation: u32) -> String {
+    let base = match kind {
         CallKind::Action => format!("{saga_id}:{step}"),
         CallKind::Compensation => format!("{saga_id}:{step}:compensate"),
         CallKind::Finalizer => format!("{saga_id}:{FINALIZER}"),
+    };
+    if generation == 0 {
+        base
+    } else {
+        format!("{base}:retry-{generation}")
     }
 }
+
+/// Most bytes of a step output the engine stores (as JSON text).
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// Deepest nesting of a step output the engine stores (serde_json reads at most 128 levels).
+pub const MAX_OUTPUT_DEPTH: usize = 32;
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Checks that a step's output can be stored and read back: at most [`MAX_OUTPUT_BYTES`] of
+/// JSON and [`MAX_OUTPUT_DEPTH`] levels of nesting.
+///
+/// # Errors
+/// What is wrong, for the journal.
+pub fn check_output(output: &Value) -> Result<(), String> {
+    let levels = depth(output);
+    if levels > MAX_OUTPUT_DEPTH {
+        return Err(format!(
+            "the step output is nested {levels} levels deep; at most {MAX_OUTPUT_DEPTH} are stored"
+        ));
+    }
+    let bytes = serde_json::to_string(output).map_or(usize::MAX, |text| text.len());
+    if bytes > MAX_OUTPUT_BYTES {
+        return Err(format!(
+            "the step output has {bytes} bytes of JSON; at most {MAX_OUTPUT_BYTES} are stored"
+        ));
+    }
+    Ok(())
+}
+
+/// A compensation's or finalizer's output as stored: itself, or a note in its place when it
+/// cannot be stored ([`check_output`]); nothing reads those outputs back.
+fn storable(output: Value) -> Value {
+    match check_output(&output) {
+        Ok(()) => output,
+        Err(message) => serde_json::json!({ "output_not_stored": message }),
+    }
+}
+
+/// The code of the error journaled for an output that cannot be stored.
+pub const CODE_OUTPUT_NOT_STORABLE: &str = "OUTPUT_NOT_STORABLE";
 
 fn index_u32(index: usize) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
@@ -281,15 +336,26 @@ pub(crate) fn after_forward(
     let name = step.name().to_owned();
     let attempt = state.attempt;
     let error = match result {
-        Ok(output) => {
-            let mut events = vec![Event::StepSucceeded {
-                step: name,
-                attempt,
-                output,
-            }];
-            events.extend(advance(def, &state.input, index + 1));
-            return Ok(events);
-        }
+        Ok(output) => match check_output(&output) {
+            Ok(()) => {
+                let mut events = vec![Event::StepSucceeded {
+                    step: name,
+                    attempt,
+                    output,
+                }];
+                events.extend(advance(def, &state.input, index + 1));
+                return Ok(events);
+            }
+            // The step's effect happened but its output cannot be stored: a definition bug.
+            // Not retryable, and in doubt (it applied), so the step is compensated or parked.
+            Err(message) => StepError {
+                code: CODE_OUTPUT_NOT_STORABLE.to_owned(),
+                message,
+                reason: Some(CODE_OUTPUT_NOT_STORABLE.to_owned()),
+                retryable: false,
+                not_delivered: false,
+            },
+        },
         Err(error) => error,
     };
     let policy = step.retry_policy();
@@ -305,12 +371,33 @@ pub(crate) fn after_forward(
             backoff_cap_ms: Some(cap),
         }]);
     }
-    let outcome = if error.retryable {
-        FailureOutcome::Unknown
-    } else {
+    // Attempts in doubt (docs/architecture.md): once any attempt of this step may have had its
+    // effect, the step stays uncertain whatever this last attempt says.
+    let output_lost = error.code == CODE_OUTPUT_NOT_STORABLE;
+    let doubted = state.in_doubt || error.in_doubt() || output_lost;
+    let outcome = if !error.retryable && !doubted {
         FailureOutcome::Business
+    } else if error.retryable && !doubted {
+        // Every attempt provably never reached the service: nothing happened.
+        FailureOutcome::NotApplied
+    } else {
+        FailureOutcome::Unknown
     };
-    let reason = error.failure_reason();
+    let reason = if error.retryable {
+        REASON_DEADLINE_EXCEEDED.to_owned()
+    } else {
+        error.failure_reason()
+    };
+    // The handler's own answer under the step's idempotency key: the idempotency store answers
+    // every attempt under one key with the one execution's result, so it is decisive for the
+    // pivot even after an attempt in doubt. A bare code (a proxy, an auth layer, an injected
+    // fault) or a key-reuse answer is not.
+    let decisive = !error.retryable
+        && !error.not_delivered
+        && error.reason.is_some()
+        && !error.is_key_reuse()
+        && !output_lost;
+    let summary = error.to_string();
     let mut events = vec![Event::StepFailed {
         step: name.clone(),
         attempt,
@@ -320,7 +407,7 @@ pub(crate) fn after_forward(
         backoff_cap_ms: None,
     }];
     match (step.kind(), outcome) {
-        (StepKind::Compensatable | StepKind::Pivot, FailureOutcome::Business) => {
+        (StepKind::Compensatable, FailureOutcome::Business | FailureOutcome::NotApplied) => {
             events.extend(enter_compensation(
                 def,
                 state,
@@ -329,22 +416,41 @@ pub(crate) fn after_forward(
                 None,
             ));
         }
-        (StepKind::Compensatable, _) => {
+        (StepKind::Compensatable, FailureOutcome::Unknown | FailureOutcome::Retry) => {
             events.extend(enter_compensation(
                 def,
                 state,
                 CompensationCause::UnknownOutcome,
-                REASON_DEADLINE_EXCEEDED,
+                &reason,
                 Some(index),
+            ));
+        }
+        (StepKind::Pivot, FailureOutcome::Business | FailureOutcome::NotApplied) => {
+            events.extend(enter_compensation(
+                def,
+                state,
+                CompensationCause::BusinessFailure,
+                &reason,
+                None,
+            ));
+        }
+        (StepKind::Pivot, _) if decisive => {
+            events.extend(enter_compensation(
+                def,
+                state,
+                CompensationCause::BusinessFailure,
+                &reason,
+                None,
             ));
         }
         (StepKind::Pivot, _) => events.push(Event::SagaNeedsAttention {
             reason: format!(
-                "the outcome of pivot step {name:?} is unknown after {attempt} attempts"
+                "the outcome of pivot step {name:?} is unknown: an attempt was in doubt and \
+                 attempt {attempt} ended with {summary}"
             ),
         }),
         (StepKind::Retriable, _) => events.push(Event::SagaNeedsAttention {
-            reason: format!("step {name:?} after the pivot failed: {reason}"),
+            reason: format!("step {name:?} after the pivot failed for good: {summary}"),
         }),
     }
     Ok(events)
@@ -375,7 +481,7 @@ pub(crate) fn after_compensation(
             let mut events = vec![Event::CompensationSucceeded {
                 step: name,
                 attempt,
-                output,
+                output: storable(output),
             }];
             events.extend(compensation_from(
                 def,
@@ -421,7 +527,10 @@ pub(crate) fn after_finalizer(
     let attempt = state.attempt;
     match result {
         Ok(output) => vec![
-            Event::FinalizerSucceeded { attempt, output },
+            Event::FinalizerSucceeded {
+                attempt,
+                output: storable(output),
+            },
             Event::SagaCompensated {},
         ],
         Err(error) if error.retryable => {
@@ -460,6 +569,12 @@ pub enum Refusal {
     /// CancelSaga of a COMPLETED or COMPENSATED saga.
     #[error("the saga has finished")]
     Finished,
+    /// ResolveStep with `not_applied` where only `applied` makes sense (a compensation, the
+    /// finalizer, or a step after the pivot).
+    #[error(
+        "only RESOLUTION_APPLIED can settle a parked compensation, finalizer or step after the pivot"
+    )]
+    NotApplicable,
 }
 
 /// The events of CancelSaga (DESIGN §5): before the pivot, revoke the lease with fencing token
@@ -510,6 +625,107 @@ pub(crate) fn retry_events(state: &SagaState) -> Result<Vec<Event>, Refusal> {
         Err(Refusal::NotNeedsAttention)
     }
 }
+
+/// The events of ResolveStep: an operator settles the parked call of a NEEDS_ATTENTION saga
+/// by hand (docs/architecture.md, "Operator commands"), and the saga moves on as if the call
+/// had answered so: `Applied` counts a forward step as succeeded (output `null`), a
+/// compensation or the finalizer as done; `NotApplied` makes a parked step at or before the
+/// pivot a failure, and the saga compensates the steps that completed (reason
+/// `RESOLVED_NOT_APPLIED`).
+///
+/// # Errors
+/// [`Refusal::NotNeedsAttention`]; [`Refusal::NotApplicable`] for `NotApplied` past the pivot or
+/// outside the forward phase.
+pub(crate) fn resolve_events(
+    def: &SagaDefinition,
+    state: &SagaState,
+    resolution: Resolution,
+    operator: &str,
+    reason: &str,
+) -> Result<Vec<Event>, Refusal> {
+    if state.status != SagaStatus::NeedsAttention {
+        return Err(Refusal::NotNeedsAttention);
+    }
+    let resolved = |step: &str| Event::OperatorResolved {
+        step: step.to_owned(),
+        resolution,
+        operator: operator.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match state.phase {
+        Phase::Forward => {
+            let index = current_index(def, state).map_err(|_| Refusal::NotApplicable)?;
+            let name = def.steps()[index].name();
+            let mut events = vec![resolved(name)];
+            match resolution {
+                Resolution::Applied => {
+                    events.push(Event::StepSucceeded {
+                        step: name.to_owned(),
+                        attempt: state.attempt,
+                        output: Value::Null,
+                    });
+                    events.extend(advance(def, &state.input, index + 1));
+                }
+                Resolution::NotApplied => {
+                    if index > def.point_of_no_return() {
+                        return Err(Refusal::NotApplicable);
+                    }
+                    events.extend(enter_compensation(
+                        def,
+                        state,
+                        CompensationCause::BusinessFailure,
+                        REASON_RESOLVED_NOT_APPLIED,
+                        None,
+                    ));
+                }
+            }
+            Ok(events)
+        }
+        Phase::Compensating => {
+            if resolution != Resolution::Applied {
+                return Err(Refusal::NotApplicable);
+            }
+            let index = current_index(def, state).map_err(|_| Refusal::NotApplicable)?;
+            let name = def.steps()[index].name();
+            let position = state
+                .compensation_plan
+                .iter()
+                .position(|s| s == name)
+                .ok_or(Refusal::NotApplicable)?;
+            let mut events = vec![
+                resolved(name),
+                Event::CompensationSucceeded {
+                    step: name.to_owned(),
+                    attempt: state.attempt,
+                    output: Value::Null,
+                },
+            ];
+            events.extend(compensation_from(
+                def,
+                &state.compensation_plan,
+                position + 1,
+            ));
+            Ok(events)
+        }
+        Phase::Finalizing => {
+            if resolution != Resolution::Applied {
+                return Err(Refusal::NotApplicable);
+            }
+            Ok(vec![
+                resolved(FINALIZER),
+                Event::FinalizerSucceeded {
+                    attempt: state.attempt,
+                    output: Value::Null,
+                },
+                Event::SagaCompensated {},
+            ])
+        }
+        Phase::Finished => Err(Refusal::NotNeedsAttention),
+    }
+}
+
+/// The failure reason of a saga whose parked step an operator resolved as not applied.
+pub const REASON_RESOLVED_NOT_APPLIED: &str = "RESOLVED_NOT_APPLIED";
 
 #[cfg(test)]
 mod tests {
@@ -705,15 +921,19 @@ mod tests {
     fn idempotency_keys_follow_design_section_6() {
         let id: SagaId = "01890000-0000-7000-8000-000000000000".parse().unwrap();
         assert_eq!(
-            idempotency_key(id, "pay", CallKind::Action),
+            idempotency_key(id, "pay", CallKind::Action, 0),
             "01890000-0000-7000-8000-000000000000:pay"
         );
         assert_eq!(
-            idempotency_key(id, "pay", CallKind::Compensation),
+            idempotency_key(id, "pay", CallKind::Compensation, 2),
+            "01890000-0000-7000-8000-000000000000:pay:compensate:retry-2"
+        );
+        assert_eq!(
+            idempotency_key(id, "pay", CallKind::Compensation, 0),
             "01890000-0000-7000-8000-000000000000:pay:compensate"
         );
         assert_eq!(
-            idempotency_key(id, "pay", CallKind::Finalizer),
+            idempotency_key(id, "pay", CallKind::Finalizer, 0),
             "01890000-0000-7000-8000-000000000000:finalize"
         );
     }

@@ -226,6 +226,15 @@ pub struct SagaState {
     /// Machine-readable reason the saga is compensating (`OUT_OF_STOCK`, `DEADLINE_EXCEEDED`,
     /// `CANCELED`, …); `None` while it has not failed.
     pub failure_reason: Option<String>,
+    /// Whether an attempt of the current forward step may have had its effect although it
+    /// failed (a timeout, a lost reply, a key-reuse answer, or a crash while it was current):
+    /// from then on the step stays uncertain whatever later attempts say
+    /// (docs/architecture.md, "Attempts in doubt"). Cleared when the next step starts.
+    pub in_doubt: bool,
+    /// How many operator retries (RetrySaga) the saga had: calls after the n-th carry
+    /// generation n in their idempotency key, so that a rejection a service stored under the
+    /// old key is not replayed forever (docs/architecture.md, "Operator commands").
+    pub generation: u32,
     /// Sequence number of the last journal entry.
     pub last_seq: i64,
 }

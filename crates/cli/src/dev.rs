@@ -102,6 +102,42 @@ pub struct EmbeddedConfig {
     /// How often the relay samples the outbox backlog into the metrics; `None` (the default):
     /// never (no metrics endpoint).
     pub backlog_sampling: Option<Duration>,
+    /// Where the seven databases live: SQLite files under `data_dir` (the default), or one
+    /// PostgreSQL database per service (for running the same system on both stores in tests).
+    pub storage: Storage,
+}
+
+/// Where an embedded system keeps its databases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// `<data_dir>/<service>.db`.
+    #[default]
+    Sqlite,
+    /// Database `<prefix>_<service>` on the PostgreSQL server of `url` (created if missing).
+    Postgres {
+        /// A `postgres://` URL of the server (its database part is replaced).
+        url: String,
+        /// Prefix of the database names.
+        prefix: String,
+    },
+}
+
+impl Storage {
+    /// The database URL of service `name`.
+    fn url(&self, data_dir: &std::path::Path, name: &str) -> String {
+        match self {
+            Self::Sqlite => format!("sqlite://{}", data_dir.join(format!("{name}.db")).display()),
+            Self::Postgres { url, prefix } => {
+                let base = url.split('?').next().unwrap_or(url);
+                let query = url
+                    .split_once('?')
+                    .map(|(_, q)| format!("?{q}"))
+                    .unwrap_or_default();
+                let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+                format!("{server}/{prefix}_{name}{query}")
+            }
+        }
+    }
 }
 
 impl EmbeddedConfig {
@@ -119,6 +155,7 @@ impl EmbeddedConfig {
             faults: FaultConfig::default(),
             relay_poll: Duration::from_millis(500),
             backlog_sampling: None,
+            storage: Storage::Sqlite,
         }
     }
 
@@ -155,6 +192,7 @@ impl EmbeddedConfig {
                 .metrics
                 .metrics_listen
                 .map(|_| relay::BACKLOG_SAMPLE_INTERVAL),
+            storage: Storage::Sqlite,
         })
     }
 }
@@ -186,10 +224,7 @@ impl Embedded {
             ..PoolConfig::default()
         };
         let open = |name: &'static str, migrations: Migrations| {
-            let url = format!(
-                "sqlite://{}",
-                config.data_dir.join(format!("{name}.db")).display()
-            );
+            let url = config.storage.url(&config.data_dir, name);
             let pool = pool.clone();
             async move {
                 Db::connect(&url, migrations, &pool)

@@ -1,4 +1,4 @@
-//! `sagaflow saga show|list|retry|cancel`: the saga admin API from the command line
+//! `sagaflow saga show|list|retry|cancel|resolve`: the saga admin API from the command line
 //! (`sagaflow.workflow.v1.SagaAdminService`, DESIGN §3; issue "Observability" item 3).
 //!
 //! `show` prints the journal as a timeline: milliseconds since the saga started, the event, the
@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use sagaflow_proto::workflow::v1::{
-    CancelSagaRequest, GetSagaRequest, GetSagaResponse, JournalEntry, ListSagasRequest,
-    RetrySagaRequest, Saga, SagaStatus, saga_admin_service_client::SagaAdminServiceClient,
+    CancelSagaRequest, GetSagaRequest, GetSagaResponse, JournalEntry, ListSagasRequest, Resolution,
+    ResolveStepRequest, RetrySagaRequest, Saga, SagaStatus,
+    saga_admin_service_client::SagaAdminServiceClient,
 };
 use sagaflow_server::db::ms_from_timestamp;
 use tonic::transport::Endpoint;
@@ -60,6 +61,32 @@ pub enum SagaCommand {
         /// The saga id.
         saga_id: String,
     },
+    /// Settle the parked call of a NEEDS_ATTENTION saga by hand and resume it (journaled with
+    /// the operator and the reason): `applied` counts the parked step as succeeded (or the
+    /// compensation or finalizer as done); `not-applied` makes a parked step at or before the
+    /// pivot a failure, and the saga compensates.
+    Resolve {
+        /// The saga id.
+        saga_id: String,
+        /// What happened to the parked call.
+        #[arg(long, value_enum)]
+        resolution: ResolutionArg,
+        /// Who settles it, for the audit trail.
+        #[arg(long, env = "USER")]
+        operator: String,
+        /// Why, for the audit trail (for example "capture confirmed in the gateway console").
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `--resolution` of `sagaflow saga resolve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResolutionArg {
+    /// The call's effect happened.
+    Applied,
+    /// The call had no effect.
+    NotApplied,
 }
 
 /// Saga statuses on the command line.
@@ -149,6 +176,30 @@ pub async fn run(args: SagaArgs) -> anyhow::Result<()> {
                 .saga
                 .unwrap_or_default();
             println!("saga {} is {} again", saga.saga_id, status_name(&saga));
+        }
+        SagaCommand::Resolve {
+            saga_id,
+            resolution,
+            operator,
+            reason,
+        } => {
+            let resolution = match resolution {
+                ResolutionArg::Applied => Resolution::Applied,
+                ResolutionArg::NotApplied => Resolution::NotApplied,
+            };
+            let saga = admin
+                .resolve_step(ResolveStepRequest {
+                    saga_id,
+                    resolution: resolution as i32,
+                    operator,
+                    reason,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .saga
+                .unwrap_or_default();
+            println!("saga {} is {}", saga.saga_id, status_name(&saga));
         }
         SagaCommand::Cancel { saga_id } => {
             let saga = admin

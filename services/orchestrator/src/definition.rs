@@ -118,9 +118,15 @@ impl StepAction for OrderCall {
                 status
             };
             let mut error = StepError::from_status(&status);
-            // A business failure of an action becomes the order's failure reason; the service's
-            // own reason stays in the message (and in the journal).
-            if ctx.kind == CallKind::Action && !error.retryable {
+            // Still refused after the in-attempt retries: the request never left this process.
+            error.not_delivered |= is_connect_error(&status);
+            // A business failure of an action that the service's handler decided becomes the
+            // order's failure reason; the service's own reason stays in the message (and in the
+            // journal). A refusal that did not come from the handler — a bare code from a proxy,
+            // an auth layer or an injected fault, or a key-reuse answer — keeps its own shape,
+            // so the engine can tell that it decides nothing about an earlier attempt in doubt
+            // (docs/architecture.md, "Attempts in doubt").
+            if ctx.kind == CallKind::Action && decided_by_handler(&status, &error) {
                 let service_reason = error.failure_reason();
                 error.message = format!("{service_reason}: {}", error.message);
                 error.reason = Some(reason_name(business_failure_reason(ctx.step)).to_owned());
@@ -128,6 +134,20 @@ impl StepAction for OrderCall {
             error
         })
     }
+}
+
+/// Whether a non-transient failure is the service handler's own answer: a rejection with an
+/// ErrorInfo reason (other than a key reuse), or a validation error (INVALID_ARGUMENT,
+/// NOT_FOUND, OUT_OF_RANGE: the same request is refused the same way on every attempt).
+fn decided_by_handler(status: &Status, error: &StepError) -> bool {
+    !error.retryable
+        && !error.not_delivered
+        && !error.is_key_reuse()
+        && (error.reason.is_some()
+            || matches!(
+                status.code(),
+                Code::InvalidArgument | Code::NotFound | Code::OutOfRange
+            ))
 }
 
 /// Builds the order saga definition over `clients`.

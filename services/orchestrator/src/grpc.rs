@@ -6,7 +6,7 @@ use sagaflow_proto::orchestrator::v1::{
     StartOrderSagaRequest, StartOrderSagaResponse,
     orchestrator_service_server::{OrchestratorService as Rpc, OrchestratorServiceServer},
 };
-use sagaflow_server::{ServiceError, db::now_ms, validate::Validator};
+use sagaflow_server::{ServiceError, validate::Validator};
 use sagaflow_telemetry::propagation;
 use sagaflow_workflow_engine::{Engine, EngineError, SagaId};
 use tonic::{Request, Response, Status, service::RoutesBuilder};
@@ -90,7 +90,9 @@ impl Rpc for OrchestratorService {
         let input = OrderSagaInput::from_event(&event)?;
         let input =
             serde_json::to_value(&input).map_err(|e| ServiceError::Internal(anyhow_like(e)))?;
-        let deadline_ms = now_ms()
+        let deadline_ms = self
+            .engine
+            .now_ms()
             .saturating_add(i64::try_from(self.saga_deadline.as_millis()).unwrap_or(i64::MAX));
         let (saga_id, created) = self
             .engine

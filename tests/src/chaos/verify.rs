@@ -740,6 +740,11 @@ pub(crate) async fn check_databases(
                 // Seed keys (`seed:…`) and PlaceOrder's `PlaceOrder:<request id>`.
                 continue;
             }
+            // After the n-th operator retry a call carries `:retry-<n>` (a new key generation).
+            let (suffix, generation) = match suffix.rsplit_once(":retry-") {
+                Some((base, n)) => (base, n.to_owned()),
+                None => (suffix, String::new()),
+            };
             let expected = suffix_of(&command);
             c.expect(expected == Some(suffix), || {
                 format!("{service}: key {key} carries {command}, expected suffix {expected:?}")
@@ -748,7 +753,7 @@ pub(crate) async fn check_databases(
                 format!("{service}: key {key} names no saga")
             });
             keys_per_command
-                .entry((saga.to_owned(), command))
+                .entry((saga.to_owned(), format!("{command}{generation}")))
                 .or_default()
                 .insert(key.clone());
             stored.insert((service, key), status.unwrap_or(-1));
@@ -759,13 +764,31 @@ pub(crate) async fn check_databases(
             });
         }
     }
-    let successes: Vec<(String, String, Option<String>)> = sqlx::query_as(
+    let entries: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT saga_id, event_type, step FROM saga_journal WHERE event_type IN \
-         ('step_succeeded', 'compensation_succeeded', 'finalizer_succeeded')",
+         ('step_succeeded', 'compensation_succeeded', 'finalizer_succeeded', 'operator_retry', \
+         'operator_resolved') ORDER BY saga_id, seq",
     )
     .fetch_all(&workflow_db)
     .await?;
-    for (saga, event, step) in &successes {
+    // The key generation in force at each success: the operator retries before it.
+    let mut generation: BTreeMap<String, u32> = BTreeMap::new();
+    let mut resolved_next = false;
+    let mut successes: Vec<(String, String, Option<String>, u32)> = Vec::new();
+    for (saga, event, step) in entries {
+        let n = generation.entry(saga.clone()).or_insert(0);
+        match event.as_str() {
+            "operator_retry" => *n += 1,
+            // A success an operator settled by hand was never sent: nothing to find.
+            "operator_resolved" => resolved_next = true,
+            _ if resolved_next => resolved_next = false,
+            _ => {
+                let n = *n;
+                successes.push((saga, event, step, n));
+            }
+        }
+    }
+    for (saga, event, step, generation) in &successes {
         let compensation = event == "compensation_succeeded";
         let step = if event == "finalizer_succeeded" {
             "finalize"
@@ -778,11 +801,15 @@ pub(crate) async fn check_databases(
             });
             continue;
         };
-        let key = if compensation {
+        let mut key = if compensation {
             format!("{saga}:{step}:compensate")
         } else {
             format!("{saga}:{step}")
         };
+        // The pivot's action keeps its key across operator retries.
+        if *generation > 0 && (compensation || step != "complete_payment") {
+            key.push_str(&format!(":retry-{generation}"));
+        }
         let status = stored.get(&(service, key.clone())).copied();
         c.expect(status == Some(0), || {
             format!(

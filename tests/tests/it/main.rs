@@ -6,5 +6,6 @@
 mod chaos;
 mod crash_restart;
 mod foundation;
+mod in_doubt;
 mod observability;
 mod walkthrough;

@@ -214,7 +214,10 @@ async fn claims_take_due_and_orphaned_sagas(store: &dyn SagaStore) {
     );
     // claim_due takes orphaned sagas in batches (including this one once e2's lease expired).
     let later = after_expiry + LEASE_MS + 1;
-    let batch = store.claim_due("e3", later, LEASE_MS, 1_000).await.unwrap();
+    let batch = store
+        .claim_due("e3", later, LEASE_MS, 1_000, &[])
+        .await
+        .unwrap();
     assert!(
         batch
             .iter()
@@ -223,7 +226,10 @@ async fn claims_take_due_and_orphaned_sagas(store: &dyn SagaStore) {
     for s in &batch {
         assert_row_is_fold(store, s.id).await;
     }
-    let again = store.claim_due("e4", later, LEASE_MS, 1_000).await.unwrap();
+    let again = store
+        .claim_due("e4", later, LEASE_MS, 1_000, &[])
+        .await
+        .unwrap();
     assert!(again.is_empty(), "live leases are not claimed twice");
 }
 
@@ -263,12 +269,12 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     assert_eq!(stored.attempt, 2);
     // Not due yet: claim_due leaves it (a direct claim may still take it).
     let early = store
-        .claim_due("e2", retry_at - 1, LEASE_MS, 1_000)
+        .claim_due("e2", retry_at - 1, LEASE_MS, 1_000, &[])
         .await
         .unwrap();
     assert!(early.iter().all(|s| s.id != state.id));
     let due = store
-        .claim_due("e2", retry_at, LEASE_MS, 1_000)
+        .claim_due("e2", retry_at, LEASE_MS, 1_000, &[])
         .await
         .unwrap();
     let claimed = due
@@ -304,7 +310,7 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
             .is_none()
     );
     let far = store
-        .claim_due("e3", i64::MAX / 2, LEASE_MS, 1_000)
+        .claim_due("e3", i64::MAX / 2, LEASE_MS, 1_000, &[])
         .await
         .unwrap();
     assert!(far.iter().all(|s| s.id != state.id));

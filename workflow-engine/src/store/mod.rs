@@ -159,18 +159,36 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
     async fn commit(&self, batch: &[Write]) -> Result<Vec<WriteOutcome>, StoreError>;
 
     /// Claims up to `limit` due or orphaned sagas for `owner`: status RUNNING or COMPENSATING,
-    /// `next_attempt_at <= now`, lease released or expired. Each claim bumps the fencing token,
+    /// `next_attempt_at <= now`, lease released or expired — expired by `now` *and* by the
+    /// database's own clock, so a replica whose clock runs ahead never takes a live lease. Each claim bumps the fencing token,
     /// sets a lease until `now + lease_ms` and journals it, in one transaction.
     ///
     /// # Errors
     /// [`StoreError`].
+    ///
+    /// Only sagas of `definitions` (name, version) are claimed — the ones the calling engine can
+    /// drive — so that during a rolling upgrade an old replica never takes a saga of a newer
+    /// definition version; empty: every definition. A saga whose row does not decode is parked
+    /// in NEEDS_ATTENTION with the reason journaled instead of failing the batch.
     async fn claim_due(
         &self,
         owner: &str,
         now: i64,
         lease_ms: i64,
         limit: u32,
+        definitions: &[(String, u32)],
     ) -> Result<Vec<SagaState>, StoreError>;
+
+    /// How many sagas are due at `now` whose definition is not one of `definitions` (sagas no
+    /// engine with these definitions will ever take); 0 for an empty list.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn count_due_elsewhere(
+        &self,
+        now: i64,
+        definitions: &[(String, u32)],
+    ) -> Result<u64, StoreError>;
 
     /// Claims saga `id` like [`SagaStore::claim_due`] but regardless of `next_attempt_at`;
     /// `None` when it is not active or another engine holds a live lease.
@@ -234,6 +252,13 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`StoreError`].
     async fn list(&self, filter: &ListFilter) -> Result<Vec<SagaState>, StoreError>;
+
+    /// The database's clock, unix ms: the one time line every replica's engine corrects its own
+    /// clock to ([`crate::clock`]).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn clock_ms(&self) -> Result<i64, StoreError>;
 
     /// Number of write transactions committed through this store so far (for benchmarks).
     fn commits(&self) -> u64;

@@ -16,7 +16,7 @@ use sqlx::{AnyConnection, migrate::Migrator};
 
 use super::{Decide, ListFilter, OperatorError, SagaStore, StoreError, Write, WriteOutcome};
 use crate::{
-    journal::{self, EncodedEvent, JournalEntry},
+    journal::{self, EncodedEvent, Event, JournalEntry},
     recovery,
     state::{SagaId, SagaState},
 };
@@ -36,7 +36,7 @@ macro_rules! columns {
         "id, definition_name, definition_version, business_key, status, phase, step_index, \
          current_step, attempt, input, outputs, compensation_plan, next_attempt_at, lease_owner, \
          lease_expires_at, fencing_token, trace_context, deadline_at, created_at, updated_at, \
-         last_error, failure_reason, last_seq"
+         last_error, failure_reason, last_seq, in_doubt, generation"
     };
 }
 
@@ -44,13 +44,13 @@ const INSERT: &str = concat!(
     "INSERT INTO sagas (",
     columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21, $22, $23) ON CONFLICT (business_key) DO NOTHING"
+     $19, $20, $21, $22, $23, $24, $25) ON CONFLICT DO NOTHING"
 );
 
 const UPDATE: &str = "UPDATE sagas SET status = $2, phase = $3, step_index = $4, current_step = $5, \
      attempt = $6, outputs = $7, compensation_plan = $8, next_attempt_at = $9, lease_owner = $10, \
      lease_expires_at = $11, fencing_token = $12, updated_at = $13, last_error = $14, \
-     failure_reason = $15, last_seq = $16 \
+     failure_reason = $15, last_seq = $16, in_doubt = $19, generation = $20 \
      WHERE id = $1 AND fencing_token = $17 AND last_seq = $18";
 
 const SELECT_BY_ID: &str = concat!("SELECT ", columns!(), " FROM sagas WHERE id = $1");
@@ -61,33 +61,70 @@ const SELECT_BY_ID_FOR_UPDATE: &str = concat!(
     " FROM sagas WHERE id = $1 FOR UPDATE"
 );
 
-const CLAIM_DUE_SQLITE: &str = concat!(
-    "SELECT ",
-    columns!(),
+/// The database's clock in unix ms, per dialect (docs/architecture.md, "Time").
+macro_rules! sqlite_now {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    };
+}
+macro_rules! postgres_now {
+    () => {
+        "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)"
+    };
+}
+
+const CLOCK_SQLITE: &str = concat!("SELECT ", sqlite_now!());
+const CLOCK_POSTGRES: &str = concat!("SELECT ", postgres_now!());
+
+// A lease counts as expired only when it expired by the caller's clock *and* by the database's.
+const DUE_SQLITE: &str = concat!(
     " FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING') AND next_attempt_at <= $1 \
-     AND (lease_owner IS NULL OR lease_expires_at < $1) ORDER BY next_attempt_at LIMIT $2"
+     AND (lease_owner IS NULL OR lease_expires_at < MIN($1, ",
+    sqlite_now!(),
+    "))"
 );
 
-const CLAIM_DUE_POSTGRES: &str = concat!(
-    "SELECT ",
-    columns!(),
+const DUE_POSTGRES: &str = concat!(
     " FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING') AND next_attempt_at <= $1 \
-     AND (lease_owner IS NULL OR lease_expires_at < $1) ORDER BY next_attempt_at LIMIT $2 \
-     FOR UPDATE SKIP LOCKED"
+     AND (lease_owner IS NULL OR lease_expires_at < LEAST($1, ",
+    postgres_now!(),
+    "))"
 );
+
+/// `(definition_name = $k AND definition_version = $k+1) OR …` for `count` definitions whose
+/// parameters start at `$first`; `1 = 1` for none (every definition).
+fn definitions_filter(first: usize, count: usize) -> String {
+    if count == 0 {
+        return "1 = 1".to_owned();
+    }
+    let terms: Vec<String> = (0..count)
+        .map(|i| {
+            let name = first + 2 * i;
+            format!(
+                "(definition_name = ${name} AND definition_version = ${})",
+                name + 1
+            )
+        })
+        .collect();
+    format!("({})", terms.join(" OR "))
+}
 
 const CLAIM_ONE_SQLITE: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM sagas WHERE id = $2 AND status IN ('RUNNING', 'COMPENSATING') \
-     AND (lease_owner IS NULL OR lease_expires_at < $1)"
+     AND (lease_owner IS NULL OR lease_expires_at < MIN($1, ",
+    sqlite_now!(),
+    "))"
 );
 
 const CLAIM_ONE_POSTGRES: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM sagas WHERE id = $2 AND status IN ('RUNNING', 'COMPENSATING') \
-     AND (lease_owner IS NULL OR lease_expires_at < $1) FOR UPDATE SKIP LOCKED"
+     AND (lease_owner IS NULL OR lease_expires_at < LEAST($1, ",
+    postgres_now!(),
+    ")) FOR UPDATE SKIP LOCKED"
 );
 
 /// Group committers the engine runs on PostgreSQL ([`SagaStore::write_parallelism`]).
@@ -137,37 +174,49 @@ impl SqlSagaStore {
         now: i64,
         lease_ms: i64,
         limit: u32,
+        definitions: &[(String, u32)],
     ) -> Result<Vec<SagaState>, StoreError> {
         let backend = self.db.backend();
+        let due = match backend {
+            Backend::Postgres => DUE_POSTGRES,
+            Backend::Sqlite => DUE_SQLITE,
+        };
+        let filter = definitions_filter(3, definitions.len());
         if backend == Backend::Sqlite && id.is_none() {
             // Look before taking SQLite's write lock: most polls find nothing.
-            let any: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING') \
-                 AND next_attempt_at <= $1 AND (lease_owner IS NULL OR lease_expires_at < $1) \
-                 LIMIT 1",
-            )
-            .bind(now)
-            .fetch_optional(self.db.pool())
-            .await?;
-            if any.is_none() {
+            let sql = format!("SELECT id{due} AND {filter} LIMIT $2");
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(1_i64);
+            for (name, version) in definitions {
+                query = query.bind(name.clone()).bind(i64::from(*version));
+            }
+            if query.fetch_optional(self.db.pool()).await?.is_none() {
                 return Ok(Vec::new());
             }
         }
         let mut tx = self.db.begin().await?;
         let rows: Vec<SagaRow> = match (backend, id) {
-            (Backend::Postgres, None) => {
-                sqlx::query_as(CLAIM_DUE_POSTGRES)
+            (_, None) => {
+                let lock = match backend {
+                    Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+                    Backend::Sqlite => "",
+                };
+                let sql = format!(
+                    concat!(
+                        "SELECT ",
+                        columns!(),
+                        "{} AND {} ORDER BY next_attempt_at LIMIT $2{}"
+                    ),
+                    due, filter, lock
+                );
+                let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(now)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-            (Backend::Sqlite, None) => {
-                sqlx::query_as(CLAIM_DUE_SQLITE)
-                    .bind(now)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
-                    .await?
+                    .bind(i64::from(limit));
+                for (name, version) in definitions {
+                    query = query.bind(name.clone()).bind(i64::from(*version));
+                }
+                query.fetch_all(&mut *tx).await?
             }
             (Backend::Postgres, Some(id)) => {
                 sqlx::query_as(CLAIM_ONE_POSTGRES)
@@ -191,7 +240,15 @@ impl SqlSagaStore {
         let mut claimed = Vec::with_capacity(rows.len());
         let mut entries = Vec::new();
         for row in rows {
-            let state = row.into_state()?;
+            // Row by row: one row that does not decode must not stop every other claim.
+            let (raw_id, raw_seq) = (row.id.clone(), row.last_seq);
+            let state = match row.into_state() {
+                Ok(state) => state,
+                Err(err) => {
+                    park_unreadable(&mut tx, &raw_id, raw_seq, now, &err).await?;
+                    continue;
+                }
+            };
             let events = recovery::claim_events(&state, owner, now.saturating_add(lease_ms));
             let (next, new_entries) = journal::append(&state, now, events)?;
             if update_row(&mut tx, &next, state.fencing_token, state.last_seq).await? {
@@ -204,6 +261,48 @@ impl SqlSagaStore {
         self.committed();
         Ok(claimed)
     }
+}
+
+/// Parks a saga whose row does not decode (a step output serde_json cannot read back, a value
+/// written by a newer build, a manual edit) in NEEDS_ATTENTION, with the reason journaled, so
+/// that it no longer sits at the head of every poll (docs/operations.md, "Sagas that need
+/// attention"). The rest of the row is left as it is for the operator to inspect.
+async fn park_unreadable(
+    conn: &mut AnyConnection,
+    id: &str,
+    last_seq: i64,
+    now: i64,
+    err: &StoreError,
+) -> Result<(), StoreError> {
+    tracing::error!(saga.id = id, error = %err, "ALERT: saga row does not decode; parked in NEEDS_ATTENTION");
+    let parked = sqlx::query(
+        "UPDATE sagas SET status = 'NEEDS_ATTENTION', lease_owner = NULL, \
+         lease_expires_at = NULL, updated_at = $1, last_seq = last_seq + 1 \
+         WHERE id = $2 AND last_seq = $3",
+    )
+    .bind(now)
+    .bind(id.to_owned())
+    .bind(last_seq)
+    .execute(&mut *conn)
+    .await?;
+    if parked.rows_affected() == 1 {
+        let encoded = journal::encode(&Event::SagaNeedsAttention {
+            reason: format!("the saga's state row cannot be read: {err}"),
+        });
+        sqlx::query(
+            "INSERT INTO saga_journal (saga_id, seq, at, event_type, step, attempt, detail) \
+             VALUES ($1, $2, $3, $4, NULL, NULL, $5)",
+        )
+        .bind(id.to_owned())
+        .bind(last_seq + 1)
+        .bind(now)
+        .bind(encoded.event_type)
+        .bind(encoded.detail)
+        .execute(&mut *conn)
+        .await?;
+        metrics::counter!(crate::metrics::UNREADABLE_PARKED).increment(1);
+    }
+    Ok(())
 }
 
 #[derive(sqlx::FromRow)]
@@ -231,6 +330,8 @@ struct SagaRow {
     last_error: Option<String>,
     failure_reason: Option<String>,
     last_seq: i64,
+    in_doubt: i64,
+    generation: i64,
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -278,6 +379,8 @@ impl SagaRow {
                 .map(serde_json::from_str)
                 .transpose()?,
             failure_reason: self.failure_reason,
+            in_doubt: self.in_doubt != 0,
+            generation: u32::try_from(self.generation).map_err(|_| corrupt("generation"))?,
             last_seq: self.last_seq,
         })
     }
@@ -313,6 +416,8 @@ async fn insert_row(conn: &mut AnyConnection, s: &SagaState) -> Result<bool, sql
         .bind(s.last_error.as_ref().map(json_text))
         .bind(s.failure_reason.clone())
         .bind(s.last_seq)
+        .bind(i64::from(s.in_doubt))
+        .bind(i64::from(s.generation))
         .execute(conn)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -344,6 +449,8 @@ async fn update_row(
         .bind(s.last_seq)
         .bind(expected_token)
         .bind(expected_seq)
+        .bind(i64::from(s.in_doubt))
+        .bind(i64::from(s.generation))
         .execute(conn)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -455,11 +562,15 @@ impl SagaStore for SqlSagaStore {
                             entries.extend(new.iter().cloned());
                             WriteOutcome::Created
                         } else {
-                            let existing: String =
-                                sqlx::query_scalar("SELECT id FROM sagas WHERE business_key = $1")
-                                    .bind(state.business_key.clone())
-                                    .fetch_one(&mut *tx)
-                                    .await?;
+                            // The conflict was on the business key or on the id (two
+                            // deliveries racing to start the same saga with the same id).
+                            let existing: String = sqlx::query_scalar(
+                                "SELECT id FROM sagas WHERE business_key = $1 OR id = $2 LIMIT 1",
+                            )
+                            .bind(state.business_key.clone())
+                            .bind(state.id.to_string())
+                            .fetch_one(&mut *tx)
+                            .await?;
                             WriteOutcome::Exists(existing.parse().map_err(|_| {
                                 StoreError::Corrupt(format!("saga id {existing:?}"))
                             })?)
@@ -493,11 +604,37 @@ impl SagaStore for SqlSagaStore {
         now: i64,
         lease_ms: i64,
         limit: u32,
+        definitions: &[(String, u32)],
     ) -> Result<Vec<SagaState>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.claim_rows(None, owner, now, lease_ms, limit).await
+        self.claim_rows(None, owner, now, lease_ms, limit, definitions)
+            .await
+    }
+
+    async fn count_due_elsewhere(
+        &self,
+        now: i64,
+        definitions: &[(String, u32)],
+    ) -> Result<u64, StoreError> {
+        if definitions.is_empty() {
+            return Ok(0);
+        }
+        let due = match self.db.backend() {
+            Backend::Postgres => DUE_POSTGRES,
+            Backend::Sqlite => DUE_SQLITE,
+        };
+        let sql = format!(
+            "SELECT COUNT(*){due} AND NOT {}",
+            definitions_filter(2, definitions.len())
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).bind(now);
+        for (name, version) in definitions {
+            query = query.bind(name.clone()).bind(i64::from(*version));
+        }
+        let count = query.fetch_one(self.db.pool()).await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(saga.id = %id), err)]
@@ -509,7 +646,7 @@ impl SagaStore for SqlSagaStore {
         lease_ms: i64,
     ) -> Result<Option<SagaState>, StoreError> {
         Ok(self
-            .claim_rows(Some(id), owner, now, lease_ms, 1)
+            .claim_rows(Some(id), owner, now, lease_ms, 1, &[])
             .await?
             .into_iter()
             .next())
@@ -656,7 +793,26 @@ impl SagaStore for SqlSagaStore {
         }
         query = query.bind(i64::from(filter.limit));
         let rows = query.fetch_all(self.db.pool()).await?;
-        rows.into_iter().map(SagaRow::into_state).collect()
+        // Row by row: an unreadable row (parked by the claim) must not hide every other saga.
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let id = row.id.clone();
+                row.into_state()
+                    .inspect_err(|err| {
+                        tracing::warn!(saga.id = id, error = %err, "saga row does not decode; left out of the listing");
+                    })
+                    .ok()
+            })
+            .collect())
+    }
+
+    async fn clock_ms(&self) -> Result<i64, StoreError> {
+        let sql = match self.db.backend() {
+            Backend::Postgres => CLOCK_POSTGRES,
+            Backend::Sqlite => CLOCK_SQLITE,
+        };
+        Ok(sqlx::query_scalar(sql).fetch_one(self.db.pool()).await?)
     }
 
     fn commits(&self) -> u64 {

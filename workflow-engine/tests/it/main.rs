@@ -6,6 +6,7 @@
 mod admin;
 mod engine;
 mod failpoints;
+mod failure_paths;
 mod property;
 mod store;
 mod support;

@@ -81,12 +81,21 @@ pub(crate) struct Call {
 }
 
 /// Records calls; answers from the script in the saga input; flags overlapping calls of one key.
+///
+/// It also keeps the business data of a real service: the effect of every action that applied
+/// (`ok`, or `lost`: applied with its reply lost) until a compensation undoes it, and, like the
+/// idempotency store, a stored rejection (`stored:REASON`) replayed for every later call under
+/// the very same key.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     calls: Mutex<Vec<Call>>,
     counts: Mutex<HashMap<String, usize>>,
     in_flight: Mutex<HashMap<String, usize>>,
     overlaps: Mutex<Vec<String>>,
+    /// Steps whose action applied and was not compensated, per saga.
+    applied: Mutex<HashMap<SagaId, Vec<&'static str>>>,
+    /// Rejections stored under an exact idempotency key.
+    stored: Mutex<HashMap<String, StepError>>,
 }
 
 impl Recorder {
@@ -130,6 +139,16 @@ impl Recorder {
             .collect()
     }
 
+    /// Steps of saga `id` whose action took effect and was not compensated, in action order.
+    pub(crate) fn net_effects(&self, id: SagaId) -> Vec<&'static str> {
+        self.applied
+            .lock()
+            .unwrap()
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub(crate) fn overlaps(&self) -> Vec<String> {
         self.overlaps.lock().unwrap().clone()
     }
@@ -141,8 +160,15 @@ impl Recorder {
             CallKind::Finalizer => "finalizer_plan",
         };
         let n = {
+            // Scripts count calls per call site, across key generations (`…:retry-<n>`).
+            let base = ctx
+                .idempotency_key
+                .split(":retry-")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             let mut counts = self.counts.lock().unwrap();
-            let n = counts.entry(ctx.idempotency_key.clone()).or_insert(0);
+            let n = counts.entry(base).or_insert(0);
             *n += 1;
             *n
         };
@@ -166,12 +192,37 @@ impl Recorder {
             failure_reason: ctx.failure_reason.clone(),
             started_ms: now_ms(),
         });
+        let replay = self
+            .stored
+            .lock()
+            .unwrap()
+            .get(&ctx.idempotency_key)
+            .cloned();
         let script = ctx.input[section][ctx.step]
             .get(n - 1)
             .and_then(Value::as_str)
             .unwrap_or("ok")
             .to_owned();
-        let result = outcome(&script, &ctx).await;
+        let result = match replay {
+            Some(stored) => Err(stored),
+            None => outcome(&script, &ctx).await,
+        };
+        let applied = result.is_ok() || script == "lost";
+        if let (Err(err), Some(_)) = (&result, script.strip_prefix("stored:")) {
+            self.stored
+                .lock()
+                .unwrap()
+                .insert(ctx.idempotency_key.clone(), err.clone());
+        }
+        if applied {
+            let mut effects = self.applied.lock().unwrap();
+            let steps = effects.entry(ctx.saga_id).or_default();
+            match ctx.kind {
+                CallKind::Action if !steps.contains(&ctx.step) => steps.push(ctx.step),
+                CallKind::Compensation => steps.retain(|s| *s != ctx.step),
+                _ => {}
+            }
+        }
         *self
             .in_flight
             .lock()
@@ -191,6 +242,31 @@ async fn outcome(script: &str, ctx: &StepContext) -> Result<Value, StepError> {
             format!("{} says no", ctx.step),
         )),
         "transient" => Err(StepError::transient(format!("{} unavailable", ctx.step))),
+        // Applied, but the reply was lost: the caller sees a transient failure.
+        "lost" => Err(StepError::transient("reply lost")),
+        // Refused before the handler with a bare gRPC code (a proxy, an auth layer, a fault).
+        "code" => Err(StepError::from(tonic::Status::new(
+            grpc_code(arg),
+            "refused before the handler",
+        ))),
+        // The idempotency layer: this key was used with another request.
+        "keyreuse" => Err(StepError {
+            code: "ALREADY_EXISTS".into(),
+            message: "idempotency key used with another request".into(),
+            reason: Some("IDEMPOTENCY_KEY_REUSED".into()),
+            retryable: false,
+            not_delivered: false,
+        }),
+        // A rejection the service stores under the key and replays for the same key.
+        "stored" => Err(StepError::business(arg, format!("{} refuses", ctx.step))),
+        // An output nested deeper than serde_json reads back (128 levels).
+        "deep" => {
+            let mut value = json!(1);
+            for _ in 0..200 {
+                value = json!([value]);
+            }
+            Ok(value)
+        }
         "slow" => {
             tokio::time::sleep(Duration::from_millis(arg.parse().unwrap())).await;
             Ok(json!({"step": ctx.step, "slow": true}))
@@ -200,6 +276,16 @@ async fn outcome(script: &str, ctx: &StepContext) -> Result<Value, StepError> {
             Ok(Value::Null)
         }
         other => panic!("unknown script word {other:?}"),
+    }
+}
+
+fn grpc_code(name: &str) -> tonic::Code {
+    match name {
+        "unimplemented" => tonic::Code::Unimplemented,
+        "unauthenticated" => tonic::Code::Unauthenticated,
+        "permission_denied" => tonic::Code::PermissionDenied,
+        "failed_precondition" => tonic::Code::FailedPrecondition,
+        other => panic!("unknown code {other:?} in a script"),
     }
 }
 
@@ -254,7 +340,8 @@ pub(crate) fn scripted_with(
 }
 
 /// A saga input scripting the answers: `plan` for actions, `compensation_plan` for compensations,
-/// by step name, one word per call (`ok`, `business[:REASON]`, `transient`, `slow:MS`, `hang`).
+/// by step name, one word per call (`ok`, `business[:REASON]`, `transient`, `slow:MS`, `hang`,
+/// `lost`, `code:NAME`, `keyreuse`, `stored:REASON`, `deep`).
 pub(crate) fn script(plan: Value, compensation_plan: Value) -> Value {
     json!({"plan": plan, "compensation_plan": compensation_plan})
 }
