@@ -127,6 +127,24 @@ pub enum EngineError {
     InvalidConfig(&'static str),
 }
 
+/// A lease owner id unique to this process: `<role>-<host>-<pid>-<random>`. The host name and
+/// the process id alone are not enough: two containers both run as PID 1, and a restarted
+/// process may reuse a PID while its predecessor's leases are still live.
+pub fn default_owner(role: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{role}-{host}-{}-{}",
+        std::process::id(),
+        suffix.get(..8).unwrap_or(&suffix)
+    )
+}
+
 /// Builder of an [`Engine`]. Defaults suit a laptop and a small cluster.
 #[derive(Debug)]
 pub struct EngineBuilder {

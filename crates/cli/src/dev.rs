@@ -253,7 +253,7 @@ impl Embedded {
                 order_saga(ServiceClients::single(channel.clone()), config.policies)
                     .context("building the order saga")?,
             )
-            .owner(format!("dev-{}", std::process::id()))
+            .owner(sagaflow_workflow_engine::executor::default_owner("dev"))
             .lease_ms(config.lease_ms)
             .build()
             .context("starting the saga engine")?;

@@ -168,7 +168,8 @@ pub struct EngineArgs {
     /// DEADLINE_EXCEEDED, milliseconds.
     #[arg(long, env = "SAGAFLOW_SAGA_DEADLINE_MS", default_value_t = 60_000)]
     pub saga_deadline_ms: u64,
-    /// This replica's lease owner id (default: `<service>-<pid>`).
+    /// This replica's lease owner id (default: `orchestrator-<host>-<pid>-<random>`, unique per
+    /// process even when replicas run as PID 1 in containers).
     #[arg(long, env = "SAGAFLOW_OWNER")]
     pub owner: Option<String>,
     /// Attempts of a forward step of the order saga before its outcome counts as unknown (an
@@ -394,11 +395,9 @@ async fn serve_with(
                 channel("payment-addr", &p.payment_addr)?,
                 channel("point-addr", &p.point_addr)?,
             );
-            let owner = args
-                .engine
-                .owner
-                .clone()
-                .unwrap_or_else(|| format!("orchestrator-{}", std::process::id()));
+            let owner = args.engine.owner.clone().unwrap_or_else(|| {
+                sagaflow_workflow_engine::executor::default_owner("orchestrator")
+            });
             let built = Engine::builder(Arc::new(SqlSagaStore::new(db.clone())))
                 .definition(order_saga(clients, policies).context("building the order saga")?)
                 .owner(owner)

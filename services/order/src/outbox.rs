@@ -135,6 +135,14 @@ pub enum OutboxError {
     /// The database failed (see [`sagaflow_server::db::is_transient`] to decide on a retry).
     #[error("outbox database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A row's payload is not the message its type names.
+    #[error("outbox event {event_id} does not decode: {reason}")]
+    Undecodable {
+        /// The row's event id.
+        event_id: String,
+        /// The decode error.
+        reason: String,
+    },
     /// A row holds an event type this version does not know (a newer writer).
     #[error("outbox event {event_id} has unknown type {event_type:?}")]
     UnknownType {
@@ -181,24 +189,122 @@ impl TryFrom<OutboxRow> for OutboxEvent {
     }
 }
 
+/// Counter: outbox events set aside because they can never be delivered (label `event_type`).
+pub const DEAD_LETTERED: &str = "sagaflow_outbox_dead_lettered_total";
+
 /// Up to `limit` undelivered events, oldest first (`position` order; per aggregate, `sequence`
 /// order). A `limit` below 1 returns nothing.
 ///
+/// Rows are decoded one by one: a row whose type or payload does not decode is dead-lettered
+/// (`dead_at` and `last_error` set, counted in [`DEAD_LETTERED`], an `ALERT` logged) and skipped,
+/// so that it never stalls the events behind it; dead-lettered rows are never read again.
+///
 /// # Errors
-/// [`OutboxError::Database`] when the database fails; [`OutboxError::UnknownType`] for a row
-/// of an unknown type.
+/// [`OutboxError::Database`] when the database fails.
 pub async fn pending(db: &Db, limit: i64) -> Result<Vec<OutboxEvent>, OutboxError> {
     if limit < 1 {
         return Ok(Vec::new());
     }
-    let rows: Vec<OutboxRow> = sqlx::query_as(
-        "SELECT position, event_id, aggregate_id, sequence, event_type, payload, created_at, \
-         sent_at, traceparent FROM outbox WHERE sent_at IS NULL ORDER BY position LIMIT $1",
+    // A round of rows that were all dead-lettered reads on, up to a bound, so that a run of bad
+    // rows does not delay the good ones behind it by a poll interval each.
+    for _ in 0..MAX_DEAD_LETTER_ROUNDS {
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT position, event_id, aggregate_id, sequence, event_type, payload, created_at, \
+             sent_at, traceparent FROM outbox WHERE sent_at IS NULL AND dead_at IS NULL \
+             ORDER BY position LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(db.pool())
+        .await?;
+        let read = rows.len();
+        let mut events = Vec::with_capacity(read);
+        for row in rows {
+            let (event_id, event_type) = (row.event_id.clone(), row.event_type.clone());
+            let decoded = OutboxEvent::try_from(row).and_then(|event| match event.decode() {
+                Ok(_) => Ok(event),
+                Err(err) => Err(OutboxError::Undecodable {
+                    event_id: event.event_id,
+                    reason: err.to_string(),
+                }),
+            });
+            match decoded {
+                Ok(event) => events.push(event),
+                Err(err) => dead_letter(db, &event_id, &event_type, &err.to_string()).await?,
+            }
+        }
+        if !events.is_empty() || read == 0 {
+            return Ok(events);
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// How many all-bad batches [`pending`] reads past in one call.
+const MAX_DEAD_LETTER_ROUNDS: usize = 8;
+
+async fn dead_letter(
+    db: &Db,
+    event_id: &str,
+    event_type: &str,
+    reason: &str,
+) -> Result<(), OutboxError> {
+    tracing::error!(
+        event_id,
+        event_type,
+        reason,
+        "ALERT: outbox event cannot be delivered; dead-lettered"
+    );
+    sqlx::query(
+        "UPDATE outbox SET dead_at = $1, last_error = $2 WHERE event_id = $3 AND sent_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(reason.to_owned())
+    .bind(event_id.to_owned())
+    .execute(db.pool())
+    .await?;
+    metrics::counter!(DEAD_LETTERED, "event_type" => event_type.to_owned()).increment(1);
+    Ok(())
+}
+
+/// A dead-lettered event: its id, order, type and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The event id.
+    pub event_id: String,
+    /// The order id.
+    pub aggregate_id: String,
+    /// The stored type.
+    pub event_type: String,
+    /// Unix ms it was set aside.
+    pub dead_at_ms: i64,
+    /// Why.
+    pub reason: String,
+}
+
+/// Up to `limit` dead-lettered events, oldest first.
+///
+/// # Errors
+/// [`OutboxError::Database`] when the database fails.
+pub async fn dead_letters(db: &Db, limit: i64) -> Result<Vec<DeadLetter>, OutboxError> {
+    let rows: Vec<(String, String, String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT event_id, aggregate_id, event_type, dead_at, last_error FROM outbox \
+         WHERE dead_at IS NOT NULL ORDER BY position LIMIT $1",
     )
     .bind(limit)
     .fetch_all(db.pool())
     .await?;
-    rows.into_iter().map(OutboxEvent::try_from).collect()
+    Ok(rows
+        .into_iter()
+        .map(
+            |(event_id, aggregate_id, event_type, dead_at_ms, reason)| DeadLetter {
+                event_id,
+                aggregate_id,
+                event_type,
+                dead_at_ms,
+                reason: reason.unwrap_or_default(),
+            },
+        )
+        .collect())
 }
 
 /// Every event of one aggregate (order), delivered or not, in `sequence` order.
@@ -255,10 +361,11 @@ pub struct Backlog {
 /// # Errors
 /// [`OutboxError::Database`] when the database fails.
 pub async fn backlog(db: &Db) -> Result<Backlog, OutboxError> {
-    let (pending, oldest_created_at_ms): (i64, Option<i64>) =
-        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL")
-            .fetch_one(db.pool())
-            .await?;
+    let (pending, oldest_created_at_ms): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL AND dead_at IS NULL",
+    )
+    .fetch_one(db.pool())
+    .await?;
     Ok(Backlog {
         pending,
         oldest_created_at_ms,

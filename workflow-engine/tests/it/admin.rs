@@ -199,6 +199,84 @@ async fn admin_api_over_grpc(kind: Kind) {
         .await
         .unwrap_err();
     assert_eq!(error_reason(&err).as_deref(), Some("SAGA_PAST_PIVOT"));
+
+    // ResolveStep: bad input names every field and changes nothing; NOT_APPLIED after the pivot
+    // and resolving a finished saga are refused; APPLIED settles the parked pivot.
+    let err = client
+        .resolve_step(pb::ResolveStepRequest {
+            saga_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&err),
+        ["saga_id", "resolution", "operator", "reason"]
+    );
+    assert_eq!(
+        engine.get(pivot).await.unwrap().status,
+        SagaStatus::NeedsAttention
+    );
+    let err = client
+        .resolve_step(pb::ResolveStepRequest {
+            saga_id: uuid::Uuid::now_v7().to_string(),
+            resolution: pb::Resolution::Applied as i32,
+            operator: "ops".into(),
+            reason: "checked".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let resolved = client
+        .resolve_step(pb::ResolveStepRequest {
+            saga_id: pivot.to_string(),
+            resolution: pb::Resolution::Applied as i32,
+            operator: "ops-kim".into(),
+            reason: "capture confirmed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        resolved.saga.unwrap().status,
+        pb::SagaStatus::NeedsAttention as i32
+    );
+    assert_eq!(
+        engine.wait_finished(pivot, WAIT).await.unwrap().status,
+        SagaStatus::Completed
+    );
+    let journal = client
+        .get_saga(pb::GetSagaRequest {
+            saga_id: pivot.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .journal;
+    let audit = journal
+        .iter()
+        .find(|e| e.event_type == "operator_resolved")
+        .expect("journaled");
+    assert_eq!(audit.step, "p");
+    assert!(
+        audit.detail_json.contains("ops-kim"),
+        "{}",
+        audit.detail_json
+    );
+    let err = client
+        .resolve_step(pb::ResolveStepRequest {
+            saga_id: pivot.to_string(),
+            resolution: pb::Resolution::NotApplied as i32,
+            operator: "ops".into(),
+            reason: "again".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_reason(&err).as_deref(),
+        Some("SAGA_NOT_NEEDS_ATTENTION")
+    );
     let slow = script(json!({"a": ["slow:500"]}), json!({}));
     let (cancel, _) = engine
         .start("s", "admin-4", slow, None, None)

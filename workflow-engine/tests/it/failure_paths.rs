@@ -37,6 +37,15 @@ both_backends!(
     racing_starts_of_one_saga_id_create_it_once,
 );
 
+#[test]
+fn default_owner_ids_differ_per_process_start() {
+    let a = sagaflow_workflow_engine::executor::default_owner("orchestrator");
+    let b = sagaflow_workflow_engine::executor::default_owner("orchestrator");
+    assert_ne!(a, b, "two replicas that both run as PID 1 still differ");
+    assert!(a.starts_with("orchestrator-"), "{a}");
+    assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");
+}
+
 /// The refusals that say nothing about an earlier attempt: codes that prove the request never
 /// reached a handler, a bare code (a proxy or an injected fault), and a key-reuse answer.
 const REFUSALS: [&str; 5] = [

@@ -86,4 +86,41 @@ async fn pending_in_order_and_marked_once(kind: Kind) {
     t.stop().await;
 }
 
-sagaflow_testkit::both_backends!(pending_in_order_and_marked_once);
+/// 300 events that can never be delivered (payloads that do not decode) at the head of the
+/// outbox: the good events behind them are still read, the bad ones are dead-lettered once and
+/// never read again, and the backlog no longer counts them.
+async fn undecodable_events_are_dead_lettered_not_read_forever(kind: Kind) {
+    let mut t = harness::start(kind, "ord_outbox_dead").await;
+    for i in 0..300 {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, aggregate_id, sequence, event_type, payload, created_at) \
+             VALUES ($1, $2, 1, 'OrderCreated', $3, 0)",
+        )
+        .bind(format!("00000000-0000-4000-8000-{i:012}"))
+        .bind(format!("bad-order-{i}"))
+        .bind(vec![0xff_u8, 0xff, 0xff])
+        .execute(t.db.pool())
+        .await
+        .unwrap();
+    }
+    let good = t
+        .place(place_req("o-good", "alice", &[("KB-001", 1)], None, 0))
+        .await;
+    let pending = outbox::pending(&t.db, 256).await.unwrap();
+    assert_eq!(pending.len(), 1, "only the good event is delivered");
+    assert_eq!(pending[0].aggregate_id, good.order_id);
+    assert_eq!(pending[0].event_type, EventType::OrderCreated);
+    let dead = outbox::dead_letters(&t.db, 1_000).await.unwrap();
+    assert_eq!(dead.len(), 300);
+    assert!(dead.iter().all(|d| d.reason.contains("does not decode")));
+    assert_eq!(outbox::backlog(&t.db).await.unwrap().pending, 1);
+    // Read again: the dead-lettered rows are not even looked at.
+    assert_eq!(outbox::pending(&t.db, 256).await.unwrap(), pending);
+    assert_eq!(outbox::dead_letters(&t.db, 1_000).await.unwrap(), dead);
+    t.stop().await;
+}
+
+sagaflow_testkit::both_backends!(
+    pending_in_order_and_marked_once,
+    undecodable_events_are_dead_lettered_not_read_forever
+);
