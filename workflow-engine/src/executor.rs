@@ -158,6 +158,7 @@ pub struct EngineBuilder {
     max_local_wait_ms: u64,
     commit_batch_size: usize,
     clock: Box<dyn Clock>,
+    sole_owner: bool,
 }
 
 impl EngineBuilder {
@@ -217,6 +218,16 @@ impl EngineBuilder {
     /// clock ([`crate::clock`]).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Box::new(clock);
+        self
+    }
+
+    /// Declares this engine the only one that can reach its store (the embedded system holds an
+    /// exclusive lock on its data directory): every lease found at start-up belonged to a dead
+    /// predecessor, so the engine expires them all before its first claim and resumes their
+    /// sagas at once instead of waiting a lease (docs/architecture.md, "Recovery"). Never set it
+    /// when replicas share the store.
+    pub fn sole_owner(mut self, sole_owner: bool) -> Self {
+        self.sole_owner = sole_owner;
         self
     }
 
@@ -285,6 +296,8 @@ impl EngineBuilder {
             clock: CorrectedClock::new(self.clock),
             known,
             unknown_counted_at: std::sync::atomic::AtomicI64::new(i64::MIN),
+            backlog: std::sync::atomic::AtomicBool::new(false),
+            sole_owner: self.sole_owner,
         });
         let stop_committer = CancellationToken::new();
         let committers = commit_rxs
@@ -346,6 +359,11 @@ struct Inner {
     known: Vec<(String, u32)>,
     /// Local unix ms of the last count of due sagas of unknown definitions.
     unknown_counted_at: std::sync::atomic::AtomicI64,
+    /// Set when the poller may have left due sagas unclaimed for want of a driver slot.
+    backlog: std::sync::atomic::AtomicBool,
+    /// Whether this engine is provably the only one on its store (see
+    /// [`EngineBuilder::sole_owner`]): every lease found at start-up is orphaned.
+    sole_owner: bool,
 }
 
 impl fmt::Debug for Inner {
@@ -388,6 +406,7 @@ impl Engine {
             max_local_wait_ms: 2_000,
             commit_batch_size: 256,
             clock: Box::new(SystemClock),
+            sole_owner: false,
         }
     }
 
@@ -733,6 +752,13 @@ fn not_found_as(err: OperatorError, id: SagaId) -> EngineError {
 }
 
 impl Inner {
+    /// A driver slot was freed: wake the poller if it left work for want of one.
+    fn slot_freed(&self) {
+        if self.backlog.swap(false, Ordering::Relaxed) {
+            self.kick.notify_one();
+        }
+    }
+
     /// The engine's time: its clock corrected to the database's ([`crate::clock`]), unix ms.
     fn now(&self) -> i64 {
         self.clock.now_ms()
@@ -816,14 +842,18 @@ impl Inner {
     ) {
         let inner = self.clone();
         self.spawn_tracked(async move {
-            let _permit = match permit {
+            let permit = match permit {
                 Some(p) => p,
                 None => match inner.permits.clone().acquire_owned().await {
                     Ok(p) => p,
                     Err(_) => return,
                 },
             };
-            Driver::new(inner, state, leased_at, claimed_by).run().await;
+            Driver::new(inner.clone(), state, leased_at, claimed_by)
+                .run()
+                .await;
+            drop(permit);
+            inner.slot_freed();
         });
     }
 
@@ -967,12 +997,29 @@ async fn commit_with_retry(
 
 /// The poller: claims due and orphaned sagas in batches, as many as there are free driver slots.
 async fn run_poller(inner: Arc<Inner>) {
+    if inner.sole_owner {
+        match inner.store.expire_leases().await {
+            Ok(0) => {}
+            Ok(orphaned) => {
+                tracing::info!(
+                    orphaned,
+                    "resuming the sagas a crashed predecessor left running"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot expire the leases left at start-up; they expire on their own")
+            }
+        }
+    }
     let mut again = true;
     loop {
         if !again {
+            // Jittered (0.5–1.5 × the interval), so that replicas started together do not poll
+            // in lockstep and a recovering fleet spreads its claims.
+            let nap = inner.poll_interval.mul_f64(0.5 + jitter());
             tokio::select! {
                 () = inner.shutdown.cancelled() => break,
-                () = tokio::time::sleep(inner.poll_interval) => {}
+                () = tokio::time::sleep(nap) => {}
                 () = inner.kick.notified() => {}
             }
         }
@@ -988,6 +1035,9 @@ async fn run_poller(inner: Arc<Inner>) {
             }
         }
         if permits.is_empty() {
+            // Every driver slot is busy and there may be more work: the next driver to finish
+            // wakes the poller instead of leaving its slot idle until the next interval.
+            inner.backlog.store(true, Ordering::Relaxed);
             continue;
         }
         let limit = u32::try_from(permits.len()).unwrap_or(inner.batch_size);
@@ -1005,6 +1055,9 @@ async fn run_poller(inner: Arc<Inner>) {
                 }
                 fail::fail_point!("after_claim");
                 again = claimed.len() == permits.len();
+                if again {
+                    inner.backlog.store(true, Ordering::Relaxed);
+                }
                 saga_metrics::claimed(claimed.len());
                 // The recovery's own span (a new trace: the poller serves no request). It links
                 // to each saga's trace and each step the drivers run links back to it. Created

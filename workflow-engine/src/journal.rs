@@ -460,6 +460,8 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             if s.status == SagaStatus::Running && s.phase == Phase::Forward && s.attempt >= 1 {
                 s.in_doubt = true;
             }
+            // Backoff earned before the crash does not delay the recovery.
+            s.next_attempt_at = s.next_attempt_at.min(entry.at);
         }
         Event::StepSkipped { .. } | Event::DeadlineExceeded { .. } => {}
         Event::LeaseReleased { .. } => release(&mut s),

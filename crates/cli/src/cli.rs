@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sagaflow_telemetry::{LogFormat, TelemetryGuard, metrics::MetricsError};
 
-use crate::{CliError, bench, demo, dev, saga, serve};
+use crate::{CliError, bench, demo, dev, recovery, saga, serve};
 
 /// The sagaflow order system: gRPC services coordinated by a durable saga engine.
 #[derive(Debug, Parser)]
@@ -30,6 +30,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Load-test the order saga and print sagas/s and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Kill `sagaflow dev` with sagas in flight, restart it, and print how long they take to resume.
+    Recovery(recovery::RecoveryArgs),
     /// Run one service on its own port and database.
     Serve(serve::ServeArgs),
     /// Inspect, retry or cancel sagas through the admin API.
@@ -60,6 +62,7 @@ pub fn main() -> ExitCode {
             Command::Dev(_) => "sagaflow-dev".to_owned(),
             Command::Demo(_) => "sagaflow-demo".to_owned(),
             Command::Bench(_) => "sagaflow-bench".to_owned(),
+            Command::Recovery(_) => "sagaflow-recovery".to_owned(),
             Command::Serve(args) => args.service.telemetry_name(),
             Command::Saga(_) => "sagaflow-cli".to_owned(),
         };
@@ -111,6 +114,10 @@ async fn run(command: Command) -> Result<(), CliError> {
             Err(err) => Err(CliError::Failed(err)),
         },
         Command::Bench(args) => bench::run(args).await.map(|_| ()).map_err(CliError::Failed),
+        Command::Recovery(args) => recovery::run(args)
+            .await
+            .map(|_| ())
+            .map_err(CliError::Failed),
         Command::Serve(args) => serve::run(args).await,
         Command::Saga(args) => saga::run(args).await.map_err(CliError::Failed),
     }

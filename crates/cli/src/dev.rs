@@ -105,6 +105,9 @@ pub struct EmbeddedConfig {
     /// Where the seven databases live: SQLite files under `data_dir` (the default), or one
     /// PostgreSQL database per service (for running the same system on both stores in tests).
     pub storage: Storage,
+    /// The payment methods PlaceOrder accepts (any other is INVALID_ARGUMENT naming
+    /// `payment_method`); default: the simulated gateway's card tokens.
+    pub payment_methods: Vec<String>,
 }
 
 /// Where an embedded system keeps its databases.
@@ -156,6 +159,7 @@ impl EmbeddedConfig {
             relay_poll: Duration::from_millis(500),
             backlog_sampling: None,
             storage: Storage::Sqlite,
+            payment_methods: sagaflow_payment::SIMULATED_CARD_TOKENS.map(String::from).to_vec(),
         }
     }
 
@@ -193,6 +197,7 @@ impl EmbeddedConfig {
                 .metrics_listen
                 .map(|_| relay::BACKLOG_SAMPLE_INTERVAL),
             storage: Storage::Sqlite,
+            payment_methods: sagaflow_payment::SIMULATED_CARD_TOKENS.map(String::from).to_vec(),
         })
     }
 }
@@ -200,11 +205,66 @@ impl EmbeddedConfig {
 /// A running embedded system.
 #[derive(Debug)]
 pub struct Embedded {
+    /// Held until the process ends (released after the databases are closed).
+    _lock: DataDirLock,
     server: ServerHandle,
     engine: Engine,
     stop: CancellationToken,
     relay: JoinHandle<()>,
     dbs: Vec<Db>,
+}
+
+/// The exclusive lock a running embedded system holds on its data directory (`<dir>/LOCK`, an
+/// OS file lock released when the process exits, however it exits), with the holder's process
+/// id in the file for the message a second process prints.
+#[derive(Debug)]
+struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Takes the lock of `dir`.
+    ///
+    /// # Errors
+    /// When another process holds it (the message names the directory and that process), or
+    /// the lock file cannot be opened.
+    fn acquire(dir: &std::path::Path) -> anyhow::Result<Self> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        let path = dir.join("LOCK");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                anyhow::bail!(
+                    "data directory {} is in use by another sagaflow process{}; stop it, or pass \
+                     another --data-dir",
+                    dir.display(),
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {holder})")
+                    }
+                );
+            }
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { _file: file })
+    }
 }
 
 impl Embedded {
@@ -216,6 +276,8 @@ impl Embedded {
     pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        // Before anything is opened: a second `dev` on the same directory changes nothing.
+        let lock = DataDirLock::acquire(&config.data_dir)?;
         let pool = PoolConfig {
             sqlite_synchronous: match config.sqlite_synchronous {
                 Synchronous::Full => SqliteSynchronous::Full,
@@ -255,6 +317,10 @@ impl Embedded {
             )
             .owner(sagaflow_workflow_engine::executor::default_owner("dev"))
             .lease_ms(config.lease_ms)
+            .poll_interval_ms(500)
+            // The lock on the data directory makes this engine the only one on its SQLite
+            // files: the leases a crashed predecessor left are taken over at once.
+            .sole_owner(config.storage == Storage::Sqlite)
             .build()
             .context("starting the saga engine")?;
 
@@ -262,6 +328,7 @@ impl Embedded {
         let mut routes = RoutesBuilder::default();
         let stop = CancellationToken::new();
         sagaflow_order::OrderService::new(order_db.clone(), channel.clone())
+            .with_payment_methods(config.payment_methods.clone())
             .with_relay_waker(waker.clone())
             .with_shutdown(stop.clone())
             .register(&mut routes);
@@ -306,6 +373,7 @@ impl Embedded {
         }
         let relay = tokio::spawn(relay.run(stop.clone()));
         let system = Self {
+            _lock: lock,
             server,
             engine,
             stop,

@@ -19,6 +19,7 @@ pub mod dev;
 pub mod failpoints;
 pub mod invariants;
 pub mod load;
+pub mod recovery;
 pub mod saga;
 pub mod seed;
 pub mod serve;

@@ -8,4 +8,5 @@ mod crash_restart;
 mod foundation;
 mod in_doubt;
 mod observability;
+mod recovery;
 mod walkthrough;

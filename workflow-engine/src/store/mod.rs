@@ -159,8 +159,10 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
     async fn commit(&self, batch: &[Write]) -> Result<Vec<WriteOutcome>, StoreError>;
 
     /// Claims up to `limit` due or orphaned sagas for `owner`: status RUNNING or COMPENSATING,
-    /// `next_attempt_at <= now`, lease released or expired — expired by `now` *and* by the
-    /// database's own clock, so a replica whose clock runs ahead never takes a live lease. Each claim bumps the fencing token,
+    /// and either released with `next_attempt_at <= now`, or orphaned — a lease expired by `now`
+    /// *and* by the database's own clock (so a replica whose clock runs ahead never takes a live
+    /// lease), whatever its `next_attempt_at`: backoff earned before a crash does not delay the
+    /// recovery (the `recovered` event makes the saga due at once). Each claim bumps the fencing token,
     /// sets a lease until `now + lease_ms` and journals it, in one transaction.
     ///
     /// # Errors
@@ -178,6 +180,15 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
         definitions: &[(String, u32)],
     ) -> Result<Vec<SagaState>, StoreError>;
+
+    /// Expires every lease of an active saga at once (not journaled: the lease expiry is the one
+    /// field renewals also move without the journal). Only for an engine that is provably the
+    /// only one on the store, at start-up: the leases it finds were left by a dead
+    /// predecessor. Returns how many were expired.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn expire_leases(&self) -> Result<u64, StoreError>;
 
     /// How many sagas are due at `now` whose definition is not one of `definitions` (sagas no
     /// engine with these definitions will ever take); 0 for an empty list.

@@ -77,16 +77,17 @@ const CLOCK_SQLITE: &str = concat!("SELECT ", sqlite_now!());
 const CLOCK_POSTGRES: &str = concat!("SELECT ", postgres_now!());
 
 // A lease counts as expired only when it expired by the caller's clock *and* by the database's.
+// Released and due, or orphaned (whatever its next attempt time).
 const DUE_SQLITE: &str = concat!(
-    " FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING') AND next_attempt_at <= $1 \
-     AND (lease_owner IS NULL OR lease_expires_at < MIN($1, ",
+    " FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING') \
+     AND ((lease_owner IS NULL AND next_attempt_at <= $1) OR lease_expires_at < MIN($1, ",
     sqlite_now!(),
     "))"
 );
 
 const DUE_POSTGRES: &str = concat!(
-    " FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING') AND next_attempt_at <= $1 \
-     AND (lease_owner IS NULL OR lease_expires_at < LEAST($1, ",
+    " FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING') \
+     AND ((lease_owner IS NULL AND next_attempt_at <= $1) OR lease_expires_at < LEAST($1, ",
     postgres_now!(),
     "))"
 );
@@ -611,6 +612,17 @@ impl SagaStore for SqlSagaStore {
         }
         self.claim_rows(None, owner, now, lease_ms, limit, definitions)
             .await
+    }
+
+    async fn expire_leases(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sagas SET lease_expires_at = 0 WHERE status IN ('RUNNING', 'COMPENSATING') \
+             AND lease_owner IS NOT NULL",
+        )
+        .execute(self.db.pool())
+        .await?;
+        self.committed();
+        Ok(done.rows_affected())
     }
 
     async fn count_due_elsewhere(

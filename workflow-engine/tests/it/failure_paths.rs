@@ -35,6 +35,7 @@ both_backends!(
     resolve_step_settles_a_parked_call_with_an_audit_record,
     a_replica_with_a_clock_ahead_takes_no_live_lease,
     racing_starts_of_one_saga_id_create_it_once,
+    a_sole_owner_takes_over_left_leases_at_once_without_their_backoff,
 );
 
 #[test]
@@ -579,4 +580,60 @@ async fn racing_starts_of_one_saga_id_create_it_once(kind: Kind) {
     for engine in engines {
         engine.shutdown(Duration::from_secs(5)).await;
     }
+}
+
+/// The embedded system's restart (docs/architecture.md, "Recovery"): an engine that is the only
+/// one on its store expires every lease it finds at start-up and resumes those sagas at once,
+/// without the retry backoff they had earned; the old holder's late writes are fenced.
+async fn a_sole_owner_takes_over_left_leases_at_once_without_their_backoff(kind: Kind) {
+    let h = open(kind, "sole_owner").await;
+    let rec = Arc::new(Recorder::default());
+    // The "crashed" holder: it waits out a minute of backoff holding a minute-long lease.
+    let holder = Engine::builder(h.store.clone())
+        .definition(scripted_with("s", &rec, slow_retry(), 2_000))
+        .lease_ms(60_000)
+        .max_local_wait_ms(120_000)
+        .build()
+        .unwrap();
+    let input = script(json!({"a": ["transient", "ok"]}), json!({}));
+    let (id, _) = holder
+        .start("s", "sole-1", input, None, None)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let state = h.store.get(id).await.unwrap().unwrap();
+        if state.attempt == 2 {
+            assert_eq!(state.lease_owner.as_deref(), Some(holder.owner()));
+            assert!(state.next_attempt_at > holder.now_ms() + 30_000);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = tokio::time::Instant::now();
+    let successor = Engine::builder(h.store.clone())
+        .definition(scripted_with("s", &rec, slow_retry(), 2_000))
+        .lease_ms(5_000)
+        .poll_interval_ms(50)
+        .sole_owner(true)
+        .build()
+        .unwrap();
+    let done = wait(&successor, id).await;
+    assert_eq!(done.status, SagaStatus::Completed);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "resumed at once, not after the lease or the backoff: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rec.net_effects(id), ["a", "b", "c", "p", "r"]);
+    let (_, journal) = check_fold(&h, id).await;
+    assert!(
+        journal
+            .iter()
+            .any(|e| matches!(e.event, Event::Recovered { .. }))
+    );
+    holder.shutdown(Duration::from_secs(5)).await;
+    successor.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(check_fold(&h, id).await.0.status, SagaStatus::Completed);
 }
