@@ -159,7 +159,9 @@ impl EmbeddedConfig {
             relay_poll: Duration::from_millis(500),
             backlog_sampling: None,
             storage: Storage::Sqlite,
-            payment_methods: sagaflow_payment::SIMULATED_CARD_TOKENS.map(String::from).to_vec(),
+            payment_methods: sagaflow_payment::SIMULATED_CARD_TOKENS
+                .map(String::from)
+                .to_vec(),
         }
     }
 
@@ -197,7 +199,9 @@ impl EmbeddedConfig {
                 .metrics_listen
                 .map(|_| relay::BACKLOG_SAMPLE_INTERVAL),
             storage: Storage::Sqlite,
-            payment_methods: sagaflow_payment::SIMULATED_CARD_TOKENS.map(String::from).to_vec(),
+            payment_methods: sagaflow_payment::SIMULATED_CARD_TOKENS
+                .map(String::from)
+                .to_vec(),
         })
     }
 }

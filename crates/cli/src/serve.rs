@@ -247,8 +247,33 @@ pub struct ServeArgs {
     pub engine: EngineArgs,
     #[command(flatten)]
     pub gateway: sagaflow_payment::GatewayArgs,
+    /// Order only: the payment methods PlaceOrder accepts, comma-separated (any other is
+    /// INVALID_ARGUMENT naming `payment_method`). Default: the simulated gateway's card tokens.
+    #[arg(
+        long,
+        env = "SAGAFLOW_PAYMENT_METHODS",
+        value_delimiter = ',',
+        default_values_t = sagaflow_payment::SIMULATED_CARD_TOKENS.map(String::from)
+    )]
+    pub payment_methods: Vec<String>,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+/// The `--payment-methods` list, trimmed, without empty entries.
+///
+/// # Errors
+/// `CliError::Usage` when no method is left.
+pub fn payment_methods(values: &[String]) -> Result<Vec<String>, CliError> {
+    let methods: Vec<String> = values
+        .iter()
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if methods.is_empty() {
+        return Err(CliError::Usage("--payment-methods is empty".into()));
+    }
+    Ok(methods)
 }
 
 /// A lazily connected channel to one URL, or load-balanced over several comma-separated URLs.
@@ -370,6 +395,7 @@ async fn serve_with(
             let ranking = channel("ranking-addr", &args.peers.ranking_addr)?;
             let waker = RelayWaker::default();
             sagaflow_order::OrderService::new(db.clone(), inventory)
+                .with_payment_methods(payment_methods(&args.payment_methods)?)
                 .with_relay_waker(waker.clone())
                 .with_shutdown(stop.clone())
                 .register(&mut routes);
@@ -477,5 +503,31 @@ mod tests {
         assert_eq!(policies.max_delay_ms, 800);
         let cli = Cli::try_parse_from(["x", "--step-attempts", "0"]).unwrap();
         assert!(matches!(cli.engine.policies(), Err(CliError::Usage(_))));
+    }
+
+    #[derive(Debug, Parser)]
+    struct ServeCli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn payment_methods_default_to_the_simulated_card_tokens() {
+        let cli = ServeCli::try_parse_from(["x", "order"]).unwrap();
+        assert_eq!(
+            payment_methods(&cli.serve.payment_methods).unwrap(),
+            sagaflow_payment::SIMULATED_CARD_TOKENS
+        );
+        let cli =
+            ServeCli::try_parse_from(["x", "order", "--payment-methods", "tok_a, tok_b,"]).unwrap();
+        assert_eq!(
+            payment_methods(&cli.serve.payment_methods).unwrap(),
+            ["tok_a", "tok_b"]
+        );
+        let cli = ServeCli::try_parse_from(["x", "order", "--payment-methods", " , "]).unwrap();
+        assert!(matches!(
+            payment_methods(&cli.serve.payment_methods),
+            Err(CliError::Usage(_))
+        ));
     }
 }

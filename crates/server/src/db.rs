@@ -273,6 +273,32 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     }
 }
 
+/// For an error the database raised because of a value the request carried, a description of it
+/// for the client (naming no SQL, no value); `None` for any other error.
+///
+/// - PostgreSQL: every data exception, SQLSTATE class 22 (22021 `character_not_in_repertoire`,
+///   the U+0000 of a `TEXT` value; 22P05 `untranslatable_character`; 22001
+///   `string_data_right_truncation`; 22003 `numeric_value_out_of_range`; 22P02
+///   `invalid_text_representation`; …);
+/// - SQLite: `SQLITE_TOOBIG` (18), a string or blob over the size limit.
+///
+/// Constraint violations (class 23) are not here: a handler that expects one maps it itself,
+/// and an unexpected one is a bug.
+pub fn bad_data_description(err: &sqlx::Error) -> Option<&'static str> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    let code = db.code()?;
+    // SQLSTATEs are five characters; SQLite's result codes are at most four digits.
+    match code.as_ref() {
+        "22021" | "22P05" => Some("contains a character the database cannot store"),
+        "22001" | "18" => Some("holds a value too long to store"),
+        "22003" => Some("holds a number out of the stored range"),
+        c if c.len() == 5 && c.starts_with("22") => Some("holds a value the database cannot store"),
+        _ => None,
+    }
+}
+
 /// Whether an sqlx error is worth retrying (pool timeout, I/O, lock contention, serialization
 /// failure, server shutting down) rather than a bug.
 pub fn is_transient(err: &sqlx::Error) -> bool {

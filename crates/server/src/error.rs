@@ -9,6 +9,9 @@
 //! | `FailedPrecondition` | `FAILED_PRECONDITION` | `google.rpc.ErrorInfo` reason  |
 //! | `Unavailable`        | `UNAVAILABLE`         | —                              |
 //! | `Internal`           | `INTERNAL`            | none: the cause is only logged |
+//!
+//! A database error caused by a value of the request (PostgreSQL SQLSTATE class 22, such as the
+//! 22021 of a U+0000 in text) is `InvalidArgument`, not `Internal`: see `From<sqlx::Error>`.
 
 use std::collections::HashMap;
 
@@ -18,7 +21,8 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 /// One offending field of a request: the proto field path (`lines[2].quantity`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    /// Proto field path, for example `lines[0].sku`.
+    /// Proto field path, for example `lines[0].sku`; empty for the request as a whole (a value
+    /// the database refused, when which field carried it is not known).
     pub field: String,
     /// What is wrong with it, for a person.
     pub description: String,
@@ -62,7 +66,13 @@ pub enum ServiceError {
 fn describe(violations: &[Violation]) -> String {
     violations
         .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
+        .map(|v| {
+            if v.field.is_empty() {
+                format!("the request {}", v.description)
+            } else {
+                format!("{}: {}", v.field, v.description)
+            }
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -74,6 +84,22 @@ impl ServiceError {
             field: field.into(),
             description: description.into(),
         }])
+    }
+
+    /// An `InvalidArgument` for the request as a whole (empty field path): the database refused
+    /// one of its values, and which field carried it is not known.
+    pub fn refused_value(description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![Violation {
+            field: String::new(),
+            description: description.into(),
+        }])
+    }
+
+    /// Whether this is a [`ServiceError::refused_value`]. The idempotency store does not keep it
+    /// as the key's outcome: the transaction is rolled back whole, key included, so nothing is
+    /// written (the same request is refused the same way again).
+    pub fn is_refused_value(&self) -> bool {
+        matches!(self, Self::InvalidArgument(vs) if vs.iter().any(|v| v.field.is_empty()))
     }
 
     /// A `FailedPrecondition` with no metadata.
@@ -140,12 +166,20 @@ impl From<ServiceError> for Status {
 }
 
 impl From<sqlx::Error> for ServiceError {
-    /// Pool timeouts, I/O and lock contention are `Unavailable` (the caller retries); anything
-    /// else is `Internal`. Call sites that expect `RowNotFound` or a unique violation map those
-    /// themselves, naming what was missing or duplicated (STYLE rule 21).
+    /// Pool timeouts, I/O and lock contention are `Unavailable` (the caller retries). A value
+    /// the database refuses ([`crate::db::bad_data_description`]: PostgreSQL's data exceptions,
+    /// SQLSTATE class 22, such as 22021 for a U+0000 in text; SQLite's `SQLITE_TOOBIG`) is
+    /// `InvalidArgument` for the request as a whole (empty field path), with a description that
+    /// names neither SQL nor the value: the same request fails the same way on every attempt,
+    /// and a transaction that failed wrote nothing. Anything else is `Internal`. Call sites that
+    /// expect `RowNotFound` or a unique violation map those themselves, naming what was missing
+    /// or duplicated (STYLE rule 21).
     fn from(err: sqlx::Error) -> Self {
         if crate::db::is_transient(&err) {
             Self::Unavailable(format!("database: {err}"))
+        } else if let Some(description) = crate::db::bad_data_description(&err) {
+            tracing::info!(error = %err, "the database refused a value of the request");
+            Self::refused_value(description)
         } else {
             Self::Internal(anyhow::Error::new(err).context("database"))
         }
@@ -186,6 +220,20 @@ mod tests {
         let status: Status = ServiceError::precondition("OUT_OF_STOCK", "sku KB-1 is out").into();
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert_eq!(error_reason(&status).as_deref(), Some("OUT_OF_STOCK"));
+    }
+
+    #[test]
+    fn a_violation_of_the_whole_request_reads_well() {
+        let status: Status = ServiceError::InvalidArgument(vec![Violation {
+            field: String::new(),
+            description: "contains a character the database cannot store".into(),
+        }])
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "invalid argument: the request contains a character the database cannot store"
+        );
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! The gRPC server every sagaflow process runs: the caller's services plus `grpc.health.v1` and
 //! server reflection in both v1 and v1alpha (grpcurl 1.8.6 speaks only v1alpha; TOOLCHAIN trap 1),
 //! behind the tracing layer (one span per call, parented to the caller's `traceparent`;
-//! [`sagaflow_telemetry::propagation::TraceLayer`]) and the fault-injection layer
-//! ([`crate::faults`]), with graceful shutdown that finishes in-flight calls.
+//! [`sagaflow_telemetry::propagation::TraceLayer`]), the fault-injection layer
+//! ([`crate::faults`]) and the string-field guard ([`crate::string_guard`]: INVALID_ARGUMENT for
+//! a control character in any string field of a request), with graceful shutdown that finishes
+//! in-flight calls.
 //!
 //! ```text
-//!  TcpListener ─▶ TraceLayer ─▶ FaultLayer ─▶ Routes ─┬─ caller's services
-//!                                                     ├─ grpc.health.v1.Health
-//!                                                     └─ grpc.reflection.{v1,v1alpha}.ServerReflection
+//!  TcpListener ─▶ TraceLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ Routes ─┬─ caller's services
+//!                                                                         ├─ grpc.health.v1.Health
+//!                                                                         └─ grpc.reflection.{v1,v1alpha}.ServerReflection
 //! ```
 //!
-//! The tracing layer is outermost so that an injected fault is recorded on the call's span
-//! (`rpc.grpc.status_code`) like any other answer.
+//! The tracing layer is outermost so that an injected fault, and a request the guard refuses, is
+//! recorded on the call's span (`rpc.grpc.status_code`) like any other answer.
 
 use std::future::Future;
 
@@ -21,7 +23,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 
-use crate::faults::{FaultConfig, FaultLayer};
+use crate::{
+    faults::{FaultConfig, FaultLayer},
+    string_guard::StringGuardLayer,
+};
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,7 @@ pub async fn serve(
         // Outermost first: the span covers the faults injected below it.
         .layer(TraceLayer::new())
         .layer(FaultLayer::new(faults))
+        .layer(StringGuardLayer)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

@@ -15,7 +15,9 @@
 //! A crash before COMMIT leaves neither the effect nor the key; after COMMIT a repeat finds the key
 //! and replays. Business errors (`NOT_FOUND`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`,
 //! `INVALID_ARGUMENT`) are stored so that a repeat gets the same answer even if the world changed
-//! meanwhile (for example stock was restocked after an OUT_OF_STOCK).
+//! meanwhile (for example stock was restocked after an OUT_OF_STOCK). A value the database refuses
+//! ([`ServiceError::refused_value`], e.g. PostgreSQL's 22021 for a U+0000 in text) is answered
+//! INVALID_ARGUMENT and rolls everything back, key included: nothing is written.
 //!
 //! Every service database has this table (in its first migration):
 //!
@@ -220,13 +222,15 @@ pub fn request_hash<Req: Message>(command: &str, request: &Req) -> Vec<u8> {
 }
 
 fn is_business(err: &ServiceError) -> bool {
-    matches!(
-        err,
-        ServiceError::InvalidArgument(_)
-            | ServiceError::NotFound(_)
-            | ServiceError::AlreadyExists { .. }
-            | ServiceError::FailedPrecondition { .. }
-    )
+    // A value the database refused is not an outcome to keep: nothing is written for it.
+    !err.is_refused_value()
+        && matches!(
+            err,
+            ServiceError::InvalidArgument(_)
+                | ServiceError::NotFound(_)
+                | ServiceError::AlreadyExists { .. }
+                | ServiceError::FailedPrecondition { .. }
+        )
 }
 
 #[derive(sqlx::FromRow)]

@@ -1,5 +1,16 @@
 //! Request validation that names the offending field (DESIGN §6; issue "Domain services" item 5).
 //!
+//! **Control characters.** No string field may hold a control character other than tab, line
+//! feed and carriage return (U+0000–U+0008, U+000B, U+000C, U+000E–U+001F, U+007F–U+009F: Unicode
+//! category Cc less `\t`, `\n`, `\r`); identifiers (ids, keys, codes, skus, tokens: every field
+//! checked by [`Validator::required`], [`Validator::max_len`] or [`Validator::uuid`]) may hold
+//! none at all. PostgreSQL cannot store U+0000 in `TEXT` while SQLite can, so without this rule
+//! the same request would be INVALID_ARGUMENT on one store and accepted on the other. The first
+//! rule holds for every string field of every request, nested and repeated ones included, before
+//! any handler runs ([`string_field_violations`], applied by [`crate::string_guard`]); the second
+//! one is the handlers' own, through this validator. Free text that is not an identifier (a
+//! product name) goes through [`Validator::required_text`] or [`Validator::text`].
+//!
 //! Collect every problem, then fail once:
 //!
 //! ```
@@ -16,6 +27,7 @@
 
 use std::time::Duration;
 
+use prost_reflect::{DynamicMessage, MapKey, Value};
 use uuid::Uuid;
 
 use crate::error::{ServiceError, Violation};
@@ -43,12 +55,15 @@ impl Validator {
         Self::default()
     }
 
-    /// Records a violation of `field`.
+    /// Records a violation of `field` (once: the same field and description again is ignored).
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.violations.push(Violation {
+        let violation = Violation {
             field: field.into(),
             description: description.into(),
-        });
+        };
+        if !self.violations.contains(&violation) {
+            self.violations.push(violation);
+        }
     }
 
     /// Records a violation unless `ok`.
@@ -58,7 +73,9 @@ impl Validator {
         }
     }
 
-    /// A required string of 1 to [`MAX_STRING_BYTES`] bytes.
+    /// A required identifier (an id, key, code, sku or token): not blank, at most
+    /// [`MAX_STRING_BYTES`] bytes, no control character at all ([`is_forbidden_in_identifier`]).
+    /// Records one violation of `field` and returns `false` otherwise.
     pub fn required(&mut self, field: &str, value: &str) -> bool {
         if value.trim().is_empty() {
             self.add(field, "must not be empty");
@@ -68,17 +85,45 @@ impl Validator {
         }
     }
 
-    /// An optional string of at most [`MAX_STRING_BYTES`] bytes.
+    /// An optional identifier: empty, or at most [`MAX_STRING_BYTES`] bytes without any control
+    /// character ([`is_forbidden_in_identifier`]). Records one violation of `field` and returns
+    /// `false` otherwise.
     pub fn max_len(&mut self, field: &str, value: &str) -> bool {
+        self.string(field, value, is_forbidden_in_identifier)
+    }
+
+    /// Required free text (a product name): not blank, at most [`MAX_STRING_BYTES`] bytes, no
+    /// control character other than tab, line feed and carriage return ([`is_forbidden_in_text`]).
+    /// Records one violation of `field` and returns `false` otherwise.
+    pub fn required_text(&mut self, field: &str, value: &str) -> bool {
+        if value.trim().is_empty() {
+            self.add(field, "must not be empty");
+            false
+        } else {
+            self.text(field, value)
+        }
+    }
+
+    /// Optional free text: empty, or at most [`MAX_STRING_BYTES`] bytes without a control
+    /// character other than tab, line feed and carriage return ([`is_forbidden_in_text`]).
+    /// Records one violation of `field` and returns `false` otherwise.
+    pub fn text(&mut self, field: &str, value: &str) -> bool {
+        self.string(field, value, is_forbidden_in_text)
+    }
+
+    fn string(&mut self, field: &str, value: &str, forbidden: fn(char) -> bool) -> bool {
         if value.len() > MAX_STRING_BYTES {
             self.add(field, format!("must be at most {MAX_STRING_BYTES} bytes"));
+            false
+        } else if let Some(c) = value.chars().find(|c| forbidden(*c)) {
+            self.add(field, control_character_description(c));
             false
         } else {
             true
         }
     }
 
-    /// A UUID in its canonical text form.
+    /// A UUID in its canonical text form (which has no control characters).
     pub fn uuid(&mut self, field: &str, value: &str) -> Option<Uuid> {
         if value.is_empty() {
             self.add(field, "must not be empty");
@@ -157,6 +202,88 @@ impl Validator {
     }
 }
 
+/// Whether `c` may not appear in an identifier: every control character (Unicode category Cc:
+/// U+0000–U+001F and U+007F–U+009F).
+pub fn is_forbidden_in_identifier(c: char) -> bool {
+    c.is_control()
+}
+
+/// Whether `c` may not appear in any string field, free text included: every control character
+/// except tab, line feed and carriage return.
+pub fn is_forbidden_in_text(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// The violation description for a forbidden character, naming its code point (`U+0000`).
+fn control_character_description(c: char) -> String {
+    format!(
+        "must not contain control characters (found U+{:04X})",
+        u32::from(c)
+    )
+}
+
+/// The violations of the rule every string field obeys ([`is_forbidden_in_text`]), for every
+/// string field of `message`, nested messages, repeated fields and map entries included, one per
+/// offending field, named by its proto path as the handlers name fields (`lines[0].sku`,
+/// `event.order.user_id`, `labels["k"]`). Empty when every string is clean.
+pub fn string_field_violations(message: &DynamicMessage) -> Vec<Violation> {
+    let mut out = Vec::new();
+    collect_message(message, "", &mut out);
+    out
+}
+
+fn collect_message(message: &DynamicMessage, prefix: &str, out: &mut Vec<Violation>) {
+    for (field, value) in message.fields() {
+        let path = if prefix.is_empty() {
+            field.name().to_owned()
+        } else {
+            format!("{prefix}.{}", field.name())
+        };
+        collect_value(value, &path, out);
+    }
+}
+
+fn collect_value(value: &Value, path: &str, out: &mut Vec<Violation>) {
+    match value {
+        Value::String(text) => {
+            if let Some(c) = text.chars().find(|c| is_forbidden_in_text(*c)) {
+                out.push(Violation {
+                    field: path.to_owned(),
+                    description: control_character_description(c),
+                });
+            }
+        }
+        Value::Message(message) => collect_message(message, path, out),
+        Value::List(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_value(item, &format!("{path}[{i}]"), out);
+            }
+        }
+        Value::Map(entries) => {
+            for (key, item) in entries {
+                let entry = match key {
+                    MapKey::String(k) => format!("{path}[{k:?}]"),
+                    MapKey::Bool(k) => format!("{path}[{k}]"),
+                    MapKey::I32(k) => format!("{path}[{k}]"),
+                    MapKey::I64(k) => format!("{path}[{k}]"),
+                    MapKey::U32(k) => format!("{path}[{k}]"),
+                    MapKey::U64(k) => format!("{path}[{k}]"),
+                };
+                if let MapKey::String(k) = key
+                    && let Some(c) = k.chars().find(|c| is_forbidden_in_text(*c))
+                {
+                    out.push(Violation {
+                        field: entry.clone(),
+                        description: format!("key {}", control_character_description(c)),
+                    });
+                }
+                collect_value(item, &entry, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Encodes an opaque page token from the last key of a page.
 pub fn encode_page_token(last_key: &str) -> String {
     hex::encode(last_key.as_bytes())
@@ -170,9 +297,11 @@ pub fn decode_page_token(field: &str, token: &str) -> Result<Option<String>, Ser
     if token.is_empty() {
         return Ok(None);
     }
+    // Our keys hold no control characters, so a token that decodes to one is not ours.
     hex::decode(token)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|key| !key.chars().any(is_forbidden_in_identifier))
         .map(Some)
         .ok_or_else(|| ServiceError::invalid(field, "is not a page token from a previous response"))
 }
@@ -195,6 +324,128 @@ mod tests {
         };
         let fields: Vec<_> = vs.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["user_id", "sku", "quantity", "points", "order_id"]);
+    }
+
+    #[test]
+    fn identifiers_refuse_every_control_character() {
+        for bad in [
+            "a\u{0}b",
+            "\u{0}",
+            "tab\there",
+            "line\nfeed",
+            "cr\r",
+            "\u{1b}[0m",
+            "del\u{7f}",
+            "c1\u{85}",
+        ] {
+            let mut v = Validator::new();
+            assert!(!v.required("user_id", bad), "{bad:?}");
+            assert!(!v.max_len("coupon_code", bad), "{bad:?}");
+            assert!(v.uuid("order_id", bad).is_none(), "{bad:?}");
+            let ServiceError::InvalidArgument(vs) = v.finish().unwrap_err() else {
+                panic!("expected InvalidArgument");
+            };
+            let fields: Vec<_> = vs.iter().map(|v| v.field.as_str()).collect();
+            assert_eq!(fields, ["user_id", "coupon_code", "order_id"], "{bad:?}");
+        }
+        let mut v = Validator::new();
+        v.required("sku", "a\u{0}b");
+        let err = v.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("sku: must not contain control characters (found U+0000)"),
+            "{err}"
+        );
+        // Clean identifiers, spaces and non-ASCII letters included, pass.
+        let mut v = Validator::new();
+        assert!(v.required("user_id", "김 민수"));
+        assert!(v.max_len("coupon_code", ""));
+        assert!(v.max_len("coupon_code", "WELCOME-ALICE"));
+        assert!(v.is_ok());
+    }
+
+    #[test]
+    fn free_text_allows_tab_and_newlines_only() {
+        let mut v = Validator::new();
+        assert!(v.required_text("name", "Mechanical keyboard\tblack\r\nUS layout"));
+        assert!(v.text("name", ""));
+        assert!(v.is_ok());
+        for bad in [
+            "a\u{0}b",
+            "bell\u{7}",
+            "\u{1b}[31mred",
+            "del\u{7f}",
+            "\u{9b}",
+        ] {
+            let mut v = Validator::new();
+            assert!(!v.required_text("name", bad), "{bad:?}");
+            assert!(!v.text("name", bad), "{bad:?}");
+            let ServiceError::InvalidArgument(vs) = v.finish().unwrap_err() else {
+                panic!("expected InvalidArgument");
+            };
+            // The same violation twice is recorded once.
+            assert_eq!(vs.len(), 1, "{bad:?}: {vs:?}");
+            assert_eq!(vs[0].field, "name");
+        }
+        let mut v = Validator::new();
+        assert!(!v.required_text("name", " \t\n"));
+        assert!(!v.required_text("name", &"x".repeat(MAX_STRING_BYTES + 1)));
+        assert!(v.text("name", &"x".repeat(MAX_STRING_BYTES)));
+    }
+
+    #[test]
+    fn the_character_rules() {
+        for c in [
+            '\u{0}', '\u{1}', '\u{8}', '\u{b}', '\u{c}', '\u{e}', '\u{1f}', '\u{7f}', '\u{80}',
+            '\u{9f}',
+        ] {
+            assert!(is_forbidden_in_text(c), "{c:?}");
+            assert!(is_forbidden_in_identifier(c), "{c:?}");
+        }
+        for c in ['\t', '\n', '\r'] {
+            assert!(!is_forbidden_in_text(c), "{c:?}");
+            assert!(is_forbidden_in_identifier(c), "{c:?}");
+        }
+        for c in [' ', 'a', '\u{a0}', '\u{200b}', '한', '\u{fffd}'] {
+            assert!(!is_forbidden_in_text(c), "{c:?}");
+            assert!(!is_forbidden_in_identifier(c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn string_fields_of_nested_and_repeated_messages_are_named_by_path() {
+        use prost::Message as _;
+        use sagaflow_proto::order::v1::{Order, OrderCompletedEvent, OrderLine};
+        let event = OrderCompletedEvent {
+            order: Some(Order {
+                order_id: "a\u{0}b".into(),
+                user_id: "alice\n".into(),
+                lines: vec![
+                    OrderLine {
+                        sku: "KB-001".into(),
+                        quantity: 1,
+                        unit_price: 1,
+                    },
+                    OrderLine {
+                        sku: "\u{1b}".into(),
+                        quantity: 1,
+                        unit_price: 1,
+                    },
+                ],
+                ..Order::default()
+            }),
+        };
+        let pool =
+            prost_reflect::DescriptorPool::decode(sagaflow_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let desc = pool
+            .get_message_by_name("sagaflow.order.v1.OrderCompletedEvent")
+            .unwrap();
+        let message = DynamicMessage::decode(desc, event.encode_to_vec().as_slice()).unwrap();
+        let fields: Vec<_> = string_field_violations(&message)
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        // The line feed is allowed by the rule every field obeys (identifiers are the handlers').
+        assert_eq!(fields, ["order.order_id", "order.lines[1].sku"]);
     }
 
     #[test]
@@ -229,6 +480,9 @@ mod tests {
             Some("KB-001")
         );
         assert!(decode_page_token("page_token", "zz").is_err());
+        // A token that decodes to a control character is not one of ours.
+        assert!(decode_page_token("page_token", &encode_page_token("a\u{0}b")).is_err());
+        assert!(decode_page_token("page_token", "a\u{0}b").is_err());
         assert_eq!(decode_page_token("page_token", "").unwrap(), None);
     }
 }

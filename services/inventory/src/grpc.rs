@@ -169,7 +169,8 @@ impl inventory_service_server::InventoryService for InventoryService {
         let req = request.into_inner();
         let mut v = Validator::new();
         v.required("sku", &req.sku);
-        v.required("name", &req.name);
+        // Free text: tab and line breaks are fine in a name, other control characters are not.
+        v.required_text("name", &req.name);
         v.non_negative_i64("unit_price", req.unit_price);
         v.finish()?;
         // Naturally idempotent: the same request leaves the same row, so it needs no key.

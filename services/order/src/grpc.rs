@@ -2,7 +2,7 @@
 //! Inventory, the idempotent commands, GetOrder's wait, and proto ↔ domain conversion.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     time::Duration,
 };
 
@@ -43,7 +43,7 @@ impl OrderServiceApi for OrderService {
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
         let req = request.into_inner();
-        let lines = validate_place(&req)?;
+        let lines = validate_place(&req, self.payment_methods.as_deref())?;
         let key = format!("PlaceOrder:{}", req.request_id);
         // A repeat is answered from the idempotency store, without asking Inventory.
         if let Some(stored) = idempotency::lookup(&self.db, PLACE, &key, &req).await? {
@@ -434,7 +434,11 @@ async fn load_existing(
 }
 
 /// Checks every field of PlaceOrder (issue 3 item 5) and returns the lines as (sku, quantity).
-fn validate_place(req: &pb::PlaceOrderRequest) -> Result<Vec<(String, i32)>, ServiceError> {
+/// `payment_methods`, when given, are the only accepted `payment_method` values.
+fn validate_place(
+    req: &pb::PlaceOrderRequest,
+    payment_methods: Option<&BTreeSet<String>>,
+) -> Result<Vec<(String, i32)>, ServiceError> {
     let mut v = Validator::new();
     v.required("request_id", &req.request_id);
     v.required("user_id", &req.user_id);
@@ -453,7 +457,22 @@ fn validate_place(req: &pb::PlaceOrderRequest) -> Result<Vec<(String, i32)>, Ser
         v.required("coupon_code", code);
     }
     v.non_negative_i64("points", req.points);
-    v.required("payment_method", &req.payment_method);
+    if v.required("payment_method", &req.payment_method)
+        && let Some(accepted) = payment_methods
+        && !accepted.contains(&req.payment_method)
+    {
+        v.add(
+            "payment_method",
+            format!(
+                "is not an accepted payment method (accepted: {})",
+                accepted
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
     v.finish()?;
     Ok(req
         .lines

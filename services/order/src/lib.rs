@@ -18,7 +18,7 @@
 //!
 //! An order's saga id is its order id: the orchestrator starts the saga keyed by the order id.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use sagaflow_proto::{
     inventory::v1::inventory_service_client::InventoryServiceClient,
@@ -76,6 +76,8 @@ pub struct OrderService {
     /// Cancelled when the process shuts down: GetOrder long-polls return the order as it is, so
     /// that a graceful shutdown does not wait up to a minute for them.
     shutdown: tokio_util::sync::CancellationToken,
+    /// The payment methods PlaceOrder accepts; `None`: any (non-empty) one.
+    payment_methods: Option<Arc<BTreeSet<String>>>,
 }
 
 impl OrderService {
@@ -91,7 +93,24 @@ impl OrderService {
             changes,
             relay: None,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            payment_methods: None,
         }
+    }
+
+    /// The same service, accepting in PlaceOrder only a `payment_method` equal to one of
+    /// `methods` (for the simulated gateway, its card tokens:
+    /// `sagaflow_payment::SIMULATED_CARD_TOKENS`). Any other is INVALID_ARGUMENT naming
+    /// `payment_method`, before anything is priced or written, so an order that could only fail
+    /// at payment is never created. Without this call every non-empty method is accepted (and
+    /// an unknown one fails later, in the saga, as PAYMENT_DECLINED); `sagaflow serve order` and
+    /// the embedded system always make it.
+    pub fn with_payment_methods<I, S>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.payment_methods = Some(Arc::new(methods.into_iter().map(Into::into).collect()));
+        self
     }
 
     /// The same service, waking `relay` right after every commit that writes an outbox event

@@ -199,6 +199,13 @@ impl GatewayArgs {
     }
 }
 
+/// Every card token the simulated gateway knows, as a deployment that uses it accepts them:
+/// the default of `sagaflow serve order --payment-methods` and of the embedded system (PlaceOrder
+/// refuses any other `payment_method` with INVALID_ARGUMENT). [`CardToken::parse`] knows exactly
+/// these.
+pub const SIMULATED_CARD_TOKENS: [&str; 4] =
+    ["tok_ok", "tok_decline", "tok_capture_decline", "tok_slow"];
+
 /// The card tokens the simulated gateway knows (DESIGN §3a).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CardToken {
@@ -538,6 +545,26 @@ mod tests {
             latency_ms: 0,
             slow_ms: 50,
         })
+    }
+
+    #[test]
+    fn the_published_tokens_are_exactly_the_known_ones() {
+        let parsed: Vec<_> = SIMULATED_CARD_TOKENS
+            .iter()
+            .map(|t| CardToken::parse(t))
+            .collect();
+        assert_eq!(
+            parsed,
+            [
+                Some(CardToken::Ok),
+                Some(CardToken::Decline),
+                Some(CardToken::CaptureDecline),
+                Some(CardToken::Slow)
+            ]
+        );
+        for unknown in ["tok_bogus", "", "TOK_OK", "tok_ok "] {
+            assert_eq!(CardToken::parse(unknown), None, "{unknown:?}");
+        }
     }
 
     #[tokio::test]

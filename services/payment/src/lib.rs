@@ -57,7 +57,8 @@ mod store;
 
 pub use gateway::{
     AuthorizationState, AuthorizeRequest, CardToken, GatewayArgs, GatewayError, GatewayReference,
-    OperationRequest, PaymentGateway, SimulatedGateway, SimulatedGatewayConfig, VoidByKeyRequest,
+    OperationRequest, PaymentGateway, SIMULATED_CARD_TOKENS, SimulatedGateway,
+    SimulatedGatewayConfig, VoidByKeyRequest,
 };
 
 /// The fully-qualified gRPC service name (for health and reflection).

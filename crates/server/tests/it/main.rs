@@ -3,4 +3,5 @@
 // Test code: a failed unwrap is a failed test (clippy's allow-*-in-tests does not reach helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bad_data;
 mod idempotency;

@@ -22,6 +22,12 @@ pub(crate) const CATALOG: &[(&str, i64)] = &[
     ("FREE-1", 0),
 ];
 
+/// The payment methods the test servers accept: the simulated gateway's card tokens
+/// (`sagaflow_payment::SIMULATED_CARD_TOKENS`, repeated here because the order crate does not
+/// depend on the payment crate), as `sagaflow serve order` accepts by default.
+pub(crate) const PAYMENT_METHODS: &[&str] =
+    &["tok_ok", "tok_decline", "tok_capture_decline", "tok_slow"];
+
 pub(crate) struct TestOrder {
     _order_tdb: TestDatabase,
     _inventory_tdb: TestDatabase,
@@ -38,7 +44,9 @@ async fn spawn_order(db: &Db, inventory_url: &str) -> (ServerHandle, OrderServic
         .unwrap()
         .connect_lazy();
     let mut routes = tonic::service::RoutesBuilder::default();
-    OrderService::new(db.clone(), inventory).register(&mut routes);
+    OrderService::new(db.clone(), inventory)
+        .with_payment_methods(PAYMENT_METHODS.iter().copied())
+        .register(&mut routes);
     let server = sagaflow_server::grpc::spawn(
         "127.0.0.1:0".parse().unwrap(),
         routes,

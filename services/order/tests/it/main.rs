@@ -10,4 +10,5 @@ mod grpcurl;
 mod harness;
 mod migrations;
 mod outbox;
+mod payment_methods;
 mod validation;

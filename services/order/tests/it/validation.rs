@@ -89,6 +89,21 @@ async fn invalid_inputs_write_nothing(kind: Kind) {
             "user_id",
             "long user",
         ),
+        (
+            with(base.clone(), |r| r.user_id = "a\u{0}b".into()),
+            "user_id",
+            "NUL in the user",
+        ),
+        (
+            with(base.clone(), |r| r.lines[1].sku = "MS-002\t".into()),
+            "lines[1].sku",
+            "tab in a sku",
+        ),
+        (
+            with(base.clone(), |r| r.coupon_code = Some("C\u{1b}".into())),
+            "coupon_code",
+            "escape in the coupon",
+        ),
         (with(base.clone(), |r| r.lines.clear()), "lines", "no lines"),
         (
             with(base.clone(), |r| r.lines = hundred_and_one.clone()),
