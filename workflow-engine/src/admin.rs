@@ -344,12 +344,7 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
         };
         v.required("operator", &req.operator);
         v.max_len("operator", &req.operator);
-        v.required("reason", &req.reason);
-        v.check(
-            req.reason.chars().count() <= 1_000,
-            "reason",
-            "must be at most 1000 characters",
-        );
+        v.required_text("reason", &req.reason);
         v.finish()?;
         let (Some(id), Some(resolution)) = (id.map(SagaId), resolution) else {
             return Err(ServiceError::invalid("saga_id", "must be a UUID").into());

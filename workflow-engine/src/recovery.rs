@@ -360,7 +360,13 @@ pub(crate) fn after_forward(
     };
     let policy = step.retry_policy();
     let retry_forever = step.kind() == StepKind::Retriable;
-    if error.retryable && (retry_forever || attempt < policy.max_attempts) {
+    // A call that provably never reached the service (a refused connection: the service is
+    // down or restarting) does not use up the step's attempts while the saga's deadline has
+    // not passed: the deadline is the business's one knob for how long an order may wait
+    // (docs/architecture.md, "Retries").
+    let awaiting_delivery =
+        error.retryable && error.not_delivered && state.deadline_at.is_some_and(|d| now < d);
+    if error.retryable && (retry_forever || attempt < policy.max_attempts || awaiting_delivery) {
         let (at, cap) = retry_at(policy, attempt, now, unit);
         return Ok(vec![Event::StepFailed {
             step: name,
@@ -807,6 +813,52 @@ mod tests {
         assert_eq!(s.compensation_plan, vec!["c", "a"]);
         assert_eq!(s.failure_reason.as_deref(), Some(REASON_DEADLINE_EXCEEDED));
         assert_eq!(next(&d, &s, 10_000_000).unwrap(), Next::Compensate(2));
+    }
+
+    #[test]
+    fn undelivered_calls_wait_until_the_deadline_then_fail_without_compensation() {
+        let d = def();
+        // Deadline at 10_000 (see `started`).
+        let mut s = started(&d, json!({}));
+        s = run(
+            &d,
+            &s,
+            after_forward(&d, &s, 0, Ok(json!(1)), 150, 0.5).unwrap(),
+        );
+        // b is refused at the door 20 times, far past its 5 attempts: still retried.
+        for _ in 0..20 {
+            let events = after_forward(
+                &d,
+                &s,
+                1,
+                Err(StepError::not_delivered("connection refused")),
+                5_000,
+                0.5,
+            )
+            .unwrap();
+            assert!(matches!(
+                events[0],
+                Event::StepFailed {
+                    outcome: FailureOutcome::Retry,
+                    ..
+                }
+            ));
+            s = run(&d, &s, events);
+        }
+        assert!(!s.in_doubt, "a refused connection is not in doubt");
+        // Past the deadline the attempts count again: b never happened, a is compensated.
+        let events = after_forward(
+            &d,
+            &s,
+            1,
+            Err(StepError::not_delivered("connection refused")),
+            10_001,
+            0.5,
+        )
+        .unwrap();
+        s = run(&d, &s, events);
+        assert_eq!(s.status, SagaStatus::Compensating);
+        assert_eq!(s.compensation_plan, vec!["a"]);
     }
 
     #[test]

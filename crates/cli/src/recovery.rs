@@ -52,6 +52,10 @@ pub struct RecoveryArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The `sagaflow` binary to run as `dev` (default: this one), for before/after comparisons
+    /// of two builds.
+    #[arg(long)]
+    pub dev_binary: Option<std::path::PathBuf>,
 }
 
 /// What a recovery run measured. Times in milliseconds.
@@ -73,8 +77,11 @@ pub struct RecoveryReport {
     pub still_unfinished: usize,
 }
 
-fn spawn_dev(dir: &Path, port: u16) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("locating the sagaflow binary")?;
+fn spawn_dev(binary: Option<&Path>, dir: &Path, port: u16) -> anyhow::Result<Child> {
+    let exe = match binary {
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe().context("locating the sagaflow binary")?,
+    };
     Command::new(exe)
         .arg("dev")
         .arg("--data-dir")
@@ -121,7 +128,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<RecoveryReport> {
         .tempdir()
         .context("creating a data directory")?;
     let url = format!("http://127.0.0.1:{}", args.port);
-    let mut child = spawn_dev(dir.path(), args.port)?;
+    let mut child = spawn_dev(args.dev_binary.as_deref(), dir.path(), args.port)?;
     let result = measure(&args, dir.path(), &url, &mut child).await;
     let _ = child.kill();
     let _ = child.wait();
@@ -203,7 +210,7 @@ async fn measure(
     drop(channel);
 
     let spawned = Instant::now();
-    *child = spawn_dev(dir, args.port)?;
+    *child = spawn_dev(args.dev_binary.as_deref(), dir, args.port)?;
     let channel = serving(url).await?;
     let restarted = Instant::now();
     let restart_ms = restarted.duration_since(spawned).as_secs_f64() * 1e3;

@@ -100,7 +100,10 @@ impl StepAction for OrderCall {
             // attempt is safe and keeps a restarting service from using up the step's attempts.
             match &result {
                 Err(status) if is_connect_error(status) && ctx.remaining() > CONNECT_RETRY => {
-                    tokio::time::sleep(CONNECT_RETRY).await;
+                    // Jittered (0.5–1.5 ×), so that sagas waiting on one service do not retry
+                    // in lockstep when it comes back.
+                    let jitter = 0.5 + rand::random::<f64>();
+                    tokio::time::sleep(CONNECT_RETRY.mul_f64(jitter)).await;
                 }
                 _ => break result,
             }

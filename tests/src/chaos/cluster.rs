@@ -218,6 +218,20 @@ impl Cluster {
         self.first(Role::Order).map(Node::url).unwrap_or_default()
     }
 
+    /// A lazily connected channel to the last node of `role` (the second orchestrator replica).
+    pub(crate) fn channel_of_last(&self, role: Role) -> anyhow::Result<Channel> {
+        let node = self
+            .nodes
+            .iter()
+            .rev()
+            .find(|n| n.role == role)
+            .with_context(|| format!("no {} node", role.name()))?;
+        Ok(Endpoint::from_shared(node.url())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy())
+    }
+
     /// A lazily connected channel to the first node of `role`.
     pub(crate) fn channel(&self, role: Role) -> anyhow::Result<Channel> {
         let url = self.first(role)?.url();

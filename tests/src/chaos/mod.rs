@@ -32,6 +32,7 @@
 
 mod cluster;
 mod schedule;
+mod takeover;
 mod verify;
 mod workload;
 
@@ -48,6 +49,7 @@ use sagaflow_testkit::{Kind, TestDatabase};
 
 pub use cluster::{FaultCounts, Role};
 pub use schedule::{ChaosEvent, FAILPOINTS, Failpoint};
+pub use takeover::{TakeoverReport, takeover};
 
 /// What one chaos run does. [`ChaosConfig::short`] is the CI run, [`ChaosConfig::long`] the long
 /// one; [`ChaosConfig::from_env`] picks and adjusts one from `SAGAFLOW_CHAOS_*` variables.

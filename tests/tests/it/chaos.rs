@@ -52,3 +52,22 @@ async fn run() {
     let report = chaos::run(&config).await.unwrap();
     assert_passed(&report, config.orders.min(500));
 }
+
+/// A dead orchestrator replica's sagas are adopted by the other within one lease and finished
+/// (docs/operations.md, "Recovery after a crash"). It prints the figures; the bound it asserts is
+/// generous (the mechanism, not the speed: that is measured, not tested).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn takeover() {
+    let lease_ms = 5_000;
+    let report = chaos::takeover(120, lease_ms).await.unwrap();
+    eprintln!("{report:?}");
+    assert_eq!(report.unfinished, 0, "{report:?}");
+    assert!(
+        report.taken_over > 0,
+        "the dead replica held sagas: {report:?}"
+    );
+    assert!(
+        report.last_taken_over_ms < (lease_ms * 4 + 10_000) as f64,
+        "{report:?}"
+    );
+}

@@ -7,6 +7,7 @@ mod chaos;
 mod crash_restart;
 mod foundation;
 mod in_doubt;
+mod nul_bytes;
 mod observability;
 mod recovery;
 mod walkthrough;

@@ -1,0 +1,194 @@
+//! How long the death of an orchestrator replica costs in the distributed mode
+//! (docs/operations.md, "Recovery after a crash"): the whole system as `sagaflow serve`
+//! processes on PostgreSQL with two orchestrator replicas and the default lease, orders placed
+//! at once, one replica SIGKILLed while their sagas run; the other replica must adopt the dead
+//! one's sagas within one lease and finish them. It measures; the caller decides what to assert.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use sagaflow_proto::{
+    order::v1::{
+        GetOrderRequest, OrderLineRequest, PlaceOrderRequest,
+        order_service_client::OrderServiceClient,
+    },
+    workflow::v1::{GetSagaRequest, saga_admin_service_client::SagaAdminServiceClient},
+};
+use sagaflow_testkit::{Kind, TestDatabase};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use super::{ChaosConfig, Role, cluster, verify, workload};
+
+/// What one takeover run measured.
+#[derive(Debug, Clone, Default)]
+pub struct TakeoverReport {
+    /// Orders placed before the kill.
+    pub orders: usize,
+    /// Of their sagas, those the surviving replica recovered from the dead one.
+    pub taken_over: usize,
+    /// The orchestrators' lease, milliseconds.
+    pub lease_ms: u64,
+    /// From the kill until the last taken-over saga's order was terminal, milliseconds.
+    pub last_taken_over_ms: f64,
+    /// From the kill until the first taken-over saga's order was terminal, milliseconds.
+    pub first_taken_over_ms: f64,
+    /// From the kill until every order was terminal, milliseconds.
+    pub all_finished_ms: f64,
+    /// Orders that were not terminal within the bound.
+    pub unfinished: usize,
+}
+
+/// Runs one takeover measurement with `orders` orders and the orchestrators' `lease_ms`.
+///
+/// # Errors
+/// When a process does not start, PostgreSQL is unreachable, or an order cannot be placed.
+pub async fn takeover(orders: usize, lease_ms: u64) -> anyhow::Result<TakeoverReport> {
+    let dir = tempfile::Builder::new()
+        .prefix("sagaflow-takeover-")
+        .tempdir()
+        .context("creating the run directory")?;
+    let databases: BTreeMap<&'static str, TestDatabase> = cluster::DATABASES
+        .iter()
+        .map(|&name| {
+            (
+                name,
+                TestDatabase::new(Kind::Postgres, &format!("takeover_{name}")),
+            )
+        })
+        .collect();
+    let urls: BTreeMap<&'static str, String> = databases
+        .iter()
+        .map(|(name, db)| (*name, db.url.clone()))
+        .collect();
+    let config = ChaosConfig {
+        lease_ms,
+        ..ChaosConfig::short(0)
+    };
+    let mut cluster = cluster::Cluster::new(dir.path(), &urls, &config)?;
+    cluster.start_all(false).await?;
+    let seed = workload::seed_data().await?;
+    workload::apply_seed(&cluster, &seed).await?;
+
+    let order_channel = cluster.channel(Role::Order)?;
+    let mut placing = JoinSet::new();
+    for i in 0..orders {
+        let mut client = OrderServiceClient::new(order_channel.clone());
+        placing.spawn(async move {
+            client
+                .place_order(PlaceOrderRequest {
+                    request_id: format!("takeover-{i}"),
+                    user_id: "alice".into(),
+                    lines: vec![OrderLineRequest {
+                        sku: "KB-001".into(),
+                        quantity: 1,
+                    }],
+                    coupon_code: None,
+                    points: 0,
+                    payment_method: "tok_ok".into(),
+                })
+                .await
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(joined) = placing.join_next().await {
+        let order = joined?
+            .context("PlaceOrder")?
+            .into_inner()
+            .order
+            .context("no order")?;
+        ids.push(order.order_id);
+    }
+    // Kill the first orchestrator replica while the sagas run.
+    let victim = (0..cluster.names().len())
+        .find(|&i| cluster.node(i).role == Role::Orchestrator)
+        .context("no orchestrator")?;
+    let victim_name = cluster.node(victim).name.clone();
+    cluster.kill(victim).await?;
+    let killed = Instant::now();
+
+    let mut waiting = JoinSet::new();
+    for id in ids.clone() {
+        let mut client = OrderServiceClient::new(order_channel.clone());
+        waiting.spawn(async move {
+            let bound = Instant::now() + Duration::from_secs(60);
+            loop {
+                let reply = client
+                    .get_order(GetOrderRequest {
+                        order_id: id.clone(),
+                        wait: Some(prost_types::Duration {
+                            seconds: 10,
+                            nanos: 0,
+                        }),
+                    })
+                    .await;
+                if let Ok(reply) = reply
+                    && reply
+                        .into_inner()
+                        .order
+                        .is_some_and(|o| sagaflow_cli::load::is_terminal(&o))
+                {
+                    return (id, Some(Instant::now()));
+                }
+                if Instant::now() >= bound {
+                    return (id, None);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    let mut finished: BTreeMap<String, Option<Instant>> = BTreeMap::new();
+    while let Some(joined) = waiting.join_next().await {
+        let (id, at) = joined?;
+        finished.insert(id, at);
+    }
+    // Which sagas the survivor took over from the dead replica: their journal says so.
+    let mut admin = SagaAdminServiceClient::new(cluster.channel_of_last(Role::Orchestrator)?);
+    let mut taken_over = Vec::new();
+    for id in &ids {
+        let journal = admin
+            .get_saga(GetSagaRequest {
+                saga_id: id.clone(),
+            })
+            .await
+            .context("GetSaga")?
+            .into_inner()
+            .journal;
+        let from_victim = journal.iter().any(|e| {
+            e.event_type == "recovered"
+                && serde_json::from_str::<Value>(&e.detail_json).is_ok_and(|d| {
+                    d["previous_owner"]
+                        .as_str()
+                        .is_some_and(|o| o.starts_with(&format!("{victim_name}.")))
+                })
+        });
+        if from_victim {
+            taken_over.push(id.clone());
+        }
+    }
+    let since = |at: &Instant| at.duration_since(killed).as_secs_f64() * 1e3;
+    let taken_times: Vec<f64> = taken_over
+        .iter()
+        .filter_map(|id| finished.get(id).copied().flatten())
+        .map(|at| since(&at))
+        .collect();
+    let all: Vec<f64> = finished.values().flatten().map(since).collect();
+    let max = |v: &[f64]| v.iter().copied().fold(0.0_f64, f64::max);
+    let report = TakeoverReport {
+        orders: ids.len(),
+        taken_over: taken_over.len(),
+        lease_ms,
+        last_taken_over_ms: max(&taken_times),
+        first_taken_over_ms: taken_times.iter().copied().fold(f64::INFINITY, f64::min),
+        all_finished_ms: max(&all),
+        unfinished: finished.values().filter(|at| at.is_none()).count(),
+    };
+    cluster.kill_all().await?;
+    if let Err(err) = verify::drop_databases(urls.values()).await {
+        eprintln!("takeover: could not drop the run's databases: {err:#}");
+    }
+    Ok(report)
+}
