@@ -6,6 +6,7 @@
 //! - [`demo`]: places the shipped sample orders and checks the invariants (`sagaflow demo`);
 //! - [`bench`](mod@bench): a load generator (`sagaflow bench`);
 //! - [`saga`]: the saga admin API (`sagaflow saga show|list|retry|cancel`);
+//! - [`retention`]: which retention jobs `serve` and `dev` run;
 //! - [`invariants`]: the invariants of DESIGN §6 checked through the query APIs;
 //! - [`failpoints`]: arming the engine's failpoints from `FAILPOINTS` (chaos tests).
 
@@ -20,6 +21,7 @@ pub mod failpoints;
 pub mod invariants;
 pub mod load;
 pub mod recovery;
+pub mod retention;
 pub mod saga;
 pub mod seed;
 pub mod serve;

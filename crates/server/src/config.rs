@@ -1,13 +1,17 @@
 //! Configuration shared by every process: clap flags, each with a `SAGAFLOW_*` environment variable
 //! (12-factor, DESIGN §8) and a default that works on a laptop.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, ValueEnum};
 
 use crate::{
     db::{PoolConfig, SqliteSynchronous},
     faults::FaultConfig,
+    retention::{
+        DEFAULT_IDEMPOTENCY_MS, DEFAULT_INBOX_MS, DEFAULT_INTERVAL_MS, DEFAULT_SAGAS_MS,
+        MAX_BATCH_ROWS, RetentionConfig,
+    },
 };
 
 /// Where a server listens.
@@ -64,4 +68,148 @@ pub struct FaultArgs {
     /// (see `sagaflow_server::faults`). Empty: none.
     #[arg(long, env = "SAGAFLOW_FAULTS", default_value = "")]
     pub faults: FaultConfig,
+}
+
+/// Retention of idempotency records, finished sagas and inbox rows (docs/operations.md,
+/// "Retention"). Every window is in milliseconds and must be at least 1.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Retention: how often this process deletes expired records, milliseconds (the first round
+    /// runs 10 s after start). 0 turns retention off: nothing is ever deleted. Default 300000
+    /// (5 minutes).
+    #[arg(long, env = "SAGAFLOW_RETENTION_INTERVAL_MS", default_value_t = DEFAULT_INTERVAL_MS)]
+    pub retention_interval_ms: u64,
+    /// Retention: most rows deleted in one transaction, 1 to 1000 (a saga is deleted with its
+    /// whole journal, each entry a row). Default 1000.
+    #[arg(
+        long,
+        env = "SAGAFLOW_RETENTION_BATCH_ROWS",
+        default_value_t = MAX_BATCH_ROWS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_BATCH_ROWS))
+    )]
+    pub retention_batch_rows: u32,
+    /// Retention: idempotency records (`idempotency_keys` of every service) are kept this long
+    /// after the command first ran, milliseconds. Default 604800000 (7 days): a saga retries a
+    /// step only until its deadline (--saga-deadline-ms, 60 s by default), but an operator's
+    /// RetrySaga of a parked saga re-sends its pivot under the original key days later. Must
+    /// exceed --saga-deadline-ms.
+    #[arg(
+        long,
+        env = "SAGAFLOW_RETENTION_IDEMPOTENCY_MS",
+        default_value_t = DEFAULT_IDEMPOTENCY_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub retention_idempotency_ms: u64,
+    /// Retention: finished sagas (COMPLETED or COMPENSATED only; never RUNNING, COMPENSATING or
+    /// NEEDS_ATTENTION) are deleted with their journals this long after they finished,
+    /// milliseconds. Default 2592000000 (30 days).
+    #[arg(
+        long,
+        env = "SAGAFLOW_RETENTION_SAGAS_MS",
+        default_value_t = DEFAULT_SAGAS_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub retention_sagas_ms: u64,
+    /// Retention: ranking's processed-event inbox rows are kept this long after the event was
+    /// counted, milliseconds. Default 604800000 (7 days): longer than any redelivery of the
+    /// outbox relay, which redelivers within seconds.
+    #[arg(
+        long,
+        env = "SAGAFLOW_RETENTION_INBOX_MS",
+        default_value_t = DEFAULT_INBOX_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub retention_inbox_ms: u64,
+}
+
+impl Default for RetentionArgs {
+    fn default() -> Self {
+        Self {
+            retention_interval_ms: DEFAULT_INTERVAL_MS,
+            retention_batch_rows: MAX_BATCH_ROWS,
+            retention_idempotency_ms: DEFAULT_IDEMPOTENCY_MS,
+            retention_sagas_ms: DEFAULT_SAGAS_MS,
+            retention_inbox_ms: DEFAULT_INBOX_MS,
+        }
+    }
+}
+
+/// A retention setting that cannot be right.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRetention(String);
+
+impl RetentionArgs {
+    /// The retention these flags describe, for a process whose sagas have a deadline of
+    /// `saga_deadline_ms` milliseconds.
+    ///
+    /// # Errors
+    /// [`InvalidRetention`] when the idempotency window does not exceed the saga deadline (a
+    /// step's retries would find their key gone), or a window or the batch size is 0.
+    pub fn config(&self, saga_deadline_ms: u64) -> Result<RetentionConfig, InvalidRetention> {
+        if self.retention_batch_rows == 0 || self.retention_batch_rows > MAX_BATCH_ROWS {
+            return Err(InvalidRetention(format!(
+                "--retention-batch-rows must be between 1 and {MAX_BATCH_ROWS}"
+            )));
+        }
+        if self.retention_idempotency_ms == 0
+            || self.retention_sagas_ms == 0
+            || self.retention_inbox_ms == 0
+        {
+            return Err(InvalidRetention(
+                "--retention-idempotency-ms, --retention-sagas-ms and --retention-inbox-ms must \
+                 be positive"
+                    .into(),
+            ));
+        }
+        if self.retention_idempotency_ms <= saga_deadline_ms {
+            return Err(InvalidRetention(format!(
+                "--retention-idempotency-ms ({}) must exceed --saga-deadline-ms ({saga_deadline_ms}): \
+                 a step is retried until the deadline and needs its idempotency record until then",
+                self.retention_idempotency_ms
+            )));
+        }
+        Ok(RetentionConfig {
+            interval: (self.retention_interval_ms > 0)
+                .then(|| Duration::from_millis(self.retention_interval_ms)),
+            batch_rows: self.retention_batch_rows,
+            idempotency: Duration::from_millis(self.retention_idempotency_ms),
+            sagas: Duration::from_millis(self.retention_sagas_ms),
+            inbox: Duration::from_millis(self.retention_inbox_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        retention: RetentionArgs,
+    }
+
+    #[test]
+    fn retention_defaults_and_validation() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(
+            cli.retention.config(60_000).unwrap(),
+            RetentionConfig::default()
+        );
+        assert_eq!(
+            RetentionArgs::default().config(60_000).unwrap(),
+            RetentionConfig::default()
+        );
+        let off = Cli::try_parse_from(["x", "--retention-interval-ms", "0"]).unwrap();
+        assert_eq!(off.retention.config(60_000).unwrap().interval, None);
+        let short = Cli::try_parse_from(["x", "--retention-idempotency-ms", "60000"]).unwrap();
+        assert!(short.retention.config(60_000).is_err());
+        assert!(short.retention.config(59_999).is_ok());
+        assert!(Cli::try_parse_from(["x", "--retention-batch-rows", "1001"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--retention-batch-rows", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--retention-sagas-ms", "0"]).is_err());
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`validate`]: request validation naming the offending field;
 //! - [`idempotency`]: the idempotency store of DESIGN §6;
 //! - [`faults`]: the fault-injection tower layer for chaos tests;
+//! - [`retention`]: the background task that prunes expired records in bounded batches;
 //! - [`string_guard`]: the tower layer that refuses control characters in any string field;
 //! - [`grpc`]: the server with health, reflection (v1 and v1alpha) and graceful shutdown.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod faults;
 pub mod grpc;
 pub mod idempotency;
+pub mod retention;
 pub mod string_guard;
 pub mod validate;
 

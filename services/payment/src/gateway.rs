@@ -27,13 +27,25 @@
 //! | `tok_capture_decline` | approved                       | declined            |
 //! | `tok_slow`            | approved, after `slow_ms`      | approved            |
 //! | anything else         | unknown card token             | unknown card token  |
+//!
+//! The simulated gateway's memory is bounded (docs/operations.md, "Retention"): it remembers
+//! what each order's calls did (their answers and authorizations) for `retention_ms` after the
+//! order's last call, and at most `max_orders` orders. Past the bound it forgets the least
+//! recently used order whose authorizations are all settled (voided, captured, refunded, or none
+//! at all), and only when no such order is left one with an open authorization; never the order
+//! of the call being answered. A forgotten order is treated like one from before a restart (see
+//! [`SimulatedGateway`]): its operations are decided by the card token, which gives every retry
+//! the answer it had (a capture of a `tok_ok` authorization is approved again) under a new
+//! reference.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
+
+use tokio::time::Instant;
 
 use uuid::Uuid;
 
@@ -158,6 +170,12 @@ pub trait PaymentGateway: fmt::Debug + Send + Sync + 'static {
     async fn refund(&self, request: &OperationRequest) -> Result<GatewayReference, GatewayError>;
 }
 
+/// Default of [`SimulatedGatewayConfig::max_orders`].
+pub const DEFAULT_GATEWAY_MAX_ORDERS: usize = 50_000;
+/// Default of [`SimulatedGatewayConfig::retention_ms`]: 7 days, milliseconds (the idempotency
+/// window of the services, docs/operations.md, "Retention").
+pub const DEFAULT_GATEWAY_RETENTION_MS: u64 = 7 * 86_400_000;
+
 /// Settings of the [`SimulatedGateway`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimulatedGatewayConfig {
@@ -166,6 +184,14 @@ pub struct SimulatedGatewayConfig {
     /// How long an authorization with `tok_slow` takes to answer, milliseconds. Default 10000:
     /// longer than any step timeout, so the saga sees an unknown outcome.
     pub slow_ms: u64,
+    /// Most orders the gateway remembers (at least 1); beyond it the least recently used one is
+    /// forgotten, settled orders first (see the module docs). Default
+    /// [`DEFAULT_GATEWAY_MAX_ORDERS`] (50000; with the payment service's keys an order holds at
+    /// most 4 answers and 1 authorization).
+    pub max_orders: usize,
+    /// An order without a call for this long is forgotten, milliseconds. Default
+    /// [`DEFAULT_GATEWAY_RETENTION_MS`] (7 days).
+    pub retention_ms: u64,
 }
 
 impl Default for SimulatedGatewayConfig {
@@ -173,6 +199,8 @@ impl Default for SimulatedGatewayConfig {
         Self {
             latency_ms: 0,
             slow_ms: 10_000,
+            max_orders: DEFAULT_GATEWAY_MAX_ORDERS,
+            retention_ms: DEFAULT_GATEWAY_RETENTION_MS,
         }
     }
 }
@@ -187,6 +215,32 @@ pub struct GatewayArgs {
     /// milliseconds (default 10000, longer than any step timeout).
     #[arg(long, env = "SAGAFLOW_GATEWAY_SLOW_MS", default_value_t = 10_000)]
     pub gateway_slow_ms: u64,
+    /// Simulated gateway: most orders it remembers (their idempotency answers and
+    /// authorizations); beyond it the least recently used order is forgotten, orders whose
+    /// authorizations are all settled first (default 50000).
+    #[arg(
+        long,
+        env = "SAGAFLOW_GATEWAY_MAX_ORDERS",
+        default_value_t = DEFAULT_GATEWAY_MAX_ORDERS,
+        value_parser = parse_max_orders
+    )]
+    pub gateway_max_orders: usize,
+    /// Simulated gateway: an order without a call for this long is forgotten, milliseconds
+    /// (default 604800000, 7 days: the services' idempotency window).
+    #[arg(
+        long,
+        env = "SAGAFLOW_GATEWAY_RETENTION_MS",
+        default_value_t = DEFAULT_GATEWAY_RETENTION_MS
+    )]
+    pub gateway_retention_ms: u64,
+}
+
+fn parse_max_orders(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 impl GatewayArgs {
@@ -195,6 +249,8 @@ impl GatewayArgs {
         SimulatedGatewayConfig {
             latency_ms: self.gateway_latency_ms,
             slow_ms: self.gateway_slow_ms,
+            max_orders: self.gateway_max_orders,
+            retention_ms: self.gateway_retention_ms,
         }
     }
 }
@@ -250,10 +306,25 @@ pub enum AuthorizationState {
 /// Its memory is the process's: after a restart it has forgotten earlier authorizations and
 /// decides void, capture and refund by the card token alone (approving them), and a void by key
 /// finds nothing authorized, which keeps sagas that were interrupted by a crash able to finish.
+/// It forgets an order the same way once the order is past its bounds (`max_orders`,
+/// `retention_ms`; see the module docs), so its memory stays bounded however many orders it sees.
 #[derive(Debug, Clone)]
 pub struct SimulatedGateway {
     config: SimulatedGatewayConfig,
     state: Arc<Mutex<SimState>>,
+}
+
+/// What a [`SimulatedGateway`] holds in memory, from [`SimulatedGateway::memory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayMemory {
+    /// Orders remembered (at most `max_orders`).
+    pub orders: usize,
+    /// Idempotency answers remembered.
+    pub answers: usize,
+    /// Authorizations remembered.
+    pub authorizations: usize,
+    /// Orders forgotten so far (expired or over the bound).
+    pub forgotten: u64,
 }
 
 #[derive(Debug, Default)]
@@ -262,6 +333,204 @@ struct SimState {
     answers: HashMap<String, Result<GatewayReference, GatewayError>>,
     /// Authorizations by reference.
     authorizations: HashMap<GatewayReference, SimAuthorization>,
+    /// What each order's calls left in the two maps, by order id.
+    orders: HashMap<String, OrderMemory>,
+    /// Orders without an open authorization, by last use (oldest first).
+    settled: BTreeMap<u64, String>,
+    /// Orders with an open (AUTHORIZED) authorization, by last use (oldest first).
+    open: BTreeMap<u64, String>,
+    /// Counts uses: the key of the `settled` and `open` maps.
+    uses: u64,
+    /// Orders forgotten so far.
+    forgotten: u64,
+}
+
+/// One order's share of the gateway's memory.
+#[derive(Debug)]
+struct OrderMemory {
+    /// The idempotency keys its calls stored answers under.
+    keys: Vec<String>,
+    /// The authorizations made for it.
+    references: Vec<GatewayReference>,
+    /// Its last use (the key in `settled` or `open`).
+    use_seq: u64,
+    /// When it was last used.
+    used_at: Instant,
+    /// Whether one of its authorizations is open (it is in `open`, else in `settled`).
+    open: bool,
+}
+
+impl SimState {
+    /// Stores the first answer under `key`, for `order_id`.
+    fn store_answer(
+        &mut self,
+        order_id: &str,
+        key: &str,
+        answer: Result<GatewayReference, GatewayError>,
+    ) {
+        if self.answers.insert(key.to_owned(), answer).is_none() {
+            self.order(order_id).keys.push(key.to_owned());
+        }
+    }
+
+    /// Stores a new authorization for `order_id`.
+    fn store_authorization(
+        &mut self,
+        reference: GatewayReference,
+        authorization: SimAuthorization,
+    ) {
+        let order_id = authorization.order_id.clone();
+        if self
+            .authorizations
+            .insert(reference.clone(), authorization)
+            .is_none()
+        {
+            self.order(&order_id).references.push(reference);
+        }
+    }
+
+    /// The memory of `order_id`, created unused (it is filed by [`Self::use_order`]).
+    fn order(&mut self, order_id: &str) -> &mut OrderMemory {
+        self.orders
+            .entry(order_id.to_owned())
+            .or_insert_with(|| OrderMemory {
+                keys: Vec::new(),
+                references: Vec::new(),
+                use_seq: 0,
+                used_at: Instant::now(),
+                open: false,
+            })
+    }
+
+    /// Marks `order_id` used at `now` (if the gateway remembers anything of it) and files it as
+    /// settled or open.
+    fn use_order(&mut self, order_id: &str, now: Instant) {
+        let Some(memory) = self.orders.get(order_id) else {
+            return;
+        };
+        let (old_seq, was_open) = (memory.use_seq, memory.open);
+        let open = memory.references.iter().any(|r| {
+            self.authorizations
+                .get(r)
+                .is_some_and(|a| a.state == AuthorizationState::Authorized)
+        });
+        if old_seq > 0 {
+            let queue = if was_open {
+                &mut self.open
+            } else {
+                &mut self.settled
+            };
+            queue.remove(&old_seq);
+        }
+        self.uses += 1;
+        let seq = self.uses;
+        if open {
+            self.open.insert(seq, order_id.to_owned());
+        } else {
+            self.settled.insert(seq, order_id.to_owned());
+        }
+        if let Some(memory) = self.orders.get_mut(order_id) {
+            memory.use_seq = seq;
+            memory.used_at = now;
+            memory.open = open;
+        }
+    }
+
+    /// Forgets `order_id`: its answers, its authorizations and its place in the queues.
+    fn forget(&mut self, order_id: &str) {
+        let Some(memory) = self.orders.remove(order_id) else {
+            return;
+        };
+        for key in &memory.keys {
+            self.answers.remove(key);
+        }
+        for reference in &memory.references {
+            self.authorizations.remove(reference);
+        }
+        let queue = if memory.open {
+            &mut self.open
+        } else {
+            &mut self.settled
+        };
+        queue.remove(&memory.use_seq);
+        self.forgotten += 1;
+    }
+
+    /// Keeps the bounds of `config` at `now`: forgets orders unused for `retention_ms`, then,
+    /// while more than `max_orders` are remembered, the least recently used settled order, or
+    /// when none is left the least recently used open one. Never `current`, the order of the
+    /// call being answered.
+    fn keep_bounds(&mut self, config: &SimulatedGatewayConfig, now: Instant, current: &str) {
+        let retention = Duration::from_millis(config.retention_ms);
+        for open in [false, true] {
+            loop {
+                let queue = if open {
+                    &mut self.open
+                } else {
+                    &mut self.settled
+                };
+                let Some((&seq, oldest)) = queue.first_key_value() else {
+                    break;
+                };
+                let Some(memory) = self.orders.get(oldest) else {
+                    // Never left behind by `forget`; dropped all the same.
+                    queue.remove(&seq);
+                    continue;
+                };
+                let expired = now.saturating_duration_since(memory.used_at) >= retention;
+                if !expired || oldest == current {
+                    break;
+                }
+                let oldest = oldest.clone();
+                self.forget(&oldest);
+            }
+        }
+        while self.orders.len() > config.max_orders.max(1) {
+            let victim = self
+                .settled
+                .iter()
+                .map(|(&seq, order)| (false, seq, order))
+                .chain(self.open.iter().map(|(&seq, order)| (true, seq, order)))
+                .find(|(_, _, order)| order.as_str() != current)
+                .map(|(open, seq, order)| (open, seq, order.clone()));
+            let Some((open, seq, victim)) = victim else {
+                break;
+            };
+            if !self.orders.contains_key(&victim) {
+                // Never left behind by `forget`; dropped all the same.
+                if open {
+                    self.open.remove(&seq);
+                } else {
+                    self.settled.remove(&seq);
+                }
+                continue;
+            }
+            if open {
+                tracing::warn!(
+                    order_id = %victim,
+                    max_orders = config.max_orders,
+                    "simulated gateway: forgetting an order with an open authorization (over --gateway-max-orders)"
+                );
+            }
+            self.forget(&victim);
+        }
+    }
+
+    /// After a call for `order_id` (and the authorization's own order, when another): marks
+    /// them used and keeps the bounds.
+    fn after_call(
+        &mut self,
+        config: &SimulatedGatewayConfig,
+        order_id: &str,
+        authorization_order: Option<&str>,
+    ) {
+        let now = Instant::now();
+        if let Some(other) = authorization_order.filter(|o| *o != order_id) {
+            self.use_order(other, now);
+        }
+        self.use_order(order_id, now);
+        self.keep_bounds(config, now, order_id);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +559,17 @@ impl SimulatedGateway {
     /// The gateway's settings.
     pub fn config(&self) -> SimulatedGatewayConfig {
         self.config
+    }
+
+    /// What the gateway holds in memory now, for tests and diagnostics.
+    pub fn memory(&self) -> GatewayMemory {
+        let state = self.lock();
+        GatewayMemory {
+            orders: state.orders.len(),
+            answers: state.answers.len(),
+            authorizations: state.authorizations.len(),
+            forgotten: state.forgotten,
+        }
     }
 
     /// The state of every authorization made for `order_id`, for tests and diagnostics.
@@ -332,7 +612,18 @@ impl SimulatedGateway {
     ) -> Result<GatewayReference, GatewayError> {
         let token = CardToken::parse(&request.card_token)
             .ok_or_else(|| GatewayError::UnknownCardToken(request.card_token.clone()))?;
-        operate_locked(&mut self.lock(), operation, request, token)
+        let mut state = self.lock();
+        let answer = operate_locked(&mut state, operation, request, token);
+        let authorization_order = state
+            .authorizations
+            .get(&request.authorization)
+            .map(|a| a.order_id.clone());
+        state.after_call(
+            &self.config,
+            &request.order_id,
+            authorization_order.as_deref(),
+        );
+        answer
     }
 
     fn void_by_key_now(
@@ -340,37 +631,48 @@ impl SimulatedGateway {
         request: &VoidByKeyRequest,
     ) -> Result<Option<GatewayReference>, GatewayError> {
         let mut state = self.lock();
-        let authorization = match state.answers.get(&request.authorization_key) {
-            Some(Ok(reference)) => reference.clone(),
-            // Declined, or already closed: nothing was authorized under the key.
-            Some(Err(_)) => return Ok(None),
-            None => {
-                // Close the key: the authorization it was meant for will not be made.
-                state.answers.insert(
-                    request.authorization_key.clone(),
-                    Err(GatewayError::Conflict(format!(
-                        "authorization key {:?} was voided before anything was authorized",
-                        request.authorization_key
-                    ))),
-                );
-                return Ok(None);
-            }
-        };
-        // The answer and the authorization are stored together; the fallback token is never used
-        // for a void (only captures read it).
-        let token = state
-            .authorizations
-            .get(&authorization)
-            .map_or(CardToken::Ok, |a| a.token);
-        let call = OperationRequest {
-            idempotency_key: request.idempotency_key.clone(),
-            authorization,
-            order_id: request.order_id.clone(),
-            amount: 0,
-            card_token: String::new(),
-        };
-        operate_locked(&mut state, Operation::Void, &call, token).map(Some)
+        let answer = void_by_key_locked(&mut state, request);
+        state.after_call(&self.config, &request.order_id, None);
+        answer
     }
+}
+
+/// A void by key with the state locked (see [`PaymentGateway::void_by_key`]).
+fn void_by_key_locked(
+    state: &mut SimState,
+    request: &VoidByKeyRequest,
+) -> Result<Option<GatewayReference>, GatewayError> {
+    let authorization = match state.answers.get(&request.authorization_key) {
+        Some(Ok(reference)) => reference.clone(),
+        // Declined, or already closed: nothing was authorized under the key.
+        Some(Err(_)) => return Ok(None),
+        None => {
+            // Close the key: the authorization it was meant for will not be made.
+            state.store_answer(
+                &request.order_id,
+                &request.authorization_key,
+                Err(GatewayError::Conflict(format!(
+                    "authorization key {:?} was voided before anything was authorized",
+                    request.authorization_key
+                ))),
+            );
+            return Ok(None);
+        }
+    };
+    // The answer and the authorization are stored together; the fallback token is never used
+    // for a void (only captures read it).
+    let token = state
+        .authorizations
+        .get(&authorization)
+        .map_or(CardToken::Ok, |a| a.token);
+    let call = OperationRequest {
+        idempotency_key: request.idempotency_key.clone(),
+        authorization,
+        order_id: request.order_id.clone(),
+        amount: 0,
+        card_token: String::new(),
+    };
+    operate_locked(state, Operation::Void, &call, token).map(Some)
 }
 
 /// One void, capture or refund with the state locked (`token` is the request's card token).
@@ -424,19 +726,20 @@ fn operate_locked(
         (Operation::Refund, _) => (Ok(new_reference("ref")), Some(S::Refunded)),
     };
     if let Some(next) = next {
-        state
-            .authorizations
-            .entry(request.authorization.clone())
-            .and_modify(|a| a.state = next)
-            .or_insert_with(|| SimAuthorization {
-                order_id: request.order_id.clone(),
-                token,
-                state: next,
-            });
+        match state.authorizations.get_mut(&request.authorization) {
+            Some(authorization) => authorization.state = next,
+            // Forgotten (a restart, or past the bounds) or never known: decided by the token.
+            None => state.store_authorization(
+                request.authorization.clone(),
+                SimAuthorization {
+                    order_id: request.order_id.clone(),
+                    token,
+                    state: next,
+                },
+            ),
+        }
     }
-    state
-        .answers
-        .insert(request.idempotency_key.clone(), answer.clone());
+    state.store_answer(&request.order_id, &request.idempotency_key, answer.clone());
     answer
 }
 
@@ -457,7 +760,7 @@ impl PaymentGateway for SimulatedGateway {
             .ok_or_else(|| GatewayError::UnknownCardToken(request.card_token.clone()))?;
         let answer = {
             let mut state = self.lock();
-            match state.answers.get(&request.idempotency_key) {
+            let answer = match state.answers.get(&request.idempotency_key) {
                 Some(answer) => answer.clone(),
                 None => {
                     let answer = if token == CardToken::Decline {
@@ -466,7 +769,7 @@ impl PaymentGateway for SimulatedGateway {
                         ))
                     } else {
                         let reference = new_reference("auth");
-                        state.authorizations.insert(
+                        state.store_authorization(
                             reference.clone(),
                             SimAuthorization {
                                 order_id: request.order_id.clone(),
@@ -476,12 +779,12 @@ impl PaymentGateway for SimulatedGateway {
                         );
                         Ok(reference)
                     };
-                    state
-                        .answers
-                        .insert(request.idempotency_key.clone(), answer.clone());
+                    state.store_answer(&request.order_id, &request.idempotency_key, answer.clone());
                     answer
                 }
-            }
+            };
+            state.after_call(&self.config, &request.order_id, None);
+            answer
         };
         if token == CardToken::Slow {
             tokio::time::sleep(Duration::from_millis(self.config.slow_ms)).await;
@@ -544,6 +847,7 @@ mod tests {
         SimulatedGateway::new(SimulatedGatewayConfig {
             latency_ms: 0,
             slow_ms: 50,
+            ..SimulatedGatewayConfig::default()
         })
     }
 
@@ -712,6 +1016,7 @@ mod tests {
         let gw = SimulatedGateway::new(SimulatedGatewayConfig {
             latency_ms: 0,
             slow_ms: 10_000,
+            ..SimulatedGatewayConfig::default()
         });
         let call = {
             let gw = gw.clone();
@@ -727,6 +1032,166 @@ mod tests {
         assert!(call.await.unwrap().is_ok());
     }
 
+    fn bounded(max_orders: usize, retention_ms: u64) -> SimulatedGateway {
+        SimulatedGateway::new(SimulatedGatewayConfig {
+            max_orders,
+            retention_ms,
+            ..SimulatedGatewayConfig::default()
+        })
+    }
+
+    fn order_authorize(order: &str, token: &str) -> AuthorizeRequest {
+        AuthorizeRequest {
+            idempotency_key: format!("payment:{order}:authorize"),
+            order_id: order.into(),
+            amount: 1000,
+            card_token: token.into(),
+        }
+    }
+
+    fn order_capture(order: &str, authorization: &str, token: &str) -> OperationRequest {
+        OperationRequest {
+            idempotency_key: format!("payment:{order}:capture"),
+            authorization: authorization.into(),
+            order_id: order.into(),
+            amount: 1000,
+            card_token: token.into(),
+        }
+    }
+
+    /// docs/operations.md, "Retention": 10,000 orders through a gateway bounded to 1,000; every
+    /// 20th order's capture is declined, so its authorization stays open (its saga could still
+    /// retry it). The maps never exceed the bound, the open authorizations are all kept, and the
+    /// recent orders still replay their answers.
+    #[tokio::test]
+    async fn memory_stays_bounded_over_10_000_orders() {
+        const BOUND: usize = 1_000;
+        let gw = bounded(BOUND, DEFAULT_GATEWAY_RETENTION_MS);
+        let mut last = None;
+        for i in 0..10_000 {
+            let order = format!("order-{i:05}");
+            let token = match i {
+                i if i % 20 == 0 => "tok_capture_decline",
+                i if i % 7 == 0 => "tok_decline",
+                _ => "tok_ok",
+            };
+            let auth = gw.authorize(&order_authorize(&order, token)).await;
+            if let Ok(auth) = &auth {
+                let capture = gw.capture(&order_capture(&order, auth, token)).await;
+                last = Some((order.clone(), auth.clone(), capture));
+            }
+            let memory = gw.memory();
+            assert!(memory.orders <= BOUND, "{i}: {memory:?}");
+            assert!(memory.authorizations <= BOUND, "{i}: {memory:?}");
+            assert!(memory.answers <= 2 * BOUND, "{i}: {memory:?}");
+        }
+        let memory = gw.memory();
+        assert_eq!(memory.orders, BOUND);
+        assert_eq!(memory.forgotten, 10_000 - BOUND as u64);
+        // Every open authorization (500 of them) was kept, and replays its declined capture.
+        for i in (0..10_000).step_by(20) {
+            let order = format!("order-{i:05}");
+            assert_eq!(
+                gw.authorization_under_key(&format!("payment:{order}:authorize")),
+                Some(AuthorizationState::Authorized),
+                "{order}"
+            );
+        }
+        let first = "order-00000";
+        let auth = gw
+            .authorize(&order_authorize(first, "tok_capture_decline"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            gw.capture(&order_capture(first, &auth, "tok_capture_decline"))
+                .await,
+            Err(GatewayError::CaptureDeclined(_))
+        ));
+        // The most recent order replays its answers (same references).
+        let (order, auth, capture) = last.unwrap();
+        assert_eq!(
+            gw.authorize(&order_authorize(&order, "tok_ok")).await,
+            Ok(auth.clone())
+        );
+        assert_eq!(
+            gw.capture(&order_capture(&order, &auth, "tok_ok")).await,
+            capture
+        );
+        // The oldest settled orders were forgotten: decided by the token again.
+        assert_eq!(
+            gw.authorization_under_key("payment:order-00001:authorize"),
+            None
+        );
+        assert_eq!(gw.memory().orders, BOUND);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn orders_unused_for_retention_ms_are_forgotten() {
+        let gw = bounded(100, 1_000);
+        let a = gw.authorize(&order_authorize("a", "tok_ok")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let b = gw.authorize(&order_authorize("b", "tok_ok")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A call (any order's) forgets "a", unused for 1100 ms; "b" (500 ms) stays.
+        gw.authorize(&order_authorize("c", "tok_decline"))
+            .await
+            .unwrap_err();
+        assert_eq!(gw.authorization_under_key("payment:a:authorize"), None);
+        assert_eq!(
+            gw.authorization_under_key("payment:b:authorize"),
+            Some(AuthorizationState::Authorized)
+        );
+        assert_eq!(gw.memory().orders, 2);
+        // A use keeps an order: "b" used now lives another 1000 ms.
+        gw.capture(&order_capture("b", &b, "tok_ok")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        gw.authorize(&order_authorize("d", "tok_decline"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            gw.authorization_under_key("payment:b:authorize"),
+            Some(AuthorizationState::Captured)
+        );
+        // The forgotten "a" is decided by its token, like after a restart.
+        assert!(gw.capture(&order_capture("a", &a, "tok_ok")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn open_authorizations_and_the_current_order_are_kept_over_the_bound() {
+        let gw = bounded(2, DEFAULT_GATEWAY_RETENTION_MS);
+        gw.authorize(&order_authorize("a", "tok_ok")).await.unwrap();
+        gw.authorize(&order_authorize("b", "tok_ok")).await.unwrap();
+        // "c" is settled (declined) and the only settled order, but it is the one being
+        // answered: the oldest open order goes instead.
+        gw.authorize(&order_authorize("c", "tok_decline"))
+            .await
+            .unwrap_err();
+        assert_eq!(gw.authorization_under_key("payment:a:authorize"), None);
+        assert_eq!(
+            gw.authorization_under_key("payment:b:authorize"),
+            Some(AuthorizationState::Authorized)
+        );
+        assert!(matches!(
+            gw.authorize(&order_authorize("c", "tok_decline")).await,
+            Err(GatewayError::AuthorizationDeclined(_))
+        ));
+        // "d" comes: the settled "c" goes before the open "b".
+        gw.authorize(&order_authorize("d", "tok_ok")).await.unwrap();
+        assert_eq!(
+            gw.authorization_under_key("payment:b:authorize"),
+            Some(AuthorizationState::Authorized)
+        );
+        assert_eq!(
+            gw.memory(),
+            GatewayMemory {
+                orders: 2,
+                answers: 2,
+                authorizations: 2,
+                forgotten: 2,
+            }
+        );
+    }
+
     #[derive(Debug, Parser)]
     struct Cli {
         #[command(flatten)]
@@ -738,13 +1203,26 @@ mod tests {
         let cli = Cli::parse_from(["x"]);
         assert_eq!(cli.gateway.config(), SimulatedGatewayConfig::default());
         assert_eq!(SimulatedGatewayConfig::default().slow_ms, 10_000);
-        let cli = Cli::parse_from(["x", "--gateway-latency-ms", "5", "--gateway-slow-ms", "200"]);
+        let cli = Cli::parse_from([
+            "x",
+            "--gateway-latency-ms",
+            "5",
+            "--gateway-slow-ms",
+            "200",
+            "--gateway-max-orders",
+            "10",
+            "--gateway-retention-ms",
+            "1000",
+        ]);
         assert_eq!(
             cli.gateway.config(),
             SimulatedGatewayConfig {
                 latency_ms: 5,
-                slow_ms: 200
+                slow_ms: 200,
+                max_orders: 10,
+                retention_ms: 1_000,
             }
         );
+        assert!(Cli::try_parse_from(["x", "--gateway-max-orders", "0"]).is_err());
     }
 }

@@ -56,8 +56,8 @@ mod grpc;
 mod store;
 
 pub use gateway::{
-    AuthorizationState, AuthorizeRequest, CardToken, GatewayArgs, GatewayError, GatewayReference,
-    OperationRequest, PaymentGateway, SIMULATED_CARD_TOKENS, SimulatedGateway,
+    AuthorizationState, AuthorizeRequest, CardToken, GatewayArgs, GatewayError, GatewayMemory,
+    GatewayReference, OperationRequest, PaymentGateway, SIMULATED_CARD_TOKENS, SimulatedGateway,
     SimulatedGatewayConfig, VoidByKeyRequest,
 };
 

@@ -14,8 +14,13 @@
 //! - `store`: the inbox and aggregate tables;
 //! - `grpc`: the `sagaflow.ranking.v1.RankingService` implementation and validation.
 
+use std::time::Duration;
+
 use sagaflow_proto::ranking::v1::ranking_service_server::RankingServiceServer;
-use sagaflow_server::{Db, Migrations};
+use sagaflow_server::{
+    Db, Migrations,
+    retention::{Prune, PruneFuture, PruneJob, Pruned},
+};
 use sqlx::migrate::Migrator;
 
 pub mod domain;
@@ -52,5 +57,30 @@ impl RankingService {
     /// Adds the gRPC service to `routes`.
     pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
         routes.add_service(RankingServiceServer::new(self));
+    }
+}
+
+/// The retention job of the ranking database's processed-event inbox (docs/operations.md,
+/// "Retention"): rows recorded more than `window` ago are deleted, batch by batch, under the
+/// `ranking` database, table `inbox`. The window must be longer than any redelivery of an
+/// OrderCompleted event: an event delivered again after its row is gone is counted again.
+pub fn inbox_prune_job(db: Db, window: Duration) -> PruneJob {
+    PruneJob::new("ranking", window, Inbox { db })
+}
+
+#[derive(Debug)]
+struct Inbox {
+    db: Db,
+}
+
+impl Prune for Inbox {
+    fn prune_batch(&self, before_ms: i64, max_rows: u32) -> PruneFuture<'_> {
+        Box::pin(async move {
+            let rows = store::prune_inbox(&self.db, before_ms, max_rows).await?;
+            Ok(vec![Pruned {
+                table: "inbox",
+                rows,
+            }])
+        })
     }
 }

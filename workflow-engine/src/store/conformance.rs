@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use super::{ListFilter, OperatorError, SagaStore, Write, WriteOutcome};
+use super::{ListFilter, OperatorError, PrunedSagas, SagaStore, Write, WriteOutcome};
 use crate::{
     definition::{SagaDefinition, Step, StepContext, StepError},
     journal::{self, Event, FailureOutcome},
@@ -40,6 +40,8 @@ pub async fn run(store: &dyn SagaStore) {
     leases_renew_only_for_their_holder(store).await;
     operator_updates_apply_or_refuse(store).await;
     lists_filter_and_paginate(store).await;
+    // Last: it deletes sagas (only its own, by their times, but other checks need not care).
+    prunes_exactly_the_old_finished_sagas(store).await;
 }
 
 async fn create(store: &dyn SagaStore, key: &str, owner: &str, now: i64) -> SagaState {
@@ -445,4 +447,120 @@ async fn lists_filter_and_paginate(store: &dyn SagaStore) {
         .await
         .unwrap();
     assert!(other.is_empty());
+}
+
+/// Commits `events` on `state` and returns the new state.
+async fn apply(store: &dyn SagaStore, state: &SagaState, at: i64, events: Vec<Event>) -> SagaState {
+    let (next, write) = transition(state, at, events);
+    assert_eq!(
+        store.commit(&[write]).await.unwrap(),
+        vec![WriteOutcome::Applied]
+    );
+    next
+}
+
+async fn assert_pruned(store: &dyn SagaStore, state: &SagaState) {
+    assert!(
+        store.get(state.id).await.unwrap().is_none(),
+        "{} pruned",
+        state.id
+    );
+    assert!(store.journal(state.id).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .find_by_business_key(&state.business_key)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn prunes_exactly_the_old_finished_sagas(store: &dyn SagaStore) {
+    // Before every other check's sagas (created at 1_000 and later).
+    let def = definition();
+    let cancel = |s: &SagaState| recovery::cancel_events(&def, s, s.fencing_token + 1).unwrap();
+    // Finished before the cutoff (500): pruned.
+    let s = create(store, "c-prune-done-1", "e1", 100).await;
+    let done_1 = apply(store, &s, 200, vec![Event::SagaCompleted {}]).await;
+    let s = create(store, "c-prune-compensated", "e1", 110).await;
+    let mut events = cancel(&s);
+    events.push(Event::SagaCompensated {});
+    let compensated = apply(store, &s, 210, events).await;
+    let s = create(store, "c-prune-done-2", "e1", 120).await;
+    let done_2 = apply(store, &s, 220, vec![Event::SagaCompleted {}]).await;
+    assert_eq!(done_1.status, SagaStatus::Completed);
+    assert_eq!(compensated.status, SagaStatus::Compensated);
+    // Finished after the cutoff: kept.
+    let s = create(store, "c-prune-recent", "e1", 130).await;
+    let recent = apply(store, &s, 900, vec![Event::SagaCompleted {}]).await;
+    // Old but not finished: kept, whatever their age.
+    let running = create(store, "c-prune-running", "e1", 140).await;
+    let s = create(store, "c-prune-attention", "e1", 150).await;
+    let attention = apply(
+        store,
+        &s,
+        160,
+        vec![Event::SagaNeedsAttention {
+            reason: "conformance".into(),
+        }],
+    )
+    .await;
+    let s = create(store, "c-prune-compensating", "e1", 170).await;
+    let compensating = apply(store, &s, 180, cancel(&s)).await;
+    assert_eq!(attention.status, SagaStatus::NeedsAttention);
+    assert_eq!(compensating.status, SagaStatus::Compensating);
+    let kept = [&running, &attention, &compensating, &recent];
+
+    let cost = |s: &SagaState| 1 + s.last_seq as u32;
+    let pruned = |s: &[&SagaState]| PrunedSagas {
+        sagas: s.len() as u64,
+        journal_entries: s.iter().map(|s| s.last_seq as u64).sum(),
+    };
+    // One saga whatever its size, oldest first, never a part of a journal.
+    assert!(cost(&done_1) > 1);
+    assert_eq!(
+        store.prune_finished(500, 1).await.unwrap(),
+        pruned(&[&done_1])
+    );
+    assert_pruned(store, &done_1).await;
+    // Whole sagas within the row bound: the second does not fit.
+    let bound = cost(&compensated) + cost(&done_2) - 1;
+    assert_eq!(
+        store.prune_finished(500, bound).await.unwrap(),
+        pruned(&[&compensated])
+    );
+    assert_pruned(store, &compensated).await;
+    assert_eq!(
+        store.prune_finished(500, 1_000).await.unwrap(),
+        pruned(&[&done_2])
+    );
+    assert_pruned(store, &done_2).await;
+    assert_eq!(
+        store.prune_finished(500, 1_000).await.unwrap(),
+        PrunedSagas::default(),
+        "nothing finished before the cutoff is left"
+    );
+    assert_eq!(
+        store.prune_finished(500, 0).await.unwrap(),
+        PrunedSagas::default()
+    );
+    for s in kept {
+        assert_eq!(
+            &assert_row_is_fold(store, s.id).await,
+            s,
+            "{} kept",
+            s.business_key
+        );
+    }
+    // A later cutoff takes the recent one, and still no saga that is not finished.
+    assert_eq!(
+        store.prune_finished(1_000, 1_000).await.unwrap(),
+        pruned(&[&recent])
+    );
+    assert_pruned(store, &recent).await;
+    for s in [&running, &attention, &compensating] {
+        assert_eq!(&assert_row_is_fold(store, s.id).await, s);
+    }
+    // The business key of a pruned saga is free again: a start creates a new saga.
+    create(store, "c-prune-done-1", "e1", 1_000).await;
 }

@@ -1,14 +1,17 @@
 //! The idempotency store (DESIGN §6) on SQLite and PostgreSQL: a repeat replays the stored response
 //! and changes nothing; the same key with another request is ALREADY_EXISTS; business errors are
-//! stored and replayed; 20 tasks racing one key produce exactly one effect.
+//! stored and replayed; 20 tasks racing one key produce exactly one effect; retention deletes
+//! exactly the expired records, in bounded batches, and a live key still replays.
 
 use sagaflow_proto::inventory::v1::{Product, RestockRequest};
 use sagaflow_server::{
     Db, Migrations, PoolConfig, ServiceError,
     error::error_reason,
     idempotency::{execute, execute_detailed, lookup},
+    retention::{DEFAULT_IDEMPOTENCY_MS, PruneJob, Retention},
 };
 use sagaflow_testkit::{Kind, TestDatabase};
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 static PG: sqlx::migrate::Migrator = sqlx::migrate!("tests/migrations/postgres");
@@ -193,6 +196,83 @@ async fn lookup_reads_without_claiming(kind: Kind) {
     assert_eq!(error_reason(&err).as_deref(), Some("NEGATIVE"));
 }
 
+async fn keys(db: &Db) -> Vec<String> {
+    sqlx::query_scalar("SELECT idempotency_key FROM idempotency_keys ORDER BY idempotency_key")
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+}
+
+/// Retention (docs/operations.md, "Retention"): 25 records older than the window (successes and
+/// stored rejections) and 5 live ones; one round with 10-row batches deletes exactly the 25, and
+/// a repeat of a live key still gets its stored response without running the effect.
+async fn retention_prunes_exactly_the_expired_records(kind: Kind) {
+    let (_tdb, db) = open(kind, "idem_retention").await;
+    let day = 86_400_000_i64;
+    let now = sagaflow_server::db::now_ms();
+    let mut expired = Vec::new();
+    let mut live = Vec::new();
+    for i in 0..30 {
+        let key = format!("k{i:02}");
+        // Every third one a stored business rejection.
+        let quantity = if i % 3 == 0 { -1 } else { 1 };
+        let _ = run_restock(&db, &restock(&key, quantity)).await;
+        // 25 created 7 days and 1 ms ago (or much earlier), 5 just inside the window.
+        let age = if i < 25 {
+            7 * day + 1 + i64::from(i) * day
+        } else {
+            7 * day - 60_000
+        };
+        sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE idempotency_key = $2")
+            .bind(now - age)
+            .bind(&key)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        if i < 25 {
+            expired.push(key)
+        } else {
+            live.push(key)
+        }
+    }
+    let stock_before = stock(&db).await;
+    let retention = Retention::new(
+        vec![PruneJob::idempotency_keys(
+            "test",
+            db.clone(),
+            std::time::Duration::from_millis(DEFAULT_IDEMPOTENCY_MS),
+        )],
+        10,
+    );
+    let report = retention.run_round(now, &CancellationToken::new()).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.rows("test", "idempotency_keys"), 25);
+    assert_eq!(keys(&db).await, live);
+    // Nothing else was touched.
+    assert_eq!(stock(&db).await, stock_before);
+    // A repeat of a live key replays its stored response; the effect does not run.
+    for key in &live {
+        let quantity = if key == "k27" { -1 } else { 1 };
+        let again = execute_detailed::<_, Product, _>(
+            &db,
+            "test.Restock",
+            key,
+            &restock(key, quantity),
+            |_conn| Box::pin(async { panic!("the effect must not run on a repeat") }),
+        )
+        .await;
+        match again {
+            Ok(again) => assert!(again.replayed),
+            Err(err) => assert_eq!(error_reason(&err).as_deref(), Some("NEGATIVE"), "{key}"),
+        }
+    }
+    assert_eq!(stock(&db).await, stock_before);
+    // A second round deletes nothing.
+    let again = retention.run_round(now, &CancellationToken::new()).await;
+    assert_eq!(again.rows("test", "idempotency_keys"), 0);
+    assert_eq!(key_rows(&db).await, 5);
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -213,4 +293,5 @@ both_backends!(
     transient_errors_store_nothing,
     racing_tasks_apply_once,
     lookup_reads_without_claiming,
+    retention_prunes_exactly_the_expired_records,
 );

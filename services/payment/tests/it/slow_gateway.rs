@@ -23,6 +23,7 @@ fn slow_config() -> SimulatedGatewayConfig {
     SimulatedGatewayConfig {
         latency_ms: 0,
         slow_ms: SLOW_MS,
+        ..SimulatedGatewayConfig::default()
     }
 }
 

@@ -8,4 +8,5 @@ mod grpcurl;
 mod harness;
 mod inbox;
 mod migrations;
+mod retention;
 mod validation;
