@@ -16,7 +16,6 @@ use sagaflow_server::{
     idempotency,
     validate::{MAX_LINES, Validator, decode_page_token, encode_page_token},
 };
-use tokio::sync::broadcast;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
@@ -375,24 +374,26 @@ impl OrderService {
         })
         .await?;
         self.wake_relay();
-        // No receiver is fine: nobody is waiting.
-        let _ = self.changes.send(notice_id);
+        self.waiters.announce(&notice_id);
         Ok(response.order)
     }
 
     /// The order, once it is terminal or `wait` has passed (at once when `wait` is zero).
-    /// Woken by this process's change notices; re-reads every [`WAIT_POLL_INTERVAL`] for changes
-    /// made elsewhere. Bounded by `wait` (at most 60 s, validated).
+    /// Woken by this process's notice for this order; re-reads every [`WAIT_POLL_INTERVAL`] for
+    /// changes made elsewhere. Bounded by `wait` (at most 60 s, validated).
     async fn wait_for_terminal(&self, order_id: &str, wait: Duration) -> Result<Order, Status> {
         let deadline = tokio::time::Instant::now() + wait;
-        // Subscribe before the first read, so a change between the read and the wait is seen.
-        let mut changes = self.changes.subscribe();
+        let waiting = self.waiters.wait_for(order_id);
         tracing::debug!(
             order_id,
             wait_ms = wait.as_millis() as u64,
             "GetOrder is waiting for a terminal status"
         );
         loop {
+            // Listen before the read, so a change between the read and the wait is seen.
+            let notified = waiting.notify().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
             let order = load_existing(&mut conn, order_id).await?;
             drop(conn);
@@ -402,7 +403,7 @@ impl OrderService {
             }
             let nap = WAIT_POLL_INTERVAL.min(deadline - now);
             tokio::select! {
-                () = changed(&mut changes, order_id) => {}
+                () = notified => {}
                 () = tokio::time::sleep(nap) => {}
                 () = self.shutdown.cancelled() => return Ok(order),
             }
@@ -410,18 +411,38 @@ impl OrderService {
     }
 }
 
-/// Resolves when `order_id` is announced, or the receiver lagged (the caller re-reads anyway).
-/// Runs only inside a `select!` with a timer, which bounds it.
-async fn changed(changes: &mut broadcast::Receiver<String>, order_id: &str) {
-    loop {
-        match changes.recv().await {
-            Ok(id) if id == order_id => return,
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(_)) => return,
-            // The service (sender) is gone: only the timer can end the wait.
-            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-        }
+/// Fails the order `order_id` because its OrderCreated event was dead-lettered without any
+/// saga being possible for it (docs/architecture.md, "Events"): a PENDING order becomes FAILED
+/// with reason INTERNAL, its discount cleared, with its status history row and OrderFailed
+/// outbox event, on `conn` (the caller's transaction, which also dead-letters the event).
+/// Returns the status the order had (`Some(Pending)`: failed now; a terminal status: left as it
+/// is), or `None` when there is no such order.
+///
+/// # Errors
+/// `UNAVAILABLE` when the database fails transiently; `INTERNAL` when the order row cannot be
+/// read (a value this version does not know) or the database fails otherwise.
+pub(crate) async fn fail_undeliverable(
+    conn: &mut sqlx::AnyConnection,
+    order_id: &str,
+) -> Result<Option<OrderStatus>, ServiceError> {
+    let Some(mut order) = store::load(conn, order_id).await? else {
+        return Ok(None);
+    };
+    let was = order.status;
+    if decide_fail(was) != Decision::Apply {
+        return Ok(Some(was));
     }
+    order.status = OrderStatus::Failed;
+    order.failure_reason = Some(FailureReason::Internal);
+    order.amounts = order.amounts.without_discount();
+    order.updated_at_ms = now_ms();
+    let event = OrderEvent::Failed(pb::OrderFailedEvent {
+        order: Some(to_proto(&order)),
+    });
+    if !store::finish(conn, &order, &event).await? {
+        return Err(changed_meanwhile(order_id));
+    }
+    Ok(Some(was))
 }
 
 async fn load_existing(

@@ -6,14 +6,16 @@
 //! - [`outbox`]: the outbox rows written with each change, and the API the relay uses
 //!   ([`outbox::pending`], [`outbox::mark_sent`]);
 //! - `store`: the orders, order lines and status history tables;
-//! - `grpc`: the `sagaflow.order.v1.OrderService` implementation and validation.
+//! - `grpc`: the `sagaflow.order.v1.OrderService` implementation and validation;
+//! - `admin`: `sagaflow.order.v1.OutboxAdminService`, the dead-lettered outbox events;
+//! - [`relay`]: the outbox relay (retries, dead letters, retention of delivered rows).
 //!
 //! ```text
 //!  PlaceOrder ─validate─▶ replay? ─no─▶ Inventory.BatchGetProducts (one call) ─▶ price
 //!      └─▶ one transaction: order PENDING + lines + history + OutboxEvent(OrderCreated) + key
 //!  CompleteOrder / FailOrder ─▶ one transaction: status + history + OutboxEvent + key
-//!      └─▶ in-process change notice ─▶ wakes GetOrder{wait} callers (which also re-read every
-//!          200 ms, to see changes made by another replica)
+//!      └─▶ in-process notice for that order ─▶ wakes its GetOrder{wait} callers (which also
+//!          re-read every second, to see changes made by another replica)
 //! ```
 //!
 //! An order's saga id is its order id: the orchestrator starts the saga keyed by the order id.
@@ -27,28 +29,29 @@ use sagaflow_proto::{
 use sagaflow_server::{Db, Migrations};
 use sagaflow_telemetry::propagation::{TracedChannel, traced};
 use sqlx::migrate::Migrator;
-use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
+mod admin;
 pub mod domain;
 mod grpc;
 pub mod outbox;
 pub mod relay;
 mod store;
+mod waiters;
 
 /// The fully-qualified gRPC service name (for health and reflection).
 pub const SERVICE_NAME: &str = "sagaflow.order.v1.OrderService";
 
+/// The fully-qualified name of the outbox admin service that [`OrderService::register`] adds
+/// next to [`SERVICE_NAME`] (for health and reflection).
+pub const OUTBOX_ADMIN_SERVICE_NAME: &str = "sagaflow.order.v1.OutboxAdminService";
+
 /// How long PlaceOrder waits for Inventory to price an order before answering UNAVAILABLE.
 pub const INVENTORY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often a waiting GetOrder re-reads the order (changes made by another replica do not
-/// reach this process's change notices).
-pub const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(200);
-
-/// Capacity of the in-process change notice channel; a waiter that falls further behind simply
-/// re-reads its order.
-const CHANGE_NOTICES: usize = 1024;
+/// How often a waiting GetOrder re-reads the order (changes made by another replica, or by the
+/// outbox relay failing an undeliverable order, do not reach this process's notices).
+pub const WAIT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 static POSTGRES: Migrator = sqlx::migrate!("../../migrations/order/postgres");
 static SQLITE: Migrator = sqlx::migrate!("../../migrations/order/sqlite");
@@ -70,7 +73,7 @@ pub struct OrderService {
     inventory: InventoryServiceClient<TracedChannel>,
     /// Order ids that just reached a terminal status (CompleteOrder, FailOrder), for GetOrder
     /// callers that wait.
-    changes: broadcast::Sender<String>,
+    waiters: waiters::Waiters,
     /// Wakes the outbox relay after a commit that wrote an event.
     relay: Option<relay::RelayWaker>,
     /// Cancelled when the process shuts down: GetOrder long-polls return the order as it is, so
@@ -86,11 +89,10 @@ impl OrderService {
     /// Inventory makes PlaceOrder answer UNAVAILABLE). The channel is [`traced`]: the pricing
     /// call joins the PlaceOrder trace.
     pub fn new(db: Db, inventory: Channel) -> Self {
-        let (changes, _) = broadcast::channel(CHANGE_NOTICES);
         Self {
             db,
             inventory: InventoryServiceClient::new(traced(inventory)),
-            changes,
+            waiters: waiters::Waiters::default(),
             relay: None,
             shutdown: tokio_util::sync::CancellationToken::new(),
             payment_methods: None,
@@ -127,8 +129,11 @@ impl OrderService {
         self
     }
 
-    /// Adds the gRPC service to `routes`.
+    /// Adds the gRPC services to `routes`: `sagaflow.order.v1.OrderService` ([`SERVICE_NAME`])
+    /// and the operators' `sagaflow.order.v1.OutboxAdminService` over the same database
+    /// ([`OUTBOX_ADMIN_SERVICE_NAME`]).
     pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(admin::OutboxAdmin::new(self.db.clone()).into_server());
         routes.add_service(OrderServiceServer::new(self));
     }
 }

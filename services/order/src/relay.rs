@@ -1,5 +1,5 @@
-//! The outbox relay (DESIGN §7): delivers the Order service's outbox events at least once, in
-//! order per order, and marks them sent.
+//! The outbox relay (DESIGN §7; docs/architecture.md, "Events"): delivers the Order service's
+//! outbox events at least once, in order per order, and marks them sent.
 //!
 //! - OrderCreated → `OrchestratorService/StartOrderSaga` (the orchestrator's business-key inbox
 //!   makes a redelivery find the same saga);
@@ -12,10 +12,26 @@
 //! failed gets none of its later events delivered in that round, which keeps per-order order.
 //!
 //! ```text
-//!  commit(order + outbox row) ─▶ wake ─▶ pending(batch) ─▶ deliver (≤ DELIVERY_CONCURRENCY)
-//!                                   ▲                         │
-//!                        poll every interval             mark_sent(delivered)
+//!  commit(order + outbox row) ─▶ wake ─▶ pending(due batch) ─▶ deliver (≤ DELIVERY_CONCURRENCY)
+//!                                   ▲                         │ ok: mark_sent
+//!          poll every interval, or when the next retry is due │ failed: retry_later (backoff)
+//!                                                             │   or dead_letter_refused
 //! ```
+//!
+//! Failures (docs/architecture.md, "Events"): a failed delivery is retried after a capped
+//! exponential backoff with full jitter ([`RetryPolicy`]); rows waiting for their retry are not
+//! read, so they never hold up other orders. Each failure is classified ([`classify`]): a
+//! definite refusal by the consumer's handler, a request that provably never reached a handler,
+//! or an attempt **in doubt** (it may have had its effect). An event is dead-lettered only after
+//! [`RetryPolicy::max_attempts`] failures none of which was in doubt, the last one a refusal; for
+//! an OrderCreated its order is then failed (reason INTERNAL) in the same transaction, which is
+//! safe because no saga can exist for it. An event in doubt is retried for as long as it fails:
+//! StartOrderSaga and RecordOrderCompleted are idempotent on the order and event ids, so a
+//! retry is always safe, while failing an order whose saga may be running is not.
+//!
+//! Retention: delivered rows older than the window ([`OutboxRelay::with_sent_retention`], default
+//! [`DEFAULT_SENT_RETENTION`]) are deleted in bounded batches, at most once per
+//! [`PRUNE_INTERVAL`], counted in [`PRUNED`].
 //!
 //! Tracing (issue 7): each delivery runs in an `outbox.deliver` span whose parent is the
 //! `traceparent` stored with the event (the handler that wrote it), and the call carries that
@@ -23,8 +39,9 @@
 //! stay in the PlaceOrder trace, however late the delivery.
 //!
 //! Metrics (only when a recorder is installed): [`DELIVERED`] and [`DELIVERY_FAILURES`] by event
-//! type, and — when [`OutboxRelay::with_backlog_sampling`] asks for it — the backlog gauges
-//! [`PENDING`] and [`OLDEST_PENDING_AGE`], sampled with one query at most once per interval.
+//! type, [`outbox::DEAD_LETTERED`] by event type, [`PRUNED`], and — when
+//! [`OutboxRelay::with_backlog_sampling`] asks for it — the backlog gauges [`PENDING`] and
+//! [`OLDEST_PENDING_AGE`], sampled with one query at most once per interval.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -35,23 +52,25 @@ use sagaflow_proto::{
     },
     ranking::v1::{RecordOrderCompletedRequest, ranking_service_client::RankingServiceClient},
 };
-use sagaflow_server::{Db, db::now_ms};
+use sagaflow_server::{Db, db::now_ms, error::error_reason};
 use sagaflow_telemetry::{
     propagation::{self, TracedChannel, traced},
     semconv,
 };
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::{metadata::MetadataValue, transport::Channel};
+use tonic::{Code, metadata::MetadataValue, transport::Channel};
 use tracing::{Instrument as _, field::Empty};
 
-use crate::outbox::{self, EventType, OrderEvent, OutboxEvent};
+use crate::outbox::{self, DeadLettered, EventType, OrderEvent, OutboxEvent};
 
 /// Events delivered and marked sent (counter; label `event_type`). OrderFailed has no consumer
 /// yet: it counts when marked sent.
 pub const DELIVERED: &str = "sagaflow_outbox_delivered_total";
-/// Deliveries that failed and will be retried (counter; label `event_type`).
+/// Deliveries that failed (counter; label `event_type`): retried later or dead-lettered.
 pub const DELIVERY_FAILURES: &str = "sagaflow_outbox_delivery_failures_total";
+/// Delivered outbox rows deleted after the retention window (counter).
+pub const PRUNED: &str = "sagaflow_outbox_pruned_total";
 /// Undelivered outbox events at the last sample (gauge).
 pub const PENDING: &str = "sagaflow_outbox_pending";
 /// Age of the oldest undelivered event at the last sample, seconds; 0 when none (gauge).
@@ -70,7 +89,17 @@ pub fn describe_metrics() {
     describe_counter!(
         DELIVERY_FAILURES,
         Unit::Count,
-        "Outbox deliveries that failed (retried later)."
+        "Outbox deliveries that failed (retried later, or dead-lettered)."
+    );
+    describe_counter!(
+        outbox::DEAD_LETTERED,
+        Unit::Count,
+        "Outbox events dead-lettered: undecodable, or refused on every attempt."
+    );
+    describe_counter!(
+        PRUNED,
+        Unit::Count,
+        "Delivered outbox rows deleted after the retention window."
     );
     describe_gauge!(
         PENDING,
@@ -88,10 +117,148 @@ pub fn describe_metrics() {
 pub const RELAY_BATCH: i64 = 256;
 /// Deliveries in flight at once.
 pub const DELIVERY_CONCURRENCY: usize = 64;
-/// Per-delivery gRPC timeout.
+/// Per-delivery gRPC timeout (sent as the call's deadline, and enforced here as well); a
+/// delivery without a reply by then is in doubt.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A sensible interval for [`OutboxRelay::with_backlog_sampling`] (what the CLI uses): 1 s.
 pub const BACKLOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long delivered rows are kept by default, milliseconds: 7 days.
+pub const DEFAULT_SENT_RETENTION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// How long delivered rows are kept by default: 7 days ([`DEFAULT_SENT_RETENTION_MS`]).
+pub const DEFAULT_SENT_RETENTION: Duration = Duration::from_millis(DEFAULT_SENT_RETENTION_MS);
+/// [`RetryPolicy::max_attempts`] by default: 20.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 20;
+/// How often the relay deletes delivered rows past the retention window: once a minute (and at
+/// its start).
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Rows deleted per statement when pruning.
+pub const PRUNE_BATCH: i64 = 1_000;
+/// Statements per pruning run, so that a long-neglected table is caught up over several runs
+/// instead of holding up deliveries: at most `PRUNE_BATCH × PRUNE_MAX_BATCHES` rows a run.
+pub const PRUNE_MAX_BATCHES: u32 = 10;
+/// The shortest wait for a retry that is due (or almost): keeps a round of zero-delay retries
+/// from spinning.
+const MIN_RETRY_NAP: Duration = Duration::from_millis(5);
+
+/// How failed deliveries are retried and when the relay gives up on an event
+/// (docs/architecture.md, "Events").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Failed attempts after which an event is dead-lettered, if none of them was in doubt and
+    /// the last one was a definite refusal ([`FailureKind`]). Default 20; at least 1.
+    pub max_attempts: u32,
+    /// Delay cap after the first failure. Default 100 ms.
+    pub base_delay: Duration,
+    /// Largest delay cap: the cap doubles per failure up to this. Default 30 s.
+    pub max_delay: Duration,
+    /// `true` (the default): each delay is uniform in `0..=cap` (full jitter), so that the events
+    /// of one outage are not retried in lockstep. `false`: each delay is its cap (predictable
+    /// spacing, for tests).
+    pub full_jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+            full_jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay cap after the `attempt`-th failed attempt (1, 2, …):
+    /// `min(max_delay, base_delay · 2^(attempt − 1))`.
+    pub fn cap(&self, attempt: i64) -> Duration {
+        let doublings = u32::try_from(attempt.saturating_sub(1).clamp(0, 31)).unwrap_or(31);
+        let factor = 1_u32 << doublings;
+        self.base_delay
+            .checked_mul(factor)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
+    }
+
+    /// The delay before the next attempt after the `attempt`-th failed one: `unit · cap` with
+    /// full jitter (`unit` is clamped to `0..=1`), the cap without.
+    pub fn delay(&self, attempt: i64, unit: f64) -> Duration {
+        let cap = self.cap(attempt);
+        if self.full_jitter {
+            cap.mul_f64(unit.clamp(0.0, 1.0))
+        } else {
+            cap
+        }
+    }
+}
+
+/// How a failed delivery bears on its event (docs/architecture.md, "Events").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The consumer's handler refused the event definitely: INVALID_ARGUMENT, or
+    /// FAILED_PRECONDITION with an ErrorInfo reason (other than `IDEMPOTENCY_KEY_REUSED`). By the
+    /// service contract such a refusal wrote nothing, and the same event is refused the same way
+    /// on every attempt.
+    Refused,
+    /// The request provably never reached a handler: a refused connection (UNAVAILABLE while
+    /// connecting), UNIMPLEMENTED (a proxy during a redeploy), UNAUTHENTICATED or
+    /// PERMISSION_DENIED (an auth layer). No effect, but not the consumer's verdict either.
+    NotDelivered,
+    /// Anything else — UNAVAILABLE or INTERNAL from a server, DEADLINE_EXCEEDED, no reply within
+    /// [`DELIVERY_TIMEOUT`], a lost reply, a bare code from a proxy: the event may have had its
+    /// effect (the saga may have started).
+    InDoubt,
+}
+
+/// The ErrorInfo reason of ALREADY_EXISTS for a reused idempotency key: proof that an earlier
+/// request was applied, not a refusal.
+const REASON_IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+
+/// Classifies a failed delivery by its status (docs/architecture.md, "Attempts in doubt", for
+/// the codes that prove a request never reached a handler).
+pub fn classify(status: &tonic::Status) -> FailureKind {
+    match status.code() {
+        Code::Unavailable if is_connect_error(status) => FailureKind::NotDelivered,
+        Code::Unimplemented | Code::Unauthenticated | Code::PermissionDenied => {
+            FailureKind::NotDelivered
+        }
+        Code::InvalidArgument => FailureKind::Refused,
+        Code::FailedPrecondition
+            if error_reason(status).is_some_and(|r| r != REASON_IDEMPOTENCY_KEY_REUSED) =>
+        {
+            FailureKind::Refused
+        }
+        _ => FailureKind::InDoubt,
+    }
+}
+
+/// Whether the call failed while connecting (refused, reset or timed out before the request
+/// was sent).
+fn is_connect_error(status: &tonic::Status) -> bool {
+    if status.message().contains("connect error") {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        if err.to_string().contains("connect error") {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Whether the relay gives up on an event after a failure of `kind` that makes `attempts`
+/// failed attempts, `in_doubt` telling whether an earlier one was in doubt: only a refusal, and
+/// only when no attempt was ever in doubt, after `max_attempts` (docs/architecture.md, "Events").
+pub fn gives_up(attempts: i64, in_doubt: bool, kind: FailureKind, max_attempts: u32) -> bool {
+    kind == FailureKind::Refused && !in_doubt && attempts >= i64::from(max_attempts.max(1))
+}
 
 /// Wakes the relay after a commit that wrote an outbox row. Cloning is cheap.
 #[derive(Debug, Clone, Default)]
@@ -113,12 +280,15 @@ pub struct OutboxRelay {
     waker: RelayWaker,
     poll_interval: Duration,
     backlog_every: Option<Duration>,
+    retry: RetryPolicy,
+    sent_retention: Option<Duration>,
 }
 
 impl OutboxRelay {
     /// A relay over the order database `db`, delivering to the orchestrator and Ranking channels
     /// (lazy channels are fine; they are wrapped with [`traced`]). `poll_interval` bounds how
-    /// long a missed event waits.
+    /// long a missed event waits. Retries follow [`RetryPolicy::default`]; delivered rows are
+    /// kept for [`DEFAULT_SENT_RETENTION`].
     pub fn new(
         db: Db,
         orchestrator: Channel,
@@ -133,10 +303,12 @@ impl OutboxRelay {
             waker,
             poll_interval,
             backlog_every: None,
+            retry: RetryPolicy::default(),
+            sent_retention: Some(DEFAULT_SENT_RETENTION),
         }
     }
 
-    /// The same relay, also sampling the outbox backlog into the [`PENDING`] and
+    /// The same relay, sampling the outbox backlog into the [`PENDING`] and
     /// [`OLDEST_PENDING_AGE`] gauges at most once per `every` (one query; the relay runs at
     /// least once per poll interval). Off by default: the CLI turns it on with the metrics
     /// endpoint.
@@ -145,14 +317,33 @@ impl OutboxRelay {
         self
     }
 
-    /// Runs rounds until `shutdown` is cancelled: at once when woken, every `poll_interval`
-    /// otherwise, back to back while full batches keep coming.
+    /// The same relay, retrying failed deliveries by `policy` (a `max_attempts` of 0 counts as
+    /// 1).
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The same relay, deleting delivered rows once they were sent longer than `keep` ago
+    /// (checked at the start and every [`PRUNE_INTERVAL`]); `None`: keep them forever.
+    pub fn with_sent_retention(mut self, keep: Option<Duration>) -> Self {
+        self.sent_retention = keep;
+        self
+    }
+
+    /// Runs rounds until `shutdown` is cancelled: at once when woken, when the earliest retry
+    /// this relay scheduled is due, every `poll_interval` otherwise, back to back while full
+    /// batches keep coming.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(
             poll_ms = self.poll_interval.as_millis() as u64,
+            max_attempts = self.retry.max_attempts,
             "outbox relay started"
         );
         let mut next_sample = Instant::now();
+        let mut next_prune = Instant::now();
+        // Unix ms of the earliest retry scheduled by this relay that may not have run yet.
+        let mut next_retry: Option<i64> = None;
         loop {
             if let Some(every) = self.backlog_every
                 && Instant::now() >= next_sample
@@ -160,8 +351,23 @@ impl OutboxRelay {
                 self.sample_backlog().await;
                 next_sample = Instant::now() + every;
             }
+            if self.sent_retention.is_some() && Instant::now() >= next_prune {
+                if let Err(err) = self.prune_sent().await {
+                    tracing::warn!(error = %err, "pruning delivered outbox rows failed");
+                }
+                next_prune = Instant::now() + PRUNE_INTERVAL;
+            }
+            let started_ms = now_ms();
             let full = match self.deliver_round().await {
-                Ok(round) => round.read >= RELAY_BATCH as usize && round.failed == 0,
+                Ok(round) => {
+                    // Retries due before this round started were read by it (or are held
+                    // back by an earlier event of their order, which has its own retry time).
+                    next_retry = earliest(
+                        next_retry.filter(|at| *at > started_ms),
+                        round.next_retry_at_ms,
+                    );
+                    round.read >= RELAY_BATCH as usize && round.unrecorded == 0
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "outbox relay round failed");
                     false
@@ -170,10 +376,16 @@ impl OutboxRelay {
             if full {
                 continue;
             }
+            let nap = next_retry.map_or(self.poll_interval, |at| {
+                let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+                Duration::from_millis(wait)
+                    .max(MIN_RETRY_NAP)
+                    .min(self.poll_interval)
+            });
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.waker.0.notified() => {}
-                () = tokio::time::sleep(self.poll_interval) => {}
+                () = tokio::time::sleep(nap) => {}
             }
         }
         tracing::info!("outbox relay stopped");
@@ -201,10 +413,44 @@ impl OutboxRelay {
         }
     }
 
-    /// Reads one batch of pending events, delivers it and marks the delivered ones sent.
+    /// Deletes delivered rows sent before the retention window (nothing without one), at most
+    /// [`PRUNE_MAX_BATCHES`] statements of [`PRUNE_BATCH`] rows, counting them in [`PRUNED`].
+    /// Returns how many rows it deleted.
     ///
     /// # Errors
-    /// The outbox's database error (deliveries that fail are counted, not errors).
+    /// The outbox's database error (the batches deleted before it stay deleted and counted).
+    pub async fn prune_sent(&self) -> Result<u64, outbox::OutboxError> {
+        let Some(keep) = self.sent_retention else {
+            return Ok(0);
+        };
+        let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(keep_ms);
+        let mut total = 0;
+        for _ in 0..PRUNE_MAX_BATCHES {
+            let deleted = outbox::prune_sent(&self.db, cutoff, PRUNE_BATCH).await?;
+            counter!(PRUNED).increment(deleted);
+            total += deleted;
+            if deleted < PRUNE_BATCH.unsigned_abs() {
+                break;
+            }
+        }
+        if total > 0 {
+            tracing::info!(
+                deleted = total,
+                keep_hours = keep.as_secs() / 3600,
+                "delivered outbox rows pruned"
+            );
+        }
+        Ok(total)
+    }
+
+    /// Reads one batch of due events, delivers it, marks the delivered ones sent and records the
+    /// failures (a retry time, or a dead letter).
+    ///
+    /// # Errors
+    /// The outbox's database error when reading the batch or marking it sent (deliveries that
+    /// fail are counted, not errors; a failure that could not be recorded counts in
+    /// [`Round::unrecorded`]).
     pub async fn deliver_round(&self) -> Result<Round, outbox::OutboxError> {
         let pending = outbox::pending(&self.db, RELAY_BATCH).await?;
         let mut round = Round {
@@ -237,13 +483,24 @@ impl OutboxRelay {
                 break;
             };
             match joined {
-                Ok((ok, failed)) => {
-                    delivered.extend(ok);
-                    round.failed += failed;
+                Ok(group) => {
+                    delivered.extend(group.delivered);
+                    if let Some(failure) = group.failure {
+                        round.failed += 1;
+                        match failure {
+                            Failure::Retry { at_ms } => {
+                                round.next_retry_at_ms =
+                                    earliest(round.next_retry_at_ms, Some(at_ms));
+                            }
+                            Failure::DeadLettered => round.dead_lettered += 1,
+                            Failure::Unrecorded => round.unrecorded += 1,
+                        }
+                    }
                 }
                 Err(join) => {
                     tracing::error!(%join, "an outbox delivery failed");
                     round.failed += 1;
+                    round.unrecorded += 1;
                 }
             }
         }
@@ -258,29 +515,93 @@ impl OutboxRelay {
         Ok(round)
     }
 
-    /// Delivers one order's events in order, stopping at the first failure. Returns the ids
-    /// (and types) delivered and the number that failed (0 or 1).
-    async fn deliver_group(&self, group: Vec<OutboxEvent>) -> (Vec<(String, EventType)>, usize) {
-        let mut ok = Vec::with_capacity(group.len());
+    /// Delivers one order's events in order, stopping at the first failure, which it records.
+    async fn deliver_group(&self, group: Vec<OutboxEvent>) -> GroupResult {
+        let mut delivered = Vec::with_capacity(group.len());
         for event in group {
             match self.deliver(&event).await {
-                Ok(()) => ok.push((event.event_id, event.event_type)),
+                Ok(()) => delivered.push((event.event_id, event.event_type)),
                 Err(status) => {
-                    counter!(DELIVERY_FAILURES, LABEL_EVENT_TYPE => event.event_type.as_str())
-                        .increment(1);
-                    tracing::warn!(
-                        event_id = %event.event_id,
-                        order_id = %event.aggregate_id,
-                        event_type = event.event_type.as_str(),
-                        code = ?status.code(),
-                        message = status.message(),
-                        "outbox delivery failed; will retry"
-                    );
-                    return (ok, 1);
+                    let failure = self.record_failure(&event, &status).await;
+                    return GroupResult {
+                        delivered,
+                        failure: Some(failure),
+                    };
                 }
             }
         }
-        (ok, 0)
+        GroupResult {
+            delivered,
+            failure: None,
+        }
+    }
+
+    /// Records a failed delivery of `event` (docs/architecture.md, "Events"): dead-letters it
+    /// when [`gives_up`] says so, schedules its next attempt otherwise.
+    async fn record_failure(&self, event: &OutboxEvent, status: &tonic::Status) -> Failure {
+        counter!(DELIVERY_FAILURES, LABEL_EVENT_TYPE => event.event_type.as_str()).increment(1);
+        let kind = classify(status);
+        let attempts = event.attempts.saturating_add(1);
+        let in_doubt = event.in_doubt || kind == FailureKind::InDoubt;
+        let error = format!(
+            "{:?}: {} (attempt {attempts}, {})",
+            status.code(),
+            status.message(),
+            match kind {
+                FailureKind::Refused => "refused by the consumer",
+                FailureKind::NotDelivered => "never reached the consumer",
+                FailureKind::InDoubt => "in doubt",
+            }
+        );
+        if gives_up(attempts, event.in_doubt, kind, self.retry.max_attempts) {
+            return match outbox::dead_letter_refused(&self.db, event, &error).await {
+                Ok(DeadLettered::Unchanged) => Failure::Unrecorded,
+                Ok(DeadLettered::Event | DeadLettered::EventAndOrder) => Failure::DeadLettered,
+                Err(err) => {
+                    tracing::warn!(
+                        event_id = %event.event_id,
+                        error = %err,
+                        "dead-lettering an outbox event failed"
+                    );
+                    Failure::Unrecorded
+                }
+            };
+        }
+        let delay = self.retry.delay(attempts, rand::random::<f64>());
+        let at_ms = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        if in_doubt && attempts == i64::from(self.retry.max_attempts.max(1)) {
+            tracing::error!(
+                event_id = %event.event_id,
+                order_id = %event.aggregate_id,
+                event_type = event.event_type.as_str(),
+                attempts,
+                "ALERT: outbox event keeps failing and may have reached its consumer; \
+                 retried until it is delivered, never dead-lettered"
+            );
+        }
+        tracing::warn!(
+            event_id = %event.event_id,
+            order_id = %event.aggregate_id,
+            event_type = event.event_type.as_str(),
+            code = ?status.code(),
+            message = status.message(),
+            attempts,
+            in_doubt,
+            retry_in_ms = delay.as_millis() as u64,
+            "outbox delivery failed; will retry"
+        );
+        match outbox::retry_later(&self.db, event, in_doubt, at_ms, &error).await {
+            Ok(true) => Failure::Retry { at_ms },
+            Ok(false) => Failure::Unrecorded,
+            Err(err) => {
+                tracing::warn!(
+                    event_id = %event.event_id,
+                    error = %err,
+                    "recording an outbox delivery failure failed"
+                );
+                Failure::Unrecorded
+            }
+        }
     }
 
     /// Delivers one event inside its `outbox.deliver` span, a child of the span that wrote it.
@@ -298,7 +619,16 @@ impl OutboxRelay {
         if let Some(tp) = &event.traceparent {
             propagation::set_parent_from_traceparent(&span, tp);
         }
-        let result = self.send(event).instrument(span.clone()).await;
+        let result =
+            match tokio::time::timeout(DELIVERY_TIMEOUT, self.send(event).instrument(span.clone()))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "no reply within {} ms",
+                    DELIVERY_TIMEOUT.as_millis()
+                ))),
+            };
         if let Err(status) = &result {
             span.record(semconv::OTEL_STATUS_CODE, "error");
             span.record(semconv::RPC_GRPC_STATUS_CODE, status.code() as i64);
@@ -338,6 +668,15 @@ impl OutboxRelay {
     }
 }
 
+/// The earlier of two optional unix-ms times.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
 /// A delivery call with [`DELIVERY_TIMEOUT`] and the event's stored `traceparent`. With tracing on,
 /// the traced channel replaces it with the delivery span's context (a child of it); with tracing
 /// off in this process the stored context still travels, so a consumer that traces joins it.
@@ -352,13 +691,148 @@ fn delivery_request<T>(message: T, traceparent: Option<&str>) -> tonic::Request<
     request
 }
 
+/// What became of one order's events in a round.
+struct GroupResult {
+    /// Delivered (to be marked sent), in order.
+    delivered: Vec<(String, EventType)>,
+    /// The failure that stopped the order's deliveries, if any.
+    failure: Option<Failure>,
+}
+
+/// How a failed delivery was recorded.
+enum Failure {
+    /// Scheduled for another attempt at this unix-ms time.
+    Retry { at_ms: i64 },
+    /// Dead-lettered (and, for an OrderCreated, its order failed).
+    DeadLettered,
+    /// Not recorded (the database failed, or the row changed meanwhile): the row is due again.
+    Unrecorded,
+}
+
 /// What one relay round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Round {
-    /// Pending events read.
+    /// Due events read.
     pub read: usize,
     /// Events delivered and marked sent.
     pub delivered: usize,
     /// Orders whose delivery failed this round.
     pub failed: usize,
+    /// Of those, events dead-lettered.
+    pub dead_lettered: usize,
+    /// Of those, failures that could not be recorded (the event is due again at once).
+    pub unrecorded: usize,
+    /// Unix ms of the earliest retry scheduled this round.
+    pub next_retry_at_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use sagaflow_server::ServiceError;
+
+    fn policy(jitter: bool) -> RetryPolicy {
+        RetryPolicy {
+            full_jitter: jitter,
+            ..RetryPolicy::default()
+        }
+    }
+
+    #[test]
+    fn delay_caps_double_up_to_the_largest() {
+        let p = policy(false);
+        let caps: Vec<u64> = (1..=12).map(|n| p.cap(n).as_millis() as u64).collect();
+        assert_eq!(
+            caps,
+            [
+                100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000, 30_000
+            ]
+        );
+        assert_eq!(p.cap(0), Duration::from_millis(100));
+        assert_eq!(p.cap(i64::MAX), Duration::from_secs(30));
+        assert_eq!(
+            p.delay(3, 0.1),
+            Duration::from_millis(400),
+            "no jitter: the cap"
+        );
+        let j = policy(true);
+        assert_eq!(j.delay(3, 0.0), Duration::ZERO);
+        assert_eq!(j.delay(3, 0.5), Duration::from_millis(200));
+        assert_eq!(j.delay(3, 7.0), Duration::from_millis(400), "unit clamped");
+        for n in 1..40 {
+            let d = j.delay(n, rand::random::<f64>());
+            assert!(d <= j.cap(n), "{n}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn failures_are_classified_by_what_they_prove() {
+        let refused: tonic::Status =
+            ServiceError::invalid("event.order.user_id", "is required").into();
+        assert_eq!(classify(&refused), FailureKind::Refused);
+        let rejected: tonic::Status = ServiceError::FailedPrecondition {
+            reason: "ORDER_UNKNOWN",
+            message: "no".into(),
+            metadata: HashMap::new(),
+        }
+        .into();
+        assert_eq!(classify(&rejected), FailureKind::Refused);
+        let reused: tonic::Status = ServiceError::AlreadyExists {
+            reason: "IDEMPOTENCY_KEY_REUSED",
+            message: "reused".into(),
+        }
+        .into();
+        assert_eq!(classify(&reused), FailureKind::InDoubt);
+        for code in [
+            Code::Unimplemented,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+        ] {
+            assert_eq!(
+                classify(&tonic::Status::new(code, "proxy")),
+                FailureKind::NotDelivered
+            );
+        }
+        assert_eq!(
+            classify(&tonic::Status::unavailable(
+                "tcp connect error: Connection refused"
+            )),
+            FailureKind::NotDelivered
+        );
+        for status in [
+            tonic::Status::unavailable("saga store: pool timed out"),
+            tonic::Status::deadline_exceeded("no reply"),
+            tonic::Status::cancelled("Timeout expired"),
+            tonic::Status::internal("internal error"),
+            tonic::Status::unknown("h2"),
+            tonic::Status::failed_precondition("bare code, no reason"),
+            tonic::Status::resource_exhausted("busy"),
+        ] {
+            assert_eq!(classify(&status), FailureKind::InDoubt, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn only_refusals_never_in_doubt_are_given_up_after_the_attempts() {
+        use FailureKind::*;
+        assert!(gives_up(20, false, Refused, 20));
+        assert!(gives_up(25, false, Refused, 20));
+        assert!(!gives_up(19, false, Refused, 20), "attempts left");
+        assert!(
+            !gives_up(20, true, Refused, 20),
+            "an earlier attempt was in doubt"
+        );
+        assert!(!gives_up(20, false, InDoubt, 20));
+        assert!(
+            !gives_up(20, false, NotDelivered, 20),
+            "unreachable is no verdict"
+        );
+        assert!(
+            !gives_up(1_000, true, InDoubt, 20),
+            "in doubt: retried forever"
+        );
+        assert!(gives_up(1, false, Refused, 0), "0 attempts count as 1");
+    }
 }

@@ -61,6 +61,7 @@ async fn every_string_field_of_every_rpc_is_invalid_argument_on_both_stores() {
             "InventoryService",
             "OrchestratorService",
             "OrderService",
+            "OutboxAdminService",
             "PaymentService",
             "PointService",
             "RankingService",

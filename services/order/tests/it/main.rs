@@ -11,4 +11,5 @@ mod harness;
 mod migrations;
 mod outbox;
 mod payment_methods;
+mod relay;
 mod validation;

@@ -2,8 +2,13 @@
 //! order, marked sent once; the backlog the relay samples for the metrics.
 
 use sagaflow_order::outbox::{self, Backlog, EventType};
-use sagaflow_proto::order::v1::FailureReason;
+use sagaflow_proto::order::v1::{
+    FailureReason, GetOrderRequest, ListDeadLettersRequest, OrderStatus,
+    outbox_admin_service_client::OutboxAdminServiceClient,
+};
+use sagaflow_server::error::violated_fields;
 use sagaflow_testkit::Kind;
+use tonic::Code;
 
 use crate::harness::{self, complete_req, fail_req, place_req};
 
@@ -117,10 +122,104 @@ async fn undecodable_events_are_dead_lettered_not_read_forever(kind: Kind) {
     // Read again: the dead-lettered rows are not even looked at.
     assert_eq!(outbox::pending(&t.db, 256).await.unwrap(), pending);
     assert_eq!(outbox::dead_letters(&t.db, 1_000).await.unwrap(), dead);
+
+    // OutboxAdminService/ListDeadLetters pages through them, oldest first.
+    let mut admin = OutboxAdminServiceClient::connect(t.server.url())
+        .await
+        .unwrap();
+    let (mut listed, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = admin
+            .list_dead_letters(ListDeadLettersRequest {
+                page_size: 128,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        listed.extend(page.dead_letters);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    let ids: Vec<&str> = listed.iter().map(|d| d.event_id.as_str()).collect();
+    let expected: Vec<&str> = dead.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids, expected);
+    assert!(listed.iter().all(|d| d.attempts == 0
+        && d.event_type == "OrderCreated"
+        && d.last_error.contains("does not decode")));
+    for (page_size, page_token, field) in [
+        (1_001, String::new(), "page_size"),
+        (-1, String::new(), "page_size"),
+        (10, "zz".to_owned(), "page_token"),
+        (
+            10,
+            sagaflow_server::validate::encode_page_token("x"),
+            "page_token",
+        ),
+    ] {
+        let err = admin
+            .list_dead_letters(ListDeadLettersRequest {
+                page_size,
+                page_token,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert_eq!(violated_fields(&err), vec![field.to_owned()]);
+    }
+    t.stop().await;
+}
+
+/// An OrderCreated whose payload does not decode was never delivered, so no saga can exist for
+/// its order: the order is failed (reason INTERNAL) with the dead letter, in one transaction.
+async fn an_undecodable_order_created_fails_its_order(kind: Kind) {
+    let mut t = harness::start(kind, "ord_outbox_dead_order").await;
+    let order = t
+        .place(place_req("o-corrupt", "alice", &[("KB-001", 1)], None, 0))
+        .await;
+    sqlx::query("UPDATE outbox SET payload = $1 WHERE aggregate_id = $2")
+        .bind(vec![0xff_u8, 0xff])
+        .bind(&order.order_id)
+        .execute(t.db.pool())
+        .await
+        .unwrap();
+    let pending = outbox::pending(&t.db, 256).await.unwrap();
+    // Only the order's new OrderFailed event (its OrderCreated is dead-lettered).
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].event_type, EventType::OrderFailed);
+    assert_eq!(pending[0].sequence, 2);
+    let got = t
+        .client
+        .get_order(GetOrderRequest {
+            order_id: order.order_id.clone(),
+            wait: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(got.status(), OrderStatus::Failed);
+    assert_eq!(got.failure_reason(), FailureReason::Internal);
+    let dead = outbox::dead_letters(&t.db, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].aggregate_id, order.order_id);
+    assert_eq!(
+        t.history(&order.order_id).await,
+        vec![
+            ("PENDING".to_owned(), None),
+            ("FAILED".to_owned(), Some("INTERNAL".to_owned()))
+        ]
+    );
     t.stop().await;
 }
 
 sagaflow_testkit::both_backends!(
     pending_in_order_and_marked_once,
-    undecodable_events_are_dead_lettered_not_read_forever
+    undecodable_events_are_dead_lettered_not_read_forever,
+    an_undecodable_order_created_fails_its_order
 );
