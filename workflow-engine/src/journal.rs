@@ -422,6 +422,7 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
                 failure_reason: None,
                 in_doubt: false,
                 generation: 0,
+                undelivered: 0,
                 last_seq: 1,
             });
         }
@@ -475,6 +476,7 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             s.current_step = Some(step.clone());
             s.attempt = *attempt;
             s.in_doubt = false;
+            s.undelivered = 0;
         }
         Event::StepSucceeded { step, output, .. } => {
             s.outputs.insert(step.clone(), output.clone());
@@ -487,6 +489,9 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
         } => {
             s.last_error = Some(error.clone());
             s.in_doubt |= error.in_doubt();
+            if error.retryable && error.not_delivered {
+                s.undelivered = s.undelivered.saturating_add(1);
+            }
             if let Some(at) = next_attempt_at {
                 s.attempt = attempt.saturating_add(1);
                 s.next_attempt_at = *at;
@@ -523,6 +528,7 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             s.current_step = None;
             s.attempt = 0;
             s.in_doubt = false;
+            s.undelivered = 0;
         }
         Event::CompensationStarted {
             step,
@@ -544,6 +550,7 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
         Event::OperatorRetry {} => {
             s.status = resumed_status(&s);
             s.attempt = 1;
+            s.undelivered = 0;
             s.generation = s.generation.saturating_add(1);
         }
         Event::OperatorResolved { .. } => s.status = resumed_status(&s),
@@ -578,6 +585,7 @@ fn finish(s: &mut SagaState, status: SagaStatus) {
     s.current_step = None;
     s.attempt = 0;
     s.in_doubt = false;
+    s.undelivered = 0;
     release(s);
 }
 

@@ -366,7 +366,9 @@ pub(crate) fn after_forward(
     // (docs/architecture.md, "Retries").
     let awaiting_delivery =
         error.retryable && error.not_delivered && state.deadline_at.is_some_and(|d| now < d);
-    if error.retryable && (retry_forever || attempt < policy.max_attempts || awaiting_delivery) {
+    // Attempts that never reached the service do not count against the step's attempts.
+    let counted = attempt.saturating_sub(state.undelivered);
+    if error.retryable && (retry_forever || counted < policy.max_attempts || awaiting_delivery) {
         let (at, cap) = retry_at(policy, attempt, now, unit);
         return Ok(vec![Event::StepFailed {
             step: name,
@@ -846,19 +848,15 @@ mod tests {
             s = run(&d, &s, events);
         }
         assert!(!s.in_doubt, "a refused connection is not in doubt");
-        // Past the deadline the attempts count again: b never happened, a is compensated.
-        let events = after_forward(
-            &d,
-            &s,
-            1,
-            Err(StepError::not_delivered("connection refused")),
-            10_001,
-            0.5,
-        )
-        .unwrap();
+        assert_eq!(s.undelivered, 20, "none of them counted");
+        // Past the deadline the saga is compensated before b is tried again; b never happened.
+        let Next::Record(events) = next(&d, &s, 10_001).unwrap() else {
+            panic!("the deadline is recorded");
+        };
         s = run(&d, &s, events);
         assert_eq!(s.status, SagaStatus::Compensating);
         assert_eq!(s.compensation_plan, vec!["a"]);
+        assert_eq!(s.failure_reason.as_deref(), Some(REASON_DEADLINE_EXCEEDED));
     }
 
     #[test]

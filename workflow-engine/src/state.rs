@@ -235,6 +235,10 @@ pub struct SagaState {
     /// generation n in their idempotency key, so that a rejection a service stored under the
     /// old key is not replayed forever (docs/architecture.md, "Operator commands").
     pub generation: u32,
+    /// Failed attempts of the current step that provably never reached the service (a refused
+    /// connection): they do not count against the step's attempts (docs/architecture.md,
+    /// "Retries"). Cleared when the next step starts.
+    pub undelivered: u32,
     /// Sequence number of the last journal entry.
     pub last_seq: i64,
 }

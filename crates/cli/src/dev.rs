@@ -39,7 +39,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::{service::RoutesBuilder, transport::Endpoint};
 
-use crate::seed::{self, DEMO_SEED, Seed};
+use crate::{
+    seed::{self, DEMO_SEED, Seed},
+    serve::Service,
+};
 
 /// Flags of `sagaflow dev`.
 #[derive(Debug, Args)]
@@ -74,6 +77,8 @@ pub struct DevArgs {
     pub faults: FaultConfig,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub retention: sagaflow_server::config::RetentionArgs,
 }
 
 /// Configuration of an embedded system.
@@ -102,12 +107,21 @@ pub struct EmbeddedConfig {
     /// How often the relay samples the outbox backlog into the metrics; `None` (the default):
     /// never (no metrics endpoint).
     pub backlog_sampling: Option<Duration>,
+    /// Retries of failed outbox deliveries and when the relay dead-letters an event
+    /// (docs/architecture.md, "Events"); default: `RetryPolicy::default()` (20 attempts, 100 ms
+    /// doubling to 30 s, full jitter).
+    pub outbox_retry: relay::RetryPolicy,
+    /// How long delivered outbox rows are kept; `None`: forever. Default 7 days.
+    pub outbox_sent_retention: Option<Duration>,
     /// Where the seven databases live: SQLite files under `data_dir` (the default), or one
     /// PostgreSQL database per service (for running the same system on both stores in tests).
     pub storage: Storage,
     /// The payment methods PlaceOrder accepts (any other is INVALID_ARGUMENT naming
     /// `payment_method`); default: the simulated gateway's card tokens.
     pub payment_methods: Vec<String>,
+    /// Retention of every database (docs/operations.md, "Retention"); default: on, with the
+    /// documented windows.
+    pub retention: sagaflow_server::retention::RetentionConfig,
 }
 
 /// Where an embedded system keeps its databases.
@@ -158,10 +172,13 @@ impl EmbeddedConfig {
             faults: FaultConfig::default(),
             relay_poll: Duration::from_millis(500),
             backlog_sampling: None,
+            outbox_retry: relay::RetryPolicy::default(),
+            outbox_sent_retention: Some(relay::DEFAULT_SENT_RETENTION),
             storage: Storage::Sqlite,
             payment_methods: sagaflow_payment::SIMULATED_CARD_TOKENS
                 .map(String::from)
                 .to_vec(),
+            retention: sagaflow_server::retention::RetentionConfig::default(),
         }
     }
 
@@ -198,10 +215,13 @@ impl EmbeddedConfig {
                 .metrics
                 .metrics_listen
                 .map(|_| relay::BACKLOG_SAMPLE_INTERVAL),
+            outbox_retry: relay::RetryPolicy::default(),
+            outbox_sent_retention: Some(relay::DEFAULT_SENT_RETENTION),
             storage: Storage::Sqlite,
             payment_methods: sagaflow_payment::SIMULATED_CARD_TOKENS
                 .map(String::from)
                 .to_vec(),
+            retention: args.retention.config(args.saga_deadline_ms)?,
         })
     }
 }
@@ -215,6 +235,8 @@ pub struct Embedded {
     engine: Engine,
     stop: CancellationToken,
     relay: JoinHandle<()>,
+    /// The retention task of every database (`None`: retention off).
+    retention: Option<JoinHandle<()>>,
     dbs: Vec<Db>,
 }
 
@@ -353,6 +375,7 @@ impl Embedded {
             routes,
             &[
                 sagaflow_order::SERVICE_NAME,
+                sagaflow_order::OUTBOX_ADMIN_SERVICE_NAME,
                 sagaflow_coupon::SERVICE_NAME,
                 sagaflow_inventory::SERVICE_NAME,
                 sagaflow_payment::SERVICE_NAME,
@@ -371,17 +394,34 @@ impl Embedded {
             channel.clone(),
             waker,
             config.relay_poll,
-        );
+        )
+        .with_retry(config.outbox_retry)
+        .with_sent_retention(config.outbox_sent_retention);
         if let Some(every) = config.backlog_sampling {
             relay = relay.with_backlog_sampling(every);
         }
         let relay = tokio::spawn(relay.run(stop.clone()));
+        // Retention of all seven databases (docs/operations.md, "Retention"); ends with `stop`.
+        let retention = crate::retention::spawn(
+            &[
+                (Service::Order, &order_db),
+                (Service::Coupon, &coupon_db),
+                (Service::Inventory, &inventory_db),
+                (Service::Payment, &payment_db),
+                (Service::Point, &point_db),
+                (Service::Ranking, &ranking_db),
+                (Service::Orchestrator, &workflow_db),
+            ],
+            &config.retention,
+            stop.clone(),
+        );
         let system = Self {
             _lock: lock,
             server,
             engine,
             stop,
             relay,
+            retention,
             dbs: vec![
                 order_db,
                 coupon_db,
@@ -429,6 +469,11 @@ impl Embedded {
         self.stop.cancel();
         if let Err(err) = self.relay.await {
             tracing::warn!(error = %err, "outbox relay task failed");
+        }
+        if let Some(task) = self.retention
+            && let Err(err) = task.await
+        {
+            tracing::warn!(error = %err, "retention task failed");
         }
         let report = self.engine.shutdown(Duration::from_secs(10)).await;
         if report.aborted > 0 {
@@ -484,6 +529,7 @@ fn start_metrics(args: &MetricsArgs) -> anyhow::Result<Option<MetricsExporter>> 
     if exporter.is_some() {
         sagaflow_workflow_engine::metrics::describe();
         relay::describe_metrics();
+        sagaflow_server::retention::describe_metrics();
     }
     Ok(exporter)
 }

@@ -11,11 +11,15 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use sagaflow_orchestrator::{OrchestratorService, ServiceClients, StepPolicies, order_saga};
+use sagaflow_orchestrator::{
+    OrchestratorService, ServiceClients, StepPolicies,
+    limits::{self, DownstreamLimits},
+    order_saga,
+};
 use sagaflow_order::relay::{self, OutboxRelay, RelayWaker};
 use sagaflow_server::{
     Db, Migrations,
-    config::{DatabaseArgs, FaultArgs},
+    config::{DatabaseArgs, FaultArgs, RetentionArgs},
     grpc,
 };
 use sagaflow_telemetry::metrics::{MetricsArgs, MetricsError, MetricsExporter};
@@ -164,6 +168,12 @@ pub struct EngineArgs {
     /// How often the engine polls for due and orphaned sagas, milliseconds.
     #[arg(long, env = "SAGAFLOW_POLL_MS", default_value_t = 500)]
     pub poll_ms: u64,
+    /// Limits of the saga's calls to each service, shared by all sagas of this replica:
+    /// comma-separated `SERVICE=IN_FLIGHT/PER_SECOND` (SERVICE: order, coupon, inventory,
+    /// payment, point, or `*` for the rest; 0 = unlimited). A service back from an outage sees
+    /// the waiting sagas' retries as a ramp, not a wall.
+    #[arg(long, env = "SAGAFLOW_DOWNSTREAM_LIMITS", default_value = sagaflow_orchestrator::limits::DEFAULT_LIMITS)]
+    pub downstream_limits: String,
     /// A saga still before its pivot this long after it started is compensated with reason
     /// DEADLINE_EXCEEDED, milliseconds.
     #[arg(long, env = "SAGAFLOW_SAGA_DEADLINE_MS", default_value_t = 60_000)]
@@ -256,8 +266,30 @@ pub struct ServeArgs {
         default_values_t = sagaflow_payment::SIMULATED_CARD_TOKENS.map(String::from)
     )]
     pub payment_methods: Vec<String>,
+    /// Order only: failed deliveries after which the outbox relay dead-letters an event, when
+    /// none of them was in doubt and the last was a definite refusal by its consumer (an
+    /// OrderCreated's order is then failed, reason INTERNAL); deliveries in doubt are retried for
+    /// as long as they fail (docs/architecture.md, "Events"). At least 1. Default 20.
+    #[arg(
+        long,
+        env = "SAGAFLOW_OUTBOX_MAX_ATTEMPTS",
+        default_value_t = relay::DEFAULT_MAX_ATTEMPTS,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub outbox_max_attempts: u32,
+    /// Order only: delivered outbox rows are deleted this long after they were sent,
+    /// milliseconds (checked every minute, in batches of 1000); 0 keeps them forever. Default
+    /// 604800000 (7 days).
+    #[arg(
+        long,
+        env = "SAGAFLOW_OUTBOX_RETENTION_MS",
+        default_value_t = relay::DEFAULT_SENT_RETENTION_MS
+    )]
+    pub outbox_retention_ms: u64,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// The `--payment-methods` list, trimmed, without empty entries.
@@ -341,6 +373,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
             Service::Order => relay::describe_metrics(),
             _ => {}
         }
+        sagaflow_server::retention::describe_metrics();
     }
     let served = serve_with(args, service, listen, &url, policies).await;
     if let Some(metrics) = metrics {
@@ -357,12 +390,22 @@ async fn serve_with(
     url: &str,
     policies: StepPolicies,
 ) -> Result<(), CliError> {
+    let retention = args
+        .retention
+        .config(args.engine.saga_deadline_ms)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let db = Db::connect(url, service.migrations(), &args.database.pool_config())
         .await
         .context("opening the database")?;
 
     let stop = CancellationToken::new();
     let mut background = Vec::new();
+    // Retention of this service's database (docs/operations.md, "Retention"); ends with `stop`.
+    background.extend(crate::retention::spawn(
+        &[(service, &db)],
+        &retention,
+        stop.clone(),
+    ));
     let mut engine = None;
     let mut routes = RoutesBuilder::default();
     let names: Vec<&str> = match service {
@@ -405,12 +448,23 @@ async fn serve_with(
                 ranking,
                 waker,
                 Duration::from_millis(500),
+            )
+            .with_retry(relay::RetryPolicy {
+                max_attempts: args.outbox_max_attempts,
+                ..relay::RetryPolicy::default()
+            })
+            .with_sent_retention(
+                (args.outbox_retention_ms > 0)
+                    .then(|| Duration::from_millis(args.outbox_retention_ms)),
             );
             if args.metrics.metrics_listen.is_some() {
                 relay = relay.with_backlog_sampling(relay::BACKLOG_SAMPLE_INTERVAL);
             }
             background.push(tokio::spawn(relay.run(stop.clone())));
-            vec![sagaflow_order::SERVICE_NAME]
+            vec![
+                sagaflow_order::SERVICE_NAME,
+                sagaflow_order::OUTBOX_ADMIN_SERVICE_NAME,
+            ]
         }
         Service::Orchestrator => {
             let p = &args.peers;
@@ -420,7 +474,11 @@ async fn serve_with(
                 channel("inventory-addr", &p.inventory_addr)?,
                 channel("payment-addr", &p.payment_addr)?,
                 channel("point-addr", &p.point_addr)?,
-            );
+            )
+            .with_limits(DownstreamLimits::new(
+                &limits::parse(&args.engine.downstream_limits)
+                    .map_err(|e| CliError::Usage(format!("--downstream-limits: {e}")))?,
+            ));
             let owner = args.engine.owner.clone().unwrap_or_else(|| {
                 sagaflow_workflow_engine::executor::default_owner("orchestrator")
             });

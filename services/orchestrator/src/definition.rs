@@ -56,6 +56,11 @@ struct OrderCall {
 /// Pause before re-sending a call whose connection was refused, within one attempt.
 const CONNECT_RETRY: Duration = Duration::from_millis(50);
 
+/// The part of an attempt's time kept back from waiting (for a turn at the downstream limits, or
+/// between refused connections), so that a call that never left ends as such before the engine's
+/// own timeout of the attempt, which would have to count it as in doubt.
+const NOT_SENT_MARGIN: Duration = Duration::from_millis(150);
+
 /// Whether the call failed before the request left this process (connection refused or reset
 /// while connecting), so sending it again cannot apply an effect twice.
 fn is_connect_error(status: &Status) -> bool {
@@ -94,12 +99,26 @@ impl StepAction for OrderCall {
         })?;
         let outputs = Value::Object(ctx.outputs.clone());
         let key = ctx.idempotency_key.clone();
+        let service = order_saga::service_of(ctx.step);
         let result = loop {
+            // Every try waits for its turn at the service's limits; one that does not get it
+            // before the attempt's deadline is never sent.
+            // At most half the attempt's time goes to waiting: the call keeps the other half.
+            let wait = (ctx.remaining() / 2).saturating_sub(NOT_SENT_MARGIN);
+            let Some(_turn) = self.clients.limits.turn(service, wait).await else {
+                return Err(StepError::not_delivered(format!(
+                    "no turn to call the {service} service within the attempt's deadline \
+                     (its downstream limit is reached)"
+                )));
+            };
             let result = self.call(&ctx, &input, &outputs, &key).await;
             // A refused connection means the request was never sent: retrying within this
             // attempt is safe and keeps a restarting service from using up the step's attempts.
             match &result {
-                Err(status) if is_connect_error(status) && ctx.remaining() > CONNECT_RETRY => {
+                Err(status)
+                    if is_connect_error(status)
+                        && ctx.remaining() > CONNECT_RETRY * 2 + NOT_SENT_MARGIN =>
+                {
                     // Jittered (0.5–1.5 ×), so that sagas waiting on one service do not retry
                     // in lockstep when it comes back.
                     let jitter = 0.5 + rand::random::<f64>();

@@ -16,6 +16,7 @@
 
 pub mod definition;
 mod grpc;
+pub mod limits;
 pub mod order_saga;
 
 pub use definition::{StepPolicies, order_saga};

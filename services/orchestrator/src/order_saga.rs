@@ -132,10 +132,26 @@ impl OrderSagaInput {
     }
 }
 
+/// The service a step's action, its compensation (or the finalizer, `finalize`) calls.
+pub fn service_of(step_name: &str) -> &'static str {
+    match step_name {
+        step::USE_COUPON => "coupon",
+        step::DEDUCT_INVENTORY => "inventory",
+        step::START_PAYMENT | step::COMPLETE_PAYMENT => "payment",
+        step::DEDUCT_POINTS => "point",
+        // apply_coupon, complete_order and the finalizer (FailOrder).
+        _ => "order",
+    }
+}
+
 /// Typed clients of the services the saga calls, over traced channels (every call carries the
-/// caller's `traceparent`). Cloning is cheap (shared HTTP/2 channels).
+/// caller's `traceparent`), and the limits of the calls to each ([`crate::limits`]). Cloning is
+/// cheap (shared HTTP/2 channels and limits).
 #[derive(Debug, Clone)]
 pub struct ServiceClients {
+    /// Calls in flight and per second to each service ([`crate::limits::DEFAULT_LIMITS`]
+    /// unless [`ServiceClients::with_limits`]).
+    pub limits: crate::limits::DownstreamLimits,
     /// Order service.
     pub order: OrderServiceClient<TracedChannel>,
     /// Coupon service.
@@ -164,7 +180,13 @@ impl ServiceClients {
             inventory: InventoryServiceClient::new(traced(inventory)),
             payment: PaymentServiceClient::new(traced(payment)),
             point: PointServiceClient::new(traced(point)),
+            limits: crate::limits::DownstreamLimits::default(),
         }
+    }
+
+    /// The same clients under other per-service limits.
+    pub fn with_limits(self, limits: crate::limits::DownstreamLimits) -> Self {
+        Self { limits, ..self }
     }
 
     /// Clients that all talk to one address (the embedded `sagaflow dev` serves every service on

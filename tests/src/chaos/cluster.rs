@@ -152,6 +152,8 @@ pub(crate) struct Cluster {
     lease_ms: u64,
     permanent: f64,
     step_attempts: u32,
+    downstream_limits: String,
+    gateway_latency_ms: u64,
 }
 
 impl Cluster {
@@ -191,6 +193,8 @@ impl Cluster {
             lease_ms: config.lease_ms,
             permanent: config.permanent_fault_probability,
             step_attempts: config.step_attempts,
+            downstream_limits: config.downstream_limits.clone(),
+            gateway_latency_ms: config.gateway_latency_ms,
         })
     }
 
@@ -216,6 +220,14 @@ impl Cluster {
     /// The order service's URL (clients).
     pub(crate) fn order_url(&self) -> String {
         self.first(Role::Order).map(Node::url).unwrap_or_default()
+    }
+
+    /// The index of the first node of `role`.
+    pub(crate) fn index_of(&self, role: Role) -> anyhow::Result<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.role == role)
+            .with_context(|| format!("no {} node", role.name()))
     }
 
     /// A lazily connected channel to the last node of `role` (the second orchestrator replica).
@@ -292,6 +304,8 @@ impl Cluster {
         let lease_ms = self.lease_ms;
         let permanent = self.permanent;
         let step_attempts = self.step_attempts.to_string();
+        let downstream_limits = self.downstream_limits.clone();
+        let gateway_latency_ms = self.gateway_latency_ms;
         let db_url = {
             let role = self.nodes[index].role;
             self.urls
@@ -328,7 +342,11 @@ impl Cluster {
                 .args(["--saga-deadline-ms", "120000"])
                 .args(["--step-attempts", &step_attempts])
                 .args(["--step-base-delay-ms", "100"])
-                .args(["--step-max-delay-ms", "1500"]);
+                .args(["--step-max-delay-ms", "1500"])
+                .args(["--downstream-limits", &downstream_limits]);
+        }
+        if node.role == Role::Payment && gateway_latency_ms > 0 {
+            command.args(["--gateway-latency-ms", &gateway_latency_ms.to_string()]);
         }
         let spec = if faults {
             fault_spec(node.role, permanent)

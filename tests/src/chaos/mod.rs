@@ -31,6 +31,7 @@
 //! `SAGAFLOW_CHAOS_SEED=N` re-runs the same schedule (process timing still varies).
 
 mod cluster;
+mod outage;
 mod schedule;
 mod takeover;
 mod verify;
@@ -48,6 +49,7 @@ use sagaflow_cli::invariants::{self, Services};
 use sagaflow_testkit::{Kind, TestDatabase};
 
 pub use cluster::{FaultCounts, Role};
+pub use outage::{OutageReport, outage};
 pub use schedule::{ChaosEvent, FAILPOINTS, Failpoint};
 pub use takeover::{TakeoverReport, takeover};
 
@@ -79,6 +81,10 @@ pub struct ChaosConfig {
     /// orchestrators). 16 with delays up to 1.5 s outlasts a restarted service; the default of
     /// `sagaflow serve` (4) does not, and parks pivots in NEEDS_ATTENTION under kills.
     pub step_attempts: u32,
+    /// `--downstream-limits` of the orchestrators.
+    pub downstream_limits: String,
+    /// `--gateway-latency-ms` of the payment service (0: none).
+    pub gateway_latency_ms: u64,
 }
 
 impl ChaosConfig {
@@ -96,6 +102,8 @@ impl ChaosConfig {
             lease_ms: 1_500,
             permanent_fault_probability: 0.04,
             step_attempts: 16,
+            downstream_limits: sagaflow_orchestrator::limits::DEFAULT_LIMITS.to_owned(),
+            gateway_latency_ms: 0,
         }
     }
 

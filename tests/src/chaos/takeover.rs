@@ -66,6 +66,8 @@ pub async fn takeover(orders: usize, lease_ms: u64) -> anyhow::Result<TakeoverRe
         .collect();
     let config = ChaosConfig {
         lease_ms,
+        // Slow enough that many sagas are mid-way when the replica dies.
+        gateway_latency_ms: 300,
         ..ChaosConfig::short(0)
     };
     let mut cluster = cluster::Cluster::new(dir.path(), &urls, &config)?;

@@ -25,7 +25,7 @@ use super::{
 /// The step whose compensation gets the injected permanent faults (RestoreInventory).
 const PERMANENT_FAULT_STEP: &str = "deduct_inventory";
 
-async fn pool(url: &str) -> anyhow::Result<PgPool> {
+pub(crate) async fn pool(url: &str) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(30))

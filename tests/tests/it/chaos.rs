@@ -71,3 +71,36 @@ async fn takeover() {
         "{report:?}"
     );
 }
+
+/// The payment service is down for 15 s while 120 orders are placed, then comes back, under a
+/// limit of 200 calls per second to it: every order completes (a refused connection waits until
+/// the saga's deadline; it does not fail the order), and no 100 ms window after the restart sees
+/// more calls than the limit lets start (docs/architecture.md, "Retries").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outage() {
+    // `SAGAFLOW_OUTAGE_PER_SECOND=0` runs it without a limit, to see the burst it prevents.
+    let per_second = std::env::var("SAGAFLOW_OUTAGE_PER_SECOND")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let report = chaos::outage(120, std::time::Duration::from_secs(15), per_second)
+        .await
+        .unwrap();
+    eprintln!("{report:?}");
+    assert_eq!(
+        report.outcomes.get("COMPLETED").copied().unwrap_or(0),
+        report.orders,
+        "no order fails for the outage alone: {report:?}"
+    );
+    let bound = sagaflow_orchestrator::limits::window_bound(
+        per_second,
+        std::time::Duration::from_millis(100),
+    );
+    // Two orchestrator replicas, each with its own limit.
+    assert!(
+        per_second == 0 || report.busiest_window() <= 2 * bound,
+        "busiest window {} > {} (2 replicas × {bound}): {report:?}",
+        report.busiest_window(),
+        2 * bound
+    );
+}

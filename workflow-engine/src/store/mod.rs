@@ -7,12 +7,17 @@
 //! - every change of an existing row is fenced: `UPDATE … WHERE id = $1 AND fencing_token = $2
 //!   AND last_seq = $3`; when no row matches, the writer lost its lease and nothing of its write is
 //!   kept ([`WriteOutcome::Fenced`]);
-//! - the journal is only appended to (the migrations also make the database refuse updates and
-//!   deletes of journal rows);
+//! - the journal is only appended to while its saga is not finished (the migrations also make the
+//!   database refuse updates of journal rows, and deletes unless the saga is COMPLETED or
+//!   COMPENSATED); retention deletes a finished saga's row and journal together
+//!   ([`SagaStore::prune_finished`], docs/operations.md, "Retention");
 //! - claims take due or orphaned sagas in batches, bump the fencing token and journal
 //!   `lease_acquired` (and `recovered` when another engine's lease had expired).
 
+use std::{sync::Arc, time::Duration};
+
 use async_trait::async_trait;
+use sagaflow_server::retention::{Prune, PruneFuture, PruneJob, Pruned};
 
 use crate::{
     journal::{Event, JournalEntry, JournalError},
@@ -129,6 +134,22 @@ pub struct ListFilter {
     pub after: Option<(i64, SagaId)>,
     /// Most sagas returned.
     pub limit: u32,
+}
+
+/// What one [`SagaStore::prune_finished`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrunedSagas {
+    /// Saga state rows deleted.
+    pub sagas: u64,
+    /// Journal entries deleted with them.
+    pub journal_entries: u64,
+}
+
+impl PrunedSagas {
+    /// Every row deleted (state rows and journal entries).
+    pub fn rows(&self) -> u64 {
+        self.sagas.saturating_add(self.journal_entries)
+    }
 }
 
 /// Why an operator's command could not be applied.
@@ -264,6 +285,23 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
     /// [`StoreError`].
     async fn list(&self, filter: &ListFilter) -> Result<Vec<SagaState>, StoreError>;
 
+    /// Deletes finished sagas — COMPLETED or COMPENSATED only, never RUNNING, COMPENSATING or
+    /// NEEDS_ATTENTION — whose last journal entry is before `before_ms` (unix ms), oldest first,
+    /// each with its whole journal, in **one** transaction: at most `max_rows` rows in total
+    /// (a saga counts one row plus one per journal entry), but always one saga when one is due,
+    /// whatever its size (a journal is never split). Returns what was deleted; nothing when no
+    /// finished saga is that old. A later [`SagaStore::get`] of a deleted saga finds nothing,
+    /// and a saga started again with the same business key is a new saga (docs/operations.md,
+    /// "Retention").
+    ///
+    /// # Errors
+    /// [`StoreError`]; nothing is deleted then.
+    async fn prune_finished(
+        &self,
+        before_ms: i64,
+        max_rows: u32,
+    ) -> Result<PrunedSagas, StoreError>;
+
     /// The database's clock, unix ms: the one time line every replica's engine corrects its own
     /// clock to ([`crate::clock`]).
     ///
@@ -278,5 +316,35 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
     /// group committers). Default 1.
     fn write_parallelism(&self) -> usize {
         1
+    }
+}
+
+/// The retention job of the workflow database (docs/operations.md, "Retention"): finished sagas
+/// and their journals, [`SagaStore::prune_finished`] batch by batch, kept `window` after they
+/// finished. Counted under the `workflow` database, tables `sagas` and `saga_journal`.
+pub fn finished_sagas_job(store: Arc<dyn SagaStore>, window: Duration) -> PruneJob {
+    PruneJob::new("workflow", window, FinishedSagas { store })
+}
+
+#[derive(Debug)]
+struct FinishedSagas {
+    store: Arc<dyn SagaStore>,
+}
+
+impl Prune for FinishedSagas {
+    fn prune_batch(&self, before_ms: i64, max_rows: u32) -> PruneFuture<'_> {
+        Box::pin(async move {
+            let pruned = self.store.prune_finished(before_ms, max_rows).await?;
+            Ok(vec![
+                Pruned {
+                    table: "sagas",
+                    rows: pruned.sagas,
+                },
+                Pruned {
+                    table: "saga_journal",
+                    rows: pruned.journal_entries,
+                },
+            ])
+        })
     }
 }

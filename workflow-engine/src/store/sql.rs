@@ -14,7 +14,9 @@ use sagaflow_server::{Backend, Db, Migrations};
 use serde_json::Value;
 use sqlx::{AnyConnection, migrate::Migrator};
 
-use super::{Decide, ListFilter, OperatorError, SagaStore, StoreError, Write, WriteOutcome};
+use super::{
+    Decide, ListFilter, OperatorError, PrunedSagas, SagaStore, StoreError, Write, WriteOutcome,
+};
 use crate::{
     journal::{self, EncodedEvent, Event, JournalEntry},
     recovery,
@@ -36,7 +38,7 @@ macro_rules! columns {
         "id, definition_name, definition_version, business_key, status, phase, step_index, \
          current_step, attempt, input, outputs, compensation_plan, next_attempt_at, lease_owner, \
          lease_expires_at, fencing_token, trace_context, deadline_at, created_at, updated_at, \
-         last_error, failure_reason, last_seq, in_doubt, generation"
+         last_error, failure_reason, last_seq, in_doubt, generation, undelivered"
     };
 }
 
@@ -44,13 +46,13 @@ const INSERT: &str = concat!(
     "INSERT INTO sagas (",
     columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21, $22, $23, $24, $25) ON CONFLICT DO NOTHING"
+     $19, $20, $21, $22, $23, $24, $25, $26) ON CONFLICT DO NOTHING"
 );
 
 const UPDATE: &str = "UPDATE sagas SET status = $2, phase = $3, step_index = $4, current_step = $5, \
      attempt = $6, outputs = $7, compensation_plan = $8, next_attempt_at = $9, lease_owner = $10, \
      lease_expires_at = $11, fencing_token = $12, updated_at = $13, last_error = $14, \
-     failure_reason = $15, last_seq = $16, in_doubt = $19, generation = $20 \
+     failure_reason = $15, last_seq = $16, in_doubt = $19, generation = $20, undelivered = $21 \
      WHERE id = $1 AND fencing_token = $17 AND last_seq = $18";
 
 const SELECT_BY_ID: &str = concat!("SELECT ", columns!(), " FROM sagas WHERE id = $1");
@@ -133,6 +135,15 @@ const POSTGRES_WRITERS: usize = 4;
 
 /// Most journal rows in one INSERT statement (7 parameters each; PostgreSQL allows 65535).
 const ROWS_PER_INSERT: usize = 500;
+
+/// Most saga ids in one DELETE of [`SagaStore::prune_finished`] (one parameter each).
+const IDS_PER_DELETE: usize = 500;
+
+/// The oldest finished sagas (docs/operations.md, "Retention"), with their journal lengths; the
+/// partial index `sagas_finished` serves it.
+const FINISHED_BEFORE: &str = "SELECT id, last_seq FROM sagas \
+     WHERE status IN ('COMPLETED', 'COMPENSATED') AND updated_at < $1 \
+     ORDER BY updated_at, id LIMIT $2";
 
 /// The saga store over a [`Db`] (PostgreSQL or SQLite).
 pub struct SqlSagaStore {
@@ -333,6 +344,7 @@ struct SagaRow {
     last_seq: i64,
     in_doubt: i64,
     generation: i64,
+    undelivered: i64,
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -382,6 +394,7 @@ impl SagaRow {
             failure_reason: self.failure_reason,
             in_doubt: self.in_doubt != 0,
             generation: u32::try_from(self.generation).map_err(|_| corrupt("generation"))?,
+            undelivered: u32::try_from(self.undelivered).map_err(|_| corrupt("undelivered"))?,
             last_seq: self.last_seq,
         })
     }
@@ -419,6 +432,7 @@ async fn insert_row(conn: &mut AnyConnection, s: &SagaState) -> Result<bool, sql
         .bind(s.last_seq)
         .bind(i64::from(s.in_doubt))
         .bind(i64::from(s.generation))
+        .bind(i64::from(s.undelivered))
         .execute(conn)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -452,6 +466,7 @@ async fn update_row(
         .bind(expected_seq)
         .bind(i64::from(s.in_doubt))
         .bind(i64::from(s.generation))
+        .bind(i64::from(s.undelivered))
         .execute(conn)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -817,6 +832,70 @@ impl SagaStore for SqlSagaStore {
                     .ok()
             })
             .collect())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(max_rows), err)]
+    async fn prune_finished(
+        &self,
+        before_ms: i64,
+        max_rows: u32,
+    ) -> Result<PrunedSagas, StoreError> {
+        if max_rows == 0 {
+            return Ok(PrunedSagas::default());
+        }
+        let backend = self.db.backend();
+        let mut tx = self.db.begin().await?;
+        // PostgreSQL: replicas pruning at once take disjoint sagas. SQLite: BEGIN IMMEDIATE
+        // already made this the only writer.
+        let select = match backend {
+            Backend::Postgres => format!("{FINISHED_BEFORE} FOR UPDATE SKIP LOCKED"),
+            Backend::Sqlite => FINISHED_BEFORE.to_owned(),
+        };
+        let candidates: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
+            .bind(before_ms)
+            .bind(i64::from(max_rows))
+            .fetch_all(&mut *tx)
+            .await?;
+        // Whole sagas only, at most `max_rows` rows, but at least one saga.
+        let mut ids = Vec::new();
+        let mut rows = 0_u64;
+        for (id, last_seq) in candidates {
+            let cost = 1 + u64::try_from(last_seq).unwrap_or(0);
+            if !ids.is_empty() && rows.saturating_add(cost) > u64::from(max_rows) {
+                break;
+            }
+            rows = rows.saturating_add(cost);
+            ids.push(id);
+        }
+        if ids.is_empty() {
+            tx.rollback().await?;
+            return Ok(PrunedSagas::default());
+        }
+        let mut pruned = PrunedSagas::default();
+        for chunk in ids.chunks(IDS_PER_DELETE) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // The journal first: its rows reference the saga row. The database refuses this
+            // delete for a saga that is not finished (migrations/workflow/*/0003_retention.sql).
+            let mut journal = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM saga_journal WHERE saga_id IN ({list})"
+            )));
+            let mut sagas = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM sagas WHERE id IN ({list}) \
+                 AND status IN ('COMPLETED', 'COMPENSATED')"
+            )));
+            for id in chunk {
+                journal = journal.bind(id.clone());
+                sagas = sagas.bind(id.clone());
+            }
+            pruned.journal_entries += journal.execute(&mut *tx).await?.rows_affected();
+            pruned.sagas += sagas.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        self.committed();
+        Ok(pruned)
     }
 
     async fn clock_ms(&self) -> Result<i64, StoreError> {

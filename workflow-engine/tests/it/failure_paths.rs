@@ -194,9 +194,9 @@ fn slow_retry() -> RetryPolicy {
     RetryPolicy::new(3, 60_000, 60_000).with_jitter(Jitter::None)
 }
 
-/// Waits until every saga of `ids` rests with its lease released (a scheduled retry), then makes
-/// them all due now.
-async fn release_and_make_due(h: &Harness, ids: &[SagaId]) {
+/// Waits until every saga of `ids` rests with its lease released (a scheduled retry), shuts
+/// `engine` down (so that it cannot claim them), then makes them all due now.
+async fn release_and_make_due(h: &Harness, engine: Engine, ids: &[SagaId]) {
     let deadline = tokio::time::Instant::now() + WAIT;
     for id in ids {
         loop {
@@ -212,6 +212,7 @@ async fn release_and_make_due(h: &Harness, ids: &[SagaId]) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    engine.shutdown(Duration::from_secs(5)).await;
     sqlx::query("UPDATE sagas SET next_attempt_at = 0")
         .execute(h.db.pool())
         .await
@@ -230,8 +231,7 @@ async fn leave_due(h: &Harness, rec: &Arc<Recorder>, prefix: &str, count: usize)
             .unwrap();
         ids.push(id);
     }
-    release_and_make_due(h, &ids).await;
-    engine.shutdown(Duration::from_secs(5)).await;
+    release_and_make_due(h, engine, &ids).await;
     ids
 }
 
@@ -300,8 +300,7 @@ async fn sagas_of_an_unknown_definition_version_are_left_to_a_replica_that_knows
         .start("s", "v2-saga", input, None, None)
         .await
         .unwrap();
-    release_and_make_due(&h, &[id]).await;
-    new_engine.shutdown(Duration::from_secs(5)).await;
+    release_and_make_due(&h, new_engine, &[id]).await;
     let before = h.store.journal(id).await.unwrap().len();
     // An old replica (v1 only) polls often; it neither claims nor loops on the v2 saga.
     let old_engine = Engine::builder(h.store.clone())

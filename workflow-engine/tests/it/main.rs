@@ -8,6 +8,7 @@ mod engine;
 mod failpoints;
 mod failure_paths;
 mod property;
+mod retention;
 mod store;
 mod support;
 mod two_engines;
