@@ -40,6 +40,57 @@ pub struct TakeoverReport {
     pub all_finished_ms: f64,
     /// Orders that were not terminal within the bound.
     pub unfinished: usize,
+    /// Orders placed while one replica was down (first one, then the other, one at a time), and
+    /// of them those that did not finish: new orders keep starting sagas.
+    pub placed_while_down: usize,
+    /// Of [`TakeoverReport::placed_while_down`], those not terminal within 60 s.
+    pub unfinished_while_down: usize,
+}
+
+/// Places `count` plain orders (request ids `<prefix>-<i>`) and waits up to 60 s for each to be
+/// terminal; the ids of those that were not.
+async fn place_and_finish(
+    channel: &tonic::transport::Channel,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut set = JoinSet::new();
+    for i in 0..count {
+        let mut client = OrderServiceClient::new(channel.clone());
+        let request_id = format!("{prefix}-{i}");
+        set.spawn(async move {
+            let order = client
+                .place_order(PlaceOrderRequest {
+                    request_id,
+                    user_id: "alice".into(),
+                    lines: vec![OrderLineRequest {
+                        sku: "KB-001".into(),
+                        quantity: 1,
+                    }],
+                    coupon_code: None,
+                    points: 0,
+                    payment_method: "tok_ok".into(),
+                })
+                .await?
+                .into_inner()
+                .order
+                .unwrap_or_default();
+            let bound = tokio::time::Instant::now() + Duration::from_secs(60);
+            let done = sagaflow_cli::load::wait_terminal(&mut client, order, bound).await?;
+            Ok::<_, tonic::Status>((
+                done.order_id.clone(),
+                sagaflow_cli::load::is_terminal(&done),
+            ))
+        });
+    }
+    let mut unfinished = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (id, terminal) = joined?.context("placing an order")?;
+        if !terminal {
+            unfinished.push(id);
+        }
+    }
+    Ok(unfinished)
 }
 
 /// Runs one takeover measurement with `orders` orders and the orchestrators' `lease_ms`.
@@ -187,7 +238,22 @@ pub async fn takeover(orders: usize, lease_ms: u64) -> anyhow::Result<TakeoverRe
         first_taken_over_ms: taken_times.iter().copied().fold(f64::INFINITY, f64::min),
         all_finished_ms: max(&all),
         unfinished: finished.values().filter(|at| at.is_none()).count(),
+        ..TakeoverReport::default()
     };
+    // New orders keep starting sagas with one replica down: first the victim (still down), then,
+    // with it back, the other one.
+    let mut report = report;
+    let batch = orders / 4;
+    let mut unfinished = place_and_finish(&order_channel, "while-a-down", batch).await?;
+    cluster.start(victim, false, None).await?;
+    let other = (0..cluster.names().len())
+        .rev()
+        .find(|&i| cluster.node(i).role == Role::Orchestrator)
+        .context("no second orchestrator")?;
+    cluster.kill(other).await?;
+    unfinished.extend(place_and_finish(&order_channel, "while-b-down", batch).await?);
+    report.placed_while_down = 2 * batch;
+    report.unfinished_while_down = unfinished.len();
     cluster.kill_all().await?;
     if let Err(err) = verify::drop_databases(urls.values()).await {
         eprintln!("takeover: could not drop the run's databases: {err:#}");

@@ -54,7 +54,8 @@ async fn run() {
 }
 
 /// A dead orchestrator replica's sagas are adopted by the other within one lease and finished
-/// (docs/operations.md, "Recovery after a crash"). It prints the figures; the bound it asserts is
+/// (docs/operations.md, "Recovery after a crash"), and with the replicas killed one at a time
+/// new orders keep starting sagas (the relay balances over every replica that answers). It prints the figures; the bound it asserts is
 /// generous (the mechanism, not the speed: that is measured, not tested).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn takeover() {
@@ -65,6 +66,11 @@ async fn takeover() {
     assert!(
         report.taken_over > 0,
         "the dead replica held sagas: {report:?}"
+    );
+    assert!(report.placed_while_down > 0);
+    assert_eq!(
+        report.unfinished_while_down, 0,
+        "with either replica down, new orders start sagas: {report:?}"
     );
     assert!(
         report.last_taken_over_ms < (lease_ms * 4 + 10_000) as f64,
