@@ -32,6 +32,7 @@
 
 mod cluster;
 mod outage;
+mod scenario;
 mod schedule;
 mod takeover;
 mod verify;

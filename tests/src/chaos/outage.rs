@@ -9,18 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use sagaflow_proto::{
-    order::v1::{
-        GetOrderRequest, OrderLineRequest, OrderStatus, PlaceOrderRequest,
-        order_service_client::OrderServiceClient,
-    },
+    order::v1::{GetOrderRequest, OrderStatus, order_service_client::OrderServiceClient},
     workflow::v1::{GetSagaRequest, saga_admin_service_client::SagaAdminServiceClient},
 };
-use sagaflow_testkit::{Kind, TestDatabase};
 use tokio::task::JoinSet;
 
-use super::{ChaosConfig, Role, cluster, verify, workload};
+use super::{ChaosConfig, Role, scenario, verify};
 
 /// What one outage run measured.
 #[derive(Debug, Clone, Default)]
@@ -60,23 +55,6 @@ pub async fn outage(
     outage: Duration,
     payment_calls_per_second: u32,
 ) -> anyhow::Result<OutageReport> {
-    let dir = tempfile::Builder::new()
-        .prefix("sagaflow-outage-")
-        .tempdir()
-        .context("creating the run directory")?;
-    let databases: BTreeMap<&'static str, TestDatabase> = cluster::DATABASES
-        .iter()
-        .map(|&name| {
-            (
-                name,
-                TestDatabase::new(Kind::Postgres, &format!("outage_{name}")),
-            )
-        })
-        .collect();
-    let urls: BTreeMap<&'static str, String> = databases
-        .iter()
-        .map(|(name, db)| (*name, db.url.clone()))
-        .collect();
     let config = ChaosConfig {
         lease_ms: 5_000,
         // The default of `sagaflow serve`: a refused connection must not use it up.
@@ -84,43 +62,13 @@ pub async fn outage(
         downstream_limits: format!("*=256/2000,payment=256/{payment_calls_per_second}"),
         ..ChaosConfig::short(0)
     };
-    let mut cluster = cluster::Cluster::new(dir.path(), &urls, &config)?;
-    cluster.start_all(false).await?;
-    let seed = workload::seed_data().await?;
-    workload::apply_seed(&cluster, &seed).await?;
-
+    let mut run = scenario::Scenario::start("outage", &config).await?;
+    let cluster = &mut run.cluster;
     let payment = cluster.index_of(Role::Payment)?;
     cluster.kill(payment).await?;
     let down_at = Instant::now();
     let order_channel = cluster.channel(Role::Order)?;
-    let mut placing = JoinSet::new();
-    for i in 0..orders {
-        let mut client = OrderServiceClient::new(order_channel.clone());
-        placing.spawn(async move {
-            client
-                .place_order(PlaceOrderRequest {
-                    request_id: format!("outage-{i}"),
-                    user_id: "alice".into(),
-                    lines: vec![OrderLineRequest {
-                        sku: "KB-001".into(),
-                        quantity: 1,
-                    }],
-                    coupon_code: None,
-                    points: 0,
-                    payment_method: "tok_ok".into(),
-                })
-                .await
-        });
-    }
-    let mut ids = Vec::new();
-    while let Some(joined) = placing.join_next().await {
-        let order = joined?
-            .context("PlaceOrder")?
-            .into_inner()
-            .order
-            .context("no order")?;
-        ids.push(order.order_id);
-    }
+    let ids = scenario::place_plain(&order_channel, "outage", orders).await?;
     tokio::time::sleep(outage.saturating_sub(down_at.elapsed())).await;
     let outage_ms = u64::try_from(down_at.elapsed().as_millis()).unwrap_or(u64::MAX);
     let restarted_ms = std::time::SystemTime::now()
@@ -180,7 +128,7 @@ pub async fn outage(
     }
     let drained_ms = restarted.elapsed().as_secs_f64() * 1e3;
 
-    let db = verify::pool(&urls["payment"]).await?;
+    let db = verify::pool(&run.urls["payment"]).await?;
     let stamps: Vec<i64> = sqlx::query_scalar(
         "SELECT created_at FROM idempotency_keys WHERE created_at >= $1 ORDER BY created_at",
     )
@@ -196,10 +144,7 @@ pub async fn outage(
         }
         windows[window] += 1;
     }
-    cluster.kill_all().await?;
-    if let Err(err) = verify::drop_databases(urls.values()).await {
-        eprintln!("outage: could not drop the run's databases: {err:#}");
-    }
+    run.stop().await?;
     Ok(OutageReport {
         orders: ids.len(),
         outcomes,

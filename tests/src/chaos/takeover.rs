@@ -11,17 +11,13 @@ use std::{
 
 use anyhow::Context as _;
 use sagaflow_proto::{
-    order::v1::{
-        GetOrderRequest, OrderLineRequest, PlaceOrderRequest,
-        order_service_client::OrderServiceClient,
-    },
+    order::v1::{GetOrderRequest, order_service_client::OrderServiceClient},
     workflow::v1::{GetSagaRequest, saga_admin_service_client::SagaAdminServiceClient},
 };
-use sagaflow_testkit::{Kind, TestDatabase};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use super::{ChaosConfig, Role, cluster, verify, workload};
+use super::{ChaosConfig, Role, scenario};
 
 /// What one takeover run measured.
 #[derive(Debug, Clone, Default)]
@@ -47,34 +43,22 @@ pub struct TakeoverReport {
     pub unfinished_while_down: usize,
 }
 
-/// Places `count` plain orders (request ids `<prefix>-<i>`) and waits up to 60 s for each to be
-/// terminal; the ids of those that were not.
+/// Places `count` plain orders and waits up to 60 s for each to be terminal; the ids of those
+/// that were not.
 async fn place_and_finish(
     channel: &tonic::transport::Channel,
     prefix: &str,
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
+    let ids = scenario::place_plain(channel, prefix, count).await?;
     let mut set = JoinSet::new();
-    for i in 0..count {
+    for id in ids {
         let mut client = OrderServiceClient::new(channel.clone());
-        let request_id = format!("{prefix}-{i}");
         set.spawn(async move {
-            let order = client
-                .place_order(PlaceOrderRequest {
-                    request_id,
-                    user_id: "alice".into(),
-                    lines: vec![OrderLineRequest {
-                        sku: "KB-001".into(),
-                        quantity: 1,
-                    }],
-                    coupon_code: None,
-                    points: 0,
-                    payment_method: "tok_ok".into(),
-                })
-                .await?
-                .into_inner()
-                .order
-                .unwrap_or_default();
+            let order = sagaflow_proto::order::v1::Order {
+                order_id: id,
+                ..Default::default()
+            };
             let bound = tokio::time::Instant::now() + Duration::from_secs(60);
             let done = sagaflow_cli::load::wait_terminal(&mut client, order, bound).await?;
             Ok::<_, tonic::Status>((
@@ -85,7 +69,7 @@ async fn place_and_finish(
     }
     let mut unfinished = Vec::new();
     while let Some(joined) = set.join_next().await {
-        let (id, terminal) = joined?.context("placing an order")?;
+        let (id, terminal) = joined?.context("waiting for an order")?;
         if !terminal {
             unfinished.push(id);
         }
@@ -98,63 +82,16 @@ async fn place_and_finish(
 /// # Errors
 /// When a process does not start, PostgreSQL is unreachable, or an order cannot be placed.
 pub async fn takeover(orders: usize, lease_ms: u64) -> anyhow::Result<TakeoverReport> {
-    let dir = tempfile::Builder::new()
-        .prefix("sagaflow-takeover-")
-        .tempdir()
-        .context("creating the run directory")?;
-    let databases: BTreeMap<&'static str, TestDatabase> = cluster::DATABASES
-        .iter()
-        .map(|&name| {
-            (
-                name,
-                TestDatabase::new(Kind::Postgres, &format!("takeover_{name}")),
-            )
-        })
-        .collect();
-    let urls: BTreeMap<&'static str, String> = databases
-        .iter()
-        .map(|(name, db)| (*name, db.url.clone()))
-        .collect();
     let config = ChaosConfig {
         lease_ms,
         // Slow enough that many sagas are mid-way when the replica dies.
         gateway_latency_ms: 300,
         ..ChaosConfig::short(0)
     };
-    let mut cluster = cluster::Cluster::new(dir.path(), &urls, &config)?;
-    cluster.start_all(false).await?;
-    let seed = workload::seed_data().await?;
-    workload::apply_seed(&cluster, &seed).await?;
-
+    let mut run = scenario::Scenario::start("takeover", &config).await?;
+    let cluster = &mut run.cluster;
     let order_channel = cluster.channel(Role::Order)?;
-    let mut placing = JoinSet::new();
-    for i in 0..orders {
-        let mut client = OrderServiceClient::new(order_channel.clone());
-        placing.spawn(async move {
-            client
-                .place_order(PlaceOrderRequest {
-                    request_id: format!("takeover-{i}"),
-                    user_id: "alice".into(),
-                    lines: vec![OrderLineRequest {
-                        sku: "KB-001".into(),
-                        quantity: 1,
-                    }],
-                    coupon_code: None,
-                    points: 0,
-                    payment_method: "tok_ok".into(),
-                })
-                .await
-        });
-    }
-    let mut ids = Vec::new();
-    while let Some(joined) = placing.join_next().await {
-        let order = joined?
-            .context("PlaceOrder")?
-            .into_inner()
-            .order
-            .context("no order")?;
-        ids.push(order.order_id);
-    }
+    let ids = scenario::place_plain(&order_channel, "takeover", orders).await?;
     // Kill the first orchestrator replica while the sagas run.
     let victim = (0..cluster.names().len())
         .find(|&i| cluster.node(i).role == Role::Orchestrator)
@@ -254,9 +191,6 @@ pub async fn takeover(orders: usize, lease_ms: u64) -> anyhow::Result<TakeoverRe
     unfinished.extend(place_and_finish(&order_channel, "while-b-down", batch).await?);
     report.placed_while_down = 2 * batch;
     report.unfinished_while_down = unfinished.len();
-    cluster.kill_all().await?;
-    if let Err(err) = verify::drop_databases(urls.values()).await {
-        eprintln!("takeover: could not drop the run's databases: {err:#}");
-    }
+    run.stop().await?;
     Ok(report)
 }
