@@ -36,6 +36,8 @@ pub struct OutageReport {
     pub drained_ms: f64,
     /// For orders that did not complete: the distinct step errors their sagas journaled.
     pub errors_of_failed: Vec<String>,
+    /// Invariants of docs/architecture.md ("Invariants") violated once every order ended.
+    pub violations: Vec<String>,
 }
 
 impl OutageReport {
@@ -63,6 +65,7 @@ pub async fn outage(
         ..ChaosConfig::short(0)
     };
     let mut run = scenario::Scenario::start("outage", &config).await?;
+    let before = run.snapshot().await?;
     let cluster = &mut run.cluster;
     let payment = cluster.index_of(Role::Payment)?;
     cluster.kill(payment).await?;
@@ -128,6 +131,7 @@ pub async fn outage(
     }
     let drained_ms = restarted.elapsed().as_secs_f64() * 1e3;
 
+    let violations = run.violations(&ids, &before).await?;
     let db = verify::pool(&run.urls["payment"]).await?;
     let stamps: Vec<i64> = sqlx::query_scalar(
         "SELECT created_at FROM idempotency_keys WHERE created_at >= $1 ORDER BY created_at",
@@ -153,5 +157,6 @@ pub async fn outage(
         windows,
         drained_ms,
         errors_of_failed: errors_of_failed.into_iter().collect(),
+        violations,
     })
 }

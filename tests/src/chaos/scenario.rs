@@ -16,6 +16,8 @@ use super::{ChaosConfig, cluster, verify, workload};
 /// A running system: its processes, their databases and the run directory.
 pub(crate) struct Scenario {
     pub(crate) cluster: cluster::Cluster,
+    /// The demo data it was seeded with.
+    pub(crate) seed: workload::SeedData,
     pub(crate) urls: BTreeMap<&'static str, String>,
     _databases: BTreeMap<&'static str, TestDatabase>,
     _dir: tempfile::TempDir,
@@ -48,10 +50,55 @@ impl Scenario {
         workload::apply_seed(&cluster, &seed).await?;
         Ok(Self {
             cluster,
+            seed,
             urls,
             _databases: databases,
             _dir: dir,
         })
+    }
+
+    /// The business state the invariants are checked against (before a load, and after).
+    ///
+    /// # Errors
+    /// When a query API fails.
+    pub(crate) async fn snapshot(&self) -> anyhow::Result<sagaflow_cli::invariants::Snapshot> {
+        let services = self.cluster.services()?;
+        sagaflow_cli::invariants::snapshot(&services, &self.seed.users, &self.seed.coupon_codes())
+            .await
+            .context("taking a snapshot")
+    }
+
+    /// Checks every invariant of docs/architecture.md ("Invariants") over `order_ids`, which
+    /// must all be terminal, between `before` and now; the violations.
+    ///
+    /// # Errors
+    /// When a query API fails.
+    pub(crate) async fn violations(
+        &self,
+        order_ids: &[String],
+        before: &sagaflow_cli::invariants::Snapshot,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut client = OrderServiceClient::new(self.cluster.channel(super::Role::Order)?);
+        let mut orders = Vec::with_capacity(order_ids.len());
+        for id in order_ids {
+            let order = client
+                .get_order(sagaflow_proto::order::v1::GetOrderRequest {
+                    order_id: id.clone(),
+                    wait: None,
+                })
+                .await
+                .context("GetOrder")?
+                .into_inner()
+                .order
+                .context("GetOrder answered no order")?;
+            orders.push(order);
+        }
+        let after = self.snapshot().await?;
+        let services = self.cluster.services()?;
+        let report = sagaflow_cli::invariants::check(&services, &orders, before, &after)
+            .await
+            .context("checking the invariants")?;
+        Ok(report.violations)
     }
 
     /// Kills every process and drops the databases.

@@ -98,6 +98,7 @@ async fn outage() {
         report.orders,
         "no order fails for the outage alone: {report:?}"
     );
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
     let bound = sagaflow_orchestrator::limits::window_bound(
         per_second,
         std::time::Duration::from_millis(100),
