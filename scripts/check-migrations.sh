@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Migrations are append-only (STYLE rule 29): every database has the same versions in both
+# Migrations are append-only: every database has the same versions in both
 # dialects, versions are unique and increasing, and no migration that exists in git history at
 # origin/main (or HEAD~ when there is no remote) has been edited.
 set -euo pipefail

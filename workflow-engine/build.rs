@@ -1,4 +1,5 @@
-//! `sqlx::migrate!` embeds migrations at compile time; rebuild when they change (TOOLCHAIN trap 2).
+//! `sqlx::migrate!` embeds migrations at compile time; rebuild when they change (cargo does not
+//! see a changed migration file on its own).
 fn main() {
     println!("cargo:rerun-if-changed=../migrations/workflow");
     println!("cargo:rerun-if-changed=tests/migrations");

@@ -1,5 +1,5 @@
 //! `sqlx::migrate!` embeds migrations at compile time; rebuild when the test migrations change
-//! (TOOLCHAIN trap 2).
+//! (cargo does not see a changed migration file on its own).
 fn main() {
     println!("cargo:rerun-if-changed=tests/migrations");
 }

@@ -1,5 +1,5 @@
 //! `sqlx::migrate!` embeds the migrations at compile time; rebuild when they change
-//! (TOOLCHAIN trap 2).
+//! (cargo does not see a changed migration file on its own).
 fn main() {
     println!("cargo:rerun-if-changed=../../migrations/payment");
 }

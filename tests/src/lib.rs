@@ -1,9 +1,9 @@
-//! Harness for tests that run the real `sagaflow` binary as separate processes (DESIGN §9).
+//! Harness for tests that run the real `sagaflow` binary as separate processes.
 //!
 //! [`Process::start`] runs `sagaflow ARGS…` with its logs in a temp dir, waits until its gRPC
 //! server reports the address it bound (tests pass `--listen 127.0.0.1:0`), and can stop it with
 //! SIGTERM ([`Process::terminate`]) or SIGKILL ([`Process::kill`]). Logs of a test that panics are
-//! kept and their path printed (STYLE rule 45).
+//! kept and their path printed (a failed test leaves its evidence).
 //!
 //! The binary is this package's `sagaflow-under-test` (the `sagaflow` command line, rebuilt with
 //! every test build), next to the test executable's `deps/` directory; `SAGAFLOW_BIN` overrides it.

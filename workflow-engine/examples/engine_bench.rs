@@ -1,4 +1,4 @@
-//! Engine benchmark (issue 4 item 7): a 7-step saga (5 compensatable steps, a pivot, a retriable
+//! Engine benchmark: a 7-step saga (5 compensatable steps, a pivot, a retriable
 //! step) on SQLite and PostgreSQL, with steps as in-process no-ops or as gRPC calls to a no-op
 //! service on loopback (`grpc.health.v1.Health/Check` of a `sagaflow_server::grpc::serve` server),
 //! at several concurrencies. Prints sagas per second, p50/p99 latency (start to COMPLETED), and

@@ -1,4 +1,5 @@
-//! The admin API `sagaflow.workflow.v1.SagaAdminService` (DESIGN §3, §5) over an [`Engine`]:
+//! The admin API `sagaflow.workflow.v1.SagaAdminService` (docs/architecture.md, "Operator
+//! commands") over an [`Engine`]:
 //! GetSaga (state row, per-step view, journal), ListSagas (filters, pagination), RetrySaga,
 //! CancelSaga, ResolveStep. Errors go through `sagaflow_server::ServiceError`:
 //!

@@ -1,6 +1,6 @@
-//! Saga definitions (DESIGN §5): a name, a version and an ordered list of steps, built with a typed
-//! builder that checks the shape; plus what a step's action sees ([`StepContext`]) and returns
-//! ([`StepError`] on failure).
+//! Saga definitions (docs/architecture.md, "The engine"): a name, a version and an ordered list of
+//! steps, built with a typed builder that checks the shape; plus what a step's action sees
+//! ([`StepContext`]) and returns ([`StepError`] on failure).
 //!
 //! ```
 //! use sagaflow_workflow_engine::definition::{RetryPolicy, SagaDefinition, Step, StepContext, StepError};
@@ -41,7 +41,8 @@ pub const FINALIZER: &str = "finalize";
 /// Default per-attempt timeout of a step, milliseconds.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
-/// What kind of step it is (DESIGN §5; Garcia-Molina's compensatable / pivot / retriable).
+/// What kind of step it is (docs/architecture.md, "The engine"; Garcia-Molina's compensatable /
+/// pivot / retriable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
@@ -75,7 +76,7 @@ pub enum Jitter {
     None,
 }
 
-/// How a step is retried on transient failures (DESIGN §5 "Retries").
+/// How a step is retried on transient failures (docs/architecture.md, "The engine" (Retries)).
 ///
 /// The delay before attempt `n + 1`, after attempt `n` failed, is
 ///
@@ -148,7 +149,7 @@ impl RetryPolicy {
     }
 }
 
-/// How a failure is treated (DESIGN §5 "Retries").
+/// How a failure is treated (docs/architecture.md, "The engine" (Retries)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Classification {
     /// A definite business failure: not retried; the saga compensates.
@@ -157,11 +158,11 @@ pub enum Classification {
     Transient,
 }
 
-/// Classifies a gRPC code (DESIGN §5): INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION,
-/// ALREADY_EXISTS, PERMISSION_DENIED and OUT_OF_RANGE are business failures; UNAVAILABLE,
-/// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL and UNKNOWN are transient; every other
-/// code (CANCELLED, UNIMPLEMENTED, DATA_LOSS, UNAUTHENTICATED, and OK, which is no failure at all)
-/// is treated as a business failure, because retrying cannot help.
+/// Classifies a gRPC code (docs/architecture.md, "The engine" (Retries)): INVALID_ARGUMENT,
+/// NOT_FOUND, FAILED_PRECONDITION, ALREADY_EXISTS, PERMISSION_DENIED and OUT_OF_RANGE are business
+/// failures; UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL and UNKNOWN are
+/// transient; every other code (CANCELLED, UNIMPLEMENTED, DATA_LOSS, UNAUTHENTICATED, and OK, which
+/// is no failure at all) is treated as a business failure, because retrying cannot help.
 pub fn classify_code(code: Code) -> Classification {
     match code {
         Code::Unavailable
@@ -227,8 +228,8 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// A failed attempt of a step's action, compensation or finalizer, as journaled (STYLE rule 15):
-/// serde data, read back with a fallible deserialization.
+/// A failed attempt of a step's action, compensation or finalizer, as journaled: plain serde
+/// data, read back with a fallible deserialization (a stored value never panics the reader).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct StepError {
@@ -367,9 +368,9 @@ pub struct StepContext {
     pub kind: CallKind,
     /// Attempt number, from 1. A re-execution after a crash repeats the attempt number.
     pub attempt: u32,
-    /// Send this with the command (DESIGN §6): `<saga id>:<step>` for actions,
-    /// `<saga id>:<step>:compensate` for compensations, `<saga id>:finalize` for the finalizer.
-    /// The same on every attempt and every re-execution.
+    /// Send this with the command (docs/architecture.md, "The service contract"):
+    /// `<saga id>:<step>` for actions, `<saga id>:<step>:compensate` for compensations,
+    /// `<saga id>:finalize` for the finalizer. The same on every attempt and every re-execution.
     pub idempotency_key: String,
     /// The saga's input.
     pub input: Value,
@@ -404,7 +405,8 @@ impl StepContext {
 /// `Fn(StepContext) -> impl Future<Output = Result<Value, StepError>>` is one.
 ///
 /// It must be idempotent under [`StepContext::idempotency_key`]: after a crash it runs again with
-/// the same key. A compensation must be safe when its action never happened (DESIGN §6).
+/// the same key. A compensation must be safe when its action never happened
+/// (docs/architecture.md, "The service contract").
 #[async_trait::async_trait]
 pub trait StepAction: Send + Sync + 'static {
     /// Runs one attempt. `Ok` carries the step's output (stored and passed to later steps).
@@ -588,7 +590,7 @@ pub enum DefinitionError {
     ZeroTimeout(&'static str),
 }
 
-/// A checked saga definition (DESIGN §5). Cheap to share behind an `Arc`.
+/// A checked saga definition (docs/architecture.md, "The engine"). Cheap to share behind an `Arc`.
 #[derive(Clone)]
 pub struct SagaDefinition {
     name: String,

@@ -1,5 +1,6 @@
-//! The engine (DESIGN §5 "Scheduling"): starts sagas, executes their steps, records every result
-//! durably, and recovers sagas that another engine (or this one, before a crash) left unfinished.
+//! The engine (docs/architecture.md, "The engine" (Scheduling) and "Recovery"): starts sagas,
+//! executes their steps, records every result durably, and recovers sagas that another engine (or
+//! this one, before a crash) left unfinished.
 //!
 //! ```text
 //!  Engine::start ──Create──┐                        ┌──────────── poller (every poll interval,
@@ -19,9 +20,9 @@
 //!   result is thrown away and the driver stops.
 //! - The committer batches the writes of all drivers into one transaction (group commit), so many
 //!   sagas share one flush. It retries transient database errors for as long as the engine runs,
-//!   with capped exponential backoff (STYLE rule 27). There is one committer per parallel writer
-//!   of the store (`SagaStore::write_parallelism`: one on SQLite, four on PostgreSQL); a saga's
-//!   writes always go to the committer its id hashes to, so they stay in order.
+//!   with capped exponential backoff (never a hot retry loop). There is one committer per parallel
+//!   writer of the store (`SagaStore::write_parallelism`: one on SQLite, four on PostgreSQL); a
+//!   saga's writes always go to the committer its id hashes to, so they stay in order.
 //! - Before every call the driver checks that its lease is valid for at least a third of the
 //!   lease duration (renewing it if not) and renews it every third of the lease while the call
 //!   runs; so no step of a saga starts after another engine took it over or after it ended.
@@ -29,15 +30,15 @@
 //!   grace period), releases their leases, then stops the committer. Every task is owned and
 //!   joined.
 //!
-//! Tracing (DESIGN §8, issue 7): every attempt of a step, compensation or finalizer runs inside a
-//! `saga.step` span (`saga.id`, `saga.definition`, `saga.step`, `saga.attempt`, `saga.phase`,
-//! `saga.outcome`) whose parent is the trace context saved when the saga started, set before the
-//! span is first entered, so the service calls the step makes (through traced channels) and
-//! their server spans join the trace of the request that started the saga — also after a crash
-//! or on another replica. A driver whose saga was claimed by the poller (an orphaned lease after
-//! a crash, or a saga resumed after a released lease) links each step span to the poller's
-//! `saga.claim` span; one resumed by CancelSaga/RetrySaga links to the operator's request.
-//! Metrics: [`crate::metrics`].
+//! Tracing (docs/operations.md, "Watching"): every attempt of a step, compensation or finalizer
+//! runs inside a `saga.step` span (`saga.id`, `saga.definition`, `saga.step`, `saga.attempt`,
+//! `saga.phase`, `saga.outcome`) whose parent is the trace context saved when the saga started, set
+//! before the span is first entered, so the service calls the step makes (through traced channels)
+//! and their server spans join the trace of the request that started the saga — also after a crash
+//! or on another replica. A driver whose saga was claimed by the poller (an orphaned lease after a
+//! crash, or a saga resumed after a released lease) links each step span to the poller's
+//! `saga.claim` span; one resumed by CancelSaga/RetrySaga links to the operator's request. Metrics:
+//! [`crate::metrics`].
 
 use std::{
     collections::HashMap,
@@ -558,10 +559,10 @@ impl Engine {
         Ok((id, true))
     }
 
-    /// CancelSaga (DESIGN §5): a saga before its pivot moves to COMPENSATING with reason
-    /// CANCELED (the current step is compensated too, since it may have been sent), and any
-    /// engine still running one of its steps throws the result away. A saga already compensating
-    /// is returned unchanged. The compensation starts at once on this engine.
+    /// CancelSaga (docs/architecture.md, "Operator commands"): a saga before its pivot moves to
+    /// COMPENSATING with reason CANCELED (the current step is compensated too, since it may have
+    /// been sent), and any engine still running one of its steps throws the result away. A saga
+    /// already compensating is returned unchanged. The compensation starts at once on this engine.
     ///
     /// # Errors
     /// [`EngineError::NotFound`]; [`EngineError::Refused`] with [`Refusal::PastPivot`] or
@@ -584,9 +585,9 @@ impl Engine {
         Ok(state)
     }
 
-    /// RetrySaga (DESIGN §5): resumes a NEEDS_ATTENTION saga from the step, compensation or
-    /// finalizer that parked it (journal `operator_retry`, attempts counted afresh), at once on
-    /// this engine.
+    /// RetrySaga (docs/architecture.md, "Operator commands"): resumes a NEEDS_ATTENTION saga from
+    /// the step, compensation or finalizer that parked it (journal `operator_retry`, attempts
+    /// counted afresh), at once on this engine.
     ///
     /// # Errors
     /// [`EngineError::NotFound`]; [`EngineError::Refused`] with [`Refusal::NotNeedsAttention`];
@@ -701,9 +702,9 @@ impl Engine {
         self.inner.kick.notify_one();
     }
 
-    /// Graceful shutdown (DESIGN §5): stops claiming, lets drivers finish the call in flight and
-    /// release their leases for at most `grace`, aborts the rest (their leases expire), then stops
-    /// the committer. Idempotent.
+    /// Graceful shutdown (docs/architecture.md, "The engine" (Scheduling)): stops claiming, lets
+    /// drivers finish the call in flight and release their leases for at most `grace`, aborts the
+    /// rest (their leases expire), then stops the committer. Idempotent.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let inner = &self.inner;
         inner.shutdown.cancel();
@@ -1332,7 +1333,8 @@ impl Driver {
     }
 
     /// The span of one attempt: parented to the saga's stored trace context (before it is first
-    /// entered, TOOLCHAIN trap 6) and linked to the claim that handed the saga to this driver.
+    /// entered: tracing-opentelemetry ignores a parent set later) and linked to the claim that
+    /// handed the saga to this driver.
     fn step_span(&self, step: &'static str, attempt: u32, kind: CallKind) -> tracing::Span {
         let span = tracing::info_span!(
             parent: None,

@@ -1,5 +1,5 @@
-//! The journal (DESIGN §5 "Journal"): append-only entries per saga, and the pure fold that turns
-//! them into the saga's state row.
+//! The journal (docs/architecture.md, "The engine" (State row and journal)): append-only entries
+//! per saga, and the pure fold that turns them into the saga's state row.
 //!
 //! The engine never edits a state row directly: it decides which [`Event`]s happen, folds them onto
 //! the current state with [`apply`], and the store commits the new row and the entries in one

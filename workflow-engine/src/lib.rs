@@ -1,6 +1,7 @@
-//! The durable saga engine of sagaflow (DESIGN §5): saga definitions, state rows and an append-only
-//! journal in PostgreSQL or SQLite, leases with fencing tokens, retries with backoff, compensation
-//! in reverse order, and recovery after a crash. It knows nothing about orders.
+//! The durable saga engine of sagaflow (docs/architecture.md, "The engine"): saga definitions,
+//! state rows and an append-only journal in PostgreSQL or SQLite, leases with fencing tokens,
+//! retries with backoff, compensation in reverse order, and recovery after a crash. It knows
+//! nothing about orders.
 //!
 //! Main types, in order of use:
 //! - [`definition::SagaDefinition`] (built with [`definition::SagaDefinition::builder`] from

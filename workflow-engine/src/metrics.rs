@@ -1,8 +1,8 @@
-//! The engine's metrics (issue 7 item 2), recorded through the [`metrics`] facade where the facts
-//! are known: the executor's one path to the store counts the journal events of each write once
-//! it has committed, so a counter never counts a result that a fenced write threw
-//! away, and the drivers time each attempt. Without an installed recorder (the
-//! default; `--metrics-listen` installs one) every call is a no-op.
+//! The engine's metrics (docs/operations.md, "Watching"), recorded through the [`metrics`] facade
+//! where the facts are known: the executor's one path to the store counts the journal events of
+//! each write once it has committed, so a counter never counts a result that a fenced write threw
+//! away, and the drivers time each attempt. Without an installed recorder (the default;
+//! `--metrics-listen` installs one) every call is a no-op.
 //!
 //! | metric | type | labels | counts |
 //! |---|---|---|---|

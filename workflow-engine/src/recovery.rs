@@ -1,6 +1,6 @@
 //! Planning: what happens next to a saga, decided purely from its definition, its state row, the
-//! time and a random number (STYLE rule 6, "plan/execute split"). The executor carries the plans
-//! out; everything here is deterministic and unit-tested.
+//! time and a random number (the plan/execute split: decisions are pure, I/O is elsewhere). The
+//! executor carries the plans out; everything here is deterministic and unit-tested.
 //!
 //! The same planning serves a saga that just started and one recovered after a crash: a state row
 //! names the current step (forward phase), the step being compensated (compensating phase) or the
@@ -585,9 +585,9 @@ pub enum Refusal {
     NotApplicable,
 }
 
-/// The events of CancelSaga (DESIGN §5): before the pivot, revoke the lease with fencing token
-/// `new_token` and compensate with reason CANCELED, including the current step (it may have been
-/// sent). A saga already compensating is left as it is (no events).
+/// The events of CancelSaga (docs/architecture.md, "Operator commands"): before the pivot, revoke
+/// the lease with fencing token `new_token` and compensate with reason CANCELED, including the
+/// current step (it may have been sent). A saga already compensating is left as it is (no events).
 ///
 /// # Errors
 /// [`Refusal::Finished`] or [`Refusal::PastPivot`].

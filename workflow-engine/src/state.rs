@@ -1,4 +1,5 @@
-//! The state row of a saga instance (DESIGN §5 "State") and its small value types.
+//! The state row of a saga instance (docs/architecture.md, "The engine" (State row and journal))
+//! and its small value types.
 //!
 //! A [`SagaState`] is never edited field by field: it is the fold of the saga's journal
 //! ([`crate::journal::fold`]), and the store writes the folded value together with the journal
@@ -52,7 +53,7 @@ pub struct UnknownValue {
     value: String,
 }
 
-/// Where a saga is in its life (DESIGN §5):
+/// Where a saga is in its life (docs/architecture.md, "The engine"):
 /// RUNNING → COMPLETED; RUNNING → COMPENSATING → COMPENSATED; any → NEEDS_ATTENTION.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -174,7 +175,8 @@ impl FromStr for Phase {
     }
 }
 
-/// One saga instance's state row (DESIGN §5 "State"). Timestamps are unix milliseconds.
+/// One saga instance's state row (docs/architecture.md, "The engine" (State row and journal)).
+/// Timestamps are unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaState {
     /// The saga's id.
@@ -211,7 +213,7 @@ pub struct SagaState {
     /// one field the journal fold does not reproduce.
     pub lease_expires_at: Option<i64>,
     /// Bumped by every claim and by CancelSaga; every write requires the value the writer read
-    /// (DESIGN §5 "Durability rule").
+    /// (docs/architecture.md, "The engine" (Durability rule)).
     pub fencing_token: i64,
     /// Saved W3C trace context of the request that started the saga.
     pub trace_context: Option<String>,

@@ -38,7 +38,7 @@ enum Command {
     Saga(saga::SagaArgs),
 }
 
-/// Exit code for invalid configuration (EX_USAGE, STYLE rule 33).
+/// Exit code for invalid configuration (EX_USAGE of sysexits.h).
 const EXIT_USAGE: u8 = 64;
 
 /// Runs the `sagaflow` command line: parses `std::env::args`, runs the command, and returns the
@@ -57,7 +57,8 @@ pub fn main() -> ExitCode {
     };
     let format = cli.log_format;
     let result = runtime.block_on(async move {
-        // One `service.name` per process (DESIGN §8): `sagaflow-dev`, `sagaflow-<service>`, …
+        // One `service.name` per process (docs/operations.md, "Watching"): `sagaflow-dev`,
+        // `sagaflow-<service>`, …
         let service = match &cli.command {
             Command::Dev(_) => "sagaflow-dev".to_owned(),
             Command::Demo(_) => "sagaflow-demo".to_owned(),
@@ -84,9 +85,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Exports the spans still buffered and stops the exporter (TOOLCHAIN trap 7): every command
-/// ends here — after SIGTERM/Ctrl-C and a graceful shutdown for the servers — before the
-/// process exits.
+/// Exports the spans still buffered and stops the exporter (spans the batch processor still
+/// holds at exit are lost otherwise): every command ends here — after SIGTERM/Ctrl-C and a
+/// graceful shutdown for the servers — before the process exits.
 async fn flush(telemetry: TelemetryGuard) {
     if let Err(err) = telemetry.shutdown().await {
         tracing::warn!(error = %err, "spans may have been lost at exit");

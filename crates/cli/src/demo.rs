@@ -1,8 +1,8 @@
 //! `sagaflow demo`: places the shipped sample orders (`examples/orders.jsonl`, or `--orders FILE`)
 //! against a running system (`--addr`) or an embedded one started for the occasion, waits for every
 //! saga, prints the outcomes by reason and scenario, sagas per second and p50/p99 latency, then
-//! checks the invariants of DESIGN §6 through the query APIs. Exits non-zero if an order did not
-//! finish or an invariant fails.
+//! checks the invariants of docs/architecture.md, "Invariants", through the query APIs. Exits
+//! non-zero if an order did not finish or an invariant fails.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -258,8 +258,8 @@ async fn place_all(
     );
 
     if unfinished > 0 {
-        // The invariants hold once every saga has finished (DESIGN §6); checking them now would
-        // report the orders still in flight as corruption.
+        // The invariants hold once every saga has finished (docs/architecture.md, "Invariants");
+        // checking them now would report the orders still in flight as corruption.
         println!(
             "timed out: {unfinished} orders did not finish within {} s; invariants not checked",
             args.timeout_secs

@@ -1,6 +1,7 @@
-//! The embedded system (DESIGN §8 "Embedded default"): every service and the orchestrator in one
-//! process, all gRPC services on one port with reflection and health, each service on its own
-//! SQLite file under the data directory (database-per-service preserved), demo data seeded once.
+//! The embedded system (docs/architecture.md, "Run modes", the default): every service and the
+//! orchestrator in one process, all gRPC services on one port with reflection and health, each
+//! service on its own SQLite file under the data directory (database-per-service preserved), demo
+//! data seeded once.
 //!
 //! ```text
 //!  data dir: order.db coupon.db inventory.db payment.db point.db ranking.db workflow.db

@@ -1,6 +1,8 @@
-//! Arming the workflow engine's failpoints in a `sagaflow serve` process (DESIGN §9 chaos tests).
+//! Arming the workflow engine's failpoints in a `sagaflow serve` process (for the chaos suite,
+//! `tests/src/chaos/`).
 //!
-//! The engine marks the crash points of DESIGN §5 with the `fail` crate (`after_claim`,
+//! The engine marks its crash points (docs/architecture.md, "The engine" (Durability rule)) with
+//! the `fail` crate (`after_claim`,
 //! `before_step_call`, `after_step_reply_before_record`, `after_step_recorded`,
 //! `in_compensation`); they are compiled in only with the cargo feature `failpoints` (never in a
 //! production build). A chaos test arms them through the `FAILPOINTS` environment variable in the

@@ -1,5 +1,6 @@
-//! The invariants of DESIGN §6, checked from outside through the public query APIs, for a set of
-//! orders placed by one run (`sagaflow demo`, the acceptance and chaos tests).
+//! The invariants of docs/architecture.md, "Invariants", checked from outside through the public
+//! query APIs, for a set of orders placed by one run (`sagaflow demo`, the acceptance and chaos
+//! tests).
 //!
 //! Take a [`Snapshot`] of the catalog, the users' balances and the coupons before placing orders;
 //! when every order is terminal, [`check`] compares the snapshot taken after with the one before:

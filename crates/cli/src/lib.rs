@@ -1,5 +1,5 @@
-//! The `sagaflow` command line (DESIGN §8), as a library so that tests can run the embedded system
-//! and reuse the invariant checks:
+//! The `sagaflow` command line (docs/architecture.md, "Run modes"), as a library so that tests can
+//! run the embedded system and reuse the invariant checks:
 //!
 //! - [`serve`]: one service on its own port and database (`sagaflow serve <service>`);
 //! - [`dev`]: every service and the orchestrator in one process on SQLite (`sagaflow dev`);
@@ -7,7 +7,8 @@
 //! - [`bench`](mod@bench): a load generator (`sagaflow bench`);
 //! - [`saga`]: the saga admin API (`sagaflow saga show|list|retry|cancel`);
 //! - [`retention`]: which retention jobs `serve` and `dev` run;
-//! - [`invariants`]: the invariants of DESIGN §6 checked through the query APIs;
+//! - [`invariants`]: the invariants of docs/architecture.md, "Invariants", checked through the
+//!   query APIs;
 //! - [`failpoints`]: arming the engine's failpoints from `FAILPOINTS` (chaos tests).
 
 mod cli;

@@ -30,9 +30,9 @@ pub fn is_terminal(order: &Order) -> bool {
     )
 }
 
-/// Whether a status is worth retrying with the same request: the transient codes of DESIGN §5 plus
-/// CANCELLED (a connection that broke mid-call, for example a server that was killed, surfaces as
-/// UNKNOWN "transport error" or CANCELLED).
+/// Whether a status is worth retrying with the same request: the transient codes of
+/// docs/architecture.md, "The engine" (Retries), plus CANCELLED (a connection that broke mid-call,
+/// for example a server that was killed, surfaces as UNKNOWN "transport error" or CANCELLED).
 pub fn is_retryable(code: Code) -> bool {
     matches!(
         code,

@@ -1,5 +1,5 @@
 //! `sagaflow saga show|list|retry|cancel|resolve`: the saga admin API from the command line
-//! (`sagaflow.workflow.v1.SagaAdminService`, DESIGN §3; issue "Observability" item 3).
+//! (`sagaflow.workflow.v1.SagaAdminService`; docs/operations.md, "Sagas that need attention").
 //!
 //! `show` prints the journal as a timeline: milliseconds since the saga started, the event, the
 //! step and attempt, how long the call took (from its `*_started` entry) and the error, if any.

@@ -1,5 +1,6 @@
-//! Demo data seeded by `sagaflow dev` on first start (issue "order saga" item 2): a catalog, users
-//! with points and coupons, read from the shipped `seed/demo.json` (or `--seed FILE`).
+//! Demo data seeded by `sagaflow dev` on first start (docs/architecture.md, "Run modes"): a
+//! catalog, users with points and coupons, read from the shipped `seed/demo.json` (or
+//! `--seed FILE`).
 //!
 //! Seeding goes through the services' public admin RPCs with fixed idempotency keys
 //! (`seed:restock:<sku>`, `seed:points:<user>`), so running it twice changes nothing; a marker file

@@ -1,7 +1,7 @@
-//! `sagaflow serve <service>`: one service, its own port and database (DESIGN §8, distributed
-//! mode). The orchestrator runs the saga engine over the workflow database; any number of
-//! orchestrator replicas may share one PostgreSQL workflow database. The order service also runs
-//! its outbox relay.
+//! `sagaflow serve <service>`: one service, its own port and database (the distributed mode of
+//! docs/architecture.md, "Run modes"). The orchestrator runs the saga engine over the workflow
+//! database; any number of orchestrator replicas may share one PostgreSQL workflow database. The
+//! order service also runs its outbox relay.
 //!
 //! Observability: spans are exported as `service.name` `sagaflow-<service>` when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `--metrics-listen ADDR` serves this process's Prometheus

@@ -1,6 +1,6 @@
-//! Generated gRPC code for every sagaflow service (DESIGN §3, §3a): prost messages, tonic server
-//! traits and typed clients, one module per proto package, plus the encoded file descriptor set
-//! that servers register for reflection.
+//! Generated gRPC code for every sagaflow service (`proto/`; docs/architecture.md, "Layers"): prost
+//! messages, tonic server traits and typed clients, one module per proto package, plus the encoded
+//! file descriptor set that servers register for reflection.
 //!
 //! Other teams place orders through the typed client:
 //!

@@ -1,5 +1,5 @@
 //! Configuration shared by every process: clap flags, each with a `SAGAFLOW_*` environment variable
-//! (12-factor, DESIGN §8) and a default that works on a laptop.
+//! (12-factor; docs/operations.md, "Running") and a default that works on a laptop.
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -1,4 +1,5 @@
-//! Database pools and migrations for PostgreSQL and SQLite, chosen by the URL (DESIGN §8).
+//! Database pools and migrations for PostgreSQL and SQLite, chosen by the URL
+//! (docs/architecture.md, "Run modes").
 //!
 //! Every store in sagaflow is written once, against sqlx's `Any` driver, with `$1`-style
 //! placeholders that both backends accept. The portable column types are:
@@ -51,7 +52,7 @@ impl Backend {
 }
 
 /// The migrations of one database, one embedded [`Migrator`] per dialect
-/// (`migrations/<db>/{postgres,sqlite}/`, DESIGN §2).
+/// (`migrations/<db>/{postgres,sqlite}/`; docs/architecture.md, "Layers").
 #[derive(Debug, Clone, Copy)]
 pub struct Migrations {
     /// Migrations for PostgreSQL.

@@ -1,5 +1,6 @@
 //! The error type every service handler returns, and its one mapping to `tonic::Status`
-//! (DESIGN §6; STYLE rules 13, 18, 19, 21).
+//! (docs/architecture.md, "The service contract"): typed errors, mapped in this one place, with
+//! machine-readable reasons, messages that name what failed, and no internals shown to a caller.
 //!
 //! | variant              | gRPC code             | details                        |
 //! |----------------------|-----------------------|--------------------------------|
@@ -45,7 +46,8 @@ pub enum ServiceError {
         /// For a person.
         message: String,
     },
-    /// A business rule rejects the command (DESIGN §6): no retry will help.
+    /// A business rule rejects the command (docs/architecture.md, "The service contract"): no
+    /// retry will help.
     #[error("{message}")]
     FailedPrecondition {
         /// Machine-readable reason in `SCREAMING_SNAKE_CASE`, for example `OUT_OF_STOCK`.
@@ -173,7 +175,7 @@ impl From<sqlx::Error> for ServiceError {
     /// names neither SQL nor the value: the same request fails the same way on every attempt,
     /// and a transaction that failed wrote nothing. Anything else is `Internal`. Call sites that
     /// expect `RowNotFound` or a unique violation map those themselves, naming what was missing
-    /// or duplicated (STYLE rule 21).
+    /// or duplicated.
     fn from(err: sqlx::Error) -> Self {
         if crate::db::is_transient(&err) {
             Self::Unavailable(format!("database: {err}"))

@@ -1,5 +1,5 @@
-//! Fault injection for chaos tests (DESIGN §9): a tower layer, off by default, configured by a
-//! flag or `SAGAFLOW_FAULTS`.
+//! Fault injection for chaos tests (`tests/src/chaos/`): a tower layer, off by default, configured
+//! by a flag or `SAGAFLOW_FAULTS`.
 //!
 //! Syntax: rules separated by `;`, each `METHOD=FAULT[,FAULT…]`, where `METHOD` is `*`, an RPC
 //! name (`StartPayment`) or a full path suffix (`PaymentService/StartPayment`), and `FAULT` is

@@ -1,5 +1,5 @@
 //! The gRPC server every sagaflow process runs: the caller's services plus `grpc.health.v1` and
-//! server reflection in both v1 and v1alpha (grpcurl 1.8.6 speaks only v1alpha; TOOLCHAIN trap 1),
+//! server reflection in both v1 and v1alpha (grpcurl 1.8.6 speaks only v1alpha),
 //! behind the tracing layer (one span per call, parented to the caller's `traceparent`;
 //! [`sagaflow_telemetry::propagation::TraceLayer`]), the fault-injection layer
 //! ([`crate::faults`]) and the string-field guard ([`crate::string_guard`]: INVALID_ARGUMENT for

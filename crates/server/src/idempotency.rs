@@ -1,6 +1,6 @@
-//! The idempotency store of DESIGN §6: every mutating command runs through [`execute`], which
-//! stores the command's idempotency key, a hash of the request and the outcome in the **same
-//! transaction** as the effect.
+//! The idempotency store of docs/architecture.md, "The service contract": every mutating command
+//! runs through [`execute`], which stores the command's idempotency key, a hash of the request and
+//! the outcome in the **same transaction** as the effect.
 //!
 //! ```text
 //!  BEGIN (IMMEDIATE on SQLite)

@@ -1,11 +1,11 @@
 //! Shared service plumbing, written once and used by every sagaflow service and the orchestrator
-//! (issue "Foundation", STYLE rule 4):
+//! (plumbing is written once, never per service; docs/architecture.md, "Layers"):
 //!
 //! - [`config`]: flags and `SAGAFLOW_*` environment variables (clap) shared by every process;
 //! - [`db`]: sqlx pools and migrations for PostgreSQL and SQLite chosen by the URL;
 //! - [`error`]: [`ServiceError`] and its one mapping to `tonic::Status` with rich details;
 //! - [`validate`]: request validation naming the offending field;
-//! - [`idempotency`]: the idempotency store of DESIGN §6;
+//! - [`idempotency`]: the idempotency store of docs/architecture.md, "The service contract";
 //! - [`faults`]: the fault-injection tower layer for chaos tests;
 //! - [`retention`]: the background task that prunes expired records in bounded batches;
 //! - [`string_guard`]: the tower layer that refuses control characters in any string field;

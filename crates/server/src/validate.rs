@@ -1,4 +1,5 @@
-//! Request validation that names the offending field (DESIGN §6; issue "Domain services" item 5).
+//! Request validation that names the offending field (docs/architecture.md, "The service
+//! contract").
 //!
 //! **Control characters.** No string field may hold a control character other than tab, line
 //! feed and carriage return (U+0000–U+0008, U+000B, U+000C, U+000E–U+001F, U+007F–U+009F: Unicode

@@ -1,7 +1,7 @@
-//! Tracing setup for every sagaflow process (DESIGN §8): an `EnvFilter` (`RUST_LOG`, default
-//! `info`), human-readable output for a terminal or one JSON object per line for log shippers,
-//! and — only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set — OpenTelemetry export of spans over
-//! OTLP/gRPC with W3C trace-context propagation ([`propagation`]).
+//! Tracing setup for every sagaflow process (docs/operations.md, "Watching"): an `EnvFilter`
+//! (`RUST_LOG`, default `info`), human-readable output for a terminal or one JSON object per line
+//! for log shippers, and — only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set — OpenTelemetry export of
+//! spans over OTLP/gRPC with W3C trace-context propagation ([`propagation`]).
 //!
 //! ```no_run
 //! # async fn run() {
@@ -191,7 +191,7 @@ impl TelemetryConfig {
     }
 
     /// Whether log lines are written to stderr (default yes; tests turn it off unless
-    /// `TEST_LOG` is set, STYLE rule 40).
+    /// `TEST_LOG` is set, so that a passing test prints nothing).
     pub fn logs(mut self, enabled: bool) -> Self {
         self.logs = enabled;
         self
@@ -275,7 +275,7 @@ where
 /// The OTLP span pipeline: a batch processor (its own thread) feeding a tonic exporter whose
 /// connection is driven by a private one-thread tokio runtime. Owning the runtime means the
 /// exporter keeps working while, and after, the application's runtime shuts down, and a
-/// blocking flush in `Drop` cannot deadlock a current-thread runtime (TOOLCHAIN trap 7).
+/// blocking flush in `Drop` cannot deadlock a current-thread runtime.
 #[derive(Debug)]
 struct ExportPipeline {
     provider: SdkTracerProvider,

@@ -1,7 +1,7 @@
-//! Prometheus metrics for every sagaflow process (issue 7 item 2): the code records facts through
-//! the [`metrics`] facade where they happen (the saga engine's executor, the outbox relay); this
-//! module installs the one recorder of the process and serves its Prometheus text format over
-//! HTTP — **only** when `--metrics-listen ADDR` / `SAGAFLOW_METRICS_LISTEN` is set.
+//! Prometheus metrics for every sagaflow process (docs/operations.md, "Watching"): the code records
+//! facts through the [`metrics`] facade where they happen (the saga engine's executor, the outbox
+//! relay); this module installs the one recorder of the process and serves its Prometheus text
+//! format over HTTP — **only** when `--metrics-listen ADDR` / `SAGAFLOW_METRICS_LISTEN` is set.
 //!
 //! ```text
 //!  counter!/histogram!/gauge! ──▶ global PrometheusRecorder ◀── GET http://ADDR/<any path>

@@ -1,8 +1,8 @@
-//! W3C trace-context propagation over gRPC (DESIGN §8).
+//! W3C trace-context propagation over gRPC (docs/operations.md, "Watching").
 //!
 //! - Servers: [`TraceLayer`] opens one span per request, named `{rpc.service}/{rpc.method}`, whose
-//!   parent is the caller's `traceparent` — set before the span is first entered (TOOLCHAIN
-//!   trap 6), so handlers' `#[instrument]` spans nest under the caller's trace.
+//!   parent is the caller's `traceparent` — set before the span is first entered (a parent set
+//!   later is ignored), so handlers' `#[instrument]` spans nest under the caller's trace.
 //! - Clients: wrap the channel with [`traced`] and every call carries the current span's
 //!   `traceparent` ([`TraceInterceptor`], [`inject`]).
 //! - Sagas: store [`current_traceparent`] with the saga; when a step runs later (after a crash,
@@ -67,8 +67,8 @@ pub const SERVER_SPAN_NAME: &str = "grpc.server";
 /// `debug`-level, so the default export filter (`info`) leaves them out.
 const QUIET_PREFIXES: [&str; 2] = ["/grpc.health.", "/grpc.reflection."];
 
-/// The wire format is W3C TraceContext by design (DESIGN §8), whatever global propagator is
-/// installed, so sagas' stored contexts stay readable.
+/// The wire format is W3C TraceContext by design (docs/architecture.md, "Layers"), whatever global
+/// propagator is installed, so sagas' stored contexts stay readable.
 fn propagator() -> TraceContextPropagator {
     TraceContextPropagator::new()
 }

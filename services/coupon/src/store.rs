@@ -2,10 +2,11 @@
 //! Schema: `migrations/coupon/{postgres,sqlite}/0001_init.sql`.
 //!
 //! The saga commands take the connection of the transaction begun by
-//! [`sagaflow_server::idempotency::execute`] (STYLE rule 24). Both lock the coupon row first
-//! (`FOR UPDATE` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` serializes writers) and only then read
-//! or write the compensation record, so a UseCoupon and a RestoreCoupon of the same coupon are
-//! serialized and a late UseCoupon always sees the compensation.
+//! [`sagaflow_server::idempotency::execute`] (a store never begins its own transaction). Both
+//! lock the coupon row first (`FOR UPDATE` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` serializes
+//! writers) and only then read or write the compensation record, so a UseCoupon and a
+//! RestoreCoupon of the same coupon are serialized and a late UseCoupon always sees the
+//! compensation.
 
 use sagaflow_server::{Backend, ServiceError, db::now_ms};
 use sqlx::AnyConnection;

@@ -1,12 +1,14 @@
-//! Pure inventory rules (DESIGN §4 step 3, §6): reservation states and the decisions of
-//! DeductInventory and RestoreInventory, stock arithmetic, and the error reasons. No I/O here;
+//! Pure inventory rules (docs/architecture.md: step 3 of "The order saga", "The service
+//! contract"): reservation states and the decisions of DeductInventory and RestoreInventory, stock
+//! arithmetic, and the error reasons. No I/O here;
 //! every rule is unit-tested without a database or a server.
 
 /// `ErrorInfo.reason` when a line asks for more units than are in stock (metadata `sku`,
 /// `requested`, `available`).
 pub const OUT_OF_STOCK: &str = "OUT_OF_STOCK";
 /// `ErrorInfo.reason` when RestoreInventory for the order came before DeductInventory, or the
-/// order's stock was already given back (DESIGN §6 late-action rule).
+/// order's stock was already given back (the late-action rule, docs/architecture.md, "The service
+/// contract").
 pub const COMPENSATED_BEFORE_ACTION: &str = "COMPENSATED_BEFORE_ACTION";
 /// `ErrorInfo.reason` when the order already holds stock from a DeductInventory with another
 /// idempotency key.

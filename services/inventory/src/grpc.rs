@@ -1,6 +1,6 @@
 //! The tonic implementation of `sagaflow.inventory.v1.InventoryService`: request validation
 //! (every invalid field is named, nothing is written), proto ↔ domain mapping, and the
-//! idempotency store around every keyed command (DESIGN §6).
+//! idempotency store around every keyed command (docs/architecture.md, "The service contract").
 
 use std::collections::HashMap;
 

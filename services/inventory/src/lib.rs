@@ -1,4 +1,5 @@
-//! The sagaflow inventory (product) service (DESIGN §3, §3a, §4 step 3, §6).
+//! The sagaflow inventory (product) service (step 3 of docs/architecture.md, "The order saga",
+//! under "The service contract").
 //!
 //! It owns the product catalog (sku, name, unit price in KRW won, stock in units) and serves:
 //!
@@ -18,8 +19,9 @@
 //!  DeductInventory on RESERVED with another key: FAILED_PRECONDITION ORDER_ALREADY_DEDUCTED
 //! ```
 //!
-//! Modules (STYLE rule 5): [`domain`] holds the pure rules, `store` the SQL (one implementation for
-//! PostgreSQL and SQLite), `grpc` the tonic service, validation and proto mapping.
+//! Modules (the layout of every service, docs/architecture.md, "Layers"): [`domain`] holds the
+//! pure rules, `store` the SQL (one implementation for PostgreSQL and SQLite), `grpc` the tonic
+//! service, validation and proto mapping.
 //!
 //! Every mutating command with an idempotency key runs through
 //! [`sagaflow_server::idempotency::execute`], so its effect and its stored response commit in one

@@ -1,10 +1,10 @@
 //! The inventory database (sqlx `Any`, one SQL text for PostgreSQL and SQLite except the row
 //! locks). Schema: `migrations/inventory/{postgres,sqlite}/0001_init.sql`.
 //!
-//! Every function takes the connection of a transaction begun by its caller (STYLE rule 24): the
-//! commands run inside [`sagaflow_server::idempotency::execute`]'s transaction, so the effect and
-//! the stored response commit together. Rows are locked with `FOR UPDATE` on PostgreSQL; on SQLite
-//! the transaction is `BEGIN IMMEDIATE`, which already serializes writers.
+//! Every function takes the connection of a transaction begun by its caller (a store never begins
+//! its own): the commands run inside [`sagaflow_server::idempotency::execute`]'s transaction, so
+//! the effect and the stored response commit together. Rows are locked with `FOR UPDATE` on
+//! PostgreSQL; on SQLite the transaction is `BEGIN IMMEDIATE`, which already serializes writers.
 
 use std::collections::HashMap;
 

@@ -1,5 +1,5 @@
 //! The order saga as a workflow-engine definition: step kinds, per-attempt timeouts and retry
-//! policies (DESIGN §4, §5).
+//! policies (docs/architecture.md, "The order saga" and "The engine").
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,7 +27,8 @@ pub struct StepPolicies {
     pub max_attempts: u32,
     /// Attempts of the pivot (`complete_payment`) before it is parked in NEEDS_ATTENTION. Default
     /// 30 (about a minute with the default delays): the pivot is never compensated on an unknown
-    /// outcome (DESIGN §5), so it must outlast a payment-service restart or deploy.
+    /// outcome (docs/architecture.md, "Attempts in doubt"), so it must outlast a payment-service
+    /// restart or deploy.
     pub pivot_attempts: u32,
     /// First retry delay cap, ms (doubles per attempt, full jitter). Default 50.
     pub base_delay_ms: u64,
@@ -130,7 +131,7 @@ impl StepAction for OrderCall {
         result.map_err(|status| {
             // tonic reports its own client-side timeout as CANCELLED ("Timeout expired"): for the
             // saga that is an attempt without a reply, an unknown outcome, not a business
-            // failure (DESIGN §5). Nothing else cancels our calls.
+            // failure (docs/architecture.md, "Attempts in doubt"). Nothing else cancels our calls.
             let status = if status.code() == Code::Cancelled {
                 Status::deadline_exceeded(format!(
                     "no reply within the attempt's deadline ({})",

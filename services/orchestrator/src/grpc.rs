@@ -23,7 +23,7 @@ pub struct OrchestratorService {
 impl OrchestratorService {
     /// The service over `engine` (which must have the order saga registered). A saga still
     /// before its pivot `saga_deadline` after it started is compensated with reason
-    /// DEADLINE_EXCEEDED (DESIGN §5).
+    /// DEADLINE_EXCEEDED (docs/architecture.md, "Deadline").
     pub fn new(engine: Engine, saga_deadline: Duration) -> Self {
         Self {
             engine,

@@ -1,6 +1,6 @@
-//! The orchestrator (DESIGN §3, §4): it hosts the order saga definition on the workflow engine
-//! and serves `sagaflow.orchestrator.v1.OrchestratorService/StartOrderSaga`, to which the Order
-//! service's outbox relay delivers OrderCreated events.
+//! The orchestrator (docs/architecture.md, "The order saga"): it hosts the order saga definition
+//! on the workflow engine and serves `sagaflow.orchestrator.v1.OrchestratorService/StartOrderSaga`,
+//! to which the Order service's outbox relay delivers OrderCreated events.
 //!
 //! ```text
 //!  Order outbox ──relay──▶ StartOrderSaga ──▶ Engine::start(order, key = order id)

@@ -1,5 +1,6 @@
-//! The order saga of DESIGN §4: its input, its steps as calls to the services through the typed
-//! clients, and the mapping from the failed step to the order's failure reason.
+//! The order saga of docs/architecture.md, "The order saga": its input, its steps as calls to the
+//! services through the typed clients, and the mapping from the failed step to the order's
+//! failure reason.
 //!
 //! | # | step               | action            | compensation      | kind                          |
 //! |---|--------------------|-------------------|-------------------|-------------------------------|
@@ -228,7 +229,7 @@ fn payable(input: &OrderSagaInput, outputs: &Value) -> i64 {
 /// Runs the action of `step_name` and returns its JSON output (kept in the saga row).
 ///
 /// # Errors
-/// The service's status; the engine classifies it (DESIGN §5).
+/// The service's status; the engine classifies it (docs/architecture.md, "The engine" (Retries)).
 pub async fn run_action(
     clients: &ServiceClients,
     step_name: &str,
@@ -485,9 +486,10 @@ pub async fn fail_order(
     Ok(json!({ "reason": reason.as_str_name() }))
 }
 
-/// The order failure reason for a business failure of `step_name`'s action (DESIGN §4): coupon →
-/// COUPON_UNAVAILABLE, inventory → OUT_OF_STOCK, payment authorization or capture →
-/// PAYMENT_DECLINED, points → INSUFFICIENT_POINTS, anything else → INTERNAL.
+/// The order failure reason for a business failure of `step_name`'s action (docs/architecture.md,
+/// "The order saga"): coupon → COUPON_UNAVAILABLE, inventory → OUT_OF_STOCK, payment
+/// authorization or capture → PAYMENT_DECLINED, points → INSUFFICIENT_POINTS, anything else →
+/// INTERNAL.
 pub fn business_failure_reason(step_name: &str) -> FailureReason {
     match step_name {
         step::USE_COUPON => FailureReason::CouponUnavailable,

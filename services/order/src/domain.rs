@@ -1,4 +1,5 @@
-//! Order business rules, pure and tested without a server (DESIGN §3, §4).
+//! Order business rules, pure and tested without a server (docs/architecture.md, "The order
+//! saga").
 //!
 //! ```text
 //!  PlaceOrder ──▶ PENDING ──ApplyCoupon (discount)──▶ PENDING
@@ -68,7 +69,8 @@ impl fmt::Display for OrderStatus {
     }
 }
 
-/// Why an order failed (DESIGN §4; the `orders.failure_reason` column).
+/// Why an order failed (docs/architecture.md, "The order saga"; the `orders.failure_reason`
+/// column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureReason {
     /// The coupon could not be used.

@@ -1,5 +1,6 @@
-//! `sagaflow.order.v1.OrderService` over tonic: validation (issue 3 item 5), pricing through
-//! Inventory, the idempotent commands, GetOrder's wait, and proto ↔ domain conversion.
+//! `sagaflow.order.v1.OrderService` over tonic: validation (every invalid field named, nothing
+//! written), pricing through Inventory, the idempotent commands, GetOrder's wait, and proto ↔
+//! domain conversion.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -454,7 +455,8 @@ async fn load_existing(
         .ok_or_else(|| ServiceError::NotFound(format!("order {order_id}")))
 }
 
-/// Checks every field of PlaceOrder (issue 3 item 5) and returns the lines as (sku, quantity).
+/// Checks every field of PlaceOrder (each invalid one named in the INVALID_ARGUMENT) and returns
+/// the lines as (sku, quantity).
 /// `payment_methods`, when given, are the only accepted `payment_method` values.
 fn validate_place(
     req: &pb::PlaceOrderRequest,

@@ -1,6 +1,6 @@
-//! The sagaflow order service (DESIGN §3, §3a, §4, §7): the public order API (PlaceOrder,
-//! GetOrder, ListOrders) and the saga's order commands (ApplyCoupon, CompleteOrder, FailOrder),
-//! over the order database with its transactional outbox.
+//! The sagaflow order service (docs/architecture.md, "The order saga" and "Events"): the public
+//! order API (PlaceOrder, GetOrder, ListOrders) and the saga's order commands (ApplyCoupon,
+//! CompleteOrder, FailOrder), over the order database with its transactional outbox.
 //!
 //! - [`domain`]: statuses, pricing and the amount rules, the decision of each command;
 //! - [`outbox`]: the outbox rows written with each change, and the API the relay uses
@@ -116,7 +116,7 @@ impl OrderService {
     }
 
     /// The same service, waking `relay` right after every commit that writes an outbox event
-    /// (DESIGN §7: the relay tries right after the commit).
+    /// (docs/architecture.md, "Events": the relay tries right after the commit).
     pub fn with_relay_waker(mut self, relay: relay::RelayWaker) -> Self {
         self.relay = Some(relay);
         self

@@ -1,4 +1,4 @@
-//! The order service's transactional outbox (DESIGN §7; docs/architecture.md, "Events").
+//! The order service's transactional outbox (docs/architecture.md, "Events").
 //!
 //! Every order change that publishes an event (OrderCreated, OrderCompleted, OrderFailed) appends
 //! an outbox row **in the same transaction** as the change, so an event exists if and only if its
@@ -30,7 +30,8 @@
 //! transaction. [`prune_sent`] deletes delivered rows after the retention window.
 //!
 //! Each row also keeps the W3C `traceparent` of the span that wrote it (the command's handler),
-//! so the relay delivers the event within the trace of the request that caused it (issue 7):
+//! so the relay delivers the event within the trace of the request that caused it
+//! (docs/operations.md, "Watching"):
 //! OrderCreated carries the PlaceOrder trace on to the order saga. [`backlog`] measures what is
 //! still undelivered (the relay samples it for the metrics).
 
@@ -648,7 +649,8 @@ pub async fn backlog(db: &Db) -> Result<Backlog, OutboxError> {
 }
 
 /// Appends `event` for `aggregate_id` with the aggregate's next sequence number, on the caller's
-/// transaction (STYLE rule 24), with the current span's `traceparent` (the command's handler).
+/// transaction (it never begins its own), with the current span's `traceparent` (the command's
+/// handler).
 /// Returns the event id.
 pub(crate) async fn append(
     conn: &mut AnyConnection,

@@ -1,4 +1,4 @@
-//! The outbox relay (DESIGN §7; docs/architecture.md, "Events"): delivers the Order service's
+//! The outbox relay (docs/architecture.md, "Events"): delivers the Order service's
 //! outbox events at least once, in order per order, and marks them sent.
 //!
 //! - OrderCreated → `OrchestratorService/StartOrderSaga` (the orchestrator's business-key inbox
@@ -33,10 +33,10 @@
 //! [`DEFAULT_SENT_RETENTION`]) are deleted in bounded batches, at most once per
 //! [`PRUNE_INTERVAL`], counted in [`PRUNED`].
 //!
-//! Tracing (issue 7): each delivery runs in an `outbox.deliver` span whose parent is the
-//! `traceparent` stored with the event (the handler that wrote it), and the call carries that
-//! span's context (traced channels), so OrderCreated → StartOrderSaga → the order saga's steps
-//! stay in the PlaceOrder trace, however late the delivery.
+//! Tracing (docs/operations.md, "Watching"): each delivery runs in an `outbox.deliver` span whose
+//! parent is the `traceparent` stored with the event (the handler that wrote it), and the call
+//! carries that span's context (traced channels), so OrderCreated → StartOrderSaga → the order
+//! saga's steps stay in the PlaceOrder trace, however late the delivery.
 //!
 //! Metrics (only when a recorder is installed): [`DELIVERED`] and [`DELIVERY_FAILURES`] by event
 //! type, [`outbox::DEAD_LETTERED`] by event type, [`PRUNED`], and — when

@@ -3,9 +3,9 @@
 //!
 //! Writes run on the connection of an [`sagaflow_server::idempotency::execute`] effect, so an
 //! order change, its status history row, its outbox event and the idempotency key commit
-//! together (STYLE rule 24, DESIGN §7). Status changes are conditional
-//! (`WHERE status = 'PENDING'`); the first statement of each is the `UPDATE` of the order row,
-//! which also orders concurrent writers of one order on PostgreSQL.
+//! together (a store never begins its own transaction; docs/architecture.md, "Events"). Status
+//! changes are conditional (`WHERE status = 'PENDING'`); the first statement of each is the
+//! `UPDATE` of the order row, which also orders concurrent writers of one order on PostgreSQL.
 
 use std::collections::HashMap;
 

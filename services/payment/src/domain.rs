@@ -1,4 +1,5 @@
-//! Payment business rules, pure and tested without a server (DESIGN §3, §4 steps 4 and 6, §6).
+//! Payment business rules, pure and tested without a server (docs/architecture.md: steps 4 and 6
+//! of "The order saga", "The service contract").
 //!
 //! ```text
 //!                 StartPayment            CompletePayment (pivot)     RefundPayment
@@ -32,7 +33,8 @@ use std::fmt;
 pub mod reason {
     /// The gateway declined the authorization.
     pub const PAYMENT_DECLINED: &str = "PAYMENT_DECLINED";
-    /// CancelPayment for this order came before StartPayment (DESIGN §6 late-action rule).
+    /// CancelPayment for this order came before StartPayment (the late-action rule,
+    /// docs/architecture.md, "The service contract").
     pub const COMPENSATED_BEFORE_ACTION: &str = "COMPENSATED_BEFORE_ACTION";
     /// CancelPayment of a captured payment.
     pub const PAYMENT_ALREADY_COMPLETED: &str = "PAYMENT_ALREADY_COMPLETED";
@@ -110,7 +112,8 @@ pub struct Payment {
 /// What the payments table holds for one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentRecord {
-    /// CancelPayment came first: the order can never be paid (DESIGN §6).
+    /// CancelPayment came first: the order can never be paid (docs/architecture.md, "The service
+    /// contract").
     Tombstone {
         /// UUID of the tombstone row.
         payment_id: String,

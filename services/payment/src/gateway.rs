@@ -1,4 +1,4 @@
-//! The payment gateway boundary (DESIGN §3): the [`PaymentGateway`] trait the service calls, and
+//! The payment gateway boundary: the [`PaymentGateway`] trait the service calls, and
 //! the [`SimulatedGateway`] that stands in for a card processor, as payment sandboxes do.
 //!
 //! Lifecycle of one authorization at the gateway:
@@ -18,7 +18,8 @@
 //! a repeat returns the first answer. The payment service derives the keys from the order id
 //! (one payment per order), so every retry of a saga step reaches the same authorization.
 //!
-//! The simulated gateway reads the card token (`payment_method`, DESIGN §3a):
+//! The simulated gateway reads the card token (`payment_method`, as in
+//! `proto/sagaflow/payment/v1/payment.proto`):
 //!
 //! | token                 | authorize                      | capture             |
 //! |-----------------------|--------------------------------|---------------------|
@@ -205,7 +206,8 @@ impl Default for SimulatedGatewayConfig {
     }
 }
 
-/// Command-line flags and `SAGAFLOW_*` variables of the simulated gateway (DESIGN §8).
+/// Command-line flags and `SAGAFLOW_*` variables of the simulated gateway (its retention flags:
+/// docs/operations.md, "Retention").
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
     /// Simulated gateway: delay added to every call, milliseconds (default 0).
@@ -262,7 +264,7 @@ impl GatewayArgs {
 pub const SIMULATED_CARD_TOKENS: [&str; 4] =
     ["tok_ok", "tok_decline", "tok_capture_decline", "tok_slow"];
 
-/// The card tokens the simulated gateway knows (DESIGN §3a).
+/// The card tokens the simulated gateway knows (`proto/sagaflow/payment/v1/payment.proto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CardToken {
     /// `tok_ok`: approves everything.

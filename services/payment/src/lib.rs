@@ -1,5 +1,5 @@
-//! The sagaflow payment service (DESIGN §3, §3a, §4 steps 4 and 6, §6): one payment per order,
-//! authorized, voided, captured and refunded through a [`PaymentGateway`].
+//! The sagaflow payment service (steps 4 and 6 of docs/architecture.md, "The order saga"): one
+//! payment per order, authorized, voided, captured and refunded through a [`PaymentGateway`].
 //!
 //! - [`domain`]: statuses and the pure decision of each command;
 //! - [`gateway`]: the [`PaymentGateway`] trait and the [`SimulatedGateway`] (card tokens);
@@ -18,7 +18,8 @@
 //!
 //! Step 3 decides again because the row may have changed during step 2: in particular a
 //! CancelPayment may have left a tombstone while StartPayment's authorization was in flight
-//! (DESIGN §6); StartPayment then answers `COMPENSATED_BEFORE_ACTION`. The three parts run on
+//! (docs/architecture.md, "The service contract"); StartPayment then answers
+//! `COMPENSATED_BEFORE_ACTION`. The three parts run on
 //! their own task, so a caller that gives up (its deadline passes) does not cut them in two: the
 //! outcome is still recorded, and a retry with the same idempotency key gets it.
 //!

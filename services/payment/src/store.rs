@@ -2,10 +2,10 @@
 //! `sagaflow_server::db`).
 //!
 //! Writes take the connection of an [`sagaflow_server::idempotency::execute`] effect, so that each
-//! change commits with its idempotency key (STYLE rule 24). Status changes are conditional
-//! (`WHERE status = 'STARTED'`): a write that finds the row changed by a concurrent command
-//! affects no row, and the caller answers `UNAVAILABLE` so that the command is retried and decided
-//! again.
+//! change commits with its idempotency key (a store never begins its own transaction). Status
+//! changes are conditional (`WHERE status = 'STARTED'`): a write that finds the row changed by a
+//! concurrent command affects no row, and the caller answers `UNAVAILABLE` so that the command is
+//! retried and decided again.
 //!
 //! The intent writes StartPayment makes around its gateway call ([`open_intent`],
 //! [`settle_intent_now`], [`forget_intent`]) commit on their own, outside any idempotency key:

@@ -1,6 +1,7 @@
-//! Pure point rules (DESIGN §3, §4 step 5, §6): balance arithmetic (checked, never negative),
-//! the per-order deduction states and the decisions of DeductPoints and RestorePoints, and the
-//! error reasons. No I/O here; every rule is unit-tested without a database or a server.
+//! Pure point rules (docs/architecture.md: step 5 of "The order saga", "The service contract"):
+//! balance arithmetic (checked, never negative), the per-order deduction states and the decisions
+//! of DeductPoints and RestorePoints, and the error reasons. No I/O here; every rule is
+//! unit-tested without a database or a server.
 //!
 //! Points are KRW won. A user's points are either in the balance or **held** by an order (a
 //! DEDUCTED deduction); RestorePoints moves held points back. GrantPoints keeps
@@ -10,7 +11,7 @@
 /// `requested`).
 pub const INSUFFICIENT_POINTS: &str = "INSUFFICIENT_POINTS";
 /// `ErrorInfo.reason`: RestorePoints for the order came first, or the order's points were already
-/// given back (DESIGN §6 late-action rule).
+/// given back (the late-action rule, docs/architecture.md, "The service contract").
 pub const COMPENSATED_BEFORE_ACTION: &str = "COMPENSATED_BEFORE_ACTION";
 /// `ErrorInfo.reason`: the order already deducted points under another idempotency key.
 pub const ORDER_ALREADY_DEDUCTED: &str = "ORDER_ALREADY_DEDUCTED";

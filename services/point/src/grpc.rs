@@ -1,6 +1,6 @@
 //! The tonic implementation of `sagaflow.point.v1.PointService`: request validation (every
 //! invalid field is named, nothing is written) and the idempotency store around every mutating
-//! command (DESIGN §6).
+//! command (docs/architecture.md, "The service contract").
 
 use sagaflow_proto::point::v1::{
     DeductPointsRequest, DeductPointsResponse, GetBalanceRequest, GetBalanceResponse,

@@ -1,10 +1,12 @@
-//! The sagaflow point service (DESIGN §3, §3a, §4 step 5, §6).
+//! The sagaflow point service (step 5 of docs/architecture.md, "The order saga", under "The
+//! service contract").
 //!
 //! It owns the users' point balances (KRW won, never negative) and an append-only point ledger of
 //! grants, deductions and restorations, and serves:
 //!
 //! - the saga's step 5, `DeductPoints` (takes points for an order), and its compensation
-//!   `RestorePoints` (gives back exactly what that order took; **beyond the report**, DESIGN §4);
+//!   `RestorePoints` (gives back exactly what that order took; docs/architecture.md, "The order
+//!   saga");
 //! - the query `GetBalance` and the admin command `GrantPoints`.
 //!
 //! ```text
@@ -16,12 +18,14 @@
 //!  DeductPoints on DEDUCTED with another key: FAILED_PRECONDITION ORDER_ALREADY_DEDUCTED
 //! ```
 //!
-//! Invariant (DESIGN §6): each balance equals its ledger's GRANT + RESTORE − DEDUCT rows.
+//! Invariant: each balance equals its ledger's GRANT + RESTORE − DEDUCT rows (checked by the
+//! integration tests; the system-wide point invariant is docs/architecture.md, "Invariants").
 //!
-//! Modules (STYLE rule 5): [`domain`] holds the pure rules, `store` the SQL (one implementation for
-//! PostgreSQL and SQLite), `grpc` the tonic service, validation and proto mapping. Every mutating
-//! command runs through [`sagaflow_server::idempotency::execute`], so each effect and its stored
-//! response commit in one transaction.
+//! Modules (the layout of every service, docs/architecture.md, "Layers"): [`domain`] holds the
+//! pure rules, `store` the SQL (one implementation for PostgreSQL and SQLite), `grpc` the tonic
+//! service, validation and proto mapping. Every mutating command runs through
+//! [`sagaflow_server::idempotency::execute`], so each effect and its stored response commit in one
+//! transaction.
 
 pub mod domain;
 mod grpc;

@@ -2,10 +2,10 @@
 //! Schema: `migrations/point/{postgres,sqlite}/0001_init.sql`.
 //!
 //! Every command takes the connection of the transaction begun by
-//! [`sagaflow_server::idempotency::execute`] (STYLE rule 24), so the balance, the per-order
-//! deduction, the ledger row and the stored response commit together. Rows are locked in one
-//! order — the order's deduction row, then the balance row — with `FOR UPDATE` on PostgreSQL;
-//! SQLite's `BEGIN IMMEDIATE` already serializes writers.
+//! [`sagaflow_server::idempotency::execute`] (a store never begins its own transaction), so the
+//! balance, the per-order deduction, the ledger row and the stored response commit together. Rows
+//! are locked in one order — the order's deduction row, then the balance row — with `FOR UPDATE`
+//! on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already serializes writers.
 
 use std::collections::HashMap;
 

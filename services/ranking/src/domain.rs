@@ -1,4 +1,4 @@
-//! Ranking rules, pure and tested without a server (DESIGN §3, §7).
+//! Ranking rules, pure and tested without a server (docs/architecture.md, "Events").
 
 use std::cmp::Ordering;
 

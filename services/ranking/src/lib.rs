@@ -1,5 +1,5 @@
-//! The sagaflow ranking service (DESIGN §3, §3a, §7): product sales aggregates built from the
-//! Order service's OrderCompleted events, and the TopProducts query.
+//! The sagaflow ranking service (docs/architecture.md, "Events"): product sales aggregates built
+//! from the Order service's OrderCompleted events, and the TopProducts query.
 //!
 //! ```text
 //!  Order outbox ──relay──▶ RecordOrderCompleted(event_id, event)

@@ -1,4 +1,5 @@
-//! The crash-recovery chaos suite (DESIGN §9, issue "Distributed deployment and the chaos suite").
+//! The crash-recovery chaos suite of the distributed mode (docs/architecture.md, "Run modes",
+//! "Recovery" and "Invariants").
 //!
 //! [`run`] starts the whole distributed system as separate `sagaflow serve` processes on loopback
 //! against PostgreSQL (one fresh database per service; the two orchestrator replicas share the
@@ -11,7 +12,8 @@
 //! to end, resumes each NEEDS_ATTENTION saga with RetrySaga once it has checked that an injected
 //! permanent fault explains it, and checks:
 //!
-//! - every invariant of DESIGN §6 through the query APIs ([`sagaflow_cli::invariants::check`]);
+//! - every invariant of docs/architecture.md, "Invariants", through the query APIs
+//!   ([`sagaflow_cli::invariants::check`]);
 //! - the same and more directly in the service databases (module `verify`): stock never
 //!   negative and equal to restocks minus reserved units, one payment per order, no point ledger
 //!   double deductions, coupons, the outbox and the ranking inbox, one saga per order;

@@ -319,7 +319,8 @@ struct OrderRow {
     status: String,
 }
 
-/// The service and command that carry a saga step's action or compensation (DESIGN §4).
+/// The service and command that carry a saga step's action or compensation (docs/architecture.md,
+/// "The order saga").
 fn command_of(step: &str, compensation: bool) -> Option<(&'static str, &'static str)> {
     Some(match (step, compensation) {
         ("use_coupon", false) => ("coupon", "coupon.UseCoupon"),

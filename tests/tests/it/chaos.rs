@@ -1,6 +1,6 @@
-//! Issue "Distributed deployment and the chaos suite": the whole system as separate processes on
-//! PostgreSQL, SIGKILLed at random and at the engine's failpoints under injected faults, ends
-//! every saga with every invariant of DESIGN §6 intact (harness: `sagaflow_tests::chaos`).
+//! The chaos suite: the whole system as separate processes on PostgreSQL, SIGKILLed at random and
+//! at the engine's failpoints under injected faults, ends every saga with every invariant of
+//! docs/architecture.md, "Invariants", intact (harness: `sagaflow_tests::chaos`).
 //!
 //! One test, `chaos::run`: by default the short run CI makes (500 orders, at most about 3
 //! minutes); with `SAGAFLOW_CHAOS_LONG=1` the long run (3000 orders, up to 15 minutes of load).

@@ -1,7 +1,7 @@
-//! Issue "order saga" acceptance: SIGKILL `sagaflow dev` while `sagaflow demo` is placing the
-//! sample orders against it, start it again on the same port and data directory, and the demo
-//! still sees every saga finish with every invariant of DESIGN §6 holding (it exits non-zero
-//! otherwise).
+//! Recovery of the embedded system (docs/architecture.md, "Recovery"): SIGKILL `sagaflow dev`
+//! while `sagaflow demo` is placing the sample orders against it, start it again on the same port
+//! and data directory, and the demo still sees every saga finish with every invariant of
+//! docs/architecture.md, "Invariants", holding (it exits non-zero otherwise).
 
 use std::{
     process::{Command, Stdio},

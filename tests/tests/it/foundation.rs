@@ -1,6 +1,6 @@
-//! Issue "Foundation": `sagaflow serve <service>` on SQLite and PostgreSQL serves its service,
-//! grpc.health.v1 and reflection (v1alpha, what grpcurl 1.8.6 speaks); `describe` shows the public
-//! RPCs of DESIGN §3a; SIGTERM shuts down cleanly.
+//! The shared plumbing end to end: `sagaflow serve <service>` on SQLite and PostgreSQL serves its
+//! service, grpc.health.v1 and reflection (v1alpha, what grpcurl 1.8.6 speaks); `describe` shows
+//! the public RPCs of the service's proto file; SIGTERM shuts down cleanly.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! Issue 7 acceptance (observability): a real `sagaflow dev` process exporting its spans to an
-//! in-process OTLP receiver, driven with the real grpcurl.
+//! Observability (docs/operations.md, "Watching"): a real `sagaflow dev` process exporting its
+//! spans to an in-process OTLP receiver, driven with the real grpcurl.
 //!
 //! - `one_trace_per_order_with_every_step_handler_and_compensation`: an order placed with
 //!   `-H traceparent:…` and a capture-declined one; every span of each — PlaceOrder, the outbox

@@ -1,6 +1,6 @@
-//! Issue "order saga" acceptance: a real `sagaflow dev` process driven with the real grpcurl through
-//! the README walkthrough, then one order per failure reason, asserting the final status and every
-//! stock, balance, coupon and payment value.
+//! The order saga end to end (docs/architecture.md, "The order saga"): a real `sagaflow dev`
+//! process driven with the real grpcurl through the README walkthrough, then one order per failure
+//! reason, asserting the final status and every stock, balance, coupon and payment value.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
-//! The conformance suite every [`SagaStore`] passes (STYLE rule 22), run by the integration tests
-//! against SQLite and PostgreSQL. Each check uses its own business keys, so one empty store serves
-//! them all: `conformance::run(&store).await`.
+//! The conformance suite every [`SagaStore`] passes (one shared suite, not a test set per
+//! implementation), run by the integration tests against SQLite and PostgreSQL. Each check uses its
+//! own business keys, so one empty store serves them all: `conformance::run(&store).await`.
 //!
 //! It panics on the first violation (it is test code).
 

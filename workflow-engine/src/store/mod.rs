@@ -1,6 +1,6 @@
-//! Storage of saga state rows and journals (DESIGN §5): the [`SagaStore`] trait and its one
-//! implementation, [`SqlSagaStore`], written once over `sqlx::Any` for PostgreSQL and SQLite
-//! (`sagaflow_server::db`), plus the shared conformance suite (feature `testkit`).
+//! Storage of saga state rows and journals (docs/architecture.md, "The engine"): the [`SagaStore`]
+//! trait and its one implementation, [`SqlSagaStore`], written once over `sqlx::Any` for PostgreSQL
+//! and SQLite (`sagaflow_server::db`), plus the shared conformance suite (feature `testkit`).
 //!
 //! Rules every implementation keeps:
 //! - a state-row change and its journal entries commit in one transaction ([`Write`]);
@@ -82,7 +82,8 @@ impl From<serde_json::Error> for StoreError {
 }
 
 /// One write of a batch: the new state row and the journal entries that produced it
-/// (`journal::append`). A write API that cannot express an unfenced change (STYLE rule 28).
+/// (`journal::append`). A write API that cannot express an unfenced change (docs/architecture.md,
+/// "The engine" (Durability rule)).
 #[derive(Debug, Clone)]
 pub enum Write {
     /// Insert a new saga, unless its business key exists.
@@ -169,7 +170,8 @@ pub enum OperatorError {
 /// A decision taken on a saga's current state inside the store's transaction.
 pub type Decide<'a> = &'a (dyn Fn(&SagaState) -> Result<Vec<Event>, Refusal> + Send + Sync);
 
-/// Storage of saga instances (DESIGN §5). Timestamps and durations are unix ms / ms.
+/// Storage of saga instances (docs/architecture.md, "The engine"). Timestamps and durations are
+/// unix ms / ms.
 #[async_trait]
 pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
     /// Commits `batch` in **one** transaction (group commit: many sagas' transitions share one

@@ -1,6 +1,6 @@
-//! The engine semantics of DESIGN §5 on both stores: completion, compensation in reverse order,
-//! unknown outcomes, the pivot rule, retries with growing delays, NEEDS_ATTENTION and RetrySaga,
-//! deadline and cancel.
+//! The engine semantics of docs/architecture.md, "The engine", on both stores: completion,
+//! compensation in reverse order, unknown outcomes, the pivot rule, retries with growing delays,
+//! NEEDS_ATTENTION and RetrySaga, deadline and cancel.
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,9 +1,9 @@
-//! Crash recovery at every failpoint (DESIGN §5 "Durability rule", §9): a child process (this test
-//! binary re-executed) runs the engine on a database file or PostgreSQL and `abort()`s at the
-//! failpoint; a fresh engine on the same database then finishes every saga. An idempotent fake
-//! service in a separate SQLite file, reached by both processes, records every call and applies
-//! each idempotency key's effect once: each step's action was sent with a single key, and every
-//! effect happened exactly once.
+//! Crash recovery at every failpoint (docs/architecture.md, "The engine" (Durability rule)): a
+//! child process (this test binary re-executed) runs the engine on a database file or PostgreSQL
+//! and `abort()`s at the failpoint; a fresh engine on the same database then finishes every saga.
+//! An idempotent fake service in a separate SQLite file, reached by both processes, records every
+//! call and applies each idempotency key's effect once: each step's action was sent with a single
+//! key, and every effect happened exactly once.
 
 use std::{
     process::Stdio,
@@ -80,7 +80,8 @@ async fn serve_call(effects: &Db, ctx: &StepContext) -> Result<Value, StepError>
     };
     let script = &ctx.input[section][ctx.step];
     // A business rejection is answered again on every repeat (as a real service replays the
-    // stored response, DESIGN §6); transient failures are per call.
+    // stored response, docs/architecture.md, "The service contract"); transient failures are per
+    // call.
     let rejected = script
         .as_array()
         .is_some_and(|words| words.iter().any(|w| w == "business"));

@@ -197,20 +197,13 @@ fn slow_retry() -> RetryPolicy {
 /// Waits until every saga of `ids` rests with its lease released (a scheduled retry), shuts
 /// `engine` down (so that it cannot claim them), then makes them all due now.
 async fn release_and_make_due(h: &Harness, engine: Engine, ids: &[SagaId]) {
-    let deadline = tokio::time::Instant::now() + WAIT;
     for id in ids {
-        loop {
+        let state = sagaflow_testkit::eventually("the saga to rest", WAIT, || async {
             let state = h.store.get(*id).await.unwrap().unwrap();
-            if state.lease_owner.is_none() && state.attempt == 2 {
-                assert_eq!(state.status, SagaStatus::Running);
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "saga {id} never rested"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            (state.lease_owner.is_none() && state.attempt == 2).then_some(state)
+        })
+        .await;
+        assert_eq!(state.status, SagaStatus::Running);
     }
     engine.shutdown(Duration::from_secs(5)).await;
     sqlx::query("UPDATE sagas SET next_attempt_at = 0")
@@ -599,17 +592,13 @@ async fn a_sole_owner_takes_over_left_leases_at_once_without_their_backoff(kind:
         .start("s", "sole-1", input, None, None)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let state = sagaflow_testkit::eventually("the first attempt to fail", WAIT, || async {
         let state = h.store.get(id).await.unwrap().unwrap();
-        if state.attempt == 2 {
-            assert_eq!(state.lease_owner.as_deref(), Some(holder.owner()));
-            assert!(state.next_attempt_at > holder.now_ms() + 30_000);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (state.attempt == 2).then_some(state)
+    })
+    .await;
+    assert_eq!(state.lease_owner.as_deref(), Some(holder.owner()));
+    assert!(state.next_attempt_at > holder.now_ms() + 30_000);
     let started = tokio::time::Instant::now();
     let successor = Engine::builder(h.store.clone())
         .definition(scripted_with("s", &rec, slow_retry(), 2_000))

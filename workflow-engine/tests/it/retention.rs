@@ -26,18 +26,12 @@ both_backends!(retention_deletes_exactly_the_old_finished_sagas);
 
 /// Waits until saga `id` rests (no lease) in `status`, waiting for a retry.
 async fn wait_resting(h: &Harness, id: SagaId, status: SagaStatus) -> SagaState {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    sagaflow_testkit::eventually(&format!("{id} to rest in {status}"), WAIT, || async {
         let state = h.store.get(id).await.unwrap().unwrap();
-        if state.status == status && state.lease_owner.is_none() && state.attempt >= 2 {
-            return state;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} never rested: {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (state.status == status && state.lease_owner.is_none() && state.attempt >= 2)
+            .then_some(state)
+    })
+    .await
 }
 
 async fn retention_deletes_exactly_the_old_finished_sagas(kind: Kind) {

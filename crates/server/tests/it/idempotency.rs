@@ -1,7 +1,8 @@
-//! The idempotency store (DESIGN §6) on SQLite and PostgreSQL: a repeat replays the stored response
-//! and changes nothing; the same key with another request is ALREADY_EXISTS; business errors are
-//! stored and replayed; 20 tasks racing one key produce exactly one effect; retention deletes
-//! exactly the expired records, in bounded batches, and a live key still replays.
+//! The idempotency store (docs/architecture.md, "The service contract") on SQLite and PostgreSQL:
+//! a repeat replays the stored response and changes nothing; the same key with another request is
+//! ALREADY_EXISTS; business errors are stored and replayed; 20 tasks racing one key produce exactly
+//! one effect; retention deletes exactly the expired records, in bounded batches, and a live key
+//! still replays.
 
 use sagaflow_proto::inventory::v1::{Product, RestockRequest};
 use sagaflow_server::{

@@ -1,5 +1,6 @@
 //! The coupon commands and queries: happy paths, every business rejection with its ErrorInfo
-//! reason, idempotent repeats, and the late-action rule (DESIGN §4 step 1, §6).
+//! reason, idempotent repeats, and the late-action rule (docs/architecture.md, step 1 of "The
+//! order saga" and "The service contract").
 
 use sagaflow_proto::coupon::v1::{
     CouponStatus, GetCouponRequest, IssueCouponRequest, RestoreCouponRequest, UseCouponRequest,

@@ -1,5 +1,5 @@
-//! The real grpcurl binary against a running server (reflection on): the public coupon API of
-//! DESIGN §3a answers with the documented lowerCamelCase JSON fields.
+//! The real grpcurl binary against a running server (reflection on): the public coupon API
+//! (`proto/sagaflow/coupon/v1/coupon.proto`) answers with its lowerCamelCase JSON field names.
 
 use sagaflow_proto::coupon::v1::UseCouponRequest;
 use sagaflow_testkit::{Kind, grpcurl_json};

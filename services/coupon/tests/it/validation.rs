@@ -1,5 +1,5 @@
-//! Every invalid input gives INVALID_ARGUMENT naming the field, and no row changes (issue 3
-//! item 5).
+//! Every invalid input gives INVALID_ARGUMENT naming the field, and no row changes
+//! (docs/architecture.md, "The service contract").
 
 use sagaflow_proto::coupon::v1::{
     GetCouponRequest, IssueCouponRequest, RestoreCouponRequest, UseCouponRequest,

@@ -1,5 +1,6 @@
 //! The inventory commands and queries: happy paths, business rejections with their ErrorInfo
-//! reasons, idempotent repeats, and the late-action rule (DESIGN §4 step 3, §6).
+//! reasons, idempotent repeats, and the late-action rule (docs/architecture.md, step 3 of "The
+//! order saga" and "The service contract").
 
 use sagaflow_proto::inventory::v1::{
     BatchGetProductsRequest, DeductInventoryRequest, DeductInventoryResponse, GetProductRequest,
@@ -110,7 +111,8 @@ async fn out_of_stock_takes_no_line(kind: Kind) {
     assert_eq!(after.reservation_lines, before.reservation_lines);
     assert_eq!(h.reservation(&order).await, None);
 
-    // The repeat replays the stored rejection even after a restock (DESIGN §6).
+    // The repeat replays the stored rejection even after a restock (docs/architecture.md, "The
+    // service contract").
     c.restock(RestockRequest {
         sku: "B".into(),
         quantity: 10,

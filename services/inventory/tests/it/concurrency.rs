@@ -1,5 +1,5 @@
 //! 50 concurrent DeductInventory calls of 1 unit each on a stock of 10: exactly 10 succeed, the
-//! others are OUT_OF_STOCK, and the stock ends at 0 (never negative) — issue 3 acceptance.
+//! others are OUT_OF_STOCK, and the stock ends at 0 (never negative).
 
 use sagaflow_proto::inventory::v1::{DeductInventoryRequest, RestoreInventoryRequest, StockLine};
 use sagaflow_server::error::error_reason;

@@ -1,5 +1,6 @@
-//! The real grpcurl binary against a running server (reflection on): the public inventory API of
-//! DESIGN §3a answers with the documented lowerCamelCase JSON fields.
+//! The real grpcurl binary against a running server (reflection on): the public inventory API
+//! (`proto/sagaflow/inventory/v1/inventory.proto`) answers with its lowerCamelCase JSON field
+//! names.
 
 use sagaflow_testkit::{Kind, grpcurl_json};
 use serde_json::{Value, json};

@@ -122,8 +122,9 @@ impl Harness {
         }
     }
 
-    /// DESIGN §6 invariant for every product: restocks - stock = units held by RESERVED orders
-    /// (products start at stock 0, so restocks are all the stock that ever arrived).
+    /// The stock invariant (docs/architecture.md, "Invariants") for every product: restocks -
+    /// stock = units held by RESERVED orders (products start at stock 0, so restocks are all the
+    /// stock that ever arrived).
     pub(crate) async fn assert_stock_invariant(&self) {
         let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
             "SELECT p.sku, p.stock, \

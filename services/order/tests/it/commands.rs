@@ -1,5 +1,6 @@
 //! PlaceOrder, ApplyCoupon, CompleteOrder and FailOrder: happy paths, business rejections with
-//! their reasons, idempotency, and the outbox rows written with each change (DESIGN §4, §6, §7).
+//! their reasons, idempotency, and the outbox rows written with each change (docs/architecture.md,
+//! "The order saga", "The service contract" and "Events").
 
 use sagaflow_order::outbox::{self, EventType, OrderEvent};
 use sagaflow_proto::order::v1::{FailureReason, Order, OrderLine, OrderStatus, PlaceOrderRequest};

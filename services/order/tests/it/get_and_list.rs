@@ -1,5 +1,5 @@
 //! GetOrder with `wait` (woken by this replica's change notices, or by re-reading when another
-//! replica made the change) and ListOrders pagination (DESIGN §3a).
+//! replica made the change) and ListOrders pagination (`proto/sagaflow/order/v1/order.proto`).
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! GetOrder and ListOrders through the real grpcurl binary: the JSON field names are the
-//! documented ones (DESIGN §3a, lowerCamelCase) with the right values.
+//! lowerCamelCase ones of `proto/sagaflow/order/v1/order.proto`, with the right values.
 
 use sagaflow_proto::order::v1::{FailureReason, Order};
 use sagaflow_testkit::{Kind, grpcurl_json};

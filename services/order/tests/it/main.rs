@@ -1,5 +1,5 @@
 //! Integration tests of the order service over real gRPC on loopback, with a real Inventory
-//! service, each on fresh SQLite files and fresh PostgreSQL databases (issue 3 acceptance).
+//! service, each on fresh SQLite files and fresh PostgreSQL databases.
 
 // Test code: a failed unwrap is a failed test (clippy's allow-*-in-tests does not reach helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,5 +1,5 @@
 //! The migrations run at every start: a second run on a migrated database changes nothing
-//! (STYLE rule 29).
+//! (migrations are append-only; `scripts/check-migrations.sh` checks it).
 
 use sagaflow_server::{Db, PoolConfig};
 use sagaflow_testkit::{Kind, TestDatabase};

@@ -1,5 +1,5 @@
-//! The outbox API the relay uses (DESIGN §7): pending events in order, per aggregate in sequence
-//! order, marked sent once; the backlog the relay samples for the metrics.
+//! The outbox API the relay uses (docs/architecture.md, "Events"): pending events in order, per
+//! aggregate in sequence order, marked sent once; the backlog the relay samples for the metrics.
 
 use sagaflow_order::outbox::{self, Backlog, EventType};
 use sagaflow_proto::order::v1::{

@@ -213,11 +213,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sagaflow_testkit::eventually(what, timeout, || {
+        let check = done();
+        async move { check.await.then_some(()) }
+    })
+    .await;
 }
 
 /// Places `n` orders of `user`, up to 16 at a time; returns their ids in placement order.

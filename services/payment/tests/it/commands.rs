@@ -1,4 +1,5 @@
-//! Happy path, business rejections, idempotency and the late-action rule (DESIGN §4, §6).
+//! Happy path, business rejections, idempotency and the late-action rule (docs/architecture.md,
+//! "The order saga" and "The service contract").
 
 use sagaflow_payment::AuthorizationState;
 use sagaflow_proto::payment::v1::{Payment, PaymentStatus};

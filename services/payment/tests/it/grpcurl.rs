@@ -1,5 +1,5 @@
-//! The query RPC of DESIGN §3a through the real grpcurl binary: JSON field names are the
-//! documented ones (lowerCamelCase) with the right values.
+//! The query RPC (GetPayment) through the real grpcurl binary: JSON field names are the
+//! lowerCamelCase ones of `proto/sagaflow/payment/v1/payment.proto`, with the right values.
 
 use sagaflow_testkit::{Kind, grpcurl_json};
 

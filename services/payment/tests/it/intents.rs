@@ -1,8 +1,8 @@
-//! Authorization intents (issue 18 item 5): an authorization made at the gateway never stays
-//! open without a payment to void it. StartPayment commits its intent before it calls the
-//! gateway, so when its recording fails after the gateway authorized, or the command dies
-//! between the two, CancelPayment finds the intent and voids the authorization by key; a later
-//! StartPayment leaves nothing authorized either.
+//! Authorization intents (docs/architecture.md, "The service contract"): an authorization made
+//! at the gateway never stays open without a payment to void it. StartPayment commits its intent
+//! before it calls the gateway, so when its recording fails after the gateway authorized, or the
+//! command dies between the two, CancelPayment finds the intent and voids the authorization by
+//! key; a later StartPayment leaves nothing authorized either.
 //!
 //! The failures are real ones, injected by a gateway in front of the simulated one that acts
 //! right after the simulated gateway authorized: the payment database goes away, the command
@@ -368,7 +368,7 @@ async fn cancel_while_authorizing_voids_before_start_records(kind: Kind) {
     t.stop().await;
 }
 
-/// A tombstone committed while StartPayment records (the issue's PostgreSQL interleaving: the
+/// A tombstone committed while StartPayment records (on PostgreSQL the interleaving is: the
 /// insert waits on the tombstone, then inserts nothing and the recording answers UNAVAILABLE;
 /// on SQLite the recording waits for the write lock and then finds the tombstone): StartPayment
 /// voids its authorization by key, and a CancelPayment and a retry change nothing.

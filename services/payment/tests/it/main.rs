@@ -1,5 +1,5 @@
 //! Integration tests of the payment service over real gRPC on loopback, each on a fresh SQLite
-//! file and a fresh PostgreSQL database (issue 3 acceptance).
+//! file and a fresh PostgreSQL database.
 
 // Test code: a failed unwrap is a failed test (clippy's allow-*-in-tests does not reach helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

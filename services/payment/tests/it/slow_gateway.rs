@@ -1,7 +1,8 @@
 //! The slow gateway (`tok_slow`): the caller's deadline passes before the gateway answers, so the
-//! caller cannot know the outcome (DESIGN §4 "unknown outcome"). The service still finishes the
-//! authorization and records it, without blocking other commands, and the late-action rule holds
-//! when the compensation comes while the authorization is in flight.
+//! caller cannot know the outcome (an attempt in doubt, docs/architecture.md, "Attempts in
+//! doubt"). The service still finishes the authorization and records it, without blocking other
+//! commands, and the late-action rule holds when the compensation comes while the authorization
+//! is in flight.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! Every invalid input is INVALID_ARGUMENT naming the field, and nothing is written (issue 3
-//! item 5).
+//! Every invalid input is INVALID_ARGUMENT naming the field, and nothing is written
+//! (docs/architecture.md, "The service contract").
 
 use sagaflow_server::error::violated_fields;
 use sagaflow_testkit::Kind;

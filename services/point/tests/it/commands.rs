@@ -1,5 +1,6 @@
 //! The point commands and queries: happy paths, business rejections with their ErrorInfo reasons,
-//! idempotent repeats, the late-action rule, and concurrent deductions (DESIGN §4 step 5, §6).
+//! idempotent repeats, the late-action rule, and concurrent deductions (docs/architecture.md, step
+//! 5 of "The order saga" and "The service contract").
 
 use sagaflow_proto::point::v1::{
     DeductPointsRequest, DeductPointsResponse, GetBalanceRequest, GrantPointsRequest,

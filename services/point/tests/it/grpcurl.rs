@@ -1,5 +1,5 @@
 //! The real grpcurl binary against a running server (reflection on): the public point API of
-//! DESIGN §3a answers with the documented lowerCamelCase JSON fields.
+//! `proto/sagaflow/point/v1/point.proto` answers with its lowerCamelCase JSON field names.
 
 use sagaflow_testkit::{Kind, grpcurl_json};
 use serde_json::{Value, json};

@@ -100,8 +100,9 @@ impl Harness {
         }
     }
 
-    /// DESIGN §6: every balance equals the fold of its ledger (GRANT + RESTORE − DEDUCT), and the
-    /// points held by DEDUCTED orders equal their DEDUCT rows minus nothing restored.
+    /// The ledger invariant: every balance equals the fold of its ledger (GRANT + RESTORE −
+    /// DEDUCT), and the points held by DEDUCTED orders equal their DEDUCT rows minus nothing
+    /// restored.
     pub(crate) async fn assert_ledger_invariant(&self) {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
             "SELECT b.user_id, b.balance, CAST(COALESCE((SELECT SUM(CASE l.kind \

@@ -1,5 +1,5 @@
-//! OrderCompleted events are counted once (the inbox of DESIGN §7), and TopProducts ranks by
-//! units sold, then sku.
+//! OrderCompleted events are counted once (the inbox of docs/architecture.md, "Events"), and
+//! TopProducts ranks by units sold, then sku.
 
 use sagaflow_ranking::domain::{self, CompletedOrder, SaleLine};
 use sagaflow_server::error::error_reason;

@@ -1,5 +1,5 @@
-//! Every invalid input is INVALID_ARGUMENT naming the field, and nothing is written (issue 3
-//! item 5).
+//! Every invalid input is INVALID_ARGUMENT naming the field, and nothing is written
+//! (docs/architecture.md, "The service contract").
 
 use sagaflow_proto::{
     order::v1::{OrderLine, OrderStatus},
