@@ -73,7 +73,9 @@ pub struct DevArgs {
     pub saga_deadline_ms: u64,
     #[command(flatten)]
     pub gateway: sagaflow_payment::GatewayArgs,
-    /// Faults to inject (chaos tests; see `sagaflow serve --help`).
+    /// Faults to inject (drills and chaos tests), e.g. `CompletePayment=lost_reply:0.5`: rules
+    /// `METHOD=FAULT[,FAULT…]` separated by `;`; faults `error:CODE:P`, `latency:MS[-MAX]`,
+    /// `lost_reply:P` (docs/operations.md, "Fault injection").
     #[arg(long, env = "SAGAFLOW_FAULTS", default_value = "")]
     pub faults: FaultConfig,
     #[command(flatten)]
@@ -231,7 +233,7 @@ impl EmbeddedConfig {
 #[derive(Debug)]
 pub struct Embedded {
     /// Held until the process ends (released after the databases are closed).
-    _lock: DataDirLock,
+    _lock: crate::datadir::DataDirLock,
     server: ServerHandle,
     engine: Engine,
     stop: CancellationToken,
@@ -239,59 +241,6 @@ pub struct Embedded {
     /// The retention task of every database (`None`: retention off).
     retention: Option<JoinHandle<()>>,
     dbs: Vec<Db>,
-}
-
-/// The exclusive lock a running embedded system holds on its data directory (`<dir>/LOCK`, an
-/// OS file lock released when the process exits, however it exits), with the holder's process
-/// id in the file for the message a second process prints.
-#[derive(Debug)]
-struct DataDirLock {
-    _file: std::fs::File,
-}
-
-impl DataDirLock {
-    /// Takes the lock of `dir`.
-    ///
-    /// # Errors
-    /// When another process holds it (the message names the directory and that process), or
-    /// the lock file cannot be opened.
-    fn acquire(dir: &std::path::Path) -> anyhow::Result<Self> {
-        use std::io::{Read as _, Seek as _, Write as _};
-        let path = dir.join("LOCK");
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening the lock file {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                anyhow::bail!(
-                    "data directory {} is in use by another sagaflow process{}; stop it, or pass \
-                     another --data-dir",
-                    dir.display(),
-                    if holder.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (pid {holder})")
-                    }
-                );
-            }
-            Err(std::fs::TryLockError::Error(err)) => {
-                return Err(err).with_context(|| format!("locking {}", path.display()));
-            }
-        }
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self { _file: file })
-    }
 }
 
 impl Embedded {
@@ -304,7 +253,13 @@ impl Embedded {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         // Before anything is opened: a second `dev` on the same directory changes nothing.
-        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let lock = crate::datadir::DataDirLock::exclusive(&config.data_dir)?;
+        // The port next, before any database file is created: a port in use changes nothing.
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+
         let pool = PoolConfig {
             sqlite_synchronous: match config.sqlite_synchronous {
                 Synchronous::Full => SqliteSynchronous::Full,
@@ -329,10 +284,6 @@ impl Embedded {
         let ranking_db = open("ranking", sagaflow_ranking::migrations()).await?;
         let workflow_db = open("workflow", sagaflow_workflow_engine::MIGRATIONS).await?;
 
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = listener.local_addr().context("reading the bound address")?;
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .context("loopback endpoint")?
             .connect_lazy();

@@ -16,6 +16,7 @@ mod cli;
 pub use cli::main;
 
 pub mod bench;
+pub mod datadir;
 pub mod demo;
 pub mod dev;
 pub mod failpoints;

@@ -347,11 +347,14 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let listen = args
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], service.default_port())));
+    // SQLite files under the data directory: held shared, so never beside a `sagaflow dev`.
+    let mut _data_dir_lock = None;
     let url = match &args.database.database_url {
         Some(url) => url.clone(),
         None => {
             std::fs::create_dir_all(&args.data_dir)
                 .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+            _data_dir_lock = Some(crate::datadir::DataDirLock::shared(&args.data_dir)?);
             format!(
                 "sqlite://{}",
                 args.data_dir

@@ -65,7 +65,8 @@ impl DatabaseArgs {
 #[derive(Debug, Clone, Args)]
 pub struct FaultArgs {
     /// Faults to inject, for example `StartPayment=error:unavailable:0.2;*=lost_reply:0.05`
-    /// (see `sagaflow_server::faults`). Empty: none.
+    /// (rules `METHOD=FAULT[,FAULT…]` separated by `;`; faults `error:CODE:P`, `latency:MS[-MAX]`,
+    /// `lost_reply:P`; see docs/operations.md, "Fault injection"). Empty: none.
     #[arg(long, env = "SAGAFLOW_FAULTS", default_value = "")]
     pub faults: FaultConfig,
 }

@@ -149,7 +149,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Delay cap after the first failure. Default 100 ms.
     pub base_delay: Duration,
-    /// Largest delay cap: the cap doubles per failure up to this. Default 30 s.
+    /// Largest delay cap: the cap doubles per failure up to this. Default 5 s, so that an event
+    /// is delivered within seconds of its consumer coming back from an outage.
     pub max_delay: Duration,
     /// `true` (the default): each delay is uniform in `0..=cap` (full jitter), so that the events
     /// of one outage are not retried in lockstep. `false`: each delay is its cap (predictable
@@ -162,7 +163,7 @@ impl Default for RetryPolicy {
         Self {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(30),
+            max_delay: Duration::from_secs(5),
             full_jitter: true,
         }
     }
@@ -747,11 +748,11 @@ mod tests {
         assert_eq!(
             caps,
             [
-                100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000, 30_000
+                100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000, 5_000, 5_000, 5_000
             ]
         );
         assert_eq!(p.cap(0), Duration::from_millis(100));
-        assert_eq!(p.cap(i64::MAX), Duration::from_secs(30));
+        assert_eq!(p.cap(i64::MAX), Duration::from_secs(5));
         assert_eq!(
             p.delay(3, 0.1),
             Duration::from_millis(400),

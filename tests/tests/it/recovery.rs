@@ -205,10 +205,55 @@ fn a_second_dev_on_the_same_data_directory_is_refused() {
         "names the running process: {stderr}"
     );
     assert_eq!(snapshot(), before, "nothing in the data directory changed");
+    // Nor may a `serve` on the same SQLite files run an engine beside it.
+    let out = Command::new(sagaflow_bin())
+        .args([
+            "serve",
+            "orchestrator",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve beside dev must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(data.to_str().unwrap()) && stderr.contains("in use"),
+        "names the directory: {stderr}"
+    );
+    assert_eq!(snapshot(), before, "nothing in the data directory changed");
     assert_eq!(
         std::fs::read_to_string(data.join("LOCK")).unwrap(),
         lock_before
     );
+    // A dev on a port in use fails before it creates any database file.
+    let other = dir.path().join("other");
+    let out = Command::new(sagaflow_bin())
+        .args([
+            "dev",
+            "--listen",
+            listen.as_str(),
+            "--data-dir",
+            other.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let created: Vec<String> = std::fs::read_dir(&other)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".db"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(created.is_empty(), "no database was created: {created:?}");
     // The first one still serves.
     assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));
 }
