@@ -312,6 +312,7 @@ impl EngineBuilder {
                 ))
             })
             .collect();
+        saga_metrics::initialize(inner.latest.keys().map(String::as_str));
         let poller = runtime.spawn(run_poller(inner.clone()));
         tracing::info!(owner = %inner.owner, "saga engine started");
         Ok(Engine {

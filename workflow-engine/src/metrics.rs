@@ -267,6 +267,27 @@ impl Facts {
     }
 }
 
+/// Exports every engine counter at zero for `definitions` (names), so that the first saga to
+/// park, compensate or lose a lease after a start is an increase an alert rule can see (a series
+/// that first appears at 1 is no increase).
+pub(crate) fn initialize<'a>(definitions: impl IntoIterator<Item = &'a str>) {
+    for definition in definitions {
+        for name in [
+            SAGAS_STARTED,
+            SAGAS_COMPLETED,
+            SAGAS_COMPENSATED,
+            SAGAS_NEEDS_ATTENTION,
+        ] {
+            counter!(name, LABEL_DEFINITION => definition.to_owned()).increment(0);
+        }
+    }
+    counter!(LEASE_CLAIMS).increment(0);
+    for cause in [LOSS_FENCED, LOSS_RENEWAL] {
+        counter!(LEASE_LOSSES, LABEL_CAUSE => cause).increment(0);
+    }
+    counter!(UNREADABLE_PARKED).increment(0);
+}
+
 /// `count` sagas were claimed.
 pub(crate) fn claimed(count: usize) {
     counter!(LEASE_CLAIMS).increment(u64::try_from(count).unwrap_or(u64::MAX));

@@ -113,6 +113,20 @@ pub fn describe_metrics() {
     );
 }
 
+/// Exports the relay's counters at zero for every event type, so that the first failure or dead
+/// letter after a start is an increase an alert rule can see.
+pub fn initialize_metrics() {
+    for event_type in [
+        EventType::OrderCreated,
+        EventType::OrderCompleted,
+        EventType::OrderFailed,
+    ] {
+        counter!(DELIVERED, LABEL_EVENT_TYPE => event_type.as_str()).increment(0);
+        counter!(DELIVERY_FAILURES, LABEL_EVENT_TYPE => event_type.as_str()).increment(0);
+        counter!(outbox::DEAD_LETTERED, LABEL_EVENT_TYPE => event_type.as_str()).increment(0);
+    }
+}
+
 /// Events read per round.
 pub const RELAY_BATCH: i64 = 256;
 /// Deliveries in flight at once.
@@ -336,6 +350,7 @@ impl OutboxRelay {
     /// this relay scheduled is due, every `poll_interval` otherwise, back to back while full
     /// batches keep coming.
     pub async fn run(self, shutdown: CancellationToken) {
+        initialize_metrics();
         tracing::info!(
             poll_ms = self.poll_interval.as_millis() as u64,
             max_attempts = self.retry.max_attempts,

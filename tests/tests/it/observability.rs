@@ -868,6 +868,22 @@ fn metrics_count_the_outcomes_of_a_mixed_run() {
     // Off by default, on here: the endpoint answers before any saga ran.
     let before = samples(&scrape(&metrics_addr));
     assert_eq!(total(&before, "sagaflow_sagas_started_total", &[]), 0.0);
+    // Every alerting counter is exported at zero from the start, so that the first increase
+    // after a start is seen by a rule like `increase(…[5m]) > 0`.
+    let scraped = scrape(&metrics_addr);
+    for series in [
+        "sagaflow_sagas_needs_attention_total",
+        "sagaflow_sagas_compensated_total",
+        "sagaflow_saga_lease_losses_total",
+        "sagaflow_saga_unreadable_parked_total",
+        "sagaflow_outbox_delivery_failures_total",
+        "sagaflow_outbox_dead_lettered_total",
+    ] {
+        assert!(
+            scraped.lines().any(|l| l.starts_with(series)),
+            "{series} is exported before it first happens:\n{scraped}"
+        );
+    }
 
     let orders: Vec<(Value, &str)> = vec![
         (
