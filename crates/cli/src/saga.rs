@@ -307,12 +307,17 @@ fn timeline_line(
             format!("{code}: {message}")
         })
         .or_else(|| {
-            detail
-                .get("reason")
-                .and_then(|r| r.as_str())
-                .map(|r| format!("reason {r}"))
+            detail.get("reason").and_then(|r| r.as_str()).map(|r| {
+                // An operator's resolution names who settled it (the audit record).
+                match detail.get("operator").and_then(|o| o.as_str()) {
+                    Some(operator) => format!("by {operator}: {r}"),
+                    None => format!("reason {r}"),
+                }
+            })
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+        // One line per entry, whatever the text holds (a reason may span lines).
+        .replace(['\n', '\r'], " ");
     format!(
         "{:>9}  {:<26} {:<18} {:>3}  {:>8}  {}",
         at - start,
@@ -396,5 +401,23 @@ mod tests {
             "{failed}"
         );
         assert!(failed.trim_start().starts_with("13"), "{failed}");
+    }
+
+    #[test]
+    fn an_operators_resolution_names_the_operator_on_one_line() {
+        let resolved = entry(
+            7,
+            1_500,
+            "operator_resolved",
+            "complete_payment",
+            0,
+            r#"{"resolution":"applied","operator":"kim","reason":"capture seen\nat the gateway"}"#,
+        );
+        let line = timeline_line(&resolved, 1_000, &mut HashMap::new());
+        assert!(
+            line.contains("by kim: capture seen at the gateway"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
     }
 }
