@@ -28,9 +28,12 @@ pub struct OutageReport {
     pub outage_ms: u64,
     /// The payment service's calls per second allowed by the orchestrators' limit (0: none).
     pub payment_calls_per_second: u32,
-    /// Calls the payment service recorded per 100 ms window from its restart on (idempotency
-    /// records written: every StartPayment and CompletePayment that reached its handler), up to
-    /// the last one.
+    /// The payment service's calls in flight allowed by the orchestrators' limit (0: none).
+    pub payment_in_flight: usize,
+    /// The waiting sagas' StartPayment calls the payment service received per 100 ms window
+    /// from its restart on, up to the last one: the arrival time each call stamps on its
+    /// authorization intent (written as the call arrives, before the gateway is called — unlike
+    /// the idempotency record, written when the call ends, whose times bunch when calls queue).
     pub windows: Vec<u64>,
     /// From the restart until the last order was terminal, milliseconds.
     pub drained_ms: f64,
@@ -48,20 +51,24 @@ impl OutageReport {
 }
 
 /// Runs one outage: the payment service down for `outage`, `orders` orders placed meanwhile,
-/// the orchestrators limited to `payment_calls_per_second` calls per second to it (0: no limit).
+/// the orchestrators limited to `payment_in_flight` calls in flight and
+/// `payment_calls_per_second` calls per second to it (0: no limit).
 ///
 /// # Errors
 /// When a process does not start, PostgreSQL is unreachable, or an order cannot be placed.
 pub async fn outage(
     orders: usize,
     outage: Duration,
+    payment_in_flight: usize,
     payment_calls_per_second: u32,
 ) -> anyhow::Result<OutageReport> {
     let config = ChaosConfig {
         lease_ms: 5_000,
         // The default of `sagaflow serve`: a refused connection must not use it up.
         step_attempts: 4,
-        downstream_limits: format!("*=256/2000,payment=256/{payment_calls_per_second}"),
+        downstream_limits: format!(
+            "*=256/2000,payment={payment_in_flight}/{payment_calls_per_second}"
+        ),
         ..ChaosConfig::short(0)
     };
     let mut run = scenario::Scenario::start("outage", &config).await?;
@@ -134,7 +141,7 @@ pub async fn outage(
     let violations = run.violations(&ids, &before).await?;
     let db = verify::pool(&run.urls["payment"]).await?;
     let stamps: Vec<i64> = sqlx::query_scalar(
-        "SELECT created_at FROM idempotency_keys WHERE created_at >= $1 ORDER BY created_at",
+        "SELECT created_at FROM payment_intents WHERE created_at >= $1 ORDER BY created_at",
     )
     .bind(restarted_ms)
     .fetch_all(&db)
@@ -154,6 +161,7 @@ pub async fn outage(
         outcomes,
         outage_ms,
         payment_calls_per_second,
+        payment_in_flight,
         windows,
         drained_ms,
         errors_of_failed: errors_of_failed.into_iter().collect(),
