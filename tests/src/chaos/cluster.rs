@@ -230,14 +230,12 @@ impl Cluster {
             .with_context(|| format!("no {} node", role.name()))
     }
 
-    /// A lazily connected channel to the last node of `role` (the second orchestrator replica).
-    pub(crate) fn channel_of_last(&self, role: Role) -> anyhow::Result<Channel> {
+    /// A lazily connected channel to node `index`.
+    pub(crate) fn channel_to(&self, index: usize) -> anyhow::Result<Channel> {
         let node = self
             .nodes
-            .iter()
-            .rev()
-            .find(|n| n.role == role)
-            .with_context(|| format!("no {} node", role.name()))?;
+            .get(index)
+            .with_context(|| format!("no node {index}"))?;
         Ok(Endpoint::from_shared(node.url())?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))

@@ -17,7 +17,7 @@ use sagaflow_proto::{
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use super::{ChaosConfig, Role, scenario};
+use super::{ChaosConfig, Role, scenario, verify};
 
 /// What one takeover run measured.
 #[derive(Debug, Clone, Default)]
@@ -92,9 +92,29 @@ pub async fn takeover(orders: usize, lease_ms: u64) -> anyhow::Result<TakeoverRe
     let cluster = &mut run.cluster;
     let order_channel = cluster.channel(Role::Order)?;
     let ids = scenario::place_plain(&order_channel, "takeover", orders).await?;
-    // Kill the first orchestrator replica while the sagas run.
-    let victim = (0..cluster.names().len())
-        .find(|&i| cluster.node(i).role == Role::Orchestrator)
+    // Kill the orchestrator replica that holds the most live leases while the sagas run (the
+    // relay balances deliveries over both, not necessarily evenly).
+    let workflow = verify::pool(&run.urls["workflow"]).await?;
+    let holders: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT lease_owner, COUNT(*) FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING') \
+         AND lease_owner IS NOT NULL GROUP BY lease_owner ORDER BY COUNT(*) DESC",
+    )
+    .fetch_all(&workflow)
+    .await?;
+    workflow.close().await;
+    let busiest = holders.first().map(|(owner, _)| owner.clone());
+    let orchestrators: Vec<usize> = (0..cluster.names().len())
+        .filter(|&i| cluster.node(i).role == Role::Orchestrator)
+        .collect();
+    let victim = orchestrators
+        .iter()
+        .copied()
+        .find(|&i| {
+            busiest
+                .as_deref()
+                .is_some_and(|o| o.starts_with(&format!("{}.", cluster.node(i).name)))
+        })
+        .or_else(|| orchestrators.first().copied())
         .context("no orchestrator")?;
     let victim_name = cluster.node(victim).name.clone();
     cluster.kill(victim).await?;
@@ -136,7 +156,12 @@ pub async fn takeover(orders: usize, lease_ms: u64) -> anyhow::Result<TakeoverRe
         finished.insert(id, at);
     }
     // Which sagas the survivor took over from the dead replica: their journal says so.
-    let mut admin = SagaAdminServiceClient::new(cluster.channel_of_last(Role::Orchestrator)?);
+    let survivor = orchestrators
+        .iter()
+        .copied()
+        .find(|&i| i != victim)
+        .context("no second orchestrator")?;
+    let mut admin = SagaAdminServiceClient::new(cluster.channel_to(survivor)?);
     let mut taken_over = Vec::new();
     for id in &ids {
         let journal = admin
@@ -183,9 +208,10 @@ pub async fn takeover(orders: usize, lease_ms: u64) -> anyhow::Result<TakeoverRe
     let batch = orders / 4;
     let mut unfinished = place_and_finish(&order_channel, "while-a-down", batch).await?;
     cluster.start(victim, false, None).await?;
-    let other = (0..cluster.names().len())
-        .rev()
-        .find(|&i| cluster.node(i).role == Role::Orchestrator)
+    let other = orchestrators
+        .iter()
+        .copied()
+        .find(|&i| i != victim)
         .context("no second orchestrator")?;
     cluster.kill(other).await?;
     unfinished.extend(place_and_finish(&order_channel, "while-b-down", batch).await?);
