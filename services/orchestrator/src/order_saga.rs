@@ -281,6 +281,7 @@ pub async fn run_action(
                         idempotency_key: key,
                         order_id,
                         rule: Some(rule),
+                        discount: 0,
                     },
                     timeout,
                 ))

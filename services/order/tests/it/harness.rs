@@ -229,6 +229,7 @@ pub(crate) fn apply_req(key: &str, order_id: &str, rule: DiscountRule) -> ApplyC
         idempotency_key: key.into(),
         order_id: order_id.into(),
         rule: Some(rule),
+        discount: 0,
     }
 }
 
