@@ -20,29 +20,27 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `--metrics-listen ADDR` serves the engine's and the
 //! relay's Prometheus metrics (including the sampled outbox backlog).
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
-use sagaflow_orchestrator::{OrchestratorService, ServiceClients, StepPolicies, order_saga};
-use sagaflow_order::relay::{self, OutboxRelay, RelayWaker};
-use sagaflow_payment::{SimulatedGateway, SimulatedGatewayConfig};
+use sagaflow_orchestrator::{StepPolicies, limits::DownstreamLimits};
+use sagaflow_order::relay;
+use sagaflow_payment::SimulatedGatewayConfig;
 use sagaflow_server::{
-    Db, Migrations, PoolConfig,
+    Db, PoolConfig,
     config::Synchronous,
     db::SqliteSynchronous,
     faults::FaultConfig,
     grpc::{self, ServerHandle},
 };
 use sagaflow_telemetry::metrics::{MetricsArgs, MetricsExporter};
-use sagaflow_workflow_engine::{Engine, SqlSagaStore, admin::SagaAdmin};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use sagaflow_workflow_engine::Engine;
 use tonic::{service::RoutesBuilder, transport::Endpoint};
 
 use crate::{
     seed::{self, DEMO_SEED, Seed},
-    serve::Service,
+    services::{EngineSettings, Peers, RelaySettings, Running, Service, Settings},
 };
 
 /// Flags of `sagaflow dev`.
@@ -236,10 +234,8 @@ pub struct Embedded {
     _lock: crate::datadir::DataDirLock,
     server: ServerHandle,
     engine: Engine,
-    stop: CancellationToken,
-    relay: JoinHandle<()>,
-    /// The retention task of every database (`None`: retention off).
-    retention: Option<JoinHandle<()>>,
+    /// The relay, the retention task of every database and the engine.
+    running: Running,
     dbs: Vec<Db>,
 }
 
@@ -267,122 +263,91 @@ impl Embedded {
             },
             ..PoolConfig::default()
         };
-        let open = |name: &'static str, migrations: Migrations| {
-            let url = config.storage.url(&config.data_dir, name);
-            let pool = pool.clone();
-            async move {
-                Db::connect(&url, migrations, &pool)
-                    .await
-                    .with_context(|| format!("opening the {name} database"))
+        let mut dbs = Vec::with_capacity(Service::ALL.len());
+        for service in Service::ALL {
+            let url = config
+                .storage
+                .url(&config.data_dir, service.database_name());
+            let db = Db::connect(&url, service.migrations(), &pool)
+                .await
+                .with_context(|| format!("opening the {} database", service.database_name()));
+            match db {
+                Ok(db) => dbs.push((service, db)),
+                Err(err) => {
+                    for (_, db) in &dbs {
+                        db.close().await;
+                    }
+                    return Err(err);
+                }
             }
-        };
-        let order_db = open("order", sagaflow_order::migrations()).await?;
-        let coupon_db = open("coupon", sagaflow_coupon::migrations()).await?;
-        let inventory_db = open("inventory", sagaflow_inventory::migrations()).await?;
-        let payment_db = open("payment", sagaflow_payment::migrations()).await?;
-        let point_db = open("point", sagaflow_point::migrations()).await?;
-        let ranking_db = open("ranking", sagaflow_ranking::migrations()).await?;
-        let workflow_db = open("workflow", sagaflow_workflow_engine::MIGRATIONS).await?;
+        }
 
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .context("loopback endpoint")?
             .connect_lazy();
-
-        let engine = Engine::builder(Arc::new(SqlSagaStore::new(workflow_db.clone())))
-            .definition(
-                order_saga(ServiceClients::single(channel.clone()), config.policies)
-                    .context("building the order saga")?,
-            )
-            .owner(sagaflow_workflow_engine::executor::default_owner("dev"))
-            .lease_ms(config.lease_ms)
-            .poll_interval_ms(500)
-            // The lock on the data directory makes this engine the only one on its SQLite
-            // files: the leases a crashed predecessor left are taken over at once.
-            .sole_owner(config.storage == Storage::Sqlite)
-            .build()
-            .context("starting the saga engine")?;
-
-        let waker = RelayWaker::default();
+        let settings = Settings {
+            payment_methods: config.payment_methods.clone(),
+            gateway: config.gateway,
+            relay: RelaySettings {
+                poll: config.relay_poll,
+                retry: config.outbox_retry,
+                sent_retention: config.outbox_sent_retention,
+                backlog_sampling: config.backlog_sampling,
+            },
+            engine: EngineSettings {
+                policies: config.policies,
+                limits: DownstreamLimits::default(),
+                owner: sagaflow_workflow_engine::executor::default_owner("dev"),
+                lease_ms: config.lease_ms,
+                poll_ms: 500,
+                // The lock on the data directory makes this engine the only one on its SQLite
+                // files: the leases a crashed predecessor left are taken over at once.
+                sole_owner: config.storage == Storage::Sqlite,
+                saga_deadline: config.saga_deadline,
+            },
+        };
+        let peers = Peers::single(channel.clone());
+        let mut running = Running::default();
         let mut routes = RoutesBuilder::default();
-        let stop = CancellationToken::new();
-        sagaflow_order::OrderService::new(order_db.clone(), channel.clone())
-            .with_payment_methods(config.payment_methods.clone())
-            .with_relay_waker(waker.clone())
-            .with_shutdown(stop.clone())
-            .register(&mut routes);
-        sagaflow_coupon::CouponService::new(coupon_db.clone()).register(&mut routes);
-        sagaflow_inventory::InventoryService::new(inventory_db.clone()).register(&mut routes);
-        sagaflow_payment::PaymentService::new(
-            payment_db.clone(),
-            Arc::new(SimulatedGateway::new(config.gateway)),
-        )
-        .register(&mut routes);
-        sagaflow_point::PointService::new(point_db.clone()).register(&mut routes);
-        sagaflow_ranking::RankingService::new(ranking_db.clone()).register(&mut routes);
-        OrchestratorService::new(engine.clone(), config.saga_deadline).register(&mut routes);
-        routes.add_service(SagaAdmin::new(engine.clone()).into_server());
-
-        let server = grpc::spawn_on(
-            listener,
-            routes,
-            &[
-                sagaflow_order::SERVICE_NAME,
-                sagaflow_order::OUTBOX_ADMIN_SERVICE_NAME,
-                sagaflow_coupon::SERVICE_NAME,
-                sagaflow_inventory::SERVICE_NAME,
-                sagaflow_payment::SERVICE_NAME,
-                sagaflow_point::SERVICE_NAME,
-                sagaflow_ranking::SERVICE_NAME,
-                sagaflow_orchestrator::SERVICE_NAME,
-                "sagaflow.workflow.v1.SagaAdminService",
-            ],
-            config.faults.clone(),
-        )
-        .context("starting the gRPC server")?;
-
-        let mut relay = OutboxRelay::new(
-            order_db.clone(),
-            channel.clone(),
-            channel.clone(),
-            waker,
-            config.relay_poll,
-        )
-        .with_retry(config.outbox_retry)
-        .with_sent_retention(config.outbox_sent_retention);
-        if let Some(every) = config.backlog_sampling {
-            relay = relay.with_backlog_sampling(every);
+        let mut names = Vec::new();
+        let mut registered = Ok(());
+        for (service, db) in &dbs {
+            registered = service.register(db, &peers, &settings, &mut routes, &mut running);
+            if registered.is_err() {
+                break;
+            }
+            names.extend_from_slice(service.grpc_names());
         }
-        let relay = tokio::spawn(relay.run(stop.clone()));
-        // Retention of all seven databases (docs/operations.md, "Retention"); ends with `stop`.
-        let retention = crate::retention::spawn(
-            &[
-                (Service::Order, &order_db),
-                (Service::Coupon, &coupon_db),
-                (Service::Inventory, &inventory_db),
-                (Service::Payment, &payment_db),
-                (Service::Point, &point_db),
-                (Service::Ranking, &ranking_db),
-                (Service::Orchestrator, &workflow_db),
-            ],
-            &config.retention,
-            stop.clone(),
+        let server = registered.and_then(|()| {
+            grpc::spawn_on(listener, routes, &names, config.faults.clone())
+                .context("starting the gRPC server")
+        });
+        let server = match server {
+            Ok(server) => server,
+            Err(err) => {
+                running.shutdown().await;
+                for (_, db) in &dbs {
+                    db.close().await;
+                }
+                return Err(err);
+            }
+        };
+        // Retention of all seven databases (docs/operations.md, "Retention"); ends with the stop
+        // token.
+        let databases: Vec<(Service, &Db)> = dbs.iter().map(|(s, db)| (*s, db)).collect();
+        running.spawn_background(
+            "retention",
+            crate::retention::spawn(&databases, &config.retention, running.stop_token()),
         );
+        let Some(engine) = running.engine().cloned() else {
+            anyhow::bail!("the orchestrator registered no saga engine");
+        };
         let system = Self {
             _lock: lock,
             server,
             engine,
-            stop,
-            relay,
-            retention,
-            dbs: vec![
-                order_db,
-                coupon_db,
-                inventory_db,
-                payment_db,
-                point_db,
-                ranking_db,
-                workflow_db,
-            ],
+            running,
+            dbs: dbs.into_iter().map(|(_, db)| db).collect(),
         };
         if let Some(seed_json) = &config.seed {
             let seed = Seed::parse(seed_json)?;
@@ -418,22 +383,7 @@ impl Embedded {
         // Order matters: the engine's steps call services in this very process, so the engine
         // stops (finishing the calls in flight, releasing its leases) while the server still
         // serves; long-polls and the relay stop first so the server can drain at once.
-        self.stop.cancel();
-        if let Err(err) = self.relay.await {
-            tracing::warn!(error = %err, "outbox relay task failed");
-        }
-        if let Some(task) = self.retention
-            && let Err(err) = task.await
-        {
-            tracing::warn!(error = %err, "retention task failed");
-        }
-        let report = self.engine.shutdown(Duration::from_secs(10)).await;
-        if report.aborted > 0 {
-            tracing::warn!(
-                aborted = report.aborted,
-                "saga drivers aborted at shutdown; their leases will expire"
-            );
-        }
+        self.running.shutdown().await;
         if let Err(err) = self.server.shutdown().await {
             tracing::warn!(error = %err, "gRPC server stopped with an error");
         }

@@ -27,6 +27,7 @@ pub mod retention;
 pub mod saga;
 pub mod seed;
 pub mod serve;
+pub mod services;
 
 /// Why a command failed: bad configuration (exit 64) or a runtime failure (exit 1).
 #[derive(Debug)]

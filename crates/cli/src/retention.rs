@@ -18,7 +18,7 @@ use sagaflow_workflow_engine::{SagaStore, SqlSagaStore, store::finished_sagas_jo
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::serve::Service;
+use crate::services::Service;
 
 /// The prune jobs of `service`'s database `db` under `config`'s windows.
 pub fn jobs(service: Service, db: &Db, config: &RetentionConfig) -> Vec<PruneJob> {

@@ -7,103 +7,31 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `--metrics-listen ADDR` serves this process's Prometheus
 //! metrics (the orchestrator's engine metrics, the order relay's outbox metrics).
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use sagaflow_orchestrator::{
-    OrchestratorService, ServiceClients, StepPolicies,
+    StepPolicies,
     limits::{self, DownstreamLimits},
-    order_saga,
 };
-use sagaflow_order::relay::{self, OutboxRelay, RelayWaker};
+use sagaflow_order::relay;
 use sagaflow_server::{
-    Db, Migrations,
+    Db,
     config::{DatabaseArgs, FaultArgs, RetentionArgs},
     grpc,
 };
 use sagaflow_telemetry::metrics::{MetricsArgs, MetricsError, MetricsExporter};
-use sagaflow_workflow_engine::{Engine, SqlSagaStore, admin::SagaAdmin};
-use tokio_util::sync::CancellationToken;
 use tonic::{
     service::RoutesBuilder,
     transport::{Channel, Endpoint},
 };
 
-use crate::CliError;
-
-/// The services `sagaflow serve` can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Service {
-    /// Orders (PlaceOrder, GetOrder, …) and the outbox relay.
-    Order,
-    /// Coupons.
-    Coupon,
-    /// Products and stock.
-    Inventory,
-    /// Payments through the simulated gateway.
-    Payment,
-    /// Point balances.
-    Point,
-    /// Sales ranking.
-    Ranking,
-    /// The saga engine with the order saga, StartOrderSaga and the saga admin API.
-    Orchestrator,
-}
-
-impl Service {
-    /// The service's short name (database file name; `service.name` is `sagaflow-<name>`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Order => "order",
-            Self::Coupon => "coupon",
-            Self::Inventory => "inventory",
-            Self::Payment => "payment",
-            Self::Point => "point",
-            Self::Ranking => "ranking",
-            Self::Orchestrator => "orchestrator",
-        }
-    }
-
-    /// The port a service listens on when `--listen` is not given, so that every service can run
-    /// on one laptop at once.
-    pub fn default_port(self) -> u16 {
-        match self {
-            Self::Order => 50061,
-            Self::Coupon => 50062,
-            Self::Inventory => 50063,
-            Self::Payment => 50064,
-            Self::Point => 50065,
-            Self::Ranking => 50066,
-            Self::Orchestrator => 50067,
-        }
-    }
-
-    /// The OpenTelemetry `service.name` of a process serving this service: `sagaflow-<name>`.
-    pub fn telemetry_name(self) -> String {
-        format!("sagaflow-{}", self.name())
-    }
-
-    fn migrations(self) -> Migrations {
-        match self {
-            Self::Order => sagaflow_order::migrations(),
-            Self::Coupon => sagaflow_coupon::migrations(),
-            Self::Inventory => sagaflow_inventory::migrations(),
-            Self::Payment => sagaflow_payment::migrations(),
-            Self::Point => sagaflow_point::migrations(),
-            Self::Ranking => sagaflow_ranking::migrations(),
-            Self::Orchestrator => sagaflow_workflow_engine::MIGRATIONS,
-        }
-    }
-
-    /// The database file name for the default SQLite URL.
-    fn database_name(self) -> &'static str {
-        match self {
-            Self::Orchestrator => "workflow",
-            other => other.name(),
-        }
-    }
-}
+pub use crate::services::Service;
+use crate::{
+    CliError,
+    services::{EngineSettings, Peers, RelaySettings, Running, Settings},
+};
 
 /// Addresses of the other services (each a URL; several comma-separated URLs are load-balanced).
 #[derive(Debug, Clone, Args)]
@@ -157,6 +85,24 @@ pub struct PeerArgs {
         default_value = "http://127.0.0.1:50067"
     )]
     pub orchestrator_addr: String,
+}
+
+impl PeerArgs {
+    /// Lazily connected channels to every peer.
+    ///
+    /// # Errors
+    /// `CliError::Usage` naming the flag of a malformed URL.
+    pub fn peers(&self) -> Result<Peers, CliError> {
+        Ok(Peers {
+            order: channel("order-addr", &self.order_addr)?,
+            coupon: channel("coupon-addr", &self.coupon_addr)?,
+            inventory: channel("inventory-addr", &self.inventory_addr)?,
+            payment: channel("payment-addr", &self.payment_addr)?,
+            point: channel("point-addr", &self.point_addr)?,
+            ranking: channel("ranking-addr", &self.ranking_addr)?,
+            orchestrator: channel("orchestrator-addr", &self.orchestrator_addr)?,
+        })
+    }
 }
 
 /// Saga engine settings (orchestrator only).
@@ -397,141 +343,82 @@ async fn serve_with(
         .retention
         .config(args.engine.saga_deadline_ms)
         .map_err(|e| CliError::Usage(e.to_string()))?;
+    let peers = args.peers.peers()?;
+    let settings = Settings {
+        payment_methods: payment_methods(&args.payment_methods)?,
+        gateway: args.gateway.config(),
+        relay: RelaySettings {
+            retry: relay::RetryPolicy {
+                max_attempts: args.outbox_max_attempts,
+                ..relay::RetryPolicy::default()
+            },
+            sent_retention: (args.outbox_retention_ms > 0)
+                .then(|| Duration::from_millis(args.outbox_retention_ms)),
+            backlog_sampling: args
+                .metrics
+                .metrics_listen
+                .map(|_| relay::BACKLOG_SAMPLE_INTERVAL),
+            ..RelaySettings::default()
+        },
+        engine: EngineSettings {
+            policies,
+            limits: DownstreamLimits::new(
+                &limits::parse(&args.engine.downstream_limits)
+                    .map_err(|e| CliError::Usage(format!("--downstream-limits: {e}")))?,
+            ),
+            owner: args.engine.owner.clone().unwrap_or_else(|| {
+                sagaflow_workflow_engine::executor::default_owner("orchestrator")
+            }),
+            lease_ms: args.engine.lease_ms,
+            poll_ms: args.engine.poll_ms,
+            sole_owner: false,
+            saga_deadline: Duration::from_millis(args.engine.saga_deadline_ms),
+        },
+    };
     let db = Db::connect(url, service.migrations(), &args.database.pool_config())
         .await
         .context("opening the database")?;
 
-    let stop = CancellationToken::new();
-    let mut background = Vec::new();
-    // Retention of this service's database (docs/operations.md, "Retention"); ends with `stop`.
-    background.extend(crate::retention::spawn(
-        &[(service, &db)],
-        &retention,
-        stop.clone(),
-    ));
-    let mut engine = None;
+    let mut running = Running::default();
     let mut routes = RoutesBuilder::default();
-    let names: Vec<&str> = match service {
-        Service::Coupon => {
-            sagaflow_coupon::CouponService::new(db.clone()).register(&mut routes);
-            vec![sagaflow_coupon::SERVICE_NAME]
-        }
-        Service::Inventory => {
-            sagaflow_inventory::InventoryService::new(db.clone()).register(&mut routes);
-            vec![sagaflow_inventory::SERVICE_NAME]
-        }
-        Service::Payment => {
-            let gateway = Arc::new(sagaflow_payment::SimulatedGateway::new(
-                args.gateway.config(),
+    if let Err(err) = service.register(&db, &peers, &settings, &mut routes, &mut running) {
+        running.shutdown().await;
+        db.close().await;
+        return Err(CliError::Usage(format!("{err:#}")));
+    }
+    // Retention of this service's database (docs/operations.md, "Retention"); ends with the stop
+    // token.
+    running.spawn_background(
+        "retention",
+        crate::retention::spawn(&[(service, &db)], &retention, running.stop_token()),
+    );
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            running.shutdown().await;
+            db.close().await;
+            return Err(CliError::Failed(
+                anyhow::Error::new(err).context(format!("binding {listen}")),
             ));
-            sagaflow_payment::PaymentService::new(db.clone(), gateway).register(&mut routes);
-            vec![sagaflow_payment::SERVICE_NAME]
-        }
-        Service::Point => {
-            sagaflow_point::PointService::new(db.clone()).register(&mut routes);
-            vec![sagaflow_point::SERVICE_NAME]
-        }
-        Service::Ranking => {
-            sagaflow_ranking::RankingService::new(db.clone()).register(&mut routes);
-            vec![sagaflow_ranking::SERVICE_NAME]
-        }
-        Service::Order => {
-            let inventory = channel("inventory-addr", &args.peers.inventory_addr)?;
-            let orchestrator = channel("orchestrator-addr", &args.peers.orchestrator_addr)?;
-            let ranking = channel("ranking-addr", &args.peers.ranking_addr)?;
-            let waker = RelayWaker::default();
-            sagaflow_order::OrderService::new(db.clone(), inventory)
-                .with_payment_methods(payment_methods(&args.payment_methods)?)
-                .with_relay_waker(waker.clone())
-                .with_shutdown(stop.clone())
-                .register(&mut routes);
-            let mut relay = OutboxRelay::new(
-                db.clone(),
-                orchestrator,
-                ranking,
-                waker,
-                Duration::from_millis(500),
-            )
-            .with_retry(relay::RetryPolicy {
-                max_attempts: args.outbox_max_attempts,
-                ..relay::RetryPolicy::default()
-            })
-            .with_sent_retention(
-                (args.outbox_retention_ms > 0)
-                    .then(|| Duration::from_millis(args.outbox_retention_ms)),
-            );
-            if args.metrics.metrics_listen.is_some() {
-                relay = relay.with_backlog_sampling(relay::BACKLOG_SAMPLE_INTERVAL);
-            }
-            background.push(tokio::spawn(relay.run(stop.clone())));
-            vec![
-                sagaflow_order::SERVICE_NAME,
-                sagaflow_order::OUTBOX_ADMIN_SERVICE_NAME,
-            ]
-        }
-        Service::Orchestrator => {
-            let p = &args.peers;
-            let clients = ServiceClients::new(
-                channel("order-addr", &p.order_addr)?,
-                channel("coupon-addr", &p.coupon_addr)?,
-                channel("inventory-addr", &p.inventory_addr)?,
-                channel("payment-addr", &p.payment_addr)?,
-                channel("point-addr", &p.point_addr)?,
-            )
-            .with_limits(DownstreamLimits::new(
-                &limits::parse(&args.engine.downstream_limits)
-                    .map_err(|e| CliError::Usage(format!("--downstream-limits: {e}")))?,
-            ));
-            let owner = args.engine.owner.clone().unwrap_or_else(|| {
-                sagaflow_workflow_engine::executor::default_owner("orchestrator")
-            });
-            let built = Engine::builder(Arc::new(SqlSagaStore::new(db.clone())))
-                .definition(order_saga(clients, policies).context("building the order saga")?)
-                .owner(owner)
-                .lease_ms(args.engine.lease_ms)
-                .poll_interval_ms(args.engine.poll_ms)
-                .build()
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            OrchestratorService::new(
-                built.clone(),
-                Duration::from_millis(args.engine.saga_deadline_ms),
-            )
-            .register(&mut routes);
-            routes.add_service(SagaAdmin::new(built.clone()).into_server());
-            engine = Some(built);
-            vec![
-                sagaflow_orchestrator::SERVICE_NAME,
-                "sagaflow.workflow.v1.SagaAdminService",
-            ]
         }
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
     // On SIGTERM/Ctrl-C, end long-polls and the relay at once, then let the server drain.
     let signal = {
-        let stop = stop.clone();
+        let stop = running.stop_token();
         async move {
             grpc::shutdown_signal().await;
             stop.cancel();
         }
     };
-    let served = grpc::serve(listener, routes, &names, args.faults.faults, signal).await;
-    stop.cancel();
-    for task in background {
-        if let Err(err) = task.await {
-            tracing::warn!(error = %err, "background task failed");
-        }
-    }
-    if let Some(engine) = engine {
-        let report = engine.shutdown(Duration::from_secs(10)).await;
-        if report.aborted > 0 {
-            tracing::warn!(
-                aborted = report.aborted,
-                "saga drivers aborted at shutdown; their leases will expire"
-            );
-        }
-    }
+    let served = grpc::serve(
+        listener,
+        routes,
+        service.grpc_names(),
+        args.faults.faults,
+        signal,
+    )
+    .await;
+    running.shutdown().await;
     db.close().await;
     served.context("serving")?;
     Ok(())

@@ -1,0 +1,345 @@
+//! The one per-service builder: how each service of sagaflow is put together over its database,
+//! the channels to the services it calls and its settings. `sagaflow serve <service>` builds one
+//! service per process (docs/architecture.md, "Run modes", distributed); the embedded system
+//! (`sagaflow dev`, `demo`, `bench`) builds all seven on one port with every channel pointing back
+//! at that port. Both go through [`Service::register`], so the two modes cannot drift apart.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+use sagaflow_orchestrator::{
+    OrchestratorService, ServiceClients, StepPolicies, limits::DownstreamLimits, order_saga,
+};
+use sagaflow_order::relay::{self, OutboxRelay, RelayWaker};
+use sagaflow_payment::SimulatedGatewayConfig;
+use sagaflow_server::{Db, Migrations};
+use sagaflow_workflow_engine::{Engine, SqlSagaStore, admin::SagaAdmin};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{service::RoutesBuilder, transport::Channel};
+
+/// The gRPC name of the saga admin API (served beside the orchestrator).
+pub const SAGA_ADMIN_SERVICE_NAME: &str = "sagaflow.workflow.v1.SagaAdminService";
+
+/// The services of sagaflow, each with its own database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
+pub enum Service {
+    /// Orders (PlaceOrder, GetOrder, …) and the outbox relay.
+    Order,
+    /// Coupons.
+    Coupon,
+    /// Products and stock.
+    Inventory,
+    /// Payments through the simulated gateway.
+    Payment,
+    /// Point balances.
+    Point,
+    /// Sales ranking.
+    Ranking,
+    /// The saga engine with the order saga, StartOrderSaga and the saga admin API.
+    Orchestrator,
+}
+
+impl Service {
+    /// Every service, in the order the embedded system opens their databases.
+    pub const ALL: [Self; 7] = [
+        Self::Order,
+        Self::Coupon,
+        Self::Inventory,
+        Self::Payment,
+        Self::Point,
+        Self::Ranking,
+        Self::Orchestrator,
+    ];
+
+    /// The service's short name (flag prefix `--<name>-addr`; `service.name` is
+    /// `sagaflow-<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Coupon => "coupon",
+            Self::Inventory => "inventory",
+            Self::Payment => "payment",
+            Self::Point => "point",
+            Self::Ranking => "ranking",
+            Self::Orchestrator => "orchestrator",
+        }
+    }
+
+    /// The port a service listens on when `serve --listen` is not given, so that every service
+    /// can run on one laptop at once: order 50061, coupon 50062, inventory 50063, payment 50064,
+    /// point 50065, ranking 50066, orchestrator 50067.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Order => 50061,
+            Self::Coupon => 50062,
+            Self::Inventory => 50063,
+            Self::Payment => 50064,
+            Self::Point => 50065,
+            Self::Ranking => 50066,
+            Self::Orchestrator => 50067,
+        }
+    }
+
+    /// The OpenTelemetry `service.name` of a process serving this service: `sagaflow-<name>`.
+    pub fn telemetry_name(self) -> String {
+        format!("sagaflow-{}", self.name())
+    }
+
+    /// The service's schema migrations.
+    pub fn migrations(self) -> Migrations {
+        match self {
+            Self::Order => sagaflow_order::migrations(),
+            Self::Coupon => sagaflow_coupon::migrations(),
+            Self::Inventory => sagaflow_inventory::migrations(),
+            Self::Payment => sagaflow_payment::migrations(),
+            Self::Point => sagaflow_point::migrations(),
+            Self::Ranking => sagaflow_ranking::migrations(),
+            Self::Orchestrator => sagaflow_workflow_engine::MIGRATIONS,
+        }
+    }
+
+    /// The database name: `<name>.db` under the data directory on SQLite (`workflow.db` for the
+    /// orchestrator).
+    pub fn database_name(self) -> &'static str {
+        match self {
+            Self::Orchestrator => "workflow",
+            other => other.name(),
+        }
+    }
+
+    /// The gRPC services this service serves (health and reflection come on top).
+    pub fn grpc_names(self) -> &'static [&'static str] {
+        match self {
+            Self::Order => &[
+                sagaflow_order::SERVICE_NAME,
+                sagaflow_order::OUTBOX_ADMIN_SERVICE_NAME,
+            ],
+            Self::Coupon => &[sagaflow_coupon::SERVICE_NAME],
+            Self::Inventory => &[sagaflow_inventory::SERVICE_NAME],
+            Self::Payment => &[sagaflow_payment::SERVICE_NAME],
+            Self::Point => &[sagaflow_point::SERVICE_NAME],
+            Self::Ranking => &[sagaflow_ranking::SERVICE_NAME],
+            Self::Orchestrator => &[sagaflow_orchestrator::SERVICE_NAME, SAGA_ADMIN_SERVICE_NAME],
+        }
+    }
+
+    /// Registers this service's gRPC services on `routes` over `db`, and starts what runs beside
+    /// them (the order service's outbox relay, the orchestrator's saga engine) into `running`.
+    /// Background tasks end when `running`'s stop token is cancelled.
+    ///
+    /// # Errors
+    /// When the order saga's definition or the engine cannot be built (an invalid setting).
+    pub fn register(
+        self,
+        db: &Db,
+        peers: &Peers,
+        settings: &Settings,
+        routes: &mut RoutesBuilder,
+        running: &mut Running,
+    ) -> anyhow::Result<()> {
+        match self {
+            Self::Coupon => sagaflow_coupon::CouponService::new(db.clone()).register(routes),
+            Self::Inventory => {
+                sagaflow_inventory::InventoryService::new(db.clone()).register(routes);
+            }
+            Self::Payment => {
+                let gateway = Arc::new(sagaflow_payment::SimulatedGateway::new(settings.gateway));
+                sagaflow_payment::PaymentService::new(db.clone(), gateway).register(routes);
+            }
+            Self::Point => sagaflow_point::PointService::new(db.clone()).register(routes),
+            Self::Ranking => sagaflow_ranking::RankingService::new(db.clone()).register(routes),
+            Self::Order => {
+                let waker = RelayWaker::default();
+                sagaflow_order::OrderService::new(db.clone(), peers.inventory.clone())
+                    .with_payment_methods(settings.payment_methods.clone())
+                    .with_relay_waker(waker.clone())
+                    .with_shutdown(running.stop.clone())
+                    .register(routes);
+                let r = &settings.relay;
+                let mut relay = OutboxRelay::new(
+                    db.clone(),
+                    peers.orchestrator.clone(),
+                    peers.ranking.clone(),
+                    waker,
+                    r.poll,
+                )
+                .with_retry(r.retry)
+                .with_sent_retention(r.sent_retention);
+                if let Some(every) = r.backlog_sampling {
+                    relay = relay.with_backlog_sampling(every);
+                }
+                running.background.push((
+                    "outbox relay",
+                    tokio::spawn(relay.run(running.stop.clone())),
+                ));
+            }
+            Self::Orchestrator => {
+                let e = &settings.engine;
+                let clients = ServiceClients::new(
+                    peers.order.clone(),
+                    peers.coupon.clone(),
+                    peers.inventory.clone(),
+                    peers.payment.clone(),
+                    peers.point.clone(),
+                )
+                .with_limits(e.limits.clone());
+                let engine = Engine::builder(Arc::new(SqlSagaStore::new(db.clone())))
+                    .definition(order_saga(clients, e.policies).context("building the order saga")?)
+                    .owner(e.owner.clone())
+                    .lease_ms(e.lease_ms)
+                    .poll_interval_ms(e.poll_ms)
+                    .sole_owner(e.sole_owner)
+                    .build()
+                    .context("starting the saga engine")?;
+                OrchestratorService::new(engine.clone(), e.saga_deadline).register(routes);
+                routes.add_service(SagaAdmin::new(engine.clone()).into_server());
+                running.engine = Some(engine);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Channels to the services a service calls: the order service calls inventory (pricing) and
+/// delivers events to the orchestrator and ranking; the orchestrator calls order, coupon,
+/// inventory, payment and point.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    /// Order service.
+    pub order: Channel,
+    /// Coupon service.
+    pub coupon: Channel,
+    /// Inventory service.
+    pub inventory: Channel,
+    /// Payment service.
+    pub payment: Channel,
+    /// Point service.
+    pub point: Channel,
+    /// Ranking service.
+    pub ranking: Channel,
+    /// Orchestrator replicas.
+    pub orchestrator: Channel,
+}
+
+impl Peers {
+    /// Every service behind one channel (the embedded system).
+    pub fn single(channel: Channel) -> Self {
+        Self {
+            order: channel.clone(),
+            coupon: channel.clone(),
+            inventory: channel.clone(),
+            payment: channel.clone(),
+            point: channel.clone(),
+            ranking: channel.clone(),
+            orchestrator: channel,
+        }
+    }
+}
+
+/// Settings of the services besides their databases and peers; each service reads its own part.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Order: the payment methods PlaceOrder accepts.
+    pub payment_methods: Vec<String>,
+    /// Payment: the simulated gateway.
+    pub gateway: SimulatedGatewayConfig,
+    /// Order: the outbox relay.
+    pub relay: RelaySettings,
+    /// Orchestrator: the saga engine.
+    pub engine: EngineSettings,
+}
+
+/// The order service's outbox relay (docs/architecture.md, "Events").
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// How often the relay looks for undelivered events when nothing wakes it.
+    pub poll: Duration,
+    /// Delivery retries and dead-lettering.
+    pub retry: relay::RetryPolicy,
+    /// Delivered rows are deleted this long after they were sent; `None` keeps them.
+    pub sent_retention: Option<Duration>,
+    /// Sample the outbox backlog for the metrics this often (only with a metrics endpoint).
+    pub backlog_sampling: Option<Duration>,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_millis(500),
+            retry: relay::RetryPolicy::default(),
+            sent_retention: Some(relay::DEFAULT_SENT_RETENTION),
+            backlog_sampling: None,
+        }
+    }
+}
+
+/// The orchestrator's saga engine (docs/architecture.md, "The engine").
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// The order saga's step timeouts and retries.
+    pub policies: StepPolicies,
+    /// Limits of the saga's calls to each downstream service.
+    pub limits: DownstreamLimits,
+    /// This replica's lease owner id.
+    pub owner: String,
+    /// Saga lease, ms.
+    pub lease_ms: u64,
+    /// Poll interval for due and orphaned sagas, ms.
+    pub poll_ms: u64,
+    /// Whether this engine is the only one on its database (a locked SQLite data directory): the
+    /// leases a crashed predecessor left are then taken over at once.
+    pub sole_owner: bool,
+    /// A saga still before its pivot this long after it started is compensated
+    /// (DEADLINE_EXCEEDED).
+    pub saga_deadline: Duration,
+}
+
+/// What the registered services run beside their gRPC handlers, and the token that stops it.
+#[derive(Debug, Default)]
+pub struct Running {
+    stop: CancellationToken,
+    background: Vec<(&'static str, JoinHandle<()>)>,
+    engine: Option<Engine>,
+}
+
+impl Running {
+    /// The token that ends long-polls, the relay and the retention tasks.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Adds a background task that ends when the stop token is cancelled.
+    pub fn spawn_background(&mut self, what: &'static str, task: Option<JoinHandle<()>>) {
+        if let Some(task) = task {
+            self.background.push((what, task));
+        }
+    }
+
+    /// The saga engine, when the orchestrator is among the registered services.
+    pub fn engine(&self) -> Option<&Engine> {
+        self.engine.as_ref()
+    }
+
+    /// Stops the background tasks (waiting for each), then the saga engine: its drivers get 10 s
+    /// to finish the calls in flight and release their leases; those still running then are
+    /// aborted and their leases expire (docs/operations.md, "Recovery after a crash").
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for (what, task) in self.background {
+            if let Err(err) = task.await {
+                tracing::warn!(error = %err, "{what} task failed");
+            }
+        }
+        if let Some(engine) = self.engine {
+            let report = engine.shutdown(Duration::from_secs(10)).await;
+            if report.aborted > 0 {
+                tracing::warn!(
+                    aborted = report.aborted,
+                    "saga drivers aborted at shutdown; their leases will expire"
+                );
+            }
+        }
+    }
+}
