@@ -49,6 +49,29 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Readiness line of `sagaflow dev`, logged once the demo data is seeded.
+pub const DEV_READY: &str = "sagaflow dev is running";
+
+/// `sagaflow dev --listen LISTEN --data-dir DATA EXTRA…` with `envs`, once ready: its health
+/// service answers SERVING for the whole server and the readiness line ([`DEV_READY`], logged
+/// after the demo data is seeded) is out. Waits up to 60 s. The one way tests start `dev`.
+pub fn start_dev(listen: &str, data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Process {
+    const WITHIN: Duration = Duration::from_secs(60);
+    let data = data.to_str().expect("a UTF-8 data directory");
+    let mut args = vec!["dev", "--listen", listen, "--data-dir", data];
+    args.extend_from_slice(extra);
+    let mut dev = Process::start(&args, envs, WITHIN);
+    dev.wait_for_log(DEV_READY, WITHIN);
+    let health = sagaflow_testkit::grpcurl_json(dev.addr(), &[], "grpc.health.v1.Health/Check");
+    assert_eq!(
+        health["status"],
+        "SERVING",
+        "health of {}: {health}",
+        dev.addr()
+    );
+    dev
+}
+
 /// A running `sagaflow` process.
 #[derive(Debug)]
 pub struct Process {

@@ -6,6 +6,12 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use crate::{
+    dev::{Embedded, EmbeddedConfig},
+    load::{INTERRUPT_GRACE, Interrupt, Latencies, outcome_label, peak_rss_kib, place_and_wait},
+    services::{Peers, Service},
+    targets::TargetArgs,
+};
 use anyhow::Context as _;
 use clap::Args;
 use sagaflow_proto::{
@@ -15,12 +21,6 @@ use sagaflow_proto::{
     order::v1::{OrderLineRequest, PlaceOrderRequest, order_service_client::OrderServiceClient},
 };
 use tokio::{sync::Mutex, task::JoinSet, time::Instant};
-use tonic::transport::{Channel, Endpoint};
-
-use crate::{
-    dev::{Embedded, EmbeddedConfig},
-    load::{Latencies, outcome_label, peak_rss_kib, place_and_wait},
-};
 
 /// The product every bench order buys.
 const BENCH_SKU: &str = "BENCH-001";
@@ -28,13 +28,15 @@ const BENCH_SKU: &str = "BENCH-001";
 /// Flags of `sagaflow bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// URL of a running system; without it an embedded system is started on a fresh data
-    /// directory (its peak RSS is then reported).
-    #[arg(long, env = "SAGAFLOW_ADDR")]
-    pub addr: Option<String>,
-    /// Orders in flight at once.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
+    /// Where the system runs (`--addr` for `sagaflow dev`, `--distributed` or
+    /// `--<service>-addr` for `sagaflow serve` processes: the bench uses order and inventory);
+    /// with none of them an embedded system is started on a fresh temporary data directory (its
+    /// peak RSS is then reported) and removed afterwards.
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    /// Orders in flight at once (at least 1).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
     /// Orders to place in all (ignored when --duration is given).
     #[arg(long, default_value_t = 2000)]
     pub count: u64,
@@ -77,6 +79,8 @@ pub struct BenchReport {
     pub server_peak_rss_kib: Option<u64>,
     /// Durability of the embedded system's SQLite databases, when embedded.
     pub durability: String,
+    /// Whether Ctrl-C cut the run short (the figures cover what finished until then).
+    pub interrupted: bool,
 }
 
 /// Runs the bench (see the module docs).
@@ -84,39 +88,42 @@ pub struct BenchReport {
 /// # Errors
 /// When the system cannot be reached or started, or the bench product cannot be set up.
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
-    let (embedded, url, durability) = match &args.addr {
-        Some(url) => (
+    let interrupt = Interrupt::on_ctrl_c();
+    let (embedded, peers, durability) = if args.targets.any() {
+        let needed = [Service::Order, Service::Inventory].map(|s| (s, args.targets.url_or_dev(s)));
+        crate::targets::reachable(&needed).await?;
+        (
             None,
-            crate::load::addr_url(url),
+            args.targets.peers(crate::targets::DEV_ADDR)?,
             "remote (its own settings)".to_owned(),
-        ),
-        None => {
-            let dir = tempfile::Builder::new()
-                .prefix("sagaflow-bench-")
-                .tempdir()
-                .context("creating a data directory")?;
-            let mut config = EmbeddedConfig::bench(dir.path().to_path_buf());
-            config.sqlite_synchronous = args.sqlite_synchronous;
-            let durability = format!(
-                "embedded SQLite, WAL, synchronous={:?}",
-                args.sqlite_synchronous
-            );
-            let system = Embedded::start(config).await?;
-            let url = system.url();
-            (Some((system, dir)), url, durability)
+        )
+    } else {
+        let dir = tempfile::Builder::new()
+            .prefix("sagaflow-bench-")
+            .tempdir()
+            .context("creating a data directory")?;
+        let mut config = EmbeddedConfig::bench(dir.path().to_path_buf());
+        config.sqlite_synchronous = args.sqlite_synchronous;
+        let durability = format!(
+            "embedded SQLite, WAL, synchronous={:?}",
+            args.sqlite_synchronous
+        );
+        let system = Embedded::start(config).await?;
+        if !args.json {
+            println!("embedded system listening on {}", system.url());
         }
+        let channel = TargetArgs::channel(Service::Order, &system.url())?;
+        (Some((system, dir)), Peers::single(channel), durability)
     };
-    let channel = Endpoint::from_shared(url.clone())
-        .context("--addr")?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    let report = drive(&args, channel, durability).await;
-    if let Some((system, _dir)) = embedded {
+    let report = drive(&args, &peers, durability, &interrupt).await;
+    if let Some((system, dir)) = embedded {
         system.shutdown().await;
+        if let Err(err) = dir.close() {
+            eprintln!("could not remove the bench's data directory: {err}");
+        }
     }
     let mut report = report?;
-    if args.addr.is_none() {
+    if !args.targets.any() {
         report.server_peak_rss_kib = peak_rss_kib(None);
     } else if let Some(pid) = args.server_pid {
         report.server_peak_rss_kib = peak_rss_kib(Some(pid));
@@ -128,7 +135,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         );
     } else {
         println!(
-            "concurrency {}: {} sagas in {:.2} s = {:.1} sagas/s; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; errors {}; outcomes {:?}; server peak RSS {}; durability: {}",
+            "concurrency {}: {} sagas in {:.2} s = {:.1} sagas/s; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; errors {}; outcomes {:?}; server peak RSS {}; durability: {}{}",
             report.concurrency,
             report.finished,
             report.seconds,
@@ -142,7 +149,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
                 || "n/a".to_owned(),
                 |k| format!("{:.1} MiB", k as f64 / 1024.0)
             ),
-            report.durability
+            report.durability,
+            if report.interrupted {
+                "; interrupted by Ctrl-C (orders still in flight then are left out)"
+            } else {
+                ""
+            }
         );
     }
     Ok(report)
@@ -150,11 +162,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 
 async fn drive(
     args: &BenchArgs,
-    channel: Channel,
+    peers: &Peers,
     durability: String,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<BenchReport> {
     let run = format!("bench{}", sagaflow_server::db::now_ms());
-    let mut inventory = InventoryServiceClient::new(channel.clone());
+    let mut inventory = InventoryServiceClient::new(peers.inventory.clone());
     inventory
         .upsert_product(UpsertProductRequest {
             sku: BENCH_SKU.into(),
@@ -172,7 +185,18 @@ async fn drive(
         .await
         .context("stocking the bench product")?;
 
-    let concurrency = args.concurrency.max(1);
+    let concurrency = usize::try_from(args.concurrency).unwrap_or(1).max(1);
+    if !args.json {
+        match args.duration {
+            Some(secs) => {
+                println!("placing orders for {secs} s from {concurrency} clients, run id {run}")
+            }
+            None => println!(
+                "placing {} orders from {concurrency} clients, run id {run}",
+                args.count
+            ),
+        }
+    }
     let started = Instant::now();
     let stop_at = args.duration.map(|s| started + Duration::from_secs(s));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -181,11 +205,15 @@ async fn drive(
     for _ in 0..concurrency {
         let next = next.clone();
         let results = results.clone();
-        let mut client = OrderServiceClient::new(channel.clone());
+        let mut client = OrderServiceClient::new(peers.order.clone());
         let run = run.clone();
         let count = args.count;
+        let interrupt = interrupt.clone();
         set.spawn(async move {
             loop {
+                if interrupt.is_set() {
+                    break;
+                }
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let more = match stop_at {
                     Some(t) => Instant::now() < t,
@@ -218,7 +246,26 @@ async fn drive(
             }
         });
     }
-    while let Some(joined) = set.join_next().await {
+    let mut grace_ends = None;
+    loop {
+        let joined = match grace_ends {
+            None => tokio::select! {
+                joined = set.join_next() => joined,
+                () = interrupt.wait() => {
+                    grace_ends = Some(Instant::now() + INTERRUPT_GRACE);
+                    continue;
+                }
+            },
+            Some(end) => match tokio::time::timeout_at(end, set.join_next()).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    // Orders still in flight are left out of the figures.
+                    set.abort_all();
+                    break;
+                }
+            },
+        };
+        let Some(joined) = joined else { break };
         joined.context("a bench client failed")?;
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -237,5 +284,6 @@ async fn drive(
         errors,
         server_peak_rss_kib: None,
         durability,
+        interrupted: interrupt.is_set(),
     })
 }

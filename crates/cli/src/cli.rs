@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sagaflow_telemetry::{LogFormat, TelemetryGuard, metrics::MetricsError};
 
-use crate::{CliError, bench, demo, dev, recovery, saga, serve};
+use crate::{CliError, bench, demo, dev, recovery, saga, seed, serve};
 
 /// The sagaflow order system: gRPC services coordinated by a durable saga engine.
 #[derive(Debug, Parser)]
@@ -34,6 +34,8 @@ enum Command {
     Recovery(recovery::RecoveryArgs),
     /// Run one service on its own port and database.
     Serve(serve::ServeArgs),
+    /// Load the demo data (or `--file`) into running services through their admin RPCs.
+    Seed(seed::SeedArgs),
     /// Inspect, retry or cancel sagas through the admin API.
     Saga(saga::SagaArgs),
 }
@@ -41,8 +43,12 @@ enum Command {
 /// Exit code for invalid configuration (EX_USAGE of sysexits.h).
 const EXIT_USAGE: u8 = 64;
 
+/// Exit code after Ctrl-C: 128 + SIGINT, as a shell reports a process that SIGINT ended.
+const EXIT_INTERRUPTED: u8 = 130;
+
 /// Runs the `sagaflow` command line: parses `std::env::args`, runs the command, and returns the
-/// exit code (0 ok, 1 failure, 2 bad flags from clap, 64 invalid configuration).
+/// exit code (0 ok, 1 failure, 2 bad flags from clap, 64 invalid configuration, 130 interrupted
+/// by Ctrl-C).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -65,7 +71,7 @@ pub fn main() -> ExitCode {
             Command::Bench(_) => "sagaflow-bench".to_owned(),
             Command::Recovery(_) => "sagaflow-recovery".to_owned(),
             Command::Serve(args) => args.service.telemetry_name(),
-            Command::Saga(_) => "sagaflow-cli".to_owned(),
+            Command::Saga(_) | Command::Seed(_) => "sagaflow-cli".to_owned(),
         };
         let telemetry = sagaflow_telemetry::init(&service, format);
         let result = run(cli.command).await;
@@ -82,6 +88,7 @@ pub fn main() -> ExitCode {
             eprintln!("sagaflow: {err:#}");
             ExitCode::FAILURE
         }
+        Err(CliError::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
     }
 }
 
@@ -106,6 +113,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             }
         }),
         Command::Demo(args) => match demo::run(args).await {
+            Ok(outcome) if outcome.interrupted => Err(CliError::Interrupted),
             Ok(outcome) if outcome.unfinished == 0 && outcome.violations.is_empty() => Ok(()),
             Ok(outcome) => Err(CliError::Failed(anyhow::anyhow!(
                 "{} orders unfinished, {} invariant violations",
@@ -114,7 +122,12 @@ async fn run(command: Command) -> Result<(), CliError> {
             ))),
             Err(err) => Err(CliError::Failed(err)),
         },
-        Command::Bench(args) => bench::run(args).await.map(|_| ()).map_err(CliError::Failed),
+        Command::Bench(args) => match bench::run(args).await {
+            Ok(report) if report.interrupted => Err(CliError::Interrupted),
+            Ok(_) => Ok(()),
+            Err(err) => Err(CliError::Failed(err)),
+        },
+        Command::Seed(args) => seed::run(args).await.map_err(CliError::Failed),
         Command::Recovery(args) => recovery::run(args)
             .await
             .map(|_| ())

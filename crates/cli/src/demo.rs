@@ -11,6 +11,13 @@ use std::{
     time::Duration,
 };
 
+use crate::{
+    dev::{Embedded, EmbeddedConfig},
+    invariants::{self, Services},
+    load::{INTERRUPT_GRACE, Interrupt, Latencies, is_terminal, outcome_label, place_and_wait},
+    services::{Peers, Service},
+    targets::TargetArgs,
+};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use sagaflow_proto::order::v1::{
@@ -18,13 +25,6 @@ use sagaflow_proto::order::v1::{
 };
 use serde::Deserialize;
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
-use tonic::transport::{Channel, Endpoint};
-
-use crate::{
-    dev::{Embedded, EmbeddedConfig},
-    invariants::{self, Services},
-    load::{Latencies, is_terminal, outcome_label, place_and_wait},
-};
 
 /// The shipped sample orders.
 pub const SAMPLE_ORDERS: &str = include_str!("../examples/orders.jsonl");
@@ -32,16 +32,17 @@ pub const SAMPLE_ORDERS: &str = include_str!("../examples/orders.jsonl");
 /// Flags of `sagaflow demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// URL of a running system (`http://127.0.0.1:50051`); without it an embedded system is
-    /// started on a fresh data directory and stopped afterwards.
-    #[arg(long, env = "SAGAFLOW_ADDR")]
-    pub addr: Option<String>,
+    /// Where the system runs (`--addr` for `sagaflow dev`, `--distributed` or
+    /// `--<service>-addr` for `sagaflow serve` processes); with none of them an embedded system
+    /// is started on a fresh temporary data directory and removed afterwards.
+    #[command(flatten)]
+    pub targets: TargetArgs,
     /// Orders to place, one JSON `PlaceOrderRequest` per line (default: the shipped sample).
     #[arg(long)]
     pub orders: Option<PathBuf>,
-    /// Orders in flight at once.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
+    /// Orders in flight at once (at least 1).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
     /// Longest wait for all orders to finish, seconds.
     #[arg(long, default_value_t = 180)]
     pub timeout_secs: u64,
@@ -122,6 +123,8 @@ pub struct DemoOutcome {
     pub violations: Vec<String>,
     /// Number of invariant checks made.
     pub checks: usize,
+    /// Whether Ctrl-C cut the run short (the process then exits 130).
+    pub interrupted: bool,
 }
 
 /// Runs the demo (see the module docs).
@@ -139,28 +142,36 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
     if samples.is_empty() {
         bail!("the orders file has no orders");
     }
-    let (embedded, url) = match &args.addr {
-        Some(url) => (None, crate::load::addr_url(url)),
-        None => {
-            let dir = tempfile::Builder::new()
-                .prefix("sagaflow-demo-")
-                .tempdir()
-                .context("creating a data directory")?;
-            let config = EmbeddedConfig::demo(dir.path().to_path_buf());
-            println!("starting an embedded system on {}", dir.path().display());
-            let system = Embedded::start(config).await?;
-            let url = system.url();
-            (Some((system, dir)), url)
-        }
+    let interrupt = Interrupt::on_ctrl_c();
+    let (embedded, peers) = if args.targets.any() {
+        let needed = [
+            Service::Order,
+            Service::Inventory,
+            Service::Point,
+            Service::Coupon,
+            Service::Payment,
+        ]
+        .map(|s| (s, args.targets.url_or_dev(s)));
+        crate::targets::reachable(&needed).await?;
+        (None, args.targets.peers(crate::targets::DEV_ADDR)?)
+    } else {
+        let dir = tempfile::Builder::new()
+            .prefix("sagaflow-demo-")
+            .tempdir()
+            .context("creating a data directory")?;
+        let config = EmbeddedConfig::demo(dir.path().to_path_buf());
+        println!("starting an embedded system on {}", dir.path().display());
+        let system = Embedded::start(config).await?;
+        println!("embedded system listening on {}", system.url());
+        let channel = TargetArgs::channel(Service::Order, &system.url())?;
+        (Some((system, dir)), Peers::single(channel))
     };
-    let channel = Endpoint::from_shared(url.clone())
-        .context("--addr")?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    let outcome = place_all(&args, &samples, channel).await;
-    if let Some((system, _dir)) = embedded {
+    let outcome = place_all(&args, &samples, &peers, &interrupt).await;
+    if let Some((system, dir)) = embedded {
         system.shutdown().await;
+        if let Err(err) = dir.close() {
+            eprintln!("could not remove the demo's data directory: {err}");
+        }
     }
     outcome
 }
@@ -168,9 +179,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
 async fn place_all(
     args: &DemoArgs,
     samples: &[SampleOrder],
-    channel: Channel,
+    peers: &Peers,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<DemoOutcome> {
-    let services = Services::single(channel.clone());
+    let services = Services {
+        inventory: peers.inventory.clone(),
+        point: peers.point.clone(),
+        coupon: peers.coupon.clone(),
+        payment: peers.payment.clone(),
+    };
     let users: BTreeSet<String> = samples.iter().map(|o| o.user_id.clone()).collect();
     let coupons: BTreeSet<String> = samples
         .iter()
@@ -184,28 +201,60 @@ async fn place_all(
     println!(
         "placing {} orders ({} in flight at once), run id {run}",
         samples.len(),
-        args.concurrency.max(1)
+        usize::try_from(args.concurrency).unwrap_or(1).max(1)
     );
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let permits = Arc::new(Semaphore::new(
+        usize::try_from(args.concurrency).unwrap_or(1).max(1),
+    ));
     let started = Instant::now();
     let mut set = JoinSet::new();
     for (i, sample) in samples.iter().enumerate() {
         let permits = permits.clone();
-        let mut client = OrderServiceClient::new(channel.clone());
+        let mut client = OrderServiceClient::new(peers.order.clone());
         let request = sample.request(&run);
+        let interrupt = interrupt.clone();
         set.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            (i, place_and_wait(&mut client, request, deadline).await)
+            // Ctrl-C while waiting for a turn: this order is never placed.
+            let _permit = tokio::select! {
+                biased;
+                () = interrupt.wait() => return (i, None),
+                permit = permits.acquire_owned() => permit,
+            };
+            (
+                i,
+                Some(place_and_wait(&mut client, request, deadline).await),
+            )
         });
     }
     let mut results: Vec<Option<(Order, Duration)>> = vec![None; samples.len()];
     let mut errors = Vec::new();
-    while let Some(joined) = set.join_next().await {
+    let mut not_placed = 0_usize;
+    let mut grace_ends = None;
+    loop {
+        let joined = match grace_ends {
+            None => tokio::select! {
+                joined = set.join_next() => joined,
+                () = interrupt.wait() => {
+                    grace_ends = Some(Instant::now() + INTERRUPT_GRACE);
+                    continue;
+                }
+            },
+            Some(end) => match tokio::time::timeout_at(end, set.join_next()).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    // What is still in flight is reported unfinished.
+                    set.abort_all();
+                    break;
+                }
+            },
+        };
+        let Some(joined) = joined else { break };
         let (i, result) = joined.context("an order task failed")?;
         match result {
-            Ok(r) => results[i] = Some(r),
-            Err(status) => errors.push(format!(
+            None => not_placed += 1,
+            Some(Ok(r)) => results[i] = Some(r),
+            Some(Err(status)) => errors.push(format!(
                 "{}: {} {}",
                 samples[i].request_id,
                 status.code(),
@@ -233,7 +282,10 @@ async fn place_all(
         }
         orders.push(order.clone());
     }
+    let interrupted = interrupt.is_set();
     let unfinished = orders.iter().filter(|o| !is_terminal(o)).count() + errors.len();
+    // Placed but not read back before the grace period ended.
+    let in_flight = samples.len() - orders.len() - errors.len() - not_placed;
     let lat = Latencies::of(&latencies);
 
     println!("\noutcomes:");
@@ -257,6 +309,23 @@ async fn place_all(
         lat.max_ms
     );
 
+    if interrupted {
+        println!(
+            "interrupted: {} of {} orders placed and finished, {} still in flight, {} never \
+             placed; invariants not checked",
+            latencies.len(),
+            samples.len(),
+            unfinished + in_flight,
+            not_placed
+        );
+        return Ok(DemoOutcome {
+            orders,
+            unfinished: unfinished + in_flight,
+            violations: Vec::new(),
+            checks: 0,
+            interrupted,
+        });
+    }
     if unfinished > 0 {
         // The invariants hold once every saga has finished (docs/architecture.md, "Invariants");
         // checking them now would report the orders still in flight as corruption.
@@ -269,6 +338,7 @@ async fn place_all(
             unfinished,
             violations: Vec::new(),
             checks: 0,
+            interrupted,
         });
     }
     let after = invariants::snapshot(&services, &users, &coupons)
@@ -294,6 +364,7 @@ async fn place_all(
         unfinished,
         violations: report.violations,
         checks: report.checks,
+        interrupted,
     })
 }
 

@@ -28,6 +28,7 @@ pub mod saga;
 pub mod seed;
 pub mod serve;
 pub mod services;
+pub mod targets;
 
 /// Why a command failed: bad configuration (exit 64) or a runtime failure (exit 1).
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub enum CliError {
     Usage(String),
     /// A runtime failure.
     Failed(anyhow::Error),
+    /// Ctrl-C cut the command short after it reported what it had (exit 130).
+    Interrupted,
 }
 
 impl From<anyhow::Error> for CliError {

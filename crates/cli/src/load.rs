@@ -19,6 +19,41 @@ pub fn addr_url(addr: &str) -> String {
     }
 }
 
+/// How long `demo` and `bench` wait for the orders in flight after Ctrl-C before they report what
+/// they have (the orders left then are reported unfinished; their sagas go on in the system).
+pub const INTERRUPT_GRACE: Duration = Duration::from_millis(1_000);
+
+/// Ctrl-C (SIGINT) for `demo` and `bench`: once it arrives they place no more orders, wait
+/// [`INTERRUPT_GRACE`] for those in flight, print a partial report, remove their temporary data
+/// and exit 130 (128 + SIGINT, the shell's convention).
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(tokio_util::sync::CancellationToken);
+
+impl Interrupt {
+    /// Listens for Ctrl-C from now on (the process no longer dies of SIGINT at once).
+    pub fn on_ctrl_c() -> Self {
+        let interrupt = Self::default();
+        let token = interrupt.0.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: placing no more orders");
+                token.cancel();
+            }
+        });
+        interrupt
+    }
+
+    /// Whether Ctrl-C arrived.
+    pub fn is_set(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Resolves when Ctrl-C arrives.
+    pub async fn wait(&self) {
+        self.0.cancelled().await;
+    }
+}
+
 /// How long one `GetOrder` long-poll waits, at most (the API's limit is 60 s).
 const WAIT_SLICE: Duration = Duration::from_secs(30);
 

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use sagaflow_proto::workflow::v1::{
     CancelSagaRequest, GetSagaRequest, GetSagaResponse, JournalEntry, ListSagasRequest, Resolution,
@@ -14,19 +13,15 @@ use sagaflow_proto::workflow::v1::{
     saga_admin_service_client::SagaAdminServiceClient,
 };
 use sagaflow_server::db::ms_from_timestamp;
-use tonic::transport::Endpoint;
 
 /// Flags of `sagaflow saga`.
 #[derive(Debug, Args)]
 pub struct SagaArgs {
-    /// URL of the orchestrator (or of `sagaflow dev`).
-    #[arg(
-        long,
-        env = "SAGAFLOW_ADDR",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
-    pub addr: String,
+    /// Where the orchestrator runs: `--orchestrator-addr` (a `sagaflow serve orchestrator`),
+    /// `--addr` (`sagaflow dev`), or `--distributed` (127.0.0.1:50067); default
+    /// `http://127.0.0.1:50051`, where `sagaflow dev` listens.
+    #[command(flatten)]
+    pub targets: crate::targets::TargetArgs,
     #[command(subcommand)]
     pub command: SagaCommand,
 }
@@ -121,11 +116,13 @@ impl From<StatusFilter> for SagaStatus {
 /// # Errors
 /// The admin API's error (NOT_FOUND, FAILED_PRECONDITION with its reason, …) or a connection error.
 pub async fn run(args: SagaArgs) -> anyhow::Result<()> {
-    let channel = Endpoint::from_shared(crate::load::addr_url(&args.addr))
-        .context("--addr")?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
+    let url = args
+        .targets
+        .url_or_dev(crate::services::Service::Orchestrator);
+    crate::targets::reachable(&[(crate::services::Service::Orchestrator, url.clone())]).await?;
+    let channel =
+        crate::targets::TargetArgs::channel(crate::services::Service::Orchestrator, &url)?;
+    let status_error = |status| status_error(&url, status);
     let mut admin = SagaAdminServiceClient::new(channel);
     match args.command {
         SagaCommand::Show { saga_id } => {
@@ -215,11 +212,26 @@ pub async fn run(args: SagaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+/// One line for an admin API error: the code, the ErrorInfo reason, the message, and for the
+/// answers that mean "wrong address" (UNIMPLEMENTED: no saga admin API there; NOT_FOUND: not in
+/// this orchestrator's database) the address that was asked.
+fn status_error(url: &str, status: tonic::Status) -> anyhow::Error {
+    if status.code() == tonic::Code::Unimplemented {
+        return anyhow::anyhow!(
+            "{url} does not serve the saga admin API (sagaflow.workflow.v1.SagaAdminService): \
+             point --orchestrator-addr at `sagaflow serve orchestrator`, or --addr at \
+             `sagaflow dev`"
+        );
+    }
     let reason = sagaflow_server::error::error_reason(&status)
         .map(|r| format!(" ({r})"))
         .unwrap_or_default();
-    anyhow::anyhow!("{:?}{reason}: {}", status.code(), status.message())
+    let at = if status.code() == tonic::Code::NotFound {
+        format!(" (asked {url})")
+    } else {
+        String::new()
+    };
+    anyhow::anyhow!("{:?}{reason}: {}{at}", status.code(), status.message())
 }
 
 fn status_name(saga: &Saga) -> &'static str {

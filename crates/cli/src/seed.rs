@@ -160,6 +160,58 @@ pub async fn apply_split(
     Ok(())
 }
 
+/// Flags of `sagaflow seed`.
+#[derive(Debug, clap::Args)]
+pub struct SeedArgs {
+    /// The seed file (JSON: `products`, `users`, `coupons`; default: the shipped demo data that
+    /// `sagaflow dev` seeds and the demo orders expect).
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+    /// Where the inventory, point and coupon services run.
+    #[command(flatten)]
+    pub targets: crate::targets::TargetArgs,
+}
+
+/// `sagaflow seed`: applies the seed through the inventory, point and coupon services' admin
+/// RPCs (UpsertProduct, Restock, GrantPoints, IssueCoupon), at `sagaflow dev`'s address unless
+/// told otherwise. The keys are fixed, so seeding twice changes nothing.
+///
+/// # Errors
+/// An unreadable or malformed file, a service that does not answer, or the first RPC that fails
+/// (named with the product, user or coupon).
+pub async fn run(args: SeedArgs) -> anyhow::Result<()> {
+    use crate::{services::Service, targets::TargetArgs};
+
+    let json = match &args.file {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => DEMO_SEED.to_owned(),
+    };
+    let seed = Seed::parse(&json)?;
+    let targets = [Service::Inventory, Service::Point, Service::Coupon]
+        .map(|s| (s, args.targets.url_or_dev(s)));
+    crate::targets::reachable(&targets).await?;
+    let [inventory, point, coupon] = &targets;
+    apply_split(
+        TargetArgs::channel(inventory.0, &inventory.1)?,
+        TargetArgs::channel(point.0, &point.1)?,
+        TargetArgs::channel(coupon.0, &coupon.1)?,
+        &seed,
+    )
+    .await?;
+    println!(
+        "seeded {} products at {}, {} users at {}, {} coupons at {}",
+        seed.products.len(),
+        inventory.1,
+        seed.users.len(),
+        point.1,
+        seed.coupons.len(),
+        coupon.1
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use sagaflow_testkit::grpcurl_output;
-use sagaflow_tests::{Process, free_port, sagaflow_bin};
+use sagaflow_tests::{free_port, sagaflow_bin, start_dev};
 use serde_json::Value;
 
 /// Sagas the admin API lists (up to 1000).
@@ -32,17 +32,7 @@ fn sigkill_during_demo_then_restart_finishes_every_saga() {
     let data = dir.path().join("data");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "dev",
-        "--listen",
-        listen.as_str(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--lease-ms",
-        "2000",
-    ];
-    let mut dev = Process::start(&args, &[], Duration::from_secs(60));
-    dev.wait_for_log("sagaflow dev is running", Duration::from_secs(60));
+    let mut dev = start_dev(&listen, &data, &["--lease-ms", "2000"], &[]);
 
     let demo_log = dir.path().join("demo.log");
     let mut demo = Command::new(sagaflow_bin())
@@ -74,7 +64,7 @@ fn sigkill_during_demo_then_restart_finishes_every_saga() {
     dev.kill();
 
     // Start it again on the same port and data directory: it resumes every unfinished saga.
-    let mut dev = Process::start(&args, &[], Duration::from_secs(60));
+    let mut dev = start_dev(&listen, &data, &["--lease-ms", "2000"], &[]);
     let status = {
         let deadline = Instant::now() + Duration::from_secs(200);
         loop {

@@ -5,8 +5,10 @@
 
 mod chaos;
 mod crash_restart;
+mod distributed;
 mod foundation;
 mod in_doubt;
+mod interrupt;
 mod nul_bytes;
 mod observability;
 mod recovery;

@@ -60,26 +60,17 @@ fn start_dev(
     schedule_delay_ms: &str,
     extra: &[&str],
 ) -> Process {
-    let mut args = vec![
-        "dev",
-        "--listen",
-        listen,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
     let endpoint = collector.endpoint();
-    let mut dev = Process::start(
-        &args,
+    sagaflow_tests::start_dev(
+        listen,
+        data,
+        extra,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             // Milliseconds; honoured by opentelemetry_sdk's BatchConfig.
             ("OTEL_BSP_SCHEDULE_DELAY", schedule_delay_ms),
         ],
-        WAIT,
-    );
-    dev.wait_for_log("sagaflow dev is running", WAIT);
-    dev
+    )
 }
 
 /// Places an order through grpcurl with `-H traceparent:…` (when given); returns its id.
@@ -846,13 +837,10 @@ fn from_journals(addr: &str, saga_ids: &[String]) -> FromJournals {
 fn metrics_count_the_outcomes_of_a_mixed_run() {
     let dir = tempfile::tempdir().unwrap();
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let mut dev = Process::start(
+    let mut dev = sagaflow_tests::start_dev(
+        "127.0.0.1:0",
+        &dir.path().join("data"),
         &[
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
             "--metrics-listen",
             &metrics_addr,
             // Retries: half the inventory deductions fail transiently before the handler runs.
@@ -860,9 +848,7 @@ fn metrics_count_the_outcomes_of_a_mixed_run() {
             "DeductInventory=error:unavailable:0.5",
         ],
         &[],
-        WAIT,
     );
-    dev.wait_for_log("sagaflow dev is running", WAIT);
     dev.wait_for_log("metrics endpoint listening", WAIT);
     let addr = dev.addr().to_owned();
     // Off by default, on here: the endpoint answers before any saga ran.

@@ -18,7 +18,7 @@ use sagaflow_proto::{
     },
     workflow::v1::{GetSagaRequest, saga_admin_service_client::SagaAdminServiceClient},
 };
-use sagaflow_tests::{Process, free_port, sagaflow_bin};
+use sagaflow_tests::{Process, free_port, sagaflow_bin, start_dev};
 use serde_json::Value;
 use tonic::transport::Channel;
 
@@ -28,18 +28,7 @@ const ORDERS: usize = 40;
 
 fn dev(data: &std::path::Path, listen: &str) -> Process {
     let lease = LEASE_MS.to_string();
-    let args = [
-        "dev",
-        "--listen",
-        listen,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--lease-ms",
-        lease.as_str(),
-    ];
-    let mut process = Process::start(&args, &[], Duration::from_secs(60));
-    process.wait_for_log("sagaflow dev is running", Duration::from_secs(60));
-    process
+    start_dev(listen, data, &["--lease-ms", lease.as_str()], &[])
 }
 
 async fn channel(url: String) -> Channel {

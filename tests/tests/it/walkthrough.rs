@@ -25,37 +25,14 @@ impl Dev {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let process = Process::start(
-            &[
-                "dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                data.to_str().unwrap(),
-            ],
+        let process = sagaflow_tests::start_dev(
+            "127.0.0.1:0",
+            &data,
+            &[],
             // The debug line of GetOrder's long-poll tells the shutdown check it is in flight.
             &[("RUST_LOG", "info,sagaflow_order=debug")],
-            Duration::from_secs(60),
         );
-        let dev = Self { process, _dir: dir };
-        // Seeding finishes right after the server starts listening: wait for the catalog.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = grpcurl_output(
-                dev.addr(),
-                &["-d", r#"{"code":"WELCOME-BOB"}"#],
-                Some(&format!("{COUPON}/GetCoupon")),
-            );
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "demo data never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        dev
+        Self { process, _dir: dir }
     }
 
     fn addr(&self) -> &str {

@@ -1,0 +1,195 @@
+//! Where the client commands (`demo`, `bench`, `seed`, `saga`) find the services: one address for
+//! `sagaflow dev` (every service on one port), or one address per service for the distributed
+//! mode (docs/operations.md, "Running").
+//!
+//! Per service, the first of these that is set wins:
+//!
+//! 1. `--<service>-addr` (or its `SAGAFLOW_<SERVICE>_ADDR`, the same variable `sagaflow serve`
+//!    reads to find its peers, so one environment serves both);
+//! 2. `--addr` (`SAGAFLOW_ADDR`): one address for every service;
+//! 3. `--distributed`: the service's `serve` default, `http://127.0.0.1:<port>` (order 50061 …
+//!    orchestrator 50067);
+//! 4. the command's own default: `demo` and `bench` start an embedded system, `saga` and `seed`
+//!    talk to `sagaflow dev` on `http://127.0.0.1:50051`.
+
+use std::time::Duration;
+
+use clap::Args;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{load::addr_url, services::Service};
+
+/// The address of `sagaflow dev` when nothing else is given.
+pub const DEV_ADDR: &str = "http://127.0.0.1:50051";
+
+/// The services' addresses (see the module docs for which one wins).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TargetArgs {
+    /// One address serving every service (`sagaflow dev`), e.g. `127.0.0.1:50051`.
+    #[arg(long, env = "SAGAFLOW_ADDR", global = true)]
+    pub addr: Option<String>,
+    /// Address each service at its `sagaflow serve` default port on 127.0.0.1 (50061–50067)
+    /// unless its own `--<service>-addr` is given.
+    #[arg(long, global = true)]
+    pub distributed: bool,
+    /// Order service (PlaceOrder, GetOrder).
+    #[arg(long, env = "SAGAFLOW_ORDER_ADDR", global = true)]
+    pub order_addr: Option<String>,
+    /// Coupon service.
+    #[arg(long, env = "SAGAFLOW_COUPON_ADDR", global = true)]
+    pub coupon_addr: Option<String>,
+    /// Inventory service.
+    #[arg(long, env = "SAGAFLOW_INVENTORY_ADDR", global = true)]
+    pub inventory_addr: Option<String>,
+    /// Payment service.
+    #[arg(long, env = "SAGAFLOW_PAYMENT_ADDR", global = true)]
+    pub payment_addr: Option<String>,
+    /// Point service.
+    #[arg(long, env = "SAGAFLOW_POINT_ADDR", global = true)]
+    pub point_addr: Option<String>,
+    /// Ranking service.
+    #[arg(long, env = "SAGAFLOW_RANKING_ADDR", global = true)]
+    pub ranking_addr: Option<String>,
+    /// Orchestrator (the saga admin API).
+    #[arg(long, env = "SAGAFLOW_ORCHESTRATOR_ADDR", global = true)]
+    pub orchestrator_addr: Option<String>,
+}
+
+impl TargetArgs {
+    /// Whether any address was given (`demo` and `bench` then drive that system instead of
+    /// starting an embedded one).
+    pub fn any(&self) -> bool {
+        self.distributed
+            || self.addr.is_some()
+            || Service::ALL.iter().any(|s| self.own(*s).is_some())
+    }
+
+    fn own(&self, service: Service) -> Option<&String> {
+        match service {
+            Service::Order => self.order_addr.as_ref(),
+            Service::Coupon => self.coupon_addr.as_ref(),
+            Service::Inventory => self.inventory_addr.as_ref(),
+            Service::Payment => self.payment_addr.as_ref(),
+            Service::Point => self.point_addr.as_ref(),
+            Service::Ranking => self.ranking_addr.as_ref(),
+            Service::Orchestrator => self.orchestrator_addr.as_ref(),
+        }
+    }
+
+    /// The URL of `service`, or `None` when nothing addresses it (rule 4 of the module docs is
+    /// the caller's).
+    pub fn url(&self, service: Service) -> Option<String> {
+        if let Some(own) = self.own(service).filter(|a| !a.trim().is_empty()) {
+            return Some(addr_url(own.trim()));
+        }
+        if let Some(addr) = self.addr.as_ref().filter(|a| !a.trim().is_empty()) {
+            return Some(addr_url(addr.trim()));
+        }
+        self.distributed
+            .then(|| format!("http://127.0.0.1:{}", service.default_port()))
+    }
+
+    /// Where `service` is, with `sagaflow dev`'s address when nothing addresses it.
+    pub fn url_or_dev(&self, service: Service) -> String {
+        self.url(service).unwrap_or_else(|| DEV_ADDR.to_owned())
+    }
+
+    /// A lazily connected channel to `service` at `url` (connect timeout 2 s).
+    ///
+    /// # Errors
+    /// When `url` is not a valid URI; the message names the flag.
+    pub fn channel(service: Service, url: &str) -> anyhow::Result<Channel> {
+        Endpoint::from_shared(url.to_owned())
+            .map(|e| e.connect_timeout(Duration::from_secs(2)).connect_lazy())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "--{}-addr (or --addr) {url:?} is not a URL: {e}",
+                    service.name()
+                )
+            })
+    }
+
+    /// Channels to every service, with `fallback` (an embedded system's URL) for those nothing
+    /// addresses.
+    ///
+    /// # Errors
+    /// When an address is not a valid URL.
+    pub fn peers(&self, fallback: &str) -> anyhow::Result<crate::services::Peers> {
+        let ch = |service| {
+            let url = self.url(service).unwrap_or_else(|| fallback.to_owned());
+            Self::channel(service, &url)
+        };
+        Ok(crate::services::Peers {
+            order: ch(Service::Order)?,
+            coupon: ch(Service::Coupon)?,
+            inventory: ch(Service::Inventory)?,
+            payment: ch(Service::Payment)?,
+            point: ch(Service::Point)?,
+            ranking: ch(Service::Ranking)?,
+            orchestrator: ch(Service::Orchestrator)?,
+        })
+    }
+}
+
+/// Checks that every `(service, url)` answers a connection within 2 s (each distinct URL once), so
+/// that a command pointed at a system that is down says so at once instead of retrying.
+///
+/// # Errors
+/// Names the first service whose address does not answer, the address, and the flag to fix.
+pub async fn reachable(targets: &[(Service, String)]) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (service, url) in targets {
+        if !seen.insert(url.clone()) {
+            continue;
+        }
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| anyhow::anyhow!("--{}-addr {url:?} is not a URL: {e}", service.name()))?
+            .connect_timeout(Duration::from_secs(2));
+        if let Err(err) = endpoint.connect().await {
+            anyhow::bail!(
+                "nothing answers at {url} (the {} service): {err}; start it (`sagaflow dev`, or \
+                 `sagaflow serve {}`) or point --{}-addr / --addr at it",
+                service.name(),
+                service.name(),
+                service.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_address_beats_addr_beats_distributed() {
+        let targets = TargetArgs {
+            addr: Some("127.0.0.1:7000".into()),
+            distributed: true,
+            order_addr: Some("10.0.0.1:1".into()),
+            ..TargetArgs::default()
+        };
+        assert_eq!(
+            targets.url(Service::Order).as_deref(),
+            Some("http://10.0.0.1:1")
+        );
+        assert_eq!(
+            targets.url(Service::Coupon).as_deref(),
+            Some("http://127.0.0.1:7000")
+        );
+        let distributed = TargetArgs {
+            distributed: true,
+            ..TargetArgs::default()
+        };
+        assert_eq!(
+            distributed.url(Service::Orchestrator).as_deref(),
+            Some("http://127.0.0.1:50067")
+        );
+        assert!(distributed.any());
+        let none = TargetArgs::default();
+        assert_eq!(none.url(Service::Point), None);
+        assert_eq!(none.url_or_dev(Service::Point), DEV_ADDR);
+        assert!(!none.any());
+    }
+}
