@@ -114,11 +114,19 @@ async fn run(command: Command) -> Result<(), CliError> {
         }),
         Command::Demo(args) => match demo::run(args).await {
             Ok(outcome) if outcome.interrupted => Err(CliError::Interrupted),
-            Ok(outcome) if outcome.unfinished == 0 && outcome.violations.is_empty() => Ok(()),
+            Ok(outcome)
+                if outcome.unfinished == 0
+                    && outcome.violations.is_empty()
+                    && outcome.mismatches.is_empty() =>
+            {
+                Ok(())
+            }
             Ok(outcome) => Err(CliError::Failed(anyhow::anyhow!(
-                "{} orders unfinished, {} invariant violations",
+                "{} orders unfinished, {} invariant violations, {} orders not as their scenario \
+                 says",
                 outcome.unfinished,
-                outcome.violations.len()
+                outcome.violations.len(),
+                outcome.mismatches.len()
             ))),
             Err(err) => Err(CliError::Failed(err)),
         },

@@ -48,8 +48,46 @@ pub struct DemoArgs {
     pub timeout_secs: u64,
 }
 
-/// One line of the orders file.
+/// What each scenario of the shipped sample must end as (outcome labels as the report prints
+/// them). An order whose outcome is not among its scenario's is a demo failure; scenarios not
+/// listed (a custom `--orders` file) are not checked.
+pub const SCENARIO_OUTCOMES: &[(&str, &[&str])] = &[
+    ("plain", &["COMPLETED"]),
+    ("coupon", &["COMPLETED"]),
+    ("coupon+points", &["COMPLETED"]),
+    ("points", &["COMPLETED"]),
+    ("coupon minimum not met", &["FAILED/COUPON_UNAVAILABLE"]),
+    ("expired coupon", &["FAILED/COUPON_UNAVAILABLE"]),
+    ("someone else's coupon", &["FAILED/COUPON_UNAVAILABLE"]),
+    ("out of stock", &["FAILED/OUT_OF_STOCK"]),
+    (
+        "limited stock (5 units, some win)",
+        &["COMPLETED", "FAILED/OUT_OF_STOCK"],
+    ),
+    ("points above balance", &["FAILED/INSUFFICIENT_POINTS"]),
+    ("declined card", &["FAILED/PAYMENT_DECLINED"]),
+    (
+        "capture declined (pivot fails: everything compensated)",
+        &["FAILED/PAYMENT_DECLINED"],
+    ),
+    (
+        "slow gateway (unknown outcome)",
+        &["FAILED/DEADLINE_EXCEEDED"],
+    ),
+];
+
+/// The outcomes `scenario` may end as, when it is one of the shipped sample's.
+pub fn expected_outcomes(scenario: &str) -> Option<&'static [&'static str]> {
+    SCENARIO_OUTCOMES
+        .iter()
+        .find(|(name, _)| *name == scenario)
+        .map(|(_, outcomes)| *outcomes)
+}
+
+/// One line of the orders file. Unknown fields are an error (a misspelt `coupon_code` would
+/// otherwise place an order without its coupon).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SampleOrder {
     /// Client request id; the demo prefixes it with a run id so every run places new orders.
     pub request_id: String,
@@ -72,6 +110,7 @@ pub struct SampleOrder {
 
 /// One line of a sample order.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SampleLine {
     /// Product sku.
     pub sku: String,
@@ -125,6 +164,8 @@ pub struct DemoOutcome {
     pub checks: usize,
     /// Whether Ctrl-C cut the run short (the process then exits 130).
     pub interrupted: bool,
+    /// Orders that ended other than their scenario says (`request_id: scenario: outcome`).
+    pub mismatches: Vec<String>,
 }
 
 /// Runs the demo (see the module docs).
@@ -268,11 +309,23 @@ async fn place_all(
     let mut by_scenario: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut latencies = Vec::new();
     let mut orders = Vec::new();
+    let mut mismatches = Vec::new();
     for (sample, result) in samples.iter().zip(&results) {
         let Some((order, latency)) = result else {
             continue;
         };
         let label = outcome_label(order);
+        if is_terminal(order)
+            && let Some(expected) = expected_outcomes(&sample.scenario)
+            && !expected.contains(&label.as_str())
+        {
+            mismatches.push(format!(
+                "{}: scenario {:?} expects {}, got {label}",
+                sample.request_id,
+                sample.scenario,
+                expected.join(" or ")
+            ));
+        }
         *by_outcome.entry(label.clone()).or_default() += 1;
         *by_scenario
             .entry((sample.scenario.clone(), label))
@@ -299,6 +352,15 @@ async fn place_all(
     for e in &errors {
         println!("  error placing {e}");
     }
+    if !mismatches.is_empty() {
+        println!(
+            "\n{} orders ended other than their scenario says:",
+            mismatches.len()
+        );
+        for m in &mismatches {
+            println!("  {m}");
+        }
+    }
     println!(
         "\n{} orders finished in {:.2} s: {:.1} sagas/s; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         latencies.len(),
@@ -324,6 +386,7 @@ async fn place_all(
             violations: Vec::new(),
             checks: 0,
             interrupted,
+            mismatches,
         });
     }
     if unfinished > 0 {
@@ -339,6 +402,7 @@ async fn place_all(
             violations: Vec::new(),
             checks: 0,
             interrupted,
+            mismatches,
         });
     }
     let after = invariants::snapshot(&services, &users, &coupons)
@@ -365,6 +429,7 @@ async fn place_all(
         violations: report.violations,
         checks: report.checks,
         interrupted,
+        mismatches,
     })
 }
 
@@ -395,5 +460,19 @@ mod tests {
                 .iter()
                 .any(|o| o.payment_method == "tok_capture_decline")
         );
+        // Every scenario of the shipped sample has its expected outcomes.
+        for s in &scenarios {
+            assert!(
+                expected_outcomes(s).is_some(),
+                "no expected outcome for {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_in_an_orders_file_are_an_error() {
+        let line = r#"{"request_id":"r","user_id":"u","lines":[{"sku":"A","quantity":1}],"payment_method":"tok_ok","cupon_code":"X"}"#;
+        let err = parse_orders(line).unwrap_err();
+        assert!(format!("{err:#}").contains("cupon_code"), "{err:#}");
     }
 }

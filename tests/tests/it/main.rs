@@ -5,6 +5,7 @@
 
 mod chaos;
 mod crash_restart;
+mod demo;
 mod distributed;
 mod foundation;
 mod in_doubt;
