@@ -1,6 +1,6 @@
 //! The order saga as a workflow-engine definition: step kinds, per-attempt timeouts and retry
 //! policies (docs/architecture.md, "The order saga" and "The engine"), built from the typed steps
-//! of [`crate::order_saga`] with the checks that keep a mis-wired step out of a running saga.
+//! of [`order_saga`](mod@crate::order_saga) with the checks that keep a mis-wired step out of a running saga.
 
 use sagaflow_workflow_engine::{
     StepKind,

@@ -3,7 +3,7 @@
 //! [`OrderStep`] with its action, and a [`Compensate`] impl where it has a compensation) calling
 //! the services through the typed clients, a serde struct per step output (the JSON shapes stored
 //! in saga rows and journals), and the mapping from the failed step to the order's failure reason.
-//! [`crate::typed`] turns the steps into engine actions; [`crate::definition`] puts them in order.
+//! [`typed`](crate::typed) turns the steps into engine actions; [`crate::definition`] puts them in order.
 //!
 //! | # | step               | action            | compensation      | kind                          |
 //! |---|--------------------|-------------------|-------------------|-------------------------------|
