@@ -1,18 +1,20 @@
 //! The order saga as a workflow-engine definition: step kinds, per-attempt timeouts and retry
-//! policies (docs/architecture.md, "The order saga" and "The engine").
+//! policies (docs/architecture.md, "The order saga" and "The engine"), built from the typed steps
+//! of [`order_saga`](mod@crate::order_saga) with the checks that keep a mis-wired step out of a running saga.
 
-use std::{sync::Arc, time::Duration};
-
-use sagaflow_workflow_engine::definition::{
-    CallKind, DefinitionError, RetryPolicy, SagaDefinition, Step, StepAction, StepContext,
-    StepError,
+use sagaflow_workflow_engine::{
+    StepKind,
+    definition::{DefinitionError, RetryPolicy, SagaDefinition, SagaDefinitionBuilder, Step},
 };
+use serde::Deserialize as _;
 use serde_json::Value;
-use tonic::{Code, Status};
 
-use crate::order_saga::{
-    self, DEFINITION_NAME, DEFINITION_VERSION, OrderSagaInput, ServiceClients,
-    business_failure_reason, reason_from_saga, reason_name, step,
+use crate::{
+    order_saga::{
+        ApplyCoupon, CompleteOrder, CompletePayment, DEFINITION_NAME, DEFINITION_VERSION,
+        DeductInventory, DeductPoints, OrderSagaInput, ServiceClients, StartPayment, UseCoupon,
+    },
+    typed::{Action, Compensate, Compensation, Deps, Finalizer, OrderStep, Skip},
 };
 
 /// Per-attempt timeouts (milliseconds) and attempt counts of the order saga's steps.
@@ -49,210 +51,311 @@ impl Default for StepPolicies {
     }
 }
 
-/// One callable of the order saga: a step's action or compensation, or the finalizer.
-struct OrderCall {
+/// Why the order saga definition could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderSagaError {
+    /// The engine refused the shape (docs/architecture.md, "The engine").
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+    /// A step reads the output of a step that does not come before it.
+    #[error("step {step:?} reads the output of {needs:?}, which is no earlier step")]
+    NotEarlier {
+        /// The reading step.
+        step: &'static str,
+        /// The step whose output it reads.
+        needs: &'static str,
+    },
+    /// A step requires the output of a step that may be skipped when the reading step runs.
+    #[error(
+        "step {step:?} requires the output of {needs:?}, which may be skipped when {step:?} runs"
+    )]
+    MaySkip {
+        /// The reading step.
+        step: &'static str,
+        /// The step whose output it requires.
+        needs: &'static str,
+    },
+}
+
+/// The steps added so far and the checks of the next one.
+struct Plan {
     clients: ServiceClients,
+    builder: SagaDefinitionBuilder,
+    earlier: Vec<(&'static str, Skip)>,
 }
 
-/// Pause before re-sending a call whose connection was refused, within one attempt.
-const CONNECT_RETRY: Duration = Duration::from_millis(50);
+impl Plan {
+    /// Appends step `S` with its per-attempt timeout, retry policy and compensation.
+    fn compensated<S: Compensate>(
+        mut self,
+        timeout_ms: u64,
+        retry: RetryPolicy,
+    ) -> Result<Self, OrderSagaError> {
+        let step = self
+            .check::<S>(timeout_ms, retry)?
+            .compensation(Compensation::<S>::new(self.clients.clone()));
+        self.builder = self.builder.step(step);
+        Ok(self)
+    }
 
-/// The part of an attempt's time kept back from waiting (for a turn at the downstream limits, or
-/// between refused connections), so that a call that never left ends as such before the engine's
-/// own timeout of the attempt, which would have to count it as in doubt.
-const NOT_SENT_MARGIN: Duration = Duration::from_millis(150);
+    /// Appends step `S`, which has no compensation.
+    fn uncompensated<S: OrderStep>(
+        mut self,
+        timeout_ms: u64,
+        retry: RetryPolicy,
+    ) -> Result<Self, OrderSagaError> {
+        let step = self.check::<S>(timeout_ms, retry)?;
+        self.builder = self.builder.step(step);
+        Ok(self)
+    }
 
-/// Whether the call failed before the request left this process (connection refused or reset
-/// while connecting), so sending it again cannot apply an effect twice.
-fn is_connect_error(status: &Status) -> bool {
-    status.code() == Code::Unavailable && status.message().contains("connect error")
-}
-
-impl OrderCall {
-    async fn call(
-        &self,
-        ctx: &StepContext,
-        input: &OrderSagaInput,
-        outputs: &Value,
-        key: &str,
-    ) -> Result<Value, Status> {
-        let timeout = ctx.remaining();
-        match ctx.kind {
-            CallKind::Action => {
-                order_saga::run_action(&self.clients, ctx.step, input, outputs, key, timeout).await
-            }
-            CallKind::Compensation => {
-                order_saga::run_compensation(&self.clients, ctx.step, input, key, timeout).await
-            }
-            CallKind::Finalizer => {
-                let reason = reason_from_saga(ctx.failure_reason.as_deref());
-                order_saga::fail_order(&self.clients, input, reason, key, timeout).await
+    fn check<S: OrderStep>(
+        &mut self,
+        timeout_ms: u64,
+        retry: RetryPolicy,
+    ) -> Result<Step, OrderSagaError> {
+        for need in <S::Deps as Deps>::needs() {
+            let Some((_, skip)) = self.earlier.iter().find(|(name, _)| *name == need.step) else {
+                return Err(OrderSagaError::NotEarlier {
+                    step: S::NAME,
+                    needs: need.step,
+                });
+            };
+            // A required output must exist whenever the reader runs: its step is never skipped,
+            // or skipped exactly when the reader is.
+            if need.required && *skip != Skip::Never && *skip != S::SKIP {
+                return Err(OrderSagaError::MaySkip {
+                    step: S::NAME,
+                    needs: need.step,
+                });
             }
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl StepAction for OrderCall {
-    async fn run(&self, ctx: StepContext) -> Result<Value, StepError> {
-        let input: OrderSagaInput = serde_json::from_value(ctx.input.clone()).map_err(|e| {
-            StepError::business("INTERNAL", format!("saga input is not an order: {e}"))
-        })?;
-        let outputs = Value::Object(ctx.outputs.clone());
-        let key = ctx.idempotency_key.clone();
-        let service = order_saga::service_of(ctx.step);
-        let result = loop {
-            // Every try waits for its turn at the service's limits; one that does not get it
-            // before the attempt's deadline is never sent.
-            // At most half the attempt's time goes to waiting: the call keeps the other half.
-            let wait = (ctx.remaining() / 2).saturating_sub(NOT_SENT_MARGIN);
-            let Some(_turn) = self.clients.limits.turn(service, wait).await else {
-                return Err(StepError::not_delivered(format!(
-                    "no turn to call the {service} service within the attempt's deadline \
-                     (its downstream limit is reached)"
-                )));
-            };
-            let result = self.call(&ctx, &input, &outputs, &key).await;
-            // A refused connection means the request was never sent: retrying within this
-            // attempt is safe and keeps a restarting service from using up the step's attempts.
-            match &result {
-                Err(status)
-                    if is_connect_error(status)
-                        && ctx.remaining() > CONNECT_RETRY * 2 + NOT_SENT_MARGIN =>
-                {
-                    // Jittered (0.5–1.5 ×), so that sagas waiting on one service do not retry
-                    // in lockstep when it comes back.
-                    let jitter = 0.5 + rand::random::<f64>();
-                    tokio::time::sleep(CONNECT_RETRY.mul_f64(jitter)).await;
-                }
-                _ => break result,
-            }
-        };
-        result.map_err(|status| {
-            // tonic reports its own client-side timeout as CANCELLED ("Timeout expired"): for the
-            // saga that is an attempt without a reply, an unknown outcome, not a business
-            // failure (docs/architecture.md, "Attempts in doubt"). Nothing else cancels our calls.
-            let status = if status.code() == Code::Cancelled {
-                Status::deadline_exceeded(format!(
-                    "no reply within the attempt's deadline ({})",
-                    status.message()
-                ))
-            } else {
-                status
-            };
-            let mut error = StepError::from_status(&status);
-            // Still refused after the in-attempt retries: the request never left this process.
-            error.not_delivered |= is_connect_error(&status);
-            // A business failure of an action that the service's handler decided becomes the
-            // order's failure reason; the service's own reason stays in the message (and in the
-            // journal). A refusal that did not come from the handler — a bare code from a proxy,
-            // an auth layer or an injected fault, or a key-reuse answer — keeps its own shape,
-            // so the engine can tell that it decides nothing about an earlier attempt in doubt
-            // (docs/architecture.md, "Attempts in doubt").
-            if ctx.kind == CallKind::Action && decided_by_handler(&status, &error) {
-                let service_reason = error.failure_reason();
-                error.message = format!("{service_reason}: {}", error.message);
-                error.reason = Some(reason_name(business_failure_reason(ctx.step)).to_owned());
-            }
-            error
+        self.earlier.push((S::NAME, S::SKIP));
+        let action = Action::<S>::new(self.clients.clone());
+        let step = match S::KIND {
+            StepKind::Compensatable => Step::compensatable(S::NAME, action),
+            StepKind::Pivot => Step::pivot(S::NAME, action),
+            StepKind::Retriable => Step::retriable(S::NAME, action),
+        }
+        .timeout_ms(timeout_ms)
+        .retry(retry);
+        Ok(match S::SKIP {
+            Skip::Never => step,
+            skip => step.skip_if(move |input: &Value| skipped(skip, input)),
         })
     }
 }
 
-/// Whether a non-transient failure is the service handler's own answer: a rejection with an
-/// ErrorInfo reason (other than a key reuse), or a validation error (INVALID_ARGUMENT,
-/// NOT_FOUND, OUT_OF_RANGE: the same request is refused the same way on every attempt).
-fn decided_by_handler(status: &Status, error: &StepError) -> bool {
-    !error.retryable
-        && !error.not_delivered
-        && !error.is_key_reuse()
-        && (error.reason.is_some()
-            || matches!(
-                status.code(),
-                Code::InvalidArgument | Code::NotFound | Code::OutOfRange
-            ))
+/// Whether `skip` applies to the raw saga input, read as the typed [`OrderSagaInput`]. An input
+/// that is not an order runs the step, whose action then fails as a business failure.
+fn skipped(skip: Skip, input: &Value) -> bool {
+    OrderSagaInput::deserialize(input).is_ok_and(|input| skip.applies(&input))
 }
 
 /// Builds the order saga definition over `clients`.
 ///
 /// # Errors
-/// [`DefinitionError`] if the shape were invalid (it is not: one pivot, one retriable step after).
+/// [`OrderSagaError`] if the shape were invalid (it is not: one pivot, one retriable step after,
+/// every output read produced by an earlier step).
 pub fn order_saga(
     clients: ServiceClients,
     policies: StepPolicies,
-) -> Result<SagaDefinition, DefinitionError> {
-    let call = Arc::new(OrderCall { clients });
-    let action = || SharedCall(call.clone());
+) -> Result<SagaDefinition, OrderSagaError> {
     let retry = RetryPolicy::new(
         policies.max_attempts,
         policies.base_delay_ms,
         policies.max_delay_ms,
     );
-    let no_coupon = |input: &Value| {
-        input
-            .get("coupon_code")
-            .is_none_or(|c| c.as_str().is_none_or(str::is_empty))
+    let pivot_retry = RetryPolicy::new(
+        policies.pivot_attempts.max(policies.max_attempts),
+        policies.base_delay_ms,
+        policies.max_delay_ms,
+    );
+    let call = policies.call_timeout_ms;
+    let payment = policies.payment_timeout_ms;
+    let plan = Plan {
+        clients: clients.clone(),
+        builder: SagaDefinition::builder(DEFINITION_NAME, DEFINITION_VERSION),
+        earlier: Vec::new(),
     };
-    let no_points = |input: &Value| input.get("points").and_then(Value::as_i64).unwrap_or(0) == 0;
-    SagaDefinition::builder(DEFINITION_NAME, DEFINITION_VERSION)
-        .step(
-            Step::compensatable(step::USE_COUPON, action())
-                .compensation(action())
-                .timeout_ms(policies.call_timeout_ms)
-                .retry(retry)
-                .skip_if(no_coupon),
-        )
-        .step(
-            Step::compensatable(step::APPLY_COUPON, action())
-                .timeout_ms(policies.call_timeout_ms)
-                .retry(retry)
-                .skip_if(no_coupon),
-        )
-        .step(
-            Step::compensatable(step::DEDUCT_INVENTORY, action())
-                .compensation(action())
-                .timeout_ms(policies.call_timeout_ms)
-                .retry(retry),
-        )
-        .step(
-            Step::compensatable(step::START_PAYMENT, action())
-                .compensation(action())
-                .timeout_ms(policies.payment_timeout_ms)
-                .retry(retry),
-        )
-        .step(
-            Step::compensatable(step::DEDUCT_POINTS, action())
-                .compensation(action())
-                .timeout_ms(policies.call_timeout_ms)
-                .retry(retry)
-                .skip_if(no_points),
-        )
-        .step(
-            Step::pivot(step::COMPLETE_PAYMENT, action())
-                .timeout_ms(policies.payment_timeout_ms)
-                .retry(RetryPolicy::new(
-                    policies.pivot_attempts.max(policies.max_attempts),
-                    policies.base_delay_ms,
-                    policies.max_delay_ms,
-                )),
-        )
-        .step(
-            Step::retriable(step::COMPLETE_ORDER, action())
-                .timeout_ms(policies.call_timeout_ms)
-                .retry(retry),
-        )
-        .failure_finalizer(action())
+    let plan = plan
+        .compensated::<UseCoupon>(call, retry)?
+        .uncompensated::<ApplyCoupon>(call, retry)?
+        .compensated::<DeductInventory>(call, retry)?
+        .compensated::<StartPayment>(payment, retry)?
+        .compensated::<DeductPoints>(call, retry)?
+        .uncompensated::<CompletePayment>(payment, pivot_retry)?
+        .uncompensated::<CompleteOrder>(call, retry)?;
+    Ok(plan
+        .builder
+        .failure_finalizer(Finalizer::new(clients))
         .finalizer_retry(retry)
-        .finalizer_timeout_ms(policies.call_timeout_ms)
-        .build()
+        .finalizer_timeout_ms(call)
+        .build()?)
 }
 
-/// An [`OrderCall`] shared by every step of the definition.
-struct SharedCall(Arc<OrderCall>);
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
 
-#[async_trait::async_trait]
-impl StepAction for SharedCall {
-    async fn run(&self, ctx: StepContext) -> Result<Value, StepError> {
-        self.0.run(ctx).await
+    use sagaflow_proto::order::v1::FailureReason;
+    use serde_json::json;
+    use tonic::{Status, transport::Endpoint};
+
+    use super::*;
+    use crate::{
+        order_saga::{ApplyCouponOutput, NoOutput, step, step_calls},
+        typed::Required,
+    };
+
+    fn clients() -> ServiceClients {
+        let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        ServiceClients::single(channel)
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            clients: clients(),
+            builder: SagaDefinition::builder("t", 1),
+            earlier: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_definition_keeps_its_names_kinds_and_policies() {
+        let policies = StepPolicies::default();
+        let definition = order_saga(clients(), policies).unwrap();
+        assert_eq!((definition.name(), definition.version()), ("order", 1));
+        let shape: Vec<(&str, StepKind, bool, u64, u32)> = definition
+            .steps()
+            .iter()
+            .map(|s| {
+                (
+                    s.name(),
+                    s.kind(),
+                    s.compensation_action().is_some(),
+                    s.timeout(),
+                    s.retry_policy().max_attempts,
+                )
+            })
+            .collect();
+        use StepKind::{Compensatable as C, Pivot as P, Retriable as R};
+        assert_eq!(
+            shape,
+            [
+                (step::USE_COUPON, C, true, 2_000, 4),
+                (step::APPLY_COUPON, C, false, 2_000, 4),
+                (step::DEDUCT_INVENTORY, C, true, 2_000, 4),
+                (step::START_PAYMENT, C, true, 2_000, 4),
+                (step::DEDUCT_POINTS, C, true, 2_000, 4),
+                (step::COMPLETE_PAYMENT, P, false, 2_000, 30),
+                (step::COMPLETE_ORDER, R, false, 2_000, 4),
+            ]
+        );
+        assert!(definition.finalizer().is_some());
+        assert_eq!(definition.finalizer_timeout_ms(), 2_000);
+        // Every step is described, with its compensation exactly when it has one.
+        for s in definition.steps() {
+            let calls = step_calls(s.name()).unwrap();
+            assert_eq!(
+                calls.compensation_rpc.is_some(),
+                s.compensation_action().is_some()
+            );
+        }
+        let no_coupon = json!({
+            "order_id": "o", "user_id": "u", "lines": [], "coupon_code": null,
+            "subtotal": 1, "points": 0, "payment_method": "tok_ok"
+        });
+        let skipped: Vec<&str> = definition
+            .steps()
+            .iter()
+            .filter(|s| s.skipped_for(&no_coupon))
+            .map(|s| s.name())
+            .collect();
+        assert_eq!(
+            skipped,
+            [step::USE_COUPON, step::APPLY_COUPON, step::DEDUCT_POINTS]
+        );
+        let mut with_coupon = no_coupon.clone();
+        with_coupon["coupon_code"] = json!("C1");
+        with_coupon["points"] = json!(5);
+        assert!(
+            !definition
+                .steps()
+                .iter()
+                .any(|s| s.skipped_for(&with_coupon))
+        );
+    }
+
+    /// A test step that requires `apply_coupon`'s output although it always runs.
+    struct ReadsApplyCoupon;
+
+    impl OrderStep for ReadsApplyCoupon {
+        const NAME: &'static str = "reads_apply_coupon";
+        const SERVICE: &'static str = "order";
+        const RPC: &'static str = "CompleteOrder";
+        const KIND: StepKind = StepKind::Compensatable;
+        const SKIP: Skip = Skip::Never;
+        const FAILURE_REASON: FailureReason = FailureReason::Internal;
+        type Deps = Required<ApplyCoupon>;
+        type Output = NoOutput;
+
+        async fn action(
+            _: &ServiceClients,
+            _: &OrderSagaInput,
+            _: &ApplyCouponOutput,
+            _: String,
+            _: Duration,
+        ) -> Result<NoOutput, Status> {
+            Ok(NoOutput {})
+        }
+    }
+
+    #[tokio::test]
+    async fn mis_wired_steps_are_definition_errors() {
+        let retry = RetryPolicy::default();
+        // Reading an output that no earlier step produces.
+        let err = plan().uncompensated::<ApplyCoupon>(1, retry).err().unwrap();
+        assert_eq!(
+            err,
+            OrderSagaError::NotEarlier {
+                step: step::APPLY_COUPON,
+                needs: step::USE_COUPON
+            }
+        );
+        // Requiring an output that is skipped when the reader runs.
+        let err = plan()
+            .uncompensated::<UseCoupon>(1, retry)
+            .unwrap()
+            .uncompensated::<ApplyCoupon>(1, retry)
+            .unwrap()
+            .uncompensated::<ReadsApplyCoupon>(1, retry)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            OrderSagaError::MaySkip {
+                step: "reads_apply_coupon",
+                needs: step::APPLY_COUPON
+            }
+        );
+        // A compensation on the pivot: the engine's check.
+        let err = plan()
+            .uncompensated::<CompletePayment>(1, retry)
+            .unwrap()
+            .builder
+            .step(
+                Step::retriable(
+                    step::COMPLETE_ORDER,
+                    Action::<CompleteOrder>::new(clients()),
+                )
+                .compensation(Compensation::<UseCoupon>::new(clients())),
+            )
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DefinitionError::CompensationNotAllowed(step::COMPLETE_ORDER)
+        );
     }
 }

@@ -18,8 +18,9 @@ pub mod definition;
 mod grpc;
 pub mod limits;
 pub mod order_saga;
+pub mod typed;
 
-pub use definition::{StepPolicies, order_saga};
+pub use definition::{OrderSagaError, StepPolicies, order_saga};
 pub use grpc::OrchestratorService;
 pub use order_saga::ServiceClients;
 

@@ -1,6 +1,9 @@
-//! The order saga of docs/architecture.md, "The order saga": its input, its steps as calls to the
-//! services through the typed clients, and the mapping from the failed step to the order's
-//! failure reason.
+//! The order saga of docs/architecture.md, "The order saga", as one typed module: its input
+//! ([`OrderSagaInput`]), one type per step ([`UseCoupon`] … [`CompleteOrder`], each an
+//! [`OrderStep`] with its action, and a [`Compensate`] impl where it has a compensation) calling
+//! the services through the typed clients, a serde struct per step output (the JSON shapes stored
+//! in saga rows and journals), and the mapping from the failed step to the order's failure reason.
+//! [`typed`](crate::typed) turns the steps into engine actions; [`crate::definition`] puts them in order.
 //!
 //! | # | step               | action            | compensation      | kind                          |
 //! |---|--------------------|-------------------|-------------------|-------------------------------|
@@ -41,9 +44,11 @@ use sagaflow_proto::{
     },
 };
 use sagaflow_telemetry::propagation::{TracedChannel, traced};
+use sagaflow_workflow_engine::StepKind;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tonic::{Status, transport::Channel};
+
+use crate::typed::{Compensate, Optional, OrderStep, Required, Skip};
 
 /// The saga definition's name, recorded on every instance.
 pub const DEFINITION_NAME: &str = "order";
@@ -127,21 +132,9 @@ impl OrderSagaInput {
         })
     }
 
-    /// Whether steps 1 and 2 run.
+    /// Whether steps 1 and 2 run: the order names a coupon.
     pub fn has_coupon(&self) -> bool {
-        self.coupon_code.is_some()
-    }
-}
-
-/// The service a step's action, its compensation (or the finalizer, `finalize`) calls.
-pub fn service_of(step_name: &str) -> &'static str {
-    match step_name {
-        step::USE_COUPON => "coupon",
-        step::DEDUCT_INVENTORY => "inventory",
-        step::START_PAYMENT | step::COMPLETE_PAYMENT => "payment",
-        step::DEDUCT_POINTS => "point",
-        // apply_coupon, complete_order and the finalizer (FailOrder).
-        _ => "order",
+        self.coupon_code.as_deref().is_some_and(|c| !c.is_empty())
     }
 }
 
@@ -214,291 +207,531 @@ fn coupon_code(input: &OrderSagaInput) -> Result<String, Status> {
     input
         .coupon_code
         .clone()
+        .filter(|c| !c.is_empty())
         .ok_or_else(|| Status::failed_precondition("the order has no coupon"))
 }
 
-/// The payable amount: ApplyCoupon's result when the order has a coupon, else subtotal − points.
-fn payable(input: &OrderSagaInput, outputs: &Value) -> i64 {
-    outputs
-        .get(step::APPLY_COUPON)
-        .and_then(|o| o.get("payable"))
-        .and_then(Value::as_i64)
-        .unwrap_or_else(|| input.subtotal.saturating_sub(input.points))
+/// Output of `use_coupon`: the coupon's discount rule and the discount UseCoupon computed on the
+/// subtotal. Stored in the saga row: the field names are part of the stored format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UseCouponOutput {
+    /// Fixed discount of the coupon, KRW won (0 for a percentage).
+    pub discount_amount: i64,
+    /// Percentage 1..=100 (0 for a fixed amount).
+    pub discount_percent: i32,
+    /// Cap of a percentage discount, KRW won; 0 for none.
+    pub max_discount: i64,
+    /// The discount UseCoupon computed on the order's subtotal, KRW won
+    /// (`UseCouponResponse.discount`; the coupon service owns the rule). Absent in the outputs
+    /// of sagas that ran this step before UseCoupon reported it: read as 0.
+    #[serde(default)]
+    pub discount: i64,
 }
 
-/// Runs the action of `step_name` and returns its JSON output (kept in the saga row).
-///
-/// # Errors
-/// The service's status; the engine classifies it (docs/architecture.md, "The engine" (Retries)).
-pub async fn run_action(
-    clients: &ServiceClients,
-    step_name: &str,
-    input: &OrderSagaInput,
-    outputs: &Value,
-    idempotency_key: &str,
-    timeout: Duration,
-) -> Result<Value, Status> {
-    let key = idempotency_key.to_owned();
-    let order_id = input.order_id.clone();
-    match step_name {
-        step::USE_COUPON => {
-            let coupon = clients
-                .coupon
-                .clone()
-                .use_coupon(request(
-                    UseCouponRequest {
-                        idempotency_key: key,
-                        code: coupon_code(input)?,
-                        user_id: input.user_id.clone(),
-                        order_id,
-                        order_amount: input.subtotal,
-                    },
-                    timeout,
-                ))
-                .await?
-                .into_inner()
-                .coupon
-                .ok_or_else(|| Status::internal("UseCoupon returned no coupon"))?;
-            Ok(json!({
-                "discount_amount": coupon.discount_amount,
-                "discount_percent": coupon.discount_percent,
-                "max_discount": coupon.max_discount,
-            }))
-        }
-        step::APPLY_COUPON => {
-            let rule = outputs.get(step::USE_COUPON);
-            let int = |name: &str| rule.and_then(|r| r.get(name)).and_then(Value::as_i64);
-            let rule = DiscountRule {
-                discount_amount: int("discount_amount").unwrap_or(0),
-                discount_percent: i32::try_from(int("discount_percent").unwrap_or(0)).unwrap_or(0),
-                max_discount: int("max_discount").unwrap_or(0),
-            };
-            let order = clients
-                .order
-                .clone()
-                .apply_coupon(request(
-                    ApplyCouponRequest {
-                        idempotency_key: key,
-                        order_id,
-                        rule: Some(rule),
-                        discount: 0,
-                    },
-                    timeout,
-                ))
-                .await?
-                .into_inner()
-                .order
-                .ok_or_else(|| Status::internal("ApplyCoupon returned no order"))?;
-            Ok(json!({ "discount": order.discount, "payable": order.payable }))
-        }
-        step::DEDUCT_INVENTORY => {
-            clients
-                .inventory
-                .clone()
-                .deduct_inventory(request(
-                    DeductInventoryRequest {
-                        idempotency_key: key,
-                        order_id,
-                        lines: input
-                            .lines
-                            .iter()
-                            .map(|l| StockLine {
-                                sku: l.sku.clone(),
-                                quantity: l.quantity,
-                            })
-                            .collect(),
-                    },
-                    timeout,
-                ))
-                .await?;
-            Ok(json!({}))
-        }
-        step::START_PAYMENT => {
-            let payment = clients
-                .payment
-                .clone()
-                .start_payment(request(
-                    StartPaymentRequest {
-                        idempotency_key: key,
-                        order_id,
-                        amount: payable(input, outputs),
-                        payment_method: input.payment_method.clone(),
-                    },
-                    timeout,
-                ))
-                .await?
-                .into_inner()
-                .payment
-                .ok_or_else(|| Status::internal("StartPayment returned no payment"))?;
-            Ok(json!({ "payment_id": payment.payment_id, "amount": payment.amount }))
-        }
-        step::DEDUCT_POINTS => {
-            let reply = clients
-                .point
-                .clone()
-                .deduct_points(request(
-                    DeductPointsRequest {
-                        idempotency_key: key,
-                        user_id: input.user_id.clone(),
-                        order_id,
-                        amount: input.points,
-                    },
-                    timeout,
-                ))
-                .await?
-                .into_inner();
-            Ok(json!({ "balance": reply.balance }))
-        }
-        step::COMPLETE_PAYMENT => {
-            clients
-                .payment
-                .clone()
-                .complete_payment(request(
-                    CompletePaymentRequest {
-                        idempotency_key: key,
-                        order_id,
-                    },
-                    timeout,
-                ))
-                .await?;
-            Ok(json!({}))
-        }
-        step::COMPLETE_ORDER => {
-            clients
-                .order
-                .clone()
-                .complete_order(request(
-                    CompleteOrderRequest {
-                        idempotency_key: key,
-                        order_id,
-                    },
-                    timeout,
-                ))
-                .await?;
-            Ok(json!({}))
-        }
-        other => Err(Status::internal(format!(
-            "unknown order saga step {other:?}"
-        ))),
+/// Output of `apply_coupon`: the order's amounts after the discount, KRW won.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyCouponOutput {
+    /// The discount the order took, KRW won.
+    pub discount: i64,
+    /// subtotal − discount − points, KRW won.
+    pub payable: i64,
+}
+
+/// Output of `start_payment`: the authorization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartPaymentOutput {
+    /// The payment's id (UUID).
+    pub payment_id: String,
+    /// The authorized amount, KRW won.
+    pub amount: i64,
+}
+
+/// Output of `deduct_points`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeductPointsOutput {
+    /// The user's balance after the deduction, KRW won.
+    pub balance: i64,
+}
+
+/// The output of a step that returns nothing: `{}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoOutput {}
+
+/// Step 1, `use_coupon`: Coupon.UseCoupon, compensated by RestoreCoupon; skipped without a
+/// coupon; a refusal fails the order with COUPON_UNAVAILABLE.
+#[derive(Debug)]
+pub struct UseCoupon;
+
+impl OrderStep for UseCoupon {
+    const NAME: &'static str = step::USE_COUPON;
+    const SERVICE: &'static str = "coupon";
+    const RPC: &'static str = "UseCoupon";
+    const KIND: StepKind = StepKind::Compensatable;
+    const SKIP: Skip = Skip::WithoutCoupon;
+    const FAILURE_REASON: FailureReason = FailureReason::CouponUnavailable;
+    type Deps = ();
+    type Output = UseCouponOutput;
+
+    async fn action(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        (): &(),
+        key: String,
+        timeout: Duration,
+    ) -> Result<UseCouponOutput, Status> {
+        let reply = clients
+            .coupon
+            .clone()
+            .use_coupon(request(
+                UseCouponRequest {
+                    idempotency_key: key,
+                    code: coupon_code(input)?,
+                    user_id: input.user_id.clone(),
+                    order_id: input.order_id.clone(),
+                    order_amount: input.subtotal,
+                },
+                timeout,
+            ))
+            .await?
+            .into_inner();
+        let coupon = reply
+            .coupon
+            .ok_or_else(|| Status::internal("UseCoupon returned no coupon"))?;
+        Ok(UseCouponOutput {
+            discount_amount: coupon.discount_amount,
+            discount_percent: coupon.discount_percent,
+            max_discount: coupon.max_discount,
+            discount: reply.discount,
+        })
     }
 }
 
-/// Runs the compensation of `step_name`.
-///
-/// # Errors
-/// The service's status; the engine retries transient ones and parks the saga in
-/// NEEDS_ATTENTION on a business failure.
-pub async fn run_compensation(
-    clients: &ServiceClients,
-    step_name: &str,
-    input: &OrderSagaInput,
-    idempotency_key: &str,
-    timeout: Duration,
-) -> Result<Value, Status> {
-    let key = idempotency_key.to_owned();
-    let order_id = input.order_id.clone();
-    match step_name {
-        step::USE_COUPON => {
-            clients
-                .coupon
-                .clone()
-                .restore_coupon(request(
-                    RestoreCouponRequest {
-                        idempotency_key: key,
-                        code: coupon_code(input)?,
-                        order_id,
-                    },
-                    timeout,
-                ))
-                .await?;
-        }
-        step::DEDUCT_INVENTORY => {
-            clients
-                .inventory
-                .clone()
-                .restore_inventory(request(
-                    RestoreInventoryRequest {
-                        idempotency_key: key,
-                        order_id,
-                    },
-                    timeout,
-                ))
-                .await?;
-        }
-        step::START_PAYMENT => {
-            clients
-                .payment
-                .clone()
-                .cancel_payment(request(
-                    CancelPaymentRequest {
-                        idempotency_key: key,
-                        order_id,
-                    },
-                    timeout,
-                ))
-                .await?;
-        }
-        step::DEDUCT_POINTS => {
-            clients
-                .point
-                .clone()
-                .restore_points(request(
-                    RestorePointsRequest {
-                        idempotency_key: key,
-                        user_id: input.user_id.clone(),
-                        order_id,
-                    },
-                    timeout,
-                ))
-                .await?;
-        }
-        other => {
-            return Err(Status::internal(format!(
-                "order saga step {other:?} has no compensation"
-            )));
-        }
+impl Compensate for UseCoupon {
+    const COMPENSATION_RPC: &'static str = "RestoreCoupon";
+
+    async fn compensate(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        key: String,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        clients
+            .coupon
+            .clone()
+            .restore_coupon(request(
+                RestoreCouponRequest {
+                    idempotency_key: key,
+                    code: coupon_code(input)?,
+                    order_id: input.order_id.clone(),
+                },
+                timeout,
+            ))
+            .await?;
+        Ok(())
     }
-    Ok(json!({}))
+}
+
+/// Step 2, `apply_coupon`: Order.ApplyCoupon with UseCoupon's discount and the coupon's rule (for
+/// the order's record); no compensation (FailOrder clears the discount); skipped without a coupon.
+#[derive(Debug)]
+pub struct ApplyCoupon;
+
+impl OrderStep for ApplyCoupon {
+    const NAME: &'static str = step::APPLY_COUPON;
+    const SERVICE: &'static str = "order";
+    const RPC: &'static str = "ApplyCoupon";
+    const KIND: StepKind = StepKind::Compensatable;
+    const SKIP: Skip = Skip::WithoutCoupon;
+    const FAILURE_REASON: FailureReason = FailureReason::Internal;
+    type Deps = Required<UseCoupon>;
+    type Output = ApplyCouponOutput;
+
+    async fn action(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        coupon: &UseCouponOutput,
+        key: String,
+        timeout: Duration,
+    ) -> Result<ApplyCouponOutput, Status> {
+        let order = clients
+            .order
+            .clone()
+            .apply_coupon(request(
+                ApplyCouponRequest {
+                    idempotency_key: key,
+                    order_id: input.order_id.clone(),
+                    rule: Some(DiscountRule {
+                        discount_amount: coupon.discount_amount,
+                        discount_percent: coupon.discount_percent,
+                        max_discount: coupon.max_discount,
+                    }),
+                    discount: coupon.discount,
+                },
+                timeout,
+            ))
+            .await?
+            .into_inner()
+            .order
+            .ok_or_else(|| Status::internal("ApplyCoupon returned no order"))?;
+        Ok(ApplyCouponOutput {
+            discount: order.discount,
+            payable: order.payable,
+        })
+    }
+}
+
+/// Step 3, `deduct_inventory`: Inventory.DeductInventory of every line, compensated by
+/// RestoreInventory; a refusal fails the order with OUT_OF_STOCK.
+#[derive(Debug)]
+pub struct DeductInventory;
+
+impl OrderStep for DeductInventory {
+    const NAME: &'static str = step::DEDUCT_INVENTORY;
+    const SERVICE: &'static str = "inventory";
+    const RPC: &'static str = "DeductInventory";
+    const KIND: StepKind = StepKind::Compensatable;
+    const SKIP: Skip = Skip::Never;
+    const FAILURE_REASON: FailureReason = FailureReason::OutOfStock;
+    type Deps = ();
+    type Output = NoOutput;
+
+    async fn action(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        (): &(),
+        key: String,
+        timeout: Duration,
+    ) -> Result<NoOutput, Status> {
+        clients
+            .inventory
+            .clone()
+            .deduct_inventory(request(
+                DeductInventoryRequest {
+                    idempotency_key: key,
+                    order_id: input.order_id.clone(),
+                    lines: input
+                        .lines
+                        .iter()
+                        .map(|l| StockLine {
+                            sku: l.sku.clone(),
+                            quantity: l.quantity,
+                        })
+                        .collect(),
+                },
+                timeout,
+            ))
+            .await?;
+        Ok(NoOutput {})
+    }
+}
+
+impl Compensate for DeductInventory {
+    const COMPENSATION_RPC: &'static str = "RestoreInventory";
+
+    async fn compensate(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        key: String,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        clients
+            .inventory
+            .clone()
+            .restore_inventory(request(
+                RestoreInventoryRequest {
+                    idempotency_key: key,
+                    order_id: input.order_id.clone(),
+                },
+                timeout,
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The payable amount, KRW won: ApplyCoupon's result when the order has a coupon, else
+/// subtotal − points.
+fn payable(input: &OrderSagaInput, applied: Option<&ApplyCouponOutput>) -> i64 {
+    applied.map_or_else(
+        || input.subtotal.saturating_sub(input.points),
+        |a| a.payable,
+    )
+}
+
+/// Step 4, `start_payment`: Payment.StartPayment (authorization) of the payable amount,
+/// compensated by CancelPayment; a refusal fails the order with PAYMENT_DECLINED.
+#[derive(Debug)]
+pub struct StartPayment;
+
+impl OrderStep for StartPayment {
+    const NAME: &'static str = step::START_PAYMENT;
+    const SERVICE: &'static str = "payment";
+    const RPC: &'static str = "StartPayment";
+    const KIND: StepKind = StepKind::Compensatable;
+    const SKIP: Skip = Skip::Never;
+    const FAILURE_REASON: FailureReason = FailureReason::PaymentDeclined;
+    type Deps = Optional<ApplyCoupon>;
+    type Output = StartPaymentOutput;
+
+    async fn action(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        applied: &Option<ApplyCouponOutput>,
+        key: String,
+        timeout: Duration,
+    ) -> Result<StartPaymentOutput, Status> {
+        let payment = clients
+            .payment
+            .clone()
+            .start_payment(request(
+                StartPaymentRequest {
+                    idempotency_key: key,
+                    order_id: input.order_id.clone(),
+                    amount: payable(input, applied.as_ref()),
+                    payment_method: input.payment_method.clone(),
+                },
+                timeout,
+            ))
+            .await?
+            .into_inner()
+            .payment
+            .ok_or_else(|| Status::internal("StartPayment returned no payment"))?;
+        Ok(StartPaymentOutput {
+            payment_id: payment.payment_id,
+            amount: payment.amount,
+        })
+    }
+}
+
+impl Compensate for StartPayment {
+    const COMPENSATION_RPC: &'static str = "CancelPayment";
+
+    async fn compensate(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        key: String,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        clients
+            .payment
+            .clone()
+            .cancel_payment(request(
+                CancelPaymentRequest {
+                    idempotency_key: key,
+                    order_id: input.order_id.clone(),
+                },
+                timeout,
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Step 5, `deduct_points`: Point.DeductPoints of the points the order spends, compensated by
+/// RestorePoints; skipped for 0 points; a refusal fails the order with INSUFFICIENT_POINTS.
+#[derive(Debug)]
+pub struct DeductPoints;
+
+impl OrderStep for DeductPoints {
+    const NAME: &'static str = step::DEDUCT_POINTS;
+    const SERVICE: &'static str = "point";
+    const RPC: &'static str = "DeductPoints";
+    const KIND: StepKind = StepKind::Compensatable;
+    const SKIP: Skip = Skip::WithoutPoints;
+    const FAILURE_REASON: FailureReason = FailureReason::InsufficientPoints;
+    type Deps = ();
+    type Output = DeductPointsOutput;
+
+    async fn action(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        (): &(),
+        key: String,
+        timeout: Duration,
+    ) -> Result<DeductPointsOutput, Status> {
+        let reply = clients
+            .point
+            .clone()
+            .deduct_points(request(
+                DeductPointsRequest {
+                    idempotency_key: key,
+                    user_id: input.user_id.clone(),
+                    order_id: input.order_id.clone(),
+                    amount: input.points,
+                },
+                timeout,
+            ))
+            .await?
+            .into_inner();
+        Ok(DeductPointsOutput {
+            balance: reply.balance,
+        })
+    }
+}
+
+impl Compensate for DeductPoints {
+    const COMPENSATION_RPC: &'static str = "RestorePoints";
+
+    async fn compensate(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        key: String,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        clients
+            .point
+            .clone()
+            .restore_points(request(
+                RestorePointsRequest {
+                    idempotency_key: key,
+                    user_id: input.user_id.clone(),
+                    order_id: input.order_id.clone(),
+                },
+                timeout,
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Step 6, the pivot, `complete_payment`: Payment.CompletePayment (capture); never compensated;
+/// a refusal fails the order with PAYMENT_DECLINED (and compensates steps 5..1).
+#[derive(Debug)]
+pub struct CompletePayment;
+
+impl OrderStep for CompletePayment {
+    const NAME: &'static str = step::COMPLETE_PAYMENT;
+    const SERVICE: &'static str = "payment";
+    const RPC: &'static str = "CompletePayment";
+    const KIND: StepKind = StepKind::Pivot;
+    const SKIP: Skip = Skip::Never;
+    const FAILURE_REASON: FailureReason = FailureReason::PaymentDeclined;
+    type Deps = ();
+    type Output = NoOutput;
+
+    async fn action(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        (): &(),
+        key: String,
+        timeout: Duration,
+    ) -> Result<NoOutput, Status> {
+        clients
+            .payment
+            .clone()
+            .complete_payment(request(
+                CompletePaymentRequest {
+                    idempotency_key: key,
+                    order_id: input.order_id.clone(),
+                },
+                timeout,
+            ))
+            .await?;
+        Ok(NoOutput {})
+    }
+}
+
+/// Step 7, `complete_order`: Order.CompleteOrder; retried until it succeeds, never compensated.
+#[derive(Debug)]
+pub struct CompleteOrder;
+
+impl OrderStep for CompleteOrder {
+    const NAME: &'static str = step::COMPLETE_ORDER;
+    const SERVICE: &'static str = "order";
+    const RPC: &'static str = "CompleteOrder";
+    const KIND: StepKind = StepKind::Retriable;
+    const SKIP: Skip = Skip::Never;
+    const FAILURE_REASON: FailureReason = FailureReason::Internal;
+    type Deps = ();
+    type Output = NoOutput;
+
+    async fn action(
+        clients: &ServiceClients,
+        input: &OrderSagaInput,
+        (): &(),
+        key: String,
+        timeout: Duration,
+    ) -> Result<NoOutput, Status> {
+        clients
+            .order
+            .clone()
+            .complete_order(request(
+                CompleteOrderRequest {
+                    idempotency_key: key,
+                    order_id: input.order_id.clone(),
+                },
+                timeout,
+            ))
+            .await?;
+        Ok(NoOutput {})
+    }
+}
+
+/// What a step of the order saga calls, for operators and generated tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepCalls {
+    /// The step's name.
+    pub step: &'static str,
+    /// The service called (`coupon`, `order`, `inventory`, `payment`, `point`).
+    pub service: &'static str,
+    /// The action's RPC (`UseCoupon`, …).
+    pub rpc: &'static str,
+    /// The compensation's RPC, if the step has one.
+    pub compensation_rpc: Option<&'static str>,
+    /// The order's failure reason when the service's handler refuses the action.
+    pub failure_reason: FailureReason,
+}
+
+fn calls_of<S: OrderStep>(compensation_rpc: Option<&'static str>) -> StepCalls {
+    StepCalls {
+        step: S::NAME,
+        service: S::SERVICE,
+        rpc: S::RPC,
+        compensation_rpc,
+        failure_reason: S::FAILURE_REASON,
+    }
+}
+
+/// What step `step_name` of the order saga calls; `None` for a name that is no step of it.
+pub fn step_calls(step_name: &str) -> Option<StepCalls> {
+    Some(match step_name {
+        step::USE_COUPON => calls_of::<UseCoupon>(Some(UseCoupon::COMPENSATION_RPC)),
+        step::APPLY_COUPON => calls_of::<ApplyCoupon>(None),
+        step::DEDUCT_INVENTORY => {
+            calls_of::<DeductInventory>(Some(DeductInventory::COMPENSATION_RPC))
+        }
+        step::START_PAYMENT => calls_of::<StartPayment>(Some(StartPayment::COMPENSATION_RPC)),
+        step::DEDUCT_POINTS => calls_of::<DeductPoints>(Some(DeductPoints::COMPENSATION_RPC)),
+        step::COMPLETE_PAYMENT => calls_of::<CompletePayment>(None),
+        step::COMPLETE_ORDER => calls_of::<CompleteOrder>(None),
+        _ => return None,
+    })
 }
 
 /// Marks the order FAILED with `reason` (the finalizer after the compensations).
 ///
 /// # Errors
 /// The Order service's status.
-pub async fn fail_order(
+pub(crate) async fn fail_order(
     clients: &ServiceClients,
     input: &OrderSagaInput,
     reason: FailureReason,
-    idempotency_key: &str,
+    key: String,
     timeout: Duration,
-) -> Result<Value, Status> {
+) -> Result<(), Status> {
     clients
         .order
         .clone()
         .fail_order(request(
             FailOrderRequest {
-                idempotency_key: idempotency_key.to_owned(),
+                idempotency_key: key,
                 order_id: input.order_id.clone(),
                 reason: reason.into(),
             },
             timeout,
         ))
         .await?;
-    Ok(json!({ "reason": reason.as_str_name() }))
-}
-
-/// The order failure reason for a business failure of `step_name`'s action (docs/architecture.md,
-/// "The order saga"): coupon → COUPON_UNAVAILABLE, inventory → OUT_OF_STOCK, payment
-/// authorization or capture → PAYMENT_DECLINED, points → INSUFFICIENT_POINTS, anything else →
-/// INTERNAL.
-pub fn business_failure_reason(step_name: &str) -> FailureReason {
-    match step_name {
-        step::USE_COUPON => FailureReason::CouponUnavailable,
-        step::DEDUCT_INVENTORY => FailureReason::OutOfStock,
-        step::START_PAYMENT | step::COMPLETE_PAYMENT => FailureReason::PaymentDeclined,
-        step::DEDUCT_POINTS => FailureReason::InsufficientPoints,
-        _ => FailureReason::Internal,
-    }
+    Ok(())
 }
 
 /// The order failure reason for the saga's recorded failure reason: the name of a
@@ -521,34 +754,30 @@ pub fn reason_name(reason: FailureReason) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    fn reason(step_name: &str) -> FailureReason {
+        step_calls(step_name).unwrap().failure_reason
+    }
 
     #[test]
     fn failure_reasons_follow_the_failed_step() {
+        assert_eq!(reason(step::USE_COUPON), FailureReason::CouponUnavailable);
+        assert_eq!(reason(step::DEDUCT_INVENTORY), FailureReason::OutOfStock);
+        assert_eq!(reason(step::START_PAYMENT), FailureReason::PaymentDeclined);
         assert_eq!(
-            business_failure_reason(step::USE_COUPON),
-            FailureReason::CouponUnavailable
-        );
-        assert_eq!(
-            business_failure_reason(step::DEDUCT_INVENTORY),
-            FailureReason::OutOfStock
-        );
-        assert_eq!(
-            business_failure_reason(step::START_PAYMENT),
+            reason(step::COMPLETE_PAYMENT),
             FailureReason::PaymentDeclined
         );
         assert_eq!(
-            business_failure_reason(step::COMPLETE_PAYMENT),
-            FailureReason::PaymentDeclined
-        );
-        assert_eq!(
-            business_failure_reason(step::DEDUCT_POINTS),
+            reason(step::DEDUCT_POINTS),
             FailureReason::InsufficientPoints
         );
-        assert_eq!(
-            business_failure_reason(step::APPLY_COUPON),
-            FailureReason::Internal
-        );
+        assert_eq!(reason(step::APPLY_COUPON), FailureReason::Internal);
+        assert_eq!(reason(step::COMPLETE_ORDER), FailureReason::Internal);
+        assert_eq!(step_calls("finalize"), None);
     }
 
     #[test]
@@ -579,10 +808,58 @@ mod tests {
             points: 1_000,
             payment_method: "tok_ok".into(),
         };
-        assert_eq!(payable(&input, &json!({})), 9_000);
+        assert_eq!(payable(&input, None), 9_000);
+        let applied = ApplyCouponOutput {
+            discount: 5_000,
+            payable: 4_000,
+        };
+        assert_eq!(payable(&input, Some(&applied)), 4_000);
+    }
+
+    /// The outputs keep the JSON shapes that journals of running sagas hold.
+    #[test]
+    fn outputs_keep_their_stored_shapes() {
+        let old = json!({ "discount_amount": 1_000, "discount_percent": 0, "max_discount": 0 });
+        let decoded: UseCouponOutput = serde_json::from_value(old).unwrap();
         assert_eq!(
-            payable(&input, &json!({ "apply_coupon": { "payable": 4_000 } })),
-            4_000
+            decoded,
+            UseCouponOutput {
+                discount_amount: 1_000,
+                discount_percent: 0,
+                max_discount: 0,
+                discount: 0,
+            }
         );
+        let coupon = UseCouponOutput {
+            discount: 700,
+            ..decoded
+        };
+        assert_eq!(
+            serde_json::to_value(coupon).unwrap(),
+            json!({ "discount_amount": 1_000, "discount_percent": 0, "max_discount": 0, "discount": 700 })
+        );
+        assert_eq!(
+            serde_json::to_value(ApplyCouponOutput {
+                discount: 1,
+                payable: 2
+            })
+            .unwrap(),
+            json!({ "discount": 1, "payable": 2 })
+        );
+        assert_eq!(
+            serde_json::to_value(StartPaymentOutput {
+                payment_id: "p".into(),
+                amount: 3
+            })
+            .unwrap(),
+            json!({ "payment_id": "p", "amount": 3 })
+        );
+        assert_eq!(
+            serde_json::to_value(DeductPointsOutput { balance: 4 }).unwrap(),
+            json!({ "balance": 4 })
+        );
+        assert_eq!(serde_json::to_value(NoOutput {}).unwrap(), json!({}));
+        // Old `{}` outputs decode, and so does anything an older build may have added.
+        let _: NoOutput = serde_json::from_value(json!({})).unwrap();
     }
 }
