@@ -25,6 +25,7 @@ pub mod load;
 pub mod recovery;
 pub mod retention;
 pub mod saga;
+pub mod saga_list;
 pub mod seed;
 pub mod serve;
 pub mod services;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use clap::{Args, Subcommand, ValueEnum};
 use sagaflow_proto::workflow::v1::{
-    CancelSagaRequest, GetSagaRequest, GetSagaResponse, JournalEntry, ListSagasRequest, Resolution,
+    CancelSagaRequest, GetSagaRequest, GetSagaResponse, JournalEntry, Resolution,
     ResolveStepRequest, RetrySagaRequest, Saga, SagaStatus,
     saga_admin_service_client::SagaAdminServiceClient,
 };
@@ -34,18 +34,9 @@ pub enum SagaCommand {
         /// The saga id (for order sagas, the order id).
         saga_id: String,
     },
-    /// List sagas, newest first.
-    List {
-        /// Only sagas in this status.
-        #[arg(long, value_enum)]
-        status: Option<StatusFilter>,
-        /// Only sagas of this definition (for example `order`).
-        #[arg(long)]
-        definition: Option<String>,
-        /// Most sagas to print.
-        #[arg(long, default_value_t = 50)]
-        limit: i32,
-    },
+    /// List sagas, newest first: the failing or parked step and the reason of each, filtered by
+    /// status, definition, reason, step and creation time; `--json` for scripts.
+    List(crate::saga_list::ListArgs),
     /// Resume a saga parked in NEEDS_ATTENTION.
     Retry {
         /// The saga id.
@@ -133,36 +124,18 @@ pub async fn run(args: SagaArgs) -> anyhow::Result<()> {
                 .into_inner();
             print!("{}", render_timeline(&reply));
         }
-        SagaCommand::List {
-            status,
-            definition,
-            limit,
-        } => {
-            let reply = admin
-                .list_sagas(ListSagasRequest {
-                    status: status.map(|s| SagaStatus::from(s) as i32),
-                    definition_name: definition.unwrap_or_default(),
-                    page_size: limit.clamp(1, 1000),
-                    ..ListSagasRequest::default()
-                })
+        SagaCommand::List(list) => {
+            let rows = crate::saga_list::list(&mut admin, &list)
                 .await
-                .map_err(status_error)?
-                .into_inner();
-            println!(
-                "{:<38} {:<10} {:<16} {:<18} REASON",
-                "SAGA", "DEFINITION", "STATUS", "STEP"
-            );
-            for saga in &reply.sagas {
+                .map_err(status_error)?;
+            if list.json {
                 println!(
-                    "{:<38} {:<10} {:<16} {:<18} {}",
-                    saga.saga_id,
-                    saga.definition_name,
-                    status_name(saga),
-                    saga.current_step,
-                    saga.failure_reason
+                    "{}",
+                    serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
                 );
+            } else {
+                print!("{}", crate::saga_list::render(&rows));
             }
-            println!("({} shown)", reply.sagas.len());
         }
         SagaCommand::Retry { saga_id } => {
             let saga = admin
@@ -246,33 +219,38 @@ pub fn render_timeline(reply: &GetSagaResponse) -> String {
     let saga = reply.saga.clone().unwrap_or_default();
     let mut out = String::new();
     out.push_str(&format!(
-        "saga {}  {} v{}  key {}\nstatus {}  phase {}  step {}  attempt {}",
+        "saga {}  {} v{}  key {}\nstatus {}  phase {}",
         saga.saga_id,
         saga.definition_name,
         saga.definition_version,
         saga.business_key,
         status_name(&saga),
         saga.phase,
-        if saga.current_step.is_empty() {
-            "-"
-        } else {
-            &saga.current_step
-        },
-        saga.attempt
     ));
+    // A finished saga has no current step: say nothing rather than "step - attempt 0".
+    if !saga.current_step.is_empty() {
+        out.push_str(&format!(
+            "  step {}  attempt {}",
+            saga.current_step, saga.attempt
+        ));
+    }
     if !saga.failure_reason.is_empty() {
         out.push_str(&format!("  reason {}", saga.failure_reason));
     }
     out.push('\n');
     if !reply.steps.is_empty() {
-        out.push_str("steps:");
+        out.push_str("steps:\n");
         for s in &reply.steps {
+            let attempts = match s.attempts {
+                0 => String::new(),
+                1 => ", 1 attempt".to_owned(),
+                n => format!(", {n} attempts"),
+            };
             out.push_str(&format!(
-                " {}[{}:{}x{}]",
-                s.name, s.kind, s.state, s.attempts
+                "  {:<18} {:<14} {}{attempts}\n",
+                s.name, s.kind, s.state
             ));
         }
-        out.push('\n');
     }
     let start = reply
         .journal

@@ -111,6 +111,62 @@ fn seed_demo_bench_and_saga_show_drive_serve_processes_on_postgres() {
     assert!(ok, "saga show failed: {out}{err}");
     assert!(out.contains(&format!("saga {order_id}")), "{out}");
 
+    // Browsing: the demo's out-of-stock orders, by reason, with the step that failed.
+    let (ok, out, err) = cli(
+        &[
+            "saga",
+            "list",
+            "--json",
+            "--reason",
+            "out_of_stock",
+            "--since",
+            "1h",
+            "--limit",
+            "5",
+        ],
+        &addrs,
+    );
+    assert!(ok, "saga list failed: {out}{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 5, "{out}");
+    for row in &rows {
+        assert_eq!(row["status"], "COMPENSATED", "{row}");
+        assert_eq!(row["reason"], "OUT_OF_STOCK", "{row}");
+        assert_eq!(row["step"], "deduct_inventory", "{row}");
+    }
+    let (ok, out, err) = cli(
+        &[
+            "saga",
+            "list",
+            "--step",
+            "start_payment",
+            "--status",
+            "compensated",
+        ],
+        &addrs,
+    );
+    assert!(ok, "saga list failed: {out}{err}");
+    let declined = out
+        .lines()
+        .filter(|l| l.contains("PAYMENT_DECLINED"))
+        .count();
+    assert!(declined >= 1, "{out}");
+    assert!(
+        out.lines()
+            .skip(1)
+            .filter(|l| !l.starts_with('('))
+            .all(|l| l.contains(" start_payment ")),
+        "{out}"
+    );
+    // Nothing was created more than an hour ago.
+    let (ok, out, err) = cli(&["saga", "list", "--json", "--before", "1h"], &addrs);
+    assert!(ok, "saga list failed: {out}{err}");
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&out).unwrap().len(),
+        0,
+        "{out}"
+    );
+
     // Without the orchestrator's address, `saga` says where it asked instead of "not found"
     // from whatever answers: here the order service, which has no saga admin API.
     let (ok, out, err) = cli(
