@@ -8,7 +8,10 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use crate::{
     dev::{Embedded, EmbeddedConfig},
-    load::{INTERRUPT_GRACE, Interrupt, Latencies, outcome_label, peak_rss_kib, place_and_wait},
+    load::{
+        INTERRUPT_GRACE, Interrupt, Latencies, Progress, outcome_label, peak_rss_kib,
+        place_and_wait,
+    },
     services::{Peers, Service},
     targets::TargetArgs,
 };
@@ -201,8 +204,13 @@ async fn drive(
     let stop_at = args.duration.map(|s| started + Duration::from_secs(s));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let results = Arc::new(Mutex::new((Vec::new(), BTreeMap::new(), 0_u64)));
+    let progress = Arc::new(Progress::new(
+        args.duration.is_none().then_some(args.count),
+        args.json,
+    ));
     let mut set = JoinSet::new();
     for _ in 0..concurrency {
+        let progress = progress.clone();
         let next = next.clone();
         let results = results.clone();
         let mut client = OrderServiceClient::new(peers.order.clone());
@@ -235,6 +243,7 @@ async fn drive(
                 };
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let outcome = place_and_wait(&mut client, request, deadline).await;
+                progress.inc();
                 let mut r = results.lock().await;
                 match outcome {
                     Ok((order, latency)) => {
@@ -268,6 +277,7 @@ async fn drive(
         let Some(joined) = joined else { break };
         joined.context("a bench client failed")?;
     }
+    progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     let (latencies, outcomes, errors) = std::mem::take(&mut *results.lock().await);
     let lat = Latencies::of(&latencies);

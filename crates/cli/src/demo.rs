@@ -14,7 +14,9 @@ use std::{
 use crate::{
     dev::{Embedded, EmbeddedConfig},
     invariants::{self, Services},
-    load::{INTERRUPT_GRACE, Interrupt, Latencies, is_terminal, outcome_label, place_and_wait},
+    load::{
+        INTERRUPT_GRACE, Interrupt, Latencies, Progress, is_terminal, outcome_label, place_and_wait,
+    },
     services::{Peers, Service},
     targets::TargetArgs,
 };
@@ -249,8 +251,10 @@ async fn place_all(
         usize::try_from(args.concurrency).unwrap_or(1).max(1),
     ));
     let started = Instant::now();
+    let progress = Arc::new(Progress::new(u64::try_from(samples.len()).ok(), false));
     let mut set = JoinSet::new();
     for (i, sample) in samples.iter().enumerate() {
+        let progress = progress.clone();
         let permits = permits.clone();
         let mut client = OrderServiceClient::new(peers.order.clone());
         let request = sample.request(&run);
@@ -262,10 +266,9 @@ async fn place_all(
                 () = interrupt.wait() => return (i, None),
                 permit = permits.acquire_owned() => permit,
             };
-            (
-                i,
-                Some(place_and_wait(&mut client, request, deadline).await),
-            )
+            let result = place_and_wait(&mut client, request, deadline).await;
+            progress.inc();
+            (i, Some(result))
         });
     }
     let mut results: Vec<Option<(Order, Duration)>> = vec![None; samples.len()];
@@ -303,6 +306,7 @@ async fn place_all(
             )),
         }
     }
+    progress.finish();
     let elapsed = started.elapsed();
 
     let mut by_outcome: BTreeMap<String, usize> = BTreeMap::new();

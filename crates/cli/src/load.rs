@@ -54,6 +54,84 @@ impl Interrupt {
     }
 }
 
+/// Progress of a long-running command (`demo`, `bench`): a progress bar when stdout is a terminal,
+/// otherwise a plain line at most every [`Progress::PLAIN_EVERY`] (logs and CI output stay
+/// readable). Hidden altogether for machine-readable output (`bench --json`).
+#[derive(Debug)]
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    plain: Option<std::sync::Mutex<(Instant, u64)>>,
+    total: Option<u64>,
+}
+
+impl Progress {
+    /// The shortest gap between two plain progress lines.
+    pub const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+    /// Progress towards `total` orders (`None`: a run bounded by time); `hidden` shows nothing.
+    pub fn new(total: Option<u64>, hidden: bool) -> Self {
+        use std::io::IsTerminal as _;
+        if hidden {
+            return Self {
+                bar: None,
+                plain: None,
+                total,
+            };
+        }
+        if std::io::stdout().is_terminal() {
+            let bar = match total {
+                Some(n) => indicatif::ProgressBar::new(n),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stdout());
+            let template = if total.is_some() {
+                "{bar:40} {pos}/{len} orders finished  {per_sec}  eta {eta}"
+            } else {
+                "{spinner} {pos} orders finished  {per_sec}  {elapsed}"
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                bar.set_style(style);
+            }
+            return Self {
+                bar: Some(bar),
+                plain: None,
+                total,
+            };
+        }
+        Self {
+            bar: None,
+            plain: Some(std::sync::Mutex::new((Instant::now(), 0))),
+            total,
+        }
+    }
+
+    /// One more order finished.
+    pub fn inc(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+        if let Some(plain) = &self.plain
+            && let Ok(mut state) = plain.lock()
+        {
+            state.1 += 1;
+            if state.0.elapsed() >= Self::PLAIN_EVERY {
+                state.0 = Instant::now();
+                match self.total {
+                    Some(total) => println!("  {}/{total} orders finished", state.1),
+                    None => println!("  {} orders finished", state.1),
+                }
+            }
+        }
+    }
+
+    /// Removes the bar (before the report is printed).
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// How long one `GetOrder` long-poll waits, at most (the API's limit is 60 s).
 const WAIT_SLICE: Duration = Duration::from_secs(30);
 
