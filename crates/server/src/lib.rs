@@ -5,7 +5,8 @@
 //! - [`db`]: sqlx pools and migrations for PostgreSQL and SQLite chosen by the URL;
 //! - [`error`]: [`ServiceError`] and its one mapping to `tonic::Status` with rich details;
 //! - [`validate`]: request validation naming the offending field;
-//! - [`idempotency`]: the idempotency store of docs/architecture.md, "The service contract";
+//! - [`idempotency`]: the idempotency store of docs/architecture.md, "The service contract", and
+//!   its late-action rule ([`idempotency::late_action`]: tombstones, `COMPENSATED_BEFORE_ACTION`);
 //! - [`faults`]: the fault-injection tower layer for chaos tests;
 //! - [`retention`]: the background task that prunes expired records in bounded batches;
 //! - [`string_guard`]: the tower layer that refuses control characters in any string field;
