@@ -166,3 +166,56 @@ pub async fn grpcurl_call(addr: &str, method: &str, body: &serde_json::Value) ->
     .await
     .expect("grpcurl task")
 }
+
+/// Declares a service's test harness type: a newtype over [`ServiceHarness`] with client type
+/// `$client`, dereferencing to it (so `h.client`, `h.db`, `h.addr()` work), with
+/// `start(kind, name)` serving the service that `|db| expr` builds (it must have
+/// `register(self, &mut RoutesBuilder)`) over `migrations`, named `service_name`. The service's
+/// tests add their own helpers in an `impl` block.
+///
+/// ```ignore
+/// sagaflow_testkit::service_harness!(
+///     pub(crate) struct Harness(PointServiceClient<Channel>),
+///     |db| PointService::new(db), sagaflow_point::migrations(), sagaflow_point::SERVICE_NAME
+/// );
+/// ```
+#[macro_export]
+macro_rules! service_harness {
+    (
+        $(#[$meta:meta])* $vis:vis struct $name:ident($client:ty),
+        |$db:ident| $service:expr, $migrations:expr, $service_name:expr $(,)?
+    ) => {
+        $(#[$meta])*
+        $vis struct $name($vis $crate::service::ServiceHarness<$client>);
+
+        impl $name {
+            /// Starts the service on a fresh `kind` database named after `name`.
+            $vis async fn start(kind: $crate::Kind, name: &str) -> Self {
+                Self(
+                    $crate::service::ServiceHarness::start(
+                        kind,
+                        name,
+                        $migrations,
+                        $service_name,
+                        |$db, routes| $service.register(routes),
+                        <$client>::new,
+                    )
+                    .await,
+                )
+            }
+        }
+
+        impl ::std::ops::Deref for $name {
+            type Target = $crate::service::ServiceHarness<$client>;
+            fn deref(&self) -> &Self::Target {
+                &self.0
+            }
+        }
+
+        impl ::std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.0
+            }
+        }
+    };
+}
