@@ -32,6 +32,11 @@
 //!     created_at      BIGINT NOT NULL  -- unix ms
 //! );
 //! ```
+//!
+//! The third rule of that section, the late-action rule (a compensation that came first makes the
+//! action fail with `COMPENSATED_BEFORE_ACTION`), is [`late_action`], run inside the effect.
+
+pub mod late_action;
 
 use futures::future::BoxFuture;
 use prost::Message;

@@ -8,14 +8,20 @@
 //! server fails the test.
 //!
 //! [`grpcurl`] runs the real grpcurl; with feature `otlp`, `otlp::Collector` is an in-process
-//! OTLP/gRPC trace receiver.
+//! OTLP/gRPC trace receiver. With feature `service`, `service::ServiceHarness` starts one
+//! service's server over a fresh database (with the shared migrations, validation and grpcurl
+//! helpers), and `contract` is the command-contract suite every service with commands runs.
 
 #![allow(clippy::expect_used)]
 
 use std::path::PathBuf;
 
+#[cfg(feature = "service")]
+pub mod contract;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+#[cfg(feature = "service")]
+pub mod service;
 
 /// The PostgreSQL server used when `SAGAFLOW_TEST_DATABASE_URL` is unset.
 pub const DEFAULT_TEST_DATABASE_URL: &str =

@@ -2,9 +2,10 @@
 //! contract"): the discount a coupon grants, and the decisions of UseCoupon and RestoreCoupon.
 //! No I/O here; every rule is unit-tested without a database or a server.
 //!
-//! [`discount`] is the one discount rule of sagaflow: the Order service applies it in step 2
-//! (ApplyCoupon) to the `DiscountRule` that UseCoupon returned, so both services agree on the
-//! amount.
+//! [`discount`] is the one discount rule of sagaflow: UseCoupon reports the amount it gives
+//! (`UseCouponResponse.discount`) and the saga passes that amount to the Order service's
+//! ApplyCoupon, so no other service computes it. The late-action rule (RestoreCoupon first) is
+//! `sagaflow_server::idempotency::late_action`'s.
 
 /// `ErrorInfo.reason`: the coupon belongs to another user.
 pub const COUPON_NOT_OWNED: &str = "COUPON_NOT_OWNED";
@@ -14,9 +15,6 @@ pub const COUPON_EXPIRED: &str = "COUPON_EXPIRED";
 pub const COUPON_ALREADY_USED: &str = "COUPON_ALREADY_USED";
 /// `ErrorInfo.reason`: the order's subtotal is below the coupon's minimum order amount.
 pub const COUPON_MIN_ORDER_NOT_MET: &str = "COUPON_MIN_ORDER_NOT_MET";
-/// `ErrorInfo.reason`: RestoreCoupon for this order and code came first (docs/architecture.md,
-/// "The service contract").
-pub const COMPENSATED_BEFORE_ACTION: &str = "COMPENSATED_BEFORE_ACTION";
 /// `ErrorInfo.reason` of the ALREADY_EXISTS answer to IssueCoupon when the code exists with
 /// other terms.
 pub const COUPON_EXISTS: &str = "COUPON_EXISTS";
@@ -125,6 +123,18 @@ pub struct Coupon {
 }
 
 impl Coupon {
+    /// The discount (KRW won) this coupon gives on an order of `order_amount` KRW won: the one
+    /// rule, [`discount`].
+    pub fn discount_on(&self, order_amount: i64) -> i64 {
+        let t = &self.terms;
+        discount(
+            t.discount_amount,
+            t.discount_percent,
+            t.max_discount,
+            order_amount,
+        )
+    }
+
     /// Whether `order_id` holds this coupon.
     pub fn is_held_by(&self, order_id: &str) -> bool {
         self.status == Status::Used && self.order_id.as_deref() == Some(order_id)
@@ -142,8 +152,6 @@ pub struct UseAttempt<'a> {
     pub order_amount: i64,
     /// The current time, unix ms.
     pub now_ms: i64,
-    /// Whether RestoreCoupon already ran for this order and code.
-    pub compensated: bool,
 }
 
 /// A successful UseCoupon decision.
@@ -158,8 +166,6 @@ pub enum UseDecision {
 /// Why UseCoupon is rejected (each maps to a FAILED_PRECONDITION reason).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UseRejection {
-    /// RestoreCoupon for this order and code came first.
-    CompensatedBeforeAction,
     /// The coupon belongs to another user.
     NotOwned,
     /// Another order holds the coupon.
@@ -174,7 +180,6 @@ impl UseRejection {
     /// The `ErrorInfo.reason`.
     pub fn reason(self) -> &'static str {
         match self {
-            Self::CompensatedBeforeAction => COMPENSATED_BEFORE_ACTION,
             Self::NotOwned => COUPON_NOT_OWNED,
             Self::AlreadyUsed => COUPON_ALREADY_USED,
             Self::Expired => COUPON_EXPIRED,
@@ -185,9 +190,6 @@ impl UseRejection {
     /// A sentence for a person.
     pub fn describe(self) -> &'static str {
         match self {
-            Self::CompensatedBeforeAction => {
-                "RestoreCoupon for this order came first; its UseCoupon is rejected"
-            }
             Self::NotOwned => "the coupon belongs to another user",
             Self::AlreadyUsed => "the coupon is used by another order",
             Self::Expired => "the coupon has expired",
@@ -196,16 +198,13 @@ impl UseRejection {
     }
 }
 
-/// UseCoupon's decision, checked in this order: the late-action rule (compensation came first),
+/// UseCoupon's decision (after the late-action check of the store), checked in this order:
 /// ownership, the order already holding it (idempotent repeat: the later checks passed when it
 /// took it), another order holding it, expiry, minimum order.
 ///
 /// # Errors
 /// The first [`UseRejection`] that applies.
 pub fn decide_use(coupon: &Coupon, attempt: &UseAttempt<'_>) -> Result<UseDecision, UseRejection> {
-    if attempt.compensated {
-        return Err(UseRejection::CompensatedBeforeAction);
-    }
     if coupon.terms.user_id != attempt.user_id {
         return Err(UseRejection::NotOwned);
     }
@@ -330,7 +329,6 @@ mod tests {
             order_id: "o1",
             order_amount,
             now_ms,
-            compensated: false,
         }
     }
 
@@ -346,14 +344,6 @@ mod tests {
     #[test]
     fn use_rejections_in_order() {
         let available = coupon(Status::Available, None);
-        let compensated = UseAttempt {
-            compensated: true,
-            ..attempt(10_000, 0)
-        };
-        assert_eq!(
-            decide_use(&coupon(Status::Used, Some("o1")), &compensated),
-            Err(UseRejection::CompensatedBeforeAction)
-        );
         let bob = UseAttempt {
             user_id: "bob",
             ..attempt(10_000, 0)
@@ -391,7 +381,6 @@ mod tests {
     #[test]
     fn reasons_are_distinct() {
         let all = [
-            UseRejection::CompensatedBeforeAction,
             UseRejection::NotOwned,
             UseRejection::AlreadyUsed,
             UseRejection::Expired,

@@ -174,13 +174,7 @@ impl coupon_service_server::CouponService for CouponService {
                     let coupon =
                         store::use_coupon(conn, backend, &code, &user_id, &order_id, amount)
                             .await?;
-                    let t = &coupon.terms;
-                    let discount = crate::domain::discount(
-                        t.discount_amount,
-                        t.discount_percent,
-                        t.max_discount,
-                        amount,
-                    );
+                    let discount = coupon.discount_on(amount);
                     Ok(UseCouponResponse {
                         coupon: Some(coupon.into()),
                         discount,

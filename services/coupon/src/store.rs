@@ -8,7 +8,11 @@
 //! RestoreCoupon of the same coupon are serialized and a late UseCoupon always sees the
 //! compensation.
 
-use sagaflow_server::{Backend, ServiceError, db::now_ms};
+use sagaflow_server::{
+    Backend, ServiceError,
+    db::now_ms,
+    idempotency::late_action::{self, TombstoneTable},
+};
 use sqlx::AnyConnection;
 
 use crate::domain::{
@@ -126,19 +130,15 @@ pub(crate) async fn issue(conn: &mut AnyConnection, terms: &Terms) -> Result<Cou
     Ok(coupon)
 }
 
-async fn is_compensated(
-    conn: &mut AnyConnection,
-    order_id: &str,
-    code: &str,
-) -> Result<bool, sqlx::Error> {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM coupon_compensations WHERE order_id = $1 AND code = $2")
-            .bind(order_id)
-            .bind(code)
-            .fetch_optional(conn)
-            .await?;
-    Ok(found.is_some())
-}
+/// The compensation records of (order, code): RestoreCoupon writes one, whatever the coupon's
+/// state, and a later UseCoupon of that order and code is refused (the late-action rule of
+/// docs/architecture.md, "The service contract", through [`late_action`]).
+const COMPENSATIONS: TombstoneTable = TombstoneTable {
+    table: "coupon_compensations",
+    subject: &["order_id", "code"],
+    tombstone_when: "TRUE",
+    timestamps: &["created_at"],
+};
 
 async fn set_holder(
     conn: &mut AnyConnection,
@@ -184,20 +184,20 @@ pub(crate) async fn use_coupon(
     order_amount: i64,
 ) -> Result<Coupon, ServiceError> {
     let coupon = lock_coupon(conn, backend, code).await?;
-    let compensated = is_compensated(conn, order_id, code).await?;
+    late_action::check(conn, backend, &COMPENSATIONS, &[order_id, code], || {
+        format!(
+            "coupon {code:?}: RestoreCoupon for this order came first; its UseCoupon is rejected"
+        )
+    })
+    .await?;
     let Some(mut coupon) = coupon else {
-        return Err(if compensated {
-            rejection(domain::UseRejection::CompensatedBeforeAction, code)
-        } else {
-            ServiceError::NotFound(format!("coupon {code:?}"))
-        });
+        return Err(ServiceError::NotFound(format!("coupon {code:?}")));
     };
     let attempt = UseAttempt {
         user_id,
         order_id,
         order_amount,
         now_ms: now_ms(),
-        compensated,
     };
     match domain::decide_use(&coupon, &attempt) {
         Ok(UseDecision::AlreadyHeld) => Ok(coupon),
@@ -229,15 +229,8 @@ pub(crate) async fn restore_coupon(
     order_id: &str,
 ) -> Result<Option<Coupon>, ServiceError> {
     let coupon = lock_coupon(conn, backend, code).await?;
-    sqlx::query(
-        "INSERT INTO coupon_compensations (order_id, code, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (order_id, code) DO NOTHING",
-    )
-    .bind(order_id)
-    .bind(code)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
+    // Recorded whatever the coupon's state (the restore plan is the coupon's own, below).
+    late_action::record(conn, backend, &COMPENSATIONS, &[order_id, code], &[]).await?;
     let Some(mut coupon) = coupon else {
         return Ok(None);
     };

@@ -1,15 +1,11 @@
 //! Pure inventory rules (docs/architecture.md: step 3 of "The order saga", "The service
-//! contract"): reservation states and the decisions of DeductInventory and RestoreInventory, stock
-//! arithmetic, and the error reasons. No I/O here;
+//! contract"): reservation states, stock arithmetic and the error reasons (the late-action rule and the restore
+//! plan are `sagaflow_server::idempotency::late_action`'s). No I/O here;
 //! every rule is unit-tested without a database or a server.
 
 /// `ErrorInfo.reason` when a line asks for more units than are in stock (metadata `sku`,
 /// `requested`, `available`).
 pub const OUT_OF_STOCK: &str = "OUT_OF_STOCK";
-/// `ErrorInfo.reason` when RestoreInventory for the order came before DeductInventory, or the
-/// order's stock was already given back (the late-action rule, docs/architecture.md, "The service
-/// contract").
-pub const COMPENSATED_BEFORE_ACTION: &str = "COMPENSATED_BEFORE_ACTION";
 /// `ErrorInfo.reason` when the order already holds stock from a DeductInventory with another
 /// idempotency key.
 pub const ORDER_ALREADY_DEDUCTED: &str = "ORDER_ALREADY_DEDUCTED";
@@ -39,54 +35,6 @@ impl ReservationStatus {
             "RELEASED" => Some(Self::Released),
             _ => None,
         }
-    }
-}
-
-/// Why DeductInventory must not take stock for an order that already has a reservation row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeductRejection {
-    /// The order's reservation is RELEASED: its compensation already ran.
-    CompensatedBeforeAction,
-    /// The order already holds stock (a second DeductInventory under another key).
-    AlreadyDeducted,
-}
-
-impl DeductRejection {
-    /// The `ErrorInfo.reason` of this rejection.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::CompensatedBeforeAction => COMPENSATED_BEFORE_ACTION,
-            Self::AlreadyDeducted => ORDER_ALREADY_DEDUCTED,
-        }
-    }
-}
-
-/// DeductInventory's decision when the order already has a reservation in `existing` state: it
-/// never takes stock twice for one order, and never after the order's compensation.
-pub fn deduct_rejection(existing: ReservationStatus) -> DeductRejection {
-    match existing {
-        ReservationStatus::Released => DeductRejection::CompensatedBeforeAction,
-        ReservationStatus::Reserved => DeductRejection::AlreadyDeducted,
-    }
-}
-
-/// What RestoreInventory does, given the order's reservation (`None`: DeductInventory never ran).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RestorePlan {
-    /// Record a RELEASED tombstone so a late DeductInventory is rejected; give nothing back.
-    Tombstone,
-    /// Give back the reservation's lines and mark it RELEASED.
-    GiveBack,
-    /// Already released: a repeated compensation changes nothing.
-    Nothing,
-}
-
-/// RestoreInventory's decision for the order's reservation state.
-pub fn plan_restore(existing: Option<ReservationStatus>) -> RestorePlan {
-    match existing {
-        None => RestorePlan::Tombstone,
-        Some(ReservationStatus::Reserved) => RestorePlan::GiveBack,
-        Some(ReservationStatus::Released) => RestorePlan::Nothing,
     }
 }
 
@@ -144,31 +92,6 @@ mod tests {
             assert_eq!(ReservationStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(ReservationStatus::parse("reserved"), None);
-    }
-
-    #[test]
-    fn deduct_is_rejected_after_compensation_or_a_first_deduction() {
-        assert_eq!(
-            deduct_rejection(ReservationStatus::Released).reason(),
-            COMPENSATED_BEFORE_ACTION
-        );
-        assert_eq!(
-            deduct_rejection(ReservationStatus::Reserved).reason(),
-            ORDER_ALREADY_DEDUCTED
-        );
-    }
-
-    #[test]
-    fn restore_plans() {
-        assert_eq!(plan_restore(None), RestorePlan::Tombstone);
-        assert_eq!(
-            plan_restore(Some(ReservationStatus::Reserved)),
-            RestorePlan::GiveBack
-        );
-        assert_eq!(
-            plan_restore(Some(ReservationStatus::Released)),
-            RestorePlan::Nothing
-        );
     }
 
     #[test]

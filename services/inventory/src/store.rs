@@ -8,12 +8,14 @@
 
 use std::collections::HashMap;
 
-use sagaflow_server::{Backend, ServiceError, db::now_ms};
+use sagaflow_server::{
+    Backend, ServiceError,
+    db::now_ms,
+    idempotency::late_action::{self, ActionClaim, RestorePlan, TombstoneTable, Value},
+};
 use sqlx::AnyConnection;
 
-use crate::domain::{
-    self, OUT_OF_STOCK, ReservationStatus, RestorePlan, StockLine, deduct_rejection,
-};
+use crate::domain::{self, ORDER_ALREADY_DEDUCTED, OUT_OF_STOCK, ReservationStatus, StockLine};
 
 /// A `products` row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -167,52 +169,18 @@ pub(crate) async fn restock(
     Ok(product)
 }
 
-/// Inserts the order's reservation row in state `status` unless the order already has one;
-/// returns the existing state when it has.
-async fn claim_reservation(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    order_id: &str,
-    status: ReservationStatus,
-) -> Result<Option<ReservationStatus>, ServiceError> {
-    let now = now_ms();
-    let inserted = sqlx::query(
-        "INSERT INTO reservations (order_id, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $3) ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(order_id)
-    .bind(status.as_str())
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if inserted {
-        return Ok(None);
-    }
-    // On PostgreSQL the INSERT waited for a concurrent inserter of the same order to finish, and
-    // this statement sees its committed row; the lock keeps it from changing under us.
-    let sql = match backend {
-        Backend::Postgres => "SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE",
-        Backend::Sqlite => "SELECT status FROM reservations WHERE order_id = $1",
-    };
-    let existing: Option<String> = sqlx::query_scalar(sql)
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(existing) = existing else {
-        // The concurrent inserter aborted between our two statements: let the caller retry.
-        return Err(ServiceError::Unavailable(format!(
-            "a concurrent command for order {order_id} did not finish; retry"
-        )));
-    };
-    ReservationStatus::parse(&existing)
-        .map(Some)
-        .ok_or_else(|| {
-            ServiceError::Internal(anyhow::anyhow!(
-                "reservation of order {order_id} has unknown status {existing:?}"
-            ))
-        })
+/// The order's reservation row, claimed by DeductInventory (RESERVED) and RestoreInventory
+/// (RELEASED; a tombstone when it has no lines): the late-action rule of docs/architecture.md,
+/// "The service contract", through [`late_action`].
+const RESERVATIONS: TombstoneTable = TombstoneTable {
+    table: "reservations",
+    subject: &["order_id"],
+    tombstone_when: "status = 'RELEASED'",
+    timestamps: &["created_at", "updated_at"],
+};
+
+fn reservation(status: ReservationStatus) -> [(&'static str, Value<'static>); 1] {
+    [("status", Value::Text(status.as_str()))]
 }
 
 /// DeductInventory's effect: takes every line for `order_id`, or none.
@@ -231,20 +199,23 @@ pub(crate) async fn deduct(
     order_id: &str,
     lines: &[StockLine],
 ) -> Result<(), ServiceError> {
-    if let Some(existing) =
-        claim_reservation(conn, backend, order_id, ReservationStatus::Reserved).await?
-    {
-        let rejection = deduct_rejection(existing);
+    let claim = late_action::claim_action(
+        conn,
+        backend,
+        &RESERVATIONS,
+        &[order_id],
+        &reservation(ReservationStatus::Reserved),
+        || {
+            format!(
+                "RestoreInventory for order {order_id} came first; its DeductInventory is rejected"
+            )
+        },
+    )
+    .await?;
+    if claim == ActionClaim::Existing {
         return Err(ServiceError::precondition(
-            rejection.reason(),
-            match rejection {
-                domain::DeductRejection::CompensatedBeforeAction => format!(
-                    "RestoreInventory for order {order_id} came first; its DeductInventory is rejected"
-                ),
-                domain::DeductRejection::AlreadyDeducted => {
-                    format!("order {order_id} already holds stock from another DeductInventory")
-                }
-            },
+            ORDER_ALREADY_DEDUCTED,
+            format!("order {order_id} already holds stock from another DeductInventory"),
         ));
     }
     let ordered = domain::lock_order(lines);
@@ -295,8 +266,15 @@ pub(crate) async fn restore(
     backend: Backend,
     order_id: &str,
 ) -> Result<Vec<StockLine>, ServiceError> {
-    let existing = claim_reservation(conn, backend, order_id, ReservationStatus::Released).await?;
-    match domain::plan_restore(existing) {
+    let plan = late_action::record(
+        conn,
+        backend,
+        &RESERVATIONS,
+        &[order_id],
+        &reservation(ReservationStatus::Released),
+    )
+    .await?;
+    match plan {
         RestorePlan::Tombstone | RestorePlan::Nothing => return Ok(Vec::new()),
         RestorePlan::GiveBack => {}
     }

@@ -160,18 +160,12 @@ impl Amounts {
         })
     }
 
-    /// The amounts with the coupon rule applied (saga step 2). The discount is computed by the
-    /// one discount rule of sagaflow ([`sagaflow_coupon::domain::discount`]) on the subtotal,
-    /// then capped so that the payable amount never goes below zero.
-    pub fn with_coupon(self, rule: &DiscountRule) -> Self {
-        let by_rule = sagaflow_coupon::domain::discount(
-            rule.discount_amount,
-            rule.discount_percent,
-            rule.max_discount,
-            self.subtotal,
-        );
+    /// The amounts with the coupon's `discount` (KRW won, as the Coupon service computed it)
+    /// applied (saga step 2), capped so that the payable amount never goes below zero (points
+    /// are taken first); a negative discount counts as 0.
+    pub fn with_discount(self, discount: i64) -> Self {
         let room = self.subtotal - self.points;
-        let discount = by_rule.clamp(0, room.max(0));
+        let discount = discount.clamp(0, room.max(0));
         Self {
             discount,
             payable: room - discount,
@@ -187,17 +181,6 @@ impl Amounts {
             ..self
         }
     }
-}
-
-/// The discount rule a coupon grants (as returned by the Coupon service's UseCoupon).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiscountRule {
-    /// Fixed discount, KRW won (0 for a percentage).
-    pub discount_amount: i64,
-    /// Percentage 1..=100 (0 for a fixed amount).
-    pub discount_percent: i32,
-    /// Cap of a percentage discount, KRW won; 0 for none.
-    pub max_discount: i64,
 }
 
 /// An order as stored.
@@ -410,27 +393,16 @@ mod tests {
 
     #[test]
     fn coupon_discount_is_capped_so_payable_stays_non_negative() {
-        let fixed = |amount| DiscountRule {
-            discount_amount: amount,
-            discount_percent: 0,
-            max_discount: 0,
-        };
         let placed = Amounts::placed(10_000, 3_000).unwrap();
-        let applied = placed.with_coupon(&fixed(5_000));
+        let applied = placed.with_discount(5_000);
         assert_eq!((applied.discount, applied.payable), (5_000, 2_000));
         // Above subtotal − points: capped.
-        let applied = placed.with_coupon(&fixed(9_000));
+        let applied = placed.with_discount(9_000);
         assert_eq!((applied.discount, applied.payable), (7_000, 0));
-        // A percentage with a cap, from the coupon crate's rule.
-        let percent = DiscountRule {
-            discount_amount: 0,
-            discount_percent: 10,
-            max_discount: 500,
-        };
-        let applied = placed.with_coupon(&percent);
-        assert_eq!((applied.discount, applied.payable), (500, 6_500));
+        assert_eq!(placed.with_discount(-1), placed);
         // Applying twice gives the same amounts.
-        assert_eq!(applied.with_coupon(&percent), applied);
+        let applied = placed.with_discount(500);
+        assert_eq!(applied.with_discount(500), applied);
         assert_eq!(applied.without_discount(), placed);
     }
 
@@ -441,19 +413,8 @@ mod tests {
                 let Some(placed) = Amounts::placed(subtotal, points) else {
                     continue;
                 };
-                for (amount, percent, max) in [
-                    (0, 0, 0),
-                    (1, 0, 0),
-                    (i64::MAX, 0, 0),
-                    (0, 100, 0),
-                    (0, 33, 7),
-                ] {
-                    let rule = DiscountRule {
-                        discount_amount: amount,
-                        discount_percent: percent,
-                        max_discount: max,
-                    };
-                    let a = placed.with_coupon(&rule);
+                for discount in [i64::MIN, -1, 0, 1, subtotal / 3, subtotal, i64::MAX] {
+                    let a = placed.with_discount(discount);
                     assert!(a.discount >= 0 && a.payable >= 0, "{a:?}");
                     assert_eq!(a.payable, a.subtotal - a.discount - a.points, "{a:?}");
                 }

@@ -1,5 +1,6 @@
 //! `sagaflow.order.v1.OrderService` over tonic: validation (every invalid field named, nothing
-//! written), pricing through Inventory, the idempotent commands, GetOrder's wait, and proto ↔
+//! written), pricing through Inventory, the idempotency executor around the commands' effects
+//! (`crate::commands`, where every business decision is made), GetOrder's wait, and proto ↔
 //! domain conversion.
 
 use std::{
@@ -22,10 +23,8 @@ use uuid::Uuid;
 
 use crate::{
     INVENTORY_TIMEOUT, OrderService, WAIT_POLL_INTERVAL,
-    domain::{
-        Amounts, Decision, DiscountRule, FailureReason, Order, OrderStatus, PricingError,
-        Rejection, decide_apply_coupon, decide_complete, decide_fail, price_lines,
-    },
+    commands::{self, load_existing},
+    domain::{Amounts, FailureReason, Order, OrderStatus, PricingError, price_lines},
     outbox::OrderEvent,
     store::{self, Cursor},
 };
@@ -181,26 +180,14 @@ impl OrderServiceApi for OrderService {
         let mut v = Validator::new();
         v.required("idempotency_key", &req.idempotency_key);
         let order_id = v.uuid("order_id", &req.order_id);
-        let rule = validate_rule(&mut v, req.rule.as_ref());
+        validate_rule(&mut v, req.rule.as_ref());
+        v.non_negative_i64("discount", req.discount);
         v.finish()?;
-        let (id, rule) = (canonical(order_id), rule.unwrap_or(NO_DISCOUNT));
+        let (id, discount) = (canonical(order_id), req.discount);
         let response =
             idempotency::execute(&self.db, APPLY_COUPON, &req.idempotency_key, &req, |conn| {
                 Box::pin(async move {
-                    let mut order = load_existing(conn, &id).await?;
-                    match decide_apply_coupon(&order) {
-                        Decision::Apply => {
-                            let amounts = order.amounts.with_coupon(&rule);
-                            let now = now_ms();
-                            if !store::update_amounts(conn, &id, amounts, now).await? {
-                                return Err(changed_meanwhile(&id));
-                            }
-                            order.amounts = amounts;
-                            order.updated_at_ms = now;
-                        }
-                        Decision::Unchanged => {}
-                        Decision::Reject(rejection) => return Err(rejected(&id, rejection)),
-                    }
+                    let order = commands::apply_coupon(conn, &id, discount).await?;
                     Ok(pb::ApplyCouponResponse {
                         order: Some(to_proto(&order)),
                     })
@@ -250,13 +237,6 @@ impl OrderServiceApi for OrderService {
         Ok(Response::new(pb::FailOrderResponse { order }))
     }
 }
-
-/// A rule that grants nothing (only used when validation already failed).
-const NO_DISCOUNT: DiscountRule = DiscountRule {
-    discount_amount: 0,
-    discount_percent: 0,
-    max_discount: 0,
-};
 
 impl OrderService {
     /// A repeated PlaceOrder answers with the order as it is now (its saga may have finished
@@ -336,38 +316,7 @@ impl OrderService {
         let notice_id = id.clone();
         let response = idempotency::execute(&self.db, command, key, req, move |conn| {
             Box::pin(async move {
-                let mut order = load_existing(conn, &id).await?;
-                let decision = match reason {
-                    None => decide_complete(order.status),
-                    Some(_) => decide_fail(order.status),
-                };
-                match decision {
-                    Decision::Apply => {
-                        order.updated_at_ms = now_ms();
-                        let event = match reason {
-                            None => {
-                                order.status = OrderStatus::Completed;
-                                OrderEvent::Completed(pb::OrderCompletedEvent {
-                                    order: Some(to_proto(&order)),
-                                })
-                            }
-                            Some(reason) => {
-                                order.status = OrderStatus::Failed;
-                                order.failure_reason = Some(reason);
-                                // The coupon was given back: no discount any more.
-                                order.amounts = order.amounts.without_discount();
-                                OrderEvent::Failed(pb::OrderFailedEvent {
-                                    order: Some(to_proto(&order)),
-                                })
-                            }
-                        };
-                        if !store::finish(conn, &order, &event).await? {
-                            return Err(changed_meanwhile(&id));
-                        }
-                    }
-                    Decision::Unchanged => {}
-                    Decision::Reject(rejection) => return Err(rejected(&id, rejection)),
-                }
+                let order = commands::finish(conn, &id, reason).await?;
                 Ok(pb::GetOrderResponse {
                     order: Some(to_proto(&order)),
                 })
@@ -410,49 +359,6 @@ impl OrderService {
             }
         }
     }
-}
-
-/// Fails the order `order_id` because its OrderCreated event was dead-lettered without any
-/// saga being possible for it (docs/architecture.md, "Events"): a PENDING order becomes FAILED
-/// with reason INTERNAL, its discount cleared, with its status history row and OrderFailed
-/// outbox event, on `conn` (the caller's transaction, which also dead-letters the event).
-/// Returns the status the order had (`Some(Pending)`: failed now; a terminal status: left as it
-/// is), or `None` when there is no such order.
-///
-/// # Errors
-/// `UNAVAILABLE` when the database fails transiently; `INTERNAL` when the order row cannot be
-/// read (a value this version does not know) or the database fails otherwise.
-pub(crate) async fn fail_undeliverable(
-    conn: &mut sqlx::AnyConnection,
-    order_id: &str,
-) -> Result<Option<OrderStatus>, ServiceError> {
-    let Some(mut order) = store::load(conn, order_id).await? else {
-        return Ok(None);
-    };
-    let was = order.status;
-    if decide_fail(was) != Decision::Apply {
-        return Ok(Some(was));
-    }
-    order.status = OrderStatus::Failed;
-    order.failure_reason = Some(FailureReason::Internal);
-    order.amounts = order.amounts.without_discount();
-    order.updated_at_ms = now_ms();
-    let event = OrderEvent::Failed(pb::OrderFailedEvent {
-        order: Some(to_proto(&order)),
-    });
-    if !store::finish(conn, &order, &event).await? {
-        return Err(changed_meanwhile(order_id));
-    }
-    Ok(Some(was))
-}
-
-async fn load_existing(
-    conn: &mut sqlx::AnyConnection,
-    order_id: &str,
-) -> Result<Order, ServiceError> {
-    store::load(conn, order_id)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("order {order_id}")))
 }
 
 /// Checks every field of PlaceOrder (each invalid one named in the INVALID_ARGUMENT) and returns
@@ -504,12 +410,12 @@ fn validate_place(
         .collect())
 }
 
-/// Checks ApplyCoupon's rule: present, amounts not negative, percentage 0..=100, not both a
-/// fixed amount and a percentage.
-fn validate_rule(v: &mut Validator, rule: Option<&pb::DiscountRule>) -> Option<DiscountRule> {
+/// Checks ApplyCoupon's rule (carried for the record; the amount taken off is `discount`):
+/// present, amounts not negative, percentage 0..=100, not both a fixed amount and a percentage.
+fn validate_rule(v: &mut Validator, rule: Option<&pb::DiscountRule>) {
     let Some(rule) = rule else {
         v.add("rule", "must be set");
-        return None;
+        return;
     };
     v.non_negative_i64("rule.discount_amount", rule.discount_amount);
     v.check(
@@ -523,11 +429,6 @@ fn validate_rule(v: &mut Validator, rule: Option<&pb::DiscountRule>) -> Option<D
         "rule",
         "must be a fixed amount or a percentage, not both",
     );
-    Some(DiscountRule {
-        discount_amount: rule.discount_amount,
-        discount_percent: rule.discount_percent,
-        max_discount: rule.max_discount,
-    })
 }
 
 /// The canonical (lower-case, hyphenated) text of a validated order id.
@@ -551,18 +452,6 @@ fn decode_cursor(token: &str) -> Result<Option<Cursor>, ()> {
         created_at_ms,
         order_id,
     }))
-}
-
-fn rejected(order_id: &str, rejection: Rejection) -> ServiceError {
-    ServiceError::FailedPrecondition {
-        reason: rejection.reason(),
-        message: rejection.message(order_id),
-        metadata: HashMap::from([("order_id".to_owned(), order_id.to_owned())]),
-    }
-}
-
-fn changed_meanwhile(order_id: &str) -> ServiceError {
-    ServiceError::Unavailable(format!("order {order_id} changed concurrently; retry"))
 }
 
 fn status_from_proto(value: i32) -> Option<OrderStatus> {
@@ -607,7 +496,8 @@ fn reason_to_proto(reason: FailureReason) -> pb::FailureReason {
     }
 }
 
-fn to_proto(order: &Order) -> pb::Order {
+/// The proto form of an order (responses and outbox events carry it).
+pub(crate) fn to_proto(order: &Order) -> pb::Order {
     pb::Order {
         order_id: order.order_id.clone(),
         user_id: order.user_id.clone(),

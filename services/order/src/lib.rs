@@ -6,7 +6,8 @@
 //! - [`outbox`]: the outbox rows written with each change, and the API the relay uses
 //!   ([`outbox::pending`], [`outbox::mark_sent`]);
 //! - `store`: the orders, order lines and status history tables;
-//! - `grpc`: the `sagaflow.order.v1.OrderService` implementation and validation;
+//! - `commands`: the effects of ApplyCoupon, CompleteOrder and FailOrder, with their decisions;
+//! - `grpc`: the `sagaflow.order.v1.OrderService` implementation, validation and mapping;
 //! - `admin`: `sagaflow.order.v1.OutboxAdminService`, the dead-lettered outbox events;
 //! - [`relay`]: the outbox relay (retries, dead letters, retention of delivered rows).
 //!
@@ -32,6 +33,7 @@ use sqlx::migrate::Migrator;
 use tonic::transport::Channel;
 
 mod admin;
+mod commands;
 pub mod domain;
 mod grpc;
 pub mod outbox;

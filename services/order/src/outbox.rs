@@ -401,7 +401,7 @@ async fn set_aside(
     let mut tx = db.begin().await?;
     let mut outcome = mark_dead(&mut tx, target, attempts, &reason).await?;
     if outcome == DeadLettered::Event && fails_order {
-        match crate::grpc::fail_undeliverable(&mut tx, target.aggregate_id).await {
+        match crate::commands::fail_undeliverable(&mut tx, target.aggregate_id).await {
             Ok(Some(OrderStatus::Pending)) => outcome = DeadLettered::EventAndOrder,
             Ok(Some(OrderStatus::Failed) | None) => {}
             Ok(Some(OrderStatus::Completed)) => tracing::error!(

@@ -34,8 +34,8 @@ pub mod reason {
     /// The gateway declined the authorization.
     pub const PAYMENT_DECLINED: &str = "PAYMENT_DECLINED";
     /// CancelPayment for this order came before StartPayment (the late-action rule,
-    /// docs/architecture.md, "The service contract").
-    pub const COMPENSATED_BEFORE_ACTION: &str = "COMPENSATED_BEFORE_ACTION";
+    /// docs/architecture.md, "The service contract"; defined once, in `sagaflow_server`).
+    pub use sagaflow_server::idempotency::late_action::COMPENSATED_BEFORE_ACTION;
     /// CancelPayment of a captured payment.
     pub const PAYMENT_ALREADY_COMPLETED: &str = "PAYMENT_ALREADY_COMPLETED";
     /// The gateway declined the capture; the payment stays STARTED.

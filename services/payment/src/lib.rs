@@ -4,7 +4,8 @@
 //! - [`domain`]: statuses and the pure decision of each command;
 //! - [`gateway`]: the [`PaymentGateway`] trait and the [`SimulatedGateway`] (card tokens);
 //! - `store`: the payments table;
-//! - `grpc`: the `sagaflow.payment.v1.PaymentService` implementation.
+//! - `commands`: the flow of each command (read, gateway call, record) and its rejections;
+//! - `grpc`: the `sagaflow.payment.v1.PaymentService` implementation (validation and mapping).
 //!
 //! Every command that reaches the gateway runs in three parts, so that no database transaction
 //! is held while the gateway answers (it may take seconds: `tok_slow`), which on SQLite would
@@ -51,6 +52,7 @@ use sagaflow_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use sagaflow_server::{Db, Migrations};
 use sqlx::migrate::Migrator;
 
+mod commands;
 pub mod domain;
 pub mod gateway;
 mod grpc;

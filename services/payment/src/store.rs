@@ -11,11 +11,15 @@
 //! [`settle_intent_now`], [`forget_intent`]) commit on their own, outside any idempotency key:
 //! the intent must be durable before the gateway is called, whatever happens to the recording.
 
-use sagaflow_server::{Db, ServiceError, db::now_ms};
+use sagaflow_server::{
+    Backend, Db, ServiceError,
+    db::now_ms,
+    idempotency::late_action::{self, ActionClaim, RestorePlan, TombstoneTable, Value},
+};
 use sqlx::{Any, AnyConnection, Executor};
 use uuid::Uuid;
 
-use crate::domain::{Intent, IntentStatus, Payment, PaymentRecord, PaymentStatus};
+use crate::domain::{Intent, IntentStatus, Payment, PaymentRecord, PaymentStatus, Rejection};
 
 #[derive(Debug, sqlx::FromRow)]
 struct PaymentRow {
@@ -80,36 +84,47 @@ where
     row.map(PaymentRow::into_record).transpose()
 }
 
-/// Stores a STARTED payment. Returns `None` when the order got a payment row meanwhile (a
-/// concurrent StartPayment or CancelPayment won).
+/// The order's payment row: StartPayment's STARTED payment, or CancelPayment's CANCELED
+/// tombstone without amount (the late-action rule of docs/architecture.md, "The service
+/// contract", through [`late_action`]).
+const PAYMENTS: TombstoneTable = TombstoneTable {
+    table: "payments",
+    subject: &["order_id"],
+    tombstone_when: "amount IS NULL",
+    timestamps: &["created_at", "updated_at"],
+};
+
+/// Stores a STARTED payment. Returns `None` when the order got a payment meanwhile (a concurrent
+/// StartPayment won).
 ///
 /// # Errors
-/// `UNAVAILABLE` / `INTERNAL` when the database fails.
+/// FAILED_PRECONDITION `COMPENSATED_BEFORE_ACTION` when the order has a tombstone (a
+/// CancelPayment committed meanwhile); `UNAVAILABLE` / `INTERNAL` when the database fails.
 pub(crate) async fn insert_started(
     conn: &mut AnyConnection,
+    backend: Backend,
     order_id: &str,
     amount: i64,
     payment_method: &str,
     authorization_ref: &str,
 ) -> Result<Option<Payment>, ServiceError> {
     let payment_id = Uuid::now_v7().to_string();
-    let now = now_ms();
-    let inserted = sqlx::query(
-        "INSERT INTO payments (payment_id, order_id, amount, payment_method, status, \
-         authorization_ref, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'STARTED', $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
+    let claim = late_action::claim_action(
+        conn,
+        backend,
+        &PAYMENTS,
+        &[order_id],
+        &[
+            ("payment_id", Value::Text(&payment_id)),
+            ("amount", Value::Int(amount)),
+            ("payment_method", Value::Text(payment_method)),
+            ("status", Value::Text(PaymentStatus::Started.as_str())),
+            ("authorization_ref", Value::Text(authorization_ref)),
+        ],
+        || Rejection::CompensatedBeforeAction.message(order_id),
     )
-    .bind(&payment_id)
-    .bind(order_id)
-    .bind(amount)
-    .bind(payment_method)
-    .bind(authorization_ref)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok((inserted == 1).then(|| Payment {
+    .await?;
+    Ok((claim == ActionClaim::Inserted).then(|| Payment {
         payment_id,
         order_id: order_id.to_owned(),
         amount,
@@ -126,21 +141,21 @@ pub(crate) async fn insert_started(
 /// `UNAVAILABLE` / `INTERNAL` when the database fails.
 pub(crate) async fn insert_tombstone(
     conn: &mut AnyConnection,
+    backend: Backend,
     order_id: &str,
 ) -> Result<bool, ServiceError> {
-    let now = now_ms();
-    let inserted = sqlx::query(
-        "INSERT INTO payments (payment_id, order_id, status, created_at, updated_at) \
-         VALUES ($1, $2, 'CANCELED', $3, $4) ON CONFLICT (order_id) DO NOTHING",
+    let plan = late_action::record(
+        conn,
+        backend,
+        &PAYMENTS,
+        &[order_id],
+        &[
+            ("payment_id", Value::Text(&Uuid::now_v7().to_string())),
+            ("status", Value::Text(PaymentStatus::Canceled.as_str())),
+        ],
     )
-    .bind(Uuid::now_v7().to_string())
-    .bind(order_id)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    .await?;
+    Ok(plan == RestorePlan::Tombstone)
 }
 
 /// A status change of a started payment, with the gateway reference of the operation.

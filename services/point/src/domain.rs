@@ -1,6 +1,6 @@
 //! Pure point rules (docs/architecture.md: step 5 of "The order saga", "The service contract"):
-//! balance arithmetic (checked, never negative), the per-order deduction states and the decisions
-//! of DeductPoints and RestorePoints, and the error reasons. No I/O here; every rule is
+//! balance arithmetic (checked, never negative), the per-order deduction states and the error reasons (the late-action rule and the restore plan
+//! are `sagaflow_server::idempotency::late_action`'s). No I/O here; every rule is
 //! unit-tested without a database or a server.
 //!
 //! Points are KRW won. A user's points are either in the balance or **held** by an order (a
@@ -10,9 +10,6 @@
 /// `ErrorInfo.reason`: the balance is smaller than the amount to deduct (metadata `balance`,
 /// `requested`).
 pub const INSUFFICIENT_POINTS: &str = "INSUFFICIENT_POINTS";
-/// `ErrorInfo.reason`: RestorePoints for the order came first, or the order's points were already
-/// given back (the late-action rule, docs/architecture.md, "The service contract").
-pub const COMPENSATED_BEFORE_ACTION: &str = "COMPENSATED_BEFORE_ACTION";
 /// `ErrorInfo.reason`: the order already deducted points under another idempotency key.
 pub const ORDER_ALREADY_DEDUCTED: &str = "ORDER_ALREADY_DEDUCTED";
 /// `ErrorInfo.reason`: RestorePoints names another user than the order's deduction.
@@ -68,15 +65,6 @@ impl LedgerKind {
     }
 }
 
-/// The reason DeductPoints is rejected when the order already has a deduction row in state
-/// `existing`: it never deducts twice for one order, and never after the order's compensation.
-pub fn deduct_rejection(existing: DeductionStatus) -> &'static str {
-    match existing {
-        DeductionStatus::Restored => COMPENSATED_BEFORE_ACTION,
-        DeductionStatus::Deducted => ORDER_ALREADY_DEDUCTED,
-    }
-}
-
 /// The balance after deducting `amount`, or `None` when the balance is too small (or the amount
 /// is not positive).
 pub fn deduct(balance: i64, amount: i64) -> Option<i64> {
@@ -104,26 +92,6 @@ pub fn give_back(balance: i64, amount: i64) -> Option<i64> {
         None
     } else {
         balance.checked_add(amount)
-    }
-}
-
-/// What RestorePoints does, given the order's deduction (`None`: DeductPoints never ran).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RestorePlan {
-    /// Record a RESTORED tombstone so a late DeductPoints is rejected; give nothing back.
-    Tombstone,
-    /// Give the held points back and mark the deduction RESTORED.
-    GiveBack,
-    /// Already restored: a repeated compensation changes nothing.
-    Nothing,
-}
-
-/// RestorePoints' decision for the order's deduction state.
-pub fn plan_restore(existing: Option<DeductionStatus>) -> RestorePlan {
-    match existing {
-        None => RestorePlan::Tombstone,
-        Some(DeductionStatus::Deducted) => RestorePlan::GiveBack,
-        Some(DeductionStatus::Restored) => RestorePlan::Nothing,
     }
 }
 
@@ -159,31 +127,6 @@ mod tests {
         assert_eq!(give_back(10, 5), Some(15));
         assert_eq!(give_back(i64::MAX, 1), None);
         assert_eq!(give_back(10, -1), None);
-    }
-
-    #[test]
-    fn deduct_is_rejected_after_compensation_or_a_first_deduction() {
-        assert_eq!(
-            deduct_rejection(DeductionStatus::Restored),
-            COMPENSATED_BEFORE_ACTION
-        );
-        assert_eq!(
-            deduct_rejection(DeductionStatus::Deducted),
-            ORDER_ALREADY_DEDUCTED
-        );
-    }
-
-    #[test]
-    fn restore_plans() {
-        assert_eq!(plan_restore(None), RestorePlan::Tombstone);
-        assert_eq!(
-            plan_restore(Some(DeductionStatus::Deducted)),
-            RestorePlan::GiveBack
-        );
-        assert_eq!(
-            plan_restore(Some(DeductionStatus::Restored)),
-            RestorePlan::Nothing
-        );
     }
 
     #[test]

@@ -9,11 +9,15 @@
 
 use std::collections::HashMap;
 
-use sagaflow_server::{Backend, ServiceError, db::now_ms};
+use sagaflow_server::{
+    Backend, ServiceError,
+    db::now_ms,
+    idempotency::late_action::{self, ActionClaim, RestorePlan, TombstoneTable, Value},
+};
 use sqlx::AnyConnection;
 
 use crate::domain::{
-    self, DeductionStatus, INSUFFICIENT_POINTS, LedgerKind, RestorePlan, USER_MISMATCH,
+    self, DeductionStatus, INSUFFICIENT_POINTS, LedgerKind, ORDER_ALREADY_DEDUCTED, USER_MISMATCH,
 };
 
 /// The balance of `user_id` in KRW won (0 for an unknown user).
@@ -127,65 +131,40 @@ pub(crate) async fn grant(
     Ok(balance)
 }
 
-/// A `deductions` row.
-#[derive(Debug, sqlx::FromRow)]
-struct DeductionRow {
-    user_id: String,
-    amount: i64,
-    status: String,
-}
+/// The order's deduction row, claimed by DeductPoints (DEDUCTED) and RestorePoints (RESTORED; a
+/// tombstone of amount 0 when nothing was deducted): the late-action rule of
+/// docs/architecture.md, "The service contract", through [`late_action`].
+const DEDUCTIONS: TombstoneTable = TombstoneTable {
+    table: "deductions",
+    subject: &["order_id"],
+    tombstone_when: "status = 'RESTORED'",
+    timestamps: &["created_at", "updated_at"],
+};
 
-/// Inserts the order's deduction row (`status`, `amount`) unless the order already has one;
-/// returns the existing row when it has.
-async fn claim_deduction(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    order_id: &str,
-    user_id: &str,
+fn deduction<'a>(
+    user_id: &'a str,
     amount: i64,
     status: DeductionStatus,
-) -> Result<Option<(DeductionRow, DeductionStatus)>, ServiceError> {
-    let now = now_ms();
-    let inserted = sqlx::query(
-        "INSERT INTO deductions (order_id, user_id, amount, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (order_id) DO NOTHING",
+) -> [(&'static str, Value<'a>); 3] {
+    [
+        ("user_id", Value::Text(user_id)),
+        ("amount", Value::Int(amount)),
+        ("status", Value::Text(status.as_str())),
+    ]
+}
+
+/// The user and amount (KRW won) of the order's deduction row (locked by the claim that found
+/// it).
+async fn existing_deduction(
+    conn: &mut AnyConnection,
+    order_id: &str,
+) -> Result<(String, i64), ServiceError> {
+    Ok(
+        sqlx::query_as("SELECT user_id, amount FROM deductions WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&mut *conn)
+            .await?,
     )
-    .bind(order_id)
-    .bind(user_id)
-    .bind(amount)
-    .bind(status.as_str())
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if inserted {
-        return Ok(None);
-    }
-    // On PostgreSQL the INSERT waited for a concurrent inserter of the same order to finish, and
-    // this statement sees its committed row.
-    let sql = match backend {
-        Backend::Postgres => {
-            "SELECT user_id, amount, status FROM deductions WHERE order_id = $1 FOR UPDATE"
-        }
-        Backend::Sqlite => "SELECT user_id, amount, status FROM deductions WHERE order_id = $1",
-    };
-    let row: Option<DeductionRow> = sqlx::query_as(sql)
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(row) = row else {
-        return Err(ServiceError::Unavailable(format!(
-            "a concurrent command for order {order_id} did not finish; retry"
-        )));
-    };
-    let status = DeductionStatus::parse(&row.status).ok_or_else(|| {
-        ServiceError::Internal(anyhow::anyhow!(
-            "deduction of order {order_id} has unknown status {:?}",
-            row.status
-        ))
-    })?;
-    Ok(Some((row, status)))
 }
 
 /// DeductPoints' effect: takes `amount` from the balance of `user_id` for `order_id`, records
@@ -204,27 +183,19 @@ pub(crate) async fn deduct(
     order_id: &str,
     amount: i64,
 ) -> Result<i64, ServiceError> {
-    if let Some((_, existing)) = claim_deduction(
+    let claim = late_action::claim_action(
         conn,
         backend,
-        order_id,
-        user_id,
-        amount,
-        DeductionStatus::Deducted,
+        &DEDUCTIONS,
+        &[order_id],
+        &deduction(user_id, amount, DeductionStatus::Deducted),
+        || format!("RestorePoints for order {order_id} came first; its DeductPoints is rejected"),
     )
-    .await?
-    {
-        let reason = domain::deduct_rejection(existing);
+    .await?;
+    if claim == ActionClaim::Existing {
         return Err(ServiceError::precondition(
-            reason,
-            match existing {
-                DeductionStatus::Restored => format!(
-                    "RestorePoints for order {order_id} came first; its DeductPoints is rejected"
-                ),
-                DeductionStatus::Deducted => {
-                    format!("order {order_id} already deducted points under another key")
-                }
-            },
+            ORDER_ALREADY_DEDUCTED,
+            format!("order {order_id} already deducted points under another key"),
         ));
     }
     let current = lock_balance(conn, backend, user_id).await?.unwrap_or(0);
@@ -264,26 +235,26 @@ pub(crate) async fn restore(
     user_id: &str,
     order_id: &str,
 ) -> Result<(i64, i64), ServiceError> {
-    let existing = claim_deduction(
+    let plan = late_action::record(
         conn,
         backend,
-        order_id,
-        user_id,
-        0,
-        DeductionStatus::Restored,
+        &DEDUCTIONS,
+        &[order_id],
+        &deduction(user_id, 0, DeductionStatus::Restored),
     )
     .await?;
-    if let Some((row, _)) = &existing
-        && row.user_id != user_id
-    {
-        return Err(ServiceError::precondition(
-            USER_MISMATCH,
-            format!("order {order_id} belongs to another user than {user_id:?}"),
-        ));
-    }
-    let (amount, plan) = match existing {
-        None => (0, domain::plan_restore(None)),
-        Some((row, status)) => (row.amount, domain::plan_restore(Some(status))),
+    let amount = match plan {
+        RestorePlan::Tombstone => 0,
+        RestorePlan::GiveBack | RestorePlan::Nothing => {
+            let (owner, amount) = existing_deduction(conn, order_id).await?;
+            if owner != user_id {
+                return Err(ServiceError::precondition(
+                    USER_MISMATCH,
+                    format!("order {order_id} belongs to another user than {user_id:?}"),
+                ));
+            }
+            amount
+        }
     };
     match plan {
         RestorePlan::Tombstone | RestorePlan::Nothing => Ok((balance(conn, user_id).await?, 0)),

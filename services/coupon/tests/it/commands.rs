@@ -100,7 +100,7 @@ async fn issue_use_restore_and_use_again(kind: Kind) {
         .coupon
         .unwrap();
     assert_eq!(used.order_id, next);
-    h.server.shutdown().await.unwrap();
+    h.0.stop().await;
 }
 
 async fn issue_is_idempotent_and_other_terms_already_exist(kind: Kind) {

@@ -2,25 +2,15 @@
 //! (`proto/sagaflow/coupon/v1/coupon.proto`) answers with its lowerCamelCase JSON field names.
 
 use sagaflow_proto::coupon::v1::UseCouponRequest;
-use sagaflow_testkit::{Kind, grpcurl_json};
+use sagaflow_testkit::Kind;
 use serde_json::{Value, json};
 
 use crate::harness::{Harness, order_id};
 
 const SERVICE: &str = "sagaflow.coupon.v1.CouponService";
 
-/// Runs grpcurl off the async runtime (it is a blocking child process).
 async fn call(addr: String, method: &'static str, body: Value) -> Value {
-    tokio::task::spawn_blocking(move || {
-        let body = body.to_string();
-        grpcurl_json(
-            &addr,
-            &["-emit-defaults", "-d", &body],
-            &format!("{SERVICE}/{method}"),
-        )
-    })
-    .await
-    .unwrap()
+    sagaflow_testkit::service::grpcurl_call(&addr, &format!("{SERVICE}/{method}"), &body).await
 }
 
 async fn grpcurl_sees_the_documented_json(kind: Kind) {
@@ -70,7 +60,7 @@ async fn grpcurl_sees_the_documented_json(kind: Kind) {
     let used = call(addr.clone(), "GetCoupon", json!({"code": "WELCOME10"})).await;
     assert_eq!(used["coupon"]["status"], json!("COUPON_STATUS_USED"));
     assert_eq!(used["coupon"]["orderId"], json!(order));
-    h.server.shutdown().await.unwrap();
+    h.0.stop().await;
 }
 
 sagaflow_testkit::both_backends!(grpcurl_sees_the_documented_json);

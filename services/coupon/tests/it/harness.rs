@@ -5,47 +5,21 @@ use sagaflow_coupon::{CouponService, SERVICE_NAME, migrations};
 use sagaflow_proto::coupon::v1::{
     Coupon, IssueCouponRequest, coupon_service_client::CouponServiceClient,
 };
-use sagaflow_server::{
-    Db,
-    db::{now_ms, timestamp_from_ms},
-    grpc::ServerHandle,
-};
-use sagaflow_testkit::{Kind, TestDatabase};
+use sagaflow_server::db::{now_ms, timestamp_from_ms};
 use tonic::transport::Channel;
 
 /// One day, milliseconds.
 pub(crate) const DAY_MS: i64 = 86_400_000;
 
-/// A running coupon server with its database and a connected client.
-pub(crate) struct Harness {
-    pub(crate) db: Db,
-    pub(crate) server: ServerHandle,
-    pub(crate) client: CouponServiceClient<Channel>,
-    _tdb: TestDatabase,
-}
+sagaflow_testkit::service_harness!(
+    /// A running coupon server with its database and a connected client.
+    pub(crate) struct Harness(CouponServiceClient<Channel>),
+    |db| CouponService::new(db),
+    migrations(),
+    SERVICE_NAME
+);
 
 impl Harness {
-    pub(crate) async fn start(kind: Kind, name: &str) -> Self {
-        let tdb = TestDatabase::new(kind, name);
-        let (db, server) = sagaflow_server::grpc::spawn_service(
-            &tdb.url,
-            migrations(),
-            SERVICE_NAME,
-            |db, routes| CouponService::new(db).register(routes),
-        )
-        .await
-        .expect("start the service on its test database");
-        let client = CouponServiceClient::connect(server.url())
-            .await
-            .expect("connect to the server");
-        Self {
-            db,
-            server,
-            client,
-            _tdb: tdb,
-        }
-    }
-
     /// Issues `req` and returns the coupon.
     pub(crate) async fn issue(&self, req: IssueCouponRequest) -> Coupon {
         self.client

@@ -79,7 +79,7 @@ async fn deduct_then_restore_gives_back_exactly_what_was_taken(kind: Kind) {
     assert_eq!(h.stock("UNTOUCHED").await, 7);
     assert_eq!(h.reservation(&order).await.as_deref(), Some("RELEASED"));
     h.assert_stock_invariant().await;
-    h.server.shutdown().await.unwrap();
+    h.0.stop().await;
 }
 
 async fn out_of_stock_takes_no_line(kind: Kind) {

@@ -2,25 +2,15 @@
 //! (`proto/sagaflow/inventory/v1/inventory.proto`) answers with its lowerCamelCase JSON field
 //! names.
 
-use sagaflow_testkit::{Kind, grpcurl_json};
+use sagaflow_testkit::Kind;
 use serde_json::{Value, json};
 
 use crate::harness::Harness;
 
 const SERVICE: &str = "sagaflow.inventory.v1.InventoryService";
 
-/// Runs grpcurl off the async runtime (it is a blocking child process).
 async fn call(addr: String, method: &'static str, body: Value) -> Value {
-    tokio::task::spawn_blocking(move || {
-        let body = body.to_string();
-        grpcurl_json(
-            &addr,
-            &["-emit-defaults", "-d", &body],
-            &format!("{SERVICE}/{method}"),
-        )
-    })
-    .await
-    .unwrap()
+    sagaflow_testkit::service::grpcurl_call(&addr, &format!("{SERVICE}/{method}"), &body).await
 }
 
 async fn grpcurl_sees_the_documented_json(kind: Kind) {
@@ -89,7 +79,7 @@ async fn grpcurl_sees_the_documented_json(kind: Kind) {
         .map(|p| p["sku"].as_str().unwrap())
         .collect();
     assert_eq!(skus, ["MS-002", "KB-001"]);
-    h.server.shutdown().await.unwrap();
+    h.0.stop().await;
 }
 
 sagaflow_testkit::both_backends!(grpcurl_sees_the_documented_json);

@@ -5,40 +5,17 @@ use sagaflow_inventory::{InventoryService, SERVICE_NAME, migrations};
 use sagaflow_proto::inventory::v1::{
     Product, RestockRequest, UpsertProductRequest, inventory_service_client::InventoryServiceClient,
 };
-use sagaflow_server::{Db, grpc::ServerHandle};
-use sagaflow_testkit::{Kind, TestDatabase};
 use tonic::transport::Channel;
 
-/// A running inventory server with its database and a connected client.
-pub(crate) struct Harness {
-    pub(crate) db: Db,
-    pub(crate) server: ServerHandle,
-    pub(crate) client: InventoryServiceClient<Channel>,
-    _tdb: TestDatabase,
-}
+sagaflow_testkit::service_harness!(
+    /// A running inventory server with its database and a connected client.
+    pub(crate) struct Harness(InventoryServiceClient<Channel>),
+    |db| InventoryService::new(db),
+    migrations(),
+    SERVICE_NAME
+);
 
 impl Harness {
-    pub(crate) async fn start(kind: Kind, name: &str) -> Self {
-        let tdb = TestDatabase::new(kind, name);
-        let (db, server) = sagaflow_server::grpc::spawn_service(
-            &tdb.url,
-            migrations(),
-            SERVICE_NAME,
-            |db, routes| InventoryService::new(db).register(routes),
-        )
-        .await
-        .expect("start the service on its test database");
-        let client = InventoryServiceClient::connect(server.url())
-            .await
-            .expect("connect to the server");
-        Self {
-            db,
-            server,
-            client,
-            _tdb: tdb,
-        }
-    }
-
     /// Creates `sku` (price 1000 KRW) and restocks it to `stock` units.
     pub(crate) async fn product(&self, sku: &str, stock: i32) -> Product {
         let mut client = self.client.clone();

@@ -6,6 +6,7 @@
 
 mod commands;
 mod concurrency;
+mod contract;
 mod grpcurl;
 mod harness;
 mod validation;

@@ -3,7 +3,9 @@
 //! "The order saga", "The service contract" and "Events").
 
 use sagaflow_order::outbox::{self, EventType, OrderEvent};
-use sagaflow_proto::order::v1::{FailureReason, Order, OrderLine, OrderStatus, PlaceOrderRequest};
+use sagaflow_proto::order::v1::{
+    ApplyCouponRequest, FailureReason, Order, OrderLine, OrderStatus, PlaceOrderRequest,
+};
 use sagaflow_server::error::error_reason;
 use sagaflow_testkit::Kind;
 use tonic::Code;
@@ -194,7 +196,8 @@ async fn apply_coupon_discounts_and_caps(kind: Kind) {
     assert_eq!(err.code(), Code::AlreadyExists);
     assert_eq!(t.counts().await, counts);
 
-    // A percentage rule with a cap, from the coupon crate's discount rule.
+    // A percentage rule: the discount is the one the Coupon service computed (10 % of 89 000,
+    // capped at 5 000), taken as given.
     let order2 = t
         .place(place_req(
             "c-2",
@@ -206,7 +209,10 @@ async fn apply_coupon_discounts_and_caps(kind: Kind) {
         .await;
     let applied2 = t
         .client
-        .apply_coupon(apply_req("saga2:2", &order2.order_id, percent(10, 5_000)))
+        .apply_coupon(ApplyCouponRequest {
+            discount: 5_000,
+            ..apply_req("saga2:2", &order2.order_id, percent(10, 5_000))
+        })
         .await
         .unwrap()
         .into_inner()
@@ -215,13 +221,34 @@ async fn apply_coupon_discounts_and_caps(kind: Kind) {
     assert_eq!((applied2.discount, applied2.payable), (5_000, 84_000));
     let applied2b = t
         .client
-        .apply_coupon(apply_req("saga2:2b", &order2.order_id, percent(10, 0)))
+        .apply_coupon(ApplyCouponRequest {
+            discount: 8_900,
+            ..apply_req("saga2:2b", &order2.order_id, percent(10, 0))
+        })
         .await
         .unwrap()
         .into_inner()
         .order
         .unwrap();
     assert_eq!((applied2b.discount, applied2b.payable), (8_900, 80_100));
+
+    // A discount above the subtotal (89 000) is bad input, naming `discount`; the order does not
+    // change (the answer is stored with its key, as every answer of an effect is).
+    let before = t.counts().await;
+    let err = t
+        .client
+        .apply_coupon(ApplyCouponRequest {
+            discount: 89_001,
+            ..apply_req(&new_key(), &order2.order_id, percent(10, 0))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        sagaflow_server::error::violated_fields(&err),
+        vec!["discount".to_owned()]
+    );
+    assert_eq!(t.counts().await[..4], before[..4]);
 
     // No coupon on the order.
     let plain = t

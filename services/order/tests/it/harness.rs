@@ -224,12 +224,14 @@ pub(crate) fn percent(percent: i32, max: i64) -> DiscountRule {
     }
 }
 
+/// ApplyCoupon with `rule`; the discount is the rule's fixed amount (0 for a percentage rule:
+/// set `discount` to what the Coupon service computed, the order service does not compute it).
 pub(crate) fn apply_req(key: &str, order_id: &str, rule: DiscountRule) -> ApplyCouponRequest {
     ApplyCouponRequest {
         idempotency_key: key.into(),
         order_id: order_id.into(),
+        discount: rule.discount_amount,
         rule: Some(rule),
-        discount: 0,
     }
 }
 

@@ -4,8 +4,8 @@
 use sagaflow_proto::{
     inventory::v1::UpsertProductRequest,
     order::v1::{
-        DiscountRule, FailOrderRequest, GetOrderRequest, ListOrdersRequest, OrderLineRequest,
-        PlaceOrderRequest,
+        ApplyCouponRequest, DiscountRule, FailOrderRequest, GetOrderRequest, ListOrdersRequest,
+        OrderLineRequest, PlaceOrderRequest,
     },
 };
 use sagaflow_server::error::violated_fields;
@@ -280,6 +280,15 @@ async fn invalid_inputs_write_nothing(kind: Kind) {
     ] {
         assert_invalid(c.apply_coupon(apply_req("k", &id, r)).await, field, field);
     }
+    let negative = ApplyCouponRequest {
+        discount: -1,
+        ..apply_req("k", &id, fixed(1))
+    };
+    assert_invalid(
+        c.apply_coupon(negative).await,
+        "discount",
+        "negative discount",
+    );
 
     assert_invalid(
         c.complete_order(complete_req("", &id)).await,

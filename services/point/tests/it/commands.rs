@@ -102,7 +102,7 @@ async fn grant_deduct_restore(kind: Kind) {
         ("alice", 30_000)
     );
     h.assert_ledger_invariant().await;
-    h.server.shutdown().await.unwrap();
+    h.0.stop().await;
 }
 
 async fn unknown_user_has_zero(kind: Kind) {

@@ -1,25 +1,15 @@
 //! The real grpcurl binary against a running server (reflection on): the public point API of
 //! `proto/sagaflow/point/v1/point.proto` answers with its lowerCamelCase JSON field names.
 
-use sagaflow_testkit::{Kind, grpcurl_json};
+use sagaflow_testkit::Kind;
 use serde_json::{Value, json};
 
 use crate::harness::Harness;
 
 const SERVICE: &str = "sagaflow.point.v1.PointService";
 
-/// Runs grpcurl off the async runtime (it is a blocking child process).
 async fn call(addr: String, method: &'static str, body: Value) -> Value {
-    tokio::task::spawn_blocking(move || {
-        let body = body.to_string();
-        grpcurl_json(
-            &addr,
-            &["-emit-defaults", "-d", &body],
-            &format!("{SERVICE}/{method}"),
-        )
-    })
-    .await
-    .unwrap()
+    sagaflow_testkit::service::grpcurl_call(&addr, &format!("{SERVICE}/{method}"), &body).await
 }
 
 async fn grpcurl_sees_the_documented_json(kind: Kind) {
@@ -45,7 +35,7 @@ async fn grpcurl_sees_the_documented_json(kind: Kind) {
     assert_eq!(again, granted);
     let balance = call(addr.clone(), "GetBalance", json!({"userId": "alice"})).await;
     assert_eq!(balance, json!({"userId": "alice", "balance": "30000"}));
-    h.server.shutdown().await.unwrap();
+    h.0.stop().await;
 }
 
 sagaflow_testkit::both_backends!(grpcurl_sees_the_documented_json);

@@ -3,40 +3,17 @@
 
 use sagaflow_point::{PointService, SERVICE_NAME, migrations};
 use sagaflow_proto::point::v1::{GrantPointsRequest, point_service_client::PointServiceClient};
-use sagaflow_server::{Db, grpc::ServerHandle};
-use sagaflow_testkit::{Kind, TestDatabase};
 use tonic::transport::Channel;
 
-/// A running point server with its database and a connected client.
-pub(crate) struct Harness {
-    pub(crate) db: Db,
-    pub(crate) server: ServerHandle,
-    pub(crate) client: PointServiceClient<Channel>,
-    _tdb: TestDatabase,
-}
+sagaflow_testkit::service_harness!(
+    /// A running point server with its database and a connected client.
+    pub(crate) struct Harness(PointServiceClient<Channel>),
+    |db| PointService::new(db),
+    migrations(),
+    SERVICE_NAME
+);
 
 impl Harness {
-    pub(crate) async fn start(kind: Kind, name: &str) -> Self {
-        let tdb = TestDatabase::new(kind, name);
-        let (db, server) = sagaflow_server::grpc::spawn_service(
-            &tdb.url,
-            migrations(),
-            SERVICE_NAME,
-            |db, routes| PointService::new(db).register(routes),
-        )
-        .await
-        .expect("start the service on its test database");
-        let client = PointServiceClient::connect(server.url())
-            .await
-            .expect("connect to the server");
-        Self {
-            db,
-            server,
-            client,
-            _tdb: tdb,
-        }
-    }
-
     /// Grants `amount` points to `user` under the key `grant:<user>:<amount>`.
     pub(crate) async fn grant(&self, user: &str, amount: i64) -> i64 {
         self.client

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod commands;
+mod contract;
 mod grpcurl;
 mod harness;
 mod validation;
