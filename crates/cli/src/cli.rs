@@ -85,11 +85,28 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
         Err(CliError::Failed(err)) => {
-            eprintln!("sagaflow: {err:#}");
+            eprintln!("sagaflow: {}", one_line(&err));
             ExitCode::FAILURE
         }
         Err(CliError::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
     }
+}
+
+/// An error and its causes on one line, `outer: inner: …`, leaving out a cause whose text the
+/// line already holds (drivers often repeat their source in their own message).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Exports the spans still buffered and stops the exporter (spans the batch processor still

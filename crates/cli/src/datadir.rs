@@ -15,6 +15,27 @@ use std::{
 use anyhow::Context as _;
 
 /// A held lock on a data directory.
+/// Creates the data directory `dir` when missing and checks that it is one.
+///
+/// # Errors
+/// One line naming the directory, what is wrong and what to do: a file in its place, a
+/// directory that cannot be created.
+pub fn prepare(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "--data-dir {} is a file, not a directory: pass a directory (it is created when \
+             missing)",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot create the data directory {}: {err}; pass a writable --data-dir",
+            dir.display()
+        )
+    })
+}
+
 #[derive(Debug)]
 pub struct DataDirLock {
     _file: File,
@@ -47,7 +68,14 @@ impl DataDirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .with_context(|| format!("opening the lock file {}", path.display()))?;
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot write in the data directory {} ({err}, creating {}); pass a \
+                     writable --data-dir",
+                    dir.display(),
+                    path.display()
+                )
+            })?;
         let taken = if exclusive {
             file.try_lock()
         } else {

@@ -246,8 +246,7 @@ impl Embedded {
     /// # Errors
     /// When a database cannot be opened, the port cannot be bound, or seeding fails.
     pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        crate::datadir::prepare(&config.data_dir)?;
         // Before anything is opened: a second `dev` on the same directory changes nothing.
         let lock = crate::datadir::DataDirLock::exclusive(&config.data_dir)?;
         // The port next, before any database file is created: a port in use changes nothing.

@@ -298,8 +298,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let url = match &args.database.database_url {
         Some(url) => url.clone(),
         None => {
-            std::fs::create_dir_all(&args.data_dir)
-                .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+            crate::datadir::prepare(&args.data_dir)?;
             _data_dir_lock = Some(crate::datadir::DataDirLock::shared(&args.data_dir)?);
             format!(
                 "sqlite://{}",

@@ -103,14 +103,15 @@ pub enum DbError {
     /// The URL's scheme is neither PostgreSQL nor SQLite.
     #[error("unsupported database URL {0:?}: use postgres://… or sqlite://…")]
     UnsupportedUrl(String),
-    /// The server could not be reached or refused the connection.
-    #[error("cannot connect to {url}: {source}")]
+    /// The server could not be reached or refused the connection, or the SQLite file cannot be
+    /// opened as a database. One line: the cause once (not the driver's chain of the same text)
+    /// and what to do.
+    #[error("cannot open {url}: {message}")]
     Connect {
         /// The URL with any password removed.
         url: String,
-        /// The driver's error.
-        #[source]
-        source: sqlx::Error,
+        /// The cause and a hint.
+        message: String,
     },
     /// A migration failed.
     #[error("migrating {url} failed: {source}")]
@@ -151,9 +152,9 @@ impl Db {
     ) -> Result<Self, DbError> {
         INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = Backend::from_url(url)?;
-        let connect_err = |source| DbError::Connect {
+        let connect_err = |error: sqlx::Error| DbError::Connect {
             url: redact(url),
-            source,
+            message: describe_open_error(backend, &error),
         };
         let url = match backend {
             Backend::Postgres => {
@@ -190,6 +191,23 @@ impl Db {
                     Ok(())
                 })
             });
+        }
+        if backend == Backend::Sqlite {
+            // One connection first, with the same pragmas: a file that is not a database, or
+            // cannot be created, fails here at once instead of in the pool's retry loop until
+            // the acquire timeout.
+            let mut probe = sqlx::AnyConnection::connect_with(&options)
+                .await
+                .map_err(connect_err)?;
+            let pragmas = format!(
+                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = {busy}; \
+                 PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous};"
+            );
+            probe
+                .execute(sqlx::AssertSqlSafe(pragmas))
+                .await
+                .map_err(connect_err)?;
+            probe.close().await.map_err(connect_err)?;
         }
         let pool = pool_options
             .connect_with(options)
@@ -336,6 +354,46 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The cause of a failed open, once, with what to do: the driver's own message (its error chain
+/// repeats the same text), and a hint for the causes a user can fix.
+fn describe_open_error(backend: Backend, error: &sqlx::Error) -> String {
+    let (cause, code) = match error {
+        sqlx::Error::Database(db) => (
+            db.message().to_owned(),
+            db.code().map(|c| c.into_owned()).unwrap_or_default(),
+        ),
+        sqlx::Error::Io(io) => (io.to_string(), String::new()),
+        other => {
+            // The innermost cause carries the text; the outer ones repeat it.
+            let mut deepest: &dyn std::error::Error = other;
+            while let Some(inner) = deepest.source() {
+                deepest = inner;
+            }
+            (deepest.to_string(), String::new())
+        }
+    };
+    let hint = match backend {
+        // SQLite result codes: 26 NOTADB, 14 CANTOPEN, 8 READONLY, 10 IOERR, 11 CORRUPT.
+        Backend::Sqlite if code == "26" || code == "11" => {
+            "the file is not a SQLite database (corrupt, or another kind of file): move it away, \
+             or pass another --data-dir"
+        }
+        Backend::Sqlite if code == "14" => {
+            "the file cannot be created or opened: check that its directory exists and is \
+             writable (--data-dir)"
+        }
+        Backend::Sqlite if code == "8" || code == "10" => {
+            "the file or its directory is read-only: pass a writable --data-dir"
+        }
+        Backend::Sqlite => "check --data-dir / --database-url",
+        Backend::Postgres if matches!(error, sqlx::Error::Io(_)) => {
+            "is PostgreSQL running and reachable at that address? check --database-url"
+        }
+        Backend::Postgres => "check --database-url (host, port, user, password, database)",
+    };
+    format!("{cause}; {hint}")
 }
 
 fn sqlite_url_with_create(url: &str) -> String {
