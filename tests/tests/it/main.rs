@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod chaos;
+mod clients;
 mod crash_restart;
 mod demo;
 mod distributed;
