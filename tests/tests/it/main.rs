@@ -6,6 +6,7 @@
 mod chaos;
 mod clients;
 mod crash_restart;
+mod dashboard;
 mod demo;
 mod distributed;
 mod foundation;
