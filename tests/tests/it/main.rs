@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod chaos;
+mod clients;
 mod crash_restart;
+mod dashboard;
 mod demo;
 mod distributed;
 mod foundation;
