@@ -15,4 +15,5 @@ mod interrupt;
 mod nul_bytes;
 mod observability;
 mod recovery;
+mod startup_errors;
 mod walkthrough;
