@@ -293,7 +293,7 @@ impl Embedded {
                 order_saga(ServiceClients::single(channel.clone()), config.policies)
                     .context("building the order saga")?,
             )
-            .owner(sagaflow_workflow_engine::executor::default_owner("dev"))
+            .owner(sagaflow_workflow_engine::engine::default_owner("dev"))
             .lease_ms(config.lease_ms)
             .poll_interval_ms(500)
             // The lock on the data directory makes this engine the only one on its SQLite

@@ -483,7 +483,7 @@ async fn serve_with(
                     .map_err(|e| CliError::Usage(format!("--downstream-limits: {e}")))?,
             ));
             let owner = args.engine.owner.clone().unwrap_or_else(|| {
-                sagaflow_workflow_engine::executor::default_owner("orchestrator")
+                sagaflow_workflow_engine::engine::default_owner("orchestrator")
             });
             let built = Engine::builder(Arc::new(SqlSagaStore::new(db.clone())))
                 .definition(order_saga(clients, policies).context("building the order saga")?)

@@ -12,7 +12,7 @@ use super::{ListFilter, OperatorError, PrunedSagas, SagaStore, Write, WriteOutco
 use crate::{
     definition::{SagaDefinition, Step, StepContext, StepError},
     journal::{self, Event, FailureOutcome},
-    recovery::{self, Refusal},
+    planner::{self, Refusal},
     state::{SagaId, SagaState, SagaStatus},
 };
 
@@ -46,7 +46,7 @@ pub async fn run(store: &dyn SagaStore) {
 
 async fn create(store: &dyn SagaStore, key: &str, owner: &str, now: i64) -> SagaState {
     let def = definition();
-    let events = recovery::start_events(
+    let events = planner::start_events(
         &def,
         key,
         &json!({"key": key}),
@@ -101,7 +101,7 @@ async fn create_is_idempotent_on_the_business_key(store: &dyn SagaStore) {
     assert_eq!(row.trace_context.as_deref(), Some("00-trace-01"));
     // A second create with the same business key writes nothing and names the first saga.
     let def = definition();
-    let events = recovery::start_events(&def, "c-create", &json!({}), None, None, "e2", 5);
+    let events = planner::start_events(&def, "c-create", &json!({}), None, None, "e2", 5);
     let (other, entries) = journal::begin(SagaId::new(), 2_000, events).unwrap();
     let outcome = store
         .commit(&[Write::Create {
@@ -122,7 +122,7 @@ async fn create_is_idempotent_on_the_business_key(store: &dyn SagaStore) {
 async fn transitions_are_fenced(store: &dyn SagaStore) {
     let state = create(store, "c-fence", "e1", 1_000).await;
     let def = definition();
-    let events = recovery::after_forward(&def, &state, 0, Ok(json!({"x": 1})), 1_100, 0.5).unwrap();
+    let events = planner::after_forward(&def, &state, 0, Ok(json!({"x": 1})), 1_100, 0.5).unwrap();
     let (next, write) = transition(&state, 1_100, events);
     // A writer holding an older token is refused and writes nothing.
     let Write::Transition {
@@ -208,7 +208,7 @@ async fn claims_take_due_and_orphaned_sagas(store: &dyn SagaStore) {
     assert_eq!(assert_row_is_fold(store, state.id).await, claimed);
     // The old holder's result is thrown away.
     let def = definition();
-    let events = recovery::after_forward(&def, &state, 0, Ok(json!(1)), after_expiry, 0.5).unwrap();
+    let events = planner::after_forward(&def, &state, 0, Ok(json!(1)), after_expiry, 0.5).unwrap();
     let (_, stale) = transition(&state, after_expiry, events);
     assert_eq!(
         store.commit(&[stale]).await.unwrap(),
@@ -240,7 +240,7 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     let state = create(store, "c-skip", "e1", base).await;
     let def = definition();
     // A transient failure schedules the retry in the future and releases the lease.
-    let mut events = recovery::after_forward(
+    let mut events = planner::after_forward(
         &def,
         &state,
         0,
@@ -287,7 +287,7 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     let (mut done, mut write) = transition(
         &claimed,
         retry_at,
-        recovery::after_forward(&def, &claimed, 0, Ok(json!(1)), retry_at, 0.5).unwrap(),
+        planner::after_forward(&def, &claimed, 0, Ok(json!(1)), retry_at, 0.5).unwrap(),
     );
     assert_eq!(
         store.commit(&[write]).await.unwrap(),
@@ -296,7 +296,7 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     (done, write) = transition(
         &done,
         retry_at,
-        recovery::after_forward(&def, &done, 1, Ok(json!(2)), retry_at, 0.5).unwrap(),
+        planner::after_forward(&def, &done, 1, Ok(json!(2)), retry_at, 0.5).unwrap(),
     );
     assert_eq!(
         store.commit(&[write]).await.unwrap(),
@@ -351,14 +351,14 @@ async fn operator_updates_apply_or_refuse(store: &dyn SagaStore) {
     let def = definition();
     // RetrySaga of a running saga is refused and writes nothing.
     let refused = store
-        .operator_update(state.id, 1_100, &recovery::retry_events)
+        .operator_update(state.id, 1_100, &planner::retry_events)
         .await;
     assert!(matches!(
         refused,
         Err(OperatorError::Refused(Refusal::NotNeedsAttention))
     ));
     // CancelSaga before the pivot revokes the lease and compensates the current step.
-    let cancel = |s: &SagaState| recovery::cancel_events(&def, s, s.fencing_token + 1);
+    let cancel = |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1);
     let canceled = store
         .operator_update(state.id, 1_200, &cancel)
         .await
@@ -370,7 +370,7 @@ async fn operator_updates_apply_or_refuse(store: &dyn SagaStore) {
     assert_eq!(canceled.lease_owner, None);
     assert_eq!(assert_row_is_fold(store, state.id).await, canceled);
     // The old lease holder is fenced out.
-    let events = recovery::after_forward(&def, &state, 0, Ok(json!(1)), 1_300, 0.5).unwrap();
+    let events = planner::after_forward(&def, &state, 0, Ok(json!(1)), 1_300, 0.5).unwrap();
     let (_, stale) = transition(&state, 1_300, events);
     assert_eq!(
         store.commit(&[stale]).await.unwrap(),
@@ -383,7 +383,7 @@ async fn operator_updates_apply_or_refuse(store: &dyn SagaStore) {
         .unwrap();
     assert_eq!(again, canceled);
     let missing = store
-        .operator_update(SagaId::new(), 1_500, &recovery::retry_events)
+        .operator_update(SagaId::new(), 1_500, &planner::retry_events)
         .await;
     assert!(matches!(missing, Err(OperatorError::NotFound)));
 }
@@ -478,7 +478,7 @@ async fn assert_pruned(store: &dyn SagaStore, state: &SagaState) {
 async fn prunes_exactly_the_old_finished_sagas(store: &dyn SagaStore) {
     // Before every other check's sagas (created at 1_000 and later).
     let def = definition();
-    let cancel = |s: &SagaState| recovery::cancel_events(&def, s, s.fencing_token + 1).unwrap();
+    let cancel = |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1).unwrap();
     // Finished before the cutoff (500): pruned.
     let s = create(store, "c-prune-done-1", "e1", 100).await;
     let done_1 = apply(store, &s, 200, vec![Event::SagaCompleted {}]).await;

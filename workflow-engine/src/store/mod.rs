@@ -21,7 +21,7 @@ use sagaflow_server::retention::{Prune, PruneFuture, PruneJob, Pruned};
 
 use crate::{
     journal::{Event, JournalEntry, JournalError},
-    recovery::Refusal,
+    planner::Refusal,
     state::{SagaId, SagaState, SagaStatus, UnknownValue},
 };
 
