@@ -96,7 +96,6 @@ impl Committers {
     /// true once it committed ([`crate::metrics`]).
     pub(crate) async fn commit(&self, write: Write) -> Result<WriteOutcome, StoreError> {
         let (reply, outcome) = oneshot::channel();
-        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
         let id = match &write {
             Write::Create { state, .. } | Write::Transition { state, .. } => state.id,
         };
@@ -105,8 +104,8 @@ impl Committers {
         self.queues[shard]
             .send(CommitRequest { write, reply })
             .await
-            .map_err(|_| stopped())?;
-        let outcome = outcome.await.map_err(|_| stopped())??;
+            .map_err(|_| StoreError::Stopped)?;
+        let outcome = outcome.await.map_err(|_| StoreError::Stopped)??;
         facts.record(&outcome);
         Ok(outcome)
     }
@@ -163,15 +162,10 @@ async fn run_committer(
                 }
             }
             Err(err) => {
-                let message = err.to_string();
-                let transient = err.is_transient();
+                // Every write of the batch reports the batch's one error.
+                let err = Arc::new(err);
                 for req in batch.drain(..) {
-                    let err = if transient {
-                        StoreError::Unavailable(sqlx::Error::Protocol(message.clone()))
-                    } else {
-                        StoreError::Corrupt(message.clone())
-                    };
-                    let _ = req.reply.send(Err(err));
+                    let _ = req.reply.send(Err(StoreError::Batch(err.clone())));
                 }
             }
         }

@@ -75,11 +75,11 @@ pub(crate) fn spawn_claim(shared: &Arc<Shared>, id: SagaId) {
         };
         inner.sync_clock().await;
         let now = inner.now();
-        match inner
-            .store
-            .claim(id, &inner.owner, now, inner.lease_ms)
-            .await
-        {
+        let claimed = {
+            let plan = planner::claim_plan(&inner.owner, now.saturating_add(inner.lease_ms));
+            inner.store.claim(id, now, &plan).await
+        };
+        match claimed {
             Ok(Some(state)) => {
                 fail::fail_point!("after_claim");
                 saga_metrics::claimed(1);
@@ -172,7 +172,6 @@ impl Driver {
                 }
                 Next::Forward(index) => {
                     let step = &def.steps()[index];
-                    let ctx = self.context(&def, step.name(), CallKind::Action);
                     let mut timeout_ms = step.timeout();
                     if let (Some(deadline), true) =
                         (self.state.deadline_at, index < def.point_of_no_return())
@@ -182,18 +181,27 @@ impl Driver {
                     }
                     self.ensure_lease().await?;
                     fail::fail_point!("before_step_call");
-                    let result = self.call(step.action(), ctx, timeout_ms).await?;
+                    let result = self
+                        .call(
+                            &def,
+                            step.action(),
+                            step.name(),
+                            CallKind::Action,
+                            timeout_ms,
+                        )
+                        .await?;
                     fail::fail_point!("after_step_reply_before_record");
+                    let answered = self.inner.now();
                     let events = planner::after_forward(
                         &def,
                         &self.state,
                         index,
                         result,
-                        self.inner.now(),
+                        answered,
                         jitter(),
                     )
                     .map_err(|e| self.plan_failed(&e))?;
-                    self.record(events).await?;
+                    self.record_at(answered, events).await?;
                     fail::fail_point!("after_step_recorded");
                 }
                 Next::Compensate(index) => {
@@ -202,9 +210,16 @@ impl Driver {
                         tracing::error!(saga.id = %self.state.id, step = step.name(), "no compensation to run");
                         return Err(Stop::Done);
                     };
-                    let ctx = self.context(&def, step.name(), CallKind::Compensation);
                     self.ensure_lease().await?;
-                    let result = self.call(compensation, ctx, step.timeout()).await?;
+                    let result = self
+                        .call(
+                            &def,
+                            compensation,
+                            step.name(),
+                            CallKind::Compensation,
+                            step.timeout(),
+                        )
+                        .await?;
                     fail::fail_point!("in_compensation");
                     if let Err(err) = &result
                         && !err.retryable
@@ -212,25 +227,31 @@ impl Driver {
                         tracing::error!(saga.id = %self.state.id, step = step.name(), error = %err,
                             "ALERT: compensation failed for good; saga needs attention");
                     }
+                    let answered = self.inner.now();
                     let events = planner::after_compensation(
                         &def,
                         &self.state,
                         index,
                         result,
-                        self.inner.now(),
+                        answered,
                         jitter(),
                     )
                     .map_err(|e| self.plan_failed(&e))?;
-                    self.record(events).await?;
+                    self.record_at(answered, events).await?;
                 }
                 Next::Finalize => {
                     let Some(finalizer) = def.finalizer() else {
                         return Err(Stop::Done);
                     };
-                    let ctx = self.context(&def, FINALIZER, CallKind::Finalizer);
                     self.ensure_lease().await?;
                     let result = self
-                        .call(finalizer, ctx, def.finalizer_timeout_ms())
+                        .call(
+                            &def,
+                            finalizer,
+                            FINALIZER,
+                            CallKind::Finalizer,
+                            def.finalizer_timeout_ms(),
+                        )
                         .await?;
                     if let Err(err) = &result
                         && !err.retryable
@@ -238,14 +259,10 @@ impl Driver {
                         tracing::error!(saga.id = %self.state.id, error = %err,
                             "ALERT: failure finalizer failed for good; saga needs attention");
                     }
-                    let events = planner::after_finalizer(
-                        &def,
-                        &self.state,
-                        result,
-                        self.inner.now(),
-                        jitter(),
-                    );
-                    self.record(events).await?;
+                    let answered = self.inner.now();
+                    let events =
+                        planner::after_finalizer(&def, &self.state, result, answered, jitter());
+                    self.record_at(answered, events).await?;
                 }
             }
         }
@@ -256,7 +273,15 @@ impl Driver {
         Stop::Done
     }
 
-    fn context(&self, def: &SagaDefinition, step: &'static str, kind: CallKind) -> StepContext {
+    /// The complete context of one attempt of `step` (`kind`) that starts now and may run for
+    /// `timeout_ms`: its key, its inputs, and its deadline on both clocks.
+    fn context(
+        &self,
+        def: &SagaDefinition,
+        step: &'static str,
+        kind: CallKind,
+        timeout_ms: u64,
+    ) -> StepContext {
         // After an operator retry, calls carry the next key generation — except the pivot's
         // action: a pivot is parked only when its outcome is unknown, and its retry must learn
         // the fate of the original request under the original key.
@@ -265,6 +290,8 @@ impl Driver {
                 .step(step)
                 .is_some_and(|(_, s)| s.kind() == StepKind::Pivot);
         let generation = if pivot { 0 } else { self.state.generation };
+        let started = self.inner.now();
+        let timer = tokio::time::Instant::now();
         StepContext {
             saga_id: self.state.id,
             step,
@@ -273,33 +300,33 @@ impl Driver {
             idempotency_key: planner::idempotency_key(self.state.id, step, kind, generation),
             input: self.state.input.clone(),
             outputs: self.state.outputs.clone(),
-            deadline_ms: 0,
-            deadline: tokio::time::Instant::now(),
+            deadline_ms: started.saturating_add(i64::try_from(timeout_ms).unwrap_or(i64::MAX)),
+            deadline: timer
+                .checked_add(Duration::from_millis(timeout_ms))
+                .unwrap_or_else(|| timer + Duration::from_secs(86_400)),
             failure_reason: self.state.failure_reason.clone(),
             trace_context: self.state.trace_context.clone(),
         }
     }
 
-    /// Runs one attempt with its timeout, renewing the lease while it runs. A panicking action
-    /// counts as a transient INTERNAL failure. `Err` when the lease was lost meanwhile.
+    /// Runs one attempt of `action` (step `step`, `kind`) with its timeout, renewing the lease
+    /// while it runs. A panicking action counts as a transient INTERNAL failure. `Err` when the
+    /// lease was lost meanwhile.
     async fn call(
         &mut self,
+        def: &SagaDefinition,
         action: &ActionRef,
-        mut ctx: StepContext,
+        step: &'static str,
+        kind: CallKind,
         timeout_ms: u64,
     ) -> Result<Result<Value, StepError>, Stop> {
-        let started = self.inner.now();
         let timer = tokio::time::Instant::now();
-        ctx.deadline_ms = started.saturating_add(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
-        ctx.deadline = timer
-            .checked_add(Duration::from_millis(timeout_ms))
-            .unwrap_or_else(|| timer + Duration::from_secs(86_400));
-        let step = ctx.step;
+        let ctx = self.context(def, step, kind, timeout_ms);
         let attempt = ctx.attempt;
-        let kind = ctx.kind;
+        let deadline = ctx.deadline;
         let span = self.step_span(step, attempt, kind);
         let run = AssertUnwindSafe(action.run(ctx).instrument(span.clone())).catch_unwind();
-        let attempt_fut = tokio::time::timeout(Duration::from_millis(timeout_ms), run);
+        let attempt_fut = tokio::time::timeout_at(deadline, run);
         tokio::pin!(attempt_fut);
         let renew_every =
             Duration::from_millis(u64::try_from(self.inner.lease_ms / 3).unwrap_or(1).max(1));
@@ -427,6 +454,12 @@ impl Driver {
     /// Journals `events` and the resulting state in one fenced commit (renewing the lease).
     async fn record(&mut self, events: Vec<Event>) -> Result<(), Stop> {
         let now = self.inner.now();
+        self.record_at(now, events).await
+    }
+
+    /// [`Self::record`] with the entries stamped `now` (the time the planner decided them at,
+    /// so that a retry's `next_attempt_at` and its entry's time are one time line).
+    async fn record_at(&mut self, now: i64, events: Vec<Event>) -> Result<(), Stop> {
         let (mut next, entries) = match journal::append(&self.state, now, events) {
             Ok(x) => x,
             Err(err) => {

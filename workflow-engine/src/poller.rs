@@ -7,7 +7,7 @@ use std::sync::{Arc, atomic::Ordering};
 use sagaflow_telemetry::{propagation, semconv};
 
 use crate::{
-    driver, metrics as saga_metrics,
+    driver, metrics as saga_metrics, planner,
     shared::{Shared, jitter},
 };
 
@@ -63,11 +63,8 @@ pub(crate) async fn run_poller(inner: Arc<Shared>) {
         inner.sync_clock().await;
         let now = inner.now();
         count_unknown_definitions(&inner, now).await;
-        match inner
-            .store
-            .claim_due(&inner.owner, now, inner.lease_ms, limit, &inner.known)
-            .await
-        {
+        let plan = planner::claim_plan(&inner.owner, now.saturating_add(inner.lease_ms));
+        match inner.store.claim_due(now, limit, &inner.known, &plan).await {
             Ok(claimed) => {
                 if claimed.is_empty() {
                     continue;

@@ -260,7 +260,7 @@ pub(crate) fn start_events(
 
 /// The events of a claim by `owner`: a new fencing token, and `recovered` when another holder's
 /// lease had expired.
-pub(crate) fn claim_events(state: &SagaState, owner: &str, lease_expires_at: i64) -> Vec<Event> {
+pub fn claim_events(state: &SagaState, owner: &str, lease_expires_at: i64) -> Vec<Event> {
     let mut events = vec![Event::LeaseAcquired {
         owner: owner.to_owned(),
         fencing_token: state.fencing_token + 1,
@@ -273,6 +273,16 @@ pub(crate) fn claim_events(state: &SagaState, owner: &str, lease_expires_at: i64
         });
     }
     events
+}
+
+/// The decision a store applies to each saga it claims for `owner` (its
+/// [`crate::store::ClaimPlan`]): [`claim_events`] with a lease until `lease_expires_at` (unix
+/// ms).
+pub fn claim_plan(
+    owner: &str,
+    lease_expires_at: i64,
+) -> impl Fn(&SagaState) -> Vec<Event> + Send + Sync + '_ {
+    move |state| claim_events(state, owner, lease_expires_at)
 }
 
 /// Starts compensating: the plan is every compensatable step that succeeded (or whose outcome is

@@ -67,6 +67,18 @@ async fn create(store: &dyn SagaStore, key: &str, owner: &str, now: i64) -> Saga
     state
 }
 
+/// Claims saga `id` for `owner` at `now` with the planner's claim, leased for [`LEASE_MS`].
+async fn claim(store: &dyn SagaStore, id: SagaId, owner: &str, now: i64) -> Option<SagaState> {
+    let plan = planner::claim_plan(owner, now + LEASE_MS);
+    store.claim(id, now, &plan).await.unwrap()
+}
+
+/// Claims up to 1000 due sagas of any definition for `owner` at `now`.
+async fn claim_due(store: &dyn SagaStore, owner: &str, now: i64) -> Vec<SagaState> {
+    let plan = planner::claim_plan(owner, now + LEASE_MS);
+    store.claim_due(now, 1_000, &[], &plan).await.unwrap()
+}
+
 fn transition(state: &SagaState, at: i64, events: Vec<Event>) -> (SagaState, Write) {
     let (next, entries) = journal::append(state, at, events).unwrap();
     let write = Write::Transition {
@@ -184,17 +196,12 @@ async fn claims_take_due_and_orphaned_sagas(store: &dyn SagaStore) {
     let base = 10_000_000;
     let state = create(store, "c-claim", "e1", base).await;
     // A live lease is not claimed.
-    let claimed = store
-        .claim(state.id, "e2", base + 10, LEASE_MS)
-        .await
-        .unwrap();
+    let claimed = claim(store, state.id, "e2", base + 10).await;
     assert!(claimed.is_none());
     // After it expired, e2 claims it: new token, lease_acquired and recovered journaled.
     let after_expiry = base + LEASE_MS + 1;
-    let claimed = store
-        .claim(state.id, "e2", after_expiry, LEASE_MS)
+    let claimed = claim(store, state.id, "e2", after_expiry)
         .await
-        .unwrap()
         .expect("expired lease is claimable");
     assert_eq!(claimed.fencing_token, state.fencing_token + 1);
     assert_eq!(claimed.lease_owner.as_deref(), Some("e2"));
@@ -216,10 +223,7 @@ async fn claims_take_due_and_orphaned_sagas(store: &dyn SagaStore) {
     );
     // claim_due takes orphaned sagas in batches (including this one once e2's lease expired).
     let later = after_expiry + LEASE_MS + 1;
-    let batch = store
-        .claim_due("e3", later, LEASE_MS, 1_000, &[])
-        .await
-        .unwrap();
+    let batch = claim_due(store, "e3", later).await;
     assert!(
         batch
             .iter()
@@ -228,10 +232,7 @@ async fn claims_take_due_and_orphaned_sagas(store: &dyn SagaStore) {
     for s in &batch {
         assert_row_is_fold(store, s.id).await;
     }
-    let again = store
-        .claim_due("e4", later, LEASE_MS, 1_000, &[])
-        .await
-        .unwrap();
+    let again = claim_due(store, "e4", later).await;
     assert!(again.is_empty(), "live leases are not claimed twice");
 }
 
@@ -270,15 +271,9 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     assert_eq!(stored.next_attempt_at, retry_at);
     assert_eq!(stored.attempt, 2);
     // Not due yet: claim_due leaves it (a direct claim may still take it).
-    let early = store
-        .claim_due("e2", retry_at - 1, LEASE_MS, 1_000, &[])
-        .await
-        .unwrap();
+    let early = claim_due(store, "e2", retry_at - 1).await;
     assert!(early.iter().all(|s| s.id != state.id));
-    let due = store
-        .claim_due("e2", retry_at, LEASE_MS, 1_000, &[])
-        .await
-        .unwrap();
+    let due = claim_due(store, "e2", retry_at).await;
     let claimed = due
         .into_iter()
         .find(|s| s.id == state.id)
@@ -304,17 +299,8 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     );
     assert_eq!(done.status, SagaStatus::Completed);
     assert_eq!(done.lease_owner, None);
-    assert!(
-        store
-            .claim(state.id, "e3", i64::MAX / 2, LEASE_MS)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let far = store
-        .claim_due("e3", i64::MAX / 2, LEASE_MS, 1_000, &[])
-        .await
-        .unwrap();
+    assert!(claim(store, state.id, "e3", i64::MAX / 2).await.is_none());
+    let far = claim_due(store, "e3", i64::MAX / 2).await;
     assert!(far.iter().all(|s| s.id != state.id));
     assert_row_is_fold(store, state.id).await;
 }

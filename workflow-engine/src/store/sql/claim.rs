@@ -9,9 +9,9 @@ use super::{
     rows::{SagaRow, insert_entries, park_unreadable, update_row},
 };
 use crate::{
-    journal, planner,
+    journal,
     state::{SagaId, SagaState},
-    store::StoreError,
+    store::{ClaimPlan, StoreError},
 };
 
 // A lease counts as expired only when it expired by the caller's clock *and* by the database's.
@@ -70,11 +70,10 @@ impl SqlSagaStore {
     pub(super) async fn claim_rows(
         &self,
         id: Option<SagaId>,
-        owner: &str,
         now: i64,
-        lease_ms: i64,
         limit: u32,
         definitions: &[(String, u32)],
+        plan: ClaimPlan<'_>,
     ) -> Result<Vec<SagaState>, StoreError> {
         let backend = self.db.backend();
         let due = match backend {
@@ -149,7 +148,7 @@ impl SqlSagaStore {
                     continue;
                 }
             };
-            let events = planner::claim_events(&state, owner, now.saturating_add(lease_ms));
+            let events = plan(&state);
             let (next, new_entries) = journal::append(&state, now, events)?;
             if update_row(&mut tx, &next, state.fencing_token, state.last_seq).await? {
                 entries.extend(new_entries);

@@ -14,7 +14,8 @@ use sagaflow_server::{Backend, Db, Migrations};
 use sqlx::migrate::Migrator;
 
 use super::{
-    Decide, ListFilter, OperatorError, PrunedSagas, SagaStore, StoreError, Write, WriteOutcome,
+    ClaimPlan, Decide, ListFilter, OperatorError, PrunedSagas, SagaStore, StoreError, Write,
+    WriteOutcome,
 };
 use crate::{
     journal::{self, JournalEntry},
@@ -181,17 +182,15 @@ impl SagaStore for SqlSagaStore {
     #[tracing::instrument(level = "debug", skip_all, fields(owner, limit), err)]
     async fn claim_due(
         &self,
-        owner: &str,
         now: i64,
-        lease_ms: i64,
         limit: u32,
         definitions: &[(String, u32)],
+        plan: ClaimPlan<'_>,
     ) -> Result<Vec<SagaState>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.claim_rows(None, owner, now, lease_ms, limit, definitions)
-            .await
+        self.claim_rows(None, now, limit, definitions, plan).await
     }
 
     async fn expire_leases(&self) -> Result<u64, StoreError> {
@@ -233,12 +232,11 @@ impl SagaStore for SqlSagaStore {
     async fn claim(
         &self,
         id: SagaId,
-        owner: &str,
         now: i64,
-        lease_ms: i64,
+        plan: ClaimPlan<'_>,
     ) -> Result<Option<SagaState>, StoreError> {
         Ok(self
-            .claim_rows(Some(id), owner, now, lease_ms, 1, &[])
+            .claim_rows(Some(id), now, 1, &[], plan)
             .await?
             .into_iter()
             .next())
@@ -294,10 +292,7 @@ impl SagaStore for SqlSagaStore {
             .map_err(StoreError::from)?;
         if !updated {
             // Impossible while the row is locked; report it as a transient conflict.
-            return Err(StoreError::Unavailable(sqlx::Error::Protocol(
-                "saga row changed under its lock".into(),
-            ))
-            .into());
+            return Err(StoreError::Conflict("saga row changed under its lock".into()).into());
         }
         insert_entries(&mut tx, &entries)
             .await
