@@ -3,8 +3,11 @@
 
 use serde_json::Map;
 
-use super::{Event, JournalEntry, JournalError};
-use crate::state::{Phase, SagaId, SagaState, SagaStatus};
+use super::{
+    Event, JournalEntry, JournalError,
+    transition::{self, Refused},
+};
+use crate::state::{Cursor, Outcome, Phase, SagaId, SagaState, SagaStatus, StepAt};
 
 /// Applies one entry to the state (the fold's step function). `state` is `None` only before
 /// `saga_started`.
@@ -78,6 +81,17 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             entry.seq, s.last_seq
         )));
     }
+    transition::check(&s, &entry.event).map_err(|refused| match refused {
+        Refused::Rule(rule) => JournalError::Illegal {
+            saga_id: entry.saga_id,
+            seq: entry.seq,
+            event: entry.event.event_type(),
+            status: s.status,
+            cursor: s.cursor().map_or_else(|e| e.to_string(), |c| c.to_string()),
+            rule,
+        },
+        Refused::Invalid(err) => invalid(err.to_string()),
+    })?;
     s.last_seq = entry.seq;
     s.updated_at = entry.at;
     match &entry.event {
@@ -106,9 +120,10 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             index,
             attempt,
         } => {
-            s.phase = Phase::Forward;
-            s.step_index = Some(*index);
-            s.current_step = Some(step.clone());
+            s.set_cursor(Cursor::Forward(StepAt {
+                index: *index,
+                name: step.clone(),
+            }));
             s.attempt = *attempt;
             s.in_doubt = false;
             s.undelivered = 0;
@@ -155,12 +170,9 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             release(&mut s);
         }
         Event::SagaCompensating { reason, plan, .. } => {
-            s.status = SagaStatus::Compensating;
-            s.phase = Phase::Compensating;
+            s.set_cursor(Cursor::EnteringCompensation);
             s.failure_reason = Some(reason.clone());
             s.compensation_plan = plan.clone();
-            s.step_index = None;
-            s.current_step = None;
             s.attempt = 0;
             s.in_doubt = false;
             s.undelivered = 0;
@@ -170,16 +182,15 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             index,
             attempt,
         } => {
-            s.phase = Phase::Compensating;
-            s.step_index = Some(*index);
-            s.current_step = Some(step.clone());
+            s.set_cursor(Cursor::Compensating(StepAt {
+                index: *index,
+                name: step.clone(),
+            }));
             s.attempt = *attempt;
         }
         Event::CompensationSucceeded { .. } | Event::FinalizerSucceeded { .. } => {}
         Event::FinalizerStarted { attempt } => {
-            s.phase = Phase::Finalizing;
-            s.step_index = None;
-            s.current_step = None;
+            s.set_cursor(Cursor::Finalizing);
             s.attempt = *attempt;
         }
         Event::OperatorRetry {} => {
@@ -189,8 +200,8 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             s.generation = s.generation.saturating_add(1);
         }
         Event::OperatorResolved { .. } => s.status = resumed_status(&s),
-        Event::SagaCompleted {} => finish(&mut s, SagaStatus::Completed),
-        Event::SagaCompensated {} => finish(&mut s, SagaStatus::Compensated),
+        Event::SagaCompleted {} => finish(&mut s, Outcome::Completed),
+        Event::SagaCompensated {} => finish(&mut s, Outcome::Compensated),
         Event::SagaNeedsAttention { .. } => {
             s.status = SagaStatus::NeedsAttention;
             release(&mut s);
@@ -213,11 +224,8 @@ fn release(s: &mut SagaState) {
     s.lease_expires_at = None;
 }
 
-fn finish(s: &mut SagaState, status: SagaStatus) {
-    s.status = status;
-    s.phase = Phase::Finished;
-    s.step_index = None;
-    s.current_step = None;
+fn finish(s: &mut SagaState, outcome: Outcome) {
+    s.set_cursor(Cursor::Finished(outcome));
     s.attempt = 0;
     s.in_doubt = false;
     s.undelivered = 0;

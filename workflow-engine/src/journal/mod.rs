@@ -6,7 +6,7 @@
 //! transaction. So the row equals [`fold`] of its journal by construction; the store conformance
 //! suite and the property test check that it also holds for what is read back from the database.
 //! The one exception is `lease_expires_at`, which lease renewals move without journaling
-//! ([`SagaState::journaled_view`]).
+//! ([`SagaState::journaled_view`](crate::state::SagaState::journaled_view)).
 //!
 //! Stored columns: `event_type` is the variant's snake_case name, `step` and `attempt` are lifted
 //! out of the variant when it has them, and `detail` is the rest as JSON.
@@ -14,7 +14,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{failure::StepError, state::SagaId};
+use crate::{
+    failure::StepError,
+    state::{SagaId, SagaStatus},
+};
 
 /// Why a forward step's attempt failed and what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,6 +318,26 @@ pub enum JournalError {
         #[source]
         source: serde_json::Error,
     },
+    /// The event cannot happen in the saga's current state (docs/architecture.md, "The
+    /// engine" (State row and journal)): a decision taken on a stale or wrong state.
+    #[error(
+        "journal entry {seq} of saga {saga_id}: {event} cannot happen while the saga is \
+         {status}, {cursor}: {rule}"
+    )]
+    Illegal {
+        /// The saga.
+        saga_id: SagaId,
+        /// The entry.
+        seq: i64,
+        /// The refused event's `event_type`.
+        event: &'static str,
+        /// The saga's status.
+        status: SagaStatus,
+        /// Where the saga is ([`crate::state::Cursor`], displayed).
+        cursor: String,
+        /// The rule the event breaks.
+        rule: &'static str,
+    },
     /// The entries do not form a valid history (first entry not `saga_started`, a gap).
     #[error("journal of saga {saga_id} is not a valid history: {reason}")]
     Invalid {
@@ -371,6 +394,7 @@ mod fold;
 mod progress;
 #[cfg(test)]
 mod tests;
+mod transition;
 
 pub use fold::{append, apply, begin, fold};
 pub use progress::{StepProgress, step_progress};

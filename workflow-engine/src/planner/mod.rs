@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::{
     definition::{CallKind, FINALIZER, RetryPolicy, SagaDefinition},
     journal::{CompensationCause, Event},
-    state::{Phase, SagaId, SagaState},
+    state::{Cursor, SagaId, SagaState, StepAt},
 };
 
 mod after;
@@ -141,21 +141,35 @@ fn index_u32(index: usize) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
-fn current_index(def: &SagaDefinition, state: &SagaState) -> Result<usize, PlanError> {
-    let index = state
-        .step_index
-        .ok_or_else(|| plan_error(def, state, "no current step"))?;
-    let index = usize::try_from(index).map_err(|_| plan_error(def, state, "step index"))?;
+/// The saga's [`Cursor`], or why the row forms none.
+fn cursor(def: &SagaDefinition, state: &SagaState) -> Result<Cursor, PlanError> {
+    state
+        .cursor()
+        .map_err(|err| plan_error(def, state, err.to_string()))
+}
+
+/// The definition's index of the step the cursor names; an error when the definition has no
+/// such step there.
+fn index_of(def: &SagaDefinition, state: &SagaState, at: &StepAt) -> Result<usize, PlanError> {
+    let index = usize::try_from(at.index).map_err(|_| plan_error(def, state, "step index"))?;
     match def.steps().get(index) {
-        Some(step) if state.current_step.as_deref() == Some(step.name()) => Ok(index),
+        Some(step) if step.name() == at.name => Ok(index),
         _ => Err(plan_error(
             def,
             state,
             format!(
                 "current step {:?} at {index} is not in the definition",
-                state.current_step
+                at.name
             ),
         )),
+    }
+}
+
+/// The index of the current step (forward or compensated).
+fn current_index(def: &SagaDefinition, state: &SagaState) -> Result<usize, PlanError> {
+    match cursor(def, state)?.step() {
+        Some(at) => index_of(def, state, at),
+        None => Err(plan_error(def, state, "no current step")),
     }
 }
 
@@ -164,9 +178,9 @@ pub(crate) fn next(def: &SagaDefinition, state: &SagaState, now: i64) -> Result<
     if !state.status.is_active() {
         return Ok(Next::Idle);
     }
-    match state.phase {
-        Phase::Forward => {
-            let index = current_index(def, state)?;
+    match cursor(def, state)? {
+        Cursor::Forward(at) => {
+            let index = index_of(def, state, &at)?;
             let before_pivot = index < def.point_of_no_return();
             if let (Some(deadline), true) = (state.deadline_at, before_pivot) {
                 if now >= deadline {
@@ -191,19 +205,23 @@ pub(crate) fn next(def: &SagaDefinition, state: &SagaState, now: i64) -> Result<
             }
             Ok(Next::Forward(index))
         }
-        Phase::Compensating => {
+        Cursor::Compensating(at) => {
             if now < state.next_attempt_at {
                 return Ok(Next::WaitUntil(state.next_attempt_at));
             }
-            Ok(Next::Compensate(current_index(def, state)?))
+            Ok(Next::Compensate(index_of(def, state, &at)?))
         }
-        Phase::Finalizing => {
+        Cursor::Finalizing => {
             if now < state.next_attempt_at {
                 return Ok(Next::WaitUntil(state.next_attempt_at));
             }
             Ok(Next::Finalize)
         }
-        Phase::Finished => Ok(Next::Idle),
+        Cursor::Finished(_) => Ok(Next::Idle),
+        // Only ever between the entries of one batch: a stored row is never here.
+        Cursor::Starting | Cursor::EnteringCompensation => {
+            Err(plan_error(def, state, "no current step"))
+        }
     }
 }
 

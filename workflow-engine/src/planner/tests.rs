@@ -6,7 +6,7 @@ use super::*;
 use crate::{
     definition::{Step, StepContext, StepError},
     journal::{FailureOutcome, append},
-    state::SagaStatus,
+    state::{Phase, SagaStatus},
 };
 
 async fn ok(_ctx: StepContext) -> Result<Value, StepError> {

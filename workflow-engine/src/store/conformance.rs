@@ -445,6 +445,15 @@ async fn apply(store: &dyn SagaStore, state: &SagaState, at: i64, events: Vec<Ev
     next
 }
 
+/// Runs both steps of `state` to success at `at` and commits it: COMPLETED.
+async fn complete(store: &dyn SagaStore, state: &SagaState, at: i64) -> SagaState {
+    let def = definition();
+    let mut events = planner::after_forward(&def, state, 0, Ok(json!(1)), at, 0.5).unwrap();
+    let (at_pivot, _) = journal::append(state, at, events.clone()).unwrap();
+    events.extend(planner::after_forward(&def, &at_pivot, 1, Ok(json!(2)), at, 0.5).unwrap());
+    apply(store, state, at, events).await
+}
+
 async fn assert_pruned(store: &dyn SagaStore, state: &SagaState) {
     assert!(
         store.get(state.id).await.unwrap().is_none(),
@@ -467,18 +476,18 @@ async fn prunes_exactly_the_old_finished_sagas(store: &dyn SagaStore) {
     let cancel = |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1).unwrap();
     // Finished before the cutoff (500): pruned.
     let s = create(store, "c-prune-done-1", "e1", 100).await;
-    let done_1 = apply(store, &s, 200, vec![Event::SagaCompleted {}]).await;
+    let done_1 = complete(store, &s, 200).await;
     let s = create(store, "c-prune-compensated", "e1", 110).await;
     let mut events = cancel(&s);
     events.push(Event::SagaCompensated {});
     let compensated = apply(store, &s, 210, events).await;
     let s = create(store, "c-prune-done-2", "e1", 120).await;
-    let done_2 = apply(store, &s, 220, vec![Event::SagaCompleted {}]).await;
+    let done_2 = complete(store, &s, 220).await;
     assert_eq!(done_1.status, SagaStatus::Completed);
     assert_eq!(compensated.status, SagaStatus::Compensated);
     // Finished after the cutoff: kept.
     let s = create(store, "c-prune-recent", "e1", 130).await;
-    let recent = apply(store, &s, 900, vec![Event::SagaCompleted {}]).await;
+    let recent = complete(store, &s, 900).await;
     // Old but not finished: kept, whatever their age.
     let running = create(store, "c-prune-running", "e1", 140).await;
     let s = create(store, "c-prune-attention", "e1", 150).await;
