@@ -50,4 +50,4 @@ pub use definition::{
 };
 pub use engine::{Engine, EngineBuilder, EngineError, ShutdownReport};
 pub use state::{Phase, SagaId, SagaState, SagaStatus};
-pub use store::{MIGRATIONS, SagaStore, SqlSagaStore};
+pub use store::{MIGRATIONS, MemorySagaStore, SagaStore, SqlSagaStore};

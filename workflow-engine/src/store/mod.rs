@@ -1,6 +1,7 @@
 //! Storage of saga state rows and journals (docs/architecture.md, "The engine"): the [`SagaStore`]
-//! trait and its one implementation, [`SqlSagaStore`], written once over `sqlx::Any` for PostgreSQL
-//! and SQLite (`sagaflow_server::db`), plus the shared conformance suite (feature `testkit`).
+//! trait and its implementations: [`SqlSagaStore`], written once over `sqlx::Any` for PostgreSQL
+//! and SQLite (`sagaflow_server::db`), and [`MemorySagaStore`] for tests; plus the shared
+//! conformance suite that both pass (feature `testkit`).
 //!
 //! Rules every implementation keeps:
 //! - a state-row change and its journal entries commit in one transaction ([`Write`]);
@@ -27,11 +28,13 @@ use crate::{
     state::{SagaId, SagaState, SagaStatus, UnknownValue},
 };
 
+mod memory;
 mod sql;
 
 #[cfg(feature = "testkit")]
 pub mod conformance;
 
+pub use memory::MemorySagaStore;
 pub use sql::{MIGRATIONS, SqlSagaStore};
 
 /// A store failure.
