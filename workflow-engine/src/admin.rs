@@ -26,9 +26,9 @@ use sagaflow_server::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    executor::{Engine, EngineError},
+    engine::{Engine, EngineError},
     journal::{self, JournalEntry},
-    recovery::Refusal,
+    planner::Refusal,
     state::{SagaId, SagaState, SagaStatus},
     store::{ListFilter, StoreError},
 };

@@ -47,6 +47,34 @@ impl Clock for SkewedClock {
     }
 }
 
+/// Unix milliseconds that follow tokio's clock: `epoch_ms` plus the tokio time elapsed since
+/// the clock was made. Under paused tokio time (`#[tokio::test(start_paused = true)]`) it moves
+/// only when tokio's clock advances — when every task waits on a timer — so an engine test of
+/// retry backoff runs its waits without waiting for real. Give the store the same clock
+/// ([`crate::store::MemorySagaStore::with_clock`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    epoch_ms: i64,
+    started: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `epoch_ms` now (call inside a tokio runtime for paused time).
+    pub fn new(epoch_ms: i64) -> Self {
+        Self {
+            epoch_ms,
+            started: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> i64 {
+        let elapsed = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.epoch_ms.saturating_add(elapsed)
+    }
+}
+
 /// A clock corrected by a sampled offset to the database's clock.
 #[derive(Debug)]
 pub(crate) struct CorrectedClock {

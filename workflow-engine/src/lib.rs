@@ -10,7 +10,7 @@
 //! - [`Engine`] (from [`Engine::builder`]): `start`, `cancel`, `retry`, `wait_finished`,
 //!   `shutdown`;
 //! - [`admin::SagaAdmin`]: the `SagaAdminService` gRPC API;
-//! - [`metrics`]: the Prometheus metrics the engine records (tracing: see [`executor`]).
+//! - [`metrics`]: the Prometheus metrics the engine records (tracing: see [`engine`]).
 //!
 //! ```text
 //!        start ─▶ RUNNING ──every step ok──▶ COMPLETED
@@ -20,22 +20,34 @@
 //!   any ──▶ NEEDS_ATTENTION (compensation failed for good, pivot outcome unknown) ──RetrySaga──▶ …
 //! ```
 //!
+//! Modules, from the bottom up (each depends only on those before it): [`failure`] (a failed
+//! attempt, gRPC classification), [`state`] (the state row), [`journal`] (events and their
+//! fold), [`definition`], [`planner`] (every decision, without I/O), [`metrics`], [`store`],
+//! then the engine's tasks — the committer, the per-saga driver, the poller — and [`engine`]
+//! on top, with [`admin`] over it.
+//!
 //! Failpoints (cargo feature `failpoints`, the `fail` crate): `after_claim`, `before_step_call`,
 //! `after_step_reply_before_record`, `after_step_recorded`, `in_compensation`.
 
 pub mod admin;
 pub mod clock;
+mod committer;
 pub mod definition;
-pub mod executor;
+mod driver;
+pub mod engine;
+mod errors;
+pub mod failure;
 pub mod journal;
 pub mod metrics;
-pub mod recovery;
+pub mod planner;
+mod poller;
+mod shared;
 pub mod state;
 pub mod store;
 
 pub use definition::{
     RetryPolicy, SagaDefinition, Step, StepContext, StepError, StepKind, classify,
 };
-pub use executor::{Engine, EngineBuilder, EngineError};
+pub use engine::{Engine, EngineBuilder, EngineError, ShutdownReport};
 pub use state::{Phase, SagaId, SagaState, SagaStatus};
-pub use store::{MIGRATIONS, SagaStore, SqlSagaStore};
+pub use store::{MIGRATIONS, MemorySagaStore, SagaStore, SqlSagaStore};

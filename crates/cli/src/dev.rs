@@ -296,7 +296,7 @@ impl Embedded {
             engine: EngineSettings {
                 policies: config.policies,
                 limits: DownstreamLimits::default(),
-                owner: sagaflow_workflow_engine::executor::default_owner("dev"),
+                owner: sagaflow_workflow_engine::engine::default_owner("dev"),
                 lease_ms: config.lease_ms,
                 poll_ms: 500,
                 // The lock on the data directory makes this engine the only one on its SQLite

@@ -366,7 +366,7 @@ async fn serve_with(
                     .map_err(|e| CliError::Usage(format!("--downstream-limits: {e}")))?,
             ),
             owner: args.engine.owner.clone().unwrap_or_else(|| {
-                sagaflow_workflow_engine::executor::default_owner("orchestrator")
+                sagaflow_workflow_engine::engine::default_owner("orchestrator")
             }),
             lease_ms: args.engine.lease_ms,
             poll_ms: args.engine.poll_ms,

@@ -14,7 +14,7 @@ use super::{
     cluster::{Cluster, Role},
 };
 
-/// The engine's failpoints (`workflow-engine/src/executor.rs`), in the order the schedule
+/// The engine's failpoints (`workflow-engine/src/driver.rs`, `poller.rs`), in the order the schedule
 /// cycles through them.
 pub const FAILPOINTS: [&str; 5] = [
     "before_step_call",

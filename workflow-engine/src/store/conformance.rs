@@ -12,7 +12,7 @@ use super::{ListFilter, OperatorError, PrunedSagas, SagaStore, Write, WriteOutco
 use crate::{
     definition::{SagaDefinition, Step, StepContext, StepError},
     journal::{self, Event, FailureOutcome},
-    recovery::{self, Refusal},
+    planner::{self, Refusal},
     state::{SagaId, SagaState, SagaStatus},
 };
 
@@ -46,7 +46,7 @@ pub async fn run(store: &dyn SagaStore) {
 
 async fn create(store: &dyn SagaStore, key: &str, owner: &str, now: i64) -> SagaState {
     let def = definition();
-    let events = recovery::start_events(
+    let events = planner::start_events(
         &def,
         key,
         &json!({"key": key}),
@@ -65,6 +65,18 @@ async fn create(store: &dyn SagaStore, key: &str, owner: &str, now: i64) -> Saga
         .unwrap();
     assert_eq!(outcome, vec![WriteOutcome::Created]);
     state
+}
+
+/// Claims saga `id` for `owner` at `now` with the planner's claim, leased for [`LEASE_MS`].
+async fn claim(store: &dyn SagaStore, id: SagaId, owner: &str, now: i64) -> Option<SagaState> {
+    let plan = planner::claim_plan(owner, now + LEASE_MS);
+    store.claim(id, now, &plan).await.unwrap()
+}
+
+/// Claims up to 1000 due sagas of any definition for `owner` at `now`.
+async fn claim_due(store: &dyn SagaStore, owner: &str, now: i64) -> Vec<SagaState> {
+    let plan = planner::claim_plan(owner, now + LEASE_MS);
+    store.claim_due(now, 1_000, &[], &plan).await.unwrap()
 }
 
 fn transition(state: &SagaState, at: i64, events: Vec<Event>) -> (SagaState, Write) {
@@ -101,7 +113,7 @@ async fn create_is_idempotent_on_the_business_key(store: &dyn SagaStore) {
     assert_eq!(row.trace_context.as_deref(), Some("00-trace-01"));
     // A second create with the same business key writes nothing and names the first saga.
     let def = definition();
-    let events = recovery::start_events(&def, "c-create", &json!({}), None, None, "e2", 5);
+    let events = planner::start_events(&def, "c-create", &json!({}), None, None, "e2", 5);
     let (other, entries) = journal::begin(SagaId::new(), 2_000, events).unwrap();
     let outcome = store
         .commit(&[Write::Create {
@@ -122,7 +134,7 @@ async fn create_is_idempotent_on_the_business_key(store: &dyn SagaStore) {
 async fn transitions_are_fenced(store: &dyn SagaStore) {
     let state = create(store, "c-fence", "e1", 1_000).await;
     let def = definition();
-    let events = recovery::after_forward(&def, &state, 0, Ok(json!({"x": 1})), 1_100, 0.5).unwrap();
+    let events = planner::after_forward(&def, &state, 0, Ok(json!({"x": 1})), 1_100, 0.5).unwrap();
     let (next, write) = transition(&state, 1_100, events);
     // A writer holding an older token is refused and writes nothing.
     let Write::Transition {
@@ -184,17 +196,12 @@ async fn claims_take_due_and_orphaned_sagas(store: &dyn SagaStore) {
     let base = 10_000_000;
     let state = create(store, "c-claim", "e1", base).await;
     // A live lease is not claimed.
-    let claimed = store
-        .claim(state.id, "e2", base + 10, LEASE_MS)
-        .await
-        .unwrap();
+    let claimed = claim(store, state.id, "e2", base + 10).await;
     assert!(claimed.is_none());
     // After it expired, e2 claims it: new token, lease_acquired and recovered journaled.
     let after_expiry = base + LEASE_MS + 1;
-    let claimed = store
-        .claim(state.id, "e2", after_expiry, LEASE_MS)
+    let claimed = claim(store, state.id, "e2", after_expiry)
         .await
-        .unwrap()
         .expect("expired lease is claimable");
     assert_eq!(claimed.fencing_token, state.fencing_token + 1);
     assert_eq!(claimed.lease_owner.as_deref(), Some("e2"));
@@ -208,7 +215,7 @@ async fn claims_take_due_and_orphaned_sagas(store: &dyn SagaStore) {
     assert_eq!(assert_row_is_fold(store, state.id).await, claimed);
     // The old holder's result is thrown away.
     let def = definition();
-    let events = recovery::after_forward(&def, &state, 0, Ok(json!(1)), after_expiry, 0.5).unwrap();
+    let events = planner::after_forward(&def, &state, 0, Ok(json!(1)), after_expiry, 0.5).unwrap();
     let (_, stale) = transition(&state, after_expiry, events);
     assert_eq!(
         store.commit(&[stale]).await.unwrap(),
@@ -216,10 +223,7 @@ async fn claims_take_due_and_orphaned_sagas(store: &dyn SagaStore) {
     );
     // claim_due takes orphaned sagas in batches (including this one once e2's lease expired).
     let later = after_expiry + LEASE_MS + 1;
-    let batch = store
-        .claim_due("e3", later, LEASE_MS, 1_000, &[])
-        .await
-        .unwrap();
+    let batch = claim_due(store, "e3", later).await;
     assert!(
         batch
             .iter()
@@ -228,10 +232,7 @@ async fn claims_take_due_and_orphaned_sagas(store: &dyn SagaStore) {
     for s in &batch {
         assert_row_is_fold(store, s.id).await;
     }
-    let again = store
-        .claim_due("e4", later, LEASE_MS, 1_000, &[])
-        .await
-        .unwrap();
+    let again = claim_due(store, "e4", later).await;
     assert!(again.is_empty(), "live leases are not claimed twice");
 }
 
@@ -240,7 +241,7 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     let state = create(store, "c-skip", "e1", base).await;
     let def = definition();
     // A transient failure schedules the retry in the future and releases the lease.
-    let mut events = recovery::after_forward(
+    let mut events = planner::after_forward(
         &def,
         &state,
         0,
@@ -270,15 +271,9 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     assert_eq!(stored.next_attempt_at, retry_at);
     assert_eq!(stored.attempt, 2);
     // Not due yet: claim_due leaves it (a direct claim may still take it).
-    let early = store
-        .claim_due("e2", retry_at - 1, LEASE_MS, 1_000, &[])
-        .await
-        .unwrap();
+    let early = claim_due(store, "e2", retry_at - 1).await;
     assert!(early.iter().all(|s| s.id != state.id));
-    let due = store
-        .claim_due("e2", retry_at, LEASE_MS, 1_000, &[])
-        .await
-        .unwrap();
+    let due = claim_due(store, "e2", retry_at).await;
     let claimed = due
         .into_iter()
         .find(|s| s.id == state.id)
@@ -287,7 +282,7 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     let (mut done, mut write) = transition(
         &claimed,
         retry_at,
-        recovery::after_forward(&def, &claimed, 0, Ok(json!(1)), retry_at, 0.5).unwrap(),
+        planner::after_forward(&def, &claimed, 0, Ok(json!(1)), retry_at, 0.5).unwrap(),
     );
     assert_eq!(
         store.commit(&[write]).await.unwrap(),
@@ -296,7 +291,7 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     (done, write) = transition(
         &done,
         retry_at,
-        recovery::after_forward(&def, &done, 1, Ok(json!(2)), retry_at, 0.5).unwrap(),
+        planner::after_forward(&def, &done, 1, Ok(json!(2)), retry_at, 0.5).unwrap(),
     );
     assert_eq!(
         store.commit(&[write]).await.unwrap(),
@@ -304,17 +299,8 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
     );
     assert_eq!(done.status, SagaStatus::Completed);
     assert_eq!(done.lease_owner, None);
-    assert!(
-        store
-            .claim(state.id, "e3", i64::MAX / 2, LEASE_MS)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let far = store
-        .claim_due("e3", i64::MAX / 2, LEASE_MS, 1_000, &[])
-        .await
-        .unwrap();
+    assert!(claim(store, state.id, "e3", i64::MAX / 2).await.is_none());
+    let far = claim_due(store, "e3", i64::MAX / 2).await;
     assert!(far.iter().all(|s| s.id != state.id));
     assert_row_is_fold(store, state.id).await;
 }
@@ -351,14 +337,14 @@ async fn operator_updates_apply_or_refuse(store: &dyn SagaStore) {
     let def = definition();
     // RetrySaga of a running saga is refused and writes nothing.
     let refused = store
-        .operator_update(state.id, 1_100, &recovery::retry_events)
+        .operator_update(state.id, 1_100, &planner::retry_events)
         .await;
     assert!(matches!(
         refused,
         Err(OperatorError::Refused(Refusal::NotNeedsAttention))
     ));
     // CancelSaga before the pivot revokes the lease and compensates the current step.
-    let cancel = |s: &SagaState| recovery::cancel_events(&def, s, s.fencing_token + 1);
+    let cancel = |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1);
     let canceled = store
         .operator_update(state.id, 1_200, &cancel)
         .await
@@ -370,7 +356,7 @@ async fn operator_updates_apply_or_refuse(store: &dyn SagaStore) {
     assert_eq!(canceled.lease_owner, None);
     assert_eq!(assert_row_is_fold(store, state.id).await, canceled);
     // The old lease holder is fenced out.
-    let events = recovery::after_forward(&def, &state, 0, Ok(json!(1)), 1_300, 0.5).unwrap();
+    let events = planner::after_forward(&def, &state, 0, Ok(json!(1)), 1_300, 0.5).unwrap();
     let (_, stale) = transition(&state, 1_300, events);
     assert_eq!(
         store.commit(&[stale]).await.unwrap(),
@@ -383,7 +369,7 @@ async fn operator_updates_apply_or_refuse(store: &dyn SagaStore) {
         .unwrap();
     assert_eq!(again, canceled);
     let missing = store
-        .operator_update(SagaId::new(), 1_500, &recovery::retry_events)
+        .operator_update(SagaId::new(), 1_500, &planner::retry_events)
         .await;
     assert!(matches!(missing, Err(OperatorError::NotFound)));
 }
@@ -459,6 +445,15 @@ async fn apply(store: &dyn SagaStore, state: &SagaState, at: i64, events: Vec<Ev
     next
 }
 
+/// Runs both steps of `state` to success at `at` and commits it: COMPLETED.
+async fn complete(store: &dyn SagaStore, state: &SagaState, at: i64) -> SagaState {
+    let def = definition();
+    let mut events = planner::after_forward(&def, state, 0, Ok(json!(1)), at, 0.5).unwrap();
+    let (at_pivot, _) = journal::append(state, at, events.clone()).unwrap();
+    events.extend(planner::after_forward(&def, &at_pivot, 1, Ok(json!(2)), at, 0.5).unwrap());
+    apply(store, state, at, events).await
+}
+
 async fn assert_pruned(store: &dyn SagaStore, state: &SagaState) {
     assert!(
         store.get(state.id).await.unwrap().is_none(),
@@ -478,21 +473,21 @@ async fn assert_pruned(store: &dyn SagaStore, state: &SagaState) {
 async fn prunes_exactly_the_old_finished_sagas(store: &dyn SagaStore) {
     // Before every other check's sagas (created at 1_000 and later).
     let def = definition();
-    let cancel = |s: &SagaState| recovery::cancel_events(&def, s, s.fencing_token + 1).unwrap();
+    let cancel = |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1).unwrap();
     // Finished before the cutoff (500): pruned.
     let s = create(store, "c-prune-done-1", "e1", 100).await;
-    let done_1 = apply(store, &s, 200, vec![Event::SagaCompleted {}]).await;
+    let done_1 = complete(store, &s, 200).await;
     let s = create(store, "c-prune-compensated", "e1", 110).await;
     let mut events = cancel(&s);
     events.push(Event::SagaCompensated {});
     let compensated = apply(store, &s, 210, events).await;
     let s = create(store, "c-prune-done-2", "e1", 120).await;
-    let done_2 = apply(store, &s, 220, vec![Event::SagaCompleted {}]).await;
+    let done_2 = complete(store, &s, 220).await;
     assert_eq!(done_1.status, SagaStatus::Completed);
     assert_eq!(compensated.status, SagaStatus::Compensated);
     // Finished after the cutoff: kept.
     let s = create(store, "c-prune-recent", "e1", 130).await;
-    let recent = apply(store, &s, 900, vec![Event::SagaCompleted {}]).await;
+    let recent = complete(store, &s, 900).await;
     // Old but not finished: kept, whatever their age.
     let running = create(store, "c-prune-running", "e1", 140).await;
     let s = create(store, "c-prune-attention", "e1", 150).await;

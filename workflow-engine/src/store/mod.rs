@@ -1,6 +1,7 @@
 //! Storage of saga state rows and journals (docs/architecture.md, "The engine"): the [`SagaStore`]
-//! trait and its one implementation, [`SqlSagaStore`], written once over `sqlx::Any` for PostgreSQL
-//! and SQLite (`sagaflow_server::db`), plus the shared conformance suite (feature `testkit`).
+//! trait and its implementations: [`SqlSagaStore`], written once over `sqlx::Any` for PostgreSQL
+//! and SQLite (`sagaflow_server::db`), and [`MemorySagaStore`] for tests; plus the shared
+//! conformance suite that both pass (feature `testkit`).
 //!
 //! Rules every implementation keeps:
 //! - a state-row change and its journal entries commit in one transaction ([`Write`]);
@@ -11,8 +12,10 @@
 //!   database refuse updates of journal rows, and deletes unless the saga is COMPLETED or
 //!   COMPENSATED); retention deletes a finished saga's row and journal together
 //!   ([`SagaStore::prune_finished`], docs/operations.md, "Retention");
-//! - claims take due or orphaned sagas in batches, bump the fencing token and journal
-//!   `lease_acquired` (and `recovered` when another engine's lease had expired).
+//! - claims take due or orphaned sagas in batches and journal what the planner decided for each
+//!   ([`ClaimPlan`]: a new fencing token in `lease_acquired`, and `recovered` when another
+//!   engine's lease had expired); the store only finds the rows and commits the decision, so a
+//!   new backend does not repeat it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,15 +24,17 @@ use sagaflow_server::retention::{Prune, PruneFuture, PruneJob, Pruned};
 
 use crate::{
     journal::{Event, JournalEntry, JournalError},
-    recovery::Refusal,
+    planner::Refusal,
     state::{SagaId, SagaState, SagaStatus, UnknownValue},
 };
 
+mod memory;
 mod sql;
 
 #[cfg(feature = "testkit")]
 pub mod conformance;
 
+pub use memory::MemorySagaStore;
 pub use sql::{MIGRATIONS, SqlSagaStore};
 
 /// A store failure.
@@ -44,12 +49,27 @@ pub enum StoreError {
     /// A row or journal entry that does not decode.
     #[error("saga store holds an invalid value: {0}")]
     Corrupt(String),
+    /// A row changed under the lock its writer held (transient: retrying reads it again).
+    #[error("saga store: {0}")]
+    Conflict(String),
+    /// The group commit that carried this write failed as a whole; every write of the batch
+    /// reports the one error.
+    #[error(transparent)]
+    Batch(Arc<StoreError>),
+    /// The engine's committer has stopped (the engine is shutting down): the write was not
+    /// committed by this engine. Transient: another replica can take the request.
+    #[error("the saga engine's committer has stopped")]
+    Stopped,
 }
 
 impl StoreError {
     /// Whether retrying the operation may help.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        match self {
+            Self::Unavailable(_) | Self::Conflict(_) | Self::Stopped => true,
+            Self::Batch(err) => err.is_transient(),
+            Self::Database(_) | Self::Corrupt(_) => false,
+        }
     }
 }
 
@@ -167,6 +187,12 @@ pub enum OperatorError {
     Store(#[from] StoreError),
 }
 
+/// The planner's decision for a claim, taken on each claimed saga's current state inside the
+/// store's transaction: the events that hand the saga to the claiming engine
+/// (`crate::planner::claim_plan` builds it: `lease_acquired` with the next fencing token and the
+/// lease's expiry, and `recovered` when another holder's lease had expired).
+pub type ClaimPlan<'a> = &'a (dyn Fn(&SagaState) -> Vec<Event> + Send + Sync);
+
 /// A decision taken on a saga's current state inside the store's transaction.
 pub type Decide<'a> = &'a (dyn Fn(&SagaState) -> Result<Vec<Event>, Refusal> + Send + Sync);
 
@@ -181,12 +207,12 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
     /// [`StoreError`]; on error nothing of the batch is committed.
     async fn commit(&self, batch: &[Write]) -> Result<Vec<WriteOutcome>, StoreError>;
 
-    /// Claims up to `limit` due or orphaned sagas for `owner`: status RUNNING or COMPENSATING,
+    /// Claims up to `limit` due or orphaned sagas: status RUNNING or COMPENSATING,
     /// and either released with `next_attempt_at <= now`, or orphaned — a lease expired by `now`
     /// *and* by the database's own clock (so a replica whose clock runs ahead never takes a live
     /// lease), whatever its `next_attempt_at`: backoff earned before a crash does not delay the
-    /// recovery (the `recovered` event makes the saga due at once). Each claim bumps the fencing token,
-    /// sets a lease until `now + lease_ms` and journals it, in one transaction.
+    /// recovery (the `recovered` event makes the saga due at once). Each claimed saga gets the events
+    /// of `plan` (a new fencing token and lease), journaled with the new row, in one transaction.
     ///
     /// # Errors
     /// [`StoreError`].
@@ -197,11 +223,10 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
     /// in NEEDS_ATTENTION with the reason journaled instead of failing the batch.
     async fn claim_due(
         &self,
-        owner: &str,
         now: i64,
-        lease_ms: i64,
         limit: u32,
         definitions: &[(String, u32)],
+        plan: ClaimPlan<'_>,
     ) -> Result<Vec<SagaState>, StoreError>;
 
     /// Expires every lease of an active saga at once (not journaled: the lease expiry is the one
@@ -232,9 +257,8 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug + 'static {
     async fn claim(
         &self,
         id: SagaId,
-        owner: &str,
         now: i64,
-        lease_ms: i64,
+        plan: ClaimPlan<'_>,
     ) -> Result<Option<SagaState>, StoreError>;
 
     /// Extends the lease of saga `id` to `lease_expires_at` if `owner` still holds it with

@@ -10,7 +10,7 @@ use sagaflow_workflow_engine::{
     EngineError, SagaStatus, SagaStore,
     definition::CallKind,
     journal::{Event, FailureOutcome},
-    recovery::Refusal,
+    planner::Refusal,
 };
 use serde_json::json;
 

@@ -16,7 +16,7 @@ use sagaflow_workflow_engine::{
     clock::SkewedClock,
     definition::Jitter,
     journal::{Event, Resolution},
-    recovery::Refusal,
+    planner::Refusal,
 };
 use serde_json::json;
 
@@ -40,8 +40,8 @@ both_backends!(
 
 #[test]
 fn default_owner_ids_differ_per_process_start() {
-    let a = sagaflow_workflow_engine::executor::default_owner("orchestrator");
-    let b = sagaflow_workflow_engine::executor::default_owner("orchestrator");
+    let a = sagaflow_workflow_engine::engine::default_owner("orchestrator");
+    let b = sagaflow_workflow_engine::engine::default_owner("orchestrator");
     assert_ne!(a, b, "two replicas that both run as PID 1 still differ");
     assert!(a.starts_with("orchestrator-"), "{a}");
     assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");

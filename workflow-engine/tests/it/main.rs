@@ -7,6 +7,7 @@ mod admin;
 mod engine;
 mod failpoints;
 mod failure_paths;
+mod memory;
 mod property;
 mod retention;
 mod store;

@@ -11,15 +11,14 @@ use std::{
 
 use async_trait::async_trait;
 use sagaflow_server::{Backend, Db, Migrations};
-use serde_json::Value;
-use sqlx::{AnyConnection, migrate::Migrator};
+use sqlx::migrate::Migrator;
 
 use super::{
-    Decide, ListFilter, OperatorError, PrunedSagas, SagaStore, StoreError, Write, WriteOutcome,
+    ClaimPlan, Decide, ListFilter, OperatorError, PrunedSagas, SagaStore, StoreError, Write,
+    WriteOutcome,
 };
 use crate::{
-    journal::{self, EncodedEvent, Event, JournalEntry},
-    recovery,
+    journal::{self, JournalEntry},
     state::{SagaId, SagaState},
 };
 
@@ -42,19 +41,6 @@ macro_rules! columns {
     };
 }
 
-const INSERT: &str = concat!(
-    "INSERT INTO sagas (",
-    columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21, $22, $23, $24, $25, $26) ON CONFLICT DO NOTHING"
-);
-
-const UPDATE: &str = "UPDATE sagas SET status = $2, phase = $3, step_index = $4, current_step = $5, \
-     attempt = $6, outputs = $7, compensation_plan = $8, next_attempt_at = $9, lease_owner = $10, \
-     lease_expires_at = $11, fencing_token = $12, updated_at = $13, last_error = $14, \
-     failure_reason = $15, last_seq = $16, in_doubt = $19, generation = $20, undelivered = $21 \
-     WHERE id = $1 AND fencing_token = $17 AND last_seq = $18";
-
 const SELECT_BY_ID: &str = concat!("SELECT ", columns!(), " FROM sagas WHERE id = $1");
 
 const SELECT_BY_ID_FOR_UPDATE: &str = concat!(
@@ -75,66 +61,16 @@ macro_rules! postgres_now {
     };
 }
 
+mod claim;
+mod rows;
+
+use claim::{DUE_POSTGRES, DUE_SQLITE, definitions_filter};
+use rows::{EntryRow, SagaRow, insert_entries, insert_row, update_row};
+
 const CLOCK_SQLITE: &str = concat!("SELECT ", sqlite_now!());
 const CLOCK_POSTGRES: &str = concat!("SELECT ", postgres_now!());
-
-// A lease counts as expired only when it expired by the caller's clock *and* by the database's.
-// Released and due, or orphaned (whatever its next attempt time).
-const DUE_SQLITE: &str = concat!(
-    " FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING') \
-     AND ((lease_owner IS NULL AND next_attempt_at <= $1) OR lease_expires_at < MIN($1, ",
-    sqlite_now!(),
-    "))"
-);
-
-const DUE_POSTGRES: &str = concat!(
-    " FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING') \
-     AND ((lease_owner IS NULL AND next_attempt_at <= $1) OR lease_expires_at < LEAST($1, ",
-    postgres_now!(),
-    "))"
-);
-
-/// `(definition_name = $k AND definition_version = $k+1) OR …` for `count` definitions whose
-/// parameters start at `$first`; `1 = 1` for none (every definition).
-fn definitions_filter(first: usize, count: usize) -> String {
-    if count == 0 {
-        return "1 = 1".to_owned();
-    }
-    let terms: Vec<String> = (0..count)
-        .map(|i| {
-            let name = first + 2 * i;
-            format!(
-                "(definition_name = ${name} AND definition_version = ${})",
-                name + 1
-            )
-        })
-        .collect();
-    format!("({})", terms.join(" OR "))
-}
-
-const CLAIM_ONE_SQLITE: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM sagas WHERE id = $2 AND status IN ('RUNNING', 'COMPENSATING') \
-     AND (lease_owner IS NULL OR lease_expires_at < MIN($1, ",
-    sqlite_now!(),
-    "))"
-);
-
-const CLAIM_ONE_POSTGRES: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM sagas WHERE id = $2 AND status IN ('RUNNING', 'COMPENSATING') \
-     AND (lease_owner IS NULL OR lease_expires_at < LEAST($1, ",
-    postgres_now!(),
-    ")) FOR UPDATE SKIP LOCKED"
-);
-
 /// Group committers the engine runs on PostgreSQL ([`SagaStore::write_parallelism`]).
 const POSTGRES_WRITERS: usize = 4;
-
-/// Most journal rows in one INSERT statement (7 parameters each; PostgreSQL allows 65535).
-const ROWS_PER_INSERT: usize = 500;
 
 /// Most saga ids in one DELETE of [`SagaStore::prune_finished`] (one parameter each).
 const IDS_PER_DELETE: usize = 500;
@@ -177,376 +113,6 @@ impl SqlSagaStore {
 
     fn committed(&self) {
         self.commits.fetch_add(1, Ordering::Relaxed);
-    }
-
-    async fn claim_rows(
-        &self,
-        id: Option<SagaId>,
-        owner: &str,
-        now: i64,
-        lease_ms: i64,
-        limit: u32,
-        definitions: &[(String, u32)],
-    ) -> Result<Vec<SagaState>, StoreError> {
-        let backend = self.db.backend();
-        let due = match backend {
-            Backend::Postgres => DUE_POSTGRES,
-            Backend::Sqlite => DUE_SQLITE,
-        };
-        let filter = definitions_filter(3, definitions.len());
-        if backend == Backend::Sqlite && id.is_none() {
-            // Look before taking SQLite's write lock: most polls find nothing.
-            let sql = format!("SELECT id{due} AND {filter} LIMIT $2");
-            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-                .bind(now)
-                .bind(1_i64);
-            for (name, version) in definitions {
-                query = query.bind(name.clone()).bind(i64::from(*version));
-            }
-            if query.fetch_optional(self.db.pool()).await?.is_none() {
-                return Ok(Vec::new());
-            }
-        }
-        let mut tx = self.db.begin().await?;
-        let rows: Vec<SagaRow> = match (backend, id) {
-            (_, None) => {
-                let lock = match backend {
-                    Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-                    Backend::Sqlite => "",
-                };
-                let sql = format!(
-                    concat!(
-                        "SELECT ",
-                        columns!(),
-                        "{} AND {} ORDER BY next_attempt_at LIMIT $2{}"
-                    ),
-                    due, filter, lock
-                );
-                let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(now)
-                    .bind(i64::from(limit));
-                for (name, version) in definitions {
-                    query = query.bind(name.clone()).bind(i64::from(*version));
-                }
-                query.fetch_all(&mut *tx).await?
-            }
-            (Backend::Postgres, Some(id)) => {
-                sqlx::query_as(CLAIM_ONE_POSTGRES)
-                    .bind(now)
-                    .bind(id.to_string())
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-            (Backend::Sqlite, Some(id)) => {
-                sqlx::query_as(CLAIM_ONE_SQLITE)
-                    .bind(now)
-                    .bind(id.to_string())
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-        };
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut entries = Vec::new();
-        for row in rows {
-            // Row by row: one row that does not decode must not stop every other claim.
-            let (raw_id, raw_seq) = (row.id.clone(), row.last_seq);
-            let state = match row.into_state() {
-                Ok(state) => state,
-                Err(err) => {
-                    park_unreadable(&mut tx, &raw_id, raw_seq, now, &err).await?;
-                    continue;
-                }
-            };
-            let events = recovery::claim_events(&state, owner, now.saturating_add(lease_ms));
-            let (next, new_entries) = journal::append(&state, now, events)?;
-            if update_row(&mut tx, &next, state.fencing_token, state.last_seq).await? {
-                entries.extend(new_entries);
-                claimed.push(next);
-            }
-        }
-        insert_entries(&mut tx, &entries).await?;
-        tx.commit().await?;
-        self.committed();
-        Ok(claimed)
-    }
-}
-
-/// Parks a saga whose row does not decode (a step output serde_json cannot read back, a value
-/// written by a newer build, a manual edit) in NEEDS_ATTENTION, with the reason journaled, so
-/// that it no longer sits at the head of every poll (docs/operations.md, "Sagas that need
-/// attention"). The rest of the row is left as it is for the operator to inspect.
-async fn park_unreadable(
-    conn: &mut AnyConnection,
-    id: &str,
-    last_seq: i64,
-    now: i64,
-    err: &StoreError,
-) -> Result<(), StoreError> {
-    tracing::error!(saga.id = id, error = %err, "ALERT: saga row does not decode; parked in NEEDS_ATTENTION");
-    let parked = sqlx::query(
-        "UPDATE sagas SET status = 'NEEDS_ATTENTION', lease_owner = NULL, \
-         lease_expires_at = NULL, updated_at = $1, last_seq = last_seq + 1 \
-         WHERE id = $2 AND last_seq = $3",
-    )
-    .bind(now)
-    .bind(id.to_owned())
-    .bind(last_seq)
-    .execute(&mut *conn)
-    .await?;
-    if parked.rows_affected() == 1 {
-        let encoded = journal::encode(&Event::SagaNeedsAttention {
-            reason: format!("the saga's state row cannot be read: {err}"),
-        });
-        sqlx::query(
-            "INSERT INTO saga_journal (saga_id, seq, at, event_type, step, attempt, detail) \
-             VALUES ($1, $2, $3, $4, NULL, NULL, $5)",
-        )
-        .bind(id.to_owned())
-        .bind(last_seq + 1)
-        .bind(now)
-        .bind(encoded.event_type)
-        .bind(encoded.detail)
-        .execute(&mut *conn)
-        .await?;
-        metrics::counter!(crate::metrics::UNREADABLE_PARKED).increment(1);
-    }
-    Ok(())
-}
-
-#[derive(sqlx::FromRow)]
-struct SagaRow {
-    id: String,
-    definition_name: String,
-    definition_version: i64,
-    business_key: String,
-    status: String,
-    phase: String,
-    step_index: Option<i64>,
-    current_step: Option<String>,
-    attempt: i64,
-    input: String,
-    outputs: String,
-    compensation_plan: String,
-    next_attempt_at: i64,
-    lease_owner: Option<String>,
-    lease_expires_at: Option<i64>,
-    fencing_token: i64,
-    trace_context: Option<String>,
-    deadline_at: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
-    last_error: Option<String>,
-    failure_reason: Option<String>,
-    last_seq: i64,
-    in_doubt: i64,
-    generation: i64,
-    undelivered: i64,
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("column {what} out of range"))
-}
-
-impl SagaRow {
-    fn into_state(self) -> Result<SagaState, StoreError> {
-        let outputs = match serde_json::from_str::<Value>(&self.outputs)? {
-            Value::Object(map) => map,
-            _ => return Err(StoreError::Corrupt("outputs is not a JSON object".into())),
-        };
-        Ok(SagaState {
-            id: self
-                .id
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("saga id {:?}", self.id)))?,
-            definition_name: self.definition_name,
-            definition_version: u32::try_from(self.definition_version)
-                .map_err(|_| corrupt("definition_version"))?,
-            business_key: self.business_key,
-            status: self.status.parse()?,
-            phase: self.phase.parse()?,
-            step_index: self
-                .step_index
-                .map(u32::try_from)
-                .transpose()
-                .map_err(|_| corrupt("step_index"))?,
-            current_step: self.current_step,
-            attempt: u32::try_from(self.attempt).map_err(|_| corrupt("attempt"))?,
-            input: serde_json::from_str(&self.input)?,
-            outputs,
-            compensation_plan: serde_json::from_str(&self.compensation_plan)?,
-            next_attempt_at: self.next_attempt_at,
-            lease_owner: self.lease_owner,
-            lease_expires_at: self.lease_expires_at,
-            fencing_token: self.fencing_token,
-            trace_context: self.trace_context,
-            deadline_at: self.deadline_at,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            last_error: self
-                .last_error
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()?,
-            failure_reason: self.failure_reason,
-            in_doubt: self.in_doubt != 0,
-            generation: u32::try_from(self.generation).map_err(|_| corrupt("generation"))?,
-            undelivered: u32::try_from(self.undelivered).map_err(|_| corrupt("undelivered"))?,
-            last_seq: self.last_seq,
-        })
-    }
-}
-
-fn json_text(value: &impl serde::Serialize) -> String {
-    // Serializing plain data (maps, strings, numbers) to a string cannot fail.
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
-}
-
-async fn insert_row(conn: &mut AnyConnection, s: &SagaState) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(INSERT)
-        .bind(s.id.to_string())
-        .bind(s.definition_name.clone())
-        .bind(i64::from(s.definition_version))
-        .bind(s.business_key.clone())
-        .bind(s.status.as_str())
-        .bind(s.phase.as_str())
-        .bind(s.step_index.map(i64::from))
-        .bind(s.current_step.clone())
-        .bind(i64::from(s.attempt))
-        .bind(json_text(&s.input))
-        .bind(json_text(&s.outputs))
-        .bind(json_text(&s.compensation_plan))
-        .bind(s.next_attempt_at)
-        .bind(s.lease_owner.clone())
-        .bind(s.lease_expires_at)
-        .bind(s.fencing_token)
-        .bind(s.trace_context.clone())
-        .bind(s.deadline_at)
-        .bind(s.created_at)
-        .bind(s.updated_at)
-        .bind(s.last_error.as_ref().map(json_text))
-        .bind(s.failure_reason.clone())
-        .bind(s.last_seq)
-        .bind(i64::from(s.in_doubt))
-        .bind(i64::from(s.generation))
-        .bind(i64::from(s.undelivered))
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// The fenced update: true when the row still had `expected_token` and `expected_seq`.
-async fn update_row(
-    conn: &mut AnyConnection,
-    s: &SagaState,
-    expected_token: i64,
-    expected_seq: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(UPDATE)
-        .bind(s.id.to_string())
-        .bind(s.status.as_str())
-        .bind(s.phase.as_str())
-        .bind(s.step_index.map(i64::from))
-        .bind(s.current_step.clone())
-        .bind(i64::from(s.attempt))
-        .bind(json_text(&s.outputs))
-        .bind(json_text(&s.compensation_plan))
-        .bind(s.next_attempt_at)
-        .bind(s.lease_owner.clone())
-        .bind(s.lease_expires_at)
-        .bind(s.fencing_token)
-        .bind(s.updated_at)
-        .bind(s.last_error.as_ref().map(json_text))
-        .bind(s.failure_reason.clone())
-        .bind(s.last_seq)
-        .bind(expected_token)
-        .bind(expected_seq)
-        .bind(i64::from(s.in_doubt))
-        .bind(i64::from(s.generation))
-        .bind(i64::from(s.undelivered))
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-async fn insert_entries(
-    conn: &mut AnyConnection,
-    entries: &[JournalEntry],
-) -> Result<(), sqlx::Error> {
-    for chunk in entries.chunks(ROWS_PER_INSERT) {
-        let mut sql = String::from(
-            "INSERT INTO saga_journal (saga_id, seq, at, event_type, step, attempt, detail) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let p = i * 7;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                p + 7
-            ));
-        }
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for entry in chunk {
-            let encoded = journal::encode(&entry.event);
-            query = query
-                .bind(entry.saga_id.to_string())
-                .bind(entry.seq)
-                .bind(entry.at)
-                .bind(encoded.event_type)
-                .bind(encoded.step)
-                .bind(encoded.attempt)
-                .bind(encoded.detail);
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-#[derive(sqlx::FromRow)]
-struct EntryRow {
-    saga_id: String,
-    seq: i64,
-    at: i64,
-    event_type: String,
-    step: Option<String>,
-    attempt: Option<i64>,
-    detail: String,
-}
-
-impl EntryRow {
-    fn into_entry(self) -> Result<JournalEntry, StoreError> {
-        let saga_id: SagaId = self
-            .saga_id
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("saga id {:?}", self.saga_id)))?;
-        let event = journal::decode(&EncodedEvent {
-            event_type: self.event_type,
-            step: self.step,
-            attempt: self.attempt,
-            detail: self.detail,
-        })
-        .map_err(|source| journal::JournalError::Decode {
-            saga_id,
-            seq: self.seq,
-            source,
-        })?;
-        Ok(JournalEntry {
-            saga_id,
-            seq: self.seq,
-            at: self.at,
-            event,
-        })
     }
 }
 
@@ -616,17 +182,15 @@ impl SagaStore for SqlSagaStore {
     #[tracing::instrument(level = "debug", skip_all, fields(owner, limit), err)]
     async fn claim_due(
         &self,
-        owner: &str,
         now: i64,
-        lease_ms: i64,
         limit: u32,
         definitions: &[(String, u32)],
+        plan: ClaimPlan<'_>,
     ) -> Result<Vec<SagaState>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.claim_rows(None, owner, now, lease_ms, limit, definitions)
-            .await
+        self.claim_rows(None, now, limit, definitions, plan).await
     }
 
     async fn expire_leases(&self) -> Result<u64, StoreError> {
@@ -668,12 +232,11 @@ impl SagaStore for SqlSagaStore {
     async fn claim(
         &self,
         id: SagaId,
-        owner: &str,
         now: i64,
-        lease_ms: i64,
+        plan: ClaimPlan<'_>,
     ) -> Result<Option<SagaState>, StoreError> {
         Ok(self
-            .claim_rows(Some(id), owner, now, lease_ms, 1, &[])
+            .claim_rows(Some(id), now, 1, &[], plan)
             .await?
             .into_iter()
             .next())
@@ -729,10 +292,7 @@ impl SagaStore for SqlSagaStore {
             .map_err(StoreError::from)?;
         if !updated {
             // Impossible while the row is locked; report it as a transient conflict.
-            return Err(StoreError::Unavailable(sqlx::Error::Protocol(
-                "saga row changed under its lock".into(),
-            ))
-            .into());
+            return Err(StoreError::Conflict("saga row changed under its lock".into()).into());
         }
         insert_entries(&mut tx, &entries)
             .await
