@@ -75,33 +75,6 @@ pub enum ResolutionArg {
     NotApplied,
 }
 
-/// Saga statuses on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StatusFilter {
-    /// RUNNING.
-    Running,
-    /// COMPENSATING.
-    Compensating,
-    /// COMPLETED.
-    Completed,
-    /// COMPENSATED.
-    Compensated,
-    /// NEEDS_ATTENTION.
-    NeedsAttention,
-}
-
-impl From<StatusFilter> for SagaStatus {
-    fn from(s: StatusFilter) -> Self {
-        match s {
-            StatusFilter::Running => Self::Running,
-            StatusFilter::Compensating => Self::Compensating,
-            StatusFilter::Completed => Self::Completed,
-            StatusFilter::Compensated => Self::Compensated,
-            StatusFilter::NeedsAttention => Self::NeedsAttention,
-        }
-    }
-}
-
 /// Runs a `sagaflow saga` command, printing to stdout.
 ///
 /// # Errors

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use sagaflow_proto::workflow::v1::{
     GetSagaRequest, ListSagasRequest, Saga, SagaStatus,
     saga_admin_service_client::SagaAdminServiceClient,
@@ -15,7 +15,32 @@ use sagaflow_server::db::{ms_from_timestamp, timestamp_from_ms};
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::saga::StatusFilter;
+/// Saga statuses on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFilter {
+    /// RUNNING.
+    Running,
+    /// COMPENSATING.
+    Compensating,
+    /// COMPLETED.
+    Completed,
+    /// COMPENSATED.
+    Compensated,
+    /// NEEDS_ATTENTION.
+    NeedsAttention,
+}
+
+impl From<StatusFilter> for SagaStatus {
+    fn from(s: StatusFilter) -> Self {
+        match s {
+            StatusFilter::Running => Self::Running,
+            StatusFilter::Compensating => Self::Compensating,
+            StatusFilter::Completed => Self::Completed,
+            StatusFilter::Compensated => Self::Compensated,
+            StatusFilter::NeedsAttention => Self::NeedsAttention,
+        }
+    }
+}
 
 /// Flags of `sagaflow saga list`.
 #[derive(Debug, Clone, Args)]

@@ -343,37 +343,38 @@ async fn serve_with(
         .config(args.engine.saga_deadline_ms)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let peers = args.peers.peers()?;
-    let settings = Settings {
-        payment_methods: payment_methods(&args.payment_methods)?,
-        gateway: args.gateway.config(),
-        relay: RelaySettings {
-            retry: relay::RetryPolicy {
-                max_attempts: args.outbox_max_attempts,
-                ..relay::RetryPolicy::default()
+    let settings =
+        Settings {
+            payment_methods: payment_methods(&args.payment_methods)?,
+            gateway: args.gateway.config(),
+            relay: RelaySettings {
+                retry: relay::RetryPolicy {
+                    max_attempts: args.outbox_max_attempts,
+                    ..relay::RetryPolicy::default()
+                },
+                sent_retention: (args.outbox_retention_ms > 0)
+                    .then(|| Duration::from_millis(args.outbox_retention_ms)),
+                backlog_sampling: args
+                    .metrics
+                    .metrics_listen
+                    .map(|_| relay::BACKLOG_SAMPLE_INTERVAL),
+                ..RelaySettings::default()
             },
-            sent_retention: (args.outbox_retention_ms > 0)
-                .then(|| Duration::from_millis(args.outbox_retention_ms)),
-            backlog_sampling: args
-                .metrics
-                .metrics_listen
-                .map(|_| relay::BACKLOG_SAMPLE_INTERVAL),
-            ..RelaySettings::default()
-        },
-        engine: EngineSettings {
-            policies,
-            limits: DownstreamLimits::new(
-                &limits::parse(&args.engine.downstream_limits)
-                    .map_err(|e| CliError::Usage(format!("--downstream-limits: {e}")))?,
-            ),
-            owner: args.engine.owner.clone().unwrap_or_else(|| {
-                sagaflow_workflow_engine::engine::default_owner("orchestrator")
-            }),
-            lease_ms: args.engine.lease_ms,
-            poll_ms: args.engine.poll_ms,
-            sole_owner: false,
-            saga_deadline: Duration::from_millis(args.engine.saga_deadline_ms),
-        },
-    };
+            engine: EngineSettings {
+                policies,
+                limits: DownstreamLimits::new(
+                    &limits::parse(&args.engine.downstream_limits)
+                        .map_err(|e| CliError::Usage(format!("--downstream-limits: {e}")))?,
+                ),
+                owner: args.engine.owner.clone().unwrap_or_else(|| {
+                    sagaflow_workflow_engine::engine::default_owner("orchestrator")
+                }),
+                lease_ms: args.engine.lease_ms,
+                poll_ms: args.engine.poll_ms,
+                sole_owner: false,
+                saga_deadline: Duration::from_millis(args.engine.saga_deadline_ms),
+            },
+        };
     let db = Db::connect(url, service.migrations(), &args.database.pool_config())
         .await
         .context("opening the database")?;

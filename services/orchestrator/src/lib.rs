@@ -14,6 +14,7 @@
 //! The saga's id is the order's id, so `Order.saga_id` names it before the saga exists, and the
 //! engine's unique business key makes a second delivery of the same event find the same saga.
 
+mod calls;
 pub mod definition;
 mod grpc;
 pub mod limits;

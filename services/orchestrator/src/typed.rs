@@ -30,7 +30,7 @@ use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value, json};
 use tonic::{Code, Status};
 
-use crate::order_saga::{OrderSagaInput, ServiceClients, reason_from_saga, reason_name};
+use crate::calls::{OrderSagaInput, ServiceClients, reason_from_saga, reason_name};
 
 /// When a step is skipped, as a rule over the typed saga input (so that the definition can check
 /// that a step never requires the output of a step that may be skipped without it).
@@ -440,7 +440,7 @@ impl StepAction for Finalizer {
         let clients = &self.clients;
         let key = &ctx.idempotency_key;
         send(clients, &ctx, "order", None, |timeout| {
-            crate::order_saga::fail_order(clients, &input, reason, key.clone(), timeout)
+            crate::calls::fail_order(clients, &input, reason, key.clone(), timeout)
         })
         .await?;
         Ok(json!({ "reason": reason.as_str_name() }))
