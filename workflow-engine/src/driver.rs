@@ -354,7 +354,7 @@ impl Driver {
                     if let Err(err) = &result {
                         span.record(semconv::OTEL_STATUS_CODE, "error");
                         span.in_scope(|| {
-                            tracing::info!(saga.id = %self.state.id, saga.step = step, saga.attempt = attempt,
+                            tracing::debug!(saga.id = %self.state.id, saga.step = step, saga.attempt = attempt,
                                 error = %err, "step attempt failed");
                         });
                     }
@@ -484,6 +484,13 @@ impl Driver {
                 if next.status == SagaStatus::NeedsAttention && self.state.status != next.status {
                     tracing::error!(saga.id = %next.id, step = ?next.current_step,
                         error = ?next.last_error, "ALERT: saga needs attention");
+                }
+                if next.status.is_finished() && !self.state.status.is_finished() {
+                    // The one INFO line of a saga (docs/operations.md, "Watching"); outside the
+                    // step's span so that it carries only its own fields.
+                    tracing::info!(parent: None, saga.id = %next.id, saga.definition = %next.definition_name,
+                        status = next.status.as_str(), reason = next.failure_reason.as_deref().unwrap_or(""),
+                        took_ms = now.saturating_sub(next.created_at), "saga finished");
                 }
                 self.state = next;
                 Ok(())

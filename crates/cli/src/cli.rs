@@ -73,7 +73,12 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => args.service.telemetry_name(),
             Command::Saga(_) | Command::Seed(_) => "sagaflow-cli".to_owned(),
         };
-        let telemetry = sagaflow_telemetry::init(&service, format);
+        let mut config = sagaflow_telemetry::TelemetryConfig::from_env(service, format);
+        if matches!(cli.command, Command::Bench(_)) {
+            // A load run prints its report, not a line per saga (RUST_LOG still wins).
+            config = config.with_default_log_filter("warn");
+        }
+        let telemetry = sagaflow_telemetry::init_config(config);
         let result = run(cli.command).await;
         flush(telemetry).await;
         result

@@ -153,9 +153,17 @@ pub struct TelemetryConfig {
     logs: bool,
     otlp_endpoint: Option<String>,
     export_filter: String,
+    log_filter: String,
 }
 
 impl TelemetryConfig {
+    /// The same configuration with `directives` as the log filter when `RUST_LOG` is unset
+    /// (default `info`); `sagaflow bench` uses `warn`, so that a load run prints no line per saga.
+    pub fn with_default_log_filter(mut self, directives: &str) -> Self {
+        directives.clone_into(&mut self.log_filter);
+        self
+    }
+
     /// Logs to stderr in `format`; no span export.
     pub fn new(service: impl Into<String>, format: LogFormat) -> Self {
         Self {
@@ -164,6 +172,7 @@ impl TelemetryConfig {
             logs: true,
             otlp_endpoint: None,
             export_filter: DEFAULT_EXPORT_FILTER.to_owned(),
+            log_filter: "info".to_owned(),
         }
     }
 
@@ -344,8 +353,9 @@ impl ExportPipeline {
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
-fn log_layer(format: LogFormat) -> BoxedLayer {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn log_layer(format: LogFormat, default_filter: &str) -> BoxedLayer {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match format {
         LogFormat::Pretty => fmt::layer()
@@ -387,7 +397,7 @@ fn export_filter(directives: &str) -> Result<EnvFilter, TelemetryError> {
 pub fn init_with(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     let mut layers: Vec<BoxedLayer> = Vec::with_capacity(2);
     if config.logs {
-        layers.push(log_layer(config.format));
+        layers.push(log_layer(config.format, &config.log_filter));
     }
     let pipeline = match &config.otlp_endpoint {
         Some(endpoint) => {
@@ -430,20 +440,36 @@ pub fn init_with(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryEr
 /// the first subscriber in place, and an unusable exporter configuration is reported as a
 /// warning and leaves logging on.
 pub fn init(service: &str, format: LogFormat) -> TelemetryGuard {
-    let config = TelemetryConfig::from_env(service, format);
+    init_config(TelemetryConfig::from_env(service, format))
+}
+
+/// [`init`] with a configuration of the caller's (for example another default log filter,
+/// [`TelemetryConfig::with_default_log_filter`]). Says on one INFO line where spans are exported
+/// when export is on.
+pub fn init_config(config: TelemetryConfig) -> TelemetryGuard {
+    let service = config.service.clone();
+    let format = config.format;
     match init_with(&config) {
-        Ok(guard) => guard,
+        Ok(guard) => {
+            if guard.pipeline.is_some()
+                && let Some(endpoint) = &config.otlp_endpoint
+            {
+                tracing::info!(%endpoint, service = %service, "exporting spans over OTLP");
+            }
+            guard
+        }
         Err(TelemetryError::AlreadyInstalled) => {
             tracing::debug!("a tracing subscriber was already installed");
             TelemetryGuard {
-                service: service.to_owned(),
+                service,
                 pipeline: None,
             }
         }
         Err(err) => {
-            let fallback = TelemetryConfig::new(service, format);
+            let fallback = TelemetryConfig::new(service.clone(), format)
+                .with_default_log_filter(&config.log_filter);
             let guard = init_with(&fallback).unwrap_or_else(|_| TelemetryGuard {
-                service: service.to_owned(),
+                service: service.clone(),
                 pipeline: None,
             });
             tracing::warn!(error = %err, "OpenTelemetry export is off");

@@ -58,7 +58,7 @@ impl Rpc for OrchestratorService {
     /// # Errors
     /// INVALID_ARGUMENT naming `event_id` / `event.order` / `event.order.order_id`; UNAVAILABLE
     /// when the saga store is unreachable or the orchestrator is shutting down.
-    #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id), err(level = "debug"))]
     async fn start_order_saga(
         &self,
         request: Request<StartOrderSagaRequest>,

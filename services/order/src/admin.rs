@@ -37,7 +37,7 @@ impl OutboxAdminApi for OutboxAdmin {
     /// # Errors
     /// INVALID_ARGUMENT naming `page_size` (negative or over 1000) or `page_token` (not one of
     /// ours); UNAVAILABLE when the database cannot be reached.
-    #[tracing::instrument(skip_all, err(level = "info"))]
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn list_dead_letters(
         &self,
         request: Request<pb::ListDeadLettersRequest>,

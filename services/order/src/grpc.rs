@@ -36,7 +36,7 @@ const FAIL: &str = "order.FailOrder";
 
 #[tonic::async_trait]
 impl OrderServiceApi for OrderService {
-    #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id), err(level = "debug"))]
     async fn place_order(
         &self,
         request: Request<pb::PlaceOrderRequest>,
@@ -98,7 +98,7 @@ impl OrderServiceApi for OrderService {
         Ok(Response::new(executed.response))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,
@@ -117,7 +117,7 @@ impl OrderServiceApi for OrderService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id), err(level = "debug"))]
     async fn list_orders(
         &self,
         request: Request<pb::ListOrdersRequest>,
@@ -171,7 +171,7 @@ impl OrderServiceApi for OrderService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
     async fn apply_coupon(
         &self,
         request: Request<pb::ApplyCouponRequest>,
@@ -197,7 +197,7 @@ impl OrderServiceApi for OrderService {
         Ok(Response::new(response))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
     async fn complete_order(
         &self,
         request: Request<pb::CompleteOrderRequest>,
@@ -214,7 +214,7 @@ impl OrderServiceApi for OrderService {
         Ok(Response::new(pb::CompleteOrderResponse { order }))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
     async fn fail_order(
         &self,
         request: Request<pb::FailOrderRequest>,

@@ -54,7 +54,7 @@ enum Authorization {
     KeyClosed,
 }
 
-#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "info"))]
+#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "debug"))]
 pub(crate) async fn start(
     db: Db,
     gateway: Arc<dyn PaymentGateway>,
@@ -147,7 +147,7 @@ async fn authorize(
     match gateway.authorize(&call).await {
         Ok(reference) => Ok(Authorization::Approved(reference)),
         Err(GatewayError::AuthorizationDeclined(message)) => {
-            tracing::info!(%message, "authorization declined");
+            tracing::debug!(%message, "authorization declined");
             // Nothing is or can be authorized under the key. If this fails the intent stays
             // AUTHORIZING, which is safe: a void by key finds nothing.
             if let Err(err) =
@@ -170,7 +170,7 @@ async fn authorize(
             )
         }
         Err(GatewayError::Conflict(message)) => {
-            tracing::info!(%message, "authorization key closed by a CancelPayment");
+            tracing::debug!(%message, "authorization key closed by a CancelPayment");
             Ok(Authorization::KeyClosed)
         }
         Err(other) => Err(gateway_failure(other).into()),
@@ -208,8 +208,10 @@ async fn release_if_tombstoned(
     }
     .await;
     match released {
-        Ok(Some(Some(reference))) => tracing::info!(%reference, "late authorization voided"),
-        Ok(Some(None)) => tracing::info!("nothing was authorized under the tombstoned order's key"),
+        Ok(Some(Some(reference))) => tracing::debug!(%reference, "late authorization voided"),
+        Ok(Some(None)) => {
+            tracing::debug!("nothing was authorized under the tombstoned order's key")
+        }
         Ok(None) => {}
         Err(err) => tracing::warn!(
             error = %err,
@@ -266,7 +268,7 @@ async fn settle_for_tombstone(
     Ok(())
 }
 
-#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "info"))]
+#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "debug"))]
 pub(crate) async fn cancel(
     db: Db,
     gateway: Arc<dyn PaymentGateway>,
@@ -351,7 +353,7 @@ enum Capture {
     Declined,
 }
 
-#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "info"))]
+#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "debug"))]
 pub(crate) async fn complete(
     db: Db,
     gateway: Arc<dyn PaymentGateway>,
@@ -368,7 +370,7 @@ pub(crate) async fn complete(
             match gateway.capture(&operation(&payment, "capture")).await {
                 Ok(reference) => Capture::Captured(reference),
                 Err(GatewayError::CaptureDeclined(message)) => {
-                    tracing::info!(%message, "capture declined");
+                    tracing::debug!(%message, "capture declined");
                     Capture::Declined
                 }
                 Err(other) => return Err(gateway_failure(other).into()),
@@ -404,7 +406,7 @@ pub(crate) async fn complete(
     .await
 }
 
-#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "info"))]
+#[tracing::instrument(skip_all, fields(order_id = %order_id), err(level = "debug"))]
 pub(crate) async fn refund(
     db: Db,
     gateway: Arc<dyn PaymentGateway>,

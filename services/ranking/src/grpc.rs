@@ -22,7 +22,7 @@ const RECORD: &str = "ranking.RecordOrderCompleted";
 
 #[tonic::async_trait]
 impl RankingServiceApi for RankingService {
-    #[tracing::instrument(skip_all, fields(limit = request.get_ref().limit), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(limit = request.get_ref().limit), err(level = "debug"))]
     async fn top_products(
         &self,
         request: Request<pb::TopProductsRequest>,
@@ -38,7 +38,7 @@ impl RankingServiceApi for RankingService {
         Ok(Response::new(pb::TopProductsResponse { products }))
     }
 
-    #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id), err(level = "debug"))]
     async fn record_order_completed(
         &self,
         request: Request<pb::RecordOrderCompletedRequest>,

@@ -12,6 +12,7 @@ mod distributed;
 mod foundation;
 mod in_doubt;
 mod interrupt;
+mod logs;
 mod nul_bytes;
 mod observability;
 mod recovery;

@@ -234,7 +234,7 @@ impl Engine {
                 return Err(StoreError::Corrupt("unexpected outcome of a create".into()).into());
             }
         }
-        tracing::info!(saga.id = %id, "saga started");
+        tracing::debug!(saga.id = %id, "saga started");
         if state.status.is_active() {
             driver::spawn(inner, state, None, now, None);
         } else {
