@@ -419,7 +419,11 @@ impl Driver {
             }
             Ok(false) => {
                 saga_metrics::lease_lost(saga_metrics::LOSS_RENEWAL);
-                tracing::warn!(saga.id = %self.state.id, "lease lost; stopping this saga's driver");
+                if self.inner.was_taken_over(self.state.id) {
+                    tracing::debug!(saga.id = %self.state.id, "an operator command took the saga over");
+                } else {
+                    tracing::warn!(saga.id = %self.state.id, "lease lost; stopping this saga's driver");
+                }
                 Err(Stop::Done)
             }
             Err(err) if now < self.lease_valid_until => {
@@ -496,7 +500,11 @@ impl Driver {
                 Ok(())
             }
             Ok(_) => {
-                tracing::warn!(saga.id = %self.state.id, "write fenced: lease lost, result thrown away");
+                if self.inner.was_taken_over(self.state.id) {
+                    tracing::debug!(saga.id = %self.state.id, "an operator command took the saga over; result thrown away");
+                } else {
+                    tracing::warn!(saga.id = %self.state.id, "write fenced: lease lost, result thrown away");
+                }
                 Err(Stop::Done)
             }
             Err(err) => {

@@ -56,6 +56,9 @@ pub(crate) struct Shared {
     /// Whether this engine is provably the only one on its store (see
     /// [`crate::EngineBuilder::sole_owner`]): every lease found at start-up is orphaned.
     pub(crate) sole_owner: bool,
+    /// Sagas an operator command (cancel, retry, resolve) of this engine took over: their old
+    /// driver's lost lease is expected, not a warning.
+    pub(crate) taken_over: Mutex<std::collections::HashSet<SagaId>>,
 }
 
 impl fmt::Debug for Shared {
@@ -69,6 +72,21 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// Notes that an operator command took `id` over (see [`Shared::taken_over`]).
+    pub(crate) fn note_takeover(&self, id: SagaId) {
+        if let Ok(mut set) = self.taken_over.lock() {
+            set.insert(id);
+        }
+    }
+
+    /// Whether an operator command took `id` over since; forgets it.
+    pub(crate) fn was_taken_over(&self, id: SagaId) -> bool {
+        self.taken_over
+            .lock()
+            .map(|mut set| set.remove(&id))
+            .unwrap_or(false)
+    }
+
     /// A driver slot was freed: wake the poller if it left work for want of one.
     pub(crate) fn slot_freed(&self) {
         if self.backlog.swap(false, Ordering::Relaxed) {

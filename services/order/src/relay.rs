@@ -595,17 +595,30 @@ impl OutboxRelay {
                  retried until it is delivered, never dead-lettered"
             );
         }
-        tracing::warn!(
-            event_id = %event.event_id,
-            order_id = %event.aggregate_id,
-            event_type = event.event_type.as_str(),
-            code = ?status.code(),
-            message = status.message(),
-            attempts,
-            in_doubt,
-            retry_in_ms = delay.as_millis() as u64,
-            "outbox delivery failed; will retry"
-        );
+        // Rate-limited: a WARN on attempts 1, 2, 4, 8, … (the count is in `attempts`), DEBUG in
+        // between, so an event that keeps failing does not fill the log.
+        if u64::try_from(attempts).is_ok_and(u64::is_power_of_two) {
+            tracing::warn!(
+                event_id = %event.event_id,
+                order_id = %event.aggregate_id,
+                event_type = event.event_type.as_str(),
+                code = ?status.code(),
+                message = status.message(),
+                attempts,
+                in_doubt,
+                retry_in_ms = delay.as_millis() as u64,
+                "outbox delivery failed; will retry (logged at attempts 1, 2, 4, 8, …)"
+            );
+        } else {
+            tracing::debug!(
+                event_id = %event.event_id,
+                event_type = event.event_type.as_str(),
+                code = ?status.code(),
+                attempts,
+                retry_in_ms = delay.as_millis() as u64,
+                "outbox delivery failed; will retry"
+            );
+        }
         match outbox::retry_later(&self.db, event, in_doubt, at_ms, &error).await {
             Ok(true) => Failure::Retry { at_ms },
             Ok(false) => Failure::Unrecorded,

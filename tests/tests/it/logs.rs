@@ -74,3 +74,92 @@ fn a_bench_prints_its_report_and_no_log_lines() {
     assert!(stderr.trim().is_empty(), "bench logged:\n{stderr}");
     assert!(stdout.contains("concurrency 8: 100 sagas"), "{stdout}");
 }
+
+#[test]
+fn operator_cancels_log_no_errors_or_warnings() {
+    use sagaflow_testkit::{grpcurl_json, grpcurl_output};
+    use serde_json::json;
+
+    let dir = tempfile::tempdir().unwrap();
+    let dev = sagaflow_tests::start_dev(
+        "127.0.0.1:0",
+        &dir.path().join("data"),
+        &[],
+        &[("RUST_LOG", "info")],
+    );
+    let place = |request_id: &str, card: &str| {
+        let reply = grpcurl_json(
+            dev.addr(),
+            &[
+                "-d",
+                &json!({"request_id": request_id, "user_id": "alice",
+                        "lines": [{"sku": "KB-001", "quantity": 1}], "payment_method": card})
+                .to_string(),
+            ],
+            "sagaflow.order.v1.OrderService/PlaceOrder",
+        );
+        reply["order"]["orderId"].as_str().unwrap().to_owned()
+    };
+    let cancel = |id: &str| {
+        grpcurl_output(
+            dev.addr(),
+            &["-d", &json!({ "saga_id": id }).to_string()],
+            Some("sagaflow.workflow.v1.SagaAdminService/CancelSaga"),
+        )
+    };
+    // A finished saga: the cancel is refused (FAILED_PRECONDITION SAGA_FINISHED), quietly.
+    let done = place("logs-done", "tok_ok");
+    let order = grpcurl_json(
+        dev.addr(),
+        &[
+            "-d",
+            &json!({ "order_id": done, "wait": "30s" }).to_string(),
+        ],
+        "sagaflow.order.v1.OrderService/GetOrder",
+    );
+    assert_eq!(
+        order["order"]["status"], "ORDER_STATUS_COMPLETED",
+        "{order}"
+    );
+    let refused = cancel(&done);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("SAGA_FINISHED"));
+    // A running saga, waiting on the slow gateway: canceled, it compensates.
+    let slow = place("logs-slow", "tok_slow");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let saga = grpcurl_json(
+            dev.addr(),
+            &["-d", &json!({ "saga_id": slow }).to_string()],
+            "sagaflow.workflow.v1.SagaAdminService/GetSaga",
+        );
+        if saga["saga"]["currentStep"] == "start_payment" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never at start_payment: {saga}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(cancel(&slow).status.success());
+    let order = grpcurl_json(
+        dev.addr(),
+        &[
+            "-d",
+            &json!({ "order_id": slow, "wait": "30s" }).to_string(),
+        ],
+        "sagaflow.order.v1.OrderService/GetOrder",
+    );
+    assert_eq!(order["order"]["status"], "ORDER_STATUS_FAILED", "{order}");
+    assert_eq!(
+        order["order"]["failureReason"], "FAILURE_REASON_CANCELED",
+        "{order}"
+    );
+    let logs = dev.logs();
+    let noisy: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(noisy.is_empty(), "operator cancels logged: {noisy:#?}");
+}

@@ -194,6 +194,7 @@ impl EngineBuilder {
             unknown_counted_at: AtomicI64::new(i64::MIN),
             backlog: AtomicBool::new(false),
             sole_owner: self.sole_owner,
+            taken_over: Mutex::new(std::collections::HashSet::new()),
         });
         saga_metrics::initialize(shared.latest.keys().map(String::as_str));
         let poller = runtime.spawn(poller::run_poller(shared.clone()));

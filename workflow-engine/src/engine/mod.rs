@@ -251,19 +251,27 @@ impl Engine {
     /// # Errors
     /// [`EngineError::NotFound`]; [`EngineError::Refused`] with [`Refusal::PastPivot`](crate::planner::Refusal::PastPivot) or
     /// [`Refusal::Finished`](crate::planner::Refusal::Finished); [`EngineError::UnknownDefinition`]; [`EngineError::Store`].
-    #[tracing::instrument(skip_all, fields(saga.id = %id), err)]
+    #[tracing::instrument(skip_all, fields(saga.id = %id), err(level = "debug"))]
     pub async fn cancel(&self, id: SagaId) -> Result<SagaState, EngineError> {
         let state = self.get(id).await?;
         let def = self.inner.definition_of(&state)?;
         let decide = move |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1);
-        let state = self
+        // Before the update: the saga's driver on this engine may see its lease gone at once.
+        self.inner.note_takeover(id);
+        let state = match self
             .inner
             .store
             .operator_update(id, self.inner.now(), &decide)
             .await
-            .map_err(|e| not_found_as(e, id))?;
+        {
+            Ok(state) => state,
+            Err(err) => {
+                self.inner.was_taken_over(id);
+                return Err(not_found_as(err, id));
+            }
+        };
         if state.status.is_active() && state.lease_owner.is_none() {
-            tracing::warn!(saga.id = %id, "saga canceled: compensating");
+            tracing::info!(saga.id = %id, "saga canceled by an operator: compensating");
             driver::spawn_claim(&self.inner, id);
         }
         Ok(state)
@@ -276,7 +284,7 @@ impl Engine {
     /// # Errors
     /// [`EngineError::NotFound`]; [`EngineError::Refused`] with [`Refusal::NotNeedsAttention`](crate::planner::Refusal::NotNeedsAttention);
     /// [`EngineError::Store`].
-    #[tracing::instrument(skip_all, fields(saga.id = %id), err)]
+    #[tracing::instrument(skip_all, fields(saga.id = %id), err(level = "debug"))]
     pub async fn retry(&self, id: SagaId) -> Result<SagaState, EngineError> {
         let state = self
             .inner
@@ -298,7 +306,7 @@ impl Engine {
     /// [`EngineError::NotFound`]; [`EngineError::Refused`] with [`Refusal::NotNeedsAttention`](crate::planner::Refusal::NotNeedsAttention)
     /// or [`Refusal::NotApplicable`](crate::planner::Refusal::NotApplicable); [`EngineError::UnknownDefinition`];
     /// [`EngineError::Store`].
-    #[tracing::instrument(skip_all, fields(saga.id = %id, resolution = resolution.as_str()), err)]
+    #[tracing::instrument(skip_all, fields(saga.id = %id, resolution = resolution.as_str()), err(level = "debug"))]
     pub async fn resolve(
         &self,
         id: SagaId,

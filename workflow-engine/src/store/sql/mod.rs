@@ -263,7 +263,7 @@ impl SagaStore for SqlSagaStore {
         Ok(done.rows_affected() == 1)
     }
 
-    #[tracing::instrument(skip_all, fields(saga.id = %id), err)]
+    #[tracing::instrument(skip_all, fields(saga.id = %id), err(level = "debug"))]
     async fn operator_update(
         &self,
         id: SagaId,
