@@ -176,23 +176,31 @@ fn entry_to_pb(e: &JournalEntry) -> pb::JournalEntry {
 
 impl SagaAdmin {
     fn steps(&self, state: &SagaState, entries: &[JournalEntry]) -> Vec<pb::SagaStep> {
-        let named: Vec<(String, String)> = match self
+        let named: Vec<(String, (String, bool))> = match self
             .engine
             .definition(&state.definition_name, state.definition_version)
         {
             Some(def) => def
                 .steps()
                 .iter()
-                .map(|s| (s.name().to_owned(), s.kind().as_str().to_owned()))
+                .map(|s| {
+                    (
+                        s.name().to_owned(),
+                        (
+                            s.kind().as_str().to_owned(),
+                            s.compensation_action().is_some(),
+                        ),
+                    )
+                })
                 .collect(),
             None => {
                 // Unknown definition here: list the steps its journal mentions.
-                let mut names: Vec<(String, String)> = Vec::new();
+                let mut names: Vec<(String, (String, bool))> = Vec::new();
                 for e in entries {
                     if let Some(step) = journal::encode(&e.event).step
                         && !names.iter().any(|(n, _)| *n == step)
                     {
-                        names.push((step, String::new()));
+                        names.push((step, (String::new(), false)));
                     }
                 }
                 names
@@ -203,12 +211,15 @@ impl SagaAdmin {
         named
             .iter()
             .zip(progress)
-            .map(|((name, kind), (state, attempts))| pb::SagaStep {
-                name: name.clone(),
-                kind: kind.clone(),
-                state: state.as_str().to_owned(),
-                attempts,
-            })
+            .map(
+                |((name, (kind, compensated)), (state, attempts))| pb::SagaStep {
+                    name: name.clone(),
+                    kind: kind.clone(),
+                    state: state.as_str().to_owned(),
+                    attempts,
+                    has_compensation: *compensated,
+                },
+            )
             .collect()
     }
 }

@@ -177,7 +177,13 @@ fn status_error(url: &str, status: tonic::Status) -> anyhow::Error {
     } else {
         String::new()
     };
-    anyhow::anyhow!("{:?}{reason}: {}{at}", status.code(), status.message())
+    // `INVALID_ARGUMENT (REASON): message`, without the message's own repeat of the code.
+    let code = sagaflow_workflow_engine::definition::code_name(status.code());
+    let message = status.message();
+    let message = message
+        .strip_prefix("invalid argument: ")
+        .unwrap_or(message);
+    anyhow::anyhow!("{code}{reason}: {message}{at}")
 }
 
 fn status_name(saga: &Saga) -> &'static str {
@@ -219,9 +225,14 @@ pub fn render_timeline(reply: &GetSagaResponse) -> String {
                 1 => ", 1 attempt".to_owned(),
                 n => format!(", {n} attempts"),
             };
+            let kind = if s.kind == "compensatable" && !s.has_compensation {
+                "compensatable, no compensation of its own"
+            } else {
+                s.kind.as_str()
+            };
             out.push_str(&format!(
                 "  {:<18} {:<14} {}{attempts}\n",
-                s.name, s.kind, s.state
+                s.name, kind, s.state
             ));
         }
     }
@@ -317,6 +328,44 @@ mod tests {
             attempt,
             detail_json: detail.into(),
         }
+    }
+
+    #[test]
+    fn steps_say_which_have_no_compensation_and_finished_sagas_no_current_step() {
+        use sagaflow_proto::workflow::v1::SagaStep;
+        let step = |name: &str, kind: &str, has_compensation, attempts| SagaStep {
+            name: name.into(),
+            kind: kind.into(),
+            state: "compensated".into(),
+            attempts,
+            has_compensation,
+        };
+        let reply = GetSagaResponse {
+            saga: Some(Saga {
+                saga_id: "s1".into(),
+                status: SagaStatus::Compensated as i32,
+                phase: "finished".into(),
+                ..Saga::default()
+            }),
+            steps: vec![
+                step("use_coupon", "compensatable", true, 1),
+                step("apply_coupon", "compensatable", false, 2),
+            ],
+            journal: vec![],
+        };
+        let text = render_timeline(&reply);
+        assert!(!text.contains("attempt 0"), "{text}");
+        assert!(!text.contains("step -"), "{text}");
+        assert!(
+            text.contains("use_coupon         compensatable  compensated, 1 attempt\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "apply_coupon       compensatable, no compensation of its own compensated, 2 attempts"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -128,9 +128,11 @@ pub struct EngineArgs {
     /// process even when replicas run as PID 1 in containers).
     #[arg(long, env = "SAGAFLOW_OWNER")]
     pub owner: Option<String>,
-    /// Attempts of a forward step of the order saga before its outcome counts as unknown (an
-    /// unknown outcome compensates a step before the pivot, and parks the pivot in
-    /// NEEDS_ATTENTION). Default 4. Raise it so that the retries outlast a service restart.
+    /// Attempts of each step of the order saga other than the pivot before its outcome counts as
+    /// unknown (a step before the pivot is then compensated; complete_order keeps retrying).
+    /// Default 4; raise it so that the retries outlast a service restart. The pivot
+    /// (complete_payment) always gets at least 30 attempts (about a minute) before it parks in
+    /// NEEDS_ATTENTION. `sagaflow dev` runs with the defaults.
     #[arg(long, env = "SAGAFLOW_STEP_ATTEMPTS", default_value_t = 4)]
     pub step_attempts: u32,
     /// First retry delay cap of a step, milliseconds (doubles per attempt, full jitter).

@@ -50,9 +50,13 @@ impl OrderServiceApi for OrderService {
         }
         let prices = self.prices(&lines).await?;
         let (lines, subtotal) = price_lines(&lines, &prices).map_err(|err| match err {
-            PricingError::UnknownSku { index } => {
-                ServiceError::invalid(format!("lines[{index}].sku"), "unknown sku")
-            }
+            PricingError::UnknownSku { index } => ServiceError::invalid(
+                format!("lines[{index}].sku"),
+                format!(
+                    "unknown sku {:?}",
+                    lines.get(index).map_or("", |l| l.0.as_str())
+                ),
+            ),
             PricingError::Overflow { index } => ServiceError::invalid(
                 format!("lines[{index}].quantity"),
                 "the order total does not fit a 64-bit amount",
