@@ -181,6 +181,7 @@ pub async fn place_and_wait(
                     .ok_or_else(|| tonic::Status::internal("PlaceOrder returned no order"))?;
             }
             Err(s) if is_retryable(s.code()) && Instant::now() + backoff < deadline => {
+                say_retrying("PlaceOrder", &s);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -221,12 +222,37 @@ pub async fn wait_terminal(
                 }
             }
             Err(s) if is_retryable(s.code()) => {
+                say_retrying("GetOrder", &s);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(s) => return Err(s),
         }
     }
     Ok(order)
+}
+
+/// Says on stderr, at most every 5 s for the whole process, that calls are being retried, so that
+/// a run against a system that went down is not silent.
+fn say_retrying(rpc: &str, status: &tonic::Status) {
+    static LAST_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = sagaflow_server::db::now_ms();
+    let last = LAST_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if now - last >= 5_000
+        && LAST_MS
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        eprintln!(
+            "{rpc} failed ({:?}: {}); retrying until the order's deadline",
+            status.code(),
+            status.message()
+        );
+    }
 }
 
 /// Latency percentiles over a set of samples.
