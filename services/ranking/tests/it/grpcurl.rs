@@ -6,7 +6,7 @@ use sagaflow_testkit::{Kind, grpcurl_json};
 use crate::harness::{self, completed};
 
 async fn top_products_json(kind: Kind) {
-    let mut t = harness::start(kind, "rank_grpcurl").await;
+    let mut t = harness::TestRanking::start(kind, "rank_grpcurl").await;
     for event in [
         completed(&[("KB-001", 2), ("MS-002", 1)]),
         completed(&[("KB-001", 1)]),
