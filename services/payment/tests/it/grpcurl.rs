@@ -3,19 +3,12 @@
 
 use sagaflow_testkit::{Kind, grpcurl_json};
 
-use crate::harness::{self, order_id, start_req};
+use crate::harness::{self, order_id};
 
 async fn get_payment_json(kind: Kind) {
-    let mut t = harness::start(kind, "pay_grpcurl").await;
+    let t = harness::start(kind, "pay_grpcurl").await;
     let order = order_id();
-    let payment = t
-        .client
-        .start_payment(start_req("g:4", &order, 12_345, "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let payment = t.start("g:4", &order, 12_345, "tok_ok").await.unwrap();
     let addr = t.server.addr().to_string();
     let body = serde_json::json!({ "order_id": order }).to_string();
     let json = tokio::task::spawn_blocking(move || {

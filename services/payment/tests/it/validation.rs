@@ -1,21 +1,9 @@
 //! Every invalid input is INVALID_ARGUMENT naming the field, and nothing is written
 //! (docs/architecture.md, "The service contract").
 
-use sagaflow_server::error::violated_fields;
-use sagaflow_testkit::Kind;
-use tonic::Code;
+use sagaflow_testkit::{Kind, service::assert_invalid};
 
 use crate::harness::{self, cancel_req, complete_req, get_req, order_id, refund_req, start_req};
-
-fn assert_invalid(result: Result<impl std::fmt::Debug, tonic::Status>, field: &str, case: &str) {
-    let status = result.expect_err(case);
-    assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
-    assert!(
-        violated_fields(&status).iter().any(|f| f == field),
-        "{case}: expected {field} in {:?}",
-        violated_fields(&status)
-    );
-}
 
 async fn invalid_inputs_write_nothing(kind: Kind) {
     let mut t = harness::start(kind, "pay_invalid").await;
