@@ -216,14 +216,15 @@ async fn applied(db: &Db) -> Vec<i64> {
         .expect("read the applied migrations")
 }
 
-/// Asserts that `result` is INVALID_ARGUMENT whose `BadRequest` names exactly `field` (`case`
-/// says which input it was, in the failure message).
+/// Asserts that `result` is INVALID_ARGUMENT whose `BadRequest` names exactly `fields` (one
+/// field, `"sku"`, or several in order, `&["a", "b"][..]`; `case` says which input it was, in the
+/// failure message).
 ///
 /// # Panics
 /// When it is not.
 pub fn assert_invalid<T: std::fmt::Debug>(
     result: Result<T, tonic::Status>,
-    field: &str,
+    fields: impl Fields,
     case: &str,
 ) {
     let status = result.expect_err(case);
@@ -234,7 +235,7 @@ pub fn assert_invalid<T: std::fmt::Debug>(
     );
     assert_eq!(
         sagaflow_server::error::violated_fields(&status),
-        vec![field.to_owned()],
+        fields.fields(),
         "{case}"
     );
 }

@@ -131,6 +131,13 @@ impl OrderService {
         self
     }
 
+    /// How many GetOrder callers of this process (this service and its clones) wait on
+    /// `order_id` right now: a caller counts from when its wait starts on the server until it
+    /// returns (tests wait on it instead of on time).
+    pub fn waiting(&self, order_id: &str) -> usize {
+        self.waiters.waiting(order_id)
+    }
+
     /// Adds the gRPC services to `routes`: `sagaflow.order.v1.OrderService` ([`SERVICE_NAME`])
     /// and the operators' `sagaflow.order.v1.OutboxAdminService` over the same database
     /// ([`OUTBOX_ADMIN_SERVICE_NAME`]).
