@@ -17,6 +17,7 @@ pub struct ServiceHarness<C> {
     /// A client connected to the server.
     pub client: C,
     tdb: TestDatabase,
+    service_name: String,
 }
 
 impl<C> ServiceHarness<C> {
@@ -65,6 +66,7 @@ impl<C> ServiceHarness<C> {
             server,
             client: client(channel),
             tdb,
+            service_name: service_name.to_owned(),
         }
     }
 
@@ -81,6 +83,16 @@ impl<C> ServiceHarness<C> {
     /// `127.0.0.1:PORT` of the server, for grpcurl.
     pub fn addr(&self) -> String {
         self.server.addr().to_string()
+    }
+
+    /// Calls `method` of the service (`"GetCoupon"`) through the real grpcurl with
+    /// `-emit-defaults -d BODY` ([`grpcurl_call`]) and returns the JSON answer.
+    ///
+    /// # Panics
+    /// When grpcurl fails or does not answer JSON.
+    pub async fn grpcurl(&self, method: &str, body: serde_json::Value) -> serde_json::Value {
+        let method = format!("{}/{method}", self.service_name);
+        grpcurl_call(&self.addr(), &method, &body).await
     }
 
     /// Stops the server (in-flight calls finish) and closes the pool.

@@ -41,18 +41,9 @@ impl Command for UseCoupon {
         &self,
         (code, order): &Self::Subject,
         key: &str,
+        other: bool,
     ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = use_req(code, order, key, 20_000);
-        let mut client = self.0.client.clone();
-        Box::pin(async move { client.use_coupon(req).await.map(|r| r.into_inner()) })
-    }
-
-    fn send_other(
-        &self,
-        (code, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = use_req(code, order, key, 30_000);
+        let req = use_req(code, order, key, if other { 30_000 } else { 20_000 });
         let mut client = self.0.client.clone();
         Box::pin(async move { client.use_coupon(req).await.map(|r| r.into_inner()) })
     }

@@ -44,18 +44,9 @@ impl Command for DeductInventory {
         &self,
         (sku, order): &Self::Subject,
         key: &str,
+        other: bool,
     ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = deduct(sku, order, key, 2);
-        let mut client = self.0.client.clone();
-        Box::pin(async move { client.deduct_inventory(req).await.map(|r| r.into_inner()) })
-    }
-
-    fn send_other(
-        &self,
-        (sku, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = deduct(sku, order, key, 3);
+        let req = deduct(sku, order, key, if other { 3 } else { 2 });
         let mut client = self.0.client.clone();
         Box::pin(async move { client.deduct_inventory(req).await.map(|r| r.into_inner()) })
     }

@@ -36,20 +36,13 @@ impl Command for ApplyCoupon {
         })
     }
 
-    fn send(&self, order: &Self::Subject, key: &str) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = apply(order, key, 5_000);
-        Box::pin(async move {
-            let mut client = self.0.lock().await.client.clone();
-            client.apply_coupon(req).await.map(|r| r.into_inner())
-        })
-    }
-
-    fn send_other(
+    fn send(
         &self,
         order: &Self::Subject,
         key: &str,
+        other: bool,
     ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = apply(order, key, 6_000);
+        let req = apply(order, key, if other { 6_000 } else { 5_000 });
         Box::pin(async move {
             let mut client = self.0.lock().await.client.clone();
             client.apply_coupon(req).await.map(|r| r.into_inner())

@@ -24,18 +24,13 @@ impl Command for StartPayment {
         Box::pin(async { order_id() })
     }
 
-    fn send(&self, order: &Self::Subject, key: &str) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = start_req(key, order, 1_000, "tok_ok");
-        let mut client = self.0.client.clone();
-        Box::pin(async move { client.start_payment(req).await.map(|r| r.into_inner()) })
-    }
-
-    fn send_other(
+    fn send(
         &self,
         order: &Self::Subject,
         key: &str,
+        other: bool,
     ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = start_req(key, order, 2_000, "tok_ok");
+        let req = start_req(key, order, if other { 2_000 } else { 1_000 }, "tok_ok");
         let mut client = self.0.client.clone();
         Box::pin(async move { client.start_payment(req).await.map(|r| r.into_inner()) })
     }

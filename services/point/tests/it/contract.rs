@@ -40,18 +40,9 @@ impl Command for DeductPoints {
         &self,
         (user, order): &Self::Subject,
         key: &str,
+        other: bool,
     ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = deduct(user, order, key, 1_000);
-        let mut client = self.0.client.clone();
-        Box::pin(async move { client.deduct_points(req).await.map(|r| r.into_inner()) })
-    }
-
-    fn send_other(
-        &self,
-        (user, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = deduct(user, order, key, 2_000);
+        let req = deduct(user, order, key, if other { 2_000 } else { 1_000 });
         let mut client = self.0.client.clone();
         Box::pin(async move { client.deduct_points(req).await.map(|r| r.into_inner()) })
     }

@@ -1,7 +1,7 @@
 //! TopProducts through the real grpcurl binary: JSON field names are the documented ones
 //! (lowerCamelCase) with the right values.
 
-use sagaflow_testkit::{Kind, grpcurl_json};
+use sagaflow_testkit::Kind;
 
 use crate::harness::{self, completed};
 
@@ -13,16 +13,9 @@ async fn top_products_json(kind: Kind) {
     ] {
         t.client.record_order_completed(event).await.unwrap();
     }
-    let addr = t.server.addr().to_string();
-    let json = tokio::task::spawn_blocking(move || {
-        grpcurl_json(
-            &addr,
-            &["-d", r#"{"limit": 5}"#],
-            "sagaflow.ranking.v1.RankingService/TopProducts",
-        )
-    })
-    .await
-    .unwrap();
+    let json = t
+        .grpcurl("TopProducts", serde_json::json!({"limit": 5}))
+        .await;
     assert_eq!(
         json,
         serde_json::json!({
