@@ -24,6 +24,9 @@ use crate::service::assert_reason;
 /// A boxed, sendable future (what adapter methods return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What sending a request returns: the service's answer, or its status.
+pub type Answer<'a, T> = BoxFuture<'a, Result<T, Status>>;
+
 /// How many identical requests [`run`] sends at once.
 pub const CONCURRENT_REPEATS: usize = 20;
 
@@ -42,12 +45,7 @@ pub trait Command: Send + Sync + 'static {
     fn subject(&self) -> BoxFuture<'_, Self::Subject>;
     /// Sends the command for `subject` under `key`: the request the suite repeats (`other`
     /// false), or a different one (other amount, lines, …) that reuses the key (`other` true).
-    fn send(
-        &self,
-        subject: &Self::Subject,
-        key: &str,
-        other: bool,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>>;
+    fn send(&self, subject: &Self::Subject, key: &str, other: bool) -> Answer<'_, Self::Reply>;
     /// Reads the command's effect on `subject`.
     fn effect(&self, subject: &Self::Subject) -> BoxFuture<'_, Self::Effect>;
 }
@@ -55,7 +53,7 @@ pub trait Command: Send + Sync + 'static {
 /// A saga action whose compensation follows the late-action rule.
 pub trait Compensatable: Command {
     /// Sends the compensation of the command for `subject` under `key`.
-    fn compensate(&self, subject: &Self::Subject, key: &str) -> BoxFuture<'_, Result<(), Status>>;
+    fn compensate(&self, subject: &Self::Subject, key: &str) -> Answer<'_, ()>;
 }
 
 /// Runs the whole suite, the late-action rule included.

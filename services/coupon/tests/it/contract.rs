@@ -4,9 +4,8 @@
 use sagaflow_proto::coupon::v1::{RestoreCouponRequest, UseCouponRequest, UseCouponResponse};
 use sagaflow_testkit::{
     Kind,
-    contract::{self, BoxFuture, Command, Compensatable},
+    contract::{self, Answer, BoxFuture, Command, Compensatable},
 };
-use tonic::Status;
 
 use crate::harness::{Harness, fixed, order_id};
 
@@ -42,7 +41,7 @@ impl Command for UseCoupon {
         (code, order): &Self::Subject,
         key: &str,
         other: bool,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
+    ) -> Answer<'_, Self::Reply> {
         let req = use_req(code, order, key, if other { 30_000 } else { 20_000 });
         let mut client = self.0.client.clone();
         Box::pin(async move { client.use_coupon(req).await.map(|r| r.into_inner()) })
@@ -68,11 +67,7 @@ impl Command for UseCoupon {
 }
 
 impl Compensatable for UseCoupon {
-    fn compensate(
-        &self,
-        (code, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<(), Status>> {
+    fn compensate(&self, (code, order): &Self::Subject, key: &str) -> Answer<'_, ()> {
         let req = RestoreCouponRequest {
             idempotency_key: key.into(),
             code: code.clone(),

@@ -6,9 +6,8 @@ use sagaflow_proto::inventory::v1::{
 };
 use sagaflow_testkit::{
     Kind,
-    contract::{self, BoxFuture, Command, Compensatable},
+    contract::{self, Answer, BoxFuture, Command, Compensatable},
 };
-use tonic::Status;
 
 use crate::harness::{Harness, order_id};
 
@@ -45,7 +44,7 @@ impl Command for DeductInventory {
         (sku, order): &Self::Subject,
         key: &str,
         other: bool,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
+    ) -> Answer<'_, Self::Reply> {
         let req = deduct(sku, order, key, if other { 3 } else { 2 });
         let mut client = self.0.client.clone();
         Box::pin(async move { client.deduct_inventory(req).await.map(|r| r.into_inner()) })
@@ -58,11 +57,7 @@ impl Command for DeductInventory {
 }
 
 impl Compensatable for DeductInventory {
-    fn compensate(
-        &self,
-        (_, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<(), Status>> {
+    fn compensate(&self, (_, order): &Self::Subject, key: &str) -> Answer<'_, ()> {
         let req = RestoreInventoryRequest {
             idempotency_key: key.into(),
             order_id: order.clone(),
