@@ -10,7 +10,7 @@ use sagaflow_proto::coupon::v1::{
 use sagaflow_server::{
     ServiceError,
     db::{ms_from_timestamp, timestamp_from_ms},
-    idempotency::execute,
+    idempotency::respond,
     validate::Validator,
 };
 use tonic::{Request, Response, Status};
@@ -164,7 +164,7 @@ impl coupon_service_server::CouponService for CouponService {
         let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let (code, user_id, amount) = (req.code.clone(), req.user_id.clone(), req.order_amount);
-        let response = execute(
+        respond(
             &self.db,
             "coupon.UseCoupon",
             &req.idempotency_key,
@@ -182,8 +182,7 @@ impl coupon_service_server::CouponService for CouponService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 
     #[tracing::instrument(
@@ -203,7 +202,7 @@ impl coupon_service_server::CouponService for CouponService {
         let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let code = req.code.clone();
-        let response = execute(
+        respond(
             &self.db,
             "coupon.RestoreCoupon",
             &req.idempotency_key,
@@ -217,7 +216,6 @@ impl coupon_service_server::CouponService for CouponService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 }

@@ -13,7 +13,7 @@ use sagaflow_proto::inventory::v1::{
 };
 use sagaflow_server::{
     ServiceError,
-    idempotency::execute,
+    idempotency::respond,
     validate::{MAX_LINES, Validator, decode_page_token, encode_page_token},
 };
 use tonic::{Request, Response, Status};
@@ -200,7 +200,7 @@ impl inventory_service_server::InventoryService for InventoryService {
             req.sku.clone(),
             i64::from(req.quantity),
         );
-        let response = execute(
+        respond(
             &self.db,
             "inventory.Restock",
             &req.idempotency_key,
@@ -214,8 +214,7 @@ impl inventory_service_server::InventoryService for InventoryService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
@@ -232,7 +231,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let taken = req.lines.clone();
-        let response = execute(
+        respond(
             &self.db,
             "inventory.DeductInventory",
             &req.idempotency_key,
@@ -244,8 +243,7 @@ impl inventory_service_server::InventoryService for InventoryService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
@@ -260,7 +258,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         v.finish()?;
         let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
-        let response = execute(
+        respond(
             &self.db,
             "inventory.RestoreInventory",
             &req.idempotency_key,
@@ -274,7 +272,6 @@ impl inventory_service_server::InventoryService for InventoryService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 }

@@ -184,17 +184,15 @@ impl OrderServiceApi for OrderService {
         v.non_negative_i64("discount", req.discount);
         v.finish()?;
         let (id, discount) = (canonical(order_id), req.discount);
-        let response =
-            idempotency::execute(&self.db, APPLY_COUPON, &req.idempotency_key, &req, |conn| {
-                Box::pin(async move {
-                    let order = commands::apply_coupon(conn, &id, discount).await?;
-                    Ok(pb::ApplyCouponResponse {
-                        order: Some(to_proto(&order)),
-                    })
+        idempotency::respond(&self.db, APPLY_COUPON, &req.idempotency_key, &req, |conn| {
+            Box::pin(async move {
+                let order = commands::apply_coupon(conn, &id, discount).await?;
+                Ok(pb::ApplyCouponResponse {
+                    order: Some(to_proto(&order)),
                 })
             })
-            .await?;
-        Ok(Response::new(response))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "info"))]

@@ -7,7 +7,7 @@ use sagaflow_proto::point::v1::{
     GrantPointsRequest, GrantPointsResponse, RestorePointsRequest, RestorePointsResponse,
     point_service_server,
 };
-use sagaflow_server::{ServiceError, idempotency::execute, validate::Validator};
+use sagaflow_server::{ServiceError, idempotency::respond, validate::Validator};
 use tonic::{Request, Response, Status};
 
 use crate::{PointService, store};
@@ -46,7 +46,7 @@ impl point_service_server::PointService for PointService {
         v.finish()?;
         let backend = self.db.backend();
         let (key, user_id, amount) = (req.idempotency_key.clone(), req.user_id.clone(), req.amount);
-        let response = execute(
+        respond(
             &self.db,
             "point.GrantPoints",
             &req.idempotency_key,
@@ -58,8 +58,7 @@ impl point_service_server::PointService for PointService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 
     #[tracing::instrument(
@@ -80,7 +79,7 @@ impl point_service_server::PointService for PointService {
         let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let (key, user_id, amount) = (req.idempotency_key.clone(), req.user_id.clone(), req.amount);
-        let response = execute(
+        respond(
             &self.db,
             "point.DeductPoints",
             &req.idempotency_key,
@@ -93,8 +92,7 @@ impl point_service_server::PointService for PointService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 
     #[tracing::instrument(
@@ -114,7 +112,7 @@ impl point_service_server::PointService for PointService {
         let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let (key, user_id) = (req.idempotency_key.clone(), req.user_id.clone());
-        let response = execute(
+        respond(
             &self.db,
             "point.RestorePoints",
             &req.idempotency_key,
@@ -131,7 +129,6 @@ impl point_service_server::PointService for PointService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 }

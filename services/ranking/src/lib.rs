@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use sagaflow_proto::ranking::v1::ranking_service_server::RankingServiceServer;
 use sagaflow_server::{
-    Db, Migrations,
+    Db,
     retention::{OldRows, PruneJob},
 };
-use sqlx::migrate::Migrator;
 
 pub mod domain;
 mod grpc;
@@ -30,16 +29,11 @@ mod store;
 /// The fully-qualified gRPC service name (for health and reflection).
 pub const SERVICE_NAME: &str = "sagaflow.ranking.v1.RankingService";
 
-static POSTGRES: Migrator = sqlx::migrate!("../../migrations/ranking/postgres");
-static SQLITE: Migrator = sqlx::migrate!("../../migrations/ranking/sqlite");
-
-/// The ranking database's migrations (`migrations/ranking/{postgres,sqlite}`).
-pub fn migrations() -> Migrations {
-    Migrations {
-        postgres: &POSTGRES,
-        sqlite: &SQLITE,
-    }
-}
+sagaflow_server::service_migrations!(
+    /// The ranking database's migrations (`migrations/ranking/{postgres,sqlite}`).
+    postgres: "../../migrations/ranking/postgres",
+    sqlite: "../../migrations/ranking/sqlite",
+);
 
 /// The ranking service: implements `sagaflow.ranking.v1.RankingService` over its own database.
 /// Cloning is cheap (the pool is shared).
