@@ -270,6 +270,12 @@ impl Fields for &[&str] {
     }
 }
 
+impl Fields for Vec<&str> {
+    fn fields(&self) -> Vec<String> {
+        self.as_slice().fields()
+    }
+}
+
 /// Sends every request of `cases` with `send` and asserts that each is INVALID_ARGUMENT whose
 /// `BadRequest` names exactly its fields, and that `snapshot` (every row the service keeps) is
 /// the same after each as before the first: an invalid input writes nothing
