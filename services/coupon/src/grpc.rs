@@ -154,14 +154,12 @@ impl coupon_service_server::CouponService for CouponService {
         request: Request<UseCouponRequest>,
     ) -> Result<Response<UseCouponResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("code", &req.code);
         v.required("user_id", &req.user_id);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.non_negative_i64("order_amount", req.order_amount);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let (code, user_id, amount) = (req.code.clone(), req.user_id.clone(), req.order_amount);
         respond(
@@ -194,12 +192,10 @@ impl coupon_service_server::CouponService for CouponService {
         request: Request<RestoreCouponRequest>,
     ) -> Result<Response<RestoreCouponResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("code", &req.code);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let code = req.code.clone();
         respond(

@@ -189,8 +189,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         request: Request<RestockRequest>,
     ) -> Result<Response<RestockResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("sku", &req.sku);
         v.positive_i32("quantity", req.quantity);
         v.finish()?;
@@ -223,12 +222,10 @@ impl inventory_service_server::InventoryService for InventoryService {
         request: Request<DeductInventoryRequest>,
     ) -> Result<Response<DeductInventoryResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         let lines = validate_lines(&mut v, &req.lines);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let taken = req.lines.clone();
         respond(
@@ -252,11 +249,9 @@ impl inventory_service_server::InventoryService for InventoryService {
         request: Request<RestoreInventoryRequest>,
     ) -> Result<Response<RestoreInventoryResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         respond(
             &self.db,

@@ -105,10 +105,9 @@ impl OrderServiceApi for OrderService {
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let req = request.into_inner();
         let mut v = Validator::new();
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         let wait = v.wait("wait", req.wait.as_ref());
         v.finish()?;
-        let order_id = canonical(order_id);
         let order = self
             .wait_for_terminal(&order_id, wait.unwrap_or_default())
             .await?;
@@ -177,13 +176,12 @@ impl OrderServiceApi for OrderService {
         request: Request<pb::ApplyCouponRequest>,
     ) -> Result<Response<pb::ApplyCouponResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         validate_rule(&mut v, req.rule.as_ref());
         v.non_negative_i64("discount", req.discount);
         v.finish()?;
-        let (id, discount) = (canonical(order_id), req.discount);
+        let (id, discount) = (order_id, req.discount);
         idempotency::respond(&self.db, APPLY_COUPON, &req.idempotency_key, &req, |conn| {
             Box::pin(async move {
                 let order = commands::apply_coupon(conn, &id, discount).await?;
@@ -201,13 +199,11 @@ impl OrderServiceApi for OrderService {
         request: Request<pb::CompleteOrderRequest>,
     ) -> Result<Response<pb::CompleteOrderResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
-        let id = canonical(order_id);
         let order = self
-            .finish(COMPLETE, &req.idempotency_key, &req, id, None)
+            .finish(COMPLETE, &req.idempotency_key, &req, order_id, None)
             .await?;
         Ok(Response::new(pb::CompleteOrderResponse { order }))
     }
@@ -218,9 +214,8 @@ impl OrderServiceApi for OrderService {
         request: Request<pb::FailOrderRequest>,
     ) -> Result<Response<pb::FailOrderResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         let reason = reason_from_proto(req.reason);
         v.check(
             reason.is_some(),
@@ -228,9 +223,8 @@ impl OrderServiceApi for OrderService {
             "must be a FAILURE_REASON_* value other than UNSPECIFIED",
         );
         v.finish()?;
-        let id = canonical(order_id);
         let order = self
-            .finish(FAIL, &req.idempotency_key, &req, id, reason)
+            .finish(FAIL, &req.idempotency_key, &req, order_id, reason)
             .await?;
         Ok(Response::new(pb::FailOrderResponse { order }))
     }
@@ -427,11 +421,6 @@ fn validate_rule(v: &mut Validator, rule: Option<&pb::DiscountRule>) {
         "rule",
         "must be a fixed amount or a percentage, not both",
     );
-}
-
-/// The canonical (lower-case, hyphenated) text of a validated order id.
-fn canonical(order_id: Option<Uuid>) -> String {
-    order_id.map(|id| id.to_string()).unwrap_or_default()
 }
 
 fn encode_cursor(cursor: &Cursor) -> String {

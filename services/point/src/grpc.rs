@@ -39,8 +39,7 @@ impl point_service_server::PointService for PointService {
         request: Request<GrantPointsRequest>,
     ) -> Result<Response<GrantPointsResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("user_id", &req.user_id);
         v.positive_i64("amount", req.amount);
         v.finish()?;
@@ -70,13 +69,11 @@ impl point_service_server::PointService for PointService {
         request: Request<DeductPointsRequest>,
     ) -> Result<Response<DeductPointsResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("user_id", &req.user_id);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.positive_i64("amount", req.amount);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let (key, user_id, amount) = (req.idempotency_key.clone(), req.user_id.clone(), req.amount);
         respond(
@@ -104,12 +101,10 @@ impl point_service_server::PointService for PointService {
         request: Request<RestorePointsRequest>,
     ) -> Result<Response<RestorePointsResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("user_id", &req.user_id);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let (key, user_id) = (req.idempotency_key.clone(), req.user_id.clone());
         respond(
