@@ -246,6 +246,17 @@ impl Db {
         &self.pool
     }
 
+    /// A connection of the pool, for a read outside a transaction (a query RPC).
+    ///
+    /// # Errors
+    /// The driver's error as a [`crate::ServiceError`] (UNAVAILABLE when no connection is free
+    /// within the acquire timeout or the server is gone).
+    pub async fn connection(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, crate::ServiceError> {
+        Ok(self.pool.acquire().await?)
+    }
+
     /// Begins a write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock at once, so
     /// read-then-write transactions cannot deadlock), `BEGIN` on PostgreSQL.
     ///

@@ -107,12 +107,6 @@ fn validate_issue(req: &IssueCouponRequest) -> Result<Terms, ServiceError> {
     })
 }
 
-async fn conn(
-    service: &CouponService,
-) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, ServiceError> {
-    Ok(service.db.pool().acquire().await?)
-}
-
 #[tonic::async_trait]
 impl coupon_service_server::CouponService for CouponService {
     #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
@@ -124,7 +118,7 @@ impl coupon_service_server::CouponService for CouponService {
         let mut v = Validator::new();
         v.required("code", &req.code);
         v.finish()?;
-        let coupon = store::get_coupon(&mut *conn(self).await?, &req.code)
+        let coupon = store::get_coupon(&mut *self.db.connection().await?, &req.code)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("coupon {:?}", req.code)))?;
         Ok(Response::new(GetCouponResponse {
@@ -139,7 +133,7 @@ impl coupon_service_server::CouponService for CouponService {
     ) -> Result<Response<IssueCouponResponse>, Status> {
         let terms = validate_issue(request.get_ref())?;
         // Naturally idempotent: an identical coupon is returned as it is, so it needs no key.
-        let coupon = store::issue(&mut *conn(self).await?, &terms).await?;
+        let coupon = store::issue(&mut *self.db.connection().await?, &terms).await?;
         Ok(Response::new(IssueCouponResponse {
             coupon: Some(coupon.into()),
         }))

@@ -85,12 +85,6 @@ fn validate_lines(v: &mut Validator, lines: &[ProtoStockLine]) -> Vec<StockLine>
         .collect()
 }
 
-async fn conn(
-    service: &InventoryService,
-) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, ServiceError> {
-    Ok(service.db.pool().acquire().await?)
-}
-
 #[tonic::async_trait]
 impl inventory_service_server::InventoryService for InventoryService {
     #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
@@ -102,7 +96,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         let mut v = Validator::new();
         v.required("sku", &req.sku);
         v.finish()?;
-        let product = store::get_product(&mut *conn(self).await?, &req.sku)
+        let product = store::get_product(&mut *self.db.connection().await?, &req.sku)
             .await
             .map_err(ServiceError::from)?
             .ok_or_else(|| ServiceError::NotFound(format!("product {:?}", req.sku)))?;
@@ -126,7 +120,7 @@ impl inventory_service_server::InventoryService for InventoryService {
             format!("skus[{i}]")
         });
         v.finish()?;
-        let products = store::get_products(&mut *conn(self).await?, &req.skus)
+        let products = store::get_products(&mut *self.db.connection().await?, &req.skus)
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(BatchGetProductsResponse {
@@ -145,10 +139,13 @@ impl inventory_service_server::InventoryService for InventoryService {
         v.finish()?;
         let after = decode_page_token("page_token", &req.page_token)?.unwrap_or_default();
         // One extra row tells whether another page follows.
-        let mut products =
-            store::list_products(&mut *conn(self).await?, &after, page_size.saturating_add(1))
-                .await
-                .map_err(ServiceError::from)?;
+        let mut products = store::list_products(
+            &mut *self.db.connection().await?,
+            &after,
+            page_size.saturating_add(1),
+        )
+        .await
+        .map_err(ServiceError::from)?;
         let more = i64::try_from(products.len()).unwrap_or(i64::MAX) > page_size;
         products.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
         let next_page_token = match products.last() {
@@ -174,10 +171,14 @@ impl inventory_service_server::InventoryService for InventoryService {
         v.non_negative_i64("unit_price", req.unit_price);
         v.finish()?;
         // Naturally idempotent: the same request leaves the same row, so it needs no key.
-        let product =
-            store::upsert_product(&mut *conn(self).await?, &req.sku, &req.name, req.unit_price)
-                .await
-                .map_err(ServiceError::from)?;
+        let product = store::upsert_product(
+            &mut *self.db.connection().await?,
+            &req.sku,
+            &req.name,
+            req.unit_price,
+        )
+        .await
+        .map_err(ServiceError::from)?;
         Ok(Response::new(UpsertProductResponse {
             product: Some(product.into()),
         }))

@@ -145,7 +145,7 @@ impl OrderServiceApi for OrderService {
         );
         v.finish()?;
         let after = after.ok().flatten();
-        let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+        let mut conn = self.db.connection().await?;
         // One extra row tells whether another page follows.
         let mut orders = store::list(
             &mut conn,
@@ -240,7 +240,7 @@ impl OrderService {
         let Some(order) = stored.order else {
             return Ok(stored);
         };
-        let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+        let mut conn = self.db.connection().await?;
         let order = load_existing(&mut conn, &order.order_id).await?;
         Ok(pb::PlaceOrderResponse {
             order: Some(to_proto(&order)),
@@ -336,7 +336,7 @@ impl OrderService {
             let notified = waiting.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+            let mut conn = self.db.connection().await?;
             let order = load_existing(&mut conn, order_id).await?;
             drop(conn);
             let now = tokio::time::Instant::now();

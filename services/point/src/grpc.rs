@@ -23,7 +23,7 @@ impl point_service_server::PointService for PointService {
         let mut v = Validator::new();
         v.required("user_id", &req.user_id);
         v.finish()?;
-        let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+        let mut conn = self.db.connection().await?;
         let balance = store::balance(&mut conn, &req.user_id)
             .await
             .map_err(ServiceError::from)?;
