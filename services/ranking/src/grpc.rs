@@ -87,10 +87,7 @@ fn validate_event(req: &pb::RecordOrderCompletedRequest) -> Result<CompletedOrde
         lines = validate_lines(&mut v, order);
     }
     v.finish()?;
-    Ok(CompletedOrder {
-        order_id,
-        lines,
-    })
+    Ok(CompletedOrder { order_id, lines })
 }
 
 fn validate_lines(v: &mut Validator, order: &Order) -> Vec<SaleLine> {
