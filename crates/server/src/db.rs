@@ -61,6 +61,33 @@ pub struct Migrations {
     pub sqlite: &'static Migrator,
 }
 
+/// Declares a service's `pub fn migrations() -> Migrations`: its database's migrations, one
+/// embedded [`Migrator`] per dialect, read at build time from the two folders given relative to
+/// the service crate (`"../../migrations/<db>/postgres"`, `"../../migrations/<db>/sqlite"`, as
+/// `sqlx::migrate!` reads them). The calling crate needs `sqlx` (feature `migrate`).
+///
+/// ```ignore
+/// sagaflow_server::service_migrations!(
+///     /// The point database's migrations (`migrations/point/{postgres,sqlite}`).
+///     postgres: "../../migrations/point/postgres",
+///     sqlite: "../../migrations/point/sqlite",
+/// );
+/// ```
+#[macro_export]
+macro_rules! service_migrations {
+    ($(#[$meta:meta])* postgres: $postgres:literal, sqlite: $sqlite:literal $(,)?) => {
+        $(#[$meta])*
+        pub fn migrations() -> $crate::Migrations {
+            static POSTGRES: ::sqlx::migrate::Migrator = ::sqlx::migrate!($postgres);
+            static SQLITE: ::sqlx::migrate::Migrator = ::sqlx::migrate!($sqlite);
+            $crate::Migrations {
+                postgres: &POSTGRES,
+                sqlite: &SQLITE,
+            }
+        }
+    };
+}
+
 /// Pool settings. Defaults work on a laptop.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -235,6 +262,17 @@ impl Db {
     /// The pool, for reads outside a transaction.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A connection of the pool, for a read outside a transaction (a query RPC).
+    ///
+    /// # Errors
+    /// The driver's error as a [`crate::ServiceError`] (UNAVAILABLE when no connection is free
+    /// within the acquire timeout or the server is gone).
+    pub async fn connection(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, crate::ServiceError> {
+        Ok(self.pool.acquire().await?)
     }
 
     /// Begins a write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock at once, so

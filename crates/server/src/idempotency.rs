@@ -84,6 +84,28 @@ where
         .map(|e| e.response)
 }
 
+/// [`execute`] as a mutating RPC's whole answer: the response (fresh or stored) wrapped for
+/// tonic, which is how every service's command handler ends.
+///
+/// # Errors
+/// As [`execute`].
+pub async fn respond<Req, Resp, F>(
+    db: &Db,
+    command: &'static str,
+    key: &str,
+    request: &Req,
+    effect: F,
+) -> Result<tonic::Response<Resp>, Status>
+where
+    Req: Message,
+    Resp: Message + Default,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Resp, ServiceError>>,
+{
+    execute(db, command, key, request, effect)
+        .await
+        .map(tonic::Response::new)
+}
+
 /// Like [`execute`], and also says whether the response was replayed.
 ///
 /// # Errors

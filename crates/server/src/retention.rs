@@ -152,7 +152,13 @@ impl PruneJob {
     /// The job of a service database's `idempotency_keys` table (every service has one, see
     /// [`crate::idempotency`]): rows whose `created_at` is older than `window`.
     pub fn idempotency_keys(database: &'static str, db: Db, window: Duration) -> Self {
-        Self::new(database, window, IdempotencyKeys { db })
+        Self::old_rows(database, db, window, IDEMPOTENCY_KEYS)
+    }
+
+    /// The job of one table of `db` whose rows expire one by one: rows whose `rows.time` column
+    /// (unix ms) is older than `window`.
+    pub fn old_rows(database: &'static str, db: Db, window: Duration, rows: OldRows) -> Self {
+        Self::new(database, window, OldRowsJob { db, rows })
     }
 
     /// The database label.
@@ -166,6 +172,25 @@ impl PruneJob {
     }
 }
 
+/// A table whose rows expire one by one, by a timestamp column: what [`PruneJob::old_rows`]
+/// and [`prune_old_rows`] delete from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OldRows {
+    /// The table (also the metric's `table` label).
+    pub table: &'static str,
+    /// Its primary key column.
+    pub key: &'static str,
+    /// The column (unix ms) a row expires by.
+    pub time: &'static str,
+}
+
+/// The `idempotency_keys` table of every service database, by `created_at`.
+pub const IDEMPOTENCY_KEYS: OldRows = OldRows {
+    table: "idempotency_keys",
+    key: "idempotency_key",
+    time: "created_at",
+};
+
 /// Deletes one batch of idempotency records created before `before_ms` (unix ms), at most
 /// `max_rows`, and returns how many were deleted. A repeat of a command under a deleted key runs
 /// the command again (docs/operations.md, "Retention", says why that cannot happen in time).
@@ -177,28 +202,46 @@ pub async fn prune_idempotency_keys(
     before_ms: i64,
     max_rows: u32,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE idempotency_key IN \
-         (SELECT idempotency_key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
-    )
-    .bind(before_ms)
-    .bind(i64::from(max_rows))
-    .execute(db.pool())
-    .await?;
+    prune_old_rows(db, IDEMPOTENCY_KEYS, before_ms, max_rows).await
+}
+
+/// Deletes one batch of the rows of `rows.table` whose `rows.time` is before `before_ms` (unix
+/// ms), at most `max_rows`, in one statement, and returns how many were deleted.
+///
+/// # Errors
+/// The database's error; nothing is deleted then.
+pub async fn prune_old_rows(
+    db: &Db,
+    rows: OldRows,
+    before_ms: i64,
+    max_rows: u32,
+) -> Result<u64, sqlx::Error> {
+    let OldRows { table, key, time } = rows;
+    // The names are compile-time constants of this workspace, never input.
+    let sql = format!(
+        "DELETE FROM {table} WHERE {key} IN \
+         (SELECT {key} FROM {table} WHERE {time} < $1 LIMIT $2)"
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(before_ms)
+        .bind(i64::from(max_rows))
+        .execute(db.pool())
+        .await?;
     Ok(done.rows_affected())
 }
 
 #[derive(Debug)]
-struct IdempotencyKeys {
+struct OldRowsJob {
     db: Db,
+    rows: OldRows,
 }
 
-impl Prune for IdempotencyKeys {
+impl Prune for OldRowsJob {
     fn prune_batch(&self, before_ms: i64, max_rows: u32) -> PruneFuture<'_> {
         Box::pin(async move {
-            let rows = prune_idempotency_keys(&self.db, before_ms, max_rows).await?;
+            let rows = prune_old_rows(&self.db, self.rows, before_ms, max_rows).await?;
             Ok(vec![Pruned {
-                table: "idempotency_keys",
+                table: self.rows.table,
                 rows,
             }])
         })

@@ -124,6 +124,22 @@ impl Validator {
         }
     }
 
+    /// A validator of a keyed command, `idempotency_key` already checked: present
+    /// (docs/architecture.md, "The service contract").
+    pub fn command(idempotency_key: &str) -> Self {
+        let mut v = Self::new();
+        v.required("idempotency_key", idempotency_key);
+        v
+    }
+
+    /// Like [`Validator::uuid`], as canonical text (lower case, hyphenated); empty when invalid
+    /// (then [`Validator::finish`] fails).
+    pub fn uuid_text(&mut self, field: &str, value: &str) -> String {
+        self.uuid(field, value)
+            .map(|id| id.to_string())
+            .unwrap_or_default()
+    }
+
     /// A UUID in its canonical text form (which has no control characters).
     pub fn uuid(&mut self, field: &str, value: &str) -> Option<Uuid> {
         if value.is_empty() {

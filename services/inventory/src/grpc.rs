@@ -13,7 +13,7 @@ use sagaflow_proto::inventory::v1::{
 };
 use sagaflow_server::{
     ServiceError,
-    idempotency::execute,
+    idempotency::respond,
     validate::{MAX_LINES, Validator, decode_page_token, encode_page_token},
 };
 use tonic::{Request, Response, Status};
@@ -85,12 +85,6 @@ fn validate_lines(v: &mut Validator, lines: &[ProtoStockLine]) -> Vec<StockLine>
         .collect()
 }
 
-async fn conn(
-    service: &InventoryService,
-) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, ServiceError> {
-    Ok(service.db.pool().acquire().await?)
-}
-
 #[tonic::async_trait]
 impl inventory_service_server::InventoryService for InventoryService {
     #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
@@ -102,7 +96,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         let mut v = Validator::new();
         v.required("sku", &req.sku);
         v.finish()?;
-        let product = store::get_product(&mut *conn(self).await?, &req.sku)
+        let product = store::get_product(&mut *self.db.connection().await?, &req.sku)
             .await
             .map_err(ServiceError::from)?
             .ok_or_else(|| ServiceError::NotFound(format!("product {:?}", req.sku)))?;
@@ -126,7 +120,7 @@ impl inventory_service_server::InventoryService for InventoryService {
             format!("skus[{i}]")
         });
         v.finish()?;
-        let products = store::get_products(&mut *conn(self).await?, &req.skus)
+        let products = store::get_products(&mut *self.db.connection().await?, &req.skus)
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(BatchGetProductsResponse {
@@ -145,10 +139,13 @@ impl inventory_service_server::InventoryService for InventoryService {
         v.finish()?;
         let after = decode_page_token("page_token", &req.page_token)?.unwrap_or_default();
         // One extra row tells whether another page follows.
-        let mut products =
-            store::list_products(&mut *conn(self).await?, &after, page_size.saturating_add(1))
-                .await
-                .map_err(ServiceError::from)?;
+        let mut products = store::list_products(
+            &mut *self.db.connection().await?,
+            &after,
+            page_size.saturating_add(1),
+        )
+        .await
+        .map_err(ServiceError::from)?;
         let more = i64::try_from(products.len()).unwrap_or(i64::MAX) > page_size;
         products.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
         let next_page_token = match products.last() {
@@ -174,10 +171,14 @@ impl inventory_service_server::InventoryService for InventoryService {
         v.non_negative_i64("unit_price", req.unit_price);
         v.finish()?;
         // Naturally idempotent: the same request leaves the same row, so it needs no key.
-        let product =
-            store::upsert_product(&mut *conn(self).await?, &req.sku, &req.name, req.unit_price)
-                .await
-                .map_err(ServiceError::from)?;
+        let product = store::upsert_product(
+            &mut *self.db.connection().await?,
+            &req.sku,
+            &req.name,
+            req.unit_price,
+        )
+        .await
+        .map_err(ServiceError::from)?;
         Ok(Response::new(UpsertProductResponse {
             product: Some(product.into()),
         }))
@@ -189,8 +190,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         request: Request<RestockRequest>,
     ) -> Result<Response<RestockResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("sku", &req.sku);
         v.positive_i32("quantity", req.quantity);
         v.finish()?;
@@ -200,7 +200,7 @@ impl inventory_service_server::InventoryService for InventoryService {
             req.sku.clone(),
             i64::from(req.quantity),
         );
-        let response = execute(
+        respond(
             &self.db,
             "inventory.Restock",
             &req.idempotency_key,
@@ -214,8 +214,7 @@ impl inventory_service_server::InventoryService for InventoryService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
@@ -224,15 +223,13 @@ impl inventory_service_server::InventoryService for InventoryService {
         request: Request<DeductInventoryRequest>,
     ) -> Result<Response<DeductInventoryResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         let lines = validate_lines(&mut v, &req.lines);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let taken = req.lines.clone();
-        let response = execute(
+        respond(
             &self.db,
             "inventory.DeductInventory",
             &req.idempotency_key,
@@ -244,8 +241,7 @@ impl inventory_service_server::InventoryService for InventoryService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
@@ -254,13 +250,11 @@ impl inventory_service_server::InventoryService for InventoryService {
         request: Request<RestoreInventoryRequest>,
     ) -> Result<Response<RestoreInventoryResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
-        let response = execute(
+        respond(
             &self.db,
             "inventory.RestoreInventory",
             &req.idempotency_key,
@@ -274,7 +268,6 @@ impl inventory_service_server::InventoryService for InventoryService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 }

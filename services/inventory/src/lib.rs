@@ -34,24 +34,17 @@ mod grpc;
 mod store;
 
 use sagaflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use sagaflow_server::{Db, Migrations};
+use sagaflow_server::Db;
 
 /// The fully-qualified gRPC service name (for health and reflection).
 pub const SERVICE_NAME: &str = "sagaflow.inventory.v1.InventoryService";
 
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("../../migrations/inventory/postgres");
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("../../migrations/inventory/sqlite");
-
-/// The inventory database's migrations (`migrations/inventory/{postgres,sqlite}`), for
-/// [`Db::connect`].
-pub fn migrations() -> Migrations {
-    Migrations {
-        postgres: &POSTGRES_MIGRATIONS,
-        sqlite: &SQLITE_MIGRATIONS,
-    }
-}
+sagaflow_server::service_migrations!(
+    /// The inventory database's migrations (`migrations/inventory/{postgres,sqlite}`), for
+    /// [`Db::connect`].
+    postgres: "../../migrations/inventory/postgres",
+    sqlite: "../../migrations/inventory/sqlite",
+);
 
 /// The inventory gRPC service (`sagaflow.inventory.v1.InventoryService`) over its own database.
 ///

@@ -109,10 +109,9 @@ impl OrderServiceApi for OrderService {
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let req = request.into_inner();
         let mut v = Validator::new();
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         let wait = v.wait("wait", req.wait.as_ref());
         v.finish()?;
-        let order_id = canonical(order_id);
         let order = self
             .wait_for_terminal(&order_id, wait.unwrap_or_default())
             .await?;
@@ -150,7 +149,7 @@ impl OrderServiceApi for OrderService {
         );
         v.finish()?;
         let after = after.ok().flatten();
-        let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+        let mut conn = self.db.connection().await?;
         // One extra row tells whether another page follows.
         let mut orders = store::list(
             &mut conn,
@@ -181,24 +180,21 @@ impl OrderServiceApi for OrderService {
         request: Request<pb::ApplyCouponRequest>,
     ) -> Result<Response<pb::ApplyCouponResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         validate_rule(&mut v, req.rule.as_ref());
         v.non_negative_i64("discount", req.discount);
         v.finish()?;
-        let (id, discount) = (canonical(order_id), req.discount);
-        let response =
-            idempotency::execute(&self.db, APPLY_COUPON, &req.idempotency_key, &req, |conn| {
-                Box::pin(async move {
-                    let order = commands::apply_coupon(conn, &id, discount).await?;
-                    Ok(pb::ApplyCouponResponse {
-                        order: Some(to_proto(&order)),
-                    })
+        let (id, discount) = (order_id, req.discount);
+        idempotency::respond(&self.db, APPLY_COUPON, &req.idempotency_key, &req, |conn| {
+            Box::pin(async move {
+                let order = commands::apply_coupon(conn, &id, discount).await?;
+                Ok(pb::ApplyCouponResponse {
+                    order: Some(to_proto(&order)),
                 })
             })
-            .await?;
-        Ok(Response::new(response))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
@@ -207,13 +203,11 @@ impl OrderServiceApi for OrderService {
         request: Request<pb::CompleteOrderRequest>,
     ) -> Result<Response<pb::CompleteOrderResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
-        let id = canonical(order_id);
         let order = self
-            .finish(COMPLETE, &req.idempotency_key, &req, id, None)
+            .finish(COMPLETE, &req.idempotency_key, &req, order_id, None)
             .await?;
         Ok(Response::new(pb::CompleteOrderResponse { order }))
     }
@@ -224,9 +218,8 @@ impl OrderServiceApi for OrderService {
         request: Request<pb::FailOrderRequest>,
     ) -> Result<Response<pb::FailOrderResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         let reason = reason_from_proto(req.reason);
         v.check(
             reason.is_some(),
@@ -234,9 +227,8 @@ impl OrderServiceApi for OrderService {
             "must be a FAILURE_REASON_* value other than UNSPECIFIED",
         );
         v.finish()?;
-        let id = canonical(order_id);
         let order = self
-            .finish(FAIL, &req.idempotency_key, &req, id, reason)
+            .finish(FAIL, &req.idempotency_key, &req, order_id, reason)
             .await?;
         Ok(Response::new(pb::FailOrderResponse { order }))
     }
@@ -252,7 +244,7 @@ impl OrderService {
         let Some(order) = stored.order else {
             return Ok(stored);
         };
-        let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+        let mut conn = self.db.connection().await?;
         let order = load_existing(&mut conn, &order.order_id).await?;
         Ok(pb::PlaceOrderResponse {
             order: Some(to_proto(&order)),
@@ -348,7 +340,7 @@ impl OrderService {
             let notified = waiting.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+            let mut conn = self.db.connection().await?;
             let order = load_existing(&mut conn, order_id).await?;
             drop(conn);
             let now = tokio::time::Instant::now();
@@ -433,11 +425,6 @@ fn validate_rule(v: &mut Validator, rule: Option<&pb::DiscountRule>) {
         "rule",
         "must be a fixed amount or a percentage, not both",
     );
-}
-
-/// The canonical (lower-case, hyphenated) text of a validated order id.
-fn canonical(order_id: Option<Uuid>) -> String {
-    order_id.map(|id| id.to_string()).unwrap_or_default()
 }
 
 fn encode_cursor(cursor: &Cursor) -> String {

@@ -27,9 +27,8 @@ use sagaflow_proto::{
     inventory::v1::inventory_service_client::InventoryServiceClient,
     order::v1::order_service_server::OrderServiceServer,
 };
-use sagaflow_server::{Db, Migrations};
+use sagaflow_server::Db;
 use sagaflow_telemetry::propagation::{TracedChannel, traced};
-use sqlx::migrate::Migrator;
 use tonic::transport::Channel;
 
 mod admin;
@@ -55,16 +54,11 @@ pub const INVENTORY_TIMEOUT: Duration = Duration::from_secs(5);
 /// outbox relay failing an undeliverable order, do not reach this process's notices).
 pub const WAIT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-static POSTGRES: Migrator = sqlx::migrate!("../../migrations/order/postgres");
-static SQLITE: Migrator = sqlx::migrate!("../../migrations/order/sqlite");
-
-/// The order database's migrations (`migrations/order/{postgres,sqlite}`).
-pub fn migrations() -> Migrations {
-    Migrations {
-        postgres: &POSTGRES,
-        sqlite: &SQLITE,
-    }
-}
+sagaflow_server::service_migrations!(
+    /// The order database's migrations (`migrations/order/{postgres,sqlite}`).
+    postgres: "../../migrations/order/postgres",
+    sqlite: "../../migrations/order/sqlite",
+);
 
 /// The order service: implements `sagaflow.order.v1.OrderService` over its own database,
 /// pricing orders through the Inventory service. Cloning is cheap; clones share the pool, the
@@ -129,6 +123,13 @@ impl OrderService {
     pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> Self {
         self.shutdown = shutdown;
         self
+    }
+
+    /// How many GetOrder callers of this process (this service and its clones) wait on
+    /// `order_id` right now: a caller counts from when its wait starts on the server until it
+    /// returns (tests wait on it instead of on time).
+    pub fn waiting(&self, order_id: &str) -> usize {
+        self.waiters.waiting(order_id)
     }
 
     /// Adds the gRPC services to `routes`: `sagaflow.order.v1.OrderService` ([`SERVICE_NAME`])

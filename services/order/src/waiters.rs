@@ -62,6 +62,11 @@ impl Waiters {
         }
     }
 
+    /// How many callers wait on `order_id`.
+    pub(crate) fn waiting(&self, order_id: &str) -> usize {
+        self.lock().get(order_id).map_or(0, |(count, _)| *count)
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()

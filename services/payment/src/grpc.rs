@@ -25,9 +25,8 @@ impl PaymentServiceApi for PaymentService {
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         let req = request.into_inner();
         let mut v = Validator::new();
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
-        let order_id = canonical(order_id);
         let payment = get(&self.db, &order_id).await?;
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(to_proto(&payment)),
@@ -39,18 +38,12 @@ impl PaymentServiceApi for PaymentService {
         request: Request<pb::StartPaymentRequest>,
     ) -> Result<Response<pb::StartPaymentResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let mut v = Validator::command(&req.idempotency_key);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.non_negative_i64("amount", req.amount);
         v.required("payment_method", &req.payment_method);
         v.finish()?;
-        let command = start(
-            self.db.clone(),
-            Arc::clone(&self.gateway),
-            req,
-            canonical(order_id),
-        );
+        let command = start(self.db.clone(), Arc::clone(&self.gateway), req, order_id);
         run_to_completion(command).await.map(Response::new)
     }
 
@@ -104,16 +97,10 @@ async fn run_to_completion<T: Send + 'static>(
 }
 
 fn validate_key_and_order(key: &str, order_id: &str) -> Result<String, ServiceError> {
-    let mut v = Validator::new();
-    v.required("idempotency_key", key);
-    let order_id = v.uuid("order_id", order_id);
+    let mut v = Validator::command(key);
+    let order_id = v.uuid_text("order_id", order_id);
     v.finish()?;
-    Ok(canonical(order_id))
-}
-
-/// The canonical (lower-case, hyphenated) text of a validated order id.
-fn canonical(order_id: Option<uuid::Uuid>) -> String {
-    order_id.map(|id| id.to_string()).unwrap_or_default()
+    Ok(order_id)
 }
 
 /// The proto form of a payment (the responses the commands store carry it).

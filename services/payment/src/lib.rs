@@ -49,8 +49,7 @@
 use std::sync::Arc;
 
 use sagaflow_proto::payment::v1::payment_service_server::PaymentServiceServer;
-use sagaflow_server::{Db, Migrations};
-use sqlx::migrate::Migrator;
+use sagaflow_server::Db;
 
 mod commands;
 pub mod domain;
@@ -67,16 +66,11 @@ pub use gateway::{
 /// The fully-qualified gRPC service name (for health and reflection).
 pub const SERVICE_NAME: &str = "sagaflow.payment.v1.PaymentService";
 
-static POSTGRES: Migrator = sqlx::migrate!("../../migrations/payment/postgres");
-static SQLITE: Migrator = sqlx::migrate!("../../migrations/payment/sqlite");
-
-/// The payment database's migrations (`migrations/payment/{postgres,sqlite}`).
-pub fn migrations() -> Migrations {
-    Migrations {
-        postgres: &POSTGRES,
-        sqlite: &SQLITE,
-    }
-}
+sagaflow_server::service_migrations!(
+    /// The payment database's migrations (`migrations/payment/{postgres,sqlite}`).
+    postgres: "../../migrations/payment/postgres",
+    sqlite: "../../migrations/payment/sqlite",
+);
 
 /// The payment service: implements `sagaflow.payment.v1.PaymentService` over its own database
 /// and a payment gateway. Cloning is cheap (shared pool and gateway).

@@ -7,7 +7,7 @@ use sagaflow_proto::point::v1::{
     GrantPointsRequest, GrantPointsResponse, RestorePointsRequest, RestorePointsResponse,
     point_service_server,
 };
-use sagaflow_server::{ServiceError, idempotency::execute, validate::Validator};
+use sagaflow_server::{ServiceError, idempotency::respond, validate::Validator};
 use tonic::{Request, Response, Status};
 
 use crate::{PointService, store};
@@ -23,7 +23,7 @@ impl point_service_server::PointService for PointService {
         let mut v = Validator::new();
         v.required("user_id", &req.user_id);
         v.finish()?;
-        let mut conn = self.db.pool().acquire().await.map_err(ServiceError::from)?;
+        let mut conn = self.db.connection().await?;
         let balance = store::balance(&mut conn, &req.user_id)
             .await
             .map_err(ServiceError::from)?;
@@ -39,14 +39,13 @@ impl point_service_server::PointService for PointService {
         request: Request<GrantPointsRequest>,
     ) -> Result<Response<GrantPointsResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("user_id", &req.user_id);
         v.positive_i64("amount", req.amount);
         v.finish()?;
         let backend = self.db.backend();
         let (key, user_id, amount) = (req.idempotency_key.clone(), req.user_id.clone(), req.amount);
-        let response = execute(
+        respond(
             &self.db,
             "point.GrantPoints",
             &req.idempotency_key,
@@ -58,8 +57,7 @@ impl point_service_server::PointService for PointService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 
     #[tracing::instrument(
@@ -71,16 +69,14 @@ impl point_service_server::PointService for PointService {
         request: Request<DeductPointsRequest>,
     ) -> Result<Response<DeductPointsResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("user_id", &req.user_id);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.positive_i64("amount", req.amount);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let (key, user_id, amount) = (req.idempotency_key.clone(), req.user_id.clone(), req.amount);
-        let response = execute(
+        respond(
             &self.db,
             "point.DeductPoints",
             &req.idempotency_key,
@@ -93,8 +89,7 @@ impl point_service_server::PointService for PointService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 
     #[tracing::instrument(
@@ -106,15 +101,13 @@ impl point_service_server::PointService for PointService {
         request: Request<RestorePointsRequest>,
     ) -> Result<Response<RestorePointsResponse>, Status> {
         let req = request.into_inner();
-        let mut v = Validator::new();
-        v.required("idempotency_key", &req.idempotency_key);
+        let mut v = Validator::command(&req.idempotency_key);
         v.required("user_id", &req.user_id);
-        let order_id = v.uuid("order_id", &req.order_id);
+        let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
-        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         let backend = self.db.backend();
         let (key, user_id) = (req.idempotency_key.clone(), req.user_id.clone());
-        let response = execute(
+        respond(
             &self.db,
             "point.RestorePoints",
             &req.idempotency_key,
@@ -131,7 +124,6 @@ impl point_service_server::PointService for PointService {
                 })
             },
         )
-        .await?;
-        Ok(Response::new(response))
+        .await
     }
 }

@@ -32,22 +32,16 @@ mod grpc;
 mod store;
 
 use sagaflow_proto::point::v1::point_service_server::PointServiceServer;
-use sagaflow_server::{Db, Migrations};
+use sagaflow_server::Db;
 
 /// The fully-qualified gRPC service name (for health and reflection).
 pub const SERVICE_NAME: &str = "sagaflow.point.v1.PointService";
 
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("../../migrations/point/postgres");
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/point/sqlite");
-
-/// The point database's migrations (`migrations/point/{postgres,sqlite}`), for [`Db::connect`].
-pub fn migrations() -> Migrations {
-    Migrations {
-        postgres: &POSTGRES_MIGRATIONS,
-        sqlite: &SQLITE_MIGRATIONS,
-    }
-}
+sagaflow_server::service_migrations!(
+    /// The point database's migrations (`migrations/point/{postgres,sqlite}`), for [`Db::connect`].
+    postgres: "../../migrations/point/postgres",
+    sqlite: "../../migrations/point/sqlite",
+);
 
 /// The point gRPC service (`sagaflow.point.v1.PointService`) over its own database.
 ///

@@ -75,10 +75,10 @@ fn validate_event(req: &pb::RecordOrderCompletedRequest) -> Result<CompletedOrde
         }
         Some(Some(order)) => Some(order),
     };
-    let mut order_id = None;
+    let mut order_id = String::new();
     let mut lines = Vec::new();
     if let Some(order) = order {
-        order_id = v.uuid("event.order.order_id", &order.order_id);
+        order_id = v.uuid_text("event.order.order_id", &order.order_id);
         v.check(
             order.status() == OrderStatus::Completed,
             "event.order.status",
@@ -87,10 +87,7 @@ fn validate_event(req: &pb::RecordOrderCompletedRequest) -> Result<CompletedOrde
         lines = validate_lines(&mut v, order);
     }
     v.finish()?;
-    Ok(CompletedOrder {
-        order_id: order_id.map(|id| id.to_string()).unwrap_or_default(),
-        lines,
-    })
+    Ok(CompletedOrder { order_id, lines })
 }
 
 fn validate_lines(v: &mut Validator, order: &Order) -> Vec<SaleLine> {

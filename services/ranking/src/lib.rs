@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use sagaflow_proto::ranking::v1::ranking_service_server::RankingServiceServer;
 use sagaflow_server::{
-    Db, Migrations,
-    retention::{Prune, PruneFuture, PruneJob, Pruned},
+    Db,
+    retention::{OldRows, PruneJob},
 };
-use sqlx::migrate::Migrator;
 
 pub mod domain;
 mod grpc;
@@ -30,16 +29,11 @@ mod store;
 /// The fully-qualified gRPC service name (for health and reflection).
 pub const SERVICE_NAME: &str = "sagaflow.ranking.v1.RankingService";
 
-static POSTGRES: Migrator = sqlx::migrate!("../../migrations/ranking/postgres");
-static SQLITE: Migrator = sqlx::migrate!("../../migrations/ranking/sqlite");
-
-/// The ranking database's migrations (`migrations/ranking/{postgres,sqlite}`).
-pub fn migrations() -> Migrations {
-    Migrations {
-        postgres: &POSTGRES,
-        sqlite: &SQLITE,
-    }
-}
+sagaflow_server::service_migrations!(
+    /// The ranking database's migrations (`migrations/ranking/{postgres,sqlite}`).
+    postgres: "../../migrations/ranking/postgres",
+    sqlite: "../../migrations/ranking/sqlite",
+);
 
 /// The ranking service: implements `sagaflow.ranking.v1.RankingService` over its own database.
 /// Cloning is cheap (the pool is shared).
@@ -65,22 +59,10 @@ impl RankingService {
 /// `ranking` database, table `inbox`. The window must be longer than any redelivery of an
 /// OrderCompleted event: an event delivered again after its row is gone is counted again.
 pub fn inbox_prune_job(db: Db, window: Duration) -> PruneJob {
-    PruneJob::new("ranking", window, Inbox { db })
-}
-
-#[derive(Debug)]
-struct Inbox {
-    db: Db,
-}
-
-impl Prune for Inbox {
-    fn prune_batch(&self, before_ms: i64, max_rows: u32) -> PruneFuture<'_> {
-        Box::pin(async move {
-            let rows = store::prune_inbox(&self.db, before_ms, max_rows).await?;
-            Ok(vec![Pruned {
-                table: "inbox",
-                rows,
-            }])
-        })
-    }
+    let inbox = OldRows {
+        table: "inbox",
+        key: "event_id",
+        time: "recorded_at",
+    };
+    PruneJob::old_rows("ranking", db, window, inbox)
 }

@@ -48,28 +48,6 @@ pub(crate) async fn record_order(
     Ok(true)
 }
 
-/// Deletes one batch of inbox rows recorded before `before_ms` (unix ms), at most `max_rows`,
-/// and returns how many were deleted (docs/operations.md, "Retention"). The product sales they
-/// counted stay.
-///
-/// # Errors
-/// The database's error; nothing is deleted then.
-pub(crate) async fn prune_inbox(
-    db: &sagaflow_server::Db,
-    before_ms: i64,
-    max_rows: u32,
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM inbox WHERE event_id IN \
-         (SELECT event_id FROM inbox WHERE recorded_at < $1 LIMIT $2)",
-    )
-    .bind(before_ms)
-    .bind(i64::from(max_rows))
-    .execute(db.pool())
-    .await?;
-    Ok(done.rows_affected())
-}
-
 #[derive(Debug, sqlx::FromRow)]
 struct SalesRow {
     sku: String,

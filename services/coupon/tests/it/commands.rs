@@ -5,12 +5,9 @@
 use sagaflow_proto::coupon::v1::{
     CouponStatus, GetCouponRequest, IssueCouponRequest, RestoreCouponRequest, UseCouponRequest,
 };
-use sagaflow_server::{
-    db::{now_ms, timestamp_from_ms},
-    error::error_reason,
-};
-use sagaflow_testkit::Kind;
-use tonic::{Code, Status};
+use sagaflow_server::db::{now_ms, timestamp_from_ms};
+use sagaflow_testkit::{Kind, service::assert_reason};
+use tonic::Code;
 
 use crate::harness::{Harness, fixed, order_id, percent};
 
@@ -30,11 +27,6 @@ fn restore_req(key: &str, code: &str, order: &str) -> RestoreCouponRequest {
         code: code.into(),
         order_id: order.into(),
     }
-}
-
-fn assert_reason(status: &Status, code: Code, reason: &str) {
-    assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(error_reason(status).as_deref(), Some(reason), "{status:?}");
 }
 
 async fn issue_use_restore_and_use_again(kind: Kind) {

@@ -4,9 +4,8 @@
 use sagaflow_proto::coupon::v1::{RestoreCouponRequest, UseCouponRequest, UseCouponResponse};
 use sagaflow_testkit::{
     Kind,
-    contract::{self, BoxFuture, Command, Compensatable},
+    contract::{self, Answer, BoxFuture, Command, Compensatable},
 };
-use tonic::Status;
 
 use crate::harness::{Harness, fixed, order_id};
 
@@ -41,18 +40,9 @@ impl Command for UseCoupon {
         &self,
         (code, order): &Self::Subject,
         key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = use_req(code, order, key, 20_000);
-        let mut client = self.0.client.clone();
-        Box::pin(async move { client.use_coupon(req).await.map(|r| r.into_inner()) })
-    }
-
-    fn send_other(
-        &self,
-        (code, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = use_req(code, order, key, 30_000);
+        other: bool,
+    ) -> Answer<'_, Self::Reply> {
+        let req = use_req(code, order, key, if other { 30_000 } else { 20_000 });
         let mut client = self.0.client.clone();
         Box::pin(async move { client.use_coupon(req).await.map(|r| r.into_inner()) })
     }
@@ -77,11 +67,7 @@ impl Command for UseCoupon {
 }
 
 impl Compensatable for UseCoupon {
-    fn compensate(
-        &self,
-        (code, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<(), Status>> {
+    fn compensate(&self, (code, order): &Self::Subject, key: &str) -> Answer<'_, ()> {
         let req = RestoreCouponRequest {
             idempotency_key: key.into(),
             code: code.clone(),

@@ -3,33 +3,26 @@
 
 use sagaflow_proto::coupon::v1::UseCouponRequest;
 use sagaflow_testkit::Kind;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::{Harness, order_id};
 
-const SERVICE: &str = "sagaflow.coupon.v1.CouponService";
-
-async fn call(addr: String, method: &'static str, body: Value) -> Value {
-    sagaflow_testkit::service::grpcurl_call(&addr, &format!("{SERVICE}/{method}"), &body).await
-}
-
 async fn grpcurl_sees_the_documented_json(kind: Kind) {
     let h = Harness::start(kind, "cpn_grpcurl").await;
-    let addr = h.server.addr().to_string();
 
-    let issued = call(
-        addr.clone(),
-        "IssueCoupon",
-        json!({
-            "code": "WELCOME10",
-            "userId": "alice",
-            "discountPercent": 10,
-            "minOrderAmount": 10000,
-            "maxDiscount": 20000,
-            "expiresAt": "2030-01-01T00:00:00Z"
-        }),
-    )
-    .await;
+    let issued = h
+        .grpcurl(
+            "IssueCoupon",
+            json!({
+                "code": "WELCOME10",
+                "userId": "alice",
+                "discountPercent": 10,
+                "minOrderAmount": 10000,
+                "maxDiscount": 20000,
+                "expiresAt": "2030-01-01T00:00:00Z"
+            }),
+        )
+        .await;
     let available = json!({"coupon": {
         "code": "WELCOME10",
         "userId": "alice",
@@ -42,7 +35,7 @@ async fn grpcurl_sees_the_documented_json(kind: Kind) {
         "expiresAt": "2030-01-01T00:00:00Z"
     }});
     assert_eq!(issued, available);
-    let fetched = call(addr.clone(), "GetCoupon", json!({"code": "WELCOME10"})).await;
+    let fetched = h.grpcurl("GetCoupon", json!({"code": "WELCOME10"})).await;
     assert_eq!(fetched, available);
 
     let order = order_id();
@@ -57,7 +50,7 @@ async fn grpcurl_sees_the_documented_json(kind: Kind) {
         })
         .await
         .unwrap();
-    let used = call(addr.clone(), "GetCoupon", json!({"code": "WELCOME10"})).await;
+    let used = h.grpcurl("GetCoupon", json!({"code": "WELCOME10"})).await;
     assert_eq!(used["coupon"]["status"], json!("COUPON_STATUS_USED"));
     assert_eq!(used["coupon"]["orderId"], json!(order));
     h.0.stop().await;

@@ -1,7 +1,7 @@
 //! Starts a coupon server on a fresh database and reads the database directly, so tests can
 //! check what changed (and what did not).
 
-use sagaflow_coupon::{CouponService, SERVICE_NAME, migrations};
+use sagaflow_coupon::CouponService;
 use sagaflow_proto::coupon::v1::{
     Coupon, IssueCouponRequest, coupon_service_client::CouponServiceClient,
 };
@@ -13,10 +13,7 @@ pub(crate) const DAY_MS: i64 = 86_400_000;
 
 sagaflow_testkit::service_harness!(
     /// A running coupon server with its database and a connected client.
-    pub(crate) struct Harness(CouponServiceClient<Channel>),
-    |db| CouponService::new(db),
-    migrations(),
-    SERVICE_NAME
+    pub(crate) struct Harness(CouponServiceClient<Channel>), sagaflow_coupon, CouponService
 );
 
 impl Harness {
@@ -34,36 +31,23 @@ impl Harness {
 
     /// (status, order_id) of the coupon row.
     pub(crate) async fn holder(&self, code: &str) -> (String, Option<String>) {
-        sqlx::query_as("SELECT status, order_id FROM coupons WHERE code = $1")
-            .bind(code)
-            .fetch_one(self.db.pool())
-            .await
-            .unwrap()
+        let sql = "SELECT status, order_id FROM coupons WHERE code = $1";
+        self.row(sql, code).await.unwrap()
     }
 
     /// Every row of every coupon table (except timestamps), for "nothing changed" checks.
     pub(crate) async fn snapshot(&self) -> Snapshot {
-        let pool = self.db.pool();
         Snapshot {
-            coupons: sqlx::query_as(
-                "SELECT code, user_id, discount_amount, discount_percent, min_order_amount, \
-                 max_discount, expires_at, status, order_id FROM coupons ORDER BY code",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
-            compensations: sqlx::query_as(
-                "SELECT order_id, code FROM coupon_compensations ORDER BY order_id, code",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
-            idempotency_keys: sqlx::query_scalar(
-                "SELECT idempotency_key FROM idempotency_keys ORDER BY idempotency_key",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
+            coupons: self
+                .rows(
+                    "SELECT code, user_id, discount_amount, discount_percent, min_order_amount, \
+                     max_discount, expires_at, status, order_id FROM coupons ORDER BY code",
+                )
+                .await,
+            compensations: self
+                .rows("SELECT order_id, code FROM coupon_compensations ORDER BY order_id, code")
+                .await,
+            idempotency_keys: self.idempotency_keys().await,
         }
     }
 }

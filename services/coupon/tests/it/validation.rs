@@ -3,30 +3,17 @@
 
 use sagaflow_proto::coupon::v1::{
     GetCouponRequest, IssueCouponRequest, RestoreCouponRequest, UseCouponRequest,
+    coupon_service_client::CouponServiceClient,
 };
-use sagaflow_server::error::violated_fields;
-use sagaflow_testkit::Kind;
-use tonic::Code;
+use sagaflow_testkit::{Kind, service::assert_each_invalid};
+use tonic::transport::Channel;
 
 use crate::harness::{Harness, fixed, order_id, percent};
 
-#[derive(Debug, Clone)]
-enum Call {
-    Get(GetCouponRequest),
-    Issue(IssueCouponRequest),
-    Use(UseCouponRequest),
-    Restore(RestoreCouponRequest),
-}
-
-async fn call(h: &Harness, call: Call) -> Result<(), tonic::Status> {
-    let mut c = h.client.clone();
-    match call {
-        Call::Get(r) => c.get_coupon(r).await.map(drop),
-        Call::Issue(r) => c.issue_coupon(r).await.map(drop),
-        Call::Use(r) => c.use_coupon(r).await.map(drop),
-        Call::Restore(r) => c.restore_coupon(r).await.map(drop),
-    }
-}
+sagaflow_testkit::rpc_calls!(enum Call on CouponServiceClient<Channel> {
+    Get(GetCouponRequest) => get_coupon, Issue(IssueCouponRequest) => issue_coupon,
+    Use(UseCouponRequest) => use_coupon, Restore(RestoreCouponRequest) => restore_coupon,
+});
 
 fn cases() -> Vec<(Call, &'static [&'static str])> {
     let long = "x".repeat(257);
@@ -244,15 +231,7 @@ fn cases() -> Vec<(Call, &'static [&'static str])> {
 async fn every_invalid_input_names_its_field_and_writes_nothing(kind: Kind) {
     let h = Harness::start(kind, "cpn_invalid").await;
     h.issue(fixed("FLAT", "alice")).await;
-    let before = h.snapshot().await;
-    for (request, fields) in cases() {
-        let err = call(&h, request.clone())
-            .await
-            .expect_err(&format!("{request:?} must be rejected"));
-        assert_eq!(err.code(), Code::InvalidArgument, "{request:?}: {err:?}");
-        assert_eq!(violated_fields(&err), fields, "{request:?}: {err:?}");
-        assert_eq!(h.snapshot().await, before, "{request:?} changed a row");
-    }
+    assert_each_invalid(cases(), |call| call.send(&h.client), || h.snapshot()).await;
 }
 
 sagaflow_testkit::both_backends!(every_invalid_input_names_its_field_and_writes_nothing);

@@ -7,9 +7,9 @@ use sagaflow_proto::inventory::v1::{
     ListProductsRequest, Product, RestockRequest, RestoreInventoryRequest, StockLine,
     UpsertProductRequest,
 };
-use sagaflow_server::error::{error_reason, violated_fields};
-use sagaflow_testkit::Kind;
-use tonic::{Code, Status};
+use sagaflow_server::error::violated_fields;
+use sagaflow_testkit::{Kind, service::assert_reason};
+use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::harness::{Harness, order_id};
@@ -34,11 +34,6 @@ fn restore(key: &str, order_id: &str) -> RestoreInventoryRequest {
         idempotency_key: key.into(),
         order_id: order_id.into(),
     }
-}
-
-fn assert_reason(status: &Status, code: Code, reason: &str) {
-    assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(error_reason(status).as_deref(), Some(reason), "{status:?}");
 }
 
 async fn deduct_then_restore_gives_back_exactly_what_was_taken(kind: Kind) {

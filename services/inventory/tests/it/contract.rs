@@ -6,9 +6,8 @@ use sagaflow_proto::inventory::v1::{
 };
 use sagaflow_testkit::{
     Kind,
-    contract::{self, BoxFuture, Command, Compensatable},
+    contract::{self, Answer, BoxFuture, Command, Compensatable},
 };
-use tonic::Status;
 
 use crate::harness::{Harness, order_id};
 
@@ -44,18 +43,9 @@ impl Command for DeductInventory {
         &self,
         (sku, order): &Self::Subject,
         key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = deduct(sku, order, key, 2);
-        let mut client = self.0.client.clone();
-        Box::pin(async move { client.deduct_inventory(req).await.map(|r| r.into_inner()) })
-    }
-
-    fn send_other(
-        &self,
-        (sku, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = deduct(sku, order, key, 3);
+        other: bool,
+    ) -> Answer<'_, Self::Reply> {
+        let req = deduct(sku, order, key, if other { 3 } else { 2 });
         let mut client = self.0.client.clone();
         Box::pin(async move { client.deduct_inventory(req).await.map(|r| r.into_inner()) })
     }
@@ -67,11 +57,7 @@ impl Command for DeductInventory {
 }
 
 impl Compensatable for DeductInventory {
-    fn compensate(
-        &self,
-        (_, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<(), Status>> {
+    fn compensate(&self, (_, order): &Self::Subject, key: &str) -> Answer<'_, ()> {
         let req = RestoreInventoryRequest {
             idempotency_key: key.into(),
             order_id: order.clone(),

@@ -3,61 +3,50 @@
 //! names.
 
 use sagaflow_testkit::Kind;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::Harness;
 
-const SERVICE: &str = "sagaflow.inventory.v1.InventoryService";
-
-async fn call(addr: String, method: &'static str, body: Value) -> Value {
-    sagaflow_testkit::service::grpcurl_call(&addr, &format!("{SERVICE}/{method}"), &body).await
-}
-
 async fn grpcurl_sees_the_documented_json(kind: Kind) {
     let h = Harness::start(kind, "inv_grpcurl").await;
-    let addr = h.server.addr().to_string();
 
-    let upserted = call(
-        addr.clone(),
-        "UpsertProduct",
-        json!({"sku": "KB-001", "name": "Keyboard", "unitPrice": 49000}),
-    )
-    .await;
+    let upserted = h
+        .grpcurl(
+            "UpsertProduct",
+            json!({"sku": "KB-001", "name": "Keyboard", "unitPrice": 49000}),
+        )
+        .await;
     assert_eq!(
         upserted,
         json!({"product": {"sku": "KB-001", "name": "Keyboard", "unitPrice": "49000", "stock": "0"}})
     );
-    let restocked = call(
-        addr.clone(),
-        "Restock",
-        json!({"sku": "KB-001", "quantity": 12, "idempotencyKey": "grpcurl-1"}),
-    )
-    .await;
+    let restocked = h
+        .grpcurl(
+            "Restock",
+            json!({"sku": "KB-001", "quantity": 12, "idempotencyKey": "grpcurl-1"}),
+        )
+        .await;
     assert_eq!(restocked["product"]["stock"], json!("12"));
-    call(
-        addr.clone(),
+    h.grpcurl(
         "UpsertProduct",
         json!({"sku": "MS-002", "name": "Mouse", "unitPrice": 19000}),
     )
     .await;
 
-    let product = call(addr.clone(), "GetProduct", json!({"sku": "KB-001"})).await;
+    let product = h.grpcurl("GetProduct", json!({"sku": "KB-001"})).await;
     assert_eq!(
         product,
         json!({"product": {"sku": "KB-001", "name": "Keyboard", "unitPrice": "49000", "stock": "12"}})
     );
 
-    let page = call(addr.clone(), "ListProducts", json!({"pageSize": 1})).await;
+    let page = h.grpcurl("ListProducts", json!({"pageSize": 1})).await;
     assert_eq!(page["products"].as_array().map(Vec::len), Some(1));
     assert_eq!(page["products"][0]["sku"], json!("KB-001"));
     let token = page["nextPageToken"].as_str().unwrap().to_owned();
     assert!(!token.is_empty());
-    let last = call(
-        addr.clone(),
-        "ListProducts",
-        json!({"pageSize": 1, "pageToken": token}),
-    )
-    .await;
+    let last = h
+        .grpcurl("ListProducts", json!({"pageSize": 1, "pageToken": token}))
+        .await;
     assert_eq!(
         last,
         json!({
@@ -66,12 +55,12 @@ async fn grpcurl_sees_the_documented_json(kind: Kind) {
         })
     );
 
-    let batch = call(
-        addr.clone(),
-        "BatchGetProducts",
-        json!({"skus": ["MS-002", "NOPE", "KB-001"]}),
-    )
-    .await;
+    let batch = h
+        .grpcurl(
+            "BatchGetProducts",
+            json!({"skus": ["MS-002", "NOPE", "KB-001"]}),
+        )
+        .await;
     let skus: Vec<&str> = batch["products"]
         .as_array()
         .unwrap()

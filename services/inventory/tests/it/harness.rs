@@ -1,7 +1,7 @@
 //! Starts an inventory server on a fresh database and reads the database directly, so tests can
 //! check what changed (and what did not).
 
-use sagaflow_inventory::{InventoryService, SERVICE_NAME, migrations};
+use sagaflow_inventory::InventoryService;
 use sagaflow_proto::inventory::v1::{
     Product, RestockRequest, UpsertProductRequest, inventory_service_client::InventoryServiceClient,
 };
@@ -9,10 +9,7 @@ use tonic::transport::Channel;
 
 sagaflow_testkit::service_harness!(
     /// A running inventory server with its database and a connected client.
-    pub(crate) struct Harness(InventoryServiceClient<Channel>),
-    |db| InventoryService::new(db),
-    migrations(),
-    SERVICE_NAME
+    pub(crate) struct Harness(InventoryServiceClient<Channel>), sagaflow_inventory, InventoryService
 );
 
 impl Harness {
@@ -46,56 +43,38 @@ impl Harness {
         product
     }
 
+    /// The stock column of `sku`.
     pub(crate) async fn stock(&self, sku: &str) -> i64 {
-        sqlx::query_scalar("SELECT stock FROM products WHERE sku = $1")
-            .bind(sku)
-            .fetch_one(self.db.pool())
-            .await
-            .unwrap()
+        let sql = "SELECT stock FROM products WHERE sku = $1";
+        self.value(sql, sku).await.unwrap()
     }
 
+    /// The status of the order's reservation (`None`: no row).
     pub(crate) async fn reservation(&self, order_id: &str) -> Option<String> {
-        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(self.db.pool())
-            .await
-            .unwrap()
+        let sql = "SELECT status FROM reservations WHERE order_id = $1";
+        self.value(sql, order_id).await
     }
 
     /// Every row of every inventory table (except timestamps), for "nothing changed" checks.
     pub(crate) async fn snapshot(&self) -> Snapshot {
-        let pool = self.db.pool();
         Snapshot {
-            products: sqlx::query_as(
-                "SELECT sku, name, unit_price, stock FROM products ORDER BY sku",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
-            reservations: sqlx::query_as(
-                "SELECT order_id, status FROM reservations ORDER BY order_id",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
-            reservation_lines: sqlx::query_as(
-                "SELECT order_id, sku, quantity FROM reservation_lines ORDER BY order_id, sku",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
-            restocks: sqlx::query_as(
-                "SELECT idempotency_key, sku, quantity FROM restocks ORDER BY idempotency_key",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
-            idempotency_keys: sqlx::query_scalar(
-                "SELECT idempotency_key FROM idempotency_keys ORDER BY idempotency_key",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
+            products: self
+                .rows("SELECT sku, name, unit_price, stock FROM products ORDER BY sku")
+                .await,
+            reservations: self
+                .rows("SELECT order_id, status FROM reservations ORDER BY order_id")
+                .await,
+            reservation_lines: self
+                .rows(
+                    "SELECT order_id, sku, quantity FROM reservation_lines ORDER BY order_id, sku",
+                )
+                .await,
+            restocks: self
+                .rows(
+                    "SELECT idempotency_key, sku, quantity FROM restocks ORDER BY idempotency_key",
+                )
+                .await,
+            idempotency_keys: self.idempotency_keys().await,
         }
     }
 

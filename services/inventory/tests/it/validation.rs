@@ -4,36 +4,19 @@
 use sagaflow_proto::inventory::v1::{
     BatchGetProductsRequest, DeductInventoryRequest, GetProductRequest, ListProductsRequest,
     RestockRequest, RestoreInventoryRequest, StockLine, UpsertProductRequest,
+    inventory_service_client::InventoryServiceClient,
 };
-use sagaflow_server::error::violated_fields;
-use sagaflow_testkit::Kind;
-use tonic::Code;
+use sagaflow_testkit::{Kind, service::assert_each_invalid, service::assert_invalid};
+use tonic::transport::Channel;
 
 use crate::harness::{Harness, order_id};
 
-#[derive(Debug, Clone)]
-enum Call {
-    Get(GetProductRequest),
-    BatchGet(BatchGetProductsRequest),
-    List(ListProductsRequest),
-    Upsert(UpsertProductRequest),
-    Restock(RestockRequest),
-    Deduct(DeductInventoryRequest),
-    Restore(RestoreInventoryRequest),
-}
-
-async fn call(h: &Harness, call: Call) -> Result<(), tonic::Status> {
-    let mut c = h.client.clone();
-    match call {
-        Call::Get(r) => c.get_product(r).await.map(drop),
-        Call::BatchGet(r) => c.batch_get_products(r).await.map(drop),
-        Call::List(r) => c.list_products(r).await.map(drop),
-        Call::Upsert(r) => c.upsert_product(r).await.map(drop),
-        Call::Restock(r) => c.restock(r).await.map(drop),
-        Call::Deduct(r) => c.deduct_inventory(r).await.map(drop),
-        Call::Restore(r) => c.restore_inventory(r).await.map(drop),
-    }
-}
+sagaflow_testkit::rpc_calls!(enum Call on InventoryServiceClient<Channel> {
+    Get(GetProductRequest) => get_product, BatchGet(BatchGetProductsRequest) => batch_get_products,
+    List(ListProductsRequest) => list_products, Upsert(UpsertProductRequest) => upsert_product,
+    Restock(RestockRequest) => restock, Deduct(DeductInventoryRequest) => deduct_inventory,
+    Restore(RestoreInventoryRequest) => restore_inventory,
+});
 
 fn line(sku: &str, quantity: i32) -> StockLine {
     StockLine {
@@ -273,15 +256,7 @@ async fn every_invalid_input_names_its_field_and_writes_nothing(kind: Kind) {
     let h = Harness::start(kind, "inv_invalid").await;
     h.product("A", 5).await;
     h.product("B", 5).await;
-    let before = h.snapshot().await;
-    for (request, field) in cases() {
-        let err = call(&h, request.clone())
-            .await
-            .expect_err(&format!("{request:?} must be rejected"));
-        assert_eq!(err.code(), Code::InvalidArgument, "{request:?}: {err:?}");
-        assert_eq!(violated_fields(&err), [field], "{request:?}: {err:?}");
-        assert_eq!(h.snapshot().await, before, "{request:?} changed a row");
-    }
+    assert_each_invalid(cases(), |call| call.send(&h.client), || h.snapshot()).await;
 }
 
 async fn restock_overflowing_i64_is_invalid_and_changes_nothing(kind: Kind) {
@@ -293,18 +268,16 @@ async fn restock_overflowing_i64_is_invalid_and_changes_nothing(kind: Kind) {
         .await
         .unwrap();
     let before = h.snapshot().await;
-    let err = h
-        .client
-        .clone()
-        .restock(RestockRequest {
-            sku: "A".into(),
-            quantity: 2,
-            idempotency_key: "overflow".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert_eq!(violated_fields(&err), ["quantity"]);
+    let overflow = RestockRequest {
+        sku: "A".into(),
+        quantity: 2,
+        idempotency_key: "overflow".into(),
+    };
+    assert_invalid(
+        h.client.clone().restock(overflow).await,
+        "quantity",
+        "overflow",
+    );
     let after = h.snapshot().await;
     assert_eq!(after.products, before.products);
     assert_eq!(after.restocks, before.restocks);

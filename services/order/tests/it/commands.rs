@@ -6,14 +6,16 @@ use sagaflow_order::outbox::{self, EventType, OrderEvent};
 use sagaflow_proto::order::v1::{
     ApplyCouponRequest, FailureReason, Order, OrderLine, OrderStatus, PlaceOrderRequest,
 };
-use sagaflow_server::error::error_reason;
-use sagaflow_testkit::Kind;
+use sagaflow_testkit::{
+    Kind,
+    service::{assert_invalid, assert_reason},
+};
 use tonic::Code;
 
-use crate::harness::{self, apply_req, complete_req, fail_req, fixed, new_key, percent, place_req};
+use crate::harness::{self, apply_req, fixed, new_key, percent, place_req};
 
 async fn place_order_prices_and_writes_the_outbox(kind: Kind) {
-    let mut t = harness::start(kind, "ord_place").await;
+    let t = harness::start(kind, "ord_place").await;
     let req = place_req(
         "req-1",
         "alice",
@@ -68,17 +70,7 @@ async fn place_order_prices_and_writes_the_outbox(kind: Kind) {
     assert_eq!(created.order.as_ref(), Some(&order));
     assert_eq!(created.payment_method, "tok_ok");
 
-    let got = t
-        .client
-        .get_order(sagaflow_proto::order::v1::GetOrderRequest {
-            order_id: order.order_id.clone(),
-            wait: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let got = t.get(&order.order_id).await;
     assert_eq!(got, order);
 
     // No coupon: empty code, and points may equal the subtotal (payable 0).
@@ -114,11 +106,7 @@ async fn place_order_is_idempotent_on_request_id(kind: Kind) {
     let mut other: PlaceOrderRequest = req.clone();
     other.points = 1;
     let err = t.client.place_order(other).await.unwrap_err();
-    assert_eq!(err.code(), Code::AlreadyExists);
-    assert_eq!(
-        error_reason(&err).as_deref(),
-        Some("IDEMPOTENCY_KEY_REUSED")
-    );
+    assert_reason(&err, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
     assert_eq!(t.counts().await, counts);
     t.stop().await;
 }
@@ -156,7 +144,7 @@ async fn inventory_unreachable_is_unavailable_and_writes_nothing(kind: Kind) {
 }
 
 async fn apply_coupon_discounts_and_caps(kind: Kind) {
-    let mut t = harness::start(kind, "ord_coupon").await;
+    let t = harness::start(kind, "ord_coupon").await;
     // subtotal 90 000, points 85 000: room for a 5 000 discount at most.
     let order = t
         .place(place_req(
@@ -168,29 +156,20 @@ async fn apply_coupon_discounts_and_caps(kind: Kind) {
         ))
         .await;
     let applied = t
-        .client
-        .apply_coupon(apply_req("saga:2", &order.order_id, fixed(10_000)))
+        .apply("saga:2", &order.order_id, fixed(10_000))
         .await
-        .unwrap()
-        .into_inner()
-        .order
         .unwrap();
     assert_eq!((applied.discount, applied.payable), (5_000, 0));
     assert_eq!(applied.status(), OrderStatus::Pending);
     // Repeat: same response, nothing changed; same key, other rule: ALREADY_EXISTS.
     let counts = t.counts().await;
     let again = t
-        .client
-        .apply_coupon(apply_req("saga:2", &order.order_id, fixed(10_000)))
+        .apply("saga:2", &order.order_id, fixed(10_000))
         .await
-        .unwrap()
-        .into_inner()
-        .order
         .unwrap();
     assert_eq!(again, applied);
     let err = t
-        .client
-        .apply_coupon(apply_req("saga:2", &order.order_id, fixed(1)))
+        .apply("saga:2", &order.order_id, fixed(1))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
@@ -208,45 +187,33 @@ async fn apply_coupon_discounts_and_caps(kind: Kind) {
         ))
         .await;
     let applied2 = t
-        .client
         .apply_coupon(ApplyCouponRequest {
             discount: 5_000,
             ..apply_req("saga2:2", &order2.order_id, percent(10, 5_000))
         })
         .await
-        .unwrap()
-        .into_inner()
-        .order
         .unwrap();
     assert_eq!((applied2.discount, applied2.payable), (5_000, 84_000));
     let applied2b = t
-        .client
         .apply_coupon(ApplyCouponRequest {
             discount: 8_900,
             ..apply_req("saga2:2b", &order2.order_id, percent(10, 0))
         })
         .await
-        .unwrap()
-        .into_inner()
-        .order
         .unwrap();
     assert_eq!((applied2b.discount, applied2b.payable), (8_900, 80_100));
 
     // A discount above the subtotal (89 000) is bad input, naming `discount`; the order does not
     // change (the answer is stored with its key, as every answer of an effect is).
     let before = t.counts().await;
-    let err = t
-        .client
-        .apply_coupon(ApplyCouponRequest {
-            discount: 89_001,
-            ..apply_req(&new_key(), &order2.order_id, percent(10, 0))
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert_eq!(
-        sagaflow_server::error::violated_fields(&err),
-        vec!["discount".to_owned()]
+    let above = ApplyCouponRequest {
+        discount: 89_001,
+        ..apply_req(&new_key(), &order2.order_id, percent(10, 0))
+    };
+    assert_invalid(
+        t.apply_coupon(above).await,
+        "discount",
+        "above the subtotal",
     );
     assert_eq!(t.counts().await[..4], before[..4]);
 
@@ -255,33 +222,22 @@ async fn apply_coupon_discounts_and_caps(kind: Kind) {
         .place(place_req("c-3", "alice", &[("MS-002", 1)], None, 0))
         .await;
     let err = t
-        .client
-        .apply_coupon(apply_req(&new_key(), &plain.order_id, fixed(1_000)))
+        .apply(&new_key(), &plain.order_id, fixed(1_000))
         .await
         .unwrap_err();
-    assert_eq!(error_reason(&err).as_deref(), Some("ORDER_HAS_NO_COUPON"));
+    assert_reason(&err, Code::FailedPrecondition, "ORDER_HAS_NO_COUPON");
 
     // Not PENDING any more.
-    t.client
-        .complete_order(complete_req("saga2:7", &order2.order_id))
-        .await
-        .unwrap();
+    t.complete("saga2:7", &order2.order_id).await.unwrap();
     let err = t
-        .client
-        .apply_coupon(apply_req("late:2", &order2.order_id, fixed(1)))
+        .apply("late:2", &order2.order_id, fixed(1))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(error_reason(&err).as_deref(), Some("ORDER_NOT_PENDING"));
+    assert_reason(&err, Code::FailedPrecondition, "ORDER_NOT_PENDING");
 
     // Unknown order.
     let err = t
-        .client
-        .apply_coupon(apply_req(
-            &new_key(),
-            &uuid::Uuid::new_v4().to_string(),
-            fixed(1),
-        ))
+        .apply(&new_key(), &uuid::Uuid::new_v4().to_string(), fixed(1))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -289,43 +245,19 @@ async fn apply_coupon_discounts_and_caps(kind: Kind) {
 }
 
 async fn complete_order_writes_order_completed_once(kind: Kind) {
-    let mut t = harness::start(kind, "ord_complete").await;
+    let t = harness::start(kind, "ord_complete").await;
     let order = t
         .place(place_req("k-1", "alice", &[("KB-001", 1)], Some("C"), 0))
         .await;
-    t.client
-        .apply_coupon(apply_req("s:2", &order.order_id, fixed(5_000)))
-        .await
-        .unwrap();
-    let completed = t
-        .client
-        .complete_order(complete_req("s:7", &order.order_id))
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    t.apply("s:2", &order.order_id, fixed(5_000)).await.unwrap();
+    let completed = t.complete("s:7", &order.order_id).await.unwrap();
     assert_eq!(completed.status(), OrderStatus::Completed);
     assert_eq!((completed.discount, completed.payable), (5_000, 40_000));
     let counts = t.counts().await;
 
-    let again = t
-        .client
-        .complete_order(complete_req("s:7", &order.order_id))
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let again = t.complete("s:7", &order.order_id).await.unwrap();
     assert_eq!(again, completed);
-    let other_key = t
-        .client
-        .complete_order(complete_req("s:7:operator", &order.order_id))
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let other_key = t.complete("s:7:operator", &order.order_id).await.unwrap();
     assert_eq!(other_key, completed);
     let mut counts_with_key = counts;
     counts_with_key[4] += 1;
@@ -351,19 +283,13 @@ async fn complete_order_writes_order_completed_once(kind: Kind) {
     );
 
     let err = t
-        .client
-        .fail_order(fail_req("s:fail", &order.order_id, FailureReason::Internal))
+        .fail("s:fail", &order.order_id, FailureReason::Internal)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(
-        error_reason(&err).as_deref(),
-        Some("ORDER_ALREADY_COMPLETED")
-    );
+    assert_reason(&err, Code::FailedPrecondition, "ORDER_ALREADY_COMPLETED");
 
     let err = t
-        .client
-        .complete_order(complete_req(&new_key(), &uuid::Uuid::new_v4().to_string()))
+        .complete(&new_key(), &uuid::Uuid::new_v4().to_string())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -371,7 +297,7 @@ async fn complete_order_writes_order_completed_once(kind: Kind) {
 }
 
 async fn fail_order_clears_the_discount_once(kind: Kind) {
-    let mut t = harness::start(kind, "ord_fail").await;
+    let t = harness::start(kind, "ord_fail").await;
     let order = t
         .place(place_req(
             "f-1",
@@ -381,21 +307,10 @@ async fn fail_order_clears_the_discount_once(kind: Kind) {
             10_000,
         ))
         .await;
-    t.client
-        .apply_coupon(apply_req("s:2", &order.order_id, fixed(5_000)))
-        .await
-        .unwrap();
+    t.apply("s:2", &order.order_id, fixed(5_000)).await.unwrap();
     let failed = t
-        .client
-        .fail_order(fail_req(
-            "s:fail",
-            &order.order_id,
-            FailureReason::OutOfStock,
-        ))
+        .fail("s:fail", &order.order_id, FailureReason::OutOfStock)
         .await
-        .unwrap()
-        .into_inner()
-        .order
         .unwrap();
     let expected = Order {
         status: OrderStatus::Failed.into(),
@@ -410,35 +325,18 @@ async fn fail_order_clears_the_discount_once(kind: Kind) {
 
     // Repeat, and another key with another reason: unchanged (the first reason stays).
     let again = t
-        .client
-        .fail_order(fail_req(
-            "s:fail",
-            &order.order_id,
-            FailureReason::OutOfStock,
-        ))
+        .fail("s:fail", &order.order_id, FailureReason::OutOfStock)
         .await
-        .unwrap()
-        .into_inner()
-        .order
         .unwrap();
     assert_eq!(again, failed);
     let other = t
-        .client
-        .fail_order(fail_req(
-            "s:fail2",
-            &order.order_id,
-            FailureReason::Canceled,
-        ))
+        .fail("s:fail2", &order.order_id, FailureReason::Canceled)
         .await
-        .unwrap()
-        .into_inner()
-        .order
         .unwrap();
     assert_eq!(other, failed);
     // Same key, other reason.
     let err = t
-        .client
-        .fail_order(fail_req("s:fail", &order.order_id, FailureReason::Internal))
+        .fail("s:fail", &order.order_id, FailureReason::Internal)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
@@ -461,18 +359,13 @@ async fn fail_order_clears_the_discount_once(kind: Kind) {
         ]
     );
 
+    let err = t.complete("s:7", &order.order_id).await.unwrap_err();
+    assert_reason(&err, Code::FailedPrecondition, "ORDER_ALREADY_FAILED");
     let err = t
-        .client
-        .complete_order(complete_req("s:7", &order.order_id))
+        .apply("s:2:late", &order.order_id, fixed(1))
         .await
         .unwrap_err();
-    assert_eq!(error_reason(&err).as_deref(), Some("ORDER_ALREADY_FAILED"));
-    let err = t
-        .client
-        .apply_coupon(apply_req("s:2:late", &order.order_id, fixed(1)))
-        .await
-        .unwrap_err();
-    assert_eq!(error_reason(&err).as_deref(), Some("ORDER_NOT_PENDING"));
+    assert_reason(&err, Code::FailedPrecondition, "ORDER_NOT_PENDING");
     t.stop().await;
 }
 

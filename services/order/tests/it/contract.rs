@@ -5,10 +5,9 @@
 use sagaflow_proto::order::v1::{ApplyCouponRequest, ApplyCouponResponse, GetOrderRequest};
 use sagaflow_testkit::{
     Kind,
-    contract::{self, BoxFuture, Command},
+    contract::{self, Answer, BoxFuture, Command},
 };
 use tokio::sync::Mutex;
-use tonic::Status;
 
 use crate::harness::{self, TestOrder, apply_req, fixed, place_req};
 
@@ -36,20 +35,8 @@ impl Command for ApplyCoupon {
         })
     }
 
-    fn send(&self, order: &Self::Subject, key: &str) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = apply(order, key, 5_000);
-        Box::pin(async move {
-            let mut client = self.0.lock().await.client.clone();
-            client.apply_coupon(req).await.map(|r| r.into_inner())
-        })
-    }
-
-    fn send_other(
-        &self,
-        order: &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = apply(order, key, 6_000);
+    fn send(&self, order: &Self::Subject, key: &str, other: bool) -> Answer<'_, Self::Reply> {
+        let req = apply(order, key, if other { 6_000 } else { 5_000 });
         Box::pin(async move {
             let mut client = self.0.lock().await.client.clone();
             client.apply_coupon(req).await.map(|r| r.into_inner())

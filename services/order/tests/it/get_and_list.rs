@@ -10,7 +10,7 @@ use sagaflow_proto::order::v1::{
 use sagaflow_testkit::Kind;
 use tonic::transport::Channel;
 
-use crate::harness::{self, complete_req, fail_req, place_req};
+use crate::harness::{self, fail_req, place_req};
 
 fn wait_for(ms: u64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration {
@@ -43,7 +43,7 @@ fn get(
 }
 
 async fn get_order_waits_for_a_terminal_status(kind: Kind) {
-    let mut t = harness::start(kind, "ord_wait").await;
+    let t = harness::start(kind, "ord_wait").await;
     let order = t
         .place(place_req("w-1", "alice", &[("KB-001", 1)], None, 0))
         .await;
@@ -55,12 +55,9 @@ async fn get_order_waits_for_a_terminal_status(kind: Kind) {
 
     // A long wait returns as soon as the order completes, well before the wait is over.
     let waiter = get(&t.client, &order.order_id, 30_000);
-    // Let the waiter reach the server (it would also see the change by re-reading).
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    t.client
-        .complete_order(complete_req("w:7", &order.order_id))
-        .await
-        .unwrap();
+    // The waiter has reached the server (it would also see the change by re-reading).
+    t.until_waiting(&order.order_id).await;
+    t.complete("w:7", &order.order_id).await.unwrap();
     let (done, elapsed) = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .expect("the waiter returns once the order completes")
@@ -76,13 +73,13 @@ async fn get_order_waits_for_a_terminal_status(kind: Kind) {
 }
 
 async fn get_order_wait_sees_changes_made_by_another_replica(kind: Kind) {
-    let mut t = harness::start(kind, "ord_wait_replica").await;
+    let t = harness::start(kind, "ord_wait_replica").await;
     let order = t
         .place(place_req("r-1", "alice", &[("KB-001", 1)], None, 0))
         .await;
     let (replica, mut replica_client) = t.replica().await;
     let waiter = get(&t.client, &order.order_id, 30_000);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    t.until_waiting(&order.order_id).await;
     replica_client
         .fail_order(fail_req(
             "r:fail",
@@ -119,11 +116,7 @@ async fn list_orders_pages_newest_first(kind: Kind) {
     t.place(place_req("bob-1", "bob", &[("KB-001", 1)], None, 0))
         .await;
     for order in &placed[1..3] {
-        t.client
-            .complete_order(complete_req(
-                &format!("{}:7", order.order_id),
-                &order.order_id,
-            ))
+        t.complete(&format!("{}:7", order.order_id), &order.order_id)
             .await
             .unwrap();
     }

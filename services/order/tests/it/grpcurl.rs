@@ -5,7 +5,7 @@ use sagaflow_proto::order::v1::{FailureReason, Order};
 use sagaflow_testkit::{Kind, grpcurl_json};
 use serde_json::{Value, json};
 
-use crate::harness::{self, apply_req, complete_req, fail_req, fixed, place_req};
+use crate::harness::{self, fixed, place_req};
 
 async fn grpcurl(addr: String, body: Value, method: &'static str) -> Value {
     tokio::task::spawn_blocking(move || grpcurl_json(&addr, &["-d", &body.to_string()], method))
@@ -31,7 +31,7 @@ fn without_timestamps(mut order: Value) -> Value {
 }
 
 async fn get_and_list_orders_json(kind: Kind) {
-    let mut t = harness::start(kind, "ord_grpcurl").await;
+    let t = harness::start(kind, "ord_grpcurl").await;
     let order: Order = t
         .place(place_req(
             "g-1",
@@ -41,23 +41,12 @@ async fn get_and_list_orders_json(kind: Kind) {
             2_000,
         ))
         .await;
-    t.client
-        .apply_coupon(apply_req("g:2", &order.order_id, fixed(5_000)))
-        .await
-        .unwrap();
-    t.client
-        .complete_order(complete_req("g:7", &order.order_id))
-        .await
-        .unwrap();
+    t.apply("g:2", &order.order_id, fixed(5_000)).await.unwrap();
+    t.complete("g:7", &order.order_id).await.unwrap();
     let failed = t
         .place(place_req("g-2", "alice", &[("HD-003", 1)], None, 0))
         .await;
-    t.client
-        .fail_order(fail_req(
-            "g2:fail",
-            &failed.order_id,
-            FailureReason::PaymentDeclined,
-        ))
+    t.fail("g2:fail", &failed.order_id, FailureReason::PaymentDeclined)
         .await
         .unwrap();
     let addr = t.server.addr().to_string();

@@ -7,12 +7,16 @@ use sagaflow_proto::{
     inventory::v1::{UpsertProductRequest, inventory_service_client::InventoryServiceClient},
     order::v1::{
         ApplyCouponRequest, CompleteOrderRequest, DiscountRule, FailOrderRequest, FailureReason,
-        Order, OrderLineRequest, PlaceOrderRequest, order_service_client::OrderServiceClient,
+        GetOrderRequest, Order, OrderLineRequest, PlaceOrderRequest,
+        order_service_client::OrderServiceClient,
     },
 };
-use sagaflow_server::{Db, PoolConfig, faults::FaultConfig, grpc::ServerHandle};
-use sagaflow_testkit::{Kind, TestDatabase};
-use tonic::transport::{Channel, Endpoint};
+use sagaflow_server::{Db, faults::FaultConfig, grpc::ServerHandle};
+use sagaflow_testkit::{Kind, service::ServiceHarness};
+use tonic::{
+    Status,
+    transport::{Channel, Endpoint},
+};
 
 /// The catalog every test starts with: (sku, unit price in KRW won).
 pub(crate) const CATALOG: &[(&str, i64)] = &[
@@ -28,53 +32,51 @@ pub(crate) const CATALOG: &[(&str, i64)] = &[
 pub(crate) const PAYMENT_METHODS: &[&str] =
     &["tok_ok", "tok_decline", "tok_capture_decline", "tok_slow"];
 
+/// A running order server with its database and a connected client (it dereferences to that
+/// [`ServiceHarness`]), pricing through a real inventory server on its own database.
 pub(crate) struct TestOrder {
-    _order_tdb: TestDatabase,
-    _inventory_tdb: TestDatabase,
-    pub(crate) db: Db,
-    pub(crate) inventory_db: Db,
-    pub(crate) server: ServerHandle,
-    pub(crate) inventory_server: Option<ServerHandle>,
-    pub(crate) client: OrderServiceClient<Channel>,
-    pub(crate) inventory_url: String,
+    order: ServiceHarness<OrderServiceClient<Channel>>,
+    /// The served order service (clones share its GetOrder waiters).
+    service: OrderService,
+    inventory: Option<ServiceHarness<InventoryServiceClient<Channel>>>,
+    inventory_url: String,
 }
 
-async fn spawn_order(db: &Db, inventory_url: &str) -> (ServerHandle, OrderServiceClient<Channel>) {
+impl std::ops::Deref for TestOrder {
+    type Target = ServiceHarness<OrderServiceClient<Channel>>;
+    fn deref(&self) -> &Self::Target {
+        &self.order
+    }
+}
+
+impl std::ops::DerefMut for TestOrder {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.order
+    }
+}
+
+/// The order service over `db`, pricing through the inventory server at `inventory_url`.
+fn order_service(db: Db, inventory_url: &str) -> OrderService {
     let inventory = Endpoint::from_shared(inventory_url.to_owned())
         .unwrap()
         .connect_lazy();
-    let mut routes = tonic::service::RoutesBuilder::default();
-    OrderService::new(db.clone(), inventory)
-        .with_payment_methods(PAYMENT_METHODS.iter().copied())
-        .register(&mut routes);
-    let server = sagaflow_server::grpc::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        routes,
-        &[sagaflow_order::SERVICE_NAME],
-        FaultConfig::default(),
-    )
-    .await
-    .unwrap();
-    let client = OrderServiceClient::connect(server.url()).await.unwrap();
-    (server, client)
+    OrderService::new(db, inventory).with_payment_methods(PAYMENT_METHODS.iter().copied())
 }
 
 pub(crate) async fn start(kind: Kind, name: &str) -> TestOrder {
-    let inventory_tdb = TestDatabase::new(kind, &format!("{name}_inv"));
-    let (inventory_db, inventory_server) = sagaflow_server::grpc::spawn_service(
-        &inventory_tdb.url,
+    let inventory = ServiceHarness::start(
+        kind,
+        &format!("{name}_inv"),
         sagaflow_inventory::migrations(),
         sagaflow_inventory::SERVICE_NAME,
         |db, routes| InventoryService::new(db).register(routes),
+        InventoryServiceClient::new,
     )
-    .await
-    .expect("start inventory on its test database");
-    let inventory_url = inventory_server.url();
-    let mut inventory = InventoryServiceClient::connect(inventory_url.clone())
-        .await
-        .unwrap();
+    .await;
     for (sku, unit_price) in CATALOG {
         inventory
+            .client
+            .clone()
             .upsert_product(UpsertProductRequest {
                 sku: (*sku).into(),
                 name: format!("product {sku}"),
@@ -84,47 +86,56 @@ pub(crate) async fn start(kind: Kind, name: &str) -> TestOrder {
             .unwrap();
     }
 
-    let order_tdb = TestDatabase::new(kind, name);
-    let db = Db::connect(
-        &order_tdb.url,
+    let inventory_url = inventory.server.url();
+    let mut served = None;
+    let order = ServiceHarness::start(
+        kind,
+        name,
         sagaflow_order::migrations(),
-        &PoolConfig::default(),
+        sagaflow_order::SERVICE_NAME,
+        |db, routes| {
+            let service = order_service(db, &inventory_url);
+            served = Some(service.clone());
+            service.register(routes);
+        },
+        OrderServiceClient::new,
     )
-    .await
-    .expect("connect to the order test database");
-    let (server, client) = spawn_order(&db, &inventory_url).await;
+    .await;
     TestOrder {
-        _order_tdb: order_tdb,
-        _inventory_tdb: inventory_tdb,
-        db,
-        inventory_db,
-        server,
-        inventory_server: Some(inventory_server),
-        client,
+        order,
+        service: served.expect("the order service was registered"),
+        inventory: Some(inventory),
         inventory_url,
     }
 }
 
 impl TestOrder {
     pub(crate) async fn stop(mut self) {
-        self.server.shutdown().await.unwrap();
-        if let Some(inventory) = self.inventory_server.take() {
-            inventory.shutdown().await.unwrap();
-        }
-        self.db.close().await;
-        self.inventory_db.close().await;
+        self.stop_inventory().await;
+        self.order.stop().await;
     }
 
     /// Stops the inventory server (the order server keeps running).
     pub(crate) async fn stop_inventory(&mut self) {
-        if let Some(inventory) = self.inventory_server.take() {
-            inventory.shutdown().await.unwrap();
+        if let Some(inventory) = self.inventory.take() {
+            inventory.stop().await;
         }
     }
 
     /// Another order server over the same database (a second replica).
     pub(crate) async fn replica(&self) -> (ServerHandle, OrderServiceClient<Channel>) {
-        spawn_order(&self.db, &self.inventory_url).await
+        let mut routes = tonic::service::RoutesBuilder::default();
+        order_service(self.db.clone(), &self.inventory_url).register(&mut routes);
+        let server = sagaflow_server::grpc::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            routes,
+            &[sagaflow_order::SERVICE_NAME],
+            FaultConfig::default(),
+        )
+        .await
+        .unwrap();
+        let client = OrderServiceClient::connect(server.url()).await.unwrap();
+        (server, client)
     }
 
     pub(crate) async fn inventory_client(&self) -> InventoryServiceClient<Channel> {
@@ -133,38 +144,87 @@ impl TestOrder {
             .unwrap()
     }
 
+    /// Waits until a GetOrder caller of this server waits on `order_id`.
+    pub(crate) async fn until_waiting(&self, order_id: &str) {
+        sagaflow_testkit::eventually(
+            "a GetOrder caller to wait on the server",
+            std::time::Duration::from_secs(10),
+            || async { (self.service.waiting(order_id) > 0).then_some(()) },
+        )
+        .await;
+    }
+
     /// Places an order that must succeed.
-    pub(crate) async fn place(&mut self, req: PlaceOrderRequest) -> Order {
-        self.client
-            .place_order(req)
-            .await
-            .unwrap()
+    pub(crate) async fn place(&self, req: PlaceOrderRequest) -> Order {
+        let answer = self.client.clone().place_order(req).await.unwrap();
+        answer.into_inner().order.unwrap()
+    }
+
+    /// GetOrder without waiting: the order, which must exist.
+    pub(crate) async fn get(&self, order_id: &str) -> Order {
+        let req = GetOrderRequest {
+            order_id: order_id.to_owned(),
+            wait: None,
+        };
+        let answer = self.client.clone().get_order(req).await.unwrap();
+        answer.into_inner().order.unwrap()
+    }
+
+    /// ApplyCoupon with `rule` (the discount is the rule's fixed amount): the order it answers.
+    pub(crate) async fn apply(
+        &self,
+        key: &str,
+        order_id: &str,
+        rule: DiscountRule,
+    ) -> Result<Order, Status> {
+        self.apply_coupon(apply_req(key, order_id, rule)).await
+    }
+
+    /// ApplyCoupon `req`: the order it answers.
+    pub(crate) async fn apply_coupon(&self, req: ApplyCouponRequest) -> Result<Order, Status> {
+        let answer = self.client.clone().apply_coupon(req).await?;
+        Ok(answer
             .into_inner()
             .order
-            .unwrap()
+            .expect("ApplyCoupon answers the order"))
+    }
+
+    /// CompleteOrder: the order it answers.
+    pub(crate) async fn complete(&self, key: &str, order_id: &str) -> Result<Order, Status> {
+        let req = complete_req(key, order_id);
+        let answer = self.client.clone().complete_order(req).await?;
+        Ok(answer
+            .into_inner()
+            .order
+            .expect("CompleteOrder answers the order"))
+    }
+
+    /// FailOrder for `reason`: the order it answers.
+    pub(crate) async fn fail(
+        &self,
+        key: &str,
+        order_id: &str,
+        reason: FailureReason,
+    ) -> Result<Order, Status> {
+        let req = fail_req(key, order_id, reason);
+        let answer = self.client.clone().fail_order(req).await?;
+        Ok(answer
+            .into_inner()
+            .order
+            .expect("FailOrder answers the order"))
     }
 
     /// Row counts of every order-database table:
-    /// (orders, order_lines, order_status_history, outbox, idempotency_keys).
+    /// [orders, order_lines, order_status_history, outbox, idempotency_keys].
     pub(crate) async fn counts(&self) -> [i64; 5] {
-        let mut out = [0; 5];
-        for (i, table) in [
+        self.table_counts([
             "orders",
             "order_lines",
             "order_status_history",
             "outbox",
             "idempotency_keys",
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let sql = format!("SELECT COUNT(*) FROM {table}");
-            out[i] = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-                .fetch_one(self.db.pool())
-                .await
-                .unwrap();
-        }
-        out
+        ])
+        .await
     }
 
     /// The status history of an order: (status, failure_reason) in order.

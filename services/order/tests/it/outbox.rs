@@ -3,17 +3,17 @@
 
 use sagaflow_order::outbox::{self, Backlog, EventType};
 use sagaflow_proto::order::v1::{
-    FailureReason, GetOrderRequest, ListDeadLettersRequest, OrderStatus,
+    FailureReason, ListDeadLettersRequest, OrderStatus,
     outbox_admin_service_client::OutboxAdminServiceClient,
 };
 use sagaflow_server::error::violated_fields;
 use sagaflow_testkit::Kind;
 use tonic::Code;
 
-use crate::harness::{self, complete_req, fail_req, place_req};
+use crate::harness::{self, place_req};
 
 async fn pending_in_order_and_marked_once(kind: Kind) {
-    let mut t = harness::start(kind, "ord_outbox").await;
+    let t = harness::start(kind, "ord_outbox").await;
     assert!(outbox::pending(&t.db, 100).await.unwrap().is_empty());
     assert_eq!(outbox::backlog(&t.db).await.unwrap(), Backlog::default());
     let a = t
@@ -22,12 +22,8 @@ async fn pending_in_order_and_marked_once(kind: Kind) {
     let b = t
         .place(place_req("o-b", "alice", &[("MS-002", 1)], None, 0))
         .await;
-    t.client
-        .complete_order(complete_req("a:7", &a.order_id))
-        .await
-        .unwrap();
-    t.client
-        .fail_order(fail_req("b:fail", &b.order_id, FailureReason::OutOfStock))
+    t.complete("a:7", &a.order_id).await.unwrap();
+    t.fail("b:fail", &b.order_id, FailureReason::OutOfStock)
         .await
         .unwrap();
 
@@ -95,7 +91,7 @@ async fn pending_in_order_and_marked_once(kind: Kind) {
 /// outbox: the good events behind them are still read, the bad ones are dead-lettered once and
 /// never read again, and the backlog no longer counts them.
 async fn undecodable_events_are_dead_lettered_not_read_forever(kind: Kind) {
-    let mut t = harness::start(kind, "ord_outbox_dead").await;
+    let t = harness::start(kind, "ord_outbox_dead").await;
     for i in 0..300 {
         sqlx::query(
             "INSERT INTO outbox (event_id, aggregate_id, sequence, event_type, payload, created_at) \
@@ -177,7 +173,7 @@ async fn undecodable_events_are_dead_lettered_not_read_forever(kind: Kind) {
 /// An OrderCreated whose payload does not decode was never delivered, so no saga can exist for
 /// its order: the order is failed (reason INTERNAL) with the dead letter, in one transaction.
 async fn an_undecodable_order_created_fails_its_order(kind: Kind) {
-    let mut t = harness::start(kind, "ord_outbox_dead_order").await;
+    let t = harness::start(kind, "ord_outbox_dead_order").await;
     let order = t
         .place(place_req("o-corrupt", "alice", &[("KB-001", 1)], None, 0))
         .await;
@@ -192,17 +188,7 @@ async fn an_undecodable_order_created_fails_its_order(kind: Kind) {
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].event_type, EventType::OrderFailed);
     assert_eq!(pending[0].sequence, 2);
-    let got = t
-        .client
-        .get_order(GetOrderRequest {
-            order_id: order.order_id.clone(),
-            wait: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let got = t.get(&order.order_id).await;
     assert_eq!(got.status(), OrderStatus::Failed);
     assert_eq!(got.failure_reason(), FailureReason::Internal);
     let dead = outbox::dead_letters(&t.db, 10).await.unwrap();

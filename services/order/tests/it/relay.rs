@@ -42,7 +42,7 @@ use sagaflow_testkit::Kind;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, transport::Endpoint};
 
-use crate::harness::{self, TestOrder, complete_req, place_req};
+use crate::harness::{self, TestOrder, place_req};
 
 /// Users whose OrderCreated the stub orchestrator refuses with INVALID_ARGUMENT, every time.
 const REFUSED: &str = "refused-user";
@@ -264,18 +264,7 @@ async fn list_dead_letters(t: &TestOrder) -> Vec<sagaflow_proto::order::v1::Dead
 }
 
 async fn status_of(t: &TestOrder, order_id: &str) -> (OrderStatus, FailureReason) {
-    let order = t
-        .client
-        .clone()
-        .get_order(sagaflow_proto::order::v1::GetOrderRequest {
-            order_id: order_id.to_owned(),
-            wait: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let order = t.get(order_id).await;
     (order.status(), order.failure_reason())
 }
 
@@ -293,11 +282,7 @@ async fn refused_events_at_the_head_do_not_block_new_orders(kind: Kind) {
     let refused = place_many(&t, REFUSED, 300).await;
     let early = place_many(&t, "alice", 10).await;
     let flaky = place_many(&t, FLAKY, 1).await.remove(0);
-    t.client
-        .clone()
-        .complete_order(complete_req("flaky:complete", &flaky))
-        .await
-        .unwrap();
+    t.complete("flaky:complete", &flaky).await.unwrap();
 
     // Dead-lettering takes 1 s + 2 s + 2 s of backoff: the new orders must get through long
     // before that.
@@ -328,11 +313,7 @@ async fn refused_events_at_the_head_do_not_block_new_orders(kind: Kind) {
     );
     // The "saga" of each new order completes it: its OrderCompleted follows.
     for id in &new_orders {
-        t.client
-            .clone()
-            .complete_order(complete_req(&format!("{id}:complete"), id))
-            .await
-            .unwrap();
+        t.complete(&format!("{id}:complete"), id).await.unwrap();
     }
 
     eventually(
@@ -562,11 +543,7 @@ async fn an_unreachable_orchestrator_is_retried_not_given_up(kind: Kind) {
 async fn delivered_rows_past_retention_are_pruned(kind: Kind) {
     let t = harness::start(kind, "ord_relay_prune").await;
     let completed = place_many(&t, "dave", 1).await.remove(0);
-    t.client
-        .clone()
-        .complete_order(complete_req("dave:complete", &completed))
-        .await
-        .unwrap();
+    t.complete("dave:complete", &completed).await.unwrap();
     let pending_order = place_many(&t, "erin", 1).await.remove(0);
     let recent = place_many(&t, "frank", 1).await.remove(0);
     let undelivered = place_many(&t, "grace", 1).await.remove(0);

@@ -4,36 +4,24 @@
 use sagaflow_proto::{
     inventory::v1::UpsertProductRequest,
     order::v1::{
-        ApplyCouponRequest, DiscountRule, FailOrderRequest, GetOrderRequest, ListOrdersRequest,
-        OrderLineRequest, PlaceOrderRequest,
+        ApplyCouponRequest, CompleteOrderRequest, DiscountRule, FailOrderRequest, GetOrderRequest,
+        ListOrdersRequest, OrderLineRequest, PlaceOrderRequest,
+        order_service_client::OrderServiceClient,
     },
 };
-use sagaflow_server::error::violated_fields;
-use sagaflow_testkit::Kind;
-use tonic::Code;
+use sagaflow_testkit::{Kind, service::assert_each_invalid, with};
+use tonic::transport::Channel;
 
 use crate::harness::{self, apply_req, complete_req, fixed, place_req};
 
-fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str, case: &str) {
-    let status = result.expect_err(case);
-    assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
-    assert!(
-        violated_fields(&status).iter().any(|f| f == field),
-        "{case}: expected {field} in {:?}",
-        violated_fields(&status)
-    );
-}
-
-fn with(
-    mut req: PlaceOrderRequest,
-    change: impl FnOnce(&mut PlaceOrderRequest),
-) -> PlaceOrderRequest {
-    change(&mut req);
-    req
-}
+sagaflow_testkit::rpc_calls!(enum Call on OrderServiceClient<Channel> {
+    Place(PlaceOrderRequest) => place_order, Get(GetOrderRequest) => get_order,
+    List(ListOrdersRequest) => list_orders, Apply(ApplyCouponRequest) => apply_coupon,
+    Complete(CompleteOrderRequest) => complete_order, Fail(FailOrderRequest) => fail_order,
+});
 
 async fn invalid_inputs_write_nothing(kind: Kind) {
-    let mut t = harness::start(kind, "ord_invalid").await;
+    let t = harness::start(kind, "ord_invalid").await;
     // A product whose price overflows i64 when ordered twice.
     t.inventory_client()
         .await
@@ -183,159 +171,103 @@ async fn invalid_inputs_write_nothing(kind: Kind) {
             "amount overflows i64",
         ),
     ];
-    for (req, field, case) in places {
-        assert_invalid(t.client.place_order(req).await, field, case);
-    }
-
-    let c = &mut t.client;
     let id = existing.order_id.clone();
-    let get = |order_id: &str, seconds: i64, nanos: i32| GetOrderRequest {
-        order_id: order_id.into(),
-        wait: Some(prost_types::Duration { seconds, nanos }),
+    let get = |order_id: &str, seconds: i64, nanos: i32| {
+        Call::Get(GetOrderRequest {
+            order_id: order_id.into(),
+            wait: Some(prost_types::Duration { seconds, nanos }),
+        })
     };
-    assert_invalid(
-        c.get_order(get("nope", 0, 0)).await,
-        "order_id",
-        "malformed order id",
-    );
-    assert_invalid(
-        c.get_order(get("", 0, 0)).await,
-        "order_id",
-        "empty order id",
-    );
-    assert_invalid(c.get_order(get(&id, 61, 0)).await, "wait", "wait over 60 s");
-    assert_invalid(
-        c.get_order(get(&id, 60, 1)).await,
-        "wait",
-        "wait just over 60 s",
-    );
-    assert_invalid(c.get_order(get(&id, -1, 0)).await, "wait", "negative wait");
-
-    let list = |user: &str, status: Option<i32>, size: i32, token: &str| ListOrdersRequest {
-        user_id: user.into(),
-        status,
-        page_size: size,
-        page_token: token.into(),
+    let list = |user: &str, status: Option<i32>, size: i32, token: &str| {
+        Call::List(ListOrdersRequest {
+            user_id: user.into(),
+            status,
+            page_size: size,
+            page_token: token.into(),
+        })
     };
-    assert_invalid(
-        c.list_orders(list("", None, 0, "")).await,
-        "user_id",
-        "empty user",
-    );
-    assert_invalid(
-        c.list_orders(list(&long, None, 0, "")).await,
-        "user_id",
-        "long user",
-    );
-    assert_invalid(
-        c.list_orders(list("a", None, -1, "")).await,
-        "page_size",
-        "negative size",
-    );
-    assert_invalid(
-        c.list_orders(list("a", None, 1001, "")).await,
-        "page_size",
-        "size 1001",
-    );
-    assert_invalid(
-        c.list_orders(list("a", Some(0), 0, "")).await,
-        "status",
-        "UNSPECIFIED",
-    );
-    assert_invalid(
-        c.list_orders(list("a", Some(42), 0, "")).await,
-        "status",
-        "unknown status",
-    );
-    assert_invalid(
-        c.list_orders(list("a", None, 0, "zz!")).await,
-        "page_token",
-        "bad token",
-    );
-
     let rule = |amount: i64, percent: i32, max: i64| DiscountRule {
         discount_amount: amount,
         discount_percent: percent,
         max_discount: max,
     };
-    assert_invalid(
-        c.apply_coupon(apply_req("", &id, fixed(1))).await,
-        "idempotency_key",
-        "key",
-    );
-    assert_invalid(
-        c.apply_coupon(apply_req("k", "x", fixed(1))).await,
-        "order_id",
-        "order",
-    );
-    let mut no_rule = apply_req("k", &id, fixed(1));
-    no_rule.rule = None;
-    assert_invalid(c.apply_coupon(no_rule).await, "rule", "missing rule");
-    for (r, field) in [
-        (rule(-1, 0, 0), "rule.discount_amount"),
-        (rule(0, 101, 0), "rule.discount_percent"),
-        (rule(0, -1, 0), "rule.discount_percent"),
-        (rule(0, 10, -1), "rule.max_discount"),
-        (rule(100, 10, 0), "rule"),
-    ] {
-        assert_invalid(c.apply_coupon(apply_req("k", &id, r)).await, field, field);
-    }
-    let negative = ApplyCouponRequest {
+    let apply =
+        |key: &str, order_id: &str, rule: DiscountRule| Call::Apply(apply_req(key, order_id, rule));
+    let no_rule = Call::Apply(ApplyCouponRequest {
+        rule: None,
+        ..apply_req("k", &id, fixed(1))
+    });
+    let negative = Call::Apply(ApplyCouponRequest {
         discount: -1,
         ..apply_req("k", &id, fixed(1))
-    };
-    assert_invalid(
-        c.apply_coupon(negative).await,
-        "discount",
-        "negative discount",
-    );
-
-    assert_invalid(
-        c.complete_order(complete_req("", &id)).await,
-        "idempotency_key",
-        "key",
-    );
-    assert_invalid(
-        c.complete_order(complete_req(&long, &id)).await,
-        "idempotency_key",
-        "long",
-    );
-    assert_invalid(
-        c.complete_order(complete_req("k", "1-2-3")).await,
-        "order_id",
-        "order",
-    );
-    for reason in [0, 8, -1] {
-        let req = FailOrderRequest {
+    });
+    let complete = |key: &str, order_id: &str| Call::Complete(complete_req(key, order_id));
+    let fail = |order_id: &str, reason: i32| {
+        Call::Fail(FailOrderRequest {
             idempotency_key: "k".into(),
-            order_id: id.clone(),
+            order_id: order_id.into(),
             reason,
-        };
-        assert_invalid(
-            c.fail_order(req).await,
-            "reason",
-            &format!("reason {reason}"),
-        );
-    }
-    let req = FailOrderRequest {
-        idempotency_key: "k".into(),
-        order_id: "bad".into(),
-        reason: 2,
-    };
-    assert_invalid(c.fail_order(req).await, "order_id", "fail order id");
-
-    assert_eq!(t.counts().await, counts, "no row written");
-    let now = t
-        .client
-        .get_order(GetOrderRequest {
-            order_id: id,
-            wait: None,
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    };
+    let mut cases: Vec<((&str, Call), Vec<&str>)> = places
+        .into_iter()
+        .map(|(req, field, case)| ((case, Call::Place(req)), vec![field]))
+        .collect();
+    cases.extend([
+        (("malformed order id", get("nope", 0, 0)), vec!["order_id"]),
+        (("empty order id", get("", 0, 0)), vec!["order_id"]),
+        (("wait over 60 s", get(&id, 61, 0)), vec!["wait"]),
+        (("wait just over 60 s", get(&id, 60, 1)), vec!["wait"]),
+        (("negative wait", get(&id, -1, 0)), vec!["wait"]),
+        (("empty user", list("", None, 0, "")), vec!["user_id"]),
+        (("long user", list(&long, None, 0, "")), vec!["user_id"]),
+        (
+            ("negative size", list("a", None, -1, "")),
+            vec!["page_size"],
+        ),
+        (("size 1001", list("a", None, 1001, "")), vec!["page_size"]),
+        (("UNSPECIFIED", list("a", Some(0), 0, "")), vec!["status"]),
+        (
+            ("unknown status", list("a", Some(42), 0, "")),
+            vec!["status"],
+        ),
+        (("bad token", list("a", None, 0, "zz!")), vec!["page_token"]),
+        (("key", apply("", &id, fixed(1))), vec!["idempotency_key"]),
+        (("order", apply("k", "x", fixed(1))), vec!["order_id"]),
+        (("missing rule", no_rule), vec!["rule"]),
+        (
+            ("negative amount", apply("k", &id, rule(-1, 0, 0))),
+            vec!["rule.discount_amount", "discount"],
+        ),
+        (
+            ("percent over 100", apply("k", &id, rule(0, 101, 0))),
+            vec!["rule.discount_percent"],
+        ),
+        (
+            ("negative percent", apply("k", &id, rule(0, -1, 0))),
+            vec!["rule.discount_percent"],
+        ),
+        (
+            ("negative max", apply("k", &id, rule(0, 10, -1))),
+            vec!["rule.max_discount"],
+        ),
+        (
+            ("amount and percent", apply("k", &id, rule(100, 10, 0))),
+            vec!["rule"],
+        ),
+        (("negative discount", negative), vec!["discount"]),
+        (("key", complete("", &id)), vec!["idempotency_key"]),
+        (("long", complete(&long, &id)), vec!["idempotency_key"]),
+        (("order", complete("k", "1-2-3")), vec!["order_id"]),
+        (("reason 0", fail(&id, 0)), vec!["reason"]),
+        (("reason 8", fail(&id, 8)), vec!["reason"]),
+        (("reason -1", fail(&id, -1)), vec!["reason"]),
+        (("fail order id", fail("bad", 2)), vec!["order_id"]),
+    ]);
+    let send = |(_, call): (&str, Call)| call.send(&t.client);
+    assert_each_invalid(cases, send, || t.counts()).await;
+    assert_eq!(t.counts().await, counts, "no row written");
+    let now = t.get(&id).await;
     assert_eq!(now, existing, "the existing order is unchanged");
     t.stop().await;
 }

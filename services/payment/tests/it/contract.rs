@@ -5,9 +5,8 @@ use sagaflow_payment::AuthorizationState;
 use sagaflow_proto::payment::v1::StartPaymentResponse;
 use sagaflow_testkit::{
     Kind,
-    contract::{self, BoxFuture, Command, Compensatable},
+    contract::{self, Answer, BoxFuture, Command, Compensatable},
 };
-use tonic::Status;
 
 use crate::harness::{self, TestPayment, cancel_req, order_id, start_req};
 
@@ -24,18 +23,8 @@ impl Command for StartPayment {
         Box::pin(async { order_id() })
     }
 
-    fn send(&self, order: &Self::Subject, key: &str) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = start_req(key, order, 1_000, "tok_ok");
-        let mut client = self.0.client.clone();
-        Box::pin(async move { client.start_payment(req).await.map(|r| r.into_inner()) })
-    }
-
-    fn send_other(
-        &self,
-        order: &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = start_req(key, order, 2_000, "tok_ok");
+    fn send(&self, order: &Self::Subject, key: &str, other: bool) -> Answer<'_, Self::Reply> {
+        let req = start_req(key, order, if other { 2_000 } else { 1_000 }, "tok_ok");
         let mut client = self.0.client.clone();
         Box::pin(async move { client.start_payment(req).await.map(|r| r.into_inner()) })
     }
@@ -54,7 +43,7 @@ impl Command for StartPayment {
 }
 
 impl Compensatable for StartPayment {
-    fn compensate(&self, order: &Self::Subject, key: &str) -> BoxFuture<'_, Result<(), Status>> {
+    fn compensate(&self, order: &Self::Subject, key: &str) -> Answer<'_, ()> {
         let req = cancel_req(key, order);
         let mut client = self.0.client.clone();
         Box::pin(async move { client.cancel_payment(req).await.map(drop) })

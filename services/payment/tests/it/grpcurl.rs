@@ -1,32 +1,17 @@
 //! The query RPC (GetPayment) through the real grpcurl binary: JSON field names are the
 //! lowerCamelCase ones of `proto/sagaflow/payment/v1/payment.proto`, with the right values.
 
-use sagaflow_testkit::{Kind, grpcurl_json};
+use sagaflow_testkit::Kind;
 
-use crate::harness::{self, order_id, start_req};
+use crate::harness::{self, order_id};
 
 async fn get_payment_json(kind: Kind) {
-    let mut t = harness::start(kind, "pay_grpcurl").await;
+    let t = harness::start(kind, "pay_grpcurl").await;
     let order = order_id();
-    let payment = t
-        .client
-        .start_payment(start_req("g:4", &order, 12_345, "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
-    let addr = t.server.addr().to_string();
-    let body = serde_json::json!({ "order_id": order }).to_string();
-    let json = tokio::task::spawn_blocking(move || {
-        grpcurl_json(
-            &addr,
-            &["-d", &body],
-            "sagaflow.payment.v1.PaymentService/GetPayment",
-        )
-    })
-    .await
-    .unwrap();
+    let payment = t.start("g:4", &order, 12_345, "tok_ok").await.unwrap();
+    let json = t
+        .grpcurl("GetPayment", serde_json::json!({ "order_id": order }))
+        .await;
     assert_eq!(
         json,
         serde_json::json!({

@@ -1,23 +1,35 @@
 //! A payment server on a loopback port over a fresh database, with a simulated gateway the test
 //! can inspect.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use sagaflow_payment::{PaymentGateway, PaymentService, SimulatedGateway, SimulatedGatewayConfig};
 use sagaflow_proto::payment::v1::{
-    CancelPaymentRequest, CompletePaymentRequest, GetPaymentRequest, RefundPaymentRequest,
+    CancelPaymentRequest, CompletePaymentRequest, GetPaymentRequest, Payment, RefundPaymentRequest,
     StartPaymentRequest, payment_service_client::PaymentServiceClient,
 };
-use sagaflow_server::{Db, grpc::ServerHandle};
-use sagaflow_testkit::{Kind, TestDatabase};
-use tonic::transport::Channel;
+use sagaflow_server::Db;
+use sagaflow_testkit::{Kind, TestDatabase, service::ServiceHarness};
+use tonic::{Status, transport::Channel};
 
+/// A running payment server with its database, a connected client and the simulated gateway
+/// behind it; dereferences to the [`ServiceHarness`].
 pub(crate) struct TestPayment {
-    pub(crate) _tdb: TestDatabase,
-    pub(crate) db: Db,
+    harness: ServiceHarness<PaymentServiceClient<Channel>>,
     pub(crate) gateway: Arc<SimulatedGateway>,
-    pub(crate) server: ServerHandle,
-    pub(crate) client: PaymentServiceClient<Channel>,
+}
+
+impl std::ops::Deref for TestPayment {
+    type Target = ServiceHarness<PaymentServiceClient<Channel>>;
+    fn deref(&self) -> &Self::Target {
+        &self.harness
+    }
+}
+
+impl std::ops::DerefMut for TestPayment {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.harness
+    }
 }
 
 pub(crate) async fn start(kind: Kind, name: &str) -> TestPayment {
@@ -51,86 +63,116 @@ async fn serve(
     wrap: impl FnOnce(Db, Arc<SimulatedGateway>) -> Arc<dyn PaymentGateway>,
 ) -> TestPayment {
     let simulated = Arc::clone(&gateway);
-    let (db, server) = sagaflow_server::grpc::spawn_service(
-        &tdb.url,
+    let harness = ServiceHarness::start_on(
+        tdb,
         sagaflow_payment::migrations(),
         sagaflow_payment::SERVICE_NAME,
         |db, routes| PaymentService::new(db.clone(), wrap(db, simulated)).register(routes),
+        PaymentServiceClient::new,
     )
-    .await
-    .expect("start the service on its test database");
-    let client = PaymentServiceClient::connect(server.url()).await.unwrap();
-    TestPayment {
-        _tdb: tdb,
-        db,
-        gateway,
-        server,
-        client,
-    }
+    .await;
+    TestPayment { harness, gateway }
 }
 
 impl TestPayment {
     pub(crate) async fn stop(self) {
-        self.server.shutdown().await.unwrap();
-        self.db.close().await;
+        self.harness.stop().await;
     }
 
     /// Stops the server and its pool and starts a new one over the same database, with the same
     /// simulated gateway (an outside party: it remembers) unwrapped: the service's restart.
     pub(crate) async fn restart(self) -> TestPayment {
-        let TestPayment {
-            _tdb,
-            db,
-            gateway,
-            server,
-            ..
-        } = self;
-        server.shutdown().await.unwrap();
-        db.close().await;
-        serve(_tdb, gateway, |_, g| g).await
+        let tdb = self.harness.into_database().await;
+        serve(tdb, self.gateway, |_, g| g).await
+    }
+
+    /// StartPayment of `amount` KRW won with card token `token`: the payment it answers.
+    pub(crate) async fn start(
+        &self,
+        key: &str,
+        order_id: &str,
+        amount: i64,
+        token: &str,
+    ) -> Result<Payment, Status> {
+        let req = start_req(key, order_id, amount, token);
+        let answer = self.client.clone().start_payment(req).await?;
+        Ok(answer
+            .into_inner()
+            .payment
+            .expect("StartPayment answers the payment"))
+    }
+
+    /// CancelPayment: the payment it answers (`None`: there was none, a tombstone was left).
+    pub(crate) async fn cancel(
+        &self,
+        key: &str,
+        order_id: &str,
+    ) -> Result<Option<Payment>, Status> {
+        let answer = self
+            .client
+            .clone()
+            .cancel_payment(cancel_req(key, order_id))
+            .await?;
+        Ok(answer.into_inner().payment)
+    }
+
+    /// CompletePayment: the payment it answers.
+    pub(crate) async fn complete(&self, key: &str, order_id: &str) -> Result<Payment, Status> {
+        let req = complete_req(key, order_id);
+        let answer = self.client.clone().complete_payment(req).await?;
+        Ok(answer
+            .into_inner()
+            .payment
+            .expect("CompletePayment answers the payment"))
+    }
+
+    /// RefundPayment: the payment it answers.
+    pub(crate) async fn refund(&self, key: &str, order_id: &str) -> Result<Payment, Status> {
+        let req = refund_req(key, order_id);
+        let answer = self.client.clone().refund_payment(req).await?;
+        Ok(answer
+            .into_inner()
+            .payment
+            .expect("RefundPayment answers the payment"))
+    }
+
+    /// GetPayment: the order's payment.
+    pub(crate) async fn get(&self, order_id: &str) -> Result<Payment, Status> {
+        let answer = self.client.clone().get_payment(get_req(order_id)).await?;
+        Ok(answer
+            .into_inner()
+            .payment
+            .expect("GetPayment answers the payment"))
     }
 
     /// The authorization intent of `order_id` as (order_id, gateway_key, amount, method, status,
     /// void_ref), if any.
     pub(crate) async fn intent(&self, order_id: &str) -> Option<IntentRow> {
-        sqlx::query_as(
-            "SELECT order_id, gateway_key, amount, payment_method, status, void_ref \
-             FROM payment_intents WHERE order_id = $1",
-        )
-        .bind(order_id)
-        .fetch_optional(self.db.pool())
-        .await
-        .unwrap()
+        let sql = "SELECT order_id, gateway_key, amount, payment_method, status, void_ref \
+                   FROM payment_intents WHERE order_id = $1";
+        self.row(sql, order_id).await
     }
 
     /// Every payments row as (order_id, amount, method, status, authorization_ref), ordered.
     pub(crate) async fn rows(&self) -> Vec<PaymentRow> {
-        sqlx::query_as(
-            "SELECT order_id, amount, payment_method, status, authorization_ref \
-             FROM payments ORDER BY order_id",
-        )
-        .fetch_all(self.db.pool())
-        .await
-        .unwrap()
+        self.harness
+            .rows(
+                "SELECT order_id, amount, payment_method, status, authorization_ref \
+                 FROM payments ORDER BY order_id",
+            )
+            .await
     }
 
+    /// The number of stored idempotency keys.
     pub(crate) async fn key_rows(&self) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
-            .fetch_one(self.db.pool())
-            .await
-            .unwrap()
+        let [keys] = self.table_counts(["idempotency_keys"]).await;
+        keys
     }
 
     /// The stored gRPC code of an idempotency key (0 = OK), if it was recorded.
     pub(crate) async fn stored_code(&self, key: &str) -> Option<i64> {
-        sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT status_code FROM idempotency_keys WHERE idempotency_key = $1",
-        )
-        .bind(key)
-        .fetch_optional(self.db.pool())
-        .await
-        .unwrap()
-        .flatten()
+        let sql = "SELECT status_code FROM idempotency_keys WHERE idempotency_key = $1";
+        self.value::<Option<i64>>(sql, key).await.flatten()
     }
 }
 
@@ -187,24 +229,5 @@ pub(crate) fn refund_req(key: &str, order_id: &str) -> RefundPaymentRequest {
 pub(crate) fn get_req(order_id: &str) -> GetPaymentRequest {
     GetPaymentRequest {
         order_id: order_id.into(),
-    }
-}
-
-/// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
-pub(crate) async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

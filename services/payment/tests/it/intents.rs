@@ -18,15 +18,16 @@ use std::{
 };
 
 use sagaflow_payment::{
-    AuthorizationState, AuthorizeRequest, GatewayError, GatewayReference, OperationRequest,
-    PaymentGateway, SimulatedGateway, VoidByKeyRequest,
+    AuthorizationState::{self, Authorized, Captured, Voided},
+    AuthorizeRequest, GatewayError, GatewayReference, OperationRequest, PaymentGateway,
+    SimulatedGateway, VoidByKeyRequest,
 };
 use sagaflow_proto::payment::v1::{PaymentStatus, payment_service_client::PaymentServiceClient};
-use sagaflow_server::{Db, error::error_reason};
-use sagaflow_testkit::Kind;
+use sagaflow_server::{Db, idempotency::late_action::COMPENSATED_BEFORE_ACTION as COMPENSATED};
+use sagaflow_testkit::{Kind, service::assert_reason};
 use tonic::{Code, transport::Channel};
 
-use crate::harness::{self, TestPayment, cancel_req, complete_req, get_req, order_id, start_req};
+use crate::harness::{self, TestPayment, cancel_req, order_id};
 
 /// What happens right after the simulated gateway authorized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,25 +173,12 @@ fn authorize_key(order: &str) -> String {
     format!("payment:{order}:authorize")
 }
 
-fn assert_compensated(status: &tonic::Status, case: &str) {
-    assert_eq!(
-        status.code(),
-        Code::FailedPrecondition,
-        "{case}: {status:?}"
-    );
-    assert_eq!(
-        error_reason(status).as_deref(),
-        Some("COMPENSATED_BEFORE_ACTION"),
-        "{case}"
-    );
-}
-
 /// After the gateway authorized and nothing was recorded: the intent is open and the gateway
 /// holds the money.
 async fn assert_open_and_unrecorded(t: &TestPayment, order: &str, key: &str, amount: i64) {
     assert_eq!(
         t.gateway.authorizations_of(order),
-        vec![AuthorizationState::Authorized],
+        [Authorized],
         "the customer's money is held"
     );
     assert!(t.rows().await.is_empty(), "no payment was recorded");
@@ -217,16 +205,11 @@ async fn assert_cancel_voids_and_retry_authorizes_nothing(
     key: &str,
     amount: i64,
 ) {
-    let canceled = t
-        .client
-        .cancel_payment(cancel_req(&format!("{key}:compensate"), order))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(canceled.payment, None, "no payment was recorded: tombstone");
+    let canceled = t.cancel(&format!("{key}:compensate"), order).await.unwrap();
+    assert_eq!(canceled, None, "no payment was recorded: tombstone");
     assert_eq!(
         t.gateway.authorizations_of(order),
-        vec![AuthorizationState::Voided],
+        [Voided],
         "CancelPayment voided the authorization at the gateway"
     );
     assert_eq!(
@@ -248,36 +231,24 @@ async fn assert_cancel_voids_and_retry_authorizes_nothing(
     assert_eq!(intent.4, "VOIDED");
     assert!(intent.5.is_some(), "the void's gateway reference is kept");
 
-    let err = t
-        .client
-        .start_payment(start_req(key, order, amount, "tok_ok"))
-        .await
-        .unwrap_err();
-    assert_compensated(&err, "retry with the same key");
+    let err = t.start(key, order, amount, "tok_ok").await.unwrap_err();
+    assert_reason(&err, Code::FailedPrecondition, COMPENSATED);
     assert_eq!(
         t.gateway.authorizations_of(order),
-        vec![AuthorizationState::Voided],
+        [Voided],
         "the retry left nothing authorized"
     );
     assert_eq!(t.rows().await, tombstone);
-    assert_eq!(
-        t.client
-            .get_payment(get_req(order))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
+    assert_eq!(t.get(order).await.unwrap_err().code(), Code::NotFound);
 }
 
 /// The payment database goes away after the gateway authorized: StartPayment's recording fails
 /// (UNAVAILABLE). After the service is back, CancelPayment voids the authorization.
 async fn recording_fails_after_authorization_then_cancel_voids(kind: Kind) {
-    let (mut t, _) = start_after_authorize(kind, "pay_intent_pool", Then::ClosePool).await;
+    let (t, _) = start_after_authorize(kind, "pay_intent_pool", Then::ClosePool).await;
     let order = order_id();
     let err = t
-        .client
-        .start_payment(start_req("pool:4", &order, 6_000, "tok_ok"))
+        .start("pool:4", &order, 6_000, "tok_ok")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -292,11 +263,10 @@ async fn recording_fails_after_authorization_then_cancel_voids(kind: Kind) {
 /// instead adopts the authorization (recorded STARTED, one authorization), and CancelPayment
 /// voids it through the payment.
 async fn crash_between_authorize_and_record_then_cancel_voids(kind: Kind) {
-    let (mut t, _) = start_after_authorize(kind, "pay_intent_crash", Then::Crash).await;
+    let (t, _) = start_after_authorize(kind, "pay_intent_crash", Then::Crash).await;
     let order = order_id();
     let err = t
-        .client
-        .start_payment(start_req("crash:4", &order, 7_000, "tok_ok"))
+        .start("crash:4", &order, 7_000, "tok_ok")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Internal, "the command died: {err:?}");
@@ -306,42 +276,28 @@ async fn crash_between_authorize_and_record_then_cancel_voids(kind: Kind) {
     t.stop().await;
 
     // The same crash, then the saga retries the action instead of compensating.
-    let (mut t, _) = start_after_authorize(kind, "pay_intent_crash_retry", Then::Crash).await;
+    let (t, _) = start_after_authorize(kind, "pay_intent_crash_retry", Then::Crash).await;
     let order = order_id();
-    t.client
-        .start_payment(start_req("crash2:4", &order, 7_500, "tok_ok"))
+    t.start("crash2:4", &order, 7_500, "tok_ok")
         .await
         .unwrap_err();
-    let mut t = t.restart().await;
+    let t = t.restart().await;
     assert_open_and_unrecorded(&t, &order, "crash2:4", 7_500).await;
-    let payment = t
-        .client
-        .start_payment(start_req("crash2:4", &order, 7_500, "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let payment = t.start("crash2:4", &order, 7_500, "tok_ok").await.unwrap();
     assert_eq!(payment.status(), PaymentStatus::Started);
     assert_eq!(
         t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Authorized],
+        [Authorized],
         "the retry got the same authorization"
     );
     assert_eq!(t.intent(&order).await.unwrap().4, "RECORDED");
     let canceled = t
-        .client
-        .cancel_payment(cancel_req("crash2:4:compensate", &order))
+        .cancel("crash2:4:compensate", &order)
         .await
         .unwrap()
-        .into_inner()
-        .payment
         .unwrap();
     assert_eq!(canceled.status(), PaymentStatus::Canceled);
-    assert_eq!(
-        t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Voided]
-    );
+    assert_eq!(t.gateway.authorizations_of(&order), [Voided]);
     t.stop().await;
 }
 
@@ -349,44 +305,31 @@ async fn crash_between_authorize_and_record_then_cancel_voids(kind: Kind) {
 /// authorization itself, before StartPayment records anything; StartPayment then answers
 /// COMPENSATED_BEFORE_ACTION and nothing stays authorized.
 async fn cancel_while_authorizing_voids_before_start_records(kind: Kind) {
-    let (mut t, probe) = start_after_authorize(kind, "pay_intent_during", Then::Cancel).await;
+    let (t, probe) = start_after_authorize(kind, "pay_intent_during", Then::Cancel).await;
     let order = order_id();
     let err = t
-        .client
-        .start_payment(start_req("during:4", &order, 5_500, "tok_ok"))
+        .start("during:4", &order, 5_500, "tok_ok")
         .await
         .unwrap_err();
-    assert_compensated(&err, "StartPayment");
+    assert_reason(&err, Code::FailedPrecondition, COMPENSATED);
     assert_eq!(
         *probe.after_cancel.lock().unwrap(),
-        Some(vec![AuthorizationState::Voided]),
+        Some(vec![Voided]),
         "CancelPayment voided the authorization before StartPayment recorded"
     );
-    assert_eq!(
-        t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Voided]
-    );
+    assert_eq!(t.gateway.authorizations_of(&order), [Voided]);
     let intent = t.intent(&order).await.unwrap();
     assert_eq!((intent.2, intent.4.as_str()), (Some(5_500), "VOIDED"));
     // Repeats change nothing.
     let err = t
-        .client
-        .start_payment(start_req("during:4", &order, 5_500, "tok_ok"))
+        .start("during:4", &order, 5_500, "tok_ok")
         .await
         .unwrap_err();
-    assert_compensated(&err, "repeat");
-    let again = t
-        .client
-        .cancel_payment(cancel_req("during:4:compensate", &order))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(again.payment, None);
+    assert_reason(&err, Code::FailedPrecondition, COMPENSATED);
+    let again = t.cancel("during:4:compensate", &order).await.unwrap();
+    assert_eq!(again, None);
     assert_eq!(t.rows().await.len(), 1);
-    assert_eq!(
-        t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Voided]
-    );
+    assert_eq!(t.gateway.authorizations_of(&order), [Voided]);
     t.stop().await;
 }
 
@@ -395,44 +338,33 @@ async fn cancel_while_authorizing_voids_before_start_records(kind: Kind) {
 /// recording waits for the write lock and then finds the tombstone): StartPayment answers
 /// COMPENSATED_BEFORE_ACTION on both, voids its authorization by key, and a CancelPayment and a retry change nothing.
 async fn tombstone_committed_during_recording_voids_the_authorization(kind: Kind) {
-    let (mut t, _) =
-        start_after_authorize(kind, "pay_intent_race", Then::ConcurrentTombstone).await;
+    let (t, _) = start_after_authorize(kind, "pay_intent_race", Then::ConcurrentTombstone).await;
     let order = order_id();
     let err = t
-        .client
-        .start_payment(start_req("race:4", &order, 4_400, "tok_ok"))
+        .start("race:4", &order, 4_400, "tok_ok")
         .await
         .unwrap_err();
-    assert_compensated(&err, "StartPayment");
+    assert_reason(&err, Code::FailedPrecondition, COMPENSATED);
     assert_eq!(
         t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Voided],
+        [Voided],
         "StartPayment voided the authorization the tombstone orphaned"
     );
     let intent = t.intent(&order).await.unwrap();
     assert_eq!(intent.4, "VOIDED");
     assert!(intent.5.is_some());
 
-    let canceled = t
-        .client
-        .cancel_payment(cancel_req("race:4:compensate", &order))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(canceled.payment, None);
+    let canceled = t.cancel("race:4:compensate", &order).await.unwrap();
+    assert_eq!(canceled, None);
     let err = t
-        .client
-        .start_payment(start_req("race:4", &order, 4_400, "tok_ok"))
+        .start("race:4", &order, 4_400, "tok_ok")
         .await
         .unwrap_err();
-    assert_compensated(&err, "retry");
+    assert_reason(&err, Code::FailedPrecondition, COMPENSATED);
     let rows = t.rows().await;
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].1, rows[0].3.as_str()), (None, "CANCELED"));
-    assert_eq!(
-        t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Voided]
-    );
+    assert_eq!(t.gateway.authorizations_of(&order), [Voided]);
     t.stop().await;
 }
 
@@ -441,16 +373,11 @@ async fn tombstone_committed_during_recording_voids_the_authorization(kind: Kind
 /// decline settles it DECLINED; a CancelPayment before any StartPayment claims the order
 /// (VOIDED, no amount) so that StartPayment never reaches the gateway.
 async fn normal_paths_settle_the_intent(kind: Kind) {
-    let mut t = harness::start(kind, "pay_intent_normal").await;
+    let t = harness::start(kind, "pay_intent_normal").await;
 
     // Start, repeat, cancel, repeat.
     let order = order_id();
-    let started = t
-        .client
-        .start_payment(start_req("n:4", &order, 3_000, "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner();
+    let started = t.start("n:4", &order, 3_000, "tok_ok").await.unwrap();
     let intent = t.intent(&order).await.unwrap();
     assert_eq!(
         intent,
@@ -463,93 +390,41 @@ async fn normal_paths_settle_the_intent(kind: Kind) {
             None
         )
     );
-    let repeat = t
-        .client
-        .start_payment(start_req("n:4", &order, 3_000, "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner();
+    let repeat = t.start("n:4", &order, 3_000, "tok_ok").await.unwrap();
     assert_eq!(repeat, started);
-    assert_eq!(
-        t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Authorized]
-    );
-    let canceled = t
-        .client
-        .cancel_payment(cancel_req("n:4:compensate", &order))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    assert_eq!(t.gateway.authorizations_of(&order), [Authorized]);
+    let canceled = t.cancel("n:4:compensate", &order).await.unwrap().unwrap();
     assert_eq!(canceled.status(), PaymentStatus::Canceled);
-    let again = t
-        .client
-        .cancel_payment(cancel_req("n:4:compensate", &order))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let again = t.cancel("n:4:compensate", &order).await.unwrap().unwrap();
     assert_eq!(again, canceled);
-    assert_eq!(
-        t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Voided],
-        "voided once"
-    );
+    assert_eq!(t.gateway.authorizations_of(&order), [Voided], "voided once");
     assert_eq!(t.intent(&order).await, Some(intent), "the payment owns it");
 
     // Start, complete, repeat.
     let order2 = order_id();
-    t.client
-        .start_payment(start_req("n2:4", &order2, 10, "tok_ok"))
-        .await
-        .unwrap();
-    let done = t
-        .client
-        .complete_payment(complete_req("n2:6", &order2))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        done.payment.as_ref().unwrap().status(),
-        PaymentStatus::Completed
-    );
-    let done_again = t
-        .client
-        .complete_payment(complete_req("n2:6", &order2))
-        .await
-        .unwrap()
-        .into_inner();
+    t.start("n2:4", &order2, 10, "tok_ok").await.unwrap();
+    let done = t.complete("n2:6", &order2).await.unwrap();
+    assert_eq!(done.status(), PaymentStatus::Completed);
+    let done_again = t.complete("n2:6", &order2).await.unwrap();
     assert_eq!(done_again, done);
-    assert_eq!(
-        t.gateway.authorizations_of(&order2),
-        vec![AuthorizationState::Captured]
-    );
+    assert_eq!(t.gateway.authorizations_of(&order2), [Captured]);
     assert_eq!(t.intent(&order2).await.unwrap().4, "RECORDED");
 
     // Declined: settled DECLINED; the compensation's tombstone keeps it.
     let order3 = order_id();
     let err = t
-        .client
-        .start_payment(start_req("n3:4", &order3, 20, "tok_decline"))
+        .start("n3:4", &order3, 20, "tok_decline")
         .await
         .unwrap_err();
-    assert_eq!(error_reason(&err).as_deref(), Some("PAYMENT_DECLINED"));
+    assert_reason(&err, Code::FailedPrecondition, "PAYMENT_DECLINED");
     assert_eq!(t.intent(&order3).await.unwrap().4, "DECLINED");
-    t.client
-        .cancel_payment(cancel_req("n3:4:compensate", &order3))
-        .await
-        .unwrap();
+    t.cancel("n3:4:compensate", &order3).await.unwrap();
     assert_eq!(t.intent(&order3).await.unwrap().4, "DECLINED");
     assert!(t.gateway.authorizations_of(&order3).is_empty());
 
     // CancelPayment first: the order is claimed; StartPayment never reaches the gateway.
     let order4 = order_id();
-    t.client
-        .cancel_payment(cancel_req("n4:4:compensate", &order4))
-        .await
-        .unwrap();
+    t.cancel("n4:4:compensate", &order4).await.unwrap();
     assert_eq!(
         t.intent(&order4).await,
         Some((
@@ -561,12 +436,8 @@ async fn normal_paths_settle_the_intent(kind: Kind) {
             None
         ))
     );
-    let err = t
-        .client
-        .start_payment(start_req("n4:4", &order4, 30, "tok_ok"))
-        .await
-        .unwrap_err();
-    assert_compensated(&err, "late StartPayment");
+    let err = t.start("n4:4", &order4, 30, "tok_ok").await.unwrap_err();
+    assert_reason(&err, Code::FailedPrecondition, COMPENSATED);
     assert!(t.gateway.authorizations_of(&order4).is_empty());
     assert_eq!(
         t.gateway.authorization_under_key(&authorize_key(&order4)),

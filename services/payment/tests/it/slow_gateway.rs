@@ -6,13 +6,16 @@
 
 use std::time::Duration;
 
-use sagaflow_payment::{AuthorizationState, SimulatedGatewayConfig};
+use sagaflow_payment::{
+    AuthorizationState::{Authorized, Voided},
+    SimulatedGatewayConfig,
+};
 use sagaflow_proto::payment::v1::PaymentStatus;
-use sagaflow_server::error::error_reason;
-use sagaflow_testkit::Kind;
+use sagaflow_server::idempotency::late_action::COMPENSATED_BEFORE_ACTION as COMPENSATED;
+use sagaflow_testkit::{Kind, service::assert_reason};
 use tonic::{Code, IntoRequest};
 
-use crate::harness::{self, cancel_req, get_req, order_id, start_req};
+use crate::harness::{self, order_id, start_req};
 
 /// Slower than the caller's deadline by a wide margin, so that the test's next call surely comes
 /// while the authorization is in flight.
@@ -47,34 +50,24 @@ async fn deadline_then_compensation_voids_the_late_authorization(kind: Kind) {
     let err = t.client.start_payment(request).await.unwrap_err();
     assert_gave_up(&err);
     // The gateway has the authorization; the service has recorded nothing yet.
-    assert_eq!(
-        t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Authorized]
-    );
+    assert_eq!(t.gateway.authorizations_of(&order), [Authorized]);
     assert_eq!(t.stored_code("slow:4").await, None);
     assert!(t.rows().await.is_empty());
 
     // The saga compensates the unknown outcome.
-    let canceled = t
-        .client
-        .cancel_payment(cancel_req("slow:4:compensate", &order))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        canceled.payment, None,
-        "no payment was recorded yet: tombstone"
-    );
+    let canceled = t.cancel("slow:4:compensate", &order).await.unwrap();
+    assert_eq!(canceled, None, "no payment was recorded yet: tombstone");
 
     // The in-flight StartPayment finishes: it finds the tombstone and voids its authorization.
-    harness::wait_for(LIMIT, "the late authorization to be voided", || async {
-        (t.gateway.authorizations_of(&order) == vec![AuthorizationState::Voided]).then_some(())
+    sagaflow_testkit::eventually("the late authorization to be voided", LIMIT, || async {
+        (t.gateway.authorizations_of(&order) == [Voided]).then_some(())
     })
     .await;
-    let stored = harness::wait_for(LIMIT, "StartPayment's outcome to be recorded", || async {
-        t.stored_code("slow:4").await
-    })
-    .await;
+    let stored =
+        sagaflow_testkit::eventually("StartPayment's outcome to be recorded", LIMIT, || async {
+            t.stored_code("slow:4").await
+        })
+        .await;
     assert_eq!(stored, i64::from(i32::from(Code::FailedPrecondition)));
 
     // Late retries of the action are rejected and change nothing.
@@ -85,31 +78,12 @@ async fn deadline_then_compensation_voids_the_late_authorization(kind: Kind) {
         (None, "CANCELED")
     );
     for key in ["slow:4", "slow:4:operator-retry"] {
-        let err = t
-            .client
-            .start_payment(start_req(key, &order, 8_000, "tok_slow"))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::FailedPrecondition, "{key}");
-        assert_eq!(
-            error_reason(&err).as_deref(),
-            Some("COMPENSATED_BEFORE_ACTION"),
-            "{key}"
-        );
+        let err = t.start(key, &order, 8_000, "tok_slow").await.unwrap_err();
+        assert_reason(&err, Code::FailedPrecondition, COMPENSATED);
     }
     assert_eq!(t.rows().await, tombstone);
-    assert_eq!(
-        t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Voided]
-    );
-    assert_eq!(
-        t.client
-            .get_payment(get_req(&order))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
+    assert_eq!(t.gateway.authorizations_of(&order), [Voided]);
+    assert_eq!(t.get(&order).await.unwrap_err().code(), Code::NotFound);
     t.stop().await;
 }
 
@@ -126,77 +100,37 @@ async fn deadline_then_outcome_is_recorded(kind: Kind) {
     // While the slow authorization is in flight, the service answers other orders: no
     // transaction is held across the gateway call.
     let other = order_id();
-    let fast = t
-        .client
-        .start_payment(start_req("fast:4", &other, 100, "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let fast = t.start("fast:4", &other, 100, "tok_ok").await.unwrap();
     assert_eq!(fast.status(), PaymentStatus::Started);
     assert_eq!(
-        t.client
-            .get_payment(get_req(&order))
-            .await
-            .unwrap_err()
-            .code(),
+        t.get(&order).await.unwrap_err().code(),
         Code::NotFound,
         "the slow authorization is still in flight"
     );
 
-    let payment = harness::wait_for(LIMIT, "the slow payment to be recorded", || async {
-        let mut client = t.client.clone();
-        client
-            .get_payment(get_req(&order))
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().payment)
-    })
-    .await;
+    let payment =
+        sagaflow_testkit::eventually("the slow payment to be recorded", LIMIT, || async {
+            t.get(&order).await.ok()
+        })
+        .await;
     assert_eq!(payment.status(), PaymentStatus::Started);
     assert_eq!(payment.amount, 4_200);
 
     // The saga's retry with the same key gets the recorded outcome (no second authorization).
-    let retried = t
-        .client
-        .start_payment(start_req("rec:4", &order, 4_200, "tok_slow"))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let retried = t.start("rec:4", &order, 4_200, "tok_slow").await.unwrap();
     assert_eq!(retried, payment);
     assert_eq!(t.gateway.authorizations_of(&order).len(), 1);
 
     // Compensation after the action: voided and CANCELED; a late StartPayment changes nothing.
-    let canceled = t
-        .client
-        .cancel_payment(cancel_req("rec:4:compensate", &order))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let canceled = t.cancel("rec:4:compensate", &order).await.unwrap().unwrap();
     assert_eq!(canceled.status(), PaymentStatus::Canceled);
-    assert_eq!(
-        t.gateway.authorizations_of(&order),
-        vec![AuthorizationState::Voided]
-    );
+    assert_eq!(t.gateway.authorizations_of(&order), [Voided]);
     let err = t
-        .client
-        .start_payment(start_req("rec:4:late", &order, 4_200, "tok_slow"))
+        .start("rec:4:late", &order, 4_200, "tok_slow")
         .await
         .unwrap_err();
-    assert_eq!(error_reason(&err).as_deref(), Some("PAYMENT_CANCELED"));
-    let after = t
-        .client
-        .get_payment(get_req(&order))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    assert_reason(&err, Code::FailedPrecondition, "PAYMENT_CANCELED");
+    let after = t.get(&order).await.unwrap();
     assert_eq!(after, canceled);
     t.stop().await;
 }

@@ -1,129 +1,74 @@
 //! Every invalid input is INVALID_ARGUMENT naming the field, and nothing is written
 //! (docs/architecture.md, "The service contract").
 
-use sagaflow_server::error::violated_fields;
-use sagaflow_testkit::Kind;
-use tonic::Code;
+use sagaflow_proto::payment::v1::{
+    CancelPaymentRequest, CompletePaymentRequest, GetPaymentRequest, RefundPaymentRequest,
+    StartPaymentRequest, payment_service_client::PaymentServiceClient,
+};
+use sagaflow_testkit::{Kind, service::assert_each_invalid};
+use tonic::transport::Channel;
 
 use crate::harness::{self, cancel_req, complete_req, get_req, order_id, refund_req, start_req};
 
-fn assert_invalid(result: Result<impl std::fmt::Debug, tonic::Status>, field: &str, case: &str) {
-    let status = result.expect_err(case);
-    assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
-    assert!(
-        violated_fields(&status).iter().any(|f| f == field),
-        "{case}: expected {field} in {:?}",
-        violated_fields(&status)
-    );
+sagaflow_testkit::rpc_calls!(enum Call on PaymentServiceClient<Channel> {
+    Start(StartPaymentRequest) => start_payment, Cancel(CancelPaymentRequest) => cancel_payment,
+    Complete(CompletePaymentRequest) => complete_payment,
+    Refund(RefundPaymentRequest) => refund_payment, Get(GetPaymentRequest) => get_payment,
+});
+
+fn cases(order: &str) -> Vec<(Call, &'static str)> {
+    let long = "x".repeat(257);
+    vec![
+        (
+            Call::Start(start_req("", order, 1, "tok_ok")),
+            "idempotency_key",
+        ),
+        (
+            Call::Start(start_req(&long, order, 1, "tok_ok")),
+            "idempotency_key",
+        ),
+        (Call::Start(start_req("k", "", 1, "tok_ok")), "order_id"),
+        (
+            Call::Start(start_req("k", "not-a-uuid", 1, "tok_ok")),
+            "order_id",
+        ),
+        (Call::Start(start_req("k", order, -1, "tok_ok")), "amount"),
+        (
+            Call::Start(start_req("k", order, i64::MIN, "tok_ok")),
+            "amount",
+        ),
+        (Call::Start(start_req("k", order, 1, "")), "payment_method"),
+        (
+            Call::Start(start_req("k", order, 1, &long)),
+            "payment_method",
+        ),
+        // An unknown card token.
+        (
+            Call::Start(start_req("k", order, 1, "tok_unknown")),
+            "payment_method",
+        ),
+        (Call::Cancel(cancel_req("", order)), "idempotency_key"),
+        (Call::Cancel(cancel_req("k", "x")), "order_id"),
+        (
+            Call::Complete(complete_req(&long, order)),
+            "idempotency_key",
+        ),
+        (Call::Complete(complete_req("k", "")), "order_id"),
+        (Call::Refund(refund_req("", order)), "idempotency_key"),
+        (Call::Refund(refund_req("k", "1234")), "order_id"),
+        (Call::Get(get_req("nope")), "order_id"),
+        (Call::Get(get_req("")), "order_id"),
+    ]
 }
 
 async fn invalid_inputs_write_nothing(kind: Kind) {
-    let mut t = harness::start(kind, "pay_invalid").await;
+    let t = harness::start(kind, "pay_invalid").await;
     // An existing payment, so that "no row changed" is checked against real data.
-    let existing = order_id();
-    t.client
-        .start_payment(start_req("v:4", &existing, 100, "tok_ok"))
-        .await
-        .unwrap();
-    let rows = t.rows().await;
-    let keys = t.key_rows().await;
+    t.start("v:4", &order_id(), 100, "tok_ok").await.unwrap();
 
     let order = order_id();
-    let long = "x".repeat(257);
-    let c = &mut t.client;
-    let starts = [
-        (
-            start_req("", &order, 1, "tok_ok"),
-            "idempotency_key",
-            "empty key",
-        ),
-        (
-            start_req(&long, &order, 1, "tok_ok"),
-            "idempotency_key",
-            "key over 256 bytes",
-        ),
-        (
-            start_req("k", "", 1, "tok_ok"),
-            "order_id",
-            "empty order id",
-        ),
-        (
-            start_req("k", "not-a-uuid", 1, "tok_ok"),
-            "order_id",
-            "malformed order id",
-        ),
-        (
-            start_req("k", &order, -1, "tok_ok"),
-            "amount",
-            "negative amount",
-        ),
-        (
-            start_req("k", &order, i64::MIN, "tok_ok"),
-            "amount",
-            "i64::MIN amount",
-        ),
-        (
-            start_req("k", &order, 1, ""),
-            "payment_method",
-            "empty method",
-        ),
-        (
-            start_req("k", &order, 1, &long),
-            "payment_method",
-            "method over 256 bytes",
-        ),
-        (
-            start_req("k", &order, 1, "tok_unknown"),
-            "payment_method",
-            "unknown card token",
-        ),
-    ];
-    for (req, field, case) in starts {
-        assert_invalid(c.start_payment(req).await, field, case);
-    }
-    assert_invalid(
-        c.cancel_payment(cancel_req("", &order)).await,
-        "idempotency_key",
-        "cancel key",
-    );
-    assert_invalid(
-        c.cancel_payment(cancel_req("k", "x")).await,
-        "order_id",
-        "cancel order",
-    );
-    assert_invalid(
-        c.complete_payment(complete_req(&long, &order)).await,
-        "idempotency_key",
-        "complete key",
-    );
-    assert_invalid(
-        c.complete_payment(complete_req("k", "")).await,
-        "order_id",
-        "complete order",
-    );
-    assert_invalid(
-        c.refund_payment(refund_req("", &order)).await,
-        "idempotency_key",
-        "refund key",
-    );
-    assert_invalid(
-        c.refund_payment(refund_req("k", "1234")).await,
-        "order_id",
-        "refund order",
-    );
-    assert_invalid(
-        c.get_payment(get_req("nope")).await,
-        "order_id",
-        "get order",
-    );
-    assert_invalid(
-        c.get_payment(get_req("")).await,
-        "order_id",
-        "get empty order",
-    );
-
-    assert_eq!(t.rows().await, rows, "no payment row changed");
-    assert_eq!(t.key_rows().await, keys, "no idempotency key stored");
+    let snapshot = || async { (t.rows().await, t.key_rows().await) };
+    assert_each_invalid(cases(&order), |call| call.send(&t.client), snapshot).await;
     assert!(t.gateway.authorizations_of(&order).is_empty());
     assert_eq!(
         t.intent(&order).await,

@@ -6,9 +6,9 @@ use sagaflow_proto::point::v1::{
     DeductPointsRequest, DeductPointsResponse, GetBalanceRequest, GrantPointsRequest,
     RestorePointsRequest, RestorePointsResponse,
 };
-use sagaflow_server::error::{error_reason, violated_fields};
-use sagaflow_testkit::Kind;
-use tonic::{Code, Status};
+use sagaflow_server::error::violated_fields;
+use sagaflow_testkit::{Kind, service::assert_reason};
+use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::harness::{Harness, order_id};
@@ -28,11 +28,6 @@ fn restore(key: &str, user: &str, order: &str) -> RestorePointsRequest {
         user_id: user.into(),
         order_id: order.into(),
     }
-}
-
-fn assert_reason(status: &Status, code: Code, reason: &str) {
-    assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(error_reason(status).as_deref(), Some(reason), "{status:?}");
 }
 
 async fn grant_deduct_restore(kind: Kind) {

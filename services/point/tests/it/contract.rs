@@ -4,9 +4,8 @@
 use sagaflow_proto::point::v1::{DeductPointsRequest, DeductPointsResponse, RestorePointsRequest};
 use sagaflow_testkit::{
     Kind,
-    contract::{self, BoxFuture, Command, Compensatable},
+    contract::{self, Answer, BoxFuture, Command, Compensatable},
 };
-use tonic::Status;
 
 use crate::harness::Harness;
 
@@ -40,18 +39,9 @@ impl Command for DeductPoints {
         &self,
         (user, order): &Self::Subject,
         key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = deduct(user, order, key, 1_000);
-        let mut client = self.0.client.clone();
-        Box::pin(async move { client.deduct_points(req).await.map(|r| r.into_inner()) })
-    }
-
-    fn send_other(
-        &self,
-        (user, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<Self::Reply, Status>> {
-        let req = deduct(user, order, key, 2_000);
+        other: bool,
+    ) -> Answer<'_, Self::Reply> {
+        let req = deduct(user, order, key, if other { 2_000 } else { 1_000 });
         let mut client = self.0.client.clone();
         Box::pin(async move { client.deduct_points(req).await.map(|r| r.into_inner()) })
     }
@@ -71,11 +61,7 @@ impl Command for DeductPoints {
 }
 
 impl Compensatable for DeductPoints {
-    fn compensate(
-        &self,
-        (user, order): &Self::Subject,
-        key: &str,
-    ) -> BoxFuture<'_, Result<(), Status>> {
+    fn compensate(&self, (user, order): &Self::Subject, key: &str) -> Answer<'_, ()> {
         let req = RestorePointsRequest {
             idempotency_key: key.into(),
             user_id: user.clone(),

@@ -1,16 +1,13 @@
 //! Starts a point server on a fresh database and reads the database directly, so tests can check
 //! what changed (and what did not).
 
-use sagaflow_point::{PointService, SERVICE_NAME, migrations};
+use sagaflow_point::PointService;
 use sagaflow_proto::point::v1::{GrantPointsRequest, point_service_client::PointServiceClient};
 use tonic::transport::Channel;
 
 sagaflow_testkit::service_harness!(
     /// A running point server with its database and a connected client.
-    pub(crate) struct Harness(PointServiceClient<Channel>),
-    |db| PointService::new(db),
-    migrations(),
-    SERVICE_NAME
+    pub(crate) struct Harness(PointServiceClient<Channel>), sagaflow_point, PointService
 );
 
 impl Harness {
@@ -31,49 +28,32 @@ impl Harness {
 
     /// The balance column (`None`: no row).
     pub(crate) async fn balance(&self, user: &str) -> Option<i64> {
-        sqlx::query_scalar("SELECT balance FROM balances WHERE user_id = $1")
-            .bind(user)
-            .fetch_optional(self.db.pool())
-            .await
-            .unwrap()
+        let sql = "SELECT balance FROM balances WHERE user_id = $1";
+        self.value(sql, user).await
     }
 
     /// (user_id, amount, status) of the order's deduction row.
     pub(crate) async fn deduction(&self, order_id: &str) -> Option<(String, i64, String)> {
-        sqlx::query_as("SELECT user_id, amount, status FROM deductions WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(self.db.pool())
-            .await
-            .unwrap()
+        let sql = "SELECT user_id, amount, status FROM deductions WHERE order_id = $1";
+        self.row(sql, order_id).await
     }
 
     /// Every row of every point table (except timestamps), for "nothing changed" checks.
     pub(crate) async fn snapshot(&self) -> Snapshot {
-        let pool = self.db.pool();
         Snapshot {
-            balances: sqlx::query_as("SELECT user_id, balance FROM balances ORDER BY user_id")
-                .fetch_all(pool)
-                .await
-                .unwrap(),
-            deductions: sqlx::query_as(
-                "SELECT order_id, user_id, amount, status FROM deductions ORDER BY order_id",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
-            ledger: sqlx::query_as(
-                "SELECT user_id, kind, amount, order_id, idempotency_key FROM point_ledger \
-                 ORDER BY entry_id",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
-            idempotency_keys: sqlx::query_scalar(
-                "SELECT idempotency_key FROM idempotency_keys ORDER BY idempotency_key",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap(),
+            balances: self
+                .rows("SELECT user_id, balance FROM balances ORDER BY user_id")
+                .await,
+            deductions: self
+                .rows("SELECT order_id, user_id, amount, status FROM deductions ORDER BY order_id")
+                .await,
+            ledger: self
+                .rows(
+                    "SELECT user_id, kind, amount, order_id, idempotency_key FROM point_ledger \
+                     ORDER BY entry_id",
+                )
+                .await,
+            idempotency_keys: self.idempotency_keys().await,
         }
     }
 

@@ -3,30 +3,17 @@
 
 use sagaflow_proto::point::v1::{
     DeductPointsRequest, GetBalanceRequest, GrantPointsRequest, RestorePointsRequest,
+    point_service_client::PointServiceClient,
 };
-use sagaflow_server::error::violated_fields;
-use sagaflow_testkit::Kind;
-use tonic::Code;
+use sagaflow_testkit::{Kind, service::assert_each_invalid};
+use tonic::transport::Channel;
 
 use crate::harness::{Harness, order_id};
 
-#[derive(Debug, Clone)]
-enum Call {
-    Get(GetBalanceRequest),
-    Grant(GrantPointsRequest),
-    Deduct(DeductPointsRequest),
-    Restore(RestorePointsRequest),
-}
-
-async fn call(h: &Harness, call: Call) -> Result<(), tonic::Status> {
-    let mut c = h.client.clone();
-    match call {
-        Call::Get(r) => c.get_balance(r).await.map(drop),
-        Call::Grant(r) => c.grant_points(r).await.map(drop),
-        Call::Deduct(r) => c.deduct_points(r).await.map(drop),
-        Call::Restore(r) => c.restore_points(r).await.map(drop),
-    }
-}
+sagaflow_testkit::rpc_calls!(enum Call on PointServiceClient<Channel> {
+    Get(GetBalanceRequest) => get_balance, Grant(GrantPointsRequest) => grant_points,
+    Deduct(DeductPointsRequest) => deduct_points, Restore(RestorePointsRequest) => restore_points,
+});
 
 fn cases() -> Vec<(Call, &'static str)> {
     let long = "x".repeat(257);
@@ -170,15 +157,7 @@ fn cases() -> Vec<(Call, &'static str)> {
 async fn every_invalid_input_names_its_field_and_writes_nothing(kind: Kind) {
     let h = Harness::start(kind, "pt_invalid").await;
     h.grant("alice", 1_000).await;
-    let before = h.snapshot().await;
-    for (request, field) in cases() {
-        let err = call(&h, request.clone())
-            .await
-            .expect_err(&format!("{request:?} must be rejected"));
-        assert_eq!(err.code(), Code::InvalidArgument, "{request:?}: {err:?}");
-        assert_eq!(violated_fields(&err), [field], "{request:?}: {err:?}");
-        assert_eq!(h.snapshot().await, before, "{request:?} changed a row");
-    }
+    assert_each_invalid(cases(), |call| call.send(&h.client), || h.snapshot()).await;
 }
 
 sagaflow_testkit::both_backends!(every_invalid_input_names_its_field_and_writes_nothing);

@@ -1,28 +1,21 @@
 //! TopProducts through the real grpcurl binary: JSON field names are the documented ones
 //! (lowerCamelCase) with the right values.
 
-use sagaflow_testkit::{Kind, grpcurl_json};
+use sagaflow_testkit::Kind;
 
 use crate::harness::{self, completed};
 
 async fn top_products_json(kind: Kind) {
-    let mut t = harness::start(kind, "rank_grpcurl").await;
+    let mut t = harness::TestRanking::start(kind, "rank_grpcurl").await;
     for event in [
         completed(&[("KB-001", 2), ("MS-002", 1)]),
         completed(&[("KB-001", 1)]),
     ] {
         t.client.record_order_completed(event).await.unwrap();
     }
-    let addr = t.server.addr().to_string();
-    let json = tokio::task::spawn_blocking(move || {
-        grpcurl_json(
-            &addr,
-            &["-d", r#"{"limit": 5}"#],
-            "sagaflow.ranking.v1.RankingService/TopProducts",
-        )
-    })
-    .await
-    .unwrap();
+    let json = t
+        .grpcurl("TopProducts", serde_json::json!({"limit": 5}))
+        .await;
     assert_eq!(
         json,
         serde_json::json!({

@@ -8,42 +8,14 @@ use sagaflow_proto::{
     },
 };
 use sagaflow_ranking::RankingService;
-use sagaflow_server::{Db, grpc::ServerHandle};
-use sagaflow_testkit::{Kind, TestDatabase};
 use tonic::transport::Channel;
 
-pub(crate) struct TestRanking {
-    pub(crate) _tdb: TestDatabase,
-    pub(crate) db: Db,
-    pub(crate) server: ServerHandle,
-    pub(crate) client: RankingServiceClient<Channel>,
-}
-
-pub(crate) async fn start(kind: Kind, name: &str) -> TestRanking {
-    let tdb = TestDatabase::new(kind, name);
-    let (db, server) = sagaflow_server::grpc::spawn_service(
-        &tdb.url,
-        sagaflow_ranking::migrations(),
-        sagaflow_ranking::SERVICE_NAME,
-        |db, routes| RankingService::new(db).register(routes),
-    )
-    .await
-    .expect("start the service on its test database");
-    let client = RankingServiceClient::connect(server.url()).await.unwrap();
-    TestRanking {
-        _tdb: tdb,
-        db,
-        server,
-        client,
-    }
-}
+sagaflow_testkit::service_harness!(
+    /// A running ranking server with its database and a connected client.
+    pub(crate) struct TestRanking(RankingServiceClient<Channel>), sagaflow_ranking, RankingService
+);
 
 impl TestRanking {
-    pub(crate) async fn stop(self) {
-        self.server.shutdown().await.unwrap();
-        self.db.close().await;
-    }
-
     pub(crate) async fn top(&mut self, limit: i32) -> Vec<ProductSales> {
         self.client
             .top_products(TopProductsRequest { limit })
@@ -53,20 +25,10 @@ impl TestRanking {
             .products
     }
 
-    /// Row counts of (inbox, product_sales, idempotency_keys).
-    pub(crate) async fn counts(&self) -> (i64, i64, i64) {
-        let count = |table: &'static str| async move {
-            let sql = format!("SELECT COUNT(*) FROM {table}");
-            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-                .fetch_one(self.db.pool())
-                .await
-                .unwrap()
-        };
-        (
-            count("inbox").await,
-            count("product_sales").await,
-            count("idempotency_keys").await,
-        )
+    /// Row counts of [inbox, product_sales, idempotency_keys].
+    pub(crate) async fn counts(&self) -> [i64; 3] {
+        self.table_counts(["inbox", "product_sales", "idempotency_keys"])
+            .await
     }
 }
 

@@ -9,7 +9,7 @@ use tonic::Code;
 use crate::harness::{self, completed, sales};
 
 async fn records_and_ranks(kind: Kind) {
-    let mut t = harness::start(kind, "rank_happy").await;
+    let mut t = harness::TestRanking::start(kind, "rank_happy").await;
     assert!(t.top(0).await.is_empty());
     let events = [
         completed(&[("KB-001", 2), ("MS-002", 1)]),
@@ -40,12 +40,12 @@ async fn records_and_ranks(kind: Kind) {
         t.top(2).await,
         vec![sales("HD-003", 4, 1), sales("KB-001", 4, 2)]
     );
-    assert_eq!(t.counts().await, (4, 4, 4));
+    assert_eq!(t.counts().await, [4, 4, 4]);
     t.stop().await;
 }
 
 async fn limit_zero_means_ten_and_order_matches_the_rule(kind: Kind) {
-    let mut t = harness::start(kind, "rank_limit").await;
+    let mut t = harness::TestRanking::start(kind, "rank_limit").await;
     let mut expected = Vec::new();
     // 12 skus with mixed case (byte order: upper case first) and repeated totals.
     for i in 0..12_i32 {
@@ -81,7 +81,7 @@ async fn limit_zero_means_ten_and_order_matches_the_rule(kind: Kind) {
 }
 
 async fn redelivery_changes_nothing(kind: Kind) {
-    let mut t = harness::start(kind, "rank_redelivery").await;
+    let mut t = harness::TestRanking::start(kind, "rank_redelivery").await;
     let event = completed(&[("KB-001", 3)]);
     let first = t
         .client
@@ -118,7 +118,7 @@ async fn redelivery_changes_nothing(kind: Kind) {
 }
 
 async fn event_id_reused_for_another_event_is_already_exists(kind: Kind) {
-    let mut t = harness::start(kind, "rank_reuse").await;
+    let mut t = harness::TestRanking::start(kind, "rank_reuse").await;
     let event = completed(&[("KB-001", 3)]);
     t.client
         .record_order_completed(event.clone())
@@ -139,7 +139,7 @@ async fn event_id_reused_for_another_event_is_already_exists(kind: Kind) {
 }
 
 async fn concurrent_redeliveries_apply_once(kind: Kind) {
-    let mut t = harness::start(kind, "rank_race").await;
+    let mut t = harness::TestRanking::start(kind, "rank_race").await;
     let event = completed(&[("KB-001", 2), ("MS-002", 1)]);
     let mut calls = Vec::new();
     for _ in 0..20 {

@@ -21,7 +21,7 @@ async fn inbox_ids(t: &harness::TestRanking) -> Vec<String> {
 }
 
 async fn retention_prunes_exactly_the_expired_inbox_rows(kind: Kind) {
-    let mut t = harness::start(kind, "rank_retention").await;
+    let mut t = harness::TestRanking::start(kind, "rank_retention").await;
     let day = 86_400_000_i64;
     let now = now_ms();
     let events: Vec<_> = (0..6).map(|_| completed(&[("KB-001", 1)])).collect();
@@ -73,7 +73,7 @@ async fn retention_prunes_exactly_the_expired_inbox_rows(kind: Kind) {
     let mut live_ids: Vec<String> = live.iter().map(|e| e.event_id.clone()).collect();
     live_ids.sort();
     assert_eq!(inbox_ids(&t).await, live_ids);
-    assert_eq!(t.counts().await, (2, 1, 2));
+    assert_eq!(t.counts().await, [2, 1, 2]);
     // The sales stay; a redelivery of a live event applies nothing.
     assert_eq!(t.top(0).await, top_before);
     for event in live {

@@ -5,36 +5,16 @@ use sagaflow_proto::{
     order::v1::{OrderLine, OrderStatus},
     ranking::v1::{RecordOrderCompletedRequest, TopProductsRequest},
 };
-use sagaflow_server::error::violated_fields;
-use sagaflow_testkit::Kind;
-use tonic::Code;
+use sagaflow_testkit::{Kind, service::assert_invalid, with};
 
 use crate::harness::{self, completed, sales};
-
-fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str, case: &str) {
-    let status = result.expect_err(case);
-    assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
-    assert!(
-        violated_fields(&status).iter().any(|f| f == field),
-        "{case}: expected {field} in {:?}",
-        violated_fields(&status)
-    );
-}
-
-fn with(
-    mut req: RecordOrderCompletedRequest,
-    change: impl FnOnce(&mut RecordOrderCompletedRequest),
-) -> RecordOrderCompletedRequest {
-    change(&mut req);
-    req
-}
 
 fn order_mut(req: &mut RecordOrderCompletedRequest) -> &mut sagaflow_proto::order::v1::Order {
     req.event.as_mut().unwrap().order.as_mut().unwrap()
 }
 
 async fn invalid_inputs_write_nothing(kind: Kind) {
-    let mut t = harness::start(kind, "rank_invalid").await;
+    let mut t = harness::TestRanking::start(kind, "rank_invalid").await;
     t.client
         .record_order_completed(completed(&[("KB-001", 1)]))
         .await
