@@ -10,12 +10,12 @@ use sagaflow_server::{ServiceError, db::now_ms};
 use sqlx::AnyConnection;
 
 use crate::{
+    convert::to_proto,
     domain::{
         Decision, FailureReason, Order, OrderStatus, Rejection, decide_apply_coupon,
         decide_complete, decide_fail,
     },
-    grpc::to_proto,
-    outbox::OrderEvent,
+    events::OrderEvent,
     store,
 };
 

@@ -14,7 +14,7 @@ use sagaflow_proto::{
 };
 use sagaflow_server::{
     ServiceError,
-    db::{now_ms, timestamp_from_ms},
+    db::now_ms,
     idempotency,
     validate::{MAX_LINES, Validator, decode_page_token, encode_page_token},
 };
@@ -24,8 +24,9 @@ use uuid::Uuid;
 use crate::{
     INVENTORY_TIMEOUT, OrderService, WAIT_POLL_INTERVAL,
     commands::{self, load_existing},
+    convert::{reason_from_proto, to_proto},
     domain::{Amounts, FailureReason, Order, OrderStatus, PricingError, price_lines},
-    outbox::OrderEvent,
+    events::OrderEvent,
     store::{self, Cursor},
 };
 
@@ -454,73 +455,10 @@ fn status_from_proto(value: i32) -> Option<OrderStatus> {
     }
 }
 
-fn status_to_proto(status: OrderStatus) -> pb::OrderStatus {
-    match status {
-        OrderStatus::Pending => pb::OrderStatus::Pending,
-        OrderStatus::Completed => pb::OrderStatus::Completed,
-        OrderStatus::Failed => pb::OrderStatus::Failed,
-    }
-}
-
-fn reason_from_proto(value: i32) -> Option<FailureReason> {
-    match pb::FailureReason::try_from(value).ok()? {
-        pb::FailureReason::Unspecified => None,
-        pb::FailureReason::CouponUnavailable => Some(FailureReason::CouponUnavailable),
-        pb::FailureReason::OutOfStock => Some(FailureReason::OutOfStock),
-        pb::FailureReason::PaymentDeclined => Some(FailureReason::PaymentDeclined),
-        pb::FailureReason::InsufficientPoints => Some(FailureReason::InsufficientPoints),
-        pb::FailureReason::DeadlineExceeded => Some(FailureReason::DeadlineExceeded),
-        pb::FailureReason::Canceled => Some(FailureReason::Canceled),
-        pb::FailureReason::Internal => Some(FailureReason::Internal),
-    }
-}
-
-fn reason_to_proto(reason: FailureReason) -> pb::FailureReason {
-    match reason {
-        FailureReason::CouponUnavailable => pb::FailureReason::CouponUnavailable,
-        FailureReason::OutOfStock => pb::FailureReason::OutOfStock,
-        FailureReason::PaymentDeclined => pb::FailureReason::PaymentDeclined,
-        FailureReason::InsufficientPoints => pb::FailureReason::InsufficientPoints,
-        FailureReason::DeadlineExceeded => pb::FailureReason::DeadlineExceeded,
-        FailureReason::Canceled => pb::FailureReason::Canceled,
-        FailureReason::Internal => pb::FailureReason::Internal,
-    }
-}
-
-/// The proto form of an order (responses and outbox events carry it).
-pub(crate) fn to_proto(order: &Order) -> pb::Order {
-    pb::Order {
-        order_id: order.order_id.clone(),
-        user_id: order.user_id.clone(),
-        lines: order
-            .lines
-            .iter()
-            .map(|l| pb::OrderLine {
-                sku: l.sku.clone(),
-                quantity: l.quantity,
-                unit_price: l.unit_price,
-            })
-            .collect(),
-        coupon_code: order.coupon_code.clone().unwrap_or_default(),
-        subtotal: order.amounts.subtotal,
-        discount: order.amounts.discount,
-        points: order.amounts.points,
-        payable: order.amounts.payable,
-        status: status_to_proto(order.status).into(),
-        failure_reason: order
-            .failure_reason
-            .map_or(pb::FailureReason::Unspecified, reason_to_proto)
-            .into(),
-        // The orchestrator runs each order's saga with the order id as the saga id.
-        saga_id: order.order_id.clone(),
-        created_at: Some(timestamp_from_ms(order.created_at_ms)),
-        updated_at: Some(timestamp_from_ms(order.updated_at_ms)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convert::{reason_to_proto, status_to_proto};
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {

@@ -33,7 +33,9 @@ use tonic::transport::Channel;
 
 mod admin;
 mod commands;
+mod convert;
 pub mod domain;
+mod events;
 mod grpc;
 pub mod outbox;
 pub mod relay;

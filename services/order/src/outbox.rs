@@ -38,73 +38,11 @@
 use prost::Message;
 use sagaflow_proto::order::v1::{OrderCompletedEvent, OrderCreatedEvent, OrderFailedEvent};
 use sagaflow_server::{Db, ServiceError, db::now_ms};
-use sagaflow_telemetry::propagation;
 use sqlx::AnyConnection;
-use uuid::Uuid;
 
 use crate::domain::OrderStatus;
 
-/// The kind of an outbox event (the `event_type` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
-    /// An order was placed (payload `OrderCreatedEvent`); starts the order saga.
-    OrderCreated,
-    /// An order completed (payload `OrderCompletedEvent`); Ranking consumes it.
-    OrderCompleted,
-    /// An order failed (payload `OrderFailedEvent`).
-    OrderFailed,
-}
-
-impl EventType {
-    /// The column value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OrderCreated => "OrderCreated",
-            Self::OrderCompleted => "OrderCompleted",
-            Self::OrderFailed => "OrderFailed",
-        }
-    }
-
-    /// Parses a column value.
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "OrderCreated" => Some(Self::OrderCreated),
-            "OrderCompleted" => Some(Self::OrderCompleted),
-            "OrderFailed" => Some(Self::OrderFailed),
-            _ => None,
-        }
-    }
-}
-
-/// A decoded outbox payload.
-#[derive(Debug, Clone, PartialEq)]
-pub enum OrderEvent {
-    /// An order was placed.
-    Created(OrderCreatedEvent),
-    /// An order completed.
-    Completed(OrderCompletedEvent),
-    /// An order failed.
-    Failed(OrderFailedEvent),
-}
-
-impl OrderEvent {
-    /// The event's type.
-    pub fn event_type(&self) -> EventType {
-        match self {
-            Self::Created(_) => EventType::OrderCreated,
-            Self::Completed(_) => EventType::OrderCompleted,
-            Self::Failed(_) => EventType::OrderFailed,
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        match self {
-            Self::Created(e) => e.encode_to_vec(),
-            Self::Completed(e) => e.encode_to_vec(),
-            Self::Failed(e) => e.encode_to_vec(),
-        }
-    }
-}
+pub use crate::events::{EventType, OrderEvent};
 
 /// One outbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -646,34 +584,6 @@ pub async fn backlog(db: &Db) -> Result<Backlog, OutboxError> {
         pending,
         oldest_created_at_ms,
     })
-}
-
-/// Appends `event` for `aggregate_id` with the aggregate's next sequence number, on the caller's
-/// transaction (it never begins its own), with the current span's `traceparent` (the command's
-/// handler).
-/// Returns the event id.
-pub(crate) async fn append(
-    conn: &mut AnyConnection,
-    aggregate_id: &str,
-    event: &OrderEvent,
-) -> Result<String, sqlx::Error> {
-    let event_id = Uuid::new_v4().to_string();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, sequence, event_type, payload, created_at, \
-         traceparent) \
-         SELECT $1, $2, COALESCE(MAX(sequence), 0) + 1, $3, $4, $5, $6 \
-         FROM outbox WHERE aggregate_id = $7",
-    )
-    .bind(&event_id)
-    .bind(aggregate_id)
-    .bind(event.event_type().as_str())
-    .bind(event.encode())
-    .bind(now_ms())
-    .bind(propagation::current_traceparent())
-    .bind(aggregate_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(event_id)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use sqlx::AnyConnection;
 
 use crate::{
     domain::{Amounts, FailureReason, Order, OrderLine, OrderStatus},
-    outbox::{self, OrderEvent},
+    events::{self, OrderEvent},
 };
 
 #[derive(Debug, sqlx::FromRow)]
@@ -168,7 +168,7 @@ pub(crate) async fn insert_order(
         .await?;
     }
     append_history(conn, order).await?;
-    outbox::append(conn, &order.order_id, created).await?;
+    events::append(conn, &order.order_id, created).await?;
     Ok(())
 }
 
@@ -224,7 +224,7 @@ pub(crate) async fn finish(
         return Ok(false);
     }
     append_history(conn, order).await?;
-    outbox::append(conn, &order.order_id, event).await?;
+    events::append(conn, &order.order_id, event).await?;
     Ok(true)
 }
 

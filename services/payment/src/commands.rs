@@ -10,6 +10,7 @@ use sagaflow_server::{Db, ServiceError, idempotency};
 use tonic::Status;
 
 use crate::{
+    convert::to_proto,
     domain::{
         CancelDecision, CompleteDecision, IntentStatus, Payment, PaymentRecord, RefundDecision,
         Rejection, StartDecision, TombstoneIntent, decide_cancel, decide_complete, decide_refund,
@@ -19,7 +20,6 @@ use crate::{
         AuthorizeRequest, GatewayError, GatewayReference, OperationRequest, PaymentGateway,
         VoidByKeyRequest,
     },
-    grpc::to_proto,
     store::{self, Transition},
 };
 

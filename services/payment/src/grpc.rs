@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::{
     PaymentService,
     commands::{cancel, complete, get, refund, start},
-    domain::{Payment, PaymentStatus},
+    convert::to_proto,
 };
 
 #[tonic::async_trait]
@@ -101,20 +101,4 @@ fn validate_key_and_order(key: &str, order_id: &str) -> Result<String, ServiceEr
     let order_id = v.uuid_text("order_id", order_id);
     v.finish()?;
     Ok(order_id)
-}
-
-/// The proto form of a payment (the responses the commands store carry it).
-pub(crate) fn to_proto(payment: &Payment) -> pb::Payment {
-    let status = match payment.status {
-        PaymentStatus::Started => pb::PaymentStatus::Started,
-        PaymentStatus::Canceled => pb::PaymentStatus::Canceled,
-        PaymentStatus::Completed => pb::PaymentStatus::Completed,
-        PaymentStatus::Refunded => pb::PaymentStatus::Refunded,
-    };
-    pb::Payment {
-        payment_id: payment.payment_id.clone(),
-        order_id: payment.order_id.clone(),
-        amount: payment.amount,
-        status: status.into(),
-    }
 }

@@ -52,6 +52,7 @@ use sagaflow_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use sagaflow_server::Db;
 
 mod commands;
+mod convert;
 pub mod domain;
 pub mod gateway;
 mod grpc;
