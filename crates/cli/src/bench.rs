@@ -120,7 +120,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     };
     let report = drive(&args, &peers, durability, &interrupt).await;
     if let Some((system, dir)) = embedded {
-        system.shutdown().await;
+        if interrupt.is_set() {
+            system.shutdown_within(INTERRUPT_GRACE / 2).await;
+        } else {
+            system.shutdown().await;
+        }
         if let Err(err) = dir.close() {
             eprintln!("could not remove the bench's data directory: {err}");
         }

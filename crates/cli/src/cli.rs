@@ -74,8 +74,8 @@ pub fn main() -> ExitCode {
             Command::Saga(_) | Command::Seed(_) => "sagaflow-cli".to_owned(),
         };
         let mut config = sagaflow_telemetry::TelemetryConfig::from_env(service, format);
-        if matches!(cli.command, Command::Bench(_)) {
-            // A load run prints its report, not a line per saga (RUST_LOG still wins).
+        if matches!(cli.command, Command::Bench(_) | Command::Demo(_)) {
+            // A run that prints a report prints no log line per saga (RUST_LOG still wins).
             config = config.with_default_log_filter("warn");
         }
         let telemetry = sagaflow_telemetry::init_config(config);

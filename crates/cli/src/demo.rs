@@ -211,7 +211,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
     };
     let outcome = place_all(&args, &samples, &peers, &interrupt).await;
     if let Some((system, dir)) = embedded {
-        system.shutdown().await;
+        if interrupt.is_set() {
+            system.shutdown_within(INTERRUPT_GRACE / 2).await;
+        } else {
+            system.shutdown().await;
+        }
         if let Err(err) = dir.close() {
             eprintln!("could not remove the demo's data directory: {err}");
         }

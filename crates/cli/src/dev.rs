@@ -246,13 +246,13 @@ impl Embedded {
     /// # Errors
     /// When a database cannot be opened, the port cannot be bound, or seeding fails.
     pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Self> {
-        crate::datadir::prepare(&config.data_dir)?;
-        // Before anything is opened: a second `dev` on the same directory changes nothing.
-        let lock = crate::datadir::DataDirLock::exclusive(&config.data_dir)?;
-        // The port next, before any database file is created: a port in use changes nothing.
+        // The port first: a port in use changes nothing, not even the data directory.
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        crate::datadir::prepare(&config.data_dir)?;
+        // Before anything is opened: a second `dev` on the same directory changes nothing.
+        let lock = crate::datadir::DataDirLock::exclusive(&config.data_dir)?;
         let addr = listener.local_addr().context("reading the bound address")?;
 
         let pool = PoolConfig {
@@ -379,10 +379,16 @@ impl Embedded {
     /// Graceful shutdown: stop accepting calls and let in-flight ones finish, stop the relay,
     /// let running steps finish (up to 10 s) and release their leases, close the databases.
     pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(10)).await;
+    }
+
+    /// [`Embedded::shutdown`] with `grace` for the running steps instead of 10 s (`demo` and
+    /// `bench` after Ctrl-C: their data directory is removed right after).
+    pub async fn shutdown_within(self, grace: Duration) {
         // Order matters: the engine's steps call services in this very process, so the engine
         // stops (finishing the calls in flight, releasing its leases) while the server still
         // serves; long-polls and the relay stop first so the server can drain at once.
-        self.running.shutdown().await;
+        self.running.shutdown_within(grace).await;
         if let Err(err) = self.server.shutdown().await {
             tracing::warn!(error = %err, "gRPC server stopped with an error");
         }

@@ -138,10 +138,13 @@ async fn row(
             })
             .await?
             .into_inner();
+        // The step that failed; a step whose outcome stayed unknown was compensated itself, so
+        // then the last compensated step (in definition order) is where the saga stopped.
         reply
             .steps
             .iter()
             .find(|s| s.state == "failed")
+            .or_else(|| reply.steps.iter().rfind(|s| s.state == "compensated"))
             .map(|s| s.name.clone())
             .unwrap_or_default()
     } else {

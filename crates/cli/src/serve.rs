@@ -377,6 +377,10 @@ async fn serve_with(
                 saga_deadline: Duration::from_millis(args.engine.saga_deadline_ms),
             },
         };
+    // The port first: a port in use changes nothing (no migration, no relay started).
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| {
+        CliError::Failed(anyhow::Error::new(err).context(format!("binding {listen}")))
+    })?;
     let db = Db::connect(url, service.migrations(), &args.database.pool_config())
         .await
         .context("opening the database")?;
@@ -394,16 +398,6 @@ async fn serve_with(
         "retention",
         crate::retention::spawn(&[(service, &db)], &retention, running.stop_token()),
     );
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            running.shutdown().await;
-            db.close().await;
-            return Err(CliError::Failed(
-                anyhow::Error::new(err).context(format!("binding {listen}")),
-            ));
-        }
-    };
     // On SIGTERM/Ctrl-C, end long-polls and the relay at once, then let the server drain.
     let signal = {
         let stop = running.stop_token();

@@ -326,6 +326,11 @@ impl Running {
     /// to finish the calls in flight and release their leases; those still running then are
     /// aborted and their leases expire (docs/operations.md, "Recovery after a crash").
     pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(10)).await;
+    }
+
+    /// [`Running::shutdown`] with `grace` for the saga drivers instead of 10 s.
+    pub async fn shutdown_within(self, grace: Duration) {
         self.stop.cancel();
         for (what, task) in self.background {
             if let Err(err) = task.await {
@@ -333,7 +338,7 @@ impl Running {
             }
         }
         if let Some(engine) = self.engine {
-            let report = engine.shutdown(Duration::from_secs(10)).await;
+            let report = engine.shutdown(grace).await;
             if report.aborted > 0 {
                 tracing::warn!(
                     aborted = report.aborted,

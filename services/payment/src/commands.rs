@@ -213,6 +213,12 @@ async fn release_if_tombstoned(
             tracing::debug!("nothing was authorized under the tombstoned order's key")
         }
         Ok(None) => {}
+        // Shutting down: the database is closed under the late reply. Nothing is lost (the
+        // intent stays open), so this is not a warning.
+        Err(err) if db.pool().is_closed() => tracing::debug!(
+            error = %err,
+            "late authorization left for the next CancelPayment or StartPayment (shutting down)"
+        ),
         Err(err) => tracing::warn!(
             error = %err,
             "cannot void a late authorization now; the order's next CancelPayment or \

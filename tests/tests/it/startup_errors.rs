@@ -147,3 +147,48 @@ fn a_postgresql_role_that_does_not_exist() {
         &[url, "sagaflow_no_such_role", "check --database-url"],
     );
 }
+
+#[test]
+fn a_port_in_use_changes_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    // dev: the data directory is not even created.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("never");
+    fails_in_one_line(
+        &[
+            "dev",
+            "--listen",
+            &addr,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[&addr, "Address already in use"],
+    );
+    assert!(
+        !data.exists(),
+        "dev created {} before binding",
+        data.display()
+    );
+    // serve on PostgreSQL: no database is created or migrated.
+    let name = sagaflow_testkit::unique_name("port_taken");
+    let base = std::env::var("SAGAFLOW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| sagaflow_testkit::DEFAULT_TEST_DATABASE_URL.to_owned());
+    let url = sagaflow_testkit::postgres_url_with_database(&base, &name);
+    fails_in_one_line(
+        &["serve", "order", "--listen", &addr, "--database-url", &url],
+        &[&addr, "Address already in use"],
+    );
+    let exists = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-tAc",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&exists.stdout).trim(), "0");
+}
