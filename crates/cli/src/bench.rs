@@ -259,26 +259,9 @@ async fn drive(
             }
         });
     }
+    // After Ctrl-C and its grace, orders still in flight are left out of the figures.
     let mut grace_ends = None;
-    loop {
-        let joined = match grace_ends {
-            None => tokio::select! {
-                joined = set.join_next() => joined,
-                () = interrupt.wait() => {
-                    grace_ends = Some(Instant::now() + INTERRUPT_GRACE);
-                    continue;
-                }
-            },
-            Some(end) => match tokio::time::timeout_at(end, set.join_next()).await {
-                Ok(joined) => joined,
-                Err(_) => {
-                    // Orders still in flight are left out of the figures.
-                    set.abort_all();
-                    break;
-                }
-            },
-        };
-        let Some(joined) = joined else { break };
+    while let Some(joined) = interrupt.join_next(&mut set, &mut grace_ends).await {
         joined.context("a bench client failed")?;
     }
     progress.finish();

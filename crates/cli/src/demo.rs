@@ -278,26 +278,9 @@ async fn place_all(
     let mut results: Vec<Option<(Order, Duration)>> = vec![None; samples.len()];
     let mut errors = Vec::new();
     let mut not_placed = 0_usize;
+    // After Ctrl-C and its grace, what is still in flight is reported unfinished.
     let mut grace_ends = None;
-    loop {
-        let joined = match grace_ends {
-            None => tokio::select! {
-                joined = set.join_next() => joined,
-                () = interrupt.wait() => {
-                    grace_ends = Some(Instant::now() + INTERRUPT_GRACE);
-                    continue;
-                }
-            },
-            Some(end) => match tokio::time::timeout_at(end, set.join_next()).await {
-                Ok(joined) => joined,
-                Err(_) => {
-                    // What is still in flight is reported unfinished.
-                    set.abort_all();
-                    break;
-                }
-            },
-        };
-        let Some(joined) = joined else { break };
+    while let Some(joined) = interrupt.join_next(&mut set, &mut grace_ends).await {
         let (i, result) = joined.context("an order task failed")?;
         match result {
             None => not_placed += 1,

@@ -52,6 +52,33 @@ impl Interrupt {
     pub async fn wait(&self) {
         self.0.cancelled().await;
     }
+
+    /// The next task of `set` to end, as [`JoinSet::join_next`], until Ctrl-C: from then on the
+    /// tasks get [`INTERRUPT_GRACE`] (tracked in `grace_ends`), after which the rest are aborted
+    /// and `None` ends the caller's loop.
+    pub async fn join_next<T: 'static>(
+        &self,
+        set: &mut tokio::task::JoinSet<T>,
+        grace_ends: &mut Option<Instant>,
+    ) -> Option<Result<T, tokio::task::JoinError>> {
+        loop {
+            match *grace_ends {
+                None => tokio::select! {
+                    joined = set.join_next() => return joined,
+                    () = self.wait() => *grace_ends = Some(Instant::now() + INTERRUPT_GRACE),
+                },
+                Some(end) => {
+                    return match tokio::time::timeout_at(end, set.join_next()).await {
+                        Ok(joined) => joined,
+                        Err(_) => {
+                            set.abort_all();
+                            None
+                        }
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// Progress of a long-running command (`demo`, `bench`): a progress bar when stdout is a terminal,
