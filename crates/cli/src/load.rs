@@ -53,7 +53,7 @@ impl Interrupt {
         self.0.cancelled().await;
     }
 
-    /// The next task of `set` to end, as [`JoinSet::join_next`], until Ctrl-C: from then on the
+    /// The next task of `set` to end, as [`tokio::task::JoinSet::join_next`], until Ctrl-C: from then on the
     /// tasks get [`INTERRUPT_GRACE`] (tracked in `grace_ends`), after which the rest are aborted
     /// and `None` ends the caller's loop.
     pub async fn join_next<T: 'static>(
