@@ -166,3 +166,24 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Saga(args) => saga::run(args).await.map_err(CliError::Failed),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{Parser as _, error::ErrorKind};
+
+    use super::Cli;
+
+    #[test]
+    fn zero_concurrency_is_a_usage_error_not_one() {
+        for command in ["bench", "demo"] {
+            let err = Cli::try_parse_from(["sagaflow", command, "--concurrency", "0"])
+                .expect_err("--concurrency 0 must be refused");
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{command}: {err}");
+            assert!(
+                err.to_string().contains("--concurrency"),
+                "{command}: {err}"
+            );
+        }
+        assert!(Cli::try_parse_from(["sagaflow", "bench", "--concurrency", "1"]).is_ok());
+    }
+}

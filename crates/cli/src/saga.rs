@@ -312,6 +312,27 @@ mod tests {
     use super::*;
     use sagaflow_server::db::timestamp_from_ms;
 
+    #[test]
+    fn admin_errors_read_code_reason_message_and_say_where_not_found_was_asked() {
+        let invalid = sagaflow_server::ServiceError::invalid("saga_id", "must be a UUID");
+        let line = status_error("http://127.0.0.1:1", tonic::Status::from(invalid)).to_string();
+        assert!(line.starts_with("INVALID_ARGUMENT"), "{line}");
+        assert!(!line.contains("InvalidArgument"), "{line}");
+        assert!(!line.contains("invalid argument: "), "{line}");
+        assert!(line.contains("saga_id"), "{line}");
+        let missing = tonic::Status::not_found("saga 42 not found");
+        assert_eq!(
+            status_error("http://127.0.0.1:1", missing).to_string(),
+            "NOT_FOUND: saga 42 not found (asked http://127.0.0.1:1)"
+        );
+        let elsewhere = tonic::Status::unimplemented("");
+        assert!(
+            status_error("http://h:2", elsewhere)
+                .to_string()
+                .contains("does not serve the saga admin API"),
+        );
+    }
+
     fn entry(
         seq: i64,
         at: i64,

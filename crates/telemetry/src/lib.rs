@@ -30,6 +30,7 @@ use opentelemetry_sdk::{
 };
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, prelude::*};
 
+pub mod export;
 pub mod metrics;
 pub mod propagation;
 
@@ -326,7 +327,7 @@ impl ExportPipeline {
                 })?
         };
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_batch_exporter(export::ReportingExporter::new(exporter, endpoint))
             .with_resource(
                 Resource::builder()
                     .with_service_name(service.to_owned())

@@ -275,6 +275,13 @@ pub fn gives_up(attempts: i64, in_doubt: bool, kind: FailureKind, max_attempts: 
     kind == FailureKind::Refused && !in_doubt && attempts >= i64::from(max_attempts.max(1))
 }
 
+/// Whether a failed delivery's `attempts`-th failure is logged at WARN: rate-limited to attempts
+/// 1, 2, 4, 8, … (the count is in the line), DEBUG in between, so an event that keeps failing
+/// does not fill the log (about 7 lines for an event failing 100 times).
+fn warns_at(attempts: i64) -> bool {
+    u64::try_from(attempts).is_ok_and(u64::is_power_of_two)
+}
+
 /// Wakes the relay after a commit that wrote an outbox row. Cloning is cheap.
 #[derive(Debug, Clone, Default)]
 pub struct RelayWaker(Arc<Notify>);
@@ -595,9 +602,7 @@ impl OutboxRelay {
                  retried until it is delivered, never dead-lettered"
             );
         }
-        // Rate-limited: a WARN on attempts 1, 2, 4, 8, … (the count is in `attempts`), DEBUG in
-        // between, so an event that keeps failing does not fill the log.
-        if u64::try_from(attempts).is_ok_and(u64::is_power_of_two) {
+        if warns_at(attempts) {
             tracing::warn!(
                 event_id = %event.event_id,
                 order_id = %event.aggregate_id,
@@ -761,6 +766,12 @@ mod tests {
 
     use super::*;
     use sagaflow_server::ServiceError;
+
+    #[test]
+    fn a_failing_event_warns_at_powers_of_two_only() {
+        let warned: Vec<i64> = (0..=100).filter(|a| warns_at(*a)).collect();
+        assert_eq!(warned, [1, 2, 4, 8, 16, 32, 64]);
+    }
 
     fn policy(jitter: bool) -> RetryPolicy {
         RetryPolicy {

@@ -35,6 +35,7 @@ fn sigkill_during_demo_then_restart_finishes_every_saga() {
     let mut dev = start_dev(&listen, &data, &["--lease-ms", "2000"], &[]);
 
     let demo_log = dir.path().join("demo.log");
+    let demo_err = dir.path().join("demo.err");
     let mut demo = Command::new(sagaflow_bin())
         .args([
             "demo",
@@ -46,7 +47,7 @@ fn sigkill_during_demo_then_restart_finishes_every_saga() {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&demo_log).unwrap())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(&demo_err).unwrap())
         .spawn()
         .unwrap();
 
@@ -61,10 +62,19 @@ fn sigkill_during_demo_then_restart_finishes_every_saga() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let before_kill = saga_count(&listen);
+    let running_before_kill = running_count(&listen);
     dev.kill();
 
     // Start it again on the same port and data directory: it resumes every unfinished saga.
     let mut dev = start_dev(&listen, &data, &["--lease-ms", "2000"], &[]);
+    if running_before_kill >= 5 {
+        // Sagas were running when it died (a few could finish between the count and the kill,
+        // not five): the restarted process says it resumes them.
+        dev.wait_for_log(
+            "resuming the sagas a crashed predecessor left running",
+            Duration::from_secs(20),
+        );
+    }
     let status = {
         let deadline = Instant::now() + Duration::from_secs(200);
         loop {
@@ -85,6 +95,12 @@ fn sigkill_during_demo_then_restart_finishes_every_saga() {
         dev.logs()
     );
     assert!(report.contains("all hold"), "{report}");
+    // While the system was down the demo said why it waited instead of going silent.
+    let errors = std::fs::read_to_string(&demo_err).unwrap();
+    assert!(
+        errors.contains("retrying until the order's deadline"),
+        "{errors}"
+    );
     assert!(report.contains("206 orders finished"), "{report}");
     assert!(before_kill >= 40);
     // Every saga of the run came to rest: none RUNNING or COMPENSATING.
@@ -110,4 +126,16 @@ fn sigkill_during_demo_then_restart_finishes_every_saga() {
         "{}",
         dev.logs()
     );
+}
+
+/// Sagas RUNNING now (one page of up to 1000).
+fn running_count(listen: &str) -> usize {
+    let out = grpcurl_output(
+        listen,
+        &["-d", r#"{"status":"SAGA_STATUS_RUNNING","page_size":1000}"#],
+        Some("sagaflow.workflow.v1.SagaAdminService/ListSagas"),
+    );
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["sagas"].as_array().map_or(0, Vec::len)
 }

@@ -1069,3 +1069,49 @@ fn metrics_listen_on_port_zero_is_a_usage_error() {
         assert!(stderr.contains("--metrics-listen 127.0.0.1:0"), "{stderr}");
     }
 }
+
+#[test]
+fn a_collector_that_is_down_is_reported_once_with_what_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    // Nothing listens on this port: every export fails with a refused connection.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let mut dev = sagaflow_tests::start_dev(
+        &listen,
+        &data,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    dev.wait_for_log("exporting spans over OTLP", WAIT);
+    assert!(dev.logs().contains(&endpoint), "{}", dev.logs());
+    for i in 0..3 {
+        let order_id = place(
+            &listen,
+            None,
+            json!({
+                "request_id": format!("obs-down-{i}"), "user_id": "user-003",
+                "lines": [{ "sku": "HS-001", "quantity": 1 }],
+                "payment_method": "tok_ok"
+            }),
+        );
+        assert_eq!(
+            wait_order(&listen, &order_id)["status"],
+            "ORDER_STATUS_COMPLETED"
+        );
+    }
+    dev.wait_for_log("span export failed", WAIT);
+    let logs = dev.logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("span export failed"))
+        .collect();
+    // Many batches failed (one every 100 ms while orders ran), one warning says so.
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(warnings[0].contains(&endpoint), "{}", warnings[0]);
+    assert!(warnings[0].contains("lost_spans="), "{}", warnings[0]);
+    dev.terminate(WAIT);
+}

@@ -220,6 +220,56 @@ fn readme_walkthrough_and_every_failure_reason() {
         ]
     );
 
+    // -- the steps as GetSaga describes them: apply_coupon is before the pivot but has no
+    //    compensation of its own (FailOrder undoes it), so it is not listed as compensated
+    let described: Vec<(String, String, bool, String)> = saga["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["kind"].as_str().unwrap().to_owned(),
+                s["hasCompensation"].as_bool().unwrap_or(false),
+                s["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("use_coupon", "compensatable", true, "compensated"),
+        ("apply_coupon", "compensatable", false, "succeeded"),
+        ("deduct_inventory", "compensatable", true, "compensated"),
+        ("start_payment", "compensatable", true, "compensated"),
+        ("deduct_points", "compensatable", true, "compensated"),
+        ("complete_payment", "pivot", false, "failed"),
+        ("complete_order", "retriable", false, "pending"),
+    ];
+    assert_eq!(
+        described,
+        expected.map(|(n, k, c, s)| (n.to_owned(), k.to_owned(), c, s.to_owned())),
+        "{saga}"
+    );
+
+    // -- the same saga as `sagaflow saga show` prints it: one line per journal entry, no
+    //    `compensatedx1` counters and no `step - attempt 0` for saga-level entries
+    let show = std::process::Command::new(sagaflow_tests::sagaflow_bin())
+        .args([
+            "saga",
+            "show",
+            &saga_id,
+            "--addr",
+            &format!("http://{}", dev.addr()),
+        ])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success(), "{shown}");
+    assert!(shown.contains(&format!("saga {saga_id}")), "{shown}");
+    assert!(shown.contains("compensation_succeeded"), "{shown}");
+    for wrong in ["compensatedx", "step - ", "attempt 0"] {
+        assert!(!shown.contains(wrong), "{wrong:?} in:\n{shown}");
+    }
+
     // -- ranking counts the completed order only
     let top = dev.call(&format!("{RANKING}/TopProducts"), json!({ "limit": 5 }));
     let products = top["products"].as_array().unwrap();

@@ -272,4 +272,36 @@ async fn invalid_inputs_write_nothing(kind: Kind) {
     t.stop().await;
 }
 
-sagaflow_testkit::both_backends!(invalid_inputs_write_nothing);
+async fn an_unknown_sku_is_named_in_the_message(kind: Kind) {
+    let t = harness::start(kind, "ord_unknown_sku").await;
+    let counts = t.counts().await;
+    let status = t
+        .client
+        .clone()
+        .place_order(place_req(
+            "v-sku",
+            "alice",
+            &[("KB-001", 1), ("NOPE-42", 1)],
+            None,
+            0,
+        ))
+        .await
+        .expect_err("an unknown sku is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        sagaflow_server::error::violated_fields(&status),
+        ["lines[1].sku"],
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("\"NOPE-42\""),
+        "the message names the sku: {status:?}"
+    );
+    assert_eq!(t.counts().await, counts, "no row written");
+    t.stop().await;
+}
+
+sagaflow_testkit::both_backends!(
+    invalid_inputs_write_nothing,
+    an_unknown_sku_is_named_in_the_message
+);
