@@ -81,13 +81,25 @@ pub(crate) async fn append(
     event: &OrderEvent,
 ) -> Result<String, sqlx::Error> {
     let event_id = Uuid::new_v4().to_string();
+    append_as(conn, &event_id, aggregate_id, event).await?;
+    Ok(event_id)
+}
+
+/// [`append`] under an event id of the caller's (a fresh UUID), for a handler that hands the
+/// event to the relay after the commit.
+pub(crate) async fn append_as(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    aggregate_id: &str,
+    event: &OrderEvent,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO outbox (event_id, aggregate_id, sequence, event_type, payload, created_at, \
          traceparent) \
          SELECT $1, $2, COALESCE(MAX(sequence), 0) + 1, $3, $4, $5, $6 \
          FROM outbox WHERE aggregate_id = $7",
     )
-    .bind(&event_id)
+    .bind(event_id)
     .bind(aggregate_id)
     .bind(event.event_type().as_str())
     .bind(event.encode())
@@ -96,5 +108,5 @@ pub(crate) async fn append(
     .bind(aggregate_id)
     .execute(&mut *conn)
     .await?;
-    Ok(event_id)
+    Ok(())
 }

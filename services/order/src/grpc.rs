@@ -27,6 +27,7 @@ use crate::{
     convert::{reason_from_proto, to_proto},
     domain::{Amounts, FailureReason, Order, OrderStatus, PricingError, price_lines},
     events::OrderEvent,
+    outbox::OutboxEvent,
     store::{self, Cursor},
 };
 
@@ -87,9 +88,16 @@ impl OrderServiceApi for OrderService {
             payment_method: order.payment_method.clone(),
         });
         let request_id = req.request_id.clone();
+        let event_id = Uuid::new_v4().to_string();
+        // What the relay needs to deliver the event without reading it back.
+        let handed = self
+            .relay
+            .as_ref()
+            .map(|_| OutboxEvent::first(&event_id, &order.order_id, &created));
+        let stored_event_id = event_id.clone();
         let executed = idempotency::execute_detailed(&self.db, PLACE, &key, &req, move |conn| {
             Box::pin(async move {
-                store::insert_order(conn, &request_id, &order, &created).await?;
+                store::insert_order(conn, &request_id, &order, &created, &stored_event_id).await?;
                 Ok(pb::PlaceOrderResponse {
                     order: Some(to_proto(&order)),
                 })
@@ -99,7 +107,11 @@ impl OrderServiceApi for OrderService {
         if executed.replayed {
             return Ok(Response::new(self.current(executed.response).await?));
         }
-        self.wake_relay();
+        // Committed: the OrderCreated goes to the relay's hand-off lane at once
+        // (docs/architecture.md, "Events"), not to its next round.
+        if let (Some(relay), Some(event)) = (&self.relay, handed) {
+            relay.hand_over(event);
+        }
         Ok(Response::new(executed.response))
     }
 

@@ -38,6 +38,7 @@
 use prost::Message;
 use sagaflow_proto::order::v1::{OrderCompletedEvent, OrderCreatedEvent, OrderFailedEvent};
 use sagaflow_server::{Db, ServiceError, db::now_ms};
+use sagaflow_telemetry::propagation;
 use sqlx::AnyConnection;
 
 use crate::domain::OrderStatus;
@@ -75,6 +76,27 @@ pub struct OutboxEvent {
 }
 
 impl OutboxEvent {
+    /// The first event of aggregate `aggregate_id` (sequence 1) as [`crate::events::append_as`]
+    /// stores it under `event_id` now, with the current span's `traceparent`: what the relay's
+    /// hand-off lane delivers without reading the row back.
+    pub(crate) fn first(event_id: &str, aggregate_id: &str, event: &OrderEvent) -> Self {
+        let now = now_ms();
+        Self {
+            position: 0,
+            event_id: event_id.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            sequence: 1,
+            event_type: event.event_type(),
+            payload: event.encode(),
+            created_at_ms: now,
+            sent_at_ms: None,
+            traceparent: propagation::current_traceparent(),
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            in_doubt: false,
+        }
+    }
+
     /// Decodes the payload as the message its type names.
     ///
     /// # Errors
@@ -508,32 +530,40 @@ pub async fn events_of(db: &Db, aggregate_id: &str) -> Result<Vec<OutboxEvent>, 
     rows.into_iter().map(OutboxEvent::try_from).collect()
 }
 
-/// Marks the events with these ids as delivered, in one transaction. Ids that are unknown,
-/// already marked or dead-lettered are skipped; returns how many rows were marked now.
+/// Marks the events with these ids as delivered, one statement per 256 ids. Ids that are
+/// unknown, already marked or dead-lettered are skipped; returns how many rows were marked now.
 ///
 /// # Errors
-/// [`OutboxError::Database`] when the database fails (nothing was marked).
+/// [`OutboxError::Database`] when the database fails (the chunks before it stay marked: their
+/// events were delivered; the rest are delivered again, which every consumer ignores).
 pub async fn mark_sent(db: &Db, event_ids: &[String]) -> Result<u64, OutboxError> {
     if event_ids.is_empty() {
         return Ok(0);
     }
+    // One statement (and one commit) per chunk instead of one per event: each statement is a
+    // round trip to the database (on SQLite, a hop to its worker thread).
     let now = now_ms();
-    let mut tx = db.begin().await?;
     let mut marked = 0;
-    for event_id in event_ids {
-        marked += sqlx::query(
+    for chunk in event_ids.chunks(MARK_SENT_CHUNK) {
+        let placeholders = (2..chunk.len() + 2)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
             "UPDATE outbox SET sent_at = $1 \
-             WHERE event_id = $2 AND sent_at IS NULL AND dead_at IS NULL",
-        )
-        .bind(now)
-        .bind(event_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+             WHERE event_id IN ({placeholders}) AND sent_at IS NULL AND dead_at IS NULL"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for event_id in chunk {
+            query = query.bind(event_id);
+        }
+        marked += query.execute(db.pool()).await?.rows_affected();
     }
-    tx.commit().await?;
     Ok(marked)
 }
+
+/// Event ids per `UPDATE` of [`mark_sent`] (well below SQLite's 32,766 bound parameters).
+const MARK_SENT_CHUNK: usize = 256;
 
 /// Deletes up to `limit` delivered rows sent before `sent_before_ms` (unix ms), oldest first,
 /// and returns how many it deleted. Rows of an order that is still PENDING are kept: its next

@@ -57,12 +57,14 @@ use sagaflow_telemetry::{
     propagation::{self, TracedChannel, traced},
     semconv,
 };
-use tokio::{sync::Notify, task::JoinSet, time::Instant};
+use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, metadata::MetadataValue, transport::Channel};
 use tracing::{Instrument as _, field::Empty};
 
 use crate::outbox::{self, DeadLettered, EventType, OrderEvent, OutboxEvent};
+
+mod handoff;
 
 /// Events delivered and marked sent (counter; label `event_type`). OrderFailed has no consumer
 /// yet: it counts when marked sent.
@@ -282,14 +284,26 @@ fn warns_at(attempts: i64) -> bool {
     u64::try_from(attempts).is_ok_and(u64::is_power_of_two)
 }
 
-/// Wakes the relay after a commit that wrote an outbox row. Cloning is cheap.
+/// Wakes the relay after a commit that wrote an outbox row, or hands it the event itself
+/// ([`RelayWaker::hand_over`]). Cloning is cheap; clones share the relay's hand-off queue and
+/// the set of orders with a delivery in flight.
 #[derive(Debug, Clone, Default)]
-pub struct RelayWaker(Arc<Notify>);
+pub struct RelayWaker(Arc<handoff::Shared>);
 
 impl RelayWaker {
     /// Asks the relay to run a round now (a wake-up while it is busy is kept for the next wait).
     pub fn wake(&self) {
-        self.0.notify_one();
+        self.0.round.notify_one();
+    }
+
+    /// Hands `event`, the first event of its order, committed just now, to the relay's hand-off
+    /// lane: delivered at once, concurrently with any round in flight, without reading it back
+    /// (docs/architecture.md, "Events"). When the lane is full (or no relay runs) it is left to
+    /// a round, as after [`RelayWaker::wake`]; the row is the truth either way.
+    pub fn hand_over(&self, event: OutboxEvent) {
+        if !self.0.push(event) {
+            self.wake();
+        }
     }
 }
 
@@ -363,6 +377,7 @@ impl OutboxRelay {
             max_attempts = self.retry.max_attempts,
             "outbox relay started"
         );
+        let lane = tokio::spawn(self.clone().hand_off_lane(shutdown.clone()));
         let mut next_sample = Instant::now();
         let mut next_prune = Instant::now();
         // Unix ms of the earliest retry scheduled by this relay that may not have run yet.
@@ -386,7 +401,10 @@ impl OutboxRelay {
                     // Retries due before this round started were read by it (or are held
                     // back by an earlier event of their order, which has its own retry time).
                     next_retry = earliest(
-                        next_retry.filter(|at| *at > started_ms),
+                        earliest(
+                            next_retry.filter(|at| *at > started_ms),
+                            self.waker.0.take_retry_hint(),
+                        ),
                         round.next_retry_at_ms,
                     );
                     round.read >= RELAY_BATCH as usize && round.unrecorded == 0
@@ -407,9 +425,12 @@ impl OutboxRelay {
             });
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.waker.0.notified() => {}
+                () = self.waker.0.round.notified() => {}
                 () = tokio::time::sleep(nap) => {}
             }
+        }
+        if let Err(err) = lane.await {
+            tracing::error!(%err, "the outbox relay's hand-off lane failed");
         }
         tracing::info!("outbox relay stopped");
     }
@@ -483,16 +504,29 @@ impl OutboxRelay {
         if pending.is_empty() {
             return Ok(round);
         }
-        // Group by order, keeping each order's events in sequence order.
+        // Group by order, keeping each order's events in sequence order. An order whose
+        // delivery is in flight elsewhere (the hand-off lane) is left alone this round.
         let mut groups: Vec<Vec<OutboxEvent>> = Vec::new();
         let mut index = HashMap::new();
+        let mut held = Vec::new();
         for event in pending {
-            let slot = *index.entry(event.aggregate_id.clone()).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
+            let slot = match index.get(&event.aggregate_id) {
+                Some(slot) => *slot,
+                None if held.contains(&event.aggregate_id) => continue,
+                None if !self.waker.0.claim(&event.aggregate_id) => {
+                    held.push(event.aggregate_id.clone());
+                    continue;
+                }
+                None => {
+                    groups.push(Vec::new());
+                    index.insert(event.aggregate_id.clone(), groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
             groups[slot].push(event);
         }
+        // Released when this round ends, however it ends.
+        let _claimed = handoff::Claimed::new(&self.waker.0, index.into_keys().collect());
         let mut set = JoinSet::new();
         let mut delivered: Vec<(String, EventType)> = Vec::new();
         let mut groups = groups.into_iter();

@@ -122,7 +122,7 @@ pub(crate) async fn load(
 }
 
 /// Stores a new PENDING order placed under `request_id`, its lines, its first status history
-/// row and its OrderCreated outbox event.
+/// row and its OrderCreated outbox event (id `event_id`, sequence 1: the order's first).
 ///
 /// # Errors
 /// `UNAVAILABLE` / `INTERNAL` when the database fails (a duplicate `request_id` is a unique
@@ -132,6 +132,7 @@ pub(crate) async fn insert_order(
     request_id: &str,
     order: &Order,
     created: &OrderEvent,
+    event_id: &str,
 ) -> Result<(), ServiceError> {
     let sql = format!(
         "INSERT INTO orders (request_id, {ORDER_COLUMNS}) \
@@ -168,7 +169,7 @@ pub(crate) async fn insert_order(
         .await?;
     }
     append_history(conn, order).await?;
-    events::append(conn, &order.order_id, created).await?;
+    events::append_as(conn, event_id, &order.order_id, created).await?;
     Ok(())
 }
 

@@ -124,8 +124,20 @@ impl TestOrder {
 
     /// Another order server over the same database (a second replica).
     pub(crate) async fn replica(&self) -> (ServerHandle, OrderServiceClient<Channel>) {
+        self.replica_with(None).await
+    }
+
+    /// [`TestOrder::replica`], handing its events to the relay behind `waker` when given.
+    pub(crate) async fn replica_with(
+        &self,
+        waker: Option<sagaflow_order::relay::RelayWaker>,
+    ) -> (ServerHandle, OrderServiceClient<Channel>) {
         let mut routes = tonic::service::RoutesBuilder::default();
-        order_service(self.db.clone(), &self.inventory_url).register(&mut routes);
+        let service = order_service(self.db.clone(), &self.inventory_url);
+        match waker {
+            Some(waker) => service.with_relay_waker(waker).register(&mut routes),
+            None => service.register(&mut routes),
+        }
         let server = sagaflow_server::grpc::spawn(
             "127.0.0.1:0".parse().unwrap(),
             routes,

@@ -53,6 +53,8 @@ const FLAKY: &str = "flaky-user";
 const IN_DOUBT: &str = "doubt-user";
 /// Users whose OrderCreated fails with UNAVAILABLE once, then is refused with INVALID_ARGUMENT.
 const DOUBT_THEN_REFUSED: &str = "doubt-then-refused-user";
+/// Users whose OrderCreated is answered only once the test opens `slow_gate`.
+const SLOW: &str = "slow-user";
 
 #[derive(Debug, Default)]
 struct StubState {
@@ -66,6 +68,8 @@ struct StubState {
     out_of_order: Vec<String>,
     /// While set, IN_DOUBT's deliveries fail.
     fail_in_doubt: bool,
+    /// SLOW's deliveries wait for this to be notified before they answer.
+    slow_gate: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A real tonic server implementing the orchestrator's and Ranking's event consumers.
@@ -112,8 +116,19 @@ impl OrchestratorService for Stub {
             .event
             .and_then(|e| e.order)
             .ok_or_else(|| Status::invalid_argument("no order"))?;
+        if order.user_id == SLOW {
+            self.state()
+                .calls
+                .push((order.order_id.clone(), Instant::now()));
+            let gate = self.state().slow_gate.clone();
+            if let Some(gate) = gate {
+                gate.notified().await;
+            }
+        }
         let mut state = self.state();
-        state.calls.push((order.order_id.clone(), Instant::now()));
+        if order.user_id != SLOW {
+            state.calls.push((order.order_id.clone(), Instant::now()));
+        }
         let calls = state
             .calls
             .iter()
@@ -649,7 +664,89 @@ async fn delivered_rows_past_retention_are_pruned(kind: Kind) {
     t.stop().await;
 }
 
+/// An OrderCreated committed while a round's delivery is in flight is delivered at once by the
+/// hand-off lane, not after that round (docs/architecture.md, "Events").
+async fn a_new_order_does_not_wait_for_a_round_in_flight(kind: Kind) {
+    let t = harness::start(kind, "ord_relay_lane").await;
+    let stub = Stub::default();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    stub.state().slow_gate = Some(Arc::clone(&gate));
+    let stub_server = stub.spawn().await;
+
+    // An order whose OrderCreated is only in the outbox (its server has no relay attached): the
+    // relay's first round reads it and waits on the stub until the gate opens.
+    let slow = place_many(&t, SLOW, 1).await.remove(0);
+    let waker = RelayWaker::default();
+    let channel = Endpoint::from_shared(stub_server.url())
+        .unwrap()
+        .connect_lazy();
+    // Polls only once a minute: nothing but the first round and the hand-off lane delivers.
+    let relay = OutboxRelay::new(
+        t.db.clone(),
+        channel.clone(),
+        channel,
+        waker.clone(),
+        Duration::from_secs(60),
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+    eventually(
+        "the round to deliver the slow order",
+        Duration::from_secs(10),
+        || async { !stub.calls_of(&slow).is_empty() },
+    )
+    .await;
+
+    // A new order through a server that hands its events to this relay.
+    let (replica, mut client) = t.replica_with(Some(waker)).await;
+    let fast = client
+        .place_order(place_req("fast-1", "alice", &[("MS-002", 1)], None, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap()
+        .order_id;
+    eventually(
+        "the new order's saga started while the round still waits",
+        Duration::from_secs(5),
+        || async { stub.state().started.contains(&fast) },
+    )
+    .await;
+    assert!(
+        !stub.state().started.contains(&slow),
+        "the round's delivery was still in flight"
+    );
+    eventually(
+        "the handed-over event marked sent",
+        Duration::from_secs(5),
+        || async { outbox::backlog(&t.db).await.unwrap().pending == 1 },
+    )
+    .await;
+
+    gate.notify_one();
+    eventually(
+        "both delivered and marked sent",
+        Duration::from_secs(10),
+        || async { outbox::backlog(&t.db).await.unwrap().pending == 0 },
+    )
+    .await;
+    let started = stub.state().started.clone();
+    assert_eq!(started, [fast.clone(), slow.clone()]);
+    // Each was delivered once: the round skipped nothing it should have delivered, the lane
+    // delivered nothing twice.
+    assert_eq!(stub.calls_of(&fast).len(), 1);
+    assert_eq!(stub.calls_of(&slow).len(), 1);
+
+    stop.cancel();
+    running.await.unwrap();
+    replica.shutdown().await.unwrap();
+    stub_server.shutdown().await.unwrap();
+    t.stop().await;
+}
+
 sagaflow_testkit::both_backends!(
+    a_new_order_does_not_wait_for_a_round_in_flight,
     refused_events_at_the_head_do_not_block_new_orders,
     deliveries_in_doubt_are_retried_and_never_dead_lettered,
     an_unreachable_orchestrator_is_retried_not_given_up,
