@@ -1,7 +1,8 @@
 //! Engine benchmark: a 7-step saga (5 compensatable steps, a pivot, a retriable
 //! step) on SQLite and PostgreSQL, with steps as in-process no-ops or as gRPC calls to a no-op
 //! service on loopback (`grpc.health.v1.Health/Check` of a `sagaflow_server::grpc::serve` server),
-//! at several concurrencies. Prints sagas per second, p50/p99 latency (start to COMPLETED), and
+//! and a compensating variant (no-op steps, the pivot fails as a business failure, steps 5..1 are
+//! compensated: latency is start to COMPENSATED), at several concurrencies. Prints sagas per second, p50/p99 latency (start to COMPLETED), and
 //! database commits per saga, with the durability settings. It reports; it never fails.
 //!
 //! ```text
@@ -37,8 +38,8 @@ struct Args {
     /// Backends: sqlite, sqlite-normal (synchronous=NORMAL, labelled), postgres.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     backends: Vec<String>,
-    /// Variants: noop, grpc.
-    #[arg(long, value_delimiter = ',', default_value = "noop,grpc")]
+    /// Variants: noop, grpc, compensate.
+    #[arg(long, value_delimiter = ',', default_value = "noop,grpc,compensate")]
     variants: Vec<String>,
 }
 
@@ -56,7 +57,14 @@ async fn noop(_ctx: StepContext) -> Result<Value, StepError> {
     Ok(Value::Null)
 }
 
-fn definition(channel: Option<Channel>) -> SagaDefinition {
+async fn declined(_ctx: StepContext) -> Result<Value, StepError> {
+    Err(StepError::business(
+        "PAYMENT_DECLINED",
+        "the bench's pivot declines",
+    ))
+}
+
+fn definition(channel: Option<Channel>, fail_pivot: bool) -> SagaDefinition {
     let action = move || {
         let channel = channel.clone();
         move |ctx: StepContext| {
@@ -78,8 +86,13 @@ fn definition(channel: Option<Channel>) -> SagaDefinition {
     for step in &STEPS[..5] {
         builder = builder.step(Step::compensatable(step, action()).compensation(noop));
     }
+    let pivot = if fail_pivot {
+        Step::pivot(STEPS[5], declined)
+    } else {
+        Step::pivot(STEPS[5], action())
+    };
     builder
-        .step(Step::pivot(STEPS[5], action()))
+        .step(pivot)
         .step(Step::retriable(STEPS[6], action()))
         .build()
         .expect("valid definition")
@@ -95,19 +108,25 @@ struct Outcome {
 async fn run_one(
     store: Arc<SqlSagaStore>,
     channel: Option<Channel>,
+    fail_pivot: bool,
     concurrency: usize,
     sagas: usize,
     max: Duration,
     tag: &str,
 ) -> anyhow::Result<Outcome> {
     let engine = Engine::builder(store.clone())
-        .definition(definition(channel))
+        .definition(definition(channel, fail_pivot))
         .concurrency(concurrency.max(1) * 2)
         .build()?;
     let commits_before = store.commits();
     let started = tokio::time::Instant::now();
     let deadline = started + max;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let expected = if fail_pivot {
+        SagaStatus::Compensated
+    } else {
+        SagaStatus::Completed
+    };
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let engine = engine.clone();
@@ -126,10 +145,10 @@ async fn run_one(
                     continue;
                 };
                 match engine.wait_finished(id, Duration::from_secs(30)).await {
-                    Ok(s) if s.status == SagaStatus::Completed => {
+                    Ok(s) if s.status == expected => {
                         latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
                     }
-                    other => eprintln!("saga {key} did not complete: {other:?}"),
+                    other => eprintln!("saga {key} did not end {expected:?}: {other:?}"),
                 }
             }
             latencies
@@ -233,11 +252,11 @@ async fn main() {
         .await
         .ok();
     println!(
-        "7-step saga; latency = start() to COMPLETED; commits = database write transactions \
+        "7-step saga; latency = start() to COMPLETED (compensate: to COMPENSATED); commits = database write transactions \
          (group commit batches many sagas' transitions)"
     );
     println!(
-        "{:<14} {:<7} {:>5} {:>6} {:>7} {:>9} {:>8} {:>8} {:>13}   durability",
+        "{:<14} {:<10} {:>5} {:>6} {:>7} {:>9} {:>8} {:>8} {:>13}   durability",
         "backend",
         "variant",
         "conc",
@@ -250,8 +269,9 @@ async fn main() {
     );
     for backend in &args.backends {
         for variant in &args.variants {
+            let fail_pivot = variant == "compensate";
             let channel = match variant.as_str() {
-                "noop" => None,
+                "noop" | "compensate" => None,
                 "grpc" => match &channel {
                     Some(c) => Some(c.clone()),
                     None => {
@@ -277,6 +297,7 @@ async fn main() {
                 match run_one(
                     store,
                     channel.clone(),
+                    fail_pivot,
                     concurrency,
                     args.sagas,
                     Duration::from_secs(args.max_seconds),
@@ -290,7 +311,7 @@ async fn main() {
                         #[allow(clippy::cast_precision_loss)]
                         let per_saga = o.commits as f64 / o.completed.max(1) as f64;
                         println!(
-                            "{:<14} {:<7} {:>5} {:>6} {:>7.2} {:>9.1} {:>8.2} {:>8.2} {:>13.2}   {}",
+                            "{:<14} {:<10} {:>5} {:>6} {:>7.2} {:>9.1} {:>8.2} {:>8.2} {:>13.2}   {}",
                             backend,
                             variant,
                             concurrency,

@@ -1,8 +1,10 @@
 //! `sagaflow bench`: a load generator for the order saga. It places plain orders (one line, card
-//! `tok_ok`, no coupon, no points) from `--concurrency` clients for `--count` orders or
+//! `tok_ok` or, for `--mix`, `tok_capture_decline`, no coupon, no points) from `--concurrency` clients for `--count` orders or
 //! `--duration` seconds, waits for each saga to finish, and prints sagas per second, p50/p95/p99
-//! latency from PlaceOrder to the terminal status, outcome counts and, for a local server, its
-//! peak RSS. It reports; it never fails on slowness.
+//! latency from PlaceOrder to the terminal status, outcome counts, CPU milliseconds per order
+//! (user + system time of the serving process over the run) and, for a local server, its peak
+//! RSS. `--mix` makes a share of the orders compensating ones (capture declined at the pivot).
+//! It reports; it never fails on slowness.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -55,6 +57,30 @@ pub struct BenchArgs {
     /// SQLite durability of the embedded system: `full` or `normal`.
     #[arg(long, value_enum, default_value_t = sagaflow_server::config::Synchronous::Full)]
     pub sqlite_synchronous: sagaflow_server::config::Synchronous,
+    /// Share of compensating orders, 0 to 1: that fraction (spread evenly) pays with
+    /// `tok_capture_decline`, so its saga fails at the pivot and compensates four steps.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub mix: f64,
+}
+
+/// A share from 0 to 1 (`--mix`).
+fn parse_share(text: &str) -> Result<f64, String> {
+    let share: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err(format!("{share} is not between 0 and 1"))
+    }
+}
+
+/// Whether the `i`-th order of a run with compensating share `mix` is a compensating one: the
+/// orders where `i · mix` crosses an integer, so any prefix of the run has its share.
+fn compensating(i: u64, mix: f64) -> bool {
+    #[allow(clippy::cast_precision_loss, reason = "order numbers far below 2^52")]
+    let (at, next) = (i as f64 * mix, (i + 1) as f64 * mix);
+    next.floor() > at.floor()
 }
 
 /// Bench results.
@@ -84,6 +110,12 @@ pub struct BenchReport {
     pub durability: String,
     /// Whether Ctrl-C cut the run short (the figures cover what finished until then).
     pub interrupted: bool,
+    /// Share of compensating orders asked for (`--mix`).
+    pub mix: f64,
+    /// CPU time (user + system) per finished order over the run, milliseconds, of the process
+    /// that serves the system: the embedded system's (this process, load clients included), or
+    /// the `--server-pid`'s; `None` when unknown.
+    pub cpu_ms_per_order: Option<f64>,
 }
 
 /// Runs the bench (see the module docs).
@@ -118,7 +150,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         let channel = TargetArgs::channel(Service::Order, &system.url())?;
         (Some((system, dir)), Peers::single(channel), durability)
     };
-    let report = drive(&args, &peers, durability, &interrupt).await;
+    let cpu_pid = if args.targets.any() {
+        args.server_pid
+    } else {
+        None
+    };
+    let measure_cpu = !args.targets.any() || args.server_pid.is_some();
+    let report = drive(
+        &args,
+        &peers,
+        durability,
+        &interrupt,
+        measure_cpu.then_some(cpu_pid),
+    )
+    .await;
     if let Some((system, dir)) = embedded {
         if interrupt.is_set() {
             system.shutdown_within(INTERRUPT_GRACE / 2).await;
@@ -142,7 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         );
     } else {
         println!(
-            "concurrency {}: {} sagas in {:.2} s = {:.1} sagas/s; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; errors {}; outcomes {:?}; server peak RSS {}; durability: {}{}",
+            "concurrency {}: {} sagas in {:.2} s = {:.1} sagas/s; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; CPU {} per order; errors {}; outcomes {:?}; server peak RSS {}; durability: {}{}",
             report.concurrency,
             report.finished,
             report.seconds,
@@ -150,6 +195,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
             report.p50_ms,
             report.p95_ms,
             report.p99_ms,
+            report
+                .cpu_ms_per_order
+                .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.2} ms")),
             report.errors,
             report.outcomes,
             report.server_peak_rss_kib.map_or_else(
@@ -167,11 +215,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
+/// Places the orders and measures; `cpu_of`: whose CPU time to count (`Some(None)`: this
+/// process; `None`: nobody's).
 async fn drive(
     args: &BenchArgs,
     peers: &Peers,
     durability: String,
     interrupt: &Interrupt,
+    cpu_of: Option<Option<u32>>,
 ) -> anyhow::Result<BenchReport> {
     let run = format!("bench{}", sagaflow_server::db::now_ms());
     let mut inventory = InventoryServiceClient::new(peers.inventory.clone());
@@ -204,8 +255,10 @@ async fn drive(
             ),
         }
     }
+    let cpu_before = cpu_of.and_then(crate::load::process_cpu_ms);
     let started = Instant::now();
     let stop_at = args.duration.map(|s| started + Duration::from_secs(s));
+    let mix = args.mix;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let results = Arc::new(Mutex::new((Vec::new(), BTreeMap::new(), 0_u64)));
     let progress = Arc::new(Progress::new(
@@ -243,7 +296,11 @@ async fn drive(
                     }],
                     coupon_code: None,
                     points: 0,
-                    payment_method: "tok_ok".into(),
+                    payment_method: if compensating(i, mix) {
+                        "tok_capture_decline".into()
+                    } else {
+                        "tok_ok".into()
+                    },
                 };
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let outcome = place_and_wait(&mut client, request, deadline).await;
@@ -266,6 +323,10 @@ async fn drive(
     }
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_used = cpu_of
+        .and_then(crate::load::process_cpu_ms)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let (latencies, outcomes, errors) = std::mem::take(&mut *results.lock().await);
     let lat = Latencies::of(&latencies);
     let finished = latencies.len() as u64;
@@ -282,5 +343,32 @@ async fn drive(
         server_peak_rss_kib: None,
         durability,
         interrupted: interrupt.is_set(),
+        mix,
+        cpu_ms_per_order: cpu_used
+            .filter(|_| finished > 0)
+            .map(|ms| ms / finished as f64),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_spreads_its_share_evenly() {
+        let picked = |mix: f64, n: u64| (0..n).filter(|i| compensating(*i, mix)).count();
+        assert_eq!(picked(0.0, 1000), 0);
+        assert_eq!(picked(1.0, 1000), 1000);
+        assert_eq!(picked(0.1, 1000), 100);
+        assert_eq!(picked(0.25, 8), 2);
+        // Every prefix holds its share (within one order).
+        for n in 1..200 {
+            let share = picked(0.3, n) as f64;
+            assert!((share - 0.3 * n as f64).abs() <= 1.0, "{n}: {share}");
+        }
+        assert!(parse_share("1.5").is_err());
+        assert!(parse_share("-0.1").is_err());
+        assert!(parse_share("x").is_err());
+        assert_eq!(parse_share("0.2"), Ok(0.2));
+    }
 }

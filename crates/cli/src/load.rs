@@ -330,6 +330,25 @@ pub fn peak_rss_kib(pid: Option<u32>) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time (user + system) a process has used so far, milliseconds: this process when `pid` is
+/// `None`. Read from `/proc/<pid>/stat` (fields 14 and 15, in Linux's fixed `USER_HZ` of 100
+/// ticks per second, so 10 ms resolution); `None` where there is no such file.
+pub fn process_cpu_ms(pid: Option<u32>) -> Option<f64> {
+    /// Linux reports `/proc` times in `USER_HZ`, fixed at 100 on every architecture.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some((user + system) * 1000.0 / TICKS_PER_SECOND)
+}
+
 /// The label of an order's outcome: `COMPLETED`, `FAILED/OUT_OF_STOCK`, `PENDING`, …
 pub fn outcome_label(order: &Order) -> String {
     use sagaflow_proto::order::v1::FailureReason;
@@ -350,6 +369,28 @@ pub fn outcome_label(order: &Order) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_cpu_counts_work_done() {
+        let before = process_cpu_ms(None).expect("/proc/self/stat");
+        // Spin until 100 ms of CPU are counted (ten ticks), however busy the machine is.
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        let mut x = 0_u64;
+        loop {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            let used = process_cpu_ms(None).expect("/proc/self/stat") - before;
+            if used >= 100.0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "only {used} ms counted"
+            );
+        }
+        assert_eq!(process_cpu_ms(Some(u32::MAX)), None);
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {
