@@ -17,9 +17,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tonic::{Code, service::RoutesBuilder};
 
-use crate::support::{Recorder, WAIT, both_backends, open, script, scripted};
+use crate::support::{Recorder, WAIT, open, script, scripted};
 
-both_backends!(admin_api_over_grpc);
+sagaflow_testkit::both_backends!(admin_api_over_grpc);
 
 async fn admin_api_over_grpc(kind: Kind) {
     let h = open(kind, "admin").await;

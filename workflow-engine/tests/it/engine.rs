@@ -15,11 +15,10 @@ use sagaflow_workflow_engine::{
 use serde_json::json;
 
 use crate::support::{
-    Recorder, WAIT, both_backends, check_fold, event_types, fixed_retry, open, script, scripted,
-    scripted_with,
+    Recorder, WAIT, check_fold, event_types, fixed_retry, open, script, scripted, scripted_with,
 };
 
-both_backends!(
+sagaflow_testkit::both_backends!(
     a_saga_completes,
     a_failure_at_each_step_compensates_the_completed_steps_in_reverse,
     an_unknown_outcome_compensates_the_uncertain_step_too,

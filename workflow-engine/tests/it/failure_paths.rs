@@ -20,11 +20,9 @@ use sagaflow_workflow_engine::{
 };
 use serde_json::json;
 
-use crate::support::{
-    Harness, Recorder, WAIT, both_backends, check_fold, open, script, scripted, scripted_with,
-};
+use crate::support::{Harness, Recorder, WAIT, check_fold, open, script, scripted, scripted_with};
 
-both_backends!(
+sagaflow_testkit::both_backends!(
     an_attempt_in_doubt_keeps_a_compensatable_step_uncertain,
     an_attempt_in_doubt_parks_the_pivot_unless_the_handler_decided,
     an_attempt_in_doubt_after_the_pivot_parks_and_retry_saga_finishes,

@@ -18,11 +18,9 @@ use sagaflow_workflow_engine::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{
-    Harness, Recorder, WAIT, both_backends, open, script, scripted, scripted_with,
-};
+use crate::support::{Harness, Recorder, WAIT, open, script, scripted, scripted_with};
 
-both_backends!(retention_deletes_exactly_the_old_finished_sagas);
+sagaflow_testkit::both_backends!(retention_deletes_exactly_the_old_finished_sagas);
 
 /// Waits until saga `id` rests (no lease) in `status`, waiting for a retry.
 async fn wait_resting(h: &Harness, id: SagaId, status: SagaStatus) -> SagaState {

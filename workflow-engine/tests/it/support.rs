@@ -18,25 +18,6 @@ use sagaflow_workflow_engine::{
 };
 use serde_json::{Value, json};
 
-/// Runs an async test body once per backend, as two test functions.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name(sagaflow_testkit::Kind::Sqlite).await;
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(sagaflow_testkit::Kind::Postgres).await;
-                }
-            }
-        )*
-    };
-}
-pub(crate) use both_backends;
-
 /// How long a test waits for a saga at most.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
