@@ -431,11 +431,7 @@ async fn cancel_before_and_after_the_pivot(kind: Kind) {
         .start("s", "cancel-1", slow_b, None, None)
         .await
         .unwrap();
-    let until = tokio::time::Instant::now() + WAIT;
-    while !rec.calls_of(id).iter().any(|c| c.step == "b") {
-        assert!(tokio::time::Instant::now() < until, "b never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    rec.until_called(id, "b").await;
     let canceled = engine.cancel(id).await.unwrap();
     assert_eq!(canceled.status, SagaStatus::Compensating);
     assert_eq!(canceled.failure_reason.as_deref(), Some("CANCELED"));
@@ -457,11 +453,7 @@ async fn cancel_before_and_after_the_pivot(kind: Kind) {
         .start("s", "cancel-2", flaky_r, None, None)
         .await
         .unwrap();
-    let until = tokio::time::Instant::now() + WAIT;
-    while !rec.calls_of(id).iter().any(|c| c.step == "r") {
-        assert!(tokio::time::Instant::now() < until, "r never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    rec.until_called(id, "r").await;
     assert!(matches!(
         engine.cancel(id).await.unwrap_err(),
         EngineError::Refused(Refusal::PastPivot)
@@ -551,11 +543,7 @@ async fn the_starter_runs_at_once_and_shutdown_releases_leases(kind: Kind) {
         )
         .await
         .unwrap();
-    let until = tokio::time::Instant::now() + WAIT;
-    while !rec.calls_of(slow).iter().any(|c| c.step == "b") {
-        assert!(tokio::time::Instant::now() < until, "b never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    rec.until_called(slow, "b").await;
     let report = engine.shutdown(Duration::from_secs(10)).await;
     assert_eq!(report.aborted, 0);
     let (row, journal) = check_fold(&h, slow).await;
@@ -631,14 +619,10 @@ async fn a_saga_finishes_on_the_definition_version_that_started_it(kind: Kind) {
         .start("versioned", "v-1", json!({}), None, None)
         .await
         .unwrap();
-    let until = tokio::time::Instant::now() + WAIT;
-    while engine_lease_released(&h, id).await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the retry never released the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    sagaflow_testkit::eventually("the retry to release the lease", WAIT, || {
+        engine_lease_released(&h, id)
+    })
+    .await;
     old.shutdown(Duration::from_secs(5)).await;
     // The new engine knows versions 1 and 2: new sagas start on 2, the old one finishes on 1.
     let new = engine(vec![version(1), version(2)]);

@@ -130,6 +130,21 @@ impl Recorder {
             .unwrap_or_default()
     }
 
+    /// Waits (at most [`WAIT`]) until an action of `step` of saga `id` was called.
+    pub(crate) async fn until_called(&self, id: SagaId, step: &str) {
+        sagaflow_testkit::eventually(
+            format!("{step} of saga {id} to be called"),
+            WAIT,
+            || async {
+                self.calls_of(id)
+                    .iter()
+                    .any(|c| c.kind == CallKind::Action && c.step == step)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     pub(crate) fn overlaps(&self) -> Vec<String> {
         self.overlaps.lock().unwrap().clone()
     }
