@@ -126,7 +126,7 @@ async fn run_one(
                     continue;
                 };
                 match engine.wait_finished(id, Duration::from_secs(30)).await {
-                    Ok(s) if s.status == SagaStatus::Completed => {
+                    Ok(s) if s.status() == SagaStatus::Completed => {
                         latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
                     }
                     other => eprintln!("saga {key} did not complete: {other:?}"),

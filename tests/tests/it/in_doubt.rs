@@ -158,7 +158,7 @@ impl System {
             .unwrap();
         assert_eq!(
             saga.status().as_str_name(),
-            format!("SAGA_STATUS_{}", state.status)
+            format!("SAGA_STATUS_{}", state.status())
         );
         saga.status()
     }

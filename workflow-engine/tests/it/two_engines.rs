@@ -110,7 +110,7 @@ async fn two_engines_on_one_postgres_database_finish_1000_sagas() {
         } else {
             SagaStatus::Completed
         };
-        assert_eq!(saga.status, expected, "saga {i}");
+        assert_eq!(saga.status(), expected, "saga {i}");
         let row = conformance::assert_row_is_fold(h.store.as_ref(), saga.id).await;
         let journal = h.store.journal(saga.id).await.unwrap();
         let ended = ended_at(&journal).expect("saga ended");
