@@ -72,6 +72,32 @@ pub fn start_dev(listen: &str, data: &Path, extra: &[&str], envs: &[(&str, &str)
     dev
 }
 
+/// A child process (one a test runs with its own output, like `sagaflow demo`) killed and reaped
+/// when dropped: a test that fails while it runs leaves no process behind.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Both fail harmlessly when the process has exited and was reaped already.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `sagaflow` process.
 #[derive(Debug)]
 pub struct Process {

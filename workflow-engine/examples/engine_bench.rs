@@ -145,7 +145,7 @@ async fn run_one(
                     continue;
                 };
                 match engine.wait_finished(id, Duration::from_secs(30)).await {
-                    Ok(s) if s.status == expected => {
+                    Ok(s) if s.status() == expected => {
                         latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
                     }
                     other => eprintln!("saga {key} did not end {expected:?}: {other:?}"),

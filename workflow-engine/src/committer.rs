@@ -322,22 +322,79 @@ mod tests {
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
     }
 
-    /// A write of a saga of definition `order` carrying `events` (the state is not checked).
-    fn write(create: bool, events: Vec<Event>) -> Write {
-        let id = SagaId::new();
-        let (state, _) = journal::begin(
-            id,
+    /// The state and entries of a new saga of definition `order` with `business_key`.
+    fn started(business_key: &str) -> (crate::state::SagaState, Vec<JournalEntry>) {
+        journal::begin(
+            SagaId::new(),
             1,
             vec![Event::SagaStarted {
                 definition_name: "order".into(),
                 definition_version: 1,
-                business_key: "k".into(),
+                business_key: business_key.into(),
                 input: json!({}),
                 deadline_at: None,
                 trace_context: None,
             }],
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// The create of a new saga with `business_key`.
+    fn create(business_key: &str) -> Write {
+        let (state, entries) = started(business_key);
+        Write::Create { state, entries }
+    }
+
+    /// A committer that stopped answers every later write with the typed, transient
+    /// `StoreError::Stopped`, and nothing of that write reaches the store.
+    #[tokio::test]
+    async fn a_stopped_committer_answers_stopped() {
+        let store: Arc<dyn SagaStore> = Arc::new(crate::store::MemorySagaStore::new());
+        let (committers, tasks) = start(&store, 8, &tokio::runtime::Handle::current());
+        assert_eq!(
+            committers.commit(create("before")).await.unwrap(),
+            WriteOutcome::Created
+        );
+        tasks.stop().await;
+        let err = committers.commit(create("after")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Stopped), "{err:?}");
+        assert!(err.is_transient());
+        assert_eq!(err.to_string(), "the saga engine's committer has stopped");
+        assert!(
+            store
+                .find_by_business_key("before")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(store.find_by_business_key("after").await.unwrap(), None);
+        assert_eq!(store.commits(), 1);
+    }
+
+    /// A committer that stops holding a write, without answering it, makes the writer's commit
+    /// answer `StoreError::Stopped` instead of waiting forever.
+    #[tokio::test]
+    async fn a_write_dropped_unanswered_answers_stopped() {
+        let (queue, mut requests) = mpsc::channel::<CommitRequest>(1);
+        let committers = Committers {
+            queues: vec![queue],
+        };
+        let committer = tokio::spawn(async move {
+            let request = requests.recv().await.expect("the write arrives");
+            matches!(request.write, Write::Create { .. })
+        });
+        let err = committers.commit(create("dropped")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Stopped), "{err:?}");
+        assert!(
+            committer.await.unwrap(),
+            "the committer received the create"
+        );
+    }
+
+    /// A write of a saga of definition `order` carrying `events` (the state is not checked).
+    fn write(create: bool, events: Vec<Event>) -> Write {
+        let (state, _) = started("k");
+        let id = state.id;
         let entries = events
             .into_iter()
             .enumerate()

@@ -133,8 +133,8 @@ impl Driver {
     async fn run(mut self) {
         let _in_flight = InFlight::enter();
         let _ = self.drive().await;
-        if !self.state.status.is_active() {
-            let _ = self.inner.rested.send((self.state.id, self.state.status));
+        if !self.state.status().is_active() {
+            let _ = self.inner.rested.send((self.state.id, self.state.status()));
         }
     }
 
@@ -485,15 +485,17 @@ impl Driver {
                 if next.lease_owner.is_some() {
                     self.lease_valid_until = now.saturating_add(self.inner.lease_ms);
                 }
-                if next.status == SagaStatus::NeedsAttention && self.state.status != next.status {
-                    tracing::error!(saga.id = %next.id, step = ?next.current_step,
+                if next.status() == SagaStatus::NeedsAttention
+                    && self.state.status() != next.status()
+                {
+                    tracing::error!(saga.id = %next.id, step = ?next.current_step(),
                         error = ?next.last_error, "ALERT: saga needs attention");
                 }
-                if next.status.is_finished() && !self.state.status.is_finished() {
+                if next.status().is_finished() && !self.state.status().is_finished() {
                     // The one INFO line of a saga (docs/operations.md, "Watching"); outside the
                     // step's span so that it carries only its own fields.
                     tracing::info!(parent: None, saga.id = %next.id, saga.definition = %next.definition_name,
-                        status = next.status.as_str(), reason = next.failure_reason.as_deref().unwrap_or(""),
+                        status = next.status().as_str(), reason = next.failure_reason.as_deref().unwrap_or(""),
                         took_ms = now.saturating_sub(next.created_at), "saga finished");
                 }
                 self.state = next;

@@ -13,6 +13,10 @@ use uuid::Uuid;
 
 use crate::failure::StepError;
 
+mod position;
+
+pub use position::{Cursor, InvalidState, Outcome, Position, StepAt};
+
 /// The id of a saga instance (a UUIDv7, so ids sort by creation time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -177,7 +181,12 @@ impl FromStr for Phase {
 
 /// One saga instance's state row (docs/architecture.md, "The engine" (State row and journal)).
 /// Timestamps are unix milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Where the saga is — its status, phase, step index and current step — is one [`Position`], so
+/// that no invalid combination of those four can be held; read it with [`SagaState::status`],
+/// [`SagaState::phase`], [`SagaState::step_index`], [`SagaState::current_step`] and
+/// [`SagaState::cursor`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct SagaState {
     /// The saga's id.
     pub id: SagaId,
@@ -187,15 +196,8 @@ pub struct SagaState {
     pub definition_version: u32,
     /// Caller's key that makes starting idempotent (unique; the order id for order sagas).
     pub business_key: String,
-    /// Lifecycle status.
-    pub status: SagaStatus,
-    /// Which part of the definition is executing.
-    pub phase: Phase,
-    /// Index in the definition of the step being executed or compensated; `None` when the saga is
-    /// finalizing, finished, or between phases.
-    pub step_index: Option<u32>,
-    /// Name of that step.
-    pub current_step: Option<String>,
+    /// Where the saga is in its definition, and whether it is parked there.
+    pub position: Position,
     /// Attempt number (from 1) of the current step, compensation or finalizer.
     pub attempt: u32,
     /// The saga's input, as given to `Engine::start`.
@@ -254,174 +256,35 @@ impl SagaState {
             ..self.clone()
         }
     }
-}
 
-/// A step being executed or compensated: its index in the definition and its name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepAt {
-    /// Index in the definition.
-    pub index: u32,
-    /// The step's name.
-    pub name: String,
-}
-
-/// How a finished saga ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every step succeeded (COMPLETED).
-    Completed,
-    /// The saga failed and was compensated (COMPENSATED).
-    Compensated,
-}
-
-/// Where a saga is in its definition: the typed view of the state row's `phase`, `step_index`
-/// and `current_step` columns (and of the status they allow), in which only the valid
-/// combinations can be written down (docs/architecture.md, "The engine" (State row and
-/// journal)). A NEEDS_ATTENTION saga keeps the cursor it parked at. Read it with
-/// [`SagaState::cursor`]; the journal's fold writes it with [`SagaState::set_cursor`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cursor {
-    /// Started, no step begun yet: only between the entries of the batch that starts the saga.
-    Starting,
-    /// Forward step `0` is current (RUNNING, or NEEDS_ATTENTION when parked there).
-    Forward(StepAt),
-    /// Compensation entered, no compensation begun yet: only between the entries of one batch.
-    EnteringCompensation,
-    /// The compensation of step `0` is current (COMPENSATING, or parked).
-    Compensating(StepAt),
-    /// The failure finalizer is current (COMPENSATING, or parked).
-    Finalizing,
-    /// Nothing left to do.
-    Finished(Outcome),
-}
-
-impl Cursor {
-    /// The stored phase of this cursor.
-    pub fn phase(&self) -> Phase {
-        match self {
-            Self::Starting | Self::Forward(_) => Phase::Forward,
-            Self::EnteringCompensation | Self::Compensating(_) => Phase::Compensating,
-            Self::Finalizing => Phase::Finalizing,
-            Self::Finished(_) => Phase::Finished,
-        }
+    /// Where the saga is in its definition.
+    pub fn cursor(&self) -> &Cursor {
+        self.position.cursor()
     }
 
-    /// The status of a saga at this cursor that is not parked.
+    /// Lifecycle status.
     pub fn status(&self) -> SagaStatus {
-        match self {
-            Self::Starting | Self::Forward(_) => SagaStatus::Running,
-            Self::EnteringCompensation | Self::Compensating(_) | Self::Finalizing => {
-                SagaStatus::Compensating
-            }
-            Self::Finished(Outcome::Completed) => SagaStatus::Completed,
-            Self::Finished(Outcome::Compensated) => SagaStatus::Compensated,
-        }
+        self.position.status()
     }
 
-    /// The current step (forward or compensated), if any.
-    pub fn step(&self) -> Option<&StepAt> {
-        match self {
-            Self::Forward(at) | Self::Compensating(at) => Some(at),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Cursor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Starting => f.write_str("starting"),
-            Self::Forward(at) => write!(f, "forward at step {:?} ({})", at.name, at.index),
-            Self::EnteringCompensation => f.write_str("entering compensation"),
-            Self::Compensating(at) => {
-                write!(f, "compensating step {:?} ({})", at.name, at.index)
-            }
-            Self::Finalizing => f.write_str("finalizing"),
-            Self::Finished(Outcome::Completed) => f.write_str("finished (completed)"),
-            Self::Finished(Outcome::Compensated) => f.write_str("finished (compensated)"),
-        }
-    }
-}
-
-/// A state row whose status, phase, step index and current step form no [`Cursor`] (a bug or
-/// a foreign writer).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "saga {id} has status {status}, phase {phase}, step index {step_index:?} and current step \
-     {current_step:?}: no valid state"
-)]
-pub struct InvalidState {
-    /// The saga.
-    pub id: SagaId,
-    /// Its status column.
-    pub status: SagaStatus,
-    /// Its phase column.
-    pub phase: Phase,
-    /// Its step index column.
-    pub step_index: Option<u32>,
-    /// Its current step column.
-    pub current_step: Option<String>,
-}
-
-impl SagaState {
-    /// The typed view of where the saga is ([`Cursor`]).
-    ///
-    /// # Errors
-    /// [`InvalidState`] when the columns form no valid combination.
-    pub fn cursor(&self) -> Result<Cursor, InvalidState> {
-        let step = match (self.step_index, &self.current_step) {
-            (Some(index), Some(name)) => Some(StepAt {
-                index,
-                name: name.clone(),
-            }),
-            (None, None) => None,
-            _ => return Err(self.invalid()),
-        };
-        let parked = self.status == SagaStatus::NeedsAttention;
-        let cursor = match (self.phase, step) {
-            (Phase::Forward, None) => Cursor::Starting,
-            (Phase::Forward, Some(at)) => Cursor::Forward(at),
-            (Phase::Compensating, None) => Cursor::EnteringCompensation,
-            (Phase::Compensating, Some(at)) => Cursor::Compensating(at),
-            (Phase::Finalizing, None) => Cursor::Finalizing,
-            (Phase::Finished, None) => match self.status {
-                SagaStatus::Completed => Cursor::Finished(Outcome::Completed),
-                SagaStatus::Compensated => Cursor::Finished(Outcome::Compensated),
-                _ => return Err(self.invalid()),
-            },
-            (Phase::Finalizing | Phase::Finished, Some(_)) => return Err(self.invalid()),
-        };
-        if cursor.status() == self.status || (parked && !cursor.status().is_finished()) {
-            Ok(cursor)
-        } else {
-            Err(self.invalid())
-        }
+    /// Which part of the definition is executing (kept while the saga is parked).
+    pub fn phase(&self) -> Phase {
+        self.position.cursor().phase()
     }
 
-    /// Moves the saga to `cursor`: writes its phase, step index and current step, and the
-    /// status of a saga there that is not parked.
+    /// Index in the definition of the step being executed or compensated; `None` when the saga
+    /// is finalizing, finished, or between phases.
+    pub fn step_index(&self) -> Option<u32> {
+        self.cursor().step().map(|at| at.index)
+    }
+
+    /// Name of that step.
+    pub fn current_step(&self) -> Option<&str> {
+        self.cursor().step().map(|at| at.name.as_str())
+    }
+
+    /// Moves the saga to `cursor`, not parked (the status becomes the cursor's).
     pub fn set_cursor(&mut self, cursor: Cursor) {
-        self.status = cursor.status();
-        self.phase = cursor.phase();
-        match cursor {
-            Cursor::Forward(at) | Cursor::Compensating(at) => {
-                self.step_index = Some(at.index);
-                self.current_step = Some(at.name);
-            }
-            _ => {
-                self.step_index = None;
-                self.current_step = None;
-            }
-        }
-    }
-
-    fn invalid(&self) -> InvalidState {
-        InvalidState {
-            id: self.id,
-            status: self.status,
-            phase: self.phase,
-            step_index: self.step_index,
-            current_step: self.current_step.clone(),
-        }
+        self.position = Position::at(cursor);
     }
 }

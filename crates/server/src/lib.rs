@@ -17,16 +17,23 @@
 //!
 //! One rule for every service (docs/architecture.md, "The service contract"; "Layers"):
 //!
-//! - `domain` holds the pure business rules: statuses, arithmetic, and the `decide_*` functions
-//!   that say what a command does with what is stored (unit-tested without I/O);
-//! - `store` (and, where a command's flow spans more than one call, such as payment's gateway
-//!   sequencing or order's status changes, a `commands` module) applies those decisions inside
-//!   the transaction of [`idempotency::execute`], and is where a business rejection is **made**:
-//!   it builds the [`ServiceError`] (FAILED_PRECONDITION with its reason, NOT_FOUND, …),
-//!   including the late-action refusal of [`idempotency::late_action`];
+//! - a business rejection is **made** in `domain`: its pure rules (statuses, arithmetic) and the
+//!   decisions of each command (`decide_*`, and the checked arithmetic such as inventory's
+//!   `take_line`) return a typed rejection (`Rejection`; coupon's `UseRejection` and
+//!   `IssueRejection`) that says its `ErrorInfo` reason, its message and its metadata. Domain code
+//!   does no I/O and is unit-tested without a database;
+//! - `store` (and `commands`, where a command's flow spans more than one call: payment's gateway
+//!   sequencing, order's status changes) reads the rows, asks `domain`, applies the decision
+//!   inside the transaction of [`idempotency::execute`], and turns a rejection into a
+//!   [`ServiceError`] right there (each service's `rejected` function: FAILED_PRECONDITION with
+//!   the rejection's reason, message and metadata, or the code the domain names: NOT_FOUND for
+//!   payment's `Rejection::NotFound`; coupon's `IssueRejection` is ALREADY_EXISTS). Two refusals
+//!   are not a service's domain's: a row that is not there is NOT_FOUND where it is looked up,
+//!   and the late-action refusal (`COMPENSATED_BEFORE_ACTION`) is made once for every service by
+//!   [`idempotency::late_action`];
 //! - `grpc.rs` validates the request ([`validate::Validator`], INVALID_ARGUMENT naming the
-//!   field), calls the effect through the executor, and maps proto ↔ domain; the rejection is
-//!   **mapped** to a `tonic::Status` in one place, `From<ServiceError> for Status`
+//!   field), runs the effect through the executor, and maps proto ↔ domain; every
+//!   [`ServiceError`] is **mapped** to a gRPC status in one place, `From<ServiceError> for Status`
 //!   ([`error`]). No status change, gateway call or business rejection is decided in `grpc.rs`.
 
 pub mod config;

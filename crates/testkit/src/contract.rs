@@ -8,10 +8,11 @@
 //! how to send its compensation, and how to read the command's effect. Then [`run`] (or
 //! [`run_idempotent`] for a command without a compensation) checks:
 //!
-//! 1. a repeat returns the stored reply and applies once;
+//! 1. a repeat returns the stored reply ([`Command::repeat_of`] the first) and applies once;
 //! 2. the same key with another request is ALREADY_EXISTS `IDEMPOTENCY_KEY_REUSED` and changes
 //!    nothing;
-//! 3. concurrent repeats ([`CONCURRENT_REPEATS`] at once) apply once and all get the same reply;
+//! 3. concurrent repeats ([`CONCURRENT_REPEATS`] at once) apply once and all get the same reply
+//!    (one of them the first reply, when a repeat's differs from it);
 //! 4. (compensatable) the compensation first makes the late action fail with FAILED_PRECONDITION
 //!    `COMPENSATED_BEFORE_ACTION`, change nothing, and answer the same when repeated.
 
@@ -36,7 +37,7 @@ pub trait Command: Send + Sync + 'static {
     /// sku or user prepared for it).
     type Subject: Clone + Debug + Send + Sync + 'static;
     /// The command's reply, compared between repeats.
-    type Reply: PartialEq + Debug + Send + 'static;
+    type Reply: Clone + PartialEq + Debug + Send + 'static;
     /// What the command changes, read back from the service or its database, in values that do
     /// not name the subject (so two subjects' effects compare equal after the same commands).
     type Effect: PartialEq + Debug + Send + 'static;
@@ -48,6 +49,13 @@ pub trait Command: Send + Sync + 'static {
     fn send(&self, subject: &Self::Subject, key: &str, other: bool) -> Answer<'_, Self::Reply>;
     /// Reads the command's effect on `subject`.
     fn effect(&self, subject: &Self::Subject) -> BoxFuture<'_, Self::Effect>;
+
+    /// What a repeat answers when the first call answered `first`: the stored reply itself,
+    /// unless the reply says whether this very call applied (Ranking's `applied`, false on a
+    /// repeat).
+    fn repeat_of(&self, first: &Self::Reply) -> Self::Reply {
+        first.clone()
+    }
 }
 
 /// A saga action whose compensation follows the late-action rule.
@@ -75,13 +83,17 @@ pub async fn run_idempotent<A: Command>(adapter: A) {
 }
 
 async fn run_idempotent_arc<A: Command>(adapter: &Arc<A>) {
-    let once = repeat_returns_the_stored_reply_and_applies_once(&**adapter).await;
+    let (once, first) = repeat_returns_the_stored_reply_and_applies_once(&**adapter).await;
     same_key_other_request_is_already_exists(&**adapter).await;
-    concurrent_repeats_apply_once(adapter, &once).await;
+    let repeats_differ = adapter.repeat_of(&first) != first;
+    concurrent_repeats_apply_once(adapter, &once, repeats_differ).await;
 }
 
-/// Returns the effect of one application, for comparisons on other subjects.
-async fn repeat_returns_the_stored_reply_and_applies_once<A: Command>(adapter: &A) -> A::Effect {
+/// Returns the effect of one application, for comparisons on other subjects, and the first
+/// reply.
+async fn repeat_returns_the_stored_reply_and_applies_once<A: Command>(
+    adapter: &A,
+) -> (A::Effect, A::Reply) {
     let subject = adapter.subject().await;
     let before = adapter.effect(&subject).await;
     let first = adapter
@@ -95,14 +107,18 @@ async fn repeat_returns_the_stored_reply_and_applies_once<A: Command>(adapter: &
             .send(&subject, "contract:repeat", false)
             .await
             .unwrap_or_else(|status| panic!("repeat for {subject:?}: {status:?}"));
-        assert_eq!(again, first, "a repeat returns the stored reply");
+        assert_eq!(
+            again,
+            adapter.repeat_of(&first),
+            "a repeat returns the stored reply"
+        );
         assert_eq!(
             adapter.effect(&subject).await,
             once,
             "a repeat applies nothing"
         );
     }
-    once
+    (once, first)
 }
 
 async fn same_key_other_request_is_already_exists<A: Command>(adapter: &A) {
@@ -124,7 +140,13 @@ async fn same_key_other_request_is_already_exists<A: Command>(adapter: &A) {
     );
 }
 
-async fn concurrent_repeats_apply_once<A: Command>(adapter: &Arc<A>, once: &A::Effect) {
+/// `repeats_differ`: a repeat's reply differs from the first reply, so exactly one racer gets
+/// the first reply and the others its repeat form.
+async fn concurrent_repeats_apply_once<A: Command>(
+    adapter: &Arc<A>,
+    once: &A::Effect,
+    repeats_differ: bool,
+) {
     let subject = adapter.subject().await;
     let calls: Vec<_> = (0..CONCURRENT_REPEATS)
         .map(|_| {
@@ -147,10 +169,20 @@ async fn concurrent_repeats_apply_once<A: Command>(adapter: &Arc<A>, once: &A::E
         };
         settled.push(reply.unwrap_or_else(|status| panic!("concurrent repeat: {status:?}")));
     }
-    let first = &settled[0];
+    let as_repeats: Vec<A::Reply> = settled.iter().map(|r| adapter.repeat_of(r)).collect();
     assert!(
-        settled.iter().all(|r| r == first),
+        as_repeats.iter().all(|r| *r == as_repeats[0]),
         "every repeat gets the one reply: {settled:?}"
+    );
+    let firsts = settled
+        .iter()
+        .zip(&as_repeats)
+        .filter(|(reply, repeat)| reply != repeat)
+        .count();
+    assert_eq!(
+        firsts,
+        usize::from(repeats_differ),
+        "one racer applied, the others were answered as repeats: {settled:?}"
     );
     assert_eq!(
         &adapter.effect(&subject).await,

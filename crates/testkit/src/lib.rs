@@ -162,9 +162,16 @@ macro_rules! both_backends {
 /// Re-checks `check` every 10 ms until it returns `Some`, for at most `within`, and returns that
 /// value: a test waits on a condition, never on time alone.
 ///
+/// `what` names the condition in the timeout's panic; it is formatted only then, so
+/// `std::fmt::from_fn(|f| …)` can show the state at that moment (a process's output so far).
+///
 /// # Panics
 /// When `within` passes first, naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, within: std::time::Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(
+    what: impl std::fmt::Display,
+    within: std::time::Duration,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -179,6 +186,34 @@ where
             "timed out after {within:?} waiting for {what}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Interval of [`eventually_blocking`]: its checks usually run a process (grpcurl) or read a
+/// log file, so it polls less often than [`eventually`].
+pub const BLOCKING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// [`eventually`] for tests that drive processes from a plain thread (no runtime): re-checks
+/// `check` every [`BLOCKING_POLL`] until it returns `Some`, for at most `within`, and returns
+/// that value. `check` may itself panic when waiting longer is pointless (the process exited).
+///
+/// # Panics
+/// When `within` passes first, naming `what` (formatted only then, as in [`eventually`]).
+pub fn eventually_blocking<T>(
+    what: impl std::fmt::Display,
+    within: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(BLOCKING_POLL);
     }
 }
 
@@ -237,6 +272,32 @@ mod tests {
         assert_eq!(
             postgres_url_with_database("postgres://h", "x"),
             "postgres://h/x"
+        );
+    }
+
+    #[test]
+    fn eventually_blocking_returns_the_first_value_and_names_what_timed_out() {
+        let mut calls = 0;
+        let value =
+            eventually_blocking("the third call", std::time::Duration::from_secs(5), || {
+                calls += 1;
+                (calls == 3).then_some(calls * 10)
+            });
+        assert_eq!((value, calls), (30, 3));
+        let late = std::panic::catch_unwind(|| {
+            eventually_blocking(
+                std::fmt::from_fn(|f| write!(f, "a value ({} so far)", 0)),
+                std::time::Duration::ZERO,
+                || None::<()>,
+            )
+        });
+        let message = late.expect_err("it times out");
+        let message = message
+            .downcast_ref::<String>()
+            .expect("a formatted panic message");
+        assert_eq!(
+            message,
+            "timed out after 0ns waiting for a value (0 so far)"
         );
     }
 

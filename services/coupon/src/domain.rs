@@ -1,6 +1,8 @@
 //! Pure coupon rules (docs/architecture.md: steps 1–2 of "The order saga", "The service
-//! contract"): the discount a coupon grants, and the decisions of UseCoupon and RestoreCoupon.
-//! No I/O here; every rule is unit-tested without a database or a server.
+//! contract"): the discount a coupon grants, and the decisions of IssueCoupon, UseCoupon and
+//! RestoreCoupon, whose refusals are typed ([`UseRejection`], [`IssueRejection`]) for the store
+//! to map to their status. No I/O here; every rule is unit-tested without a database or a
+//! server.
 //!
 //! [`discount`] is the one discount rule of sagaflow: UseCoupon reports the amount it gives
 //! (`UseCouponResponse.discount`) and the saga passes that amount to the Order service's
@@ -223,6 +225,42 @@ pub fn decide_use(coupon: &Coupon, attempt: &UseAttempt<'_>) -> Result<UseDecisi
     Ok(UseDecision::Take)
 }
 
+/// Why IssueCoupon is refused (ALREADY_EXISTS with [`IssueRejection::reason`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssueRejection {
+    /// A coupon with this code exists with other terms.
+    OtherTerms,
+}
+
+impl IssueRejection {
+    /// The `ErrorInfo.reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::OtherTerms => COUPON_EXISTS,
+        }
+    }
+
+    /// A sentence for a person about the coupon `code`.
+    pub fn message(self, code: &str) -> String {
+        match self {
+            Self::OtherTerms => format!("coupon {code:?} already exists with other terms"),
+        }
+    }
+}
+
+/// IssueCoupon's decision once a coupon with the code is stored (inserted now, or found):
+/// the same terms are the same coupon (a repeat), other terms are refused.
+///
+/// # Errors
+/// [`IssueRejection::OtherTerms`] when the stored terms differ from `requested`.
+pub fn decide_issue(stored: &Terms, requested: &Terms) -> Result<(), IssueRejection> {
+    if stored == requested {
+        Ok(())
+    } else {
+        Err(IssueRejection::OtherTerms)
+    }
+}
+
 /// What RestoreCoupon does to the coupon (it always records the compensation too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestoreDecision {
@@ -390,6 +428,22 @@ mod tests {
         reasons.sort_unstable();
         reasons.dedup();
         assert_eq!(reasons.len(), all.len());
+    }
+
+    #[test]
+    fn issue_refuses_other_terms_of_a_stored_code() {
+        let stored = coupon(Status::Used, Some("o1")).terms;
+        assert_eq!(decide_issue(&stored, &stored.clone()), Ok(()));
+        let other = Terms {
+            discount_amount: 2_000,
+            ..stored.clone()
+        };
+        let refused = decide_issue(&stored, &other).unwrap_err();
+        assert_eq!(refused.reason(), COUPON_EXISTS);
+        assert_eq!(
+            refused.message("C"),
+            "coupon \"C\" already exists with other terms"
+        );
     }
 
     #[test]

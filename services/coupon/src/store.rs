@@ -15,9 +15,7 @@ use sagaflow_server::{
 };
 use sqlx::AnyConnection;
 
-use crate::domain::{
-    self, COUPON_EXISTS, Coupon, RestoreDecision, Status, Terms, UseAttempt, UseDecision,
-};
+use crate::domain::{self, Coupon, RestoreDecision, Status, Terms, UseAttempt, UseDecision};
 
 /// A `coupons` row.
 #[derive(Debug, sqlx::FromRow)]
@@ -96,7 +94,8 @@ async fn lock_coupon(
 /// one with identical terms exists (in whatever state it is now).
 ///
 /// # Errors
-/// `ALREADY_EXISTS` (reason `COUPON_EXISTS`) when the code exists with other terms.
+/// `ALREADY_EXISTS` (reason `COUPON_EXISTS`) when the code exists with other terms
+/// ([`domain::decide_issue`]).
 pub(crate) async fn issue(conn: &mut AnyConnection, terms: &Terms) -> Result<Coupon, ServiceError> {
     let now = now_ms();
     sqlx::query(
@@ -121,12 +120,10 @@ pub(crate) async fn issue(conn: &mut AnyConnection, terms: &Terms) -> Result<Cou
             terms.code
         ))
     })?;
-    if coupon.terms != *terms {
-        return Err(ServiceError::AlreadyExists {
-            reason: COUPON_EXISTS,
-            message: format!("coupon {:?} already exists with other terms", terms.code),
-        });
-    }
+    domain::decide_issue(&coupon.terms, terms).map_err(|why| ServiceError::AlreadyExists {
+        reason: why.reason(),
+        message: why.message(&terms.code),
+    })?;
     Ok(coupon)
 }
 
@@ -207,11 +204,12 @@ pub(crate) async fn use_coupon(
             coupon.order_id = Some(order_id.to_owned());
             Ok(coupon)
         }
-        Err(why) => Err(rejection(why, code)),
+        Err(why) => Err(rejected(why, code)),
     }
 }
 
-fn rejection(why: domain::UseRejection, code: &str) -> ServiceError {
+/// A domain rejection of UseCoupon of `code` as FAILED_PRECONDITION with its reason.
+fn rejected(why: domain::UseRejection, code: &str) -> ServiceError {
     ServiceError::precondition(why.reason(), format!("coupon {code:?}: {}", why.describe()))
 }
 

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use sagaflow_server::{
     Backend, ServiceError,
     db::now_ms,
-    idempotency::late_action::{self, ActionClaim, RestorePlan, TombstoneTable, Value},
+    idempotency::late_action::{self, RestorePlan, TombstoneTable, Value},
 };
 use sqlx::AnyConnection;
 
-use crate::domain::{self, ORDER_ALREADY_DEDUCTED, OUT_OF_STOCK, ReservationStatus, StockLine};
+use crate::domain::{self, Rejection, ReservationStatus, StockLine};
 
 /// A `products` row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -212,35 +212,14 @@ pub(crate) async fn deduct(
         },
     )
     .await?;
-    if claim == ActionClaim::Existing {
-        return Err(ServiceError::precondition(
-            ORDER_ALREADY_DEDUCTED,
-            format!("order {order_id} already holds stock from another DeductInventory"),
-        ));
-    }
+    domain::decide_deduct(claim).map_err(|r| rejected(order_id, &r))?;
     let ordered = domain::lock_order(lines);
     let mut remaining = Vec::with_capacity(ordered.len());
     for line in &ordered {
         let Some(product) = lock_product(conn, backend, &line.sku).await? else {
             return Err(ServiceError::NotFound(format!("product {:?}", line.sku)));
         };
-        match domain::take(product.stock, line.quantity) {
-            Some(left) => remaining.push(left),
-            None => {
-                return Err(ServiceError::FailedPrecondition {
-                    reason: OUT_OF_STOCK,
-                    message: format!(
-                        "sku {:?} has {} units in stock, the order needs {}",
-                        line.sku, product.stock, line.quantity
-                    ),
-                    metadata: HashMap::from([
-                        ("sku".to_owned(), line.sku.clone()),
-                        ("requested".to_owned(), line.quantity.to_string()),
-                        ("available".to_owned(), product.stock.to_string()),
-                    ]),
-                });
-            }
-        }
+        remaining.push(domain::take_line(product.stock, line).map_err(|r| rejected(order_id, &r))?);
     }
     for (line, left) in ordered.iter().zip(remaining) {
         set_stock(conn, &line.sku, left).await?;
@@ -252,6 +231,16 @@ pub(crate) async fn deduct(
             .await?;
     }
     Ok(())
+}
+
+/// A domain rejection of a command for `order_id` as FAILED_PRECONDITION with its reason and
+/// metadata.
+fn rejected(order_id: &str, rejection: &Rejection) -> ServiceError {
+    ServiceError::FailedPrecondition {
+        reason: rejection.reason(),
+        message: rejection.message(order_id),
+        metadata: rejection.metadata(),
+    }
 }
 
 /// RestoreInventory's effect: gives back exactly what `order_id` took and marks its reservation

@@ -1,11 +1,17 @@
 //! Pure point rules (docs/architecture.md: step 5 of "The order saga", "The service contract"):
-//! balance arithmetic (checked, never negative), the per-order deduction states and the error reasons (the late-action rule and the restore plan
-//! are `sagaflow_server::idempotency::late_action`'s). No I/O here; every rule is
-//! unit-tested without a database or a server.
+//! balance arithmetic (checked, never negative), the per-order deduction states, and the business
+//! decisions of DeductPoints and RestorePoints, which return a typed [`Rejection`] that the store
+//! maps to its status (the late-action rule and the restore plan are
+//! `sagaflow_server::idempotency::late_action`'s). No I/O here; every rule is unit-tested without
+//! a database or a server.
 //!
 //! Points are KRW won. A user's points are either in the balance or **held** by an order (a
 //! DEDUCTED deduction); RestorePoints moves held points back. GrantPoints keeps
 //! `balance + held` within `i64`, so giving held points back can never overflow.
+
+use std::collections::HashMap;
+
+use sagaflow_server::idempotency::late_action::ActionClaim;
 
 /// `ErrorInfo.reason`: the balance is smaller than the amount to deduct (metadata `balance`,
 /// `requested`).
@@ -14,6 +20,98 @@ pub const INSUFFICIENT_POINTS: &str = "INSUFFICIENT_POINTS";
 pub const ORDER_ALREADY_DEDUCTED: &str = "ORDER_ALREADY_DEDUCTED";
 /// `ErrorInfo.reason`: RestorePoints names another user than the order's deduction.
 pub const USER_MISMATCH: &str = "USER_MISMATCH";
+
+/// Why DeductPoints or RestorePoints is refused: a business rejection (FAILED_PRECONDITION with
+/// [`Rejection::reason`] and [`Rejection::metadata`] in its `ErrorInfo`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The order already deducted points under another idempotency key.
+    AlreadyDeducted,
+    /// The balance is smaller than the amount to deduct.
+    InsufficientPoints {
+        /// The user's balance.
+        balance: i64,
+        /// The amount asked for.
+        requested: i64,
+    },
+    /// RestorePoints names another user than the one the order's points were deducted from.
+    UserMismatch,
+}
+
+impl Rejection {
+    /// The `ErrorInfo.reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::AlreadyDeducted => ORDER_ALREADY_DEDUCTED,
+            Self::InsufficientPoints { .. } => INSUFFICIENT_POINTS,
+            Self::UserMismatch => USER_MISMATCH,
+        }
+    }
+
+    /// A sentence for a person about the command of `user_id` for order `order_id`.
+    pub fn message(self, order_id: &str, user_id: &str) -> String {
+        match self {
+            Self::AlreadyDeducted => {
+                format!("order {order_id} already deducted points under another key")
+            }
+            Self::InsufficientPoints { balance, requested } => {
+                format!("user {user_id:?} has {balance} points, the order needs {requested}")
+            }
+            Self::UserMismatch => {
+                format!("order {order_id} belongs to another user than {user_id:?}")
+            }
+        }
+    }
+
+    /// The `ErrorInfo.metadata`: `balance` and `requested` for
+    /// [`Rejection::InsufficientPoints`].
+    pub fn metadata(self) -> HashMap<String, String> {
+        match self {
+            Self::InsufficientPoints { balance, requested } => HashMap::from([
+                ("balance".to_owned(), balance.to_string()),
+                ("requested".to_owned(), requested.to_string()),
+            ]),
+            Self::AlreadyDeducted | Self::UserMismatch => HashMap::new(),
+        }
+    }
+}
+
+/// DeductPoints' decision on what the late-action claim of the order's deduction found (a
+/// compensation that came first is refused before this, by the claim itself): a new deduction
+/// goes on; one that exists already was made under another idempotency key.
+///
+/// # Errors
+/// [`Rejection::AlreadyDeducted`] for an existing deduction.
+pub fn decide_deduct(claim: ActionClaim) -> Result<(), Rejection> {
+    match claim {
+        ActionClaim::Inserted => Ok(()),
+        ActionClaim::Existing => Err(Rejection::AlreadyDeducted),
+    }
+}
+
+/// The balance after DeductPoints takes `amount` from `balance` ([`deduct`]).
+///
+/// # Errors
+/// [`Rejection::InsufficientPoints`] when the balance is smaller than the amount.
+pub fn take_points(balance: i64, amount: i64) -> Result<i64, Rejection> {
+    deduct(balance, amount).ok_or(Rejection::InsufficientPoints {
+        balance,
+        requested: amount,
+    })
+}
+
+/// RestorePoints' decision when the order's points were deducted from `owner` and the command
+/// names `user_id`.
+///
+/// # Errors
+/// [`Rejection::UserMismatch`] when they differ.
+pub fn decide_restore(owner: &str, user_id: &str) -> Result<(), Rejection> {
+    if owner == user_id {
+        Ok(())
+    } else {
+        Err(Rejection::UserMismatch)
+    }
+}
 
 /// The state of an order's deduction (the `deductions.status` column).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +205,45 @@ mod tests {
         assert_eq!(deduct(0, 1), None);
         assert_eq!(deduct(1_000, 0), None);
         assert_eq!(deduct(1_000, -5), None);
+    }
+
+    #[test]
+    fn decisions_reject_with_their_reason_and_metadata() {
+        assert_eq!(decide_deduct(ActionClaim::Inserted), Ok(()));
+        assert_eq!(
+            decide_deduct(ActionClaim::Existing),
+            Err(Rejection::AlreadyDeducted)
+        );
+        assert_eq!(take_points(1_000, 300), Ok(700));
+        let short = take_points(200, 300).unwrap_err();
+        assert_eq!(
+            short,
+            Rejection::InsufficientPoints {
+                balance: 200,
+                requested: 300
+            }
+        );
+        assert_eq!(short.reason(), INSUFFICIENT_POINTS);
+        assert_eq!(
+            short.message("o-1", "alice"),
+            "user \"alice\" has 200 points, the order needs 300"
+        );
+        assert_eq!(
+            short.metadata(),
+            HashMap::from([
+                ("balance".to_owned(), "200".to_owned()),
+                ("requested".to_owned(), "300".to_owned()),
+            ])
+        );
+        assert_eq!(decide_restore("alice", "alice"), Ok(()));
+        let other = decide_restore("alice", "bob").unwrap_err();
+        assert_eq!(other.reason(), USER_MISMATCH);
+        assert_eq!(
+            other.message("o-1", "bob"),
+            "order o-1 belongs to another user than \"bob\""
+        );
+        assert!(other.metadata().is_empty());
+        assert_eq!(Rejection::AlreadyDeducted.reason(), ORDER_ALREADY_DEDUCTED);
     }
 
     #[test]

@@ -7,18 +7,14 @@
 //! are locked in one order — the order's deduction row, then the balance row — with `FOR UPDATE`
 //! on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already serializes writers.
 
-use std::collections::HashMap;
-
 use sagaflow_server::{
     Backend, ServiceError,
     db::now_ms,
-    idempotency::late_action::{self, ActionClaim, RestorePlan, TombstoneTable, Value},
+    idempotency::late_action::{self, RestorePlan, TombstoneTable, Value},
 };
 use sqlx::AnyConnection;
 
-use crate::domain::{
-    self, DeductionStatus, INSUFFICIENT_POINTS, LedgerKind, ORDER_ALREADY_DEDUCTED, USER_MISMATCH,
-};
+use crate::domain::{self, DeductionStatus, LedgerKind, Rejection};
 
 /// The balance of `user_id` in KRW won (0 for an unknown user).
 pub(crate) async fn balance(conn: &mut AnyConnection, user_id: &str) -> Result<i64, sqlx::Error> {
@@ -192,23 +188,10 @@ pub(crate) async fn deduct(
         || format!("RestorePoints for order {order_id} came first; its DeductPoints is rejected"),
     )
     .await?;
-    if claim == ActionClaim::Existing {
-        return Err(ServiceError::precondition(
-            ORDER_ALREADY_DEDUCTED,
-            format!("order {order_id} already deducted points under another key"),
-        ));
-    }
+    let reject = |r| rejected(r, order_id, user_id);
+    domain::decide_deduct(claim).map_err(reject)?;
     let current = lock_balance(conn, backend, user_id).await?.unwrap_or(0);
-    let Some(balance) = domain::deduct(current, amount) else {
-        return Err(ServiceError::FailedPrecondition {
-            reason: INSUFFICIENT_POINTS,
-            message: format!("user {user_id:?} has {current} points, the order needs {amount}"),
-            metadata: HashMap::from([
-                ("balance".to_owned(), current.to_string()),
-                ("requested".to_owned(), amount.to_string()),
-            ]),
-        });
-    };
+    let balance = domain::take_points(current, amount).map_err(reject)?;
     set_balance(conn, user_id, balance).await?;
     append_ledger(
         conn,
@@ -220,6 +203,16 @@ pub(crate) async fn deduct(
     )
     .await?;
     Ok(balance)
+}
+
+/// A domain rejection of `user_id`'s command for `order_id` as FAILED_PRECONDITION with its
+/// reason and metadata.
+fn rejected(rejection: Rejection, order_id: &str, user_id: &str) -> ServiceError {
+    ServiceError::FailedPrecondition {
+        reason: rejection.reason(),
+        message: rejection.message(order_id, user_id),
+        metadata: rejection.metadata(),
+    }
 }
 
 /// RestorePoints' effect: gives back exactly what `order_id` deducted and marks its deduction
@@ -247,12 +240,7 @@ pub(crate) async fn restore(
         RestorePlan::Tombstone => 0,
         RestorePlan::GiveBack | RestorePlan::Nothing => {
             let (owner, amount) = existing_deduction(conn, order_id).await?;
-            if owner != user_id {
-                return Err(ServiceError::precondition(
-                    USER_MISMATCH,
-                    format!("order {order_id} belongs to another user than {user_id:?}"),
-                ));
-            }
+            domain::decide_restore(&owner, user_id).map_err(|r| rejected(r, order_id, user_id))?;
             amount
         }
     };

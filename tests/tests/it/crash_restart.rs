@@ -4,12 +4,13 @@
 //! docs/architecture.md, "Invariants", holding (it exits non-zero otherwise).
 
 use std::{
+    fmt,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use sagaflow_testkit::grpcurl_output;
-use sagaflow_tests::{free_port, sagaflow_bin, start_dev};
+use sagaflow_testkit::{eventually_blocking, grpcurl_output};
+use sagaflow_tests::{KillOnDrop, free_port, sagaflow_bin, start_dev};
 use serde_json::Value;
 
 /// Sagas the admin API lists (up to 1000).
@@ -36,31 +37,38 @@ fn sigkill_during_demo_then_restart_finishes_every_saga() {
 
     let demo_log = dir.path().join("demo.log");
     let demo_err = dir.path().join("demo.err");
-    let mut demo = Command::new(sagaflow_bin())
-        .args([
-            "demo",
-            "--addr",
-            &format!("http://{listen}"),
-            "--timeout-secs",
-            "150",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&demo_log).unwrap())
-        .stderr(std::fs::File::create(&demo_err).unwrap())
-        .spawn()
-        .unwrap();
+    let mut demo = KillOnDrop(
+        Command::new(sagaflow_bin())
+            .args([
+                "demo",
+                "--addr",
+                &format!("http://{listen}"),
+                "--timeout-secs",
+                "150",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&demo_log).unwrap())
+            .stderr(std::fs::File::create(&demo_err).unwrap())
+            .spawn()
+            .unwrap(),
+    );
 
     // Kill once the run is well under way: some sagas exist, many are still running.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while saga_count(&listen) < 40 {
-        assert!(Instant::now() < deadline, "the demo made no progress");
-        assert!(
-            demo.try_wait().unwrap().is_none(),
-            "the demo ended before the crash"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_blocking(
+        "the demo to start 40 sagas",
+        Duration::from_secs(60),
+        || {
+            if saga_count(&listen) >= 40 {
+                return Some(());
+            }
+            assert!(
+                demo.try_wait().unwrap().is_none(),
+                "the demo ended before the crash"
+            );
+            None
+        },
+    );
     let before_kill = saga_count(&listen);
     let running_before_kill = running_count(&listen);
     dev.kill();
@@ -75,19 +83,11 @@ fn sigkill_during_demo_then_restart_finishes_every_saga() {
             Duration::from_secs(20),
         );
     }
-    let status = {
-        let deadline = Instant::now() + Duration::from_secs(200);
-        loop {
-            if let Some(status) = demo.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = demo.kill();
-                panic!("the demo did not finish; dev logs:\n{}", dev.logs());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let status = eventually_blocking(
+        fmt::from_fn(|f| write!(f, "the demo to finish; dev logs:\n{}", dev.logs())),
+        Duration::from_secs(200),
+        || demo.try_wait().unwrap(),
+    );
     let report = std::fs::read_to_string(&demo_log).unwrap();
     assert!(
         status.success(),

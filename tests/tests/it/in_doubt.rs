@@ -26,24 +26,7 @@ use tonic::transport::Channel;
 const ORDERS: usize = 30;
 const SKU: &str = "KB-001";
 
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name(sagaflow_testkit::Kind::Sqlite).await;
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(sagaflow_testkit::Kind::Postgres).await;
-                }
-            }
-        )*
-    };
-}
-
-both_stores!(
+sagaflow_testkit::both_backends!(
     lost_replies_then_refusals_at_deduct_inventory_lose_no_stock,
     lost_replies_then_refusals_at_the_pivot_refund_nothing_while_captured,
 );
@@ -175,7 +158,7 @@ impl System {
             .unwrap();
         assert_eq!(
             saga.status().as_str_name(),
-            format!("SAGA_STATUS_{}", state.status)
+            format!("SAGA_STATUS_{}", state.status())
         );
         saga.status()
     }

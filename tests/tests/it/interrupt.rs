@@ -2,13 +2,14 @@
 //! once, print a partial report, remove their temporary data directory and exit 130.
 
 use std::{
+    fmt,
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use sagaflow_testkit::grpcurl_output;
-use sagaflow_tests::sagaflow_bin;
+use sagaflow_testkit::{eventually_blocking, grpcurl_output};
+use sagaflow_tests::{KillOnDrop, sagaflow_bin};
 use serde_json::Value;
 
 /// Runs `sagaflow ARGS…` with its temporary files under `tmp`, waits until its embedded system
@@ -17,46 +18,41 @@ use serde_json::Value;
 fn interrupt_mid_run(args: &[&str], tmp: &Path) -> (Option<i32>, String, f64) {
     let out_path = tmp.join("out.log");
     let out = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new(sagaflow_bin())
-        .args(args)
-        .env("TMPDIR", tmp)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(sagaflow_bin())
+            .args(args)
+            .env("TMPDIR", tmp)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    );
     let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut sagas = 0;
-    while sagas < 3 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "ended before it was interrupted:\n{}",
-            output()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no orders placed within 60 s:\n{}",
-            output()
-        );
-        let log = output();
-        if let Some(addr) = log
-            .lines()
-            .find_map(|l| l.strip_prefix("embedded system listening on http://"))
-        {
+    eventually_blocking(
+        fmt::from_fn(|f| write!(f, "3 orders placed; output:\n{}", output())),
+        Duration::from_secs(60),
+        || {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "ended before it was interrupted:\n{}",
+                output()
+            );
+            let log = output();
+            let addr = log
+                .lines()
+                .find_map(|l| l.strip_prefix("embedded system listening on http://"))?;
             let listed = grpcurl_output(
                 addr,
                 &["-d", "{}"],
                 Some("sagaflow.workflow.v1.SagaAdminService/ListSagas"),
             );
-            if listed.status.success() {
-                let v: Value = serde_json::from_slice(&listed.stdout).unwrap_or(Value::Null);
-                sagas = v["sagas"].as_array().map_or(0, Vec::len);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            let v: Value = serde_json::from_slice(&listed.stdout).unwrap_or(Value::Null);
+            let sagas = v["sagas"].as_array().map_or(0, Vec::len);
+            (listed.status.success() && sagas >= 3).then_some(())
+        },
+    );
     let pid = child.id().to_string();
     let sent = Instant::now();
     assert!(
@@ -66,16 +62,12 @@ fn interrupt_mid_run(args: &[&str], tmp: &Path) -> (Option<i32>, String, f64) {
             .unwrap()
             .success()
     );
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if sent.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("still running 20 s after SIGINT:\n{}", output());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    // Killed (by the guard) if it is still running when this gives up.
+    let status = eventually_blocking(
+        fmt::from_fn(|f| write!(f, "the exit after SIGINT; output:\n{}", output())),
+        Duration::from_secs(20),
+        || child.try_wait().unwrap(),
+    );
     (status.code(), output(), sent.elapsed().as_secs_f64())
 }
 

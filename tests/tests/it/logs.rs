@@ -91,7 +91,7 @@ fn a_bench_prints_its_report_and_no_log_lines() {
 
 #[test]
 fn operator_cancels_log_no_errors_or_warnings() {
-    use sagaflow_testkit::{grpcurl_json, grpcurl_output};
+    use sagaflow_testkit::{eventually_blocking, grpcurl_json, grpcurl_output};
     use serde_json::json;
 
     let dir = tempfile::tempdir().unwrap();
@@ -140,22 +140,18 @@ fn operator_cancels_log_no_errors_or_warnings() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("SAGA_FINISHED"));
     // A running saga, waiting on the slow gateway: canceled, it compensates.
     let slow = place("logs-slow", "tok_slow");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let saga = grpcurl_json(
-            dev.addr(),
-            &["-d", &json!({ "saga_id": slow }).to_string()],
-            "sagaflow.workflow.v1.SagaAdminService/GetSaga",
-        );
-        if saga["saga"]["currentStep"] == "start_payment" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never at start_payment: {saga}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    eventually_blocking(
+        "the saga to be at start_payment",
+        std::time::Duration::from_secs(30),
+        || {
+            let saga = grpcurl_json(
+                dev.addr(),
+                &["-d", &json!({ "saga_id": slow }).to_string()],
+                "sagaflow.workflow.v1.SagaAdminService/GetSaga",
+            );
+            (saga["saga"]["currentStep"] == "start_payment").then_some(())
+        },
+    );
     assert!(cancel(&slow).status.success());
     let order = grpcurl_json(
         dev.addr(),

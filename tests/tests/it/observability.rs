@@ -21,11 +21,11 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use sagaflow_testkit::{
-    grpcurl_json,
+    eventually_blocking, grpcurl_json,
     otlp::{Collector, KIND_SERVER, Received, STATUS_ERROR},
 };
 use sagaflow_tests::{Process, free_port};
@@ -108,15 +108,6 @@ fn get_saga(addr: &str, saga_id: &str) -> Value {
         &["-d", &json!({ "saga_id": saga_id }).to_string()],
         &format!("{ADMIN}/GetSaga"),
     )
-}
-
-/// Polls `check` every 50 ms until it holds, at most `timeout`.
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Units of `sku` that Ranking has recorded (OrderCompleted delivered by the relay).
@@ -454,8 +445,8 @@ fn one_trace_per_order_with_every_step_handler_and_compensation() {
     let order = wait_order(&addr, &ok);
     assert_eq!(order["status"], "ORDER_STATUS_COMPLETED", "{order}");
     // The relay delivered OrderCompleted to Ranking (the last call of the order's trace).
-    eventually("Ranking to record the order", WAIT, || {
-        units_ranked(&addr, "DK-001") == 2
+    eventually_blocking("Ranking to record the order", WAIT, || {
+        (units_ranked(&addr, "DK-001") == 2).then_some(())
     });
 
     // Nothing of the order's end was exported on schedule: the flush at exit must send it.
@@ -579,8 +570,8 @@ fn the_trace_survives_a_crash_and_links_the_recovery() {
             "points": 1000, "payment_method": "tok_slow"
         }),
     );
-    eventually("the saga to wait in start_payment", WAIT, || {
-        get_saga(&listen, &order_id)["saga"]["currentStep"] == "start_payment"
+    eventually_blocking("the saga to wait in start_payment", WAIT, || {
+        (get_saga(&listen, &order_id)["saga"]["currentStep"] == "start_payment").then_some(())
     });
     // What finished before the kill was exported: the first step.
     rt.block_on(
@@ -616,8 +607,8 @@ fn the_trace_survives_a_crash_and_links_the_recovery() {
             .any(|e| e["eventType"] == "recovered"),
         "the restarted engine recovered the saga: {journal}"
     );
-    eventually("Ranking to record the order", WAIT, || {
-        units_ranked(&listen, "HS-001") == 1
+    eventually_blocking("Ranking to record the order", WAIT, || {
+        (units_ranked(&listen, "HS-001") == 1).then_some(())
     });
     assert_eq!(dev.terminate(WAIT), Some(0), "{}", dev.logs());
 
@@ -923,29 +914,26 @@ fn metrics_count_the_outcomes_of_a_mixed_run() {
 
     // The relay delivers the last events after the orders' last commands; the backlog is
     // sampled once a second.
-    let mut text = String::new();
-    eventually(
+    let text = eventually_blocking(
         "every outbox event delivered and the backlog sampled empty",
         WAIT,
         || {
-            text = scrape(&metrics_addr);
-            let s = samples(&text);
-            total(
-                &s,
-                "sagaflow_outbox_delivered_total",
-                &[("event_type", "OrderCreated")],
-            ) == placed
-                && total(
-                    &s,
-                    "sagaflow_outbox_delivered_total",
-                    &[("event_type", "OrderCompleted")],
-                ) == completed
-                && total(
-                    &s,
-                    "sagaflow_outbox_delivered_total",
-                    &[("event_type", "OrderFailed")],
-                ) == failed
-                && s.get("sagaflow_outbox_pending") == Some(&0.0)
+            let text = scrape(&metrics_addr);
+            let done = {
+                let s = samples(&text);
+                let delivered = |event_type: &str| {
+                    total(
+                        &s,
+                        "sagaflow_outbox_delivered_total",
+                        &[("event_type", event_type)],
+                    )
+                };
+                delivered("OrderCreated") == placed
+                    && delivered("OrderCompleted") == completed
+                    && delivered("OrderFailed") == failed
+                    && s.get("sagaflow_outbox_pending") == Some(&0.0)
+            };
+            done.then_some(text)
         },
     );
     let s = samples(&text);

@@ -2,9 +2,9 @@
 //! process driven with the real grpcurl through the README walkthrough, then one order per failure
 //! reason, asserting the final status and every stock, balance, coupon and payment value.
 
-use std::time::Duration;
+use std::{cell::RefCell, fmt, time::Duration};
 
-use sagaflow_testkit::{grpcurl_json, grpcurl_output};
+use sagaflow_testkit::{eventually_blocking, grpcurl_json, grpcurl_output};
 use sagaflow_tests::Process;
 use serde_json::{Value, json};
 
@@ -326,26 +326,30 @@ fn readme_walkthrough_and_every_failure_reason() {
         "lines": [{ "sku": "HS-001", "quantity": 1 }],
         "payment_method": "tok_slow"
     }));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = grpcurl_output(
-            dev.addr(),
-            &["-d", &json!({ "saga_id": canceled }).to_string()],
-            Some(&format!("{ADMIN}/CancelSaga")),
-        );
-        if out.status.success() {
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert_eq!(v["saga"]["status"], "SAGA_STATUS_COMPENSATING", "{v}");
-            break;
-        }
-        // Not started yet (the relay has not delivered the event): try again.
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Refused until the saga exists (the relay has not delivered the event yet): try again.
+    let refused = RefCell::new(String::new());
+    let v: Value = eventually_blocking(
+        fmt::from_fn(|f| {
+            write!(
+                f,
+                "CancelSaga to find the saga (last answer: {})",
+                refused.borrow()
+            )
+        }),
+        Duration::from_secs(20),
+        || {
+            let out = grpcurl_output(
+                dev.addr(),
+                &["-d", &json!({ "saga_id": canceled }).to_string()],
+                Some(&format!("{ADMIN}/CancelSaga")),
+            );
+            *refused.borrow_mut() = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status
+                .success()
+                .then(|| serde_json::from_slice(&out.stdout).unwrap())
+        },
+    );
+    assert_eq!(v["saga"]["status"], "SAGA_STATUS_COMPENSATING", "{v}");
 
     let hs_before = 10_000;
     for (reason, id) in &placed {
@@ -393,14 +397,9 @@ fn readme_walkthrough_and_every_failure_reason() {
         .spawn()
         .unwrap();
     let mut dev = dev;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while dev.process.logs().matches("GetOrder is waiting").count() == waiting_before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the long-poll never arrived"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_blocking("the long-poll to arrive", Duration::from_secs(10), || {
+        (dev.process.logs().matches("GetOrder is waiting").count() > waiting_before).then_some(())
+    });
     let started = std::time::Instant::now();
     assert_eq!(
         dev.process.terminate(Duration::from_secs(20)),

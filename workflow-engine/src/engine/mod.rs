@@ -235,10 +235,10 @@ impl Engine {
             }
         }
         tracing::debug!(saga.id = %id, "saga started");
-        if state.status.is_active() {
+        if state.status().is_active() {
             driver::spawn(inner, state, None, now, None);
         } else {
-            let _ = inner.rested.send((id, state.status));
+            let _ = inner.rested.send((id, state.status()));
         }
         Ok((id, true))
     }
@@ -270,7 +270,7 @@ impl Engine {
                 return Err(not_found_as(err, id));
             }
         };
-        if state.status.is_active() && state.lease_owner.is_none() {
+        if state.status().is_active() && state.lease_owner.is_none() {
             tracing::info!(saga.id = %id, "saga canceled by an operator: compensating");
             driver::spawn_claim(&self.inner, id);
         }
@@ -326,7 +326,7 @@ impl Engine {
             .map_err(|e| not_found_as(e, id))?;
         tracing::warn!(saga.id = %id, operator, reason, resolution = resolution.as_str(),
             "AUDIT: parked call resolved by an operator");
-        if state.status.is_active() {
+        if state.status().is_active() {
             driver::spawn_claim(&self.inner, id);
         }
         Ok(state)
@@ -368,14 +368,14 @@ impl Engine {
         let mut rested = self.inner.rested.subscribe();
         loop {
             let state = self.get(id).await?;
-            if !state.status.is_active() {
+            if !state.status().is_active() {
                 return Ok(state);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Err(EngineError::Timeout {
                     id,
-                    status: state.status,
+                    status: state.status(),
                 });
             }
             let recheck = (now + Duration::from_millis(100)).min(deadline);

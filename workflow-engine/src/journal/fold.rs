@@ -3,11 +3,8 @@
 
 use serde_json::Map;
 
-use super::{
-    Event, JournalEntry, JournalError,
-    transition::{self, Refused},
-};
-use crate::state::{Cursor, Outcome, Phase, SagaId, SagaState, SagaStatus, StepAt};
+use super::{Event, JournalEntry, JournalError, transition};
+use crate::state::{Cursor, Outcome, Phase, Position, SagaId, SagaState, SagaStatus, StepAt};
 
 /// Applies one entry to the state (the fold's step function). `state` is `None` only before
 /// `saga_started`.
@@ -40,10 +37,7 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
                 definition_name: definition_name.clone(),
                 definition_version: *definition_version,
                 business_key: business_key.clone(),
-                status: SagaStatus::Running,
-                phase: Phase::Forward,
-                step_index: None,
-                current_step: None,
+                position: Position::at(Cursor::Starting),
                 attempt: 0,
                 input: input.clone(),
                 outputs: Map::new(),
@@ -81,16 +75,13 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             entry.seq, s.last_seq
         )));
     }
-    transition::check(&s, &entry.event).map_err(|refused| match refused {
-        Refused::Rule(rule) => JournalError::Illegal {
-            saga_id: entry.saga_id,
-            seq: entry.seq,
-            event: entry.event.event_type(),
-            status: s.status,
-            cursor: s.cursor().map_or_else(|e| e.to_string(), |c| c.to_string()),
-            rule,
-        },
-        Refused::Invalid(err) => invalid(err.to_string()),
+    transition::check(&s, &entry.event).map_err(|rule| JournalError::Illegal {
+        saga_id: entry.saga_id,
+        seq: entry.seq,
+        event: entry.event.event_type(),
+        status: s.status(),
+        cursor: s.cursor().to_string(),
+        rule,
     })?;
     s.last_seq = entry.seq;
     s.updated_at = entry.at;
@@ -107,7 +98,7 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
         }
         Event::Recovered { .. } => {
             // The previous holder may have sent the current attempt before it died.
-            if s.status == SagaStatus::Running && s.phase == Phase::Forward && s.attempt >= 1 {
+            if s.status() == SagaStatus::Running && s.phase() == Phase::Forward && s.attempt >= 1 {
                 s.in_doubt = true;
             }
             // Backoff earned before the crash does not delay the recovery.
@@ -194,29 +185,20 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             s.attempt = *attempt;
         }
         Event::OperatorRetry {} => {
-            s.status = resumed_status(&s);
+            s.position.resume();
             s.attempt = 1;
             s.undelivered = 0;
             s.generation = s.generation.saturating_add(1);
         }
-        Event::OperatorResolved { .. } => s.status = resumed_status(&s),
+        Event::OperatorResolved { .. } => s.position.resume(),
         Event::SagaCompleted {} => finish(&mut s, Outcome::Completed),
         Event::SagaCompensated {} => finish(&mut s, Outcome::Compensated),
         Event::SagaNeedsAttention { .. } => {
-            s.status = SagaStatus::NeedsAttention;
+            s.position.park();
             release(&mut s);
         }
     }
     Ok(s)
-}
-
-/// The status a parked saga resumes in: RUNNING forward, COMPENSATING otherwise.
-fn resumed_status(s: &SagaState) -> SagaStatus {
-    match s.phase {
-        Phase::Forward => SagaStatus::Running,
-        Phase::Compensating | Phase::Finalizing => SagaStatus::Compensating,
-        Phase::Finished => s.status,
-    }
 }
 
 fn release(s: &mut SagaState) {

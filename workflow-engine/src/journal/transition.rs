@@ -4,39 +4,24 @@
 //! refused with [`super::JournalError::Illegal`], naming the event, the state and the rule.
 
 use super::Event;
-use crate::state::{Cursor, InvalidState, SagaState, SagaStatus};
+use crate::state::{Cursor, SagaState, SagaStatus};
 
-/// Why an event was refused: the rule it breaks.
-pub(super) enum Refused {
-    /// The event cannot happen at the saga's cursor.
-    Rule(&'static str),
-    /// The state row forms no cursor at all.
-    Invalid(InvalidState),
+/// The rule an event breaks.
+type Refused = &'static str;
+
+fn require(holds: bool, rule: Refused) -> Result<(), Refused> {
+    if holds { Ok(()) } else { Err(rule) }
 }
 
-impl From<InvalidState> for Refused {
-    fn from(err: InvalidState) -> Self {
-        Self::Invalid(err)
-    }
-}
-
-fn require(holds: bool, rule: &'static str) -> Result<(), Refused> {
-    if holds {
-        Ok(())
-    } else {
-        Err(Refused::Rule(rule))
-    }
-}
-
-/// Checks that `event` can follow state `s`.
+/// Checks that `event` can follow state `s`; the error is the rule it breaks.
 pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
-    let status = s.status;
+    let status = s.status();
     require(!status.is_finished(), "no event follows the end of a saga")?;
     let running = status == SagaStatus::Running;
     let compensating = status == SagaStatus::Compensating;
     match event {
         Event::SagaStarted { .. } => require(false, "a saga starts once"),
-        // Lease changes and parking need no cursor: a saga whose row forms none is parked.
+        // Lease changes and parking do not depend on the cursor.
         Event::LeaseAcquired { fencing_token, .. } => {
             require(
                 status.is_active(),
@@ -68,8 +53,8 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
                 running,
                 "forward steps begin only while the saga is RUNNING",
             )?;
-            let cursor = s.cursor()?;
-            let after_current = match &cursor {
+            let cursor = s.cursor();
+            let after_current = match cursor {
                 Cursor::Starting => true,
                 Cursor::Forward(at) => s.outputs.contains_key(&at.name) && *index > at.index,
                 _ => false,
@@ -88,9 +73,9 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
                 running,
                 "a forward step answers only while the saga is RUNNING",
             )?;
-            let cursor = s.cursor()?;
+            let cursor = s.cursor();
             require(
-                matches!(&cursor, Cursor::Forward(at) if at.name == *step),
+                matches!(cursor, Cursor::Forward(at) if at.name == *step),
                 "only the current forward step succeeds or fails",
             )?;
             require(
@@ -105,7 +90,7 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
                 "the deadline passes only while the saga is RUNNING",
             )?;
             require(
-                matches!(s.cursor()?, Cursor::Forward(_)),
+                matches!(s.cursor(), Cursor::Forward(_)),
                 "the deadline passes only at a forward step",
             )
         }
@@ -115,7 +100,7 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
                 "only a saga not yet compensating is canceled",
             )?;
             require(
-                matches!(s.cursor()?, Cursor::Forward(_)),
+                matches!(s.cursor(), Cursor::Forward(_)),
                 "only a saga at a forward step is canceled",
             )?;
             require(
@@ -129,7 +114,7 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
                 "a saga starts compensating only from its forward steps",
             )?;
             require(
-                matches!(s.cursor()?, Cursor::Starting | Cursor::Forward(_)),
+                matches!(s.cursor(), Cursor::Starting | Cursor::Forward(_)),
                 "a saga starts compensating only from its forward steps",
             )
         }
@@ -139,7 +124,7 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
                 "compensations begin only while the saga is COMPENSATING",
             )?;
             let position = |name: &str| s.compensation_plan.iter().position(|p| p == name);
-            let next = match (s.cursor()?, position(step)) {
+            let next = match (s.cursor(), position(step)) {
                 (Cursor::EnteringCompensation, Some(_)) => true,
                 (Cursor::Compensating(at), Some(p)) => position(&at.name).is_some_and(|c| p > c),
                 _ => false,
@@ -157,7 +142,7 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
                 "a compensation answers only while the saga is COMPENSATING",
             )?;
             require(
-                matches!(s.cursor()?, Cursor::Compensating(at) if at.name == *step),
+                matches!(s.cursor(), Cursor::Compensating(at) if at.name == *step),
                 "only the current compensation succeeds or fails",
             )?;
             require(*attempt == s.attempt, "only the current attempt answers")
@@ -169,7 +154,7 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
             )?;
             require(
                 matches!(
-                    s.cursor()?,
+                    s.cursor(),
                     Cursor::EnteringCompensation | Cursor::Compensating(_)
                 ),
                 "the finalizer begins only after the compensations",
@@ -182,14 +167,14 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
                 "the finalizer answers only while the saga is COMPENSATING",
             )?;
             require(
-                matches!(s.cursor()?, Cursor::Finalizing),
+                matches!(s.cursor(), Cursor::Finalizing),
                 "only a current finalizer succeeds or fails",
             )?;
             require(*attempt == s.attempt, "only the current attempt answers")
         }
         Event::SagaCompleted {} => {
             require(running, "only a RUNNING saga completes")?;
-            let done = match s.cursor()? {
+            let done = match s.cursor() {
                 Cursor::Starting => true,
                 Cursor::Forward(at) => s.outputs.contains_key(&at.name),
                 _ => false,
@@ -202,7 +187,7 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
         Event::SagaCompensated {} => {
             require(compensating, "only a COMPENSATING saga is compensated")?;
             require(
-                !matches!(s.cursor()?, Cursor::Starting | Cursor::Forward(_)),
+                !matches!(s.cursor(), Cursor::Starting | Cursor::Forward(_)),
                 "only a compensating saga is compensated",
             )
         }

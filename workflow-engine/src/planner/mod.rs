@@ -141,13 +141,6 @@ fn index_u32(index: usize) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
-/// The saga's [`Cursor`], or why the row forms none.
-fn cursor(def: &SagaDefinition, state: &SagaState) -> Result<Cursor, PlanError> {
-    state
-        .cursor()
-        .map_err(|err| plan_error(def, state, err.to_string()))
-}
-
 /// The definition's index of the step the cursor names; an error when the definition has no
 /// such step there.
 fn index_of(def: &SagaDefinition, state: &SagaState, at: &StepAt) -> Result<usize, PlanError> {
@@ -167,7 +160,7 @@ fn index_of(def: &SagaDefinition, state: &SagaState, at: &StepAt) -> Result<usiz
 
 /// The index of the current step (forward or compensated).
 fn current_index(def: &SagaDefinition, state: &SagaState) -> Result<usize, PlanError> {
-    match cursor(def, state)?.step() {
+    match state.cursor().step() {
         Some(at) => index_of(def, state, at),
         None => Err(plan_error(def, state, "no current step")),
     }
@@ -175,12 +168,12 @@ fn current_index(def: &SagaDefinition, state: &SagaState) -> Result<usize, PlanE
 
 /// Decides what to do with a leased saga at time `now`.
 pub(crate) fn next(def: &SagaDefinition, state: &SagaState, now: i64) -> Result<Next, PlanError> {
-    if !state.status.is_active() {
+    if !state.status().is_active() {
         return Ok(Next::Idle);
     }
-    match cursor(def, state)? {
+    match state.cursor() {
         Cursor::Forward(at) => {
-            let index = index_of(def, state, &at)?;
+            let index = index_of(def, state, at)?;
             let before_pivot = index < def.point_of_no_return();
             if let (Some(deadline), true) = (state.deadline_at, before_pivot) {
                 if now >= deadline {
@@ -209,7 +202,7 @@ pub(crate) fn next(def: &SagaDefinition, state: &SagaState, now: i64) -> Result<
             if now < state.next_attempt_at {
                 return Ok(Next::WaitUntil(state.next_attempt_at));
             }
-            Ok(Next::Compensate(index_of(def, state, &at)?))
+            Ok(Next::Compensate(index_of(def, state, at)?))
         }
         Cursor::Finalizing => {
             if now < state.next_attempt_at {

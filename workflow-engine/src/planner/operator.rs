@@ -8,7 +8,7 @@ use super::{REASON_CANCELED, advance, compensation_from, current_index, enter_co
 use crate::{
     definition::{FINALIZER, SagaDefinition},
     journal::{CompensationCause, Event, Resolution},
-    state::{Phase, SagaState, SagaStatus},
+    state::{Cursor, SagaState, SagaStatus},
 };
 
 /// Why an operator's command was refused.
@@ -42,13 +42,12 @@ pub(crate) fn cancel_events(
     state: &SagaState,
     new_token: i64,
 ) -> Result<Vec<Event>, Refusal> {
-    if state.status.is_finished() {
-        return Err(Refusal::Finished);
-    }
-    match state.phase {
-        Phase::Compensating | Phase::Finalizing => return Ok(Vec::new()),
-        Phase::Finished => return Err(Refusal::Finished),
-        Phase::Forward => {}
+    match state.cursor() {
+        Cursor::EnteringCompensation | Cursor::Compensating(_) | Cursor::Finalizing => {
+            return Ok(Vec::new());
+        }
+        Cursor::Finished(_) => return Err(Refusal::Finished),
+        Cursor::Starting | Cursor::Forward(_) => {}
     }
     let index = current_index(def, state).map_err(|_| Refusal::PastPivot)?;
     if index >= def.point_of_no_return() {
@@ -73,7 +72,7 @@ pub(crate) fn cancel_events(
 /// # Errors
 /// [`Refusal::NotNeedsAttention`].
 pub(crate) fn retry_events(state: &SagaState) -> Result<Vec<Event>, Refusal> {
-    if state.status == SagaStatus::NeedsAttention {
+    if state.status() == SagaStatus::NeedsAttention {
         Ok(vec![Event::OperatorRetry {}])
     } else {
         Err(Refusal::NotNeedsAttention)
@@ -97,7 +96,7 @@ pub(crate) fn resolve_events(
     operator: &str,
     reason: &str,
 ) -> Result<Vec<Event>, Refusal> {
-    if state.status != SagaStatus::NeedsAttention {
+    if state.status() != SagaStatus::NeedsAttention {
         return Err(Refusal::NotNeedsAttention);
     }
     let resolved = |step: &str| Event::OperatorResolved {
@@ -106,8 +105,8 @@ pub(crate) fn resolve_events(
         operator: operator.to_owned(),
         reason: reason.to_owned(),
     };
-    match state.phase {
-        Phase::Forward => {
+    match state.cursor() {
+        Cursor::Starting | Cursor::Forward(_) => {
             let index = current_index(def, state).map_err(|_| Refusal::NotApplicable)?;
             let name = def.steps()[index].name();
             let mut events = vec![resolved(name)];
@@ -135,7 +134,7 @@ pub(crate) fn resolve_events(
             }
             Ok(events)
         }
-        Phase::Compensating => {
+        Cursor::EnteringCompensation | Cursor::Compensating(_) => {
             if resolution != Resolution::Applied {
                 return Err(Refusal::NotApplicable);
             }
@@ -161,7 +160,7 @@ pub(crate) fn resolve_events(
             ));
             Ok(events)
         }
-        Phase::Finalizing => {
+        Cursor::Finalizing => {
             if resolution != Resolution::Applied {
                 return Err(Refusal::NotApplicable);
             }
@@ -174,7 +173,7 @@ pub(crate) fn resolve_events(
                 Event::SagaCompensated {},
             ])
         }
-        Phase::Finished => Err(Refusal::NotNeedsAttention),
+        Cursor::Finished(_) => Err(Refusal::NotNeedsAttention),
     }
 }
 

@@ -50,7 +50,7 @@ fn happy_path_skips_and_completes() {
             after_forward(&d, &s, index, Ok(json!(index)), 200, 0.5).unwrap(),
         );
     }
-    assert_eq!(s.status, SagaStatus::Completed);
+    assert_eq!(s.status(), SagaStatus::Completed);
     assert_eq!(next(&d, &s, 300).unwrap(), Next::Idle);
 }
 
@@ -74,7 +74,7 @@ fn unknown_outcome_compensates_the_uncertain_step_too() {
         let events = after_forward(&d, &s, 2, Err(StepError::transient("down")), 150, 1.0).unwrap();
         s = run(&d, &s, events);
     }
-    assert_eq!(s.status, SagaStatus::Compensating);
+    assert_eq!(s.status(), SagaStatus::Compensating);
     assert_eq!(s.compensation_plan, vec!["c", "a"]);
     assert_eq!(s.failure_reason.as_deref(), Some(REASON_DEADLINE_EXCEEDED));
     assert_eq!(next(&d, &s, 10_000_000).unwrap(), Next::Compensate(2));
@@ -117,7 +117,7 @@ fn undelivered_calls_wait_until_the_deadline_then_fail_without_compensation() {
         panic!("the deadline is recorded");
     };
     s = run(&d, &s, events);
-    assert_eq!(s.status, SagaStatus::Compensating);
+    assert_eq!(s.status(), SagaStatus::Compensating);
     assert_eq!(s.compensation_plan, vec!["a"]);
     assert_eq!(s.failure_reason.as_deref(), Some(REASON_DEADLINE_EXCEEDED));
 }
@@ -159,10 +159,10 @@ fn pivot_unknown_outcome_parks_and_cancel_is_refused() {
         let events = after_forward(&d, &s, 3, Err(StepError::transient("slow")), 150, 0.5).unwrap();
         s = run(&d, &s, events);
     }
-    assert_eq!(s.status, SagaStatus::NeedsAttention);
-    assert_eq!(s.phase, Phase::Forward);
+    assert_eq!(s.status(), SagaStatus::NeedsAttention);
+    assert_eq!(s.phase(), Phase::Forward);
     s = run(&d, &s, retry_events(&s).unwrap());
-    assert_eq!(s.status, SagaStatus::Running);
+    assert_eq!(s.status(), SagaStatus::Running);
     assert_eq!(s.attempt, 1);
     assert_eq!(retry_events(&s), Err(Refusal::NotNeedsAttention));
 }
@@ -188,9 +188,9 @@ fn deadline_before_the_pivot_compensates_with_the_current_step() {
         &s,
         after_compensation(&d, &s, 0, Ok(Value::Null), 150, 0.5).unwrap(),
     );
-    assert_eq!(s.phase, Phase::Finalizing);
+    assert_eq!(s.phase(), Phase::Finalizing);
     s = run(&d, &s, after_finalizer(&d, &s, Ok(Value::Null), 150, 0.5));
-    assert_eq!(s.status, SagaStatus::Compensated);
+    assert_eq!(s.status(), SagaStatus::Compensated);
     assert_eq!(cancel_events(&d, &s, 9), Err(Refusal::Finished));
 }
 
@@ -224,8 +224,8 @@ fn transient_compensation_failures_retry_with_capped_backoff() {
     let events =
         after_compensation(&d, &s, 0, Err(StepError::business("NO", "no")), 1_000, 1.0).unwrap();
     s = run(&d, &s, events);
-    assert_eq!(s.status, SagaStatus::NeedsAttention);
-    assert_eq!(s.phase, Phase::Compensating);
+    assert_eq!(s.status(), SagaStatus::NeedsAttention);
+    assert_eq!(s.phase(), Phase::Compensating);
 }
 
 #[test]

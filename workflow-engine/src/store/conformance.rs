@@ -108,8 +108,8 @@ async fn create_is_idempotent_on_the_business_key(store: &dyn SagaStore) {
     let state = create(store, "c-create", "e1", 1_000).await;
     let row = assert_row_is_fold(store, state.id).await;
     assert_eq!(row, state);
-    assert_eq!(row.status, SagaStatus::Running);
-    assert_eq!(row.current_step.as_deref(), Some("a"));
+    assert_eq!(row.status(), SagaStatus::Running);
+    assert_eq!(row.current_step(), Some("a"));
     assert_eq!(row.trace_context.as_deref(), Some("00-trace-01"));
     // A second create with the same business key writes nothing and names the first saga.
     let def = definition();
@@ -165,7 +165,7 @@ async fn transitions_are_fenced(store: &dyn SagaStore) {
         vec![WriteOutcome::Fenced]
     );
     assert_eq!(next.outputs.get("a"), Some(&json!({"x": 1})));
-    assert_eq!(next.current_step.as_deref(), Some("p"));
+    assert_eq!(next.current_step(), Some("p"));
 }
 
 async fn a_batch_commits_each_write_on_its_own_fence(store: &dyn SagaStore) {
@@ -297,7 +297,7 @@ async fn claims_skip_future_and_resting_sagas(store: &dyn SagaStore) {
         store.commit(&[write]).await.unwrap(),
         vec![WriteOutcome::Applied]
     );
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert_eq!(done.lease_owner, None);
     assert!(claim(store, state.id, "e3", i64::MAX / 2).await.is_none());
     let far = claim_due(store, "e3", i64::MAX / 2).await;
@@ -349,7 +349,7 @@ async fn operator_updates_apply_or_refuse(store: &dyn SagaStore) {
         .operator_update(state.id, 1_200, &cancel)
         .await
         .unwrap();
-    assert_eq!(canceled.status, SagaStatus::Compensating);
+    assert_eq!(canceled.status(), SagaStatus::Compensating);
     assert_eq!(canceled.failure_reason.as_deref(), Some("CANCELED"));
     assert_eq!(canceled.compensation_plan, vec!["a"]);
     assert_eq!(canceled.fencing_token, state.fencing_token + 1);
@@ -483,8 +483,8 @@ async fn prunes_exactly_the_old_finished_sagas(store: &dyn SagaStore) {
     let compensated = apply(store, &s, 210, events).await;
     let s = create(store, "c-prune-done-2", "e1", 120).await;
     let done_2 = complete(store, &s, 220).await;
-    assert_eq!(done_1.status, SagaStatus::Completed);
-    assert_eq!(compensated.status, SagaStatus::Compensated);
+    assert_eq!(done_1.status(), SagaStatus::Completed);
+    assert_eq!(compensated.status(), SagaStatus::Compensated);
     // Finished after the cutoff: kept.
     let s = create(store, "c-prune-recent", "e1", 130).await;
     let recent = complete(store, &s, 900).await;
@@ -502,8 +502,8 @@ async fn prunes_exactly_the_old_finished_sagas(store: &dyn SagaStore) {
     .await;
     let s = create(store, "c-prune-compensating", "e1", 170).await;
     let compensating = apply(store, &s, 180, cancel(&s)).await;
-    assert_eq!(attention.status, SagaStatus::NeedsAttention);
-    assert_eq!(compensating.status, SagaStatus::Compensating);
+    assert_eq!(attention.status(), SagaStatus::NeedsAttention);
+    assert_eq!(compensating.status(), SagaStatus::Compensating);
     let kept = [&running, &attention, &compensating, &recent];
 
     let cost = |s: &SagaState| 1 + s.last_seq as u32;

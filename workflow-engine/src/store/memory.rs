@@ -138,7 +138,7 @@ fn lease_expired(state: &SagaState, now: i64, database_now: i64) -> bool {
 
 /// Due: active, and released with its next attempt due, or orphaned.
 fn due(state: &SagaState, now: i64, database_now: i64) -> bool {
-    state.status.is_active()
+    state.status().is_active()
         && ((state.lease_owner.is_none() && state.next_attempt_at <= now)
             || lease_expired(state, now, database_now))
 }
@@ -227,7 +227,7 @@ impl SagaStore for MemorySagaStore {
         let mut tables = self.lock();
         let mut expired = 0;
         for saga in tables.sagas.values_mut() {
-            if saga.state.status.is_active() && saga.state.lease_owner.is_some() {
+            if saga.state.status().is_active() && saga.state.lease_owner.is_some() {
                 saga.state.lease_expires_at = Some(0);
                 expired += 1;
             }
@@ -266,7 +266,7 @@ impl SagaStore for MemorySagaStore {
         Ok(self
             .claim_where(now, 1, plan, |state, database_now| {
                 state.id == id
-                    && state.status.is_active()
+                    && state.status().is_active()
                     && (state.lease_owner.is_none() || lease_expired(state, now, database_now))
             })?
             .into_iter()
@@ -340,7 +340,7 @@ impl SagaStore for MemorySagaStore {
             .sagas
             .values()
             .map(|saga| &saga.state)
-            .filter(|s| filter.status.is_none_or(|status| s.status == status))
+            .filter(|s| filter.status.is_none_or(|status| s.status() == status))
             .filter(|s| {
                 filter
                     .definition_name
@@ -372,7 +372,7 @@ impl SagaStore for MemorySagaStore {
         let mut candidates: Vec<(i64, SagaId, u64)> = tables
             .sagas
             .values()
-            .filter(|saga| saga.state.status.is_finished() && saga.state.updated_at < before_ms)
+            .filter(|saga| saga.state.status().is_finished() && saga.state.updated_at < before_ms)
             .map(|saga| {
                 let entries = u64::try_from(saga.journal.len()).unwrap_or(u64::MAX);
                 (saga.state.updated_at, saga.state.id, entries)

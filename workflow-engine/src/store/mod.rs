@@ -25,7 +25,7 @@ use sagaflow_server::retention::{Prune, PruneFuture, PruneJob, Pruned};
 use crate::{
     journal::{Event, JournalEntry, JournalError},
     planner::Refusal,
-    state::{SagaId, SagaState, SagaStatus, UnknownValue},
+    state::{InvalidState, SagaId, SagaState, SagaStatus, UnknownValue},
 };
 
 mod memory;
@@ -91,6 +91,12 @@ impl From<JournalError> for StoreError {
 
 impl From<UnknownValue> for StoreError {
     fn from(err: UnknownValue) -> Self {
+        Self::Corrupt(err.to_string())
+    }
+}
+
+impl From<InvalidState> for StoreError {
+    fn from(err: InvalidState) -> Self {
         Self::Corrupt(err.to_string())
     }
 }

@@ -17,9 +17,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tonic::{Code, service::RoutesBuilder};
 
-use crate::support::{Recorder, WAIT, both_backends, open, script, scripted};
+use crate::support::{Recorder, WAIT, open, script, scripted};
 
-both_backends!(admin_api_over_grpc);
+sagaflow_testkit::both_backends!(admin_api_over_grpc);
 
 async fn admin_api_over_grpc(kind: Kind) {
     let h = open(kind, "admin").await;
@@ -123,7 +123,7 @@ async fn admin_api_over_grpc(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(
-        engine.wait_finished(parked, WAIT).await.unwrap().status,
+        engine.wait_finished(parked, WAIT).await.unwrap().status(),
         SagaStatus::NeedsAttention
     );
     let listed = client
@@ -167,7 +167,7 @@ async fn admin_api_over_grpc(kind: Kind) {
         pb::SagaStatus::Compensating as i32
     );
     assert_eq!(
-        engine.wait_finished(parked, WAIT).await.unwrap().status,
+        engine.wait_finished(parked, WAIT).await.unwrap().status(),
         SagaStatus::Compensated
     );
     let err = client
@@ -215,7 +215,7 @@ async fn admin_api_over_grpc(kind: Kind) {
         ["saga_id", "resolution", "operator", "reason"]
     );
     assert_eq!(
-        engine.get(pivot).await.unwrap().status,
+        engine.get(pivot).await.unwrap().status(),
         SagaStatus::NeedsAttention
     );
     let err = client
@@ -243,7 +243,7 @@ async fn admin_api_over_grpc(kind: Kind) {
         pb::SagaStatus::NeedsAttention as i32
     );
     assert_eq!(
-        engine.wait_finished(pivot, WAIT).await.unwrap().status,
+        engine.wait_finished(pivot, WAIT).await.unwrap().status(),
         SagaStatus::Completed
     );
     let journal = client
@@ -291,7 +291,7 @@ async fn admin_api_over_grpc(kind: Kind) {
         .into_inner();
     assert_eq!(canceled.saga.unwrap().failure_reason, "CANCELED");
     assert_eq!(
-        engine.wait_finished(cancel, WAIT).await.unwrap().status,
+        engine.wait_finished(cancel, WAIT).await.unwrap().status(),
         SagaStatus::Compensated
     );
 

@@ -15,11 +15,10 @@ use sagaflow_workflow_engine::{
 use serde_json::json;
 
 use crate::support::{
-    Recorder, WAIT, both_backends, check_fold, event_types, fixed_retry, open, script, scripted,
-    scripted_with,
+    Recorder, WAIT, check_fold, event_types, fixed_retry, open, script, scripted, scripted_with,
 };
 
-both_backends!(
+sagaflow_testkit::both_backends!(
     a_saga_completes,
     a_failure_at_each_step_compensates_the_completed_steps_in_reverse,
     an_unknown_outcome_compensates_the_uncertain_step_too,
@@ -52,7 +51,7 @@ async fn a_saga_completes(kind: Kind) {
         .unwrap();
     assert!(created);
     let done = engine.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert_eq!(rec.actions(id), ["a", "b", "c", "p", "r"]);
     assert!(rec.compensations(id).is_empty());
     for call in rec.calls_of(id) {
@@ -110,7 +109,11 @@ async fn a_failure_at_each_step_compensates_the_completed_steps_in_reverse(kind:
     }
     for (id, failing, expected) in started {
         let done = engine.wait_finished(id, WAIT).await.unwrap();
-        assert_eq!(done.status, SagaStatus::Compensated, "failing at {failing}");
+        assert_eq!(
+            done.status(),
+            SagaStatus::Compensated,
+            "failing at {failing}"
+        );
         assert_eq!(done.failure_reason, Some(format!("NO_{failing}")));
         assert_eq!(rec.compensations(id), expected, "failing at {failing}");
         for c in rec
@@ -160,7 +163,7 @@ async fn an_unknown_outcome_compensates_the_uncertain_step_too(kind: Kind) {
         (by_timeout, "b", vec!["b", "a"]),
     ] {
         let done = engine.wait_finished(id, WAIT).await.unwrap();
-        assert_eq!(done.status, SagaStatus::Compensated);
+        assert_eq!(done.status(), SagaStatus::Compensated);
         assert_eq!(done.failure_reason.as_deref(), Some("DEADLINE_EXCEEDED"));
         assert_eq!(rec.compensations(id), expected);
         let attempts: Vec<u32> = rec
@@ -195,7 +198,7 @@ async fn the_pivot_is_never_compensated(kind: Kind) {
         .await
         .unwrap();
     let done = engine.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(done.status(), SagaStatus::Compensated);
     assert_eq!(rec.compensations(id), ["c", "b", "a"]);
     // An unknown outcome of the pivot parks the saga; nothing is compensated.
     let unknown = script(
@@ -207,8 +210,8 @@ async fn the_pivot_is_never_compensated(kind: Kind) {
         .await
         .unwrap();
     let parked = engine.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(parked.status, SagaStatus::NeedsAttention);
-    assert_eq!(parked.current_step.as_deref(), Some("p"));
+    assert_eq!(parked.status(), SagaStatus::NeedsAttention);
+    assert_eq!(parked.current_step(), Some("p"));
     assert!(rec.compensations(id).is_empty());
     check_fold(&h, id).await;
     // Cancel is refused at the pivot; RetrySaga retries the pivot with the same key.
@@ -216,7 +219,7 @@ async fn the_pivot_is_never_compensated(kind: Kind) {
     assert!(matches!(refused, EngineError::Refused(Refusal::PastPivot)));
     engine.retry(id).await.unwrap();
     let done = engine.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert!(rec.compensations(id).is_empty());
     let pivot_keys: Vec<String> = rec
         .calls_of(id)
@@ -242,7 +245,7 @@ async fn a_retriable_step_is_retried_until_it_succeeds(kind: Kind) {
         .await
         .unwrap();
     let done = engine.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     let attempts = rec.calls_of(id).iter().filter(|c| c.step == "r").count();
     assert_eq!(attempts, 8);
     assert!(rec.compensations(id).is_empty());
@@ -274,7 +277,7 @@ async fn transient_failures_are_retried_with_growing_delays(kind: Kind) {
         .unwrap();
     for (id, jittered) in [(fixed_id, false), (jitter_id, true)] {
         let done = engine.wait_finished(id, WAIT).await.unwrap();
-        assert_eq!(done.status, SagaStatus::Completed);
+        assert_eq!(done.status(), SagaStatus::Completed);
         let (_, journal) = check_fold(&h, id).await;
         let failures: Vec<(i64, i64, u64)> = journal
             .iter()
@@ -328,7 +331,7 @@ async fn a_compensation_failing_transiently_five_times_finishes_compensated(kind
         .await
         .unwrap();
     let done = engine.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(done.status(), SagaStatus::Compensated);
     assert_eq!(done.failure_reason.as_deref(), Some("OUT_OF_STOCK"));
     let attempts: Vec<u32> = rec
         .calls_of(id)
@@ -355,8 +358,8 @@ async fn a_compensation_failing_for_good_parks_and_retry_saga_finishes_it(kind: 
         .await
         .unwrap();
     let parked = engine.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(parked.status, SagaStatus::NeedsAttention);
-    assert_eq!(parked.current_step.as_deref(), Some("b"));
+    assert_eq!(parked.status(), SagaStatus::NeedsAttention);
+    assert_eq!(parked.current_step(), Some("b"));
     assert_eq!(parked.lease_owner, None);
     assert_eq!(
         rec.compensations(id),
@@ -366,13 +369,13 @@ async fn a_compensation_failing_for_good_parks_and_retry_saga_finishes_it(kind: 
     check_fold(&h, id).await;
     // A second RetrySaga-less wait does not move it.
     assert_eq!(
-        engine.get(id).await.unwrap().status,
+        engine.get(id).await.unwrap().status(),
         SagaStatus::NeedsAttention
     );
     let resumed = engine.retry(id).await.unwrap();
-    assert_eq!(resumed.status, SagaStatus::Compensating);
+    assert_eq!(resumed.status(), SagaStatus::Compensating);
     let done = engine.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(done.status(), SagaStatus::Compensated);
     assert_eq!(rec.compensations(id), ["b", "a"]);
     let (_, journal) = check_fold(&h, id).await;
     let types = event_types(&journal);
@@ -409,13 +412,13 @@ async fn deadline_before_and_after_the_pivot(kind: Kind) {
         .await
         .unwrap();
     let done = engine.wait_finished(before, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(done.status(), SagaStatus::Compensated);
     assert_eq!(done.failure_reason.as_deref(), Some("DEADLINE_EXCEEDED"));
     assert_eq!(rec.compensations(before), ["b", "a"]);
     let (_, journal) = check_fold(&h, before).await;
     assert!(event_types(&journal).contains(&"deadline_exceeded"));
     let done = engine.wait_finished(after, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert!(rec.compensations(after).is_empty());
     assert!(done.updated_at > deadline);
     check_fold(&h, after).await;
@@ -432,16 +435,12 @@ async fn cancel_before_and_after_the_pivot(kind: Kind) {
         .start("s", "cancel-1", slow_b, None, None)
         .await
         .unwrap();
-    let until = tokio::time::Instant::now() + WAIT;
-    while !rec.calls_of(id).iter().any(|c| c.step == "b") {
-        assert!(tokio::time::Instant::now() < until, "b never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    rec.until_called(id, "b").await;
     let canceled = engine.cancel(id).await.unwrap();
-    assert_eq!(canceled.status, SagaStatus::Compensating);
+    assert_eq!(canceled.status(), SagaStatus::Compensating);
     assert_eq!(canceled.failure_reason.as_deref(), Some("CANCELED"));
     let done = engine.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(done.status(), SagaStatus::Compensated);
     assert_eq!(rec.compensations(id), ["b", "a"]);
     assert!(!rec.actions(id).contains(&"c"), "no step after the cancel");
     // Canceling a finished saga is refused.
@@ -458,17 +457,13 @@ async fn cancel_before_and_after_the_pivot(kind: Kind) {
         .start("s", "cancel-2", flaky_r, None, None)
         .await
         .unwrap();
-    let until = tokio::time::Instant::now() + WAIT;
-    while !rec.calls_of(id).iter().any(|c| c.step == "r") {
-        assert!(tokio::time::Instant::now() < until, "r never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    rec.until_called(id, "r").await;
     assert!(matches!(
         engine.cancel(id).await.unwrap_err(),
         EngineError::Refused(Refusal::PastPivot)
     ));
     let done = engine.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert!(rec.compensations(id).is_empty());
     check_fold(&h, id).await;
     engine.shutdown(Duration::from_secs(5)).await;
@@ -498,7 +493,7 @@ async fn start_is_idempotent_on_the_business_key(kind: Kind) {
     assert!(!created);
     assert_eq!(again, id);
     assert_eq!(
-        engine.wait_finished(id, WAIT).await.unwrap().status,
+        engine.wait_finished(id, WAIT).await.unwrap().status(),
         SagaStatus::Completed
     );
     assert!(matches!(
@@ -534,7 +529,7 @@ async fn the_starter_runs_at_once_and_shutdown_releases_leases(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(
-        engine.wait_finished(fast, WAIT).await.unwrap().status,
+        engine.wait_finished(fast, WAIT).await.unwrap().status(),
         SagaStatus::Completed
     );
     assert!(
@@ -552,21 +547,13 @@ async fn the_starter_runs_at_once_and_shutdown_releases_leases(kind: Kind) {
         )
         .await
         .unwrap();
-    let until = tokio::time::Instant::now() + WAIT;
-    while !rec.calls_of(slow).iter().any(|c| c.step == "b") {
-        assert!(tokio::time::Instant::now() < until, "b never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    rec.until_called(slow, "b").await;
     let report = engine.shutdown(Duration::from_secs(10)).await;
     assert_eq!(report.aborted, 0);
     let (row, journal) = check_fold(&h, slow).await;
-    assert_eq!(row.status, SagaStatus::Running);
+    assert_eq!(row.status(), SagaStatus::Running);
     assert_eq!(row.lease_owner, None);
-    assert_eq!(
-        row.current_step.as_deref(),
-        Some("c"),
-        "b's result was recorded"
-    );
+    assert_eq!(row.current_step(), Some("c"), "b's result was recorded");
     assert_eq!(
         journal.last().map(|e| e.event.event_type()),
         Some("lease_released")
@@ -574,7 +561,7 @@ async fn the_starter_runs_at_once_and_shutdown_releases_leases(kind: Kind) {
     // Another engine takes it over at once (no lease to wait for) and finishes it.
     let next = h.engine(vec![scripted("s", &rec)]);
     assert_eq!(
-        next.wait_finished(slow, WAIT).await.unwrap().status,
+        next.wait_finished(slow, WAIT).await.unwrap().status(),
         SagaStatus::Completed
     );
     assert_eq!(rec.actions(slow), ["a", "b", "c", "p", "r"]);
@@ -632,14 +619,10 @@ async fn a_saga_finishes_on_the_definition_version_that_started_it(kind: Kind) {
         .start("versioned", "v-1", json!({}), None, None)
         .await
         .unwrap();
-    let until = tokio::time::Instant::now() + WAIT;
-    while engine_lease_released(&h, id).await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the retry never released the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    sagaflow_testkit::eventually("the retry to release the lease", WAIT, || {
+        engine_lease_released(&h, id)
+    })
+    .await;
     old.shutdown(Duration::from_secs(5)).await;
     // The new engine knows versions 1 and 2: new sagas start on 2, the old one finishes on 1.
     let new = engine(vec![version(1), version(2)]);
@@ -648,7 +631,7 @@ async fn a_saga_finishes_on_the_definition_version_that_started_it(kind: Kind) {
         .await
         .unwrap();
     let done = new.wait_finished(id, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert_eq!(done.definition_version, 1);
     assert_eq!(done.outputs.get("x"), Some(&json!(1)));
     let fresh = new.wait_finished(fresh, WAIT).await.unwrap();

@@ -251,7 +251,8 @@ async fn crash_and_recover(kind: Kind, failpoint: &str, hit: usize, test_name: &
             SagaStatus::Completed
         };
         assert_eq!(
-            done.status, expected,
+            done.status(),
+            expected,
             "saga fp-{i} after a crash at {failpoint}"
         );
         conformance::assert_row_is_fold(store.as_ref(), *id).await;

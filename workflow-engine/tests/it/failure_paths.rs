@@ -20,11 +20,9 @@ use sagaflow_workflow_engine::{
 };
 use serde_json::json;
 
-use crate::support::{
-    Harness, Recorder, WAIT, both_backends, check_fold, open, script, scripted, scripted_with,
-};
+use crate::support::{Harness, Recorder, WAIT, check_fold, open, script, scripted, scripted_with};
 
-both_backends!(
+sagaflow_testkit::both_backends!(
     an_attempt_in_doubt_keeps_a_compensatable_step_uncertain,
     an_attempt_in_doubt_parks_the_pivot_unless_the_handler_decided,
     an_attempt_in_doubt_after_the_pivot_parks_and_retry_saga_finishes,
@@ -73,7 +71,7 @@ async fn an_attempt_in_doubt_keeps_a_compensatable_step_uncertain(kind: Kind) {
             .await
             .unwrap();
         let done = wait(&engine, id).await;
-        assert_eq!(done.status, SagaStatus::Compensated, "{refusal}");
+        assert_eq!(done.status(), SagaStatus::Compensated, "{refusal}");
         assert_eq!(rec.compensations(id), ["c", "b", "a"], "{refusal}");
         assert!(
             rec.net_effects(id).is_empty(),
@@ -89,7 +87,7 @@ async fn an_attempt_in_doubt_keeps_a_compensatable_step_uncertain(kind: Kind) {
         .start("s", "plain-c", input, None, None)
         .await
         .unwrap();
-    assert_eq!(wait(&engine, id).await.status, SagaStatus::Compensated);
+    assert_eq!(wait(&engine, id).await.status(), SagaStatus::Compensated);
     assert_eq!(rec.compensations(id), ["b", "a"]);
     assert!(rec.net_effects(id).is_empty());
     engine.shutdown(Duration::from_secs(5)).await;
@@ -108,8 +106,8 @@ async fn an_attempt_in_doubt_parks_the_pivot_unless_the_handler_decided(kind: Ki
             .await
             .unwrap();
         let parked = wait(&engine, id).await;
-        assert_eq!(parked.status, SagaStatus::NeedsAttention, "{refusal}");
-        assert_eq!(parked.current_step.as_deref(), Some("p"));
+        assert_eq!(parked.status(), SagaStatus::NeedsAttention, "{refusal}");
+        assert_eq!(parked.current_step(), Some("p"));
         assert!(rec.compensations(id).is_empty(), "{refusal}");
         assert_eq!(rec.net_effects(id), ["a", "b", "c", "p"], "{refusal}");
         check_fold(&h, id).await;
@@ -125,7 +123,7 @@ async fn an_attempt_in_doubt_parks_the_pivot_unless_the_handler_decided(kind: Ki
         .await
         .unwrap();
     let done = wait(&engine, id).await;
-    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(done.status(), SagaStatus::Compensated);
     assert_eq!(done.failure_reason.as_deref(), Some("PAYMENT_DECLINED"));
     assert_eq!(rec.compensations(id), ["c", "b", "a"]);
     assert!(rec.net_effects(id).is_empty());
@@ -143,13 +141,13 @@ async fn an_attempt_in_doubt_after_the_pivot_parks_and_retry_saga_finishes(kind:
             .await
             .unwrap();
         let parked = wait(&engine, id).await;
-        assert_eq!(parked.status, SagaStatus::NeedsAttention, "{refusal}");
-        assert_eq!(parked.current_step.as_deref(), Some("r"));
+        assert_eq!(parked.status(), SagaStatus::NeedsAttention, "{refusal}");
+        assert_eq!(parked.current_step(), Some("r"));
         assert!(rec.compensations(id).is_empty());
         assert_eq!(rec.net_effects(id), ["a", "b", "c", "p", "r"]);
         engine.retry(id).await.unwrap();
         let done = wait(&engine, id).await;
-        assert_eq!(done.status, SagaStatus::Completed, "{refusal}");
+        assert_eq!(done.status(), SagaStatus::Completed, "{refusal}");
         let keys: Vec<String> = rec
             .calls_of(id)
             .into_iter()
@@ -179,7 +177,7 @@ async fn an_output_that_cannot_be_stored_compensates_the_step(kind: Kind) {
         .await
         .unwrap();
     let done = wait(&engine, id).await;
-    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(done.status(), SagaStatus::Compensated);
     // b took effect, so it is compensated although it "succeeded".
     assert_eq!(rec.compensations(id), ["b", "a"]);
     assert!(rec.net_effects(id).is_empty());
@@ -203,7 +201,7 @@ async fn release_and_make_due(h: &Harness, engine: Engine, ids: &[SagaId]) {
             (state.lease_owner.is_none() && state.attempt == 2).then_some(state)
         })
         .await;
-        assert_eq!(state.status, SagaStatus::Running);
+        assert_eq!(state.status(), SagaStatus::Running);
     }
     engine.shutdown(Duration::from_secs(5)).await;
     sqlx::query("UPDATE sagas SET next_attempt_at = 0")
@@ -242,7 +240,15 @@ async fn an_unreadable_row_is_parked_and_every_healthy_saga_finishes(kind: Kind)
         .execute(h.db.pool())
         .await
         .unwrap();
-    // Two replicas share the store; batches of 8 so the poisoned row is in many batches.
+    // Poison the second: status, phase, step index and current step that form no position (a
+    // RUNNING saga finalizing at a step), refused when the row is decoded.
+    let invalid = ids[1];
+    sqlx::query("UPDATE sagas SET phase = 'finalizing', next_attempt_at = 0 WHERE id = $1")
+        .bind(invalid.to_string())
+        .execute(h.db.pool())
+        .await
+        .unwrap();
+    // Two replicas share the store; batches of 8 so the poisoned rows are in many batches.
     let replicas: Vec<Engine> = (0..2)
         .map(|_| {
             Engine::builder(h.store.clone())
@@ -254,23 +260,26 @@ async fn an_unreadable_row_is_parked_and_every_healthy_saga_finishes(kind: Kind)
                 .unwrap()
         })
         .collect();
-    for id in &ids[1..] {
+    for id in &ids[2..] {
         let done = wait(&replicas[0], *id).await;
-        assert_eq!(done.status, SagaStatus::Completed);
+        assert_eq!(done.status(), SagaStatus::Completed);
         assert_eq!(rec.net_effects(*id), ["a", "b", "c", "p", "r"]);
     }
-    let journal = h.store.journal(poisoned).await.unwrap();
-    let last = journal.last().unwrap();
-    let Event::SagaNeedsAttention { reason } = &last.event else {
-        panic!("the poisoned saga is parked, got {:?}", last.event);
-    };
-    assert!(reason.contains("cannot be read"), "{reason}");
-    let status: String = sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
-        .bind(poisoned.to_string())
-        .fetch_one(h.db.pool())
-        .await
-        .unwrap();
-    assert_eq!(status, "NEEDS_ATTENTION");
+    for (id, why) in [(poisoned, "JSON"), (invalid, "no valid state")] {
+        let journal = h.store.journal(id).await.unwrap();
+        let last = journal.last().unwrap();
+        let Event::SagaNeedsAttention { reason } = &last.event else {
+            panic!("the poisoned saga {id} is parked, got {:?}", last.event);
+        };
+        assert!(reason.contains("cannot be read"), "{reason}");
+        assert!(reason.contains(why), "{reason}");
+        let status: String = sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_one(h.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(status, "NEEDS_ATTENTION");
+    }
     for engine in replicas {
         engine.shutdown(Duration::from_secs(5)).await;
     }
@@ -322,14 +331,14 @@ async fn sagas_of_an_unknown_definition_version_are_left_to_a_replica_that_knows
             )
             .await
             .unwrap();
-        assert_eq!(wait(&old_engine, own).await.status, SagaStatus::Completed);
+        assert_eq!(wait(&old_engine, own).await.status(), SagaStatus::Completed);
     }
     assert_eq!(h.store.journal(id).await.unwrap().len(), before);
     assert!(rec.net_effects(id).is_empty());
     // A replica that knows v2 takes it and finishes it on v2.
     let upgraded = h.engine(vec![v2(&rec)]);
     let done = wait(&upgraded, id).await;
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert_eq!(done.definition_version, 2);
     assert_eq!(rec.net_effects(id), ["a", "b", "c", "p", "r"]);
     old_engine.shutdown(Duration::from_secs(5)).await;
@@ -351,14 +360,14 @@ async fn retry_saga_gets_past_a_rejection_stored_under_the_key(kind: Kind) {
         .await
         .unwrap();
     let parked = wait(&engine, id).await;
-    assert_eq!(parked.status, SagaStatus::NeedsAttention);
+    assert_eq!(parked.status(), SagaStatus::NeedsAttention);
     assert_eq!(rec.net_effects(id), ["a", "b"]);
     // The operator retries: the compensation is sent under a new key generation, so the stored
     // refusal is not replayed.
     let resumed = engine.retry(id).await.unwrap();
     assert_eq!(resumed.generation, 1);
     let done = wait(&engine, id).await;
-    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(done.status(), SagaStatus::Compensated);
     assert!(rec.net_effects(id).is_empty());
     let keys: Vec<String> = rec
         .calls_of(id)
@@ -394,7 +403,7 @@ async fn resolve_step_settles_a_parked_call_with_an_audit_record(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(
-        wait(&engine, applied).await.status,
+        wait(&engine, applied).await.status(),
         SagaStatus::NeedsAttention
     );
     // The operator finds no capture at the gateway: the saga compensates the steps before it.
@@ -408,7 +417,7 @@ async fn resolve_step_settles_a_parked_call_with_an_audit_record(kind: Kind) {
         .await
         .unwrap();
     let done = wait(&engine, applied).await;
-    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(done.status(), SagaStatus::Compensated);
     assert_eq!(rec.compensations(applied), ["c", "b", "a"]);
     assert_eq!(done.failure_reason.as_deref(), Some("RESOLVED_NOT_APPLIED"));
 
@@ -417,7 +426,7 @@ async fn resolve_step_settles_a_parked_call_with_an_audit_record(kind: Kind) {
         .start("s", "resolve-confirmed", input, None, None)
         .await
         .unwrap();
-    assert_eq!(wait(&engine, id).await.status, SagaStatus::NeedsAttention);
+    assert_eq!(wait(&engine, id).await.status(), SagaStatus::NeedsAttention);
     engine
         .resolve(
             id,
@@ -428,7 +437,7 @@ async fn resolve_step_settles_a_parked_call_with_an_audit_record(kind: Kind) {
         .await
         .unwrap();
     let done = wait(&engine, id).await;
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert!(rec.compensations(id).is_empty());
     assert_eq!(rec.net_effects(id), ["a", "b", "c", "p", "r"]);
     let (_, journal) = check_fold(&h, id).await;
@@ -470,7 +479,10 @@ async fn resolve_step_settles_a_parked_call_with_an_audit_record(kind: Kind) {
         .start("s", "resolve-compensation", input, None, None)
         .await
         .unwrap();
-    assert_eq!(wait(&engine, comp).await.status, SagaStatus::NeedsAttention);
+    assert_eq!(
+        wait(&engine, comp).await.status(),
+        SagaStatus::NeedsAttention
+    );
     let err = engine
         .resolve(comp, Resolution::NotApplied, "ops", "no")
         .await
@@ -484,7 +496,7 @@ async fn resolve_step_settles_a_parked_call_with_an_audit_record(kind: Kind) {
         .await
         .unwrap();
     let done = wait(&engine, comp).await;
-    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(done.status(), SagaStatus::Compensated);
     // a is compensated by the saga; b was settled by hand (its effect is the operator's).
     assert_eq!(rec.net_effects(comp), ["b"]);
     engine.shutdown(Duration::from_secs(5)).await;
@@ -524,7 +536,7 @@ async fn a_replica_with_a_clock_ahead_takes_no_live_lease(kind: Kind) {
         .await
         .unwrap();
     let done = wait(&holder, id).await;
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert!(
         skewed_rec.calls_of(id).is_empty(),
         "the skewed replica ran {:?}",
@@ -566,7 +578,7 @@ async fn racing_starts_of_one_saga_id_create_it_once(kind: Kind) {
             .map(|r| r.expect("no start fails").1)
             .collect();
         assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
-        assert_eq!(wait(&engines[0], id).await.status, SagaStatus::Completed);
+        assert_eq!(wait(&engines[0], id).await.status(), SagaStatus::Completed);
         assert_eq!(rec.net_effects(id), ["a", "b", "c", "p", "r"]);
     }
     for engine in engines {
@@ -608,7 +620,7 @@ async fn a_sole_owner_takes_over_left_leases_at_once_without_their_backoff(kind:
         .build()
         .unwrap();
     let done = wait(&successor, id).await;
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "resumed at once, not after the lease or the backoff: {:?}",
@@ -623,5 +635,5 @@ async fn a_sole_owner_takes_over_left_leases_at_once_without_their_backoff(kind:
     );
     holder.shutdown(Duration::from_secs(5)).await;
     successor.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(check_fold(&h, id).await.0.status, SagaStatus::Completed);
+    assert_eq!(check_fold(&h, id).await.0.status(), SagaStatus::Completed);
 }

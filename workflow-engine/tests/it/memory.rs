@@ -51,10 +51,10 @@ async fn sagas_complete_and_compensate_on_the_memory_store() {
         .await
         .unwrap();
     let done = engine.wait_finished(ok, WAIT).await.unwrap();
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     assert_eq!(rec.actions(ok), ["a", "b", "c", "p", "r"]);
     let compensated = engine.wait_finished(failing, WAIT).await.unwrap();
-    assert_eq!(compensated.status, SagaStatus::Compensated);
+    assert_eq!(compensated.status(), SagaStatus::Compensated);
     assert_eq!(compensated.failure_reason.as_deref(), Some("OUT_OF_STOCK"));
     assert_eq!(rec.compensations(failing), ["b", "a"]);
     assert_eq!(rec.finalizer_calls(failing).len(), 1);
@@ -97,9 +97,9 @@ async fn retry_backoff_runs_on_paused_time() {
         .wait_finished(id, Duration::from_secs(120))
         .await
         .unwrap();
-    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(done.status(), SagaStatus::Completed);
     let journal = conformance::assert_row_is_fold(store.as_ref(), id).await;
-    assert_eq!(journal.status, SagaStatus::Completed);
+    assert_eq!(journal.status(), SagaStatus::Completed);
     let journal = store.journal(id).await.unwrap();
     let failures: Vec<(usize, i64, i64)> = journal
         .iter()

@@ -133,7 +133,7 @@ async fn run_case(
         .await
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let (expected_status, expected_compensations) = expect(case);
-    prop_assert_eq!(done.status, expected_status);
+    prop_assert_eq!(done.status(), expected_status);
     let (row, journal) = check_fold(h, id).await;
     prop_assert_eq!(&row, &done);
     prop_assert_eq!(rec.compensations(id), expected_compensations.clone());

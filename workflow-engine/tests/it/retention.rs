@@ -18,17 +18,15 @@ use sagaflow_workflow_engine::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{
-    Harness, Recorder, WAIT, both_backends, open, script, scripted, scripted_with,
-};
+use crate::support::{Harness, Recorder, WAIT, open, script, scripted, scripted_with};
 
-both_backends!(retention_deletes_exactly_the_old_finished_sagas);
+sagaflow_testkit::both_backends!(retention_deletes_exactly_the_old_finished_sagas);
 
 /// Waits until saga `id` rests (no lease) in `status`, waiting for a retry.
 async fn wait_resting(h: &Harness, id: SagaId, status: SagaStatus) -> SagaState {
     sagaflow_testkit::eventually(&format!("{id} to rest in {status}"), WAIT, || async {
         let state = h.store.get(id).await.unwrap().unwrap();
-        (state.status == status && state.lease_owner.is_none() && state.attempt >= 2)
+        (state.status() == status && state.lease_owner.is_none() && state.attempt >= 2)
             .then_some(state)
     })
     .await
@@ -93,7 +91,10 @@ async fn retention_deletes_exactly_the_old_finished_sagas(kind: Kind) {
         (completed_recent, SagaStatus::Completed),
         (parked_old, SagaStatus::NeedsAttention),
     ] {
-        assert_eq!(engine.wait_finished(id, WAIT).await.unwrap().status, status);
+        assert_eq!(
+            engine.wait_finished(id, WAIT).await.unwrap().status(),
+            status
+        );
     }
     wait_resting(&h, running_old, SagaStatus::Running).await;
     wait_resting(&h, compensating_old, SagaStatus::Compensating).await;
@@ -159,7 +160,11 @@ async fn retention_deletes_exactly_the_old_finished_sagas(kind: Kind) {
     assert_eq!(again.rows("workflow", "sagas"), 0);
     engine.retry(parked_old).await.unwrap();
     assert_eq!(
-        engine.wait_finished(parked_old, WAIT).await.unwrap().status,
+        engine
+            .wait_finished(parked_old, WAIT)
+            .await
+            .unwrap()
+            .status(),
         SagaStatus::Compensated
     );
     engine.shutdown(Duration::from_secs(5)).await;

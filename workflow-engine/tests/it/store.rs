@@ -6,9 +6,9 @@ use sagaflow_server::{Db, PoolConfig};
 use sagaflow_testkit::Kind;
 use sagaflow_workflow_engine::{MIGRATIONS, store::conformance};
 
-use crate::support::{both_backends, open};
+use crate::support::open;
 
-both_backends!(
+sagaflow_testkit::both_backends!(
     conformance_suite,
     journal_is_append_only,
     journal_deletes_only_of_finished_sagas,

@@ -18,25 +18,6 @@ use sagaflow_workflow_engine::{
 };
 use serde_json::{Value, json};
 
-/// Runs an async test body once per backend, as two test functions.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name(sagaflow_testkit::Kind::Sqlite).await;
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(sagaflow_testkit::Kind::Postgres).await;
-                }
-            }
-        )*
-    };
-}
-pub(crate) use both_backends;
-
 /// How long a test waits for a saga at most.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
@@ -147,6 +128,21 @@ impl Recorder {
             .get(&id)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Waits (at most [`WAIT`]) until an action of `step` of saga `id` was called.
+    pub(crate) async fn until_called(&self, id: SagaId, step: &str) {
+        sagaflow_testkit::eventually(
+            format!("{step} of saga {id} to be called"),
+            WAIT,
+            || async {
+                self.calls_of(id)
+                    .iter()
+                    .any(|c| c.kind == CallKind::Action && c.step == step)
+                    .then_some(())
+            },
+        )
+        .await;
     }
 
     pub(crate) fn overlaps(&self) -> Vec<String> {

@@ -274,18 +274,7 @@ async fn retention_prunes_exactly_the_expired_records(kind: Kind) {
     assert_eq!(key_rows(&db).await, 5);
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(sagaflow_testkit::Kind::Sqlite).await }) *
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(sagaflow_testkit::Kind::Postgres).await }) *
-        }
-    };
-}
+use sagaflow_testkit::both_backends;
 
 both_backends!(
     repeat_replays_and_changes_nothing,

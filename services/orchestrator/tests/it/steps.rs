@@ -131,7 +131,7 @@ async fn every_step_fails_as_a_business_failure(kind: Kind) {
         let snapshot = system.snapshot(&f, &order_id).await;
         match step.kind() {
             StepKind::Compensatable | StepKind::Pivot => {
-                assert_eq!(state.status, SagaStatus::Compensated, "{}", step.name());
+                assert_eq!(state.status(), SagaStatus::Compensated, "{}", step.name());
                 let compensated = compensations(before);
                 assert_eq!(
                     trace.compensated,
@@ -147,7 +147,12 @@ async fn every_step_fails_as_a_business_failure(kind: Kind) {
             }
             StepKind::Retriable => {
                 // After the pivot nothing is compensated: the saga parks for an operator.
-                assert_eq!(state.status, SagaStatus::NeedsAttention, "{}", step.name());
+                assert_eq!(
+                    state.status(),
+                    SagaStatus::NeedsAttention,
+                    "{}",
+                    step.name()
+                );
                 assert_eq!(trace.compensated, Vec::<String>::new(), "{}", step.name());
                 assert!(!trace.finalized);
                 assert_eq!(
@@ -187,7 +192,7 @@ async fn every_step_with_an_unknown_outcome(kind: Kind) {
             StepKind::Compensatable => {
                 let state = system.rested(&order_id).await;
                 let trace = system.trace(&order_id).await;
-                assert_eq!(state.status, SagaStatus::Compensated, "{}", step.name());
+                assert_eq!(state.status(), SagaStatus::Compensated, "{}", step.name());
                 assert_eq!(trace.succeeded, names(before), "{}", step.name());
                 assert_eq!(
                     trace.failed_attempts.len(),
@@ -220,7 +225,12 @@ async fn every_step_with_an_unknown_outcome(kind: Kind) {
                 // The money may have been captured: parked, nothing compensated.
                 let state = system.rested(&order_id).await;
                 let trace = system.trace(&order_id).await;
-                assert_eq!(state.status, SagaStatus::NeedsAttention, "{}", step.name());
+                assert_eq!(
+                    state.status(),
+                    SagaStatus::NeedsAttention,
+                    "{}",
+                    step.name()
+                );
                 assert_eq!(trace.succeeded, names(before));
                 assert_eq!(
                     trace.failed_attempts.len(),
@@ -249,7 +259,7 @@ async fn every_step_with_an_unknown_outcome(kind: Kind) {
                     .get(crate::harness::saga_id(&order_id))
                     .await
                     .unwrap();
-                assert_eq!(state.status, SagaStatus::Running, "{}", step.name());
+                assert_eq!(state.status(), SagaStatus::Running, "{}", step.name());
                 assert_eq!(trace.succeeded, names(before));
                 assert_eq!(trace.compensated, Vec::<String>::new());
                 assert_eq!(
@@ -387,7 +397,7 @@ async fn every_call_twice_leaves_the_same_state(kind: Kind) {
                         - crate::harness::POINTS_SPENT,
                 }))
             );
-            results.push((state.status, trace.succeeded, trace.compensated, {
+            results.push((state.status(), trace.succeeded, trace.compensated, {
                 system.snapshot(&f, &order_id).await
             }));
         }

@@ -4,6 +4,7 @@
 // Test code: a failed unwrap is a failed test (clippy's allow-*-in-tests does not reach helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod contract;
 mod grpcurl;
 mod harness;
 mod inbox;

@@ -7,7 +7,7 @@ use sqlx::AnyConnection;
 
 use crate::{
     journal::{self, EncodedEvent, Event, JournalEntry},
-    state::{SagaId, SagaState},
+    state::{Position, SagaId, SagaState},
     store::StoreError,
 };
 
@@ -109,23 +109,27 @@ impl SagaRow {
             Value::Object(map) => map,
             _ => return Err(StoreError::Corrupt("outputs is not a JSON object".into())),
         };
+        let id: SagaId = self
+            .id
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("saga id {:?}", self.id)))?;
+        let position = Position::from_columns(
+            id,
+            self.status.parse()?,
+            self.phase.parse()?,
+            self.step_index
+                .map(u32::try_from)
+                .transpose()
+                .map_err(|_| corrupt("step_index"))?,
+            self.current_step,
+        )?;
         Ok(SagaState {
-            id: self
-                .id
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("saga id {:?}", self.id)))?,
+            id,
             definition_name: self.definition_name,
             definition_version: u32::try_from(self.definition_version)
                 .map_err(|_| corrupt("definition_version"))?,
             business_key: self.business_key,
-            status: self.status.parse()?,
-            phase: self.phase.parse()?,
-            step_index: self
-                .step_index
-                .map(u32::try_from)
-                .transpose()
-                .map_err(|_| corrupt("step_index"))?,
-            current_step: self.current_step,
+            position,
             attempt: u32::try_from(self.attempt).map_err(|_| corrupt("attempt"))?,
             input: serde_json::from_str(&self.input)?,
             outputs,
@@ -166,10 +170,10 @@ pub(super) async fn insert_row(
         .bind(s.definition_name.clone())
         .bind(i64::from(s.definition_version))
         .bind(s.business_key.clone())
-        .bind(s.status.as_str())
-        .bind(s.phase.as_str())
-        .bind(s.step_index.map(i64::from))
-        .bind(s.current_step.clone())
+        .bind(s.status().as_str())
+        .bind(s.phase().as_str())
+        .bind(s.step_index().map(i64::from))
+        .bind(s.current_step().map(str::to_owned))
         .bind(i64::from(s.attempt))
         .bind(json_text(&s.input))
         .bind(json_text(&s.outputs))
@@ -202,10 +206,10 @@ pub(super) async fn update_row(
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(UPDATE)
         .bind(s.id.to_string())
-        .bind(s.status.as_str())
-        .bind(s.phase.as_str())
-        .bind(s.step_index.map(i64::from))
-        .bind(s.current_step.clone())
+        .bind(s.status().as_str())
+        .bind(s.phase().as_str())
+        .bind(s.step_index().map(i64::from))
+        .bind(s.current_step().map(str::to_owned))
         .bind(i64::from(s.attempt))
         .bind(json_text(&s.outputs))
         .bind(json_text(&s.compensation_plan))
