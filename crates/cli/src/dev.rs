@@ -6,15 +6,23 @@
 //! ```text
 //!  data dir: order.db coupon.db inventory.db payment.db point.db ranking.db workflow.db
 //!
-//!  one port ─┬─ OrderService ──commit──▶ outbox ──relay──▶ StartOrderSaga (same port)
-//!            ├─ Coupon/Inventory/Payment/Point/Ranking services
-//!            ├─ OrchestratorService + SagaAdminService ──▶ Engine ──typed clients──▶ (same port)
-//!            └─ health, reflection v1 + v1alpha
+//!  grpcurl, demo and bench clients ──TCP──▶ one port ─┐
+//!                                                     ├─▶ TraceLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ routes:
+//!  this process's own calls ──in-process transport────┘    (one stack, crates/server/src/grpc.rs)
+//!    ▲                                                     ├─ OrderService ──commit──▶ outbox ──relay──▶ StartOrderSaga ─┐
+//!    │                                                     ├─ Coupon/Inventory/Payment/Point/Ranking services            │
+//!    │                                                     ├─ OrchestratorService + SagaAdminService ──▶ Engine ─────────┤
+//!    │                                                     └─ health, reflection v1 + v1alpha                            │
+//!    └── relay deliveries, saga steps (typed clients), PlaceOrder's pricing call, seeding ───────────────────────────────┘
 //! ```
 //!
-//! Services call each other over loopback gRPC exactly as in the distributed deployment, so the
-//! embedded system exercises the same code paths. A restart continues every unfinished saga: the
-//! engine reclaims their leases (after they expire) and resumes them from their state rows.
+//! Services call each other with the same typed gRPC clients as in the distributed deployment,
+//! through the in-process transport ([`sagaflow_server::transport`]): the request goes through the
+//! server's own stack (the same layers, routes, codec, metadata, status details and deadlines as
+//! over TCP) without a socket or HTTP/2, so the embedded system exercises the same code paths
+//! without paying for loopback TCP. The port serves every client outside the process. A restart
+//! continues every unfinished saga: the engine reclaims their leases (after they expire) and
+//! resumes them from their state rows.
 //!
 //! Observability: spans are exported as `service.name` `sagaflow-dev` when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `--metrics-listen ADDR` serves the engine's and the
@@ -33,10 +41,11 @@ use sagaflow_server::{
     db::SqliteSynchronous,
     faults::FaultConfig,
     grpc::{self, ServerHandle},
+    transport::{InProcess, Transport},
 };
 use sagaflow_telemetry::metrics::{MetricsArgs, MetricsExporter};
 use sagaflow_workflow_engine::Engine;
-use tonic::{service::RoutesBuilder, transport::Endpoint};
+use tonic::service::RoutesBuilder;
 
 use crate::{
     seed::{self, DEMO_SEED, Seed},
@@ -233,6 +242,8 @@ pub struct Embedded {
     /// Held until the process ends (released after the databases are closed).
     _lock: crate::datadir::DataDirLock,
     server: ServerHandle,
+    /// The server's in-process transport: every call the system makes to itself.
+    local: InProcess,
     engine: Engine,
     /// The relay, the retention task of every database and the engine.
     running: Running,
@@ -253,7 +264,6 @@ impl Embedded {
         crate::datadir::prepare(&config.data_dir)?;
         // Before anything is opened: a second `dev` on the same directory changes nothing.
         let lock = crate::datadir::DataDirLock::exclusive(&config.data_dir)?;
-        let addr = listener.local_addr().context("reading the bound address")?;
 
         let pool = PoolConfig {
             sqlite_synchronous: match config.sqlite_synchronous {
@@ -281,9 +291,10 @@ impl Embedded {
             }
         }
 
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .context("loopback endpoint")?
-            .connect_lazy();
+        // Every call the system makes to itself goes through the server's stack in-process: the
+        // transport exists before the services that call through it, and serves once the server
+        // is started below (calls made before that wait, as connections wait in a backlog).
+        let local = InProcess::new();
         let settings = Settings {
             payment_methods: config.payment_methods.clone(),
             gateway: config.gateway,
@@ -305,7 +316,7 @@ impl Embedded {
                 saga_deadline: config.saga_deadline,
             },
         };
-        let peers = Peers::single(channel.clone());
+        let peers = Peers::single(local.clone());
         let mut running = Running::default();
         let mut routes = RoutesBuilder::default();
         let mut names = Vec::new();
@@ -317,13 +328,24 @@ impl Embedded {
             }
             names.extend_from_slice(service.grpc_names());
         }
-        let server = registered.and_then(|()| {
-            grpc::spawn_on(listener, routes, &names, config.faults.clone())
-                .context("starting the gRPC server")
-        });
+        let server = match registered {
+            Ok(()) => grpc::spawn_on_in_process(
+                listener,
+                routes,
+                &names,
+                config.faults.clone(),
+                local.clone(),
+            )
+            .await
+            .context("starting the gRPC server"),
+            Err(err) => Err(err),
+        };
         let server = match server {
             Ok(server) => server,
             Err(err) => {
+                // Calls already waiting for the server are refused, so the relay and the engine
+                // stop at once.
+                local.close();
                 running.shutdown().await;
                 for (_, db) in &dbs {
                     db.close().await;
@@ -344,13 +366,14 @@ impl Embedded {
         let system = Self {
             _lock: lock,
             server,
+            local,
             engine,
             running,
             dbs: dbs.into_iter().map(|(_, db)| db).collect(),
         };
         if let Some(seed_json) = &config.seed {
             let seed = Seed::parse(seed_json)?;
-            if seed::seed_once(&config.data_dir, channel, &seed).await? {
+            if seed::seed_once(&config.data_dir, system.transport(), &seed).await? {
                 tracing::info!(
                     products = seed.products.len(),
                     users = seed.users.len(),
@@ -369,6 +392,13 @@ impl Embedded {
     /// `http://ADDR`.
     pub fn url(&self) -> String {
         self.server.url()
+    }
+
+    /// The in-process transport to every service of this system (what its own calls use): calls
+    /// through it go through the server's stack without a socket. Refused (UNAVAILABLE, a
+    /// connect error) once the system shuts down.
+    pub fn transport(&self) -> Transport {
+        Transport::from(self.local.clone())
     }
 
     /// The saga engine.

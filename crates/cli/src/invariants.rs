@@ -24,7 +24,8 @@ use sagaflow_proto::{
     payment::v1::{GetPaymentRequest, PaymentStatus, payment_service_client::PaymentServiceClient},
     point::v1::{GetBalanceRequest, point_service_client::PointServiceClient},
 };
-use tonic::{Code, transport::Channel};
+use sagaflow_server::transport::Transport;
+use tonic::Code;
 
 /// Stock, balances and coupon holders at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,27 +38,28 @@ pub struct Snapshot {
     pub coupons: BTreeMap<String, Option<String>>,
 }
 
-/// Channels to the services whose state is checked (one channel for the embedded system).
+/// Transports to the services whose state is checked (one channel for the embedded system).
 #[derive(Debug, Clone)]
 pub struct Services {
     /// Inventory.
-    pub inventory: Channel,
+    pub inventory: Transport,
     /// Point.
-    pub point: Channel,
+    pub point: Transport,
     /// Coupon.
-    pub coupon: Channel,
+    pub coupon: Transport,
     /// Payment.
-    pub payment: Channel,
+    pub payment: Transport,
 }
 
 impl Services {
-    /// Every service behind one channel.
-    pub fn single(channel: Channel) -> Self {
+    /// Every service behind one transport.
+    pub fn single(transport: impl Into<Transport>) -> Self {
+        let transport = transport.into();
         Self {
-            inventory: channel.clone(),
-            point: channel.clone(),
-            coupon: channel.clone(),
-            payment: channel,
+            inventory: transport.clone(),
+            point: transport.clone(),
+            coupon: transport.clone(),
+            payment: transport,
         }
     }
 }

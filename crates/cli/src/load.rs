@@ -6,8 +6,9 @@ use sagaflow_proto::order::v1::{
     GetOrderRequest, Order, OrderStatus, PlaceOrderRequest,
     order_service_client::OrderServiceClient,
 };
+use sagaflow_server::transport::Transport;
 use tokio::time::Instant;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 /// A server address as a URL: `127.0.0.1:50051` becomes `http://127.0.0.1:50051`; a URL with a
 /// scheme is kept.
@@ -193,7 +194,7 @@ pub fn is_retryable(code: Code) -> bool {
 /// # Errors
 /// PlaceOrder's error (other than UNAVAILABLE before the deadline), or GetOrder's.
 pub async fn place_and_wait(
-    client: &mut OrderServiceClient<Channel>,
+    client: &mut OrderServiceClient<Transport>,
     request: PlaceOrderRequest,
     deadline: Instant,
 ) -> Result<(Order, Duration), tonic::Status> {
@@ -224,7 +225,7 @@ pub async fn place_and_wait(
 /// # Errors
 /// GetOrder's error (transient ones are retried until the deadline).
 pub async fn wait_terminal(
-    client: &mut OrderServiceClient<Channel>,
+    client: &mut OrderServiceClient<Transport>,
     mut order: Order,
     deadline: Instant,
 ) -> Result<Order, tonic::Status> {

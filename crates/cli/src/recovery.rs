@@ -29,6 +29,7 @@ use sagaflow_proto::{
         order_service_client::OrderServiceClient,
     },
 };
+use sagaflow_server::transport::Transport;
 use tokio::{task::JoinSet, time::Instant};
 use tonic::transport::{Channel, Endpoint};
 
@@ -218,7 +219,7 @@ async fn measure(
     // restart, read at once (before any could finish, the first read is within milliseconds).
     let mut set = JoinSet::new();
     for id in ids.clone() {
-        let mut client = OrderServiceClient::new(channel.clone());
+        let mut client = OrderServiceClient::new(Transport::from(channel.clone()));
         set.spawn(async move {
             let first = client
                 .get_order(GetOrderRequest {

@@ -16,9 +16,8 @@ use sagaflow_proto::{
     },
     point::v1::{GrantPointsRequest, point_service_client::PointServiceClient},
 };
-use sagaflow_server::db::timestamp_from_ms;
+use sagaflow_server::{db::timestamp_from_ms, transport::Transport};
 use serde::Deserialize;
-use tonic::transport::Channel;
 
 /// The shipped demo data.
 pub const DEMO_SEED: &str = include_str!("../seed/demo.json");
@@ -74,17 +73,21 @@ impl Seed {
     }
 }
 
-/// Seeds `seed` through the services at `channel` unless `data_dir` has the marker.
-/// Returns whether it seeded.
+/// Seeds `seed` through the services at `transport` (the embedded system's in-process
+/// transport) unless `data_dir` has the marker. Returns whether it seeded.
 ///
 /// # Errors
 /// The first RPC that fails (the marker is then not written, so the next start tries again).
-pub async fn seed_once(data_dir: &Path, channel: Channel, seed: &Seed) -> anyhow::Result<bool> {
+pub async fn seed_once(
+    data_dir: &Path,
+    transport: impl Into<Transport>,
+    seed: &Seed,
+) -> anyhow::Result<bool> {
     let marker = data_dir.join(MARKER);
     if marker.exists() {
         return Ok(false);
     }
-    apply(channel, seed).await?;
+    apply(transport, seed).await?;
     std::fs::write(&marker, "demo data seeded\n")
         .with_context(|| format!("writing {}", marker.display()))?;
     Ok(true)
@@ -94,23 +97,24 @@ pub async fn seed_once(data_dir: &Path, channel: Channel, seed: &Seed) -> anyhow
 ///
 /// # Errors
 /// The first RPC that fails.
-pub async fn apply(channel: Channel, seed: &Seed) -> anyhow::Result<()> {
-    apply_split(channel.clone(), channel.clone(), channel, seed).await
+pub async fn apply(transport: impl Into<Transport>, seed: &Seed) -> anyhow::Result<()> {
+    let transport = transport.into();
+    apply_split(transport.clone(), transport.clone(), transport, seed).await
 }
 
-/// Like [`apply`], with each service behind its own channel (the distributed deployment).
+/// Like [`apply`], with each service behind its own transport (the distributed deployment).
 ///
 /// # Errors
 /// The first RPC that fails.
 pub async fn apply_split(
-    inventory: Channel,
-    point: Channel,
-    coupon: Channel,
+    inventory: impl Into<Transport>,
+    point: impl Into<Transport>,
+    coupon: impl Into<Transport>,
     seed: &Seed,
 ) -> anyhow::Result<()> {
-    let mut inventory = InventoryServiceClient::new(inventory);
-    let mut points = PointServiceClient::new(point);
-    let mut coupons = CouponServiceClient::new(coupon);
+    let mut inventory = InventoryServiceClient::new(inventory.into());
+    let mut points = PointServiceClient::new(point.into());
+    let mut coupons = CouponServiceClient::new(coupon.into());
     for p in &seed.products {
         inventory
             .upsert_product(UpsertProductRequest {

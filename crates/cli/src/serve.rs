@@ -94,13 +94,13 @@ impl PeerArgs {
     /// `CliError::Usage` naming the flag of a malformed URL.
     pub fn peers(&self) -> Result<Peers, CliError> {
         Ok(Peers {
-            order: channel("order-addr", &self.order_addr)?,
-            coupon: channel("coupon-addr", &self.coupon_addr)?,
-            inventory: channel("inventory-addr", &self.inventory_addr)?,
-            payment: channel("payment-addr", &self.payment_addr)?,
-            point: channel("point-addr", &self.point_addr)?,
-            ranking: channel("ranking-addr", &self.ranking_addr)?,
-            orchestrator: channel("orchestrator-addr", &self.orchestrator_addr)?,
+            order: channel("order-addr", &self.order_addr)?.into(),
+            coupon: channel("coupon-addr", &self.coupon_addr)?.into(),
+            inventory: channel("inventory-addr", &self.inventory_addr)?.into(),
+            payment: channel("payment-addr", &self.payment_addr)?.into(),
+            point: channel("point-addr", &self.point_addr)?.into(),
+            ranking: channel("ranking-addr", &self.ranking_addr)?.into(),
+            orchestrator: channel("orchestrator-addr", &self.orchestrator_addr)?.into(),
         })
     }
 }

@@ -1,8 +1,9 @@
 //! The one per-service builder: how each service of sagaflow is put together over its database,
-//! the channels to the services it calls and its settings. `sagaflow serve <service>` builds one
-//! service per process (docs/architecture.md, "Run modes", distributed); the embedded system
-//! (`sagaflow dev`, `demo`, `bench`) builds all seven on one port with every channel pointing back
-//! at that port. Both go through [`Service::register`], so the two modes cannot drift apart.
+//! the transports to the services it calls and its settings. `sagaflow serve <service>` builds
+//! one service per process with a TCP channel to each peer (docs/architecture.md, "Run modes",
+//! distributed); the embedded system (`sagaflow dev`, `demo`, `bench`) builds all seven on one
+//! port with every peer being that server's in-process transport. Both go through
+//! [`Service::register`], so the two modes cannot drift apart.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,11 +14,11 @@ use sagaflow_orchestrator::{
 };
 use sagaflow_order::relay::{self, OutboxRelay, RelayWaker};
 use sagaflow_payment::SimulatedGatewayConfig;
-use sagaflow_server::{Db, Migrations};
+use sagaflow_server::{Db, Migrations, transport::Transport};
 use sagaflow_workflow_engine::{Engine, SqlSagaStore, admin::SagaAdmin};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::{service::RoutesBuilder, transport::Channel};
+use tonic::service::RoutesBuilder;
 
 /// The gRPC name of the saga admin API (served beside the orchestrator).
 pub const SAGA_ADMIN_SERVICE_NAME: &str = "sagaflow.workflow.v1.SagaAdminService";
@@ -202,38 +203,41 @@ impl Service {
     }
 }
 
-/// Channels to the services a service calls: the order service calls inventory (pricing) and
+/// Transports to the services a service calls: the order service calls inventory (pricing) and
 /// delivers events to the orchestrator and ranking; the orchestrator calls order, coupon,
-/// inventory, payment and point.
+/// inventory, payment and point. TCP channels in the distributed mode (and for the load drivers
+/// of `demo` and `bench`); the in-process transport inside the embedded system.
 #[derive(Debug, Clone)]
 pub struct Peers {
     /// Order service.
-    pub order: Channel,
+    pub order: Transport,
     /// Coupon service.
-    pub coupon: Channel,
+    pub coupon: Transport,
     /// Inventory service.
-    pub inventory: Channel,
+    pub inventory: Transport,
     /// Payment service.
-    pub payment: Channel,
+    pub payment: Transport,
     /// Point service.
-    pub point: Channel,
+    pub point: Transport,
     /// Ranking service.
-    pub ranking: Channel,
+    pub ranking: Transport,
     /// Orchestrator replicas.
-    pub orchestrator: Channel,
+    pub orchestrator: Transport,
 }
 
 impl Peers {
-    /// Every service behind one channel (the embedded system).
-    pub fn single(channel: Channel) -> Self {
+    /// Every service behind one transport (the embedded system: its in-process transport; a
+    /// client of it: a channel to its port).
+    pub fn single(transport: impl Into<Transport>) -> Self {
+        let transport = transport.into();
         Self {
-            order: channel.clone(),
-            coupon: channel.clone(),
-            inventory: channel.clone(),
-            payment: channel.clone(),
-            point: channel.clone(),
-            ranking: channel.clone(),
-            orchestrator: channel,
+            order: transport.clone(),
+            coupon: transport.clone(),
+            inventory: transport.clone(),
+            payment: transport.clone(),
+            point: transport.clone(),
+            ranking: transport.clone(),
+            orchestrator: transport,
         }
     }
 }

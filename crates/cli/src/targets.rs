@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use sagaflow_server::transport::Transport;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{load::addr_url, services::Service};
@@ -109,7 +110,7 @@ impl TargetArgs {
             })
     }
 
-    /// Channels to every service, with `fallback` (an embedded system's URL) for those nothing
+    /// Channels (TCP transports) to every service, with `fallback` (an embedded system's URL) for those nothing
     /// addresses.
     ///
     /// # Errors
@@ -117,7 +118,7 @@ impl TargetArgs {
     pub fn peers(&self, fallback: &str) -> anyhow::Result<crate::services::Peers> {
         let ch = |service| {
             let url = self.url(service).unwrap_or_else(|| fallback.to_owned());
-            Self::channel(service, &url)
+            Self::channel(service, &url).map(Transport::from)
         };
         Ok(crate::services::Peers {
             order: ch(Service::Order)?,

@@ -7,25 +7,33 @@
 //! in-flight calls.
 //!
 //! ```text
-//!  TcpListener ─▶ TraceLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ Routes ─┬─ caller's services
-//!                                                                         ├─ grpc.health.v1.Health
-//!                                                                         └─ grpc.reflection.{v1,v1alpha}.ServerReflection
+//!  TcpListener ──────────────┐
+//!                            ├─▶ TraceLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ Routes ─┬─ caller's services
+//!  InProcess (embedded only) ┘   (layers(), one stack for both)                          ├─ grpc.health.v1.Health
+//!                                                                                        └─ grpc.reflection.{v1,v1alpha}.ServerReflection
 //! ```
 //!
 //! The tracing layer is outermost so that an injected fault, and a request the guard refuses, is
-//! recorded on the call's span (`rpc.grpc.status_code`) like any other answer.
+//! recorded on the call's span (`rpc.grpc.status_code`) like any other answer. The embedded
+//! system also serves its own calls through the same stack without a socket
+//! ([`spawn_on_in_process`], [`crate::transport::InProcess`]; docs/architecture.md, "Run modes").
 
 use std::future::Future;
 
-use sagaflow_telemetry::propagation::TraceLayer;
+use sagaflow_telemetry::propagation::{TraceLayer, TraceService};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::RoutesBuilder;
+use tonic::service::{Routes, RoutesBuilder};
 use tonic_health::ServingStatus;
+use tower::{
+    ServiceBuilder,
+    layer::util::{Identity, Stack},
+};
 
 use crate::{
-    faults::{FaultConfig, FaultLayer},
-    string_guard::StringGuardLayer,
+    faults::{FaultConfig, FaultLayer, FaultService},
+    string_guard::{StringGuardLayer, StringGuardService},
+    transport::InProcess,
 };
 
 /// Errors starting or running the server.
@@ -37,23 +45,36 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
 }
 
-/// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting connections and
-/// waits for in-flight calls to finish.
-///
-/// `service_names` are the fully-qualified names (`sagaflow.order.v1.OrderService`) reported as
-/// SERVING by the health service (the empty name, the whole server, is always reported).
-///
-/// # Errors
-/// [`ServeError`] when reflection cannot be built or the transport fails.
-pub async fn serve(
-    listener: TcpListener,
+/// The layers in front of the routes of every sagaflow server, outermost first: [`TraceLayer`],
+/// [`FaultLayer`], [`StringGuardLayer`]. The TCP server and the in-process transport are built
+/// from one value of it, so they cannot drift apart.
+pub type Layers =
+    ServiceBuilder<Stack<StringGuardLayer, Stack<FaultLayer, Stack<TraceLayer, Identity>>>>;
+
+/// The routes behind [`Layers`]: what one request goes through once it is on the server, over TCP
+/// (after tonic's own `grpc-timeout` timer) or in-process.
+pub type ServerStack = TraceService<FaultService<StringGuardService<Routes>>>;
+
+/// The [`Layers`] injecting `faults` (none when empty).
+pub fn layers(faults: FaultConfig) -> Layers {
+    ServiceBuilder::new()
+        // Outermost first: the span covers the faults injected below it.
+        .layer(TraceLayer::new())
+        .layer(FaultLayer::new(faults))
+        .layer(StringGuardLayer)
+}
+
+/// `routes` with the health service (`service_names` and the whole server SERVING) and
+/// reflection added.
+async fn with_health_and_reflection(
     mut routes: RoutesBuilder,
     service_names: &[&str],
-    faults: FaultConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
+) -> Result<Routes, ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     for name in service_names {
         health_reporter
@@ -86,21 +107,78 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    Ok(routes.routes())
+}
 
+/// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting connections and
+/// waits for in-flight calls to finish.
+///
+/// `service_names` are the fully-qualified names (`sagaflow.order.v1.OrderService`) reported as
+/// SERVING by the health service (the empty name, the whole server, is always reported).
+///
+/// # Errors
+/// [`ServeError`] when reflection cannot be built or the transport fails.
+pub async fn serve(
+    listener: TcpListener,
+    routes: RoutesBuilder,
+    service_names: &[&str],
+    faults: FaultConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let routes = with_health_and_reflection(routes, service_names).await?;
+    let layers = layers(faults.clone());
+    serve_routes(
+        listener,
+        routes,
+        service_names,
+        &faults,
+        layers,
+        None,
+        shutdown,
+    )
+    .await
+}
+
+/// Closes an in-process transport when dropped: when its server stops, however it stops.
+struct CloseOnDrop(Option<InProcess>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(local) = &self.0 {
+            local.close();
+        }
+    }
+}
+
+/// Serves the finished `routes` behind `layers` (made from `faults`) on `listener`; `local`, if
+/// any, already serves the same stack and is closed when `shutdown` resolves or the server stops.
+async fn serve_routes(
+    listener: TcpListener,
+    routes: Routes,
+    service_names: &[&str],
+    faults: &FaultConfig,
+    layers: Layers,
+    local: Option<InProcess>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let _closer = CloseOnDrop(local.clone());
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(%addr, services = ?service_names, faults = %faults, "gRPC server listening");
+    tracing::info!(%addr, services = ?service_names, faults = %faults, in_process = local.is_some(), "gRPC server listening");
     tonic::transport::Server::builder()
         // Small unary messages: do not let Nagle's algorithm hold replies back.
         .tcp_nodelay(true)
-        // Outermost first: the span covers the faults injected below it.
-        .layer(TraceLayer::new())
-        .layer(FaultLayer::new(faults))
-        .layer(StringGuardLayer)
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .layer(layers.into_inner())
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            // New in-process calls are refused from now on, as new connections are.
+            if let Some(local) = &local {
+                local.close();
+            }
+        })
         .await?;
     tracing::info!(%addr, "gRPC server stopped");
     Ok(())
@@ -207,6 +285,53 @@ pub fn spawn_on(
         })
         .await
     });
+    Ok(ServerHandle {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// Like [`spawn_on`], and serves the same stack to this process's own callers through `local`
+/// without a socket (the embedded system; [`crate::transport`]). Returns once `local` serves, so
+/// that calls made right after (seeding) need not wait; its calls are refused from the moment
+/// the server starts shutting down.
+///
+/// # Errors
+/// When the listener's address cannot be read or reflection cannot be built (`local` is then
+/// closed).
+pub async fn spawn_on_in_process(
+    listener: TcpListener,
+    routes: RoutesBuilder,
+    service_names: &[&str],
+    faults: FaultConfig,
+    local: InProcess,
+) -> Result<ServerHandle, ServeError> {
+    // Closed if this returns an error (or is dropped) before the server task owns it.
+    let mut closer = CloseOnDrop(Some(local.clone()));
+    let addr = listener.local_addr()?;
+    let routes = with_health_and_reflection(routes, service_names).await?;
+    let layers = layers(faults.clone());
+    local.serve(layers.service(routes.clone().prepare()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let names: Vec<String> = service_names.iter().map(|s| (*s).to_owned()).collect();
+    let task = tokio::spawn(async move {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        serve_routes(
+            listener,
+            routes,
+            &names,
+            &faults,
+            layers,
+            Some(local),
+            stopped,
+        )
+        .await
+    });
+    closer.0 = None;
     Ok(ServerHandle {
         addr,
         stop: Some(stop),

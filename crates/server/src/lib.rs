@@ -10,7 +10,9 @@
 //! - [`faults`]: the fault-injection tower layer for chaos tests;
 //! - [`retention`]: the background task that prunes expired records in bounded batches;
 //! - [`string_guard`]: the tower layer that refuses control characters in any string field;
-//! - [`grpc`]: the server with health, reflection (v1 and v1alpha) and graceful shutdown.
+//! - [`grpc`]: the server with health, reflection (v1 and v1alpha) and graceful shutdown;
+//! - [`transport`]: how a process calls a service: TCP, or in-process through the server's own
+//!   stack (the embedded system).
 
 //!
 //! # Where a service decides, and where it maps
@@ -44,6 +46,7 @@ pub mod grpc;
 pub mod idempotency;
 pub mod retention;
 pub mod string_guard;
+pub mod transport;
 pub mod validate;
 
 pub use db::{Backend, Db, Migrations, PoolConfig, Tx};

@@ -3,8 +3,8 @@
 //! - Servers: [`TraceLayer`] opens one span per request, named `{rpc.service}/{rpc.method}`, whose
 //!   parent is the caller's `traceparent` — set before the span is first entered (a parent set
 //!   later is ignored), so handlers' `#[instrument]` spans nest under the caller's trace.
-//! - Clients: wrap the channel with [`traced`] and every call carries the current span's
-//!   `traceparent` ([`TraceInterceptor`], [`inject`]).
+//! - Clients: wrap the channel (or any client transport: TCP or in-process alike) with [`traced`]
+//!   and every call carries the current span's `traceparent` ([`TraceInterceptor`], [`inject`]).
 //! - Sagas: store [`current_traceparent`] with the saga; when a step runs later (after a crash,
 //!   on another replica) make its span a child of it with [`set_parent_from_traceparent`] and
 //!   link it to the recovery with [`link_to_current`].
@@ -216,13 +216,18 @@ impl tonic::service::Interceptor for TraceInterceptor {
     }
 }
 
-/// A channel whose calls carry the caller's trace context.
-pub type TracedChannel = InterceptedService<Channel, TraceInterceptor>;
+/// A client transport whose calls carry the caller's trace context: a [`Channel`]
+/// ([`TracedChannel`]) or any other tower service tonic clients call through (sagaflow's
+/// `sagaflow_server::transport::Transport`, TCP or in-process).
+pub type Traced<T> = InterceptedService<T, TraceInterceptor>;
 
-/// Wraps `channel` so every call carries the current span's `traceparent`:
-/// `XServiceClient::new(traced(channel))`.
-pub fn traced(channel: Channel) -> TracedChannel {
-    InterceptedService::new(channel, TraceInterceptor)
+/// A channel whose calls carry the caller's trace context.
+pub type TracedChannel = Traced<Channel>;
+
+/// Wraps `transport` (a [`Channel`], or any service a tonic client calls through) so every call
+/// carries the current span's `traceparent`: `XServiceClient::new(traced(channel))`.
+pub fn traced<T>(transport: T) -> Traced<T> {
+    InterceptedService::new(transport, TraceInterceptor)
 }
 
 // ---------------------------------------------------------------------------------------------

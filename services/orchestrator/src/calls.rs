@@ -15,9 +15,9 @@ use sagaflow_proto::{
     payment::v1::payment_service_client::PaymentServiceClient,
     point::v1::point_service_client::PointServiceClient,
 };
-use sagaflow_telemetry::propagation::{TracedChannel, traced};
+use sagaflow_server::transport::{TracedTransport, Transport, traced};
 use serde::{Deserialize, Serialize};
-use tonic::{Status, transport::Channel};
+use tonic::Status;
 
 /// The saga definition's name, recorded on every instance.
 pub const DEFINITION_NAME: &str = "order";
@@ -107,35 +107,35 @@ impl OrderSagaInput {
     }
 }
 
-/// Typed clients of the services the saga calls, over traced channels (every call carries the
+/// Typed clients of the services the saga calls, over traced transports (every call carries the
 /// caller's `traceparent`), and the limits of the calls to each ([`crate::limits`]). Cloning is
-/// cheap (shared HTTP/2 channels and limits).
+/// cheap (shared HTTP/2 channels, or the in-process transport, and limits).
 #[derive(Debug, Clone)]
 pub struct ServiceClients {
     /// Calls in flight and per second to each service ([`crate::limits::DEFAULT_LIMITS`]
     /// unless [`ServiceClients::with_limits`]).
     pub limits: crate::limits::DownstreamLimits,
     /// Order service.
-    pub order: OrderServiceClient<TracedChannel>,
+    pub order: OrderServiceClient<TracedTransport>,
     /// Coupon service.
-    pub coupon: CouponServiceClient<TracedChannel>,
+    pub coupon: CouponServiceClient<TracedTransport>,
     /// Inventory service.
-    pub inventory: InventoryServiceClient<TracedChannel>,
+    pub inventory: InventoryServiceClient<TracedTransport>,
     /// Payment service.
-    pub payment: PaymentServiceClient<TracedChannel>,
+    pub payment: PaymentServiceClient<TracedTransport>,
     /// Point service.
-    pub point: PointServiceClient<TracedChannel>,
+    pub point: PointServiceClient<TracedTransport>,
 }
 
 impl ServiceClients {
-    /// Clients over already-built channels (lazy channels connect on first use), each wrapped
-    /// with [`traced`].
+    /// Clients over already-built transports (lazy channels connect on first use; the embedded
+    /// system passes its in-process transport), each wrapped with [`traced`].
     pub fn new(
-        order: Channel,
-        coupon: Channel,
-        inventory: Channel,
-        payment: Channel,
-        point: Channel,
+        order: impl Into<Transport>,
+        coupon: impl Into<Transport>,
+        inventory: impl Into<Transport>,
+        payment: impl Into<Transport>,
+        point: impl Into<Transport>,
     ) -> Self {
         Self {
             order: OrderServiceClient::new(traced(order)),
@@ -152,15 +152,16 @@ impl ServiceClients {
         Self { limits, ..self }
     }
 
-    /// Clients that all talk to one address (the embedded `sagaflow dev` serves every service on
-    /// one port).
-    pub fn single(channel: Channel) -> Self {
+    /// Clients that all talk to one server (the embedded `sagaflow dev` serves every service on
+    /// one port, and in-process).
+    pub fn single(transport: impl Into<Transport>) -> Self {
+        let transport = transport.into();
         Self::new(
-            channel.clone(),
-            channel.clone(),
-            channel.clone(),
-            channel.clone(),
-            channel,
+            transport.clone(),
+            transport.clone(),
+            transport.clone(),
+            transport.clone(),
+            transport,
         )
     }
 }

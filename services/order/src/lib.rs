@@ -27,9 +27,10 @@ use sagaflow_proto::{
     inventory::v1::inventory_service_client::InventoryServiceClient,
     order::v1::order_service_server::OrderServiceServer,
 };
-use sagaflow_server::Db;
-use sagaflow_telemetry::propagation::{TracedChannel, traced};
-use tonic::transport::Channel;
+use sagaflow_server::{
+    Db,
+    transport::{TracedTransport, Transport, traced},
+};
 
 mod admin;
 mod commands;
@@ -68,7 +69,7 @@ sagaflow_server::service_migrations!(
 #[derive(Clone, Debug)]
 pub struct OrderService {
     db: Db,
-    inventory: InventoryServiceClient<TracedChannel>,
+    inventory: InventoryServiceClient<TracedTransport>,
     /// Order ids that just reached a terminal status (CompleteOrder, FailOrder), for GetOrder
     /// callers that wait.
     waiters: waiters::Waiters,
@@ -83,10 +84,10 @@ pub struct OrderService {
 
 impl OrderService {
     /// A service over `db` (opened with [`migrations`]) that prices orders through the
-    /// Inventory service at `inventory` (a lazily connected channel is fine: an unreachable
-    /// Inventory makes PlaceOrder answer UNAVAILABLE). The channel is [`traced`]: the pricing
-    /// call joins the PlaceOrder trace.
-    pub fn new(db: Db, inventory: Channel) -> Self {
+    /// Inventory service at `inventory`: a channel (a lazily connected one is fine: an
+    /// unreachable Inventory makes PlaceOrder answer UNAVAILABLE) or the embedded system's
+    /// in-process transport. It is [`traced`]: the pricing call joins the PlaceOrder trace.
+    pub fn new(db: Db, inventory: impl Into<Transport>) -> Self {
         Self {
             db,
             inventory: InventoryServiceClient::new(traced(inventory)),

@@ -52,14 +52,16 @@ use sagaflow_proto::{
     },
     ranking::v1::{RecordOrderCompletedRequest, ranking_service_client::RankingServiceClient},
 };
-use sagaflow_server::{Db, db::now_ms, error::error_reason};
-use sagaflow_telemetry::{
-    propagation::{self, TracedChannel, traced},
-    semconv,
+use sagaflow_server::{
+    Db,
+    db::now_ms,
+    error::error_reason,
+    transport::{TracedTransport, Transport, traced},
 };
+use sagaflow_telemetry::{propagation, semconv};
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, metadata::MetadataValue, transport::Channel};
+use tonic::{Code, metadata::MetadataValue};
 use tracing::{Instrument as _, field::Empty};
 
 use crate::outbox::{self, DeadLettered, EventType, OrderEvent, OutboxEvent};
@@ -311,8 +313,8 @@ impl RelayWaker {
 #[derive(Debug, Clone)]
 pub struct OutboxRelay {
     db: Db,
-    orchestrator: OrchestratorServiceClient<TracedChannel>,
-    ranking: RankingServiceClient<TracedChannel>,
+    orchestrator: OrchestratorServiceClient<TracedTransport>,
+    ranking: RankingServiceClient<TracedTransport>,
     waker: RelayWaker,
     poll_interval: Duration,
     backlog_every: Option<Duration>,
@@ -321,14 +323,15 @@ pub struct OutboxRelay {
 }
 
 impl OutboxRelay {
-    /// A relay over the order database `db`, delivering to the orchestrator and Ranking channels
-    /// (lazy channels are fine; they are wrapped with [`traced`]). `poll_interval` bounds how
+    /// A relay over the order database `db`, delivering to the orchestrator and Ranking through
+    /// their transports (lazy channels are fine, or the embedded system's in-process transport;
+    /// they are wrapped with [`traced`]). `poll_interval` bounds how
     /// long a missed event waits. Retries follow [`RetryPolicy::default`]; delivered rows are
     /// kept for [`DEFAULT_SENT_RETENTION`].
     pub fn new(
         db: Db,
-        orchestrator: Channel,
-        ranking: Channel,
+        orchestrator: impl Into<Transport>,
+        ranking: impl Into<Transport>,
         waker: RelayWaker,
         poll_interval: Duration,
     ) -> Self {

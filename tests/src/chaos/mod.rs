@@ -444,10 +444,10 @@ async fn run_in(
 impl cluster::Cluster {
     fn services(&self) -> anyhow::Result<Services> {
         Ok(Services {
-            inventory: self.channel(Role::Inventory)?,
-            point: self.channel(Role::Point)?,
-            coupon: self.channel(Role::Coupon)?,
-            payment: self.channel(Role::Payment)?,
+            inventory: self.channel(Role::Inventory)?.into(),
+            point: self.channel(Role::Point)?.into(),
+            coupon: self.channel(Role::Coupon)?.into(),
+            payment: self.channel(Role::Payment)?.into(),
         })
     }
 }

@@ -53,7 +53,7 @@ async fn place_and_finish(
     let ids = scenario::place_plain(channel, prefix, count).await?;
     let mut set = JoinSet::new();
     for id in ids {
-        let mut client = OrderServiceClient::new(channel.clone());
+        let mut client = OrderServiceClient::new(channel.clone().into());
         set.spawn(async move {
             let order = sagaflow_proto::order::v1::Order {
                 order_id: id,

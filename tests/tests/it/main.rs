@@ -11,6 +11,7 @@ mod demo;
 mod distributed;
 mod foundation;
 mod in_doubt;
+mod in_process;
 mod interrupt;
 mod logs;
 mod nul_bytes;

@@ -5,3 +5,4 @@
 
 mod bad_data;
 mod idempotency;
+mod in_process;
