@@ -17,11 +17,21 @@
 //! SQLite runs in WAL mode with a busy timeout and foreign keys on. Write transactions begin with
 //! `BEGIN IMMEDIATE` ([`Db::begin`]) so that two writers never deadlock on a lock upgrade.
 //! A PostgreSQL database named in the URL is created when missing.
+//!
+//! [`Db::commits`] counts the COMMITs of the write transactions of [`Db::begin`].
 
-use std::{str::FromStr, sync::Once, time::Duration};
+use std::{
+    ops::{Deref, DerefMut},
+    str::FromStr,
+    sync::{
+        Arc, Once,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::{
-    AnyPool, ConnectOptions, Connection, Executor,
+    AnyConnection, AnyPool, ConnectOptions, Connection, Executor,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::Migrator,
 };
@@ -151,17 +161,60 @@ pub enum DbError {
     },
 }
 
-/// A connection pool to one service's database plus the backend it talks to.
+/// A connection pool to one service's database plus the backend it talks to and its commit
+/// counter.
 ///
-/// Cloning is cheap (the pool is reference-counted).
+/// Cloning is cheap (the pool and the counter are reference-counted).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    commits: Arc<AtomicU64>,
 }
 
-/// A write transaction on a [`Db`]. Commit it with `tx.commit().await`; dropping it rolls back.
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A write transaction on a [`Db`] ([`Db::begin`]). Use it as the connection (`&mut *tx`, or
+/// `&mut tx` where a `&mut AnyConnection` is expected); [`Tx::commit`] commits it (counted in
+/// [`Db::commits`]); dropping it rolls back.
+#[derive(Debug)]
+pub struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Any>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Tx {
+    /// Commits the transaction and counts the commit in [`Db::commits`].
+    ///
+    /// # Errors
+    /// The driver's error; the transaction is then rolled back (on a lost connection its fate
+    /// is unknown).
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Rolls the transaction back.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
+
+impl Deref for Tx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.inner
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.inner
+    }
+}
 
 static INSTALL_DRIVERS: Once = Once::new();
 
@@ -251,7 +304,11 @@ impl Db {
                 url: redact(&url),
                 source,
             })?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            commits: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     /// The backend this pool talks to.
@@ -282,10 +339,21 @@ impl Db {
     /// The driver's error when no connection is free within the acquire timeout or the server
     /// is gone.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
-        }
+        let inner = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(Tx {
+            inner,
+            commits: self.commits.clone(),
+        })
+    }
+
+    /// How many write transactions committed on this database through this process's
+    /// [`Tx`]s ([`Db::begin`]). Statements run outside a transaction (on [`Db::pool`]) are not
+    /// counted. A benchmark divides it by the orders it placed.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
