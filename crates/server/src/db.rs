@@ -18,7 +18,10 @@
 //! `BEGIN IMMEDIATE` ([`Db::begin`]) so that two writers never deadlock on a lock upgrade.
 //! A PostgreSQL database named in the URL is created when missing.
 //!
-//! [`Db::commits`] counts the COMMITs of the write transactions of [`Db::begin`].
+//! Keyed commands ([`crate::idempotency::execute`]) do not take a transaction each: the [`Db`]'s
+//! group commit runs the commands that arrive together in one transaction, each in its own
+//! savepoint (docs/architecture.md, "The service contract", "Group commit"). [`Db::commits`]
+//! counts the COMMITs of both kinds of write transaction.
 
 use std::{
     ops::{Deref, DerefMut},
@@ -35,6 +38,8 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::Migrator,
 };
+
+use crate::group_commit::GroupCommit;
 
 /// Which database server a [`Db`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +116,21 @@ pub struct PoolConfig {
     /// SQLite `synchronous` pragma: `FULL` (default: every commit is on disk) or `NORMAL`
     /// (a commit survives a process crash but may be lost on power loss).
     pub sqlite_synchronous: SqliteSynchronous,
+    /// Group commit: most keyed commands in one transaction (docs/architecture.md, "Group
+    /// commit"). Default [`DEFAULT_GROUP_COMMIT_MAX_BATCH`] (64); 0 counts as 1. A batch never
+    /// waits to fill up: it takes what is queued when the previous one ends.
+    pub group_commit_max_batch: usize,
+    /// Group commit: how many batchers run batches side by side, each on one connection of the
+    /// pool it holds. Default 1 on both backends. More than one lets PostgreSQL commit batches
+    /// in parallel (a key always goes to the same batcher), at the price of row locks held
+    /// across batches: two batches that lock the same rows in opposite orders deadlock until
+    /// PostgreSQL aborts one command (UNAVAILABLE, retried by its caller). On SQLite more than
+    /// one only queue on the write lock.
+    pub group_commit_writers: Option<usize>,
 }
+
+/// The default of [`PoolConfig::group_commit_max_batch`]: most commands in one transaction.
+pub const DEFAULT_GROUP_COMMIT_MAX_BATCH: usize = 64;
 
 /// SQLite durability setting (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -130,6 +149,8 @@ impl Default for PoolConfig {
             acquire_timeout_ms: 10_000,
             sqlite_busy_timeout_ms: 10_000,
             sqlite_synchronous: SqliteSynchronous::Full,
+            group_commit_max_batch: DEFAULT_GROUP_COMMIT_MAX_BATCH,
+            group_commit_writers: None,
         }
     }
 }
@@ -161,15 +182,16 @@ pub enum DbError {
     },
 }
 
-/// A connection pool to one service's database plus the backend it talks to and its commit
-/// counter.
+/// A connection pool to one service's database plus the backend it talks to, its group commit
+/// of keyed commands and its commit counter.
 ///
-/// Cloning is cheap (the pool and the counter are reference-counted).
+/// Cloning is cheap (the pool, the group commit and the counter are reference-counted).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
     commits: Arc<AtomicU64>,
+    group_commit: Arc<GroupCommit>,
 }
 
 /// A write transaction on a [`Db`] ([`Db::begin`]). Use it as the connection (`&mut *tx`, or
@@ -304,10 +326,19 @@ impl Db {
                 url: redact(&url),
                 source,
             })?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let group_commit = Arc::new(GroupCommit::new(
+            pool.clone(),
+            backend,
+            commits.clone(),
+            config.group_commit_max_batch,
+            config.group_commit_writers.unwrap_or(1),
+        ));
         Ok(Self {
             pool,
             backend,
-            commits: Arc::new(AtomicU64::new(0)),
+            commits,
+            group_commit,
         })
     }
 
@@ -350,13 +381,26 @@ impl Db {
     }
 
     /// How many write transactions committed on this database through this process's
-    /// [`Tx`]s ([`Db::begin`]). Statements run outside a transaction (on [`Db::pool`]) are not
-    /// counted. A benchmark divides it by the orders it placed.
+    /// plumbing: the [`Tx`]s of [`Db::begin`] and the batches of the group commit (one per
+    /// batch, however many commands it holds). Statements run outside a transaction (on
+    /// [`Db::pool`]) are not counted. A benchmark divides it by the orders it placed.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// How many keyed commands wait for the group commit right now (queued, not yet taken into
+    /// a batch).
+    pub fn queued_commands(&self) -> usize {
+        self.group_commit.queued()
+    }
+
+    /// The group commit of keyed commands ([`crate::idempotency`]).
+    pub(crate) fn group_commit(&self) -> &GroupCommit {
+        &self.group_commit
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned (the group commit ends
+    /// the batch it runs, returns its connection and refuses later commands with UNAVAILABLE).
     pub async fn close(&self) {
         self.pool.close().await;
     }
