@@ -4,4 +4,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_data;
+mod group_commit;
 mod idempotency;
