@@ -1,8 +1,8 @@
 //! The group commit of keyed commands (docs/architecture.md, "Group commit") on SQLite and
 //! PostgreSQL: the commands queued while a batch runs share the next transaction and its one
 //! COMMIT; in that batch a failing command (business error, transient error, database error, a
-//! refused value) rolls back only itself and its key; two commands on one key in one batch
-//! behave as one after the other; and a process killed (`kill -9`) in the middle of a batch, or
+//! refused value, a panic) rolls back only itself and its key; two commands on one key in one
+//! batch, and a compensation and its late action, behave as one after the other; and a process killed (`kill -9`) in the middle of a batch, or
 //! after its COMMIT before any reply, leaves every acknowledged command durable and no command
 //! half-applied.
 //!
@@ -21,7 +21,10 @@ use sagaflow_proto::inventory::v1::{Product, RestockRequest};
 use sagaflow_server::{
     Db, Migrations, PoolConfig, ServiceError,
     error::error_reason,
-    idempotency::{Executed, execute_detailed},
+    idempotency::{
+        Executed, execute_detailed,
+        late_action::{self, RestorePlan, TombstoneTable, Value},
+    },
 };
 use sagaflow_testkit::{Kind, TestDatabase, eventually};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -48,6 +51,8 @@ enum Then {
     /// A value the database refuses: on PostgreSQL a real one (a U+0000 in text, SQLSTATE 22021);
     /// SQLite stores that, so there the effect answers [`ServiceError::refused_value`] itself.
     RefusedValue,
+    /// Panics (a bug): INTERNAL, rolled back with its key.
+    Panic,
     /// Says it started, then waits for the release (holds the batcher: a test's blocker).
     Block(oneshot::Sender<()>, oneshot::Receiver<()>),
     /// Records its key in the child's file before answering (the crash tests).
@@ -102,6 +107,7 @@ async fn command(db: &Db, key: &str, then: Then) -> Result<Executed<Product>, St
                         return Err(ServiceError::refused_value("cannot be stored"));
                     }
                 },
+                Then::Panic => panic!("a bug in the effect (this panic is expected by the test)"),
                 Then::Block(started, release) => {
                     let _ = started.send(());
                     let _ = release.await;
@@ -203,9 +209,9 @@ fn set(keys: &[&str]) -> BTreeSet<String> {
 }
 
 /// In one batch, beside succeeding commands: a business error (its key stored with the error,
-/// its write rolled back), a transient error, a database error and a refused value (each rolled
-/// back with its key), and repeats of a success and of the business error (replayed from the
-/// same batch). The batch is one COMMIT; each command gets its own answer.
+/// its write rolled back), a transient error, a database error, a refused value and a panic
+/// (each rolled back with its key), and repeats of a success and of the business error (replayed
+/// from the same batch). The batch is one COMMIT; each command gets its own answer.
 async fn a_failing_command_rolls_back_only_itself(kind: Kind) {
     let (_tdb, db) = open(kind, "gc_isolation", &PoolConfig::default()).await;
     let before = db.commits();
@@ -216,9 +222,10 @@ async fn a_failing_command_rolls_back_only_itself(kind: Kind) {
     let ok1_again = enqueue(&db, "ok-1", Then::Ok).await;
     let database = enqueue(&db, "database", Then::DatabaseError).await;
     let refused = enqueue(&db, "refused", Then::RefusedValue).await;
+    let panicked = enqueue(&db, "panic", Then::Panic).await;
     let business_again = enqueue(&db, "business", Then::Business).await;
     let ok2 = enqueue(&db, "ok-2", Then::Ok).await;
-    assert_eq!(db.queued_commands(), 8);
+    assert_eq!(db.queued_commands(), 9);
     blocker.release().await.unwrap();
 
     let ok1 = ok1.await.unwrap().unwrap();
@@ -240,12 +247,13 @@ async fn a_failing_command_rolls_back_only_itself(kind: Kind) {
     assert_eq!(database.await.unwrap().unwrap_err().code(), Code::Internal);
     let err = refused.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(panicked.await.unwrap().unwrap_err().code(), Code::Internal);
     assert!(!ok2.await.unwrap().unwrap().replayed);
 
     assert_eq!(
         db.commits() - before,
         2,
-        "the blocker's batch, then one for all 8"
+        "the blocker's batch, then one for all 9"
     );
     assert_eq!(effects(&db).await, set(&["blocker", "ok-1", "ok-2"]));
     assert_eq!(
@@ -259,7 +267,7 @@ async fn a_failing_command_rolls_back_only_itself(kind: Kind) {
     );
 
     // The rolled-back commands left nothing: a retry with the same key runs the effect now.
-    for key in ["transient", "database", "refused"] {
+    for key in ["transient", "database", "refused", "panic"] {
         let retried = command(&db, key, Then::Ok).await.unwrap();
         assert!(!retried.replayed, "{key}");
     }
@@ -270,6 +278,7 @@ async fn a_failing_command_rolls_back_only_itself(kind: Kind) {
             "database",
             "ok-1",
             "ok-2",
+            "panic",
             "refused",
             "transient"
         ])
@@ -379,8 +388,131 @@ async fn a_closed_database_refuses_commands(kind: Kind) {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
 
+/// The late-action rule's table of the test database (`holds`, migration 0002).
+const HOLDS: TombstoneTable = TombstoneTable {
+    table: "holds",
+    subject: &["order_id"],
+    tombstone_when: "status = 'RELEASED'",
+    timestamps: &["created_at"],
+};
+
+/// An action (`compensate` false: hold the order) or its compensation (release it, or leave a
+/// tombstone), under key `<order>:action` or `<order>:compensate`, answering what it did.
+async fn late_action_command(
+    db: &Db,
+    order: &'static str,
+    compensate: bool,
+) -> Result<Executed<Product>, Status> {
+    let backend = db.backend();
+    let key = format!(
+        "{order}:{}",
+        if compensate { "compensate" } else { "action" }
+    );
+    execute_detailed(db, "test.Hold", &key, &request(&key), move |conn| {
+        Box::pin(async move {
+            let did = if compensate {
+                let released = [("status", Value::Text("RELEASED"))];
+                match late_action::record(conn, backend, &HOLDS, &[order], &released).await? {
+                    RestorePlan::Tombstone => "tombstone",
+                    RestorePlan::Nothing => "nothing",
+                    RestorePlan::GiveBack => {
+                        sqlx::query("UPDATE holds SET status = 'RELEASED' WHERE order_id = $1")
+                            .bind(order)
+                            .execute(&mut *conn)
+                            .await?;
+                        "given back"
+                    }
+                }
+            } else {
+                let held = [("status", Value::Text("HELD"))];
+                late_action::claim_action(conn, backend, &HOLDS, &[order], &held, || {
+                    format!("order {order} was compensated first")
+                })
+                .await?;
+                "held"
+            };
+            Ok(Product {
+                sku: did.into(),
+                ..Product::default()
+            })
+        })
+    })
+    .await
+}
+
+/// The late-action rule inside one batch (docs/architecture.md, "The service contract"): a
+/// compensation queued before its action leaves a tombstone, and the action behind it in the
+/// same batch is refused COMPENSATED_BEFORE_ACTION (stored, changing nothing); an action queued
+/// before its compensation is held, then given back.
+async fn the_late_action_rule_holds_within_a_batch(kind: Kind) {
+    let (_tdb, db) = open(kind, "gc_late_action", &PoolConfig::default()).await;
+    let blocker = Blocker::start(&db).await;
+    let mut tasks = Vec::new();
+    for (order, compensate) in [("a", true), ("a", false), ("b", false), ("b", true)] {
+        let queued = db.queued_commands();
+        let task = {
+            let db = db.clone();
+            tokio::spawn(async move { late_action_command(&db, order, compensate).await })
+        };
+        tasks.push(task);
+        eventually(
+            "the command to be queued",
+            Duration::from_secs(10),
+            || async { (db.queued_commands() > queued).then_some(()) },
+        )
+        .await;
+    }
+    blocker.release().await.unwrap();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(match task.await.unwrap() {
+            Ok(executed) => executed.response.sku,
+            Err(status) => error_reason(&status).unwrap_or_else(|| format!("{status:?}")),
+        });
+    }
+    assert_eq!(
+        answers,
+        [
+            "tombstone",
+            "COMPENSATED_BEFORE_ACTION",
+            "held",
+            "given back"
+        ]
+    );
+    let holds: Vec<(String, String)> =
+        sqlx::query_as("SELECT order_id, status FROM holds ORDER BY order_id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        holds,
+        [
+            ("a".to_owned(), "RELEASED".to_owned()),
+            ("b".to_owned(), "RELEASED".to_owned())
+        ]
+    );
+    assert_eq!(
+        stored(&db).await,
+        vec![
+            ("a:action".to_owned(), Some(9)),
+            ("a:compensate".to_owned(), Some(0)),
+            ("b:action".to_owned(), Some(0)),
+            ("b:compensate".to_owned(), Some(0)),
+            ("blocker".to_owned(), Some(0)),
+        ]
+    );
+    // The refused action stays refused on a repeat, though nothing changed since.
+    let again = late_action_command(&db, "a", false).await.unwrap_err();
+    assert_eq!(
+        error_reason(&again).as_deref(),
+        Some("COMPENSATED_BEFORE_ACTION")
+    );
+    db.close().await;
+}
+
 sagaflow_testkit::both_backends!(
     a_failing_command_rolls_back_only_itself,
+    the_late_action_rule_holds_within_a_batch,
     queued_commands_share_one_commit,
     concurrent_commands_apply_once,
     a_closed_database_refuses_commands,
