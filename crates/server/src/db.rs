@@ -120,12 +120,14 @@ pub struct PoolConfig {
     /// commit"). Default [`DEFAULT_GROUP_COMMIT_MAX_BATCH`] (64); 0 counts as 1. A batch never
     /// waits to fill up: it takes what is queued when the previous one ends.
     pub group_commit_max_batch: usize,
-    /// Group commit: how many batchers run batches side by side, each on one connection of the
+    /// Group commit: how many writers run batches side by side, each on one connection of the
     /// pool it holds. Default 1 on both backends. More than one lets PostgreSQL commit batches
-    /// in parallel (a key always goes to the same batcher), at the price of row locks held
+    /// in parallel (a key always goes to the same writer), at the price of row locks held
     /// across batches: two batches that lock the same rows in opposite orders deadlock until
     /// PostgreSQL aborts one command (UNAVAILABLE, retried by its caller). On SQLite more than
-    /// one only queue on the write lock.
+    /// one only queue on the write lock. At most `max_connections − 1` (each writer holds a
+    /// connection between batches; one is left for reads; with `max_connections` 1 the one
+    /// writer takes it for each batch and gives it back).
     pub group_commit_writers: Option<usize>,
 }
 
@@ -332,7 +334,13 @@ impl Db {
             backend,
             commits.clone(),
             config.group_commit_max_batch,
-            config.group_commit_writers.unwrap_or(1),
+            // Each writer holds a connection: leave at least one for reads and plain
+            // transactions (a pool of one lends it to the writer per batch only).
+            config
+                .group_commit_writers
+                .unwrap_or(1)
+                .min(usize::try_from(max.saturating_sub(1)).unwrap_or(1)),
+            max > 1,
         ));
         Ok(Self {
             pool,
@@ -402,7 +410,11 @@ impl Db {
     /// Closes the pool, waiting for connections in use to be returned (the group commit ends
     /// the batch it runs, returns its connection and refuses later commands with UNAVAILABLE).
     pub async fn close(&self) {
-        self.pool.close().await;
+        // Marked closed at once, so no batch takes another connection; then the group
+        // commit's connections come back once their batches end.
+        let closing = self.pool.close();
+        self.group_commit.release().await;
+        closing.await;
     }
 }
 

@@ -4,10 +4,11 @@
 //!
 //! That transaction is shared: the [`Db`]'s group commit (docs/architecture.md, "Group commit")
 //! takes the commands that arrived together (up to 64, never waiting for more) into one
-//! transaction and one COMMIT, each command in a savepoint of its own:
+//! transaction and one COMMIT, each command in a savepoint of its own (a command that arrives
+//! alone runs at once, in its caller's task, its transaction its savepoint):
 //!
 //! ```text
-//!  BEGIN (IMMEDIATE on SQLite)                      ── one per batch, on the batcher's connection
+//!  BEGIN (IMMEDIATE on SQLite)                      ── one per batch, on the writer's connection
 //!  │ for each command of the batch:
 //!  │ SAVEPOINT cmd
 //!  │ INSERT key ... ON CONFLICT DO NOTHING ──0 rows──▶ read stored row ─┬─ same hash ─▶ replay outcome
@@ -20,10 +21,12 @@
 //!  COMMIT ──▶ the kept commands are answered (COMMIT failed: UNAVAILABLE for every one of them)
 //! ```
 //!
+//! (A batch of one has no `cmd` savepoint: its ROLLBACK TO cmd is the transaction's ROLLBACK.)
+//!
 //! A crash before COMMIT leaves neither the effect nor the key of any command of the batch; after
 //! COMMIT a repeat finds the key and replays. A command is answered only once its outcome is
 //! committed (or, rolled back to its savepoint, once nothing of it can commit), so an answered
-//! success is durable. Two commands on one key meet in one batcher: in one batch the second
+//! success is durable. Two commands on one key meet in one writer: in one batch the second
 //! finds the first's stored outcome and replays it, as it would after the first's commit.
 //! Business errors (`NOT_FOUND`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `INVALID_ARGUMENT`) are
 //! stored so that a repeat gets the same answer even if the world changed meanwhile (for example
@@ -35,7 +38,8 @@
 //! makes database statements only (no network call, no wait on anything but the database; the
 //! payment gateway is called before [`execute`], with [`lookup`] first), and it never opens a
 //! transaction of its own on the same database. A caller that goes away (its RPC canceled) does
-//! not stop its command: the outcome is stored and a retry replays it.
+//! not stop a queued command: its outcome is stored and a retry replays it (a command running
+//! alone in its caller's task is rolled back with it, as a transaction of its own would be).
 //!
 //! Every service database has this table (in its first migration):
 //!
@@ -167,7 +171,7 @@ where
     };
     db.group_commit().submit(key, Box::new(keyed)).await?;
     answer.await.unwrap_or_else(|_| {
-        // The batcher went away without answering (its runtime ended): the batch may or may
+        // The batch went away without answering (its runtime ended): the batch may or may
         // not have committed; a retry with the key replays it if it did.
         Err(ServiceError::Unavailable(
             "the command's batch ended without an answer; retry with the same key".into(),
@@ -177,7 +181,7 @@ where
 }
 
 /// One keyed command on its way through the group commit: claim, replay or effect, outcome
-/// (see the module docs), run by a batcher inside the command's savepoint.
+/// (see the module docs), run by the group commit inside the command's savepoint.
 struct Keyed<Resp, F> {
     command: &'static str,
     key: String,
@@ -202,7 +206,7 @@ where
             async move {
                 let (verdict, outcome) = match self.apply(conn).await {
                     Ok(done) => done,
-                    // Transient, internal or a refused value: the batcher rolls the command's
+                    // Transient, internal or a refused value: the group commit rolls the command's
                     // savepoint back, key included; a retry runs the effect again.
                     Err(err) => (Verdict::Discard, Err(Status::from(err))),
                 };

@@ -7,7 +7,7 @@
 //! half-applied.
 //!
 //! Batches are made deterministic without timing: a **blocker** command's effect holds the
-//! batcher until the test has seen (with `Db::queued_commands`) every other command queued, so
+//! writer until the test has seen (with `Db::queued_commands`) every other command queued, so
 //! the next batch takes exactly those.
 
 use std::{
@@ -53,7 +53,7 @@ enum Then {
     RefusedValue,
     /// Panics (a bug): INTERNAL, rolled back with its key.
     Panic,
-    /// Says it started, then waits for the release (holds the batcher: a test's blocker).
+    /// Says it started, then waits for the release (holds the writer: a test's blocker).
     Block(oneshot::Sender<()>, oneshot::Receiver<()>),
     /// Records its key in the child's file before answering (the crash tests).
     Record(String),
@@ -135,14 +135,14 @@ fn append(file: &str, line: &str) {
     out.write_all(line.as_bytes()).unwrap();
 }
 
-/// The blocker: a command (key `blocker`) whose effect holds the batcher until `release` is sent.
+/// The blocker: a command (key `blocker`) whose effect holds the writer until `release` is sent.
 struct Blocker {
     task: JoinHandle<Result<Executed<Product>, Status>>,
     release: oneshot::Sender<()>,
 }
 
 impl Blocker {
-    /// Starts the blocker and returns once its effect runs: the batcher is busy from then on.
+    /// Starts the blocker and returns once its effect runs: the writer is busy from then on.
     async fn start(db: &Db) -> Self {
         let (started, is_started) = oneshot::channel();
         let (release, released) = oneshot::channel();
@@ -155,7 +155,7 @@ impl Blocker {
         Self { task, release }
     }
 
-    /// Releases the batcher and returns the blocker's own result.
+    /// Releases the writer and returns the blocker's own result.
     async fn release(self) -> Result<Executed<Product>, Status> {
         let _ = self.release.send(());
         self.task.await.unwrap()
@@ -336,7 +336,7 @@ async fn queued_commands_share_one_commit(kind: Kind) {
     db.close().await;
 }
 
-/// Without a blocker: 64 commands at once (32 keys, each twice, with two batchers) all get their
+/// Without a blocker: 64 commands at once (32 keys, each twice, with two writers) all get their
 /// key's one answer, every effect ran once, and they took at most 64 commits. Plain transactions
 /// of [`Db::begin`] count too.
 async fn concurrent_commands_apply_once(kind: Kind) {
@@ -376,6 +376,66 @@ async fn concurrent_commands_apply_once(kind: Kind) {
     let tx = db.begin().await.unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(db.commits() - before, commits + 1, "a rollback does not");
+    db.close().await;
+}
+
+/// A caller that goes away: one whose command runs in its own task (the writer was idle) takes
+/// it down with it (rolled back, key and effect; the writer's connection serves the next
+/// command), and one whose command is queued leaves it to run all the same (stored, so the
+/// retry replays it).
+async fn a_caller_that_goes_away(kind: Kind) {
+    let (_tdb, db) = open(kind, "gc_gone", &PoolConfig::default()).await;
+    // Runs in its caller's task (nothing queued), then the caller is aborted mid-effect.
+    let blocker = Blocker::start(&db).await;
+    blocker.task.abort();
+    assert!(blocker.task.await.unwrap_err().is_cancelled());
+    let after = command(&db, "after", Then::Ok).await.unwrap();
+    assert!(!after.replayed);
+    assert_eq!(effects(&db).await, set(&["after"]));
+    assert_eq!(stored(&db).await, vec![("after".to_owned(), Some(0))]);
+
+    // Queued behind a blocker; its caller is aborted before the batch runs.
+    let blocker = Blocker::start(&db).await;
+    let queued = enqueue(&db, "queued", Then::Ok).await;
+    queued.abort();
+    assert!(queued.await.unwrap_err().is_cancelled());
+    blocker.release().await.unwrap();
+    eventually(
+        "the queued command to commit",
+        Duration::from_secs(10),
+        || async { effects(&db).await.contains("queued").then_some(()) },
+    )
+    .await;
+    let again = command(&db, "queued", Then::Ok).await.unwrap();
+    assert!(
+        again.replayed,
+        "the retry replays what ran without its caller"
+    );
+    db.close().await;
+}
+
+/// A pool of one connection (asking for three writers, which it cannot give): the one writer
+/// borrows the connection per batch, so reads between commands still get it.
+async fn a_pool_of_one_connection_serves_commands_and_reads(kind: Kind) {
+    let config = PoolConfig {
+        max_connections: Some(1),
+        group_commit_writers: Some(3),
+        ..PoolConfig::default()
+    };
+    let (_tdb, db) = open(kind, "gc_pool_of_one", &config).await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("p{i:02}");
+            command(&db, &key, Then::Ok).await.unwrap();
+            effects(&db).await.contains(&key)
+        }));
+    }
+    for task in tasks {
+        assert!(task.await.unwrap(), "a read after the command sees it");
+    }
+    assert_eq!(effects(&db).await.len(), 16);
     db.close().await;
 }
 
@@ -515,6 +575,8 @@ sagaflow_testkit::both_backends!(
     the_late_action_rule_holds_within_a_batch,
     queued_commands_share_one_commit,
     concurrent_commands_apply_once,
+    a_caller_that_goes_away,
+    a_pool_of_one_connection_serves_commands_and_reads,
     a_closed_database_refuses_commands,
 );
 
@@ -587,7 +649,7 @@ async fn child() {
             Err(status) => append(&log, &format!("ERR {key} {:?}\n", status.code())),
         }
     }
-    // Closing waits for the batcher to end its batch (its COMMIT and failpoints included).
+    // Closing waits for the writer to end its batch (its COMMIT and failpoints included).
     db.close().await;
     // Reached only when the failpoint was not hit often enough: the parent reports it.
 }
