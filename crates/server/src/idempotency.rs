@@ -86,9 +86,9 @@ pub struct Executed<T> {
 /// Runs `effect` at most once per `key` (see the module docs).
 ///
 /// `command` names the RPC (for example `"inventory.DeductInventory"`) and is part of the request
-/// hash, so a key reused for another command is also rejected. `effect` runs on the group
-/// commit's task, in a batch with other commands (hence `Send + 'static`: it owns what it
-/// uses); it makes database statements only.
+/// hash, so a key reused for another command is also rejected. `effect` runs in this task when
+/// the database's writer is idle, otherwise on the group commit's task in a batch with other
+/// commands (hence `Send + 'static`: it owns what it uses); it makes database statements only.
 ///
 /// # Errors
 /// - `ALREADY_EXISTS` (reason `IDEMPOTENCY_KEY_REUSED`) when `key` was used with another request;
