@@ -36,6 +36,17 @@ pub struct DatabaseArgs {
     /// a power loss.
     #[arg(long, env = "SAGAFLOW_SQLITE_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
     pub sqlite_synchronous: Synchronous,
+    /// Group commit (docs/architecture.md, "Group commit"): writers that run batches of keyed
+    /// commands side by side, each holding one pooled connection, 1 to 64 (at most
+    /// --db-max-connections − 1 are used). Default 1. More than one suits PostgreSQL when
+    /// commands rarely lock the same rows: two batches locking shared rows in opposite orders
+    /// deadlock until PostgreSQL aborts one command (answered UNAVAILABLE, retried).
+    #[arg(
+        long,
+        env = "SAGAFLOW_DB_GROUP_COMMIT_WRITERS",
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
+    pub db_group_commit_writers: Option<u16>,
 }
 
 /// `PRAGMA synchronous` choices exposed on the command line.
@@ -56,6 +67,7 @@ impl DatabaseArgs {
                 Synchronous::Full => SqliteSynchronous::Full,
                 Synchronous::Normal => SqliteSynchronous::Normal,
             },
+            group_commit_writers: self.db_group_commit_writers.map(usize::from),
             ..PoolConfig::default()
         }
     }
@@ -191,6 +203,18 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         retention: RetentionArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    }
+
+    #[test]
+    fn group_commit_writers_flag() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.database.pool_config().group_commit_writers, None);
+        let two = Cli::try_parse_from(["x", "--db-group-commit-writers", "2"]).unwrap();
+        assert_eq!(two.database.pool_config().group_commit_writers, Some(2));
+        assert!(Cli::try_parse_from(["x", "--db-group-commit-writers", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--db-group-commit-writers", "65"]).is_err());
     }
 
     #[test]

@@ -17,14 +17,29 @@
 //! SQLite runs in WAL mode with a busy timeout and foreign keys on. Write transactions begin with
 //! `BEGIN IMMEDIATE` ([`Db::begin`]) so that two writers never deadlock on a lock upgrade.
 //! A PostgreSQL database named in the URL is created when missing.
+//!
+//! Keyed commands ([`crate::idempotency::execute`]) do not take a transaction each: the [`Db`]'s
+//! group commit runs the commands that arrive together in one transaction, each in its own
+//! savepoint (docs/architecture.md, "The service contract", "Group commit"). [`Db::commits`]
+//! counts the COMMITs of both kinds of write transaction.
 
-use std::{str::FromStr, sync::Once, time::Duration};
+use std::{
+    ops::{Deref, DerefMut},
+    str::FromStr,
+    sync::{
+        Arc, Once,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::{
-    AnyPool, ConnectOptions, Connection, Executor,
+    AnyConnection, AnyPool, ConnectOptions, Connection, Executor,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::Migrator,
 };
+
+use crate::group_commit::GroupCommit;
 
 /// Which database server a [`Db`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +116,23 @@ pub struct PoolConfig {
     /// SQLite `synchronous` pragma: `FULL` (default: every commit is on disk) or `NORMAL`
     /// (a commit survives a process crash but may be lost on power loss).
     pub sqlite_synchronous: SqliteSynchronous,
+    /// Group commit: most keyed commands in one transaction (docs/architecture.md, "Group
+    /// commit"). Default [`DEFAULT_GROUP_COMMIT_MAX_BATCH`] (64); 0 counts as 1. A batch never
+    /// waits to fill up: it takes what is queued when the previous one ends.
+    pub group_commit_max_batch: usize,
+    /// Group commit: how many writers run batches side by side, each on one connection of the
+    /// pool it holds. Default 1 on both backends. More than one lets PostgreSQL commit batches
+    /// in parallel (a key always goes to the same writer), at the price of row locks held
+    /// across batches: two batches that lock the same rows in opposite orders deadlock until
+    /// PostgreSQL aborts one command (UNAVAILABLE, retried by its caller). On SQLite more than
+    /// one only queue on the write lock. At most `max_connections − 1` (each writer holds a
+    /// connection between batches; one is left for reads; with `max_connections` 1 the one
+    /// writer takes it for each batch and gives it back).
+    pub group_commit_writers: Option<usize>,
 }
+
+/// The default of [`PoolConfig::group_commit_max_batch`]: most commands in one transaction.
+pub const DEFAULT_GROUP_COMMIT_MAX_BATCH: usize = 64;
 
 /// SQLite durability setting (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,6 +151,8 @@ impl Default for PoolConfig {
             acquire_timeout_ms: 10_000,
             sqlite_busy_timeout_ms: 10_000,
             sqlite_synchronous: SqliteSynchronous::Full,
+            group_commit_max_batch: DEFAULT_GROUP_COMMIT_MAX_BATCH,
+            group_commit_writers: None,
         }
     }
 }
@@ -151,17 +184,61 @@ pub enum DbError {
     },
 }
 
-/// A connection pool to one service's database plus the backend it talks to.
+/// A connection pool to one service's database plus the backend it talks to, its group commit
+/// of keyed commands and its commit counter.
 ///
-/// Cloning is cheap (the pool is reference-counted).
+/// Cloning is cheap (the pool, the group commit and the counter are reference-counted).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    commits: Arc<AtomicU64>,
+    group_commit: Arc<GroupCommit>,
 }
 
-/// A write transaction on a [`Db`]. Commit it with `tx.commit().await`; dropping it rolls back.
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A write transaction on a [`Db`] ([`Db::begin`]). Use it as the connection (`&mut *tx`, or
+/// `&mut tx` where a `&mut AnyConnection` is expected); [`Tx::commit`] commits it (counted in
+/// [`Db::commits`]); dropping it rolls back.
+#[derive(Debug)]
+pub struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Any>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Tx {
+    /// Commits the transaction and counts the commit in [`Db::commits`].
+    ///
+    /// # Errors
+    /// The driver's error; the transaction is then rolled back (on a lost connection its fate
+    /// is unknown).
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Rolls the transaction back.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
+
+impl Deref for Tx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.inner
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.inner
+    }
+}
 
 static INSTALL_DRIVERS: Once = Once::new();
 
@@ -251,7 +328,26 @@ impl Db {
                 url: redact(&url),
                 source,
             })?;
-        Ok(Self { pool, backend })
+        let commits = Arc::new(AtomicU64::new(0));
+        let group_commit = Arc::new(GroupCommit::new(
+            pool.clone(),
+            backend,
+            commits.clone(),
+            config.group_commit_max_batch,
+            // Each writer holds a connection: leave at least one for reads and plain
+            // transactions (a pool of one lends it to the writer per batch only).
+            config
+                .group_commit_writers
+                .unwrap_or(1)
+                .min(usize::try_from(max.saturating_sub(1)).unwrap_or(1)),
+            max > 1,
+        ));
+        Ok(Self {
+            pool,
+            backend,
+            commits,
+            group_commit,
+        })
     }
 
     /// The backend this pool talks to.
@@ -282,15 +378,43 @@ impl Db {
     /// The driver's error when no connection is free within the acquire timeout or the server
     /// is gone.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
-        }
+        let inner = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(Tx {
+            inner,
+            commits: self.commits.clone(),
+        })
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// How many write transactions committed on this database through this process's
+    /// plumbing: the [`Tx`]s of [`Db::begin`] and the batches of the group commit (one per
+    /// batch, however many commands it holds). Statements run outside a transaction (on
+    /// [`Db::pool`]) are not counted. A benchmark divides it by the orders it placed.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// How many keyed commands wait for the group commit right now (queued, not yet taken into
+    /// a batch).
+    pub fn queued_commands(&self) -> usize {
+        self.group_commit.queued()
+    }
+
+    /// The group commit of keyed commands ([`crate::idempotency`]).
+    pub(crate) fn group_commit(&self) -> &GroupCommit {
+        &self.group_commit
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned (the group commit ends
+    /// the batch it runs, returns its connection and refuses later commands with UNAVAILABLE).
     pub async fn close(&self) {
-        self.pool.close().await;
+        // Marked closed at once, so no batch takes another connection; then the group
+        // commit's connections come back once their batches end.
+        let closing = self.pool.close();
+        self.group_commit.release().await;
+        closing.await;
     }
 }
 

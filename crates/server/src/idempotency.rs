@@ -2,22 +2,44 @@
 //! runs through [`execute`], which stores the command's idempotency key, a hash of the request and
 //! the outcome in the **same transaction** as the effect.
 //!
+//! That transaction is shared: the [`Db`]'s group commit (docs/architecture.md, "Group commit")
+//! takes the commands that arrived together (up to 64, never waiting for more) into one
+//! transaction and one COMMIT, each command in a savepoint of its own (a command that arrives
+//! alone runs at once, in its caller's task, its transaction its savepoint):
+//!
 //! ```text
-//!  BEGIN (IMMEDIATE on SQLite)
-//!  INSERT key ... ON CONFLICT DO NOTHING ──0 rows──▶ read stored row ─┬─ same hash ─▶ replay outcome
-//!       │ 1 row (we own the key; a racer waits on it)                 └─ other hash ▶ ALREADY_EXISTS
-//!  SAVEPOINT; effect(conn)
-//!       ├─ Ok(resp)            ─▶ RELEASE; store encoded resp ─────────▶ COMMIT
-//!       ├─ business error      ─▶ ROLLBACK TO SAVEPOINT; store status ──▶ COMMIT  (replayed later)
-//!       └─ transient/internal  ─▶ ROLLBACK everything (key too): a retry runs the effect again
+//!  BEGIN (IMMEDIATE on SQLite)                      ── one per batch, on the writer's connection
+//!  │ for each command of the batch:
+//!  │ SAVEPOINT cmd
+//!  │ INSERT key ... ON CONFLICT DO NOTHING ──0 rows──▶ read stored row ─┬─ same hash ─▶ replay outcome
+//!  │      │ 1 row (we own the key)                    (stored by an      └─ other hash ▶ ALREADY_EXISTS
+//!  │      │                                            earlier batch or command)       (RELEASE cmd)
+//!  │ SAVEPOINT effect; effect(conn)
+//!  │      ├─ Ok(resp)           ─▶ RELEASE effect; store encoded resp ─▶ RELEASE cmd
+//!  │      ├─ business error     ─▶ ROLLBACK TO effect; store status ──▶ RELEASE cmd  (replayed later)
+//!  │      └─ transient/internal ─▶ ROLLBACK TO cmd (key too): answered now; a retry runs it again
+//!  COMMIT ──▶ the kept commands are answered (COMMIT failed: UNAVAILABLE for every one of them)
 //! ```
 //!
-//! A crash before COMMIT leaves neither the effect nor the key; after COMMIT a repeat finds the key
-//! and replays. Business errors (`NOT_FOUND`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`,
-//! `INVALID_ARGUMENT`) are stored so that a repeat gets the same answer even if the world changed
-//! meanwhile (for example stock was restocked after an OUT_OF_STOCK). A value the database refuses
+//! (A batch of one has no `cmd` savepoint: its ROLLBACK TO cmd is the transaction's ROLLBACK.)
+//!
+//! A crash before COMMIT leaves neither the effect nor the key of any command of the batch; after
+//! COMMIT a repeat finds the key and replays. A command is answered only once its outcome is
+//! committed (or, rolled back to its savepoint, once nothing of it can commit), so an answered
+//! success is durable. Two commands on one key meet in one writer: in one batch the second
+//! finds the first's stored outcome and replays it, as it would after the first's commit.
+//! Business errors (`NOT_FOUND`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `INVALID_ARGUMENT`) are
+//! stored so that a repeat gets the same answer even if the world changed meanwhile (for example
+//! stock was restocked after an OUT_OF_STOCK). A value the database refuses
 //! ([`ServiceError::refused_value`], e.g. PostgreSQL's 22021 for a U+0000 in text) is answered
-//! INVALID_ARGUMENT and rolls everything back, key included: nothing is written.
+//! INVALID_ARGUMENT and rolls the command back, key included: nothing is written for it.
+//!
+//! The effect runs on the batch's connection while the other commands of the batch wait: it
+//! makes database statements only (no network call, no wait on anything but the database; the
+//! payment gateway is called before [`execute`], with [`lookup`] first), and it never opens a
+//! transaction of its own on the same database. A caller that goes away (its RPC canceled) does
+//! not stop a queued command: its outcome is stored and a retry replays it (a command running
+//! alone in its caller's task is rolled back with it, as a transaction of its own would be).
 //!
 //! Every service database has this table (in its first migration):
 //!
@@ -41,12 +63,15 @@ pub mod late_action;
 use futures::future::BoxFuture;
 use prost::Message;
 use sha2::{Digest, Sha256};
-use sqlx::{Acquire, AnyConnection};
+use sqlx::{AnyConnection, Connection};
+use tokio::sync::oneshot;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use crate::{
     db::{Db, now_ms},
     error::ServiceError,
+    group_commit::{Unit, Verdict},
 };
 
 /// The result of [`execute_detailed`].
@@ -61,12 +86,18 @@ pub struct Executed<T> {
 /// Runs `effect` at most once per `key` (see the module docs).
 ///
 /// `command` names the RPC (for example `"inventory.DeductInventory"`) and is part of the request
-/// hash, so a key reused for another command is also rejected.
+/// hash, so a key reused for another command is also rejected. `effect` runs in this task when
+/// the database's writer is idle, otherwise on the group commit's task in a batch with other
+/// commands (hence `Send + 'static`: it owns what it uses); it makes database statements only.
 ///
 /// # Errors
 /// - `ALREADY_EXISTS` (reason `IDEMPOTENCY_KEY_REUSED`) when `key` was used with another request;
 /// - the stored business error when the first run failed with one;
-/// - `UNAVAILABLE` / `INTERNAL` when the database fails (nothing was stored; retry with the key).
+/// - `INVALID_ARGUMENT` (empty field path) when the database refused a value of the request;
+///   nothing was stored;
+/// - `UNAVAILABLE` / `INTERNAL` when the database fails, the batch's COMMIT included, or the
+///   database is closed (retry with the key: nothing was stored, or, when a lost connection hid
+///   the COMMIT's fate, the retry replays what was).
 pub async fn execute<Req, Resp, F>(
     db: &Db,
     command: &'static str,
@@ -76,8 +107,10 @@ pub async fn execute<Req, Resp, F>(
 ) -> Result<Resp, Status>
 where
     Req: Message,
-    Resp: Message + Default,
-    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Resp, ServiceError>>,
+    Resp: Message + Default + Send + 'static,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Resp, ServiceError>>
+        + Send
+        + 'static,
 {
     execute_detailed(db, command, key, request, effect)
         .await
@@ -98,8 +131,10 @@ pub async fn respond<Req, Resp, F>(
 ) -> Result<tonic::Response<Resp>, Status>
 where
     Req: Message,
-    Resp: Message + Default,
-    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Resp, ServiceError>>,
+    Resp: Message + Default + Send + 'static,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Resp, ServiceError>>
+        + Send
+        + 'static,
 {
     execute(db, command, key, request, effect)
         .await
@@ -119,82 +154,175 @@ pub async fn execute_detailed<Req, Resp, F>(
 ) -> Result<Executed<Resp>, Status>
 where
     Req: Message,
-    Resp: Message + Default,
-    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Resp, ServiceError>>,
+    Resp: Message + Default + Send + 'static,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Resp, ServiceError>>
+        + Send
+        + 'static,
 {
-    let hash = request_hash(command, request);
-    let mut tx = db.begin().await.map_err(ServiceError::from)?;
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (idempotency_key, command, request_hash, created_at) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
-    )
-    .bind(key)
-    .bind(command)
-    .bind(hash.clone())
-    .bind(now_ms())
-    .execute(&mut *tx)
-    .await
-    .map_err(ServiceError::from)?
-    .rows_affected()
-        == 1;
-
-    if !claimed {
-        let stored: Option<StoredRow> = sqlx::query_as(
-            "SELECT request_hash, status_code, response, message \
-             FROM idempotency_keys WHERE idempotency_key = $1",
+    let (reply, answer) = oneshot::channel();
+    let keyed = Keyed {
+        command,
+        key: key.to_owned(),
+        hash: request_hash(command, request),
+        effect: Some(effect),
+        span: tracing::Span::current(),
+        outcome: None,
+        reply,
+    };
+    db.group_commit().submit(key, Box::new(keyed)).await?;
+    answer.await.unwrap_or_else(|_| {
+        // The batch went away without answering (its runtime ended): the batch may or may
+        // not have committed; a retry with the key replays it if it did.
+        Err(ServiceError::Unavailable(
+            "the command's batch ended without an answer; retry with the same key".into(),
         )
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(ServiceError::from)?;
-        drop(tx);
-        let Some(stored) = stored else {
-            return Err(ServiceError::Unavailable(
-                "idempotency key is being processed; retry".into(),
-            )
-            .into());
-        };
-        return replay(command, key, &hash, stored).map(|response| Executed {
-            response,
-            replayed: true,
-        });
+        .into())
+    })
+}
+
+/// One keyed command on its way through the group commit: claim, replay or effect, outcome
+/// (see the module docs), run by the group commit inside the command's savepoint.
+struct Keyed<Resp, F> {
+    command: &'static str,
+    key: String,
+    hash: Vec<u8>,
+    effect: Option<F>,
+    /// The caller's span: the effect's spans stay children of the request's.
+    span: tracing::Span,
+    outcome: Option<Result<Executed<Resp>, Status>>,
+    reply: oneshot::Sender<Result<Executed<Resp>, Status>>,
+}
+
+impl<Resp, F> Unit for Keyed<Resp, F>
+where
+    Resp: Message + Default + Send + 'static,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Resp, ServiceError>>
+        + Send
+        + 'static,
+{
+    fn run<'a>(&'a mut self, conn: &'a mut AnyConnection) -> BoxFuture<'a, Verdict> {
+        let span = self.span.clone();
+        Box::pin(
+            async move {
+                let (verdict, outcome) = match self.apply(conn).await {
+                    Ok(done) => done,
+                    // Transient, internal or a refused value: the group commit rolls the command's
+                    // savepoint back, key included; a retry runs the effect again.
+                    Err(err) => (Verdict::Discard, Err(Status::from(err))),
+                };
+                self.outcome = Some(outcome);
+                verdict
+            }
+            .instrument(span),
+        )
     }
 
-    let mut savepoint = (&mut *tx).begin().await.map_err(ServiceError::from)?;
-    let outcome = effect(&mut savepoint).await;
-    let (code, bytes, message, result) = match outcome {
-        Ok(response) => {
-            savepoint.commit().await.map_err(ServiceError::from)?;
-            (0_i64, response.encode_to_vec(), None, Ok(response))
-        }
-        Err(err) if is_business(&err) => {
-            savepoint.rollback().await.map_err(ServiceError::from)?;
-            let status = Status::from(err);
-            (
-                i64::from(i32::from(status.code())),
-                status.details().to_vec(),
-                Some(status.message().to_owned()),
-                Err(status),
+    fn finish(self: Box<Self>, instead: Option<Status>) {
+        let result = match instead {
+            Some(status) => Err(status),
+            None => self.outcome.unwrap_or_else(|| {
+                Err(
+                    ServiceError::Internal(anyhow::anyhow!("a keyed command finished unrun"))
+                        .into(),
+                )
+            }),
+        };
+        // The caller may have gone (its RPC was canceled): the outcome stands all the same.
+        let _ = self.reply.send(result);
+    }
+}
+
+impl<Resp, F> Keyed<Resp, F>
+where
+    Resp: Message + Default + Send + 'static,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Resp, ServiceError>>
+        + Send
+        + 'static,
+{
+    /// Claims the key and runs the effect, or replays the key's stored outcome. `Err` means
+    /// nothing of the command may stay.
+    async fn apply(
+        &mut self,
+        conn: &mut AnyConnection,
+    ) -> Result<(Verdict, Result<Executed<Resp>, Status>), ServiceError> {
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (idempotency_key, command, request_hash, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(self.key.as_str())
+        .bind(self.command)
+        .bind(self.hash.clone())
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+
+        if !claimed {
+            // Stored by an earlier batch, or by an earlier command of this one: either way its
+            // outcome is final in this transaction (a command that failed transiently left no
+            // row).
+            let stored: Option<StoredRow> = sqlx::query_as(
+                "SELECT request_hash, status_code, response, message \
+                 FROM idempotency_keys WHERE idempotency_key = $1",
             )
+            .bind(self.key.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(stored) = stored else {
+                return Err(ServiceError::Unavailable(
+                    "idempotency key is being processed; retry".into(),
+                ));
+            };
+            let replayed = replay(self.command, &self.key, &self.hash, stored);
+            return Ok((
+                Verdict::Keep,
+                replayed.map(|response| Executed {
+                    response,
+                    replayed: true,
+                }),
+            ));
         }
-        Err(err) => return Err(err.into()),
-    };
-    sqlx::query(
-        "UPDATE idempotency_keys SET status_code = $1, response = $2, message = $3 \
-         WHERE idempotency_key = $4",
-    )
-    .bind(code)
-    .bind(bytes)
-    .bind(message)
-    .bind(key)
-    .execute(&mut *tx)
-    .await
-    .map_err(ServiceError::from)?;
-    tx.commit().await.map_err(ServiceError::from)?;
-    result.map(|response| Executed {
-        response,
-        replayed: false,
-    })
+
+        let effect = self.effect.take().ok_or_else(|| {
+            ServiceError::Internal(anyhow::anyhow!("a keyed command's effect ran twice"))
+        })?;
+        let mut savepoint = conn.begin().await?;
+        let (code, bytes, message, result) = match effect(&mut savepoint).await {
+            Ok(response) => {
+                savepoint.commit().await?;
+                (0_i64, response.encode_to_vec(), None, Ok(response))
+            }
+            Err(err) if is_business(&err) => {
+                savepoint.rollback().await?;
+                let status = Status::from(err);
+                (
+                    i64::from(i32::from(status.code())),
+                    status.details().to_vec(),
+                    Some(status.message().to_owned()),
+                    Err(status),
+                )
+            }
+            Err(err) => return Err(err),
+        };
+        sqlx::query(
+            "UPDATE idempotency_keys SET status_code = $1, response = $2, message = $3 \
+             WHERE idempotency_key = $4",
+        )
+        .bind(code)
+        .bind(bytes)
+        .bind(message)
+        .bind(self.key.as_str())
+        .execute(&mut *conn)
+        .await?;
+        Ok((
+            Verdict::Keep,
+            result.map(|response| Executed {
+                response,
+                replayed: false,
+            }),
+        ))
+    }
 }
 
 /// Reads the committed outcome of `key` without claiming it (no transaction, no write).

@@ -2,7 +2,8 @@
 //! (plumbing is written once, never per service; docs/architecture.md, "Layers"):
 //!
 //! - [`config`]: flags and `SAGAFLOW_*` environment variables (clap) shared by every process;
-//! - [`db`]: sqlx pools and migrations for PostgreSQL and SQLite chosen by the URL;
+//! - [`db`]: sqlx pools and migrations for PostgreSQL and SQLite chosen by the URL, and each
+//!   database's group commit of keyed commands (docs/architecture.md, "Group commit");
 //! - [`error`]: [`ServiceError`] and its one mapping to `tonic::Status` with rich details;
 //! - [`validate`]: request validation naming the offending field;
 //! - [`idempotency`]: the idempotency store of docs/architecture.md, "The service contract", and
@@ -42,6 +43,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod faults;
+mod group_commit;
 pub mod grpc;
 pub mod idempotency;
 pub mod retention;

@@ -199,14 +199,20 @@ impl OrderServiceApi for OrderService {
         v.non_negative_i64("discount", req.discount);
         v.finish()?;
         let (id, discount) = (order_id, req.discount);
-        idempotency::respond(&self.db, APPLY_COUPON, &req.idempotency_key, &req, |conn| {
-            Box::pin(async move {
-                let order = commands::apply_coupon(conn, &id, discount).await?;
-                Ok(pb::ApplyCouponResponse {
-                    order: Some(to_proto(&order)),
+        idempotency::respond(
+            &self.db,
+            APPLY_COUPON,
+            &req.idempotency_key,
+            &req,
+            move |conn| {
+                Box::pin(async move {
+                    let order = commands::apply_coupon(conn, &id, discount).await?;
+                    Ok(pb::ApplyCouponResponse {
+                        order: Some(to_proto(&order)),
+                    })
                 })
-            })
-        })
+            },
+        )
         .await
     }
 

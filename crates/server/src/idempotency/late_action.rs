@@ -23,10 +23,13 @@
 //!   give back what the action took, or nothing because it never ran (the tombstone now stands)
 //!   or was compensated already.
 //!
-//! Every function takes the connection of the transaction begun by [`super::execute`], so the
-//! tombstone commits with the compensation's stored response (and a rejected late action rolls
-//! back to the executor's savepoint: nothing changes). On SQLite that transaction is
-//! `BEGIN IMMEDIATE`, which already serializes writers, so no row lock is needed there.
+//! Every function takes the connection of the transaction [`super::execute`] runs the command in
+//! (the group commit's batch, the command in its own savepoint), so the tombstone commits with
+//! the compensation's stored response (and a rejected late action rolls back to the executor's
+//! savepoint: nothing changes). A compensation and its late action in one batch meet as they
+//! would one after the other: the action's claim finds the tombstone the compensation wrote
+//! earlier in the same transaction. On SQLite that transaction is `BEGIN IMMEDIATE`, which
+//! already serializes writers, so no row lock is needed there.
 
 use sqlx::AnyConnection;
 

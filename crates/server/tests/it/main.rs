@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_data;
+mod group_commit;
 mod idempotency;
 mod in_process;
