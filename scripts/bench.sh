@@ -29,7 +29,7 @@ echo "## engine_bench (SQLite, WAL, synchronous=FULL)"
 
 echo
 echo "## sagaflow bench (embedded default: 6 services + orchestrator, 7 SQLite files, FULL)"
-printf '%-5s %7s %10s %8s %8s %8s %13s %9s  %s\n' conc orders orders/s 'p50 ms' 'p95 ms' 'p99 ms' 'CPU ms/order' 'RSS MiB' outcomes
+printf '%-5s %7s %10s %8s %8s %8s %13s %9s  %s\n' conc orders orders/s 'p50 ms' 'p95 ms' 'p99 ms' 'CPU ms/order' 'RSS MiB' 'outcomes; commits per order by database'
 for c in 1 16 64; do
   n=$sagas
   [ "$c" = 1 ] && n=$(( sagas < 300 ? sagas : 300 ))
@@ -41,9 +41,10 @@ import json, sys
 r = json.loads(sys.stdin.read().strip().splitlines()[-1])
 cpu = r.get("cpu_ms_per_order")
 rss = r.get("server_peak_rss_kib")
-print("%-5d %7d %10.1f %8.1f %8.1f %8.1f %13s %9s  %s" % (
+commits = " ".join("%s=%.2f" % kv for kv in sorted(r.get("commits_per_order", {}).items()))
+print("%-5d %7d %10.1f %8.1f %8.1f %8.1f %13s %9s  %s; %s" % (
     r["concurrency"], r["finished"], r["sagas_per_second"], r["p50_ms"], r["p95_ms"],
     r["p99_ms"], "n/a" if cpu is None else "%.2f" % cpu,
-    "n/a" if rss is None else "%.1f" % (rss / 1024), json.dumps(r["outcomes"])))
+    "n/a" if rss is None else "%.1f" % (rss / 1024), json.dumps(r["outcomes"]), commits or "n/a"))
 '
 done

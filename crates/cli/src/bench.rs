@@ -116,6 +116,9 @@ pub struct BenchReport {
     /// that serves the system: the embedded system's (this process, load clients included), or
     /// the `--server-pid`'s; `None` when unknown.
     pub cpu_ms_per_order: Option<f64>,
+    /// Write transactions committed per finished order over the run, by database (embedded
+    /// system only; empty otherwise): group commit shows as fewer than one per command.
+    pub commits_per_order: BTreeMap<String, f64>,
 }
 
 /// Runs the bench (see the module docs).
@@ -156,6 +159,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         None
     };
     let measure_cpu = !args.targets.any() || args.server_pid.is_some();
+    let commits_before = embedded.as_ref().map(|(system, _)| system.commits());
     let report = drive(
         &args,
         &peers,
@@ -164,6 +168,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         measure_cpu.then_some(cpu_pid),
     )
     .await;
+    let commits_after = embedded.as_ref().map(|(system, _)| system.commits());
     if let Some((system, dir)) = embedded {
         if interrupt.is_set() {
             system.shutdown_within(INTERRUPT_GRACE / 2).await;
@@ -175,6 +180,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         }
     }
     let mut report = report?;
+    if let (Some(before), Some(after)) = (commits_before, commits_after) {
+        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let orders = report.finished.max(1) as f64;
+        for ((name, b), (_, a)) in before.into_iter().zip(after) {
+            #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+            let per_order = a.saturating_sub(b) as f64 / orders;
+            report.commits_per_order.insert(name.to_owned(), per_order);
+        }
+    }
     if !args.targets.any() {
         report.server_peak_rss_kib = peak_rss_kib(None);
     } else if let Some(pid) = args.server_pid {
@@ -187,7 +201,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         );
     } else {
         println!(
-            "concurrency {}: {} sagas in {:.2} s = {:.1} sagas/s; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; CPU {} per order; errors {}; outcomes {:?}; server peak RSS {}; durability: {}{}",
+            "concurrency {}: {} sagas in {:.2} s = {:.1} sagas/s; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; CPU {} per order; commits per order {}; errors {}; outcomes {:?}; server peak RSS {}; durability: {}{}",
             report.concurrency,
             report.finished,
             report.seconds,
@@ -198,6 +212,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
             report
                 .cpu_ms_per_order
                 .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.2} ms")),
+            if report.commits_per_order.is_empty() {
+                "n/a".to_owned()
+            } else {
+                report
+                    .commits_per_order
+                    .iter()
+                    .map(|(db, n)| format!("{db} {n:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
             report.errors,
             report.outcomes,
             report.server_peak_rss_kib.map_or_else(
@@ -347,6 +371,7 @@ async fn drive(
         cpu_ms_per_order: cpu_used
             .filter(|_| finished > 0)
             .map(|ms| ms / finished as f64),
+        commits_per_order: BTreeMap::new(),
     })
 }
 

@@ -247,7 +247,7 @@ pub struct Embedded {
     engine: Engine,
     /// The relay, the retention task of every database and the engine.
     running: Running,
-    dbs: Vec<Db>,
+    dbs: Vec<(Service, Db)>,
 }
 
 impl Embedded {
@@ -369,7 +369,7 @@ impl Embedded {
             local,
             engine,
             running,
-            dbs: dbs.into_iter().map(|(_, db)| db).collect(),
+            dbs,
         };
         if let Some(seed_json) = &config.seed {
             let seed = Seed::parse(seed_json)?;
@@ -401,6 +401,16 @@ impl Embedded {
         Transport::from(self.local.clone())
     }
 
+    /// Write transactions committed so far on each database (`order`, `coupon`, …, `workflow`):
+    /// [`Db::commits`], which counts the services' group-commit batches and every transaction of
+    /// `Db::begin` (the engine's included).
+    pub fn commits(&self) -> Vec<(&'static str, u64)> {
+        self.dbs
+            .iter()
+            .map(|(service, db)| (service.database_name(), db.commits()))
+            .collect()
+    }
+
     /// The saga engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -422,7 +432,7 @@ impl Embedded {
         if let Err(err) = self.server.shutdown().await {
             tracing::warn!(error = %err, "gRPC server stopped with an error");
         }
-        for db in &self.dbs {
+        for (_, db) in &self.dbs {
             db.close().await;
         }
     }
