@@ -22,8 +22,10 @@ use std::future::Future;
 
 use sagaflow_telemetry::propagation::{TraceLayer, TraceService};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::{Routes, RoutesBuilder};
+use tonic::{
+    service::{Routes, RoutesBuilder},
+    transport::server::TcpIncoming,
+};
 use tonic_health::ServingStatus;
 use tower::{
     ServiceBuilder,
@@ -167,12 +169,15 @@ async fn serve_routes(
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(%addr, services = ?service_names, faults = %faults, in_process = local.is_some(), "gRPC server listening");
+    // Small unary messages: do not let Nagle's algorithm hold replies back. Set on the incoming
+    // stream: tonic's `Server::tcp_nodelay` applies only to listeners tonic binds itself, and a
+    // reply written in two segments (headers, then data and trailers) otherwise waits for the
+    // client's delayed ACK, 40 ms on Linux.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        // Small unary messages: do not let Nagle's algorithm hold replies back.
-        .tcp_nodelay(true)
         .layer(layers.into_inner())
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             // New in-process calls are refused from now on, as new connections are.
             if let Some(local) = &local {
