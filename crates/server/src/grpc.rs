@@ -20,23 +20,15 @@
 
 use std::future::Future;
 
-use sagaflow_telemetry::propagation::{TraceLayer, TraceService};
 use tokio::net::TcpListener;
 use tonic::{
     service::{Routes, RoutesBuilder},
     transport::server::TcpIncoming,
 };
 use tonic_health::ServingStatus;
-use tower::{
-    ServiceBuilder,
-    layer::util::{Identity, Stack},
-};
 
-use crate::{
-    faults::{FaultConfig, FaultLayer, FaultService},
-    string_guard::{StringGuardLayer, StringGuardService},
-    transport::InProcess,
-};
+pub use crate::stack::{Layers, ServerStack, layers};
+use crate::{faults::FaultConfig, transport::InProcess};
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -50,25 +42,6 @@ pub enum ServeError {
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
-}
-
-/// The layers in front of the routes of every sagaflow server, outermost first: [`TraceLayer`],
-/// [`FaultLayer`], [`StringGuardLayer`]. The TCP server and the in-process transport are built
-/// from one value of it, so they cannot drift apart.
-pub type Layers =
-    ServiceBuilder<Stack<StringGuardLayer, Stack<FaultLayer, Stack<TraceLayer, Identity>>>>;
-
-/// The routes behind [`Layers`]: what one request goes through once it is on the server, over TCP
-/// (after tonic's own `grpc-timeout` timer) or in-process.
-pub type ServerStack = TraceService<FaultService<StringGuardService<Routes>>>;
-
-/// The [`Layers`] injecting `faults` (none when empty).
-pub fn layers(faults: FaultConfig) -> Layers {
-    ServiceBuilder::new()
-        // Outermost first: the span covers the faults injected below it.
-        .layer(TraceLayer::new())
-        .layer(FaultLayer::new(faults))
-        .layer(StringGuardLayer)
 }
 
 /// `routes` with the health service (`service_names` and the whole server SERVING) and

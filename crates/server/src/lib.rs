@@ -47,6 +47,7 @@ mod group_commit;
 pub mod grpc;
 pub mod idempotency;
 pub mod retention;
+pub mod stack;
 pub mod string_guard;
 pub mod transport;
 pub mod validate;

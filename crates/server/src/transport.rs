@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Both paths run the same code on both sides: the generated client and its codec, the client
-//! interceptors, the layers of [`crate::grpc::layers`] over the same routes (health and reflection
+//! interceptors, the layers of [`crate::stack::layers`] over the same routes (health and reflection
 //! included), the handlers and their codec. Metadata, status codes, messages and details
 //! (`ErrorInfo`, `BadRequest`) travel in the same headers and trailers. What the in-process path
 //! does differently, and why it does not matter to a caller:
@@ -49,7 +49,7 @@ use tokio::sync::watch;
 use tonic::{Status, body::Body, transport::Channel};
 use tower::{BoxError, Service, ServiceExt as _};
 
-use crate::grpc::ServerStack;
+use crate::stack::ServerStack;
 
 /// A client transport: [`Transport::Tcp`] or [`Transport::InProcess`]. Generated clients take it
 /// as it is (`XServiceClient::new(transport)`), or [`traced`] (`XServiceClient<TracedTransport>`),
