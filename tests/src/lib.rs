@@ -251,3 +251,14 @@ impl Drop for Process {
         }
     }
 }
+
+/// GetOrder for `order_id` that waits up to 30 s for its terminal status.
+pub fn wait_for_order(order_id: &str) -> sagaflow_proto::order::v1::GetOrderRequest {
+    sagaflow_proto::order::v1::GetOrderRequest {
+        order_id: order_id.to_owned(),
+        wait: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+    }
+}

@@ -112,13 +112,7 @@ async fn an_order_completes_in_process_without_a_loopback_connection() {
         .order
         .unwrap();
     let done = orders
-        .get_order(GetOrderRequest {
-            order_id: order.order_id.clone(),
-            wait: Some(prost_types::Duration {
-                seconds: 30,
-                nanos: 0,
-            }),
-        })
+        .get_order(sagaflow_tests::wait_for_order(&order.order_id))
         .await
         .unwrap()
         .into_inner()
@@ -264,13 +258,7 @@ async fn a_deadline_shorter_than_an_injected_latency_ends_the_call_in_process() 
         .order_id;
     let started = Instant::now();
     let order = OrderServiceClient::new(traced(local.clone()))
-        .get_order(GetOrderRequest {
-            order_id: order_id.clone(),
-            wait: Some(prost_types::Duration {
-                seconds: 30,
-                nanos: 0,
-            }),
-        })
+        .get_order(sagaflow_tests::wait_for_order(&order_id))
         .await
         .unwrap()
         .into_inner()

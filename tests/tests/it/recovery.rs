@@ -13,8 +13,7 @@ use sagaflow_proto::{
         RestockRequest, UpsertProductRequest, inventory_service_client::InventoryServiceClient,
     },
     order::v1::{
-        GetOrderRequest, OrderLineRequest, OrderStatus, PlaceOrderRequest,
-        order_service_client::OrderServiceClient,
+        OrderLineRequest, OrderStatus, PlaceOrderRequest, order_service_client::OrderServiceClient,
     },
     workflow::v1::{GetSagaRequest, saga_admin_service_client::SagaAdminServiceClient},
 };
@@ -97,13 +96,7 @@ fn sagas_resume_after_sigkill_before_their_old_lease_would_expire() {
         let mut resumed = 0;
         for id in &ids {
             let order = orders
-                .get_order(GetOrderRequest {
-                    order_id: id.clone(),
-                    wait: Some(prost_types::Duration {
-                        seconds: 30,
-                        nanos: 0,
-                    }),
-                })
+                .get_order(sagaflow_tests::wait_for_order(id))
                 .await
                 .unwrap()
                 .into_inner()

@@ -150,11 +150,7 @@ async fn calls_wait_for_the_server_and_are_refused_once_it_shut_down() {
     let reply = call.await.unwrap().into_inner();
     assert_eq!(reply.status(), ServingStatus::Serving);
     // The same server answers the same over TCP.
-    let tcp = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let tcp = tcp_channel(&server).await;
     let reply = HealthClient::new(traced(tcp))
         .check(health())
         .await
@@ -185,11 +181,7 @@ async fn grpc_timeout_ends_a_hanging_call_as_over_tcp_and_drops_the_handler() {
     let local = InProcess::new();
     let dropped = Arc::new(AtomicBool::new(false));
     let server = start(&local, &dropped).await;
-    let tcp = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let tcp = tcp_channel(&server).await;
     for (how, transport) in [
         ("in-process", Transport::from(local.clone())),
         ("tcp", Transport::from(tcp)),
@@ -226,11 +218,7 @@ async fn a_panicking_handler_is_answered_cancelled_and_the_caller_lives_on() {
     let local = InProcess::new();
     let dropped = Arc::new(AtomicBool::new(false));
     let server = start(&local, &dropped).await;
-    let tcp = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let tcp = tcp_channel(&server).await;
     for (how, transport) in [
         ("in-process", Transport::from(local.clone())),
         ("tcp", Transport::from(tcp)),
@@ -255,4 +243,13 @@ async fn a_panicking_handler_is_answered_cancelled_and_the_caller_lives_on() {
         .unwrap();
     assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
     server.shutdown().await.unwrap();
+}
+
+/// A connected TCP channel to `server`, for comparing the in-process answer with TCP's.
+async fn tcp_channel(server: &sagaflow_server::grpc::ServerHandle) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
