@@ -12,7 +12,7 @@ use clap::ValueEnum;
 use sagaflow_orchestrator::{
     OrchestratorService, ServiceClients, StepPolicies, limits::DownstreamLimits, order_saga,
 };
-use sagaflow_order::relay::{self, OutboxRelay, RelayWaker};
+use sagaflow_order::relay::{self, RelayWaker};
 use sagaflow_payment::SimulatedGatewayConfig;
 use sagaflow_server::{Db, Migrations, transport::Transport};
 use sagaflow_workflow_engine::{Engine, SqlSagaStore, admin::SagaAdmin};
@@ -159,7 +159,7 @@ impl Service {
                     .with_shutdown(running.stop.clone())
                     .register(routes);
                 let r = &settings.relay;
-                let mut relay = OutboxRelay::new(
+                let mut relay = relay::grpc_relay(
                     db.clone(),
                     peers.orchestrator.clone(),
                     peers.ranking.clone(),

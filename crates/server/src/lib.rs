@@ -9,6 +9,8 @@
 //! - [`idempotency`]: the idempotency store of docs/architecture.md, "The service contract", and
 //!   its late-action rule ([`idempotency::late_action`]: tombstones, `COMPENSATED_BEFORE_ACTION`);
 //! - [`faults`]: the fault-injection tower layer for chaos tests;
+//! - [`outbox`] and [`relay`]: the transactional outbox of every service that publishes events,
+//!   and the relay that publishes it through a [`sagaflow_events::Publisher`];
 //! - [`retention`]: the background task that prunes expired records in bounded batches;
 //! - [`string_guard`]: the tower layer that refuses control characters in any string field;
 //! - [`grpc`]: the server with health, reflection (v1 and v1alpha) and graceful shutdown;
@@ -46,6 +48,8 @@ pub mod faults;
 mod group_commit;
 pub mod grpc;
 pub mod idempotency;
+pub mod outbox;
+pub mod relay;
 pub mod retention;
 pub mod stack;
 pub mod string_guard;

@@ -4,8 +4,7 @@
 
 use prost::Message;
 use sagaflow_proto::order::v1::{OrderCompletedEvent, OrderCreatedEvent, OrderFailedEvent};
-use sagaflow_server::db::now_ms;
-use sagaflow_telemetry::propagation;
+use sagaflow_server::outbox;
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
@@ -93,20 +92,12 @@ pub(crate) async fn append_as(
     aggregate_id: &str,
     event: &OrderEvent,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, sequence, event_type, payload, created_at, \
-         traceparent) \
-         SELECT $1, $2, COALESCE(MAX(sequence), 0) + 1, $3, $4, $5, $6 \
-         FROM outbox WHERE aggregate_id = $7",
+    outbox::append(
+        conn,
+        event_id,
+        aggregate_id,
+        event.event_type().as_str(),
+        event.encode(),
     )
-    .bind(event_id)
-    .bind(aggregate_id)
-    .bind(event.event_type().as_str())
-    .bind(event.encode())
-    .bind(now_ms())
-    .bind(propagation::current_traceparent())
-    .bind(aggregate_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await
 }

@@ -90,10 +90,14 @@ impl OrderServiceApi for OrderService {
         let request_id = req.request_id.clone();
         let event_id = Uuid::new_v4().to_string();
         // What the relay needs to deliver the event without reading it back.
-        let handed = self
-            .relay
-            .as_ref()
-            .map(|_| OutboxEvent::first(&event_id, &order.order_id, &created));
+        let handed = self.relay.as_ref().map(|_| {
+            OutboxEvent::first(
+                &event_id,
+                &order.order_id,
+                created.event_type().as_str(),
+                created.encode(),
+            )
+        });
         let stored_event_id = event_id.clone();
         let executed = idempotency::execute_detailed(&self.db, PLACE, &key, &req, move |conn| {
             Box::pin(async move {

@@ -1,619 +1,123 @@
-//! The order service's transactional outbox (docs/architecture.md, "Events").
+//! The order service's transactional outbox (docs/architecture.md, "Events"): the shared outbox
+//! of [`sagaflow_server::outbox`] with the order's [`OrderOutbox`] schema. Every order change that
+//! publishes an event (OrderCreated, OrderCompleted, OrderFailed) appends its row in the same
+//! transaction as the change; the relay ([`crate::relay`]) publishes the rows.
 //!
-//! Every order change that publishes an event (OrderCreated, OrderCompleted, OrderFailed) appends
-//! an outbox row **in the same transaction** as the change, so an event exists if and only if its
-//! change committed. The relay (`crate::relay`) delivers the rows at least once and marks them
-//! sent:
-//!
-//! ```text
-//!  loop {
-//!      let events = outbox::pending(&db, 256).await?;     // due rows, oldest first
-//!      for event in &events {
-//!          deliver(event), else outbox::retry_later(…) or outbox::dead_letter_refused(…)
-//!      }
-//!      outbox::mark_sent(&db, &ids_of(delivered)).await?;
-//!  }
-//! ```
-//!
-//! Rows are returned in `position` order, a number the database assigns on insert. Events of one
-//! order are written by transactions that each follow the previous one's commit (they change the
-//! same order row), so per order `position` order is `sequence` order (1, 2, …): a relay that
-//! delivers in the order given preserves the order of each aggregate's events.
-//!
-//! A failed delivery counts an attempt and sets the row's next attempt time ([`retry_later`]);
-//! [`pending`] returns only rows that are due, and none whose order has an earlier undelivered
-//! event that is not due yet, so failing events never hold up other orders and an order's events
-//! are still delivered in order. A row the relay gives up on is **dead-lettered** (`dead_at` and
-//! `last_error` set, never read again; [`dead_letters`] lists them): one that does not decode, at
-//! once; one its consumer refused definitely on every attempt ([`dead_letter_refused`]). When the
-//! dead-lettered row is an OrderCreated, its order is failed (reason INTERNAL) in the same
-//! transaction. [`prune_sent`] deletes delivered rows after the retention window.
-//!
-//! Each row also keeps the W3C `traceparent` of the span that wrote it (the command's handler),
-//! so the relay delivers the event within the trace of the request that caused it
-//! (docs/operations.md, "Watching"):
-//! OrderCreated carries the PlaceOrder trace on to the order saga. [`backlog`] measures what is
-//! still undelivered (the relay samples it for the metrics).
+//! The functions here are the shared ones bound to [`OrderOutbox`]; the rest are re-exported.
 
 use prost::Message;
+use sagaflow_events::Family;
 use sagaflow_proto::order::v1::{OrderCompletedEvent, OrderCreatedEvent, OrderFailedEvent};
-use sagaflow_server::{Db, ServiceError, db::now_ms};
-use sagaflow_telemetry::propagation;
+pub use sagaflow_server::outbox::{
+    Backlog, DEAD_LETTERED, DeadLetter, DeadLettered, OutboxError, OutboxEvent, backlog,
+    dead_letters, dead_letters_after, events_of, mark_sent, retry_later,
+};
+use sagaflow_server::{Db, ServiceError, outbox as shared};
 use sqlx::AnyConnection;
 
 use crate::domain::OrderStatus;
-
 pub use crate::events::{EventType, OrderEvent};
 
-/// One outbox row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxEvent {
-    /// Database-assigned delivery order (increasing).
-    pub position: i64,
-    /// UUID of the event: the consumer's inbox key.
-    pub event_id: String,
-    /// The order id.
-    pub aggregate_id: String,
-    /// 1, 2, … per aggregate.
-    pub sequence: i64,
-    /// What happened.
-    pub event_type: EventType,
-    /// The encoded `sagaflow.order.v1.<type>Event` message.
-    pub payload: Vec<u8>,
-    /// Unix milliseconds.
-    pub created_at_ms: i64,
-    /// Unix milliseconds; `None` until delivered.
-    pub sent_at_ms: Option<i64>,
-    /// W3C trace context of the span that wrote the event; `None` when tracing was off.
-    pub traceparent: Option<String>,
-    /// Failed deliveries so far.
-    pub attempts: i64,
-    /// Unix milliseconds from which the next delivery may be tried (0 for a new row).
-    pub next_attempt_at_ms: i64,
-    /// Whether a failed delivery may have reached the consumer's handler (docs/architecture.md,
-    /// "Events"): such an event is retried for as long as it fails, never dead-lettered.
-    pub in_doubt: bool,
-}
+/// The order's outbox schema: family [`Family::Order`], the three order event types, an
+/// OrderCreated's order failed when the event is dead-lettered, and a PENDING order's delivered
+/// rows kept (its next event takes its `sequence` from them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderOutbox;
 
-impl OutboxEvent {
-    /// The first event of aggregate `aggregate_id` (sequence 1) as [`crate::events::append_as`]
-    /// stores it under `event_id` now, with the current span's `traceparent`: what the relay's
-    /// hand-off lane delivers without reading the row back.
-    pub(crate) fn first(event_id: &str, aggregate_id: &str, event: &OrderEvent) -> Self {
-        let now = now_ms();
-        Self {
-            position: 0,
-            event_id: event_id.to_owned(),
-            aggregate_id: aggregate_id.to_owned(),
-            sequence: 1,
-            event_type: event.event_type(),
-            payload: event.encode(),
-            created_at_ms: now,
-            sent_at_ms: None,
-            traceparent: propagation::current_traceparent(),
-            attempts: 0,
-            next_attempt_at_ms: 0,
-            in_doubt: false,
+/// The event types the order writes, as stored.
+const EVENT_TYPES: [&str; 3] = ["OrderCreated", "OrderCompleted", "OrderFailed"];
+
+#[async_trait::async_trait]
+impl shared::OutboxSchema for OrderOutbox {
+    fn family(&self) -> Family {
+        Family::Order
+    }
+
+    fn event_types(&self) -> &'static [&'static str] {
+        &EVENT_TYPES
+    }
+
+    fn check(&self, event_type: &str, payload: &[u8]) -> Result<(), String> {
+        decode(event_type, payload).map(|_| ())
+    }
+
+    /// Fails the PENDING order of a dead-lettered OrderCreated (reason INTERNAL): no saga can
+    /// exist for it, since no delivery ever reached the orchestrator's handler except to be
+    /// refused (docs/architecture.md, "Events"). Other types change nothing.
+    async fn on_dead_letter(
+        &self,
+        conn: &mut AnyConnection,
+        event_type: &str,
+        order_id: &str,
+    ) -> Result<bool, ServiceError> {
+        if event_type != EventType::OrderCreated.as_str() {
+            return Ok(false);
         }
-    }
-
-    /// Decodes the payload as the message its type names.
-    ///
-    /// # Errors
-    /// The decode error when the payload is not that message.
-    pub fn decode(&self) -> Result<OrderEvent, prost::DecodeError> {
-        let bytes = self.payload.as_slice();
-        Ok(match self.event_type {
-            EventType::OrderCreated => OrderEvent::Created(OrderCreatedEvent::decode(bytes)?),
-            EventType::OrderCompleted => OrderEvent::Completed(OrderCompletedEvent::decode(bytes)?),
-            EventType::OrderFailed => OrderEvent::Failed(OrderFailedEvent::decode(bytes)?),
-        })
-    }
-}
-
-/// Errors of the outbox API.
-#[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
-    /// The database failed (see [`sagaflow_server::db::is_transient`] to decide on a retry).
-    #[error("outbox database: {0}")]
-    Database(#[from] sqlx::Error),
-    /// Failing the order of a dead-lettered OrderCreated failed for a reason that may pass (its
-    /// database was unavailable); nothing was written.
-    #[error("failing the order of a dead-lettered event: {0}")]
-    FailOrder(ServiceError),
-    /// A row's payload is not the message its type names.
-    #[error("outbox event {event_id} does not decode: {reason}")]
-    Undecodable {
-        /// The row's event id.
-        event_id: String,
-        /// The decode error.
-        reason: String,
-    },
-    /// A row holds an event type this version does not know (a newer writer).
-    #[error("outbox event {event_id} has unknown type {event_type:?}")]
-    UnknownType {
-        /// The row's event id.
-        event_id: String,
-        /// The stored type.
-        event_type: String,
-    },
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct OutboxRow {
-    position: i64,
-    event_id: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    payload: Vec<u8>,
-    created_at: i64,
-    sent_at: Option<i64>,
-    traceparent: Option<String>,
-    attempts: i64,
-    next_attempt_at: i64,
-    in_doubt: i64,
-}
-
-/// The columns of [`OutboxRow`], qualified by the table alias `o`.
-const ROW_COLUMNS: &str = "o.position, o.event_id, o.aggregate_id, o.sequence, o.event_type, \
-     o.payload, o.created_at, o.sent_at, o.traceparent, o.attempts, o.next_attempt_at, o.in_doubt";
-
-impl TryFrom<OutboxRow> for OutboxEvent {
-    type Error = OutboxError;
-
-    fn try_from(row: OutboxRow) -> Result<Self, OutboxError> {
-        let event_type =
-            EventType::parse(&row.event_type).ok_or_else(|| OutboxError::UnknownType {
-                event_id: row.event_id.clone(),
-                event_type: row.event_type.clone(),
-            })?;
-        Ok(Self {
-            position: row.position,
-            event_id: row.event_id,
-            aggregate_id: row.aggregate_id,
-            sequence: row.sequence,
-            event_type,
-            payload: row.payload,
-            created_at_ms: row.created_at,
-            sent_at_ms: row.sent_at,
-            traceparent: row.traceparent,
-            attempts: row.attempts,
-            next_attempt_at_ms: row.next_attempt_at,
-            in_doubt: row.in_doubt != 0,
-        })
-    }
-}
-
-/// Counter: outbox events set aside because they can never be delivered (label `event_type`).
-pub const DEAD_LETTERED: &str = "sagaflow_outbox_dead_lettered_total";
-
-/// Up to `limit` undelivered events that are due now, oldest first (`position` order; per
-/// aggregate, `sequence` order). A `limit` below 1 returns nothing.
-///
-/// Due: not sent, not dead-lettered, `next_attempt_at` reached, and no earlier undelivered,
-/// not dead-lettered event of the same order is waiting for its next attempt. So rows in backoff
-/// never take the places of other orders' events, and a later event of an order is returned only
-/// together with (after) every earlier undelivered one, which keeps per-order order for a relay
-/// that stops an order's deliveries at its first failure.
-///
-/// Rows are decoded one by one: a row whose type or payload does not decode is dead-lettered
-/// (`dead_at` and `last_error` set, counted in [`DEAD_LETTERED`], an `ALERT` logged; an
-/// OrderCreated's order is failed in the same transaction, as by [`dead_letter_refused`]) and
-/// skipped, so that it never stalls the events behind it; dead-lettered rows are never read again.
-///
-/// # Errors
-/// [`OutboxError::Database`] when the database fails; [`OutboxError::FailOrder`] when failing the
-/// order of an undecodable OrderCreated failed for a reason that may pass.
-pub async fn pending(db: &Db, limit: i64) -> Result<Vec<OutboxEvent>, OutboxError> {
-    if limit < 1 {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT {ROW_COLUMNS} FROM outbox o \
-         WHERE o.sent_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= $1 \
-         AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.aggregate_id = o.aggregate_id \
-             AND e.sequence < o.sequence AND e.sent_at IS NULL AND e.dead_at IS NULL \
-             AND e.next_attempt_at > $2) \
-         ORDER BY o.position LIMIT $3"
-    );
-    // A round of rows that were all dead-lettered reads on, up to a bound, so that a run of bad
-    // rows does not delay the good ones behind it by a poll interval each.
-    for _ in 0..MAX_DEAD_LETTER_ROUNDS {
-        let now = now_ms();
-        let rows: Vec<OutboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(now)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(db.pool())
-            .await?;
-        let read = rows.len();
-        let mut events = Vec::with_capacity(read);
-        for row in rows {
-            let (event_id, event_type) = (row.event_id.clone(), row.event_type.clone());
-            let (aggregate_id, attempts, in_doubt) =
-                (row.aggregate_id.clone(), row.attempts, row.in_doubt != 0);
-            let decoded = OutboxEvent::try_from(row).and_then(|event| match event.decode() {
-                Ok(_) => Ok(event),
-                Err(err) => Err(OutboxError::Undecodable {
-                    event_id: event.event_id,
-                    reason: err.to_string(),
-                }),
-            });
-            match decoded {
-                Ok(event) => events.push(event),
-                Err(err) => {
-                    let target = DeadLetterTarget {
-                        event_id: &event_id,
-                        aggregate_id: &aggregate_id,
-                        event_type: &event_type,
-                        attempts,
-                        in_doubt,
-                    };
-                    set_aside(db, &target, attempts, &err.to_string()).await?;
-                }
+        match crate::commands::fail_undeliverable(conn, order_id).await? {
+            Some(OrderStatus::Pending) => Ok(true),
+            Some(OrderStatus::Failed) | None => Ok(false),
+            Some(OrderStatus::Completed) => {
+                tracing::error!(
+                    order_id,
+                    "ALERT: the OrderCreated of a COMPLETED order was refused on every delivery"
+                );
+                Ok(false)
             }
         }
-        if !events.is_empty() || read == 0 {
-            return Ok(events);
-        }
     }
-    Ok(Vec::new())
+
+    fn keep_delivered(&self) -> Option<&'static str> {
+        Some(
+            "EXISTS (SELECT 1 FROM orders r \
+             WHERE r.order_id = o.aggregate_id AND r.status = 'PENDING')",
+        )
+    }
 }
 
-/// How many all-bad batches [`pending`] reads past in one call.
-const MAX_DEAD_LETTER_ROUNDS: usize = 8;
-
-/// Records a failed delivery of `event` that will be tried again: one more attempt, the next
-/// attempt not before `next_attempt_at_ms` (unix ms), `in_doubt` kept once set, `error` as
-/// `last_error`. Returns false (nothing written) when the row was delivered, dead-lettered or
-/// retried by someone else since it was read (its `attempts` moved).
+/// Decodes an order event of the stored type `event_type` from `payload`.
 ///
 /// # Errors
-/// [`OutboxError::Database`] when the database fails.
-pub async fn retry_later(
-    db: &Db,
-    event: &OutboxEvent,
-    in_doubt: bool,
-    next_attempt_at_ms: i64,
-    error: &str,
-) -> Result<bool, OutboxError> {
-    let updated = sqlx::query(
-        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, \
-         in_doubt = CASE WHEN $2 = 1 THEN 1 ELSE in_doubt END, last_error = $3 \
-         WHERE event_id = $4 AND sent_at IS NULL AND dead_at IS NULL AND attempts = $5",
-    )
-    .bind(next_attempt_at_ms)
-    .bind(i64::from(in_doubt))
-    .bind(error.to_owned())
-    .bind(event.event_id.clone())
-    .bind(event.attempts)
-    .execute(db.pool())
-    .await?
-    .rows_affected();
-    Ok(updated == 1)
+/// Why not: an unknown type, or a payload that is not that type's message.
+pub fn decode(event_type: &str, payload: &[u8]) -> Result<OrderEvent, String> {
+    let decoded = match EventType::parse(event_type) {
+        Some(EventType::OrderCreated) => {
+            OrderCreatedEvent::decode(payload).map(OrderEvent::Created)
+        }
+        Some(EventType::OrderCompleted) => {
+            OrderCompletedEvent::decode(payload).map(OrderEvent::Completed)
+        }
+        Some(EventType::OrderFailed) => OrderFailedEvent::decode(payload).map(OrderEvent::Failed),
+        None => return Err(format!("unknown order event type {event_type:?}")),
+    };
+    decoded.map_err(|err| format!("{event_type} payload does not decode: {err}"))
 }
 
-/// What [`dead_letter_refused`] (and the dead-lettering of an undecodable row) did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadLettered {
-    /// Nothing: the row was delivered, dead-lettered, retried by someone else or found in doubt
-    /// since it was read.
-    Unchanged,
-    /// The row was dead-lettered.
-    Event,
-    /// The row (an OrderCreated) was dead-lettered and its PENDING order failed with reason
-    /// INTERNAL, with its OrderFailed event, in one transaction.
-    EventAndOrder,
-}
-
-/// Dead-letters `event` after a failed delivery that made it `attempts + 1` failed attempts, all
-/// of them definite: `last_error` = `reason`, counted in [`DEAD_LETTERED`], an `ALERT` logged.
-/// For an OrderCreated, the order is failed (reason INTERNAL, status history row and OrderFailed
-/// event) in the same transaction, if it is still PENDING: no saga can exist for it, since no
-/// delivery ever reached the orchestrator's handler except to be refused (docs/architecture.md,
-/// "Events"). Guarded: nothing changes unless the row is still undelivered, not dead-lettered,
-/// not in doubt and at the `attempts` it was read with.
+/// [`shared::pending`] of the order's outbox.
 ///
 /// # Errors
-/// [`OutboxError::Database`] when the database fails; [`OutboxError::FailOrder`] when failing the
-/// order failed for a reason that may pass (nothing was written).
+/// As [`shared::pending`].
+pub async fn pending(db: &Db, limit: i64) -> Result<Vec<OutboxEvent>, OutboxError> {
+    shared::pending(db, &OrderOutbox, limit).await
+}
+
+/// [`shared::dead_letter_refused`] of the order's outbox.
+///
+/// # Errors
+/// As [`shared::dead_letter_refused`].
 pub async fn dead_letter_refused(
     db: &Db,
     event: &OutboxEvent,
     reason: &str,
 ) -> Result<DeadLettered, OutboxError> {
-    let target = DeadLetterTarget {
-        event_id: &event.event_id,
-        aggregate_id: &event.aggregate_id,
-        event_type: event.event_type.as_str(),
-        attempts: event.attempts,
-        in_doubt: false,
-    };
-    set_aside(db, &target, event.attempts.saturating_add(1), reason).await
+    shared::dead_letter_refused(db, &OrderOutbox, event, reason).await
 }
 
-/// The row [`set_aside`] dead-letters, as read.
-struct DeadLetterTarget<'a> {
-    event_id: &'a str,
-    aggregate_id: &'a str,
-    /// The stored type text (perhaps one this version does not know).
-    event_type: &'a str,
-    /// `attempts` as read: the guard.
-    attempts: i64,
-    /// `in_doubt` as read: also the guard. An event in doubt is dead-lettered only when it does
-    /// not decode, and its order is never failed.
-    in_doubt: bool,
-}
-
-/// Dead-letters `target` with `attempts` and `reason`, failing an OrderCreated's order in the
-/// same transaction unless the event is in doubt (see [`dead_letter_refused`]). An order that
-/// cannot be failed for a reason that will not pass (a row this version cannot read) does not
-/// keep the event alive: the event is dead-lettered alone, with that reason added.
-async fn set_aside(
-    db: &Db,
-    target: &DeadLetterTarget<'_>,
-    attempts: i64,
-    reason: &str,
-) -> Result<DeadLettered, OutboxError> {
-    let fails_order = target.event_type == EventType::OrderCreated.as_str() && !target.in_doubt;
-    let mut reason = reason.to_owned();
-    let mut tx = db.begin().await?;
-    let mut outcome = mark_dead(&mut tx, target, attempts, &reason).await?;
-    if outcome == DeadLettered::Event && fails_order {
-        match crate::commands::fail_undeliverable(&mut tx, target.aggregate_id).await {
-            Ok(Some(OrderStatus::Pending)) => outcome = DeadLettered::EventAndOrder,
-            Ok(Some(OrderStatus::Failed) | None) => {}
-            Ok(Some(OrderStatus::Completed)) => tracing::error!(
-                event_id = target.event_id,
-                order_id = target.aggregate_id,
-                "ALERT: the OrderCreated of a COMPLETED order was refused on every delivery"
-            ),
-            Err(err @ ServiceError::Unavailable(_)) => {
-                tx.rollback().await?;
-                return Err(OutboxError::FailOrder(err));
-            }
-            Err(err) => {
-                // Start over without failing the order: the transaction holds the order's
-                // partial writes.
-                tx.rollback().await?;
-                reason = format!("{reason}; the order could not be failed: {err}");
-                tx = db.begin().await?;
-                outcome = mark_dead(&mut tx, target, attempts, &reason).await?;
-            }
-        }
-    }
-    tx.commit().await?;
-    if outcome != DeadLettered::Unchanged {
-        tracing::error!(
-            event_id = target.event_id,
-            order_id = target.aggregate_id,
-            event_type = target.event_type,
-            attempts,
-            reason,
-            order_failed = outcome == DeadLettered::EventAndOrder,
-            "ALERT: outbox event cannot be delivered; dead-lettered"
-        );
-        metrics::counter!(DEAD_LETTERED, "event_type" => target.event_type.to_owned()).increment(1);
-    }
-    Ok(outcome)
-}
-
-/// The guarded `UPDATE` of [`set_aside`]: [`DeadLettered::Event`] when the row was marked.
-async fn mark_dead(
-    conn: &mut AnyConnection,
-    target: &DeadLetterTarget<'_>,
-    attempts: i64,
-    reason: &str,
-) -> Result<DeadLettered, OutboxError> {
-    let updated = sqlx::query(
-        "UPDATE outbox SET dead_at = $1, last_error = $2, attempts = $3 \
-         WHERE event_id = $4 AND sent_at IS NULL AND dead_at IS NULL AND attempts = $5 \
-         AND in_doubt = $6",
-    )
-    .bind(now_ms())
-    .bind(reason.to_owned())
-    .bind(attempts)
-    .bind(target.event_id.to_owned())
-    .bind(target.attempts)
-    .bind(i64::from(target.in_doubt))
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(if updated == 1 {
-        DeadLettered::Event
-    } else {
-        DeadLettered::Unchanged
-    })
-}
-
-/// A dead-lettered event: its id, order, type and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// Database-assigned delivery order: the listing's page key.
-    pub position: i64,
-    /// The event id.
-    pub event_id: String,
-    /// The order id.
-    pub aggregate_id: String,
-    /// 1, 2, … per aggregate.
-    pub sequence: i64,
-    /// The stored type.
-    pub event_type: String,
-    /// Failed delivery attempts (0 when the payload never decoded).
-    pub attempts: i64,
-    /// Unix ms the event was written.
-    pub created_at_ms: i64,
-    /// Unix ms it was set aside.
-    pub dead_at_ms: i64,
-    /// Why.
-    pub reason: String,
-}
-
-/// Up to `limit` dead-lettered events, oldest first.
+/// [`shared::prune_sent`] of the order's outbox.
 ///
 /// # Errors
-/// [`OutboxError::Database`] when the database fails.
-pub async fn dead_letters(db: &Db, limit: i64) -> Result<Vec<DeadLetter>, OutboxError> {
-    dead_letters_after(db, 0, limit).await
-}
-
-/// Up to `limit` dead-lettered events with a `position` above `after`, oldest first (a page of
-/// the listing; `after` 0 for the first).
-///
-/// # Errors
-/// [`OutboxError::Database`] when the database fails.
-pub async fn dead_letters_after(
-    db: &Db,
-    after: i64,
-    limit: i64,
-) -> Result<Vec<DeadLetter>, OutboxError> {
-    type Row = (
-        i64,
-        String,
-        String,
-        i64,
-        String,
-        i64,
-        i64,
-        i64,
-        Option<String>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT position, event_id, aggregate_id, sequence, event_type, attempts, created_at, \
-         dead_at, last_error FROM outbox \
-         WHERE dead_at IS NOT NULL AND position > $1 ORDER BY position LIMIT $2",
-    )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(db.pool())
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                position,
-                event_id,
-                aggregate_id,
-                sequence,
-                event_type,
-                attempts,
-                created_at_ms,
-                dead_at_ms,
-                reason,
-            )| DeadLetter {
-                position,
-                event_id,
-                aggregate_id,
-                sequence,
-                event_type,
-                attempts,
-                created_at_ms,
-                dead_at_ms,
-                reason: reason.unwrap_or_default(),
-            },
-        )
-        .collect())
-}
-
-/// Every event of one aggregate (order), delivered or not, in `sequence` order.
-///
-/// # Errors
-/// As [`pending`].
-pub async fn events_of(db: &Db, aggregate_id: &str) -> Result<Vec<OutboxEvent>, OutboxError> {
-    let sql =
-        format!("SELECT {ROW_COLUMNS} FROM outbox o WHERE o.aggregate_id = $1 ORDER BY o.sequence");
-    let rows: Vec<OutboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(aggregate_id)
-        .fetch_all(db.pool())
-        .await?;
-    rows.into_iter().map(OutboxEvent::try_from).collect()
-}
-
-/// Marks the events with these ids as delivered, one statement per 256 ids. Ids that are
-/// unknown, already marked or dead-lettered are skipped; returns how many rows were marked now.
-///
-/// # Errors
-/// [`OutboxError::Database`] when the database fails (the chunks before it stay marked: their
-/// events were delivered; the rest are delivered again, which every consumer ignores).
-pub async fn mark_sent(db: &Db, event_ids: &[String]) -> Result<u64, OutboxError> {
-    if event_ids.is_empty() {
-        return Ok(0);
-    }
-    // One statement (and one commit) per chunk instead of one per event: each statement is a
-    // round trip to the database (on SQLite, a hop to its worker thread).
-    let now = now_ms();
-    let mut marked = 0;
-    for chunk in event_ids.chunks(MARK_SENT_CHUNK) {
-        let placeholders = (2..chunk.len() + 2)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "UPDATE outbox SET sent_at = $1 \
-             WHERE event_id IN ({placeholders}) AND sent_at IS NULL AND dead_at IS NULL"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-        for event_id in chunk {
-            query = query.bind(event_id);
-        }
-        marked += query.execute(db.pool()).await?.rows_affected();
-    }
-    Ok(marked)
-}
-
-/// Event ids per `UPDATE` of [`mark_sent`] (well below SQLite's 32,766 bound parameters).
-const MARK_SENT_CHUNK: usize = 256;
-
-/// Deletes up to `limit` delivered rows sent before `sent_before_ms` (unix ms), oldest first,
-/// and returns how many it deleted. Rows of an order that is still PENDING are kept: its next
-/// event takes its `sequence` from them. Undelivered and dead-lettered rows are never deleted.
-///
-/// # Errors
-/// [`OutboxError::Database`] when the database fails (nothing was deleted).
+/// As [`shared::prune_sent`].
 pub async fn prune_sent(db: &Db, sent_before_ms: i64, limit: i64) -> Result<u64, OutboxError> {
-    if limit < 1 {
-        return Ok(0);
-    }
-    let deleted = sqlx::query(
-        "DELETE FROM outbox WHERE position IN (\
-             SELECT o.position FROM outbox o \
-             WHERE o.sent_at IS NOT NULL AND o.sent_at < $1 \
-             AND NOT EXISTS (SELECT 1 FROM orders r \
-                 WHERE r.order_id = o.aggregate_id AND r.status = 'PENDING') \
-             ORDER BY o.sent_at LIMIT $2)",
-    )
-    .bind(sent_before_ms)
-    .bind(limit)
-    .execute(db.pool())
-    .await?
-    .rows_affected();
-    Ok(deleted)
-}
-
-/// Undelivered events: how many, and when the oldest was written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Backlog {
-    /// Events not yet marked sent (and not dead-lettered), in backoff or not.
-    pub pending: i64,
-    /// Unix ms of the oldest of them; `None` when there are none.
-    pub oldest_created_at_ms: Option<i64>,
-}
-
-/// The undelivered events' count and oldest creation time (one query over the pending index).
-///
-/// # Errors
-/// [`OutboxError::Database`] when the database fails.
-pub async fn backlog(db: &Db) -> Result<Backlog, OutboxError> {
-    let (pending, oldest_created_at_ms): (i64, Option<i64>) = sqlx::query_as(
-        "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL AND dead_at IS NULL",
-    )
-    .fetch_one(db.pool())
-    .await?;
-    Ok(Backlog {
-        pending,
-        oldest_created_at_ms,
-    })
+    shared::prune_sent(db, &OrderOutbox, sent_before_ms, limit).await
 }
 
 #[cfg(test)]
@@ -628,6 +132,7 @@ mod tests {
             EventType::OrderFailed,
         ] {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert!(EVENT_TYPES.contains(&t.as_str()));
         }
         assert_eq!(EventType::parse("OrderShipped"), None);
     }
@@ -635,20 +140,9 @@ mod tests {
     #[test]
     fn payload_decodes_as_its_type() {
         let event = OrderEvent::Failed(OrderFailedEvent { order: None });
-        let row = OutboxEvent {
-            position: 1,
-            event_id: "e".into(),
-            aggregate_id: "o".into(),
-            sequence: 1,
-            event_type: event.event_type(),
-            payload: event.encode(),
-            created_at_ms: 0,
-            sent_at_ms: None,
-            traceparent: None,
-            attempts: 0,
-            next_attempt_at_ms: 0,
-            in_doubt: false,
-        };
-        assert_eq!(row.decode().unwrap(), event);
+        let row = OutboxEvent::first("e", "o", event.event_type().as_str(), event.encode());
+        assert_eq!(decode(&row.event_type, &row.payload), Ok(event));
+        assert!(decode("OrderShipped", &row.payload).is_err());
+        assert!(decode("OrderCreated", &[0xff, 0xff]).is_err());
     }
 }

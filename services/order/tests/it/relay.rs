@@ -20,7 +20,7 @@ use std::{
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sagaflow_order::{
     outbox,
-    relay::{OutboxRelay, RelayWaker, RetryPolicy},
+    relay::{self, OutboxRelay, RelayWaker, RetryPolicy},
 };
 use sagaflow_proto::{
     orchestrator::v1::{
@@ -212,7 +212,7 @@ fn relay_to(t: &TestOrder, url: &str, poll: Duration, retry: RetryPolicy) -> Out
     let channel = Endpoint::from_shared(url.to_owned())
         .unwrap()
         .connect_lazy();
-    OutboxRelay::new(
+    relay::grpc_relay(
         t.db.clone(),
         channel.clone(),
         channel,
@@ -403,7 +403,10 @@ async fn refused_events_at_the_head_do_not_block_new_orders(kind: Kind) {
     );
     let events = outbox::events_of(&t.db, &refused[0]).await.unwrap();
     assert_eq!(events.len(), 2);
-    assert_eq!(events[1].event_type, outbox::EventType::OrderFailed);
+    assert_eq!(
+        events[1].event_type,
+        outbox::EventType::OrderFailed.as_str()
+    );
     assert!(events[1].sent_at_ms.is_some());
 
     // The others completed; per-order order was kept, the flaky one's included.
@@ -681,7 +684,7 @@ async fn a_new_order_does_not_wait_for_a_round_in_flight(kind: Kind) {
         .unwrap()
         .connect_lazy();
     // Polls only once a minute: nothing but the first round and the hand-off lane delivers.
-    let relay = OutboxRelay::new(
+    let relay = relay::grpc_relay(
         t.db.clone(),
         channel.clone(),
         channel,

@@ -1,5 +1,5 @@
-//! The relay's hand-off lane (docs/architecture.md, "Events"): an OrderCreated committed by
-//! PlaceOrder is handed to the relay in memory ([`super::RelayWaker::hand_over`]) and delivered at
+//! The relay's hand-off lane (docs/architecture.md, "Events"): an event committed by a
+//! command (PlaceOrder's OrderCreated) is handed to the relay in memory ([`super::RelayWaker::hand_over`]) and delivered at
 //! once, concurrently with any round in flight, instead of waiting for the round to end and the
 //! next one to read it back. The row stays the truth: the lane marks it sent after the delivery
 //! (batched: one statement for every delivery that finished meanwhile), and anything the lane
@@ -30,7 +30,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{DELIVERED, DELIVERY_CONCURRENCY, Failure, LABEL_EVENT_TYPE, OutboxRelay, earliest};
-use crate::outbox::{self, EventType, OutboxEvent};
+use crate::outbox::{self, OutboxEvent};
 
 /// Events waiting in the hand-off queue at most; past that an event is left to a round.
 const HANDOFF_CAP: usize = 4_096;
@@ -116,7 +116,7 @@ impl Drop for Claimed<'_> {
 /// A delivery the lane finished: marked sent by the marker, then released.
 struct Delivered {
     event_id: String,
-    event_type: EventType,
+    event_type: String,
     order_id: String,
 }
 
@@ -202,7 +202,7 @@ impl OutboxRelay {
             match outbox::mark_sent(&self.db, &ids).await {
                 Ok(_) => {
                     for delivered in &batch {
-                        counter!(DELIVERED, LABEL_EVENT_TYPE => delivered.event_type.as_str())
+                        counter!(DELIVERED, LABEL_EVENT_TYPE => delivered.event_type.clone())
                             .increment(1);
                     }
                 }
