@@ -200,7 +200,7 @@ impl inventory_service_server::InventoryService for InventoryService {
             req.sku.clone(),
             i64::from(req.quantity),
         );
-        respond(
+        let response = respond(
             &self.db,
             "inventory.Restock",
             &req.idempotency_key,
@@ -214,7 +214,9 @@ impl inventory_service_server::InventoryService for InventoryService {
                 })
             },
         )
-        .await
+        .await?;
+        self.wake_relay();
+        Ok(response)
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
@@ -229,7 +231,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         v.finish()?;
         let backend = self.db.backend();
         let taken = req.lines.clone();
-        respond(
+        let response = respond(
             &self.db,
             "inventory.DeductInventory",
             &req.idempotency_key,
@@ -241,7 +243,9 @@ impl inventory_service_server::InventoryService for InventoryService {
                 })
             },
         )
-        .await
+        .await?;
+        self.wake_relay();
+        Ok(response)
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
@@ -254,7 +258,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
         let backend = self.db.backend();
-        respond(
+        let response = respond(
             &self.db,
             "inventory.RestoreInventory",
             &req.idempotency_key,
@@ -268,6 +272,8 @@ impl inventory_service_server::InventoryService for InventoryService {
                 })
             },
         )
-        .await
+        .await?;
+        self.wake_relay();
+        Ok(response)
     }
 }

@@ -30,11 +30,12 @@
 //! goes negative (also enforced by `CHECK (stock >= 0)`).
 
 pub mod domain;
+pub mod events;
 mod grpc;
 mod store;
 
 use sagaflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use sagaflow_server::Db;
+use sagaflow_server::{Db, relay::RelayWaker};
 
 /// The fully-qualified gRPC service name (for health and reflection).
 pub const SERVICE_NAME: &str = "sagaflow.inventory.v1.InventoryService";
@@ -52,12 +53,29 @@ sagaflow_server::service_migrations!(
 #[derive(Clone, Debug)]
 pub struct InventoryService {
     db: Db,
+    /// Wakes the outbox relay after a commit that wrote events.
+    relay: Option<RelayWaker>,
 }
 
 impl InventoryService {
     /// A service over `db`, which must have been opened with [`migrations`].
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, relay: None }
+    }
+
+    /// The same service, waking `relay` after every command that wrote events to the outbox
+    /// (DeductInventory, RestoreInventory, Restock), so they are published at once instead of
+    /// at the relay's next poll.
+    pub fn with_relay_waker(mut self, relay: RelayWaker) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    /// Wakes the relay, if one is attached.
+    fn wake_relay(&self) {
+        if let Some(relay) = &self.relay {
+            relay.wake();
+        }
     }
 
     /// Adds the service to a tonic router (`InventoryServiceServer::new(self)`).

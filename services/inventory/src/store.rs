@@ -15,7 +15,14 @@ use sagaflow_server::{
 };
 use sqlx::AnyConnection;
 
-use crate::domain::{self, Rejection, ReservationStatus, StockLine};
+use sagaflow_proto::inventory::v1::{
+    InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent,
+};
+
+use crate::{
+    domain::{self, Rejection, ReservationStatus, StockLine},
+    events::{self, InventoryEvent},
+};
 
 /// A `products` row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -133,8 +140,8 @@ async fn set_stock(conn: &mut AnyConnection, sku: &str, stock: i64) -> Result<()
     Ok(())
 }
 
-/// Restock's effect: adds `quantity` units to `sku` and records the restock in the ledger under
-/// `key`.
+/// Restock's effect: adds `quantity` units to `sku`, records the restock in the ledger under
+/// `key` and appends its InventoryRestocked event to the outbox.
 ///
 /// # Errors
 /// `NOT_FOUND` for an unknown sku; `INVALID_ARGUMENT` naming `quantity` when the stock would
@@ -163,8 +170,14 @@ pub(crate) async fn restock(
     .bind(sku)
     .bind(quantity)
     .bind(now_ms())
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    let event = InventoryEvent::Restocked(InventoryRestockedEvent {
+        sku: sku.to_owned(),
+        delta: quantity,
+        stock_after: stock,
+    });
+    events::append(conn, &event).await?;
     product.stock = stock;
     Ok(product)
 }
@@ -186,7 +199,7 @@ fn reservation(status: ReservationStatus) -> [(&'static str, Value<'static>); 1]
 /// DeductInventory's effect: takes every line for `order_id`, or none.
 ///
 /// Locks the product rows in sku order ([`domain::lock_order`]), checks every line, then takes
-/// the stock and records the reservation with its lines.
+/// the stock and records the reservation with its lines and an InventoryDeducted event per line.
 ///
 /// # Errors
 /// `FAILED_PRECONDITION` `COMPENSATED_BEFORE_ACTION` / `ORDER_ALREADY_DEDUCTED` when the order
@@ -229,8 +242,22 @@ pub(crate) async fn deduct(
             .bind(line.quantity)
             .execute(&mut *conn)
             .await?;
+        let event = InventoryEvent::Deducted(InventoryDeductedEvent {
+            sku: line.sku.clone(),
+            order_id: order_id.to_owned(),
+            quantity: units(line.quantity)?,
+            stock_after: left,
+        });
+        events::append(conn, &event).await?;
     }
     Ok(())
+}
+
+/// A line's units as the events carry them (requests take `int32` quantities, so a stored line
+/// always fits).
+fn units(quantity: i64) -> Result<i32, ServiceError> {
+    i32::try_from(quantity)
+        .map_err(|_| ServiceError::Internal(anyhow::anyhow!("a stock line of {quantity} units")))
 }
 
 /// A domain rejection of a command for `order_id` as FAILED_PRECONDITION with its reason and
@@ -243,8 +270,8 @@ fn rejected(order_id: &str, rejection: &Rejection) -> ServiceError {
     }
 }
 
-/// RestoreInventory's effect: gives back exactly what `order_id` took and marks its reservation
-/// RELEASED; records a RELEASED tombstone when the order took nothing. Returns the lines given
+/// RestoreInventory's effect: gives back exactly what `order_id` took (an InventoryRestored
+/// event per line) and marks its reservation RELEASED; records a RELEASED tombstone when the order took nothing. Returns the lines given
 /// back by this call (empty for a tombstone or an already released reservation).
 ///
 /// # Errors
@@ -294,6 +321,13 @@ pub(crate) async fn restore(
             )));
         };
         set_stock(conn, &line.sku, stock).await?;
+        let event = InventoryEvent::Restored(InventoryRestoredEvent {
+            sku: line.sku.clone(),
+            order_id: order_id.to_owned(),
+            quantity: units(line.quantity)?,
+            stock_after: stock,
+        });
+        events::append(conn, &event).await?;
     }
     sqlx::query("UPDATE reservations SET status = $1, updated_at = $2 WHERE order_id = $3")
         .bind(ReservationStatus::Released.as_str())

@@ -2,12 +2,14 @@
 //! reasons, idempotent repeats, and the late-action rule (docs/architecture.md, step 3 of "The
 //! order saga" and "The service contract").
 
+use sagaflow_inventory::events::{InventoryEvent, InventoryOutbox};
 use sagaflow_proto::inventory::v1::{
     BatchGetProductsRequest, DeductInventoryRequest, DeductInventoryResponse, GetProductRequest,
-    ListProductsRequest, Product, RestockRequest, RestoreInventoryRequest, StockLine,
-    UpsertProductRequest,
+    InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent, ListProductsRequest,
+    Product, RestockRequest, RestoreInventoryRequest, StockLine, UpsertProductRequest,
 };
 use sagaflow_server::error::violated_fields;
+use sagaflow_server::outbox;
 use sagaflow_testkit::{Kind, service::assert_reason};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -452,7 +454,113 @@ async fn list_pages_through_every_product(kind: Kind) {
     assert_eq!(violated_fields(&err), ["page_token"]);
 }
 
+/// Every stock change appends one event per sku it touched, in its own transaction
+/// (docs/architecture.md, "Events"): per sku the sequence runs 1, 2, … and `stock_after` is the
+/// stock the change left; a rejected or repeated command appends nothing.
+async fn stock_changes_append_their_events_in_the_same_transaction(kind: Kind) {
+    let h = Harness::start(kind, "inv_events").await;
+    h.product("KB-1", 10).await;
+    h.product("MS-1", 3).await;
+    let mut c = h.client.clone();
+    let order = order_id();
+    let lines = vec![line("MS-1", 3), line("KB-1", 2)];
+    c.deduct_inventory(deduct("saga:deduct", &order, lines.clone()))
+        .await
+        .unwrap();
+    // Repeated: replayed from the idempotency store, no second event.
+    c.deduct_inventory(deduct("saga:deduct", &order, lines))
+        .await
+        .unwrap();
+    // Rejected (out of stock): no stock change, no event (the rejection itself is recorded under
+    // its key, as the service contract asks).
+    let before = h.snapshot().await;
+    let err = c
+        .deduct_inventory(deduct("saga:other", &order_id(), vec![line("MS-1", 1)]))
+        .await
+        .unwrap_err();
+    assert_reason(&err, Code::FailedPrecondition, "OUT_OF_STOCK");
+    let after = h.snapshot().await;
+    assert_eq!(
+        (after.products, after.outbox),
+        (before.products, before.outbox)
+    );
+    c.restore_inventory(restore("saga:restore", &order))
+        .await
+        .unwrap();
+
+    let kb: Vec<(i64, InventoryEvent)> = h.events("KB-1").await;
+    assert_eq!(
+        kb,
+        vec![
+            (
+                1,
+                InventoryEvent::Restocked(InventoryRestockedEvent {
+                    sku: "KB-1".into(),
+                    delta: 10,
+                    stock_after: 10,
+                })
+            ),
+            (
+                2,
+                InventoryEvent::Deducted(InventoryDeductedEvent {
+                    sku: "KB-1".into(),
+                    order_id: order.clone(),
+                    quantity: 2,
+                    stock_after: 8,
+                })
+            ),
+            (
+                3,
+                InventoryEvent::Restored(InventoryRestoredEvent {
+                    sku: "KB-1".into(),
+                    order_id: order.clone(),
+                    quantity: 2,
+                    stock_after: 10,
+                })
+            ),
+        ]
+    );
+    let ms: Vec<(i64, String)> = h
+        .events("MS-1")
+        .await
+        .into_iter()
+        .map(|(sequence, e)| (sequence, e.event_type().to_owned()))
+        .collect();
+    assert_eq!(
+        ms,
+        [
+            (1, "InventoryRestocked".to_owned()),
+            (2, "InventoryDeducted".to_owned()),
+            (3, "InventoryRestored".to_owned())
+        ]
+    );
+
+    // Pruning published rows keeps each sku's newest: its next event continues the sequence.
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM outbox")
+        .fetch_all(h.db.pool())
+        .await
+        .unwrap();
+    outbox::mark_sent(&h.db, &ids).await.unwrap();
+    let later = sagaflow_server::db::now_ms() + 60_000;
+    assert_eq!(
+        outbox::prune_sent(&h.db, &InventoryOutbox, later, 1_000)
+            .await
+            .unwrap(),
+        4
+    );
+    c.restock(RestockRequest {
+        sku: "KB-1".into(),
+        quantity: 1,
+        idempotency_key: "more".into(),
+    })
+    .await
+    .unwrap();
+    let sequences: Vec<i64> = h.events("KB-1").await.iter().map(|(s, _)| *s).collect();
+    assert_eq!(sequences, [3, 4]);
+}
+
 sagaflow_testkit::both_backends!(
+    stock_changes_append_their_events_in_the_same_transaction,
     deduct_then_restore_gives_back_exactly_what_was_taken,
     out_of_stock_takes_no_line,
     unknown_sku_is_not_found_and_takes_nothing,

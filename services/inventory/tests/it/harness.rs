@@ -1,7 +1,7 @@
 //! Starts an inventory server on a fresh database and reads the database directly, so tests can
 //! check what changed (and what did not).
 
-use sagaflow_inventory::InventoryService;
+use sagaflow_inventory::{InventoryService, events::InventoryEvent};
 use sagaflow_proto::inventory::v1::{
     Product, RestockRequest, UpsertProductRequest, inventory_service_client::InventoryServiceClient,
 };
@@ -75,7 +75,23 @@ impl Harness {
                 )
                 .await,
             idempotency_keys: self.idempotency_keys().await,
+            outbox: self
+                .rows("SELECT aggregate_id, sequence, event_type FROM outbox ORDER BY position")
+                .await,
         }
+    }
+
+    /// Every outbox event of `sku`, decoded, with its sequence, in sequence order.
+    pub(crate) async fn events(&self, sku: &str) -> Vec<(i64, InventoryEvent)> {
+        sagaflow_server::outbox::events_of(&self.db, sku)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let event = InventoryEvent::decode(&e.event_type, &e.payload).unwrap();
+                (e.sequence, event)
+            })
+            .collect()
     }
 
     /// The stock invariant (docs/architecture.md, "Invariants") for every product: restocks -
@@ -111,6 +127,8 @@ pub(crate) struct Snapshot {
     pub(crate) reservation_lines: Vec<(String, String, i64)>,
     pub(crate) restocks: Vec<(String, String, i64)>,
     pub(crate) idempotency_keys: Vec<String>,
+    /// Outbox rows: sku, sequence, event type.
+    pub(crate) outbox: Vec<(String, i64, String)>,
 }
 
 pub(crate) fn order_id() -> String {

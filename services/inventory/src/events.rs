@@ -1,0 +1,161 @@
+//! Inventory's domain events and its transactional outbox (docs/architecture.md, "Events"): one
+//! event per sku a stock change touched — InventoryDeducted (DeductInventory), InventoryRestored
+//! (RestoreInventory), InventoryRestocked (Restock) — appended to the `outbox` table in the same
+//! transaction as the stock change, right after the product row's update (which holds the row,
+//! so per sku the events' `sequence` follows the commits), and published by the shared relay
+//! ([`sagaflow_server::relay`]) with the [`InventoryOutbox`] schema: Kafka topic
+//! `sagaflow.inventory.events.v1`, key = sku, or Ranking's `RecordInventoryEvent` over gRPC.
+
+use prost::Message;
+use sagaflow_events::Family;
+use sagaflow_proto::inventory::v1::{
+    InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent,
+};
+use sagaflow_server::outbox::{self, OutboxSchema};
+use sqlx::AnyConnection;
+use uuid::Uuid;
+
+/// The stored type of an InventoryDeducted event.
+pub const DEDUCTED: &str = "InventoryDeducted";
+/// The stored type of an InventoryRestored event.
+pub const RESTORED: &str = "InventoryRestored";
+/// The stored type of an InventoryRestocked event.
+pub const RESTOCKED: &str = "InventoryRestocked";
+
+const EVENT_TYPES: [&str; 3] = [DEDUCTED, RESTORED, RESTOCKED];
+
+/// One of Inventory's events, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InventoryEvent {
+    /// DeductInventory took units of the sku for an order.
+    Deducted(InventoryDeductedEvent),
+    /// RestoreInventory gave an order's units of the sku back.
+    Restored(InventoryRestoredEvent),
+    /// Restock added units of the sku.
+    Restocked(InventoryRestockedEvent),
+}
+
+impl InventoryEvent {
+    /// The stored type.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::Deducted(_) => DEDUCTED,
+            Self::Restored(_) => RESTORED,
+            Self::Restocked(_) => RESTOCKED,
+        }
+    }
+
+    /// The sku: the aggregate id, and the partition key.
+    pub fn sku(&self) -> &str {
+        match self {
+            Self::Deducted(e) => &e.sku,
+            Self::Restored(e) => &e.sku,
+            Self::Restocked(e) => &e.sku,
+        }
+    }
+
+    /// The encoded message.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Deducted(e) => e.encode_to_vec(),
+            Self::Restored(e) => e.encode_to_vec(),
+            Self::Restocked(e) => e.encode_to_vec(),
+        }
+    }
+
+    /// Decodes an event of the stored type `event_type` from `payload`.
+    ///
+    /// # Errors
+    /// Why not: an unknown type, or a payload that is not that type's message.
+    pub fn decode(event_type: &str, payload: &[u8]) -> Result<Self, String> {
+        let decoded = match event_type {
+            DEDUCTED => InventoryDeductedEvent::decode(payload).map(Self::Deducted),
+            RESTORED => InventoryRestoredEvent::decode(payload).map(Self::Restored),
+            RESTOCKED => InventoryRestockedEvent::decode(payload).map(Self::Restocked),
+            other => return Err(format!("unknown inventory event type {other:?}")),
+        };
+        decoded.map_err(|err| format!("{event_type} payload does not decode: {err}"))
+    }
+}
+
+/// Appends `event` to the outbox on the caller's transaction (see the module docs for where).
+pub(crate) async fn append(
+    conn: &mut AnyConnection,
+    event: &InventoryEvent,
+) -> Result<(), sqlx::Error> {
+    let event_id = Uuid::new_v4().to_string();
+    outbox::append(
+        conn,
+        &event_id,
+        event.sku(),
+        event.event_type(),
+        event.encode(),
+    )
+    .await
+}
+
+/// Inventory's outbox schema: family [`Family::Inventory`], the three event types, nothing done
+/// to a product when an event is dead-lettered, and each sku's newest delivered row kept past
+/// the retention window (the sku's next event takes its `sequence` from it, so a sku's sequence
+/// never starts again at 1: Ranking's view orders a sku's events by it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InventoryOutbox;
+
+#[async_trait::async_trait]
+impl OutboxSchema for InventoryOutbox {
+    fn family(&self) -> Family {
+        Family::Inventory
+    }
+
+    fn event_types(&self) -> &'static [&'static str] {
+        &EVENT_TYPES
+    }
+
+    fn check(&self, event_type: &str, payload: &[u8]) -> Result<(), String> {
+        InventoryEvent::decode(event_type, payload).map(|_| ())
+    }
+
+    fn keep_delivered(&self) -> Option<&'static str> {
+        Some(
+            "o.sequence = (SELECT MAX(n.sequence) FROM outbox n \
+             WHERE n.aggregate_id = o.aggregate_id)",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_by_their_stored_type() {
+        let events = [
+            InventoryEvent::Deducted(InventoryDeductedEvent {
+                sku: "A".into(),
+                order_id: "o".into(),
+                quantity: 2,
+                stock_after: 8,
+            }),
+            InventoryEvent::Restored(InventoryRestoredEvent {
+                sku: "B".into(),
+                order_id: "o".into(),
+                quantity: 2,
+                stock_after: 10,
+            }),
+            InventoryEvent::Restocked(InventoryRestockedEvent {
+                sku: "C".into(),
+                delta: 5,
+                stock_after: 5,
+            }),
+        ];
+        for event in events {
+            assert!(EVENT_TYPES.contains(&event.event_type()));
+            assert_eq!(
+                InventoryEvent::decode(event.event_type(), &event.encode()),
+                Ok(event.clone())
+            );
+        }
+        assert!(InventoryEvent::decode("InventoryLost", &[]).is_err());
+        assert!(InventoryEvent::decode(DEDUCTED, &[0xff, 0xff]).is_err());
+    }
+}
