@@ -9,6 +9,7 @@
 //! - [`idempotency`]: the idempotency store of docs/architecture.md, "The service contract", and
 //!   its late-action rule ([`idempotency::late_action`]: tombstones, `COMPENSATED_BEFORE_ACTION`);
 //! - [`faults`]: the fault-injection tower layer for chaos tests;
+//! - [`consume`]: a consumed event through the handler of its gRPC delivery RPC;
 //! - [`outbox`] and [`relay`]: the transactional outbox of every service that publishes events,
 //!   and the relay that publishes it through a [`sagaflow_events::Publisher`];
 //! - [`retention`]: the background task that prunes expired records in bounded batches;
@@ -42,6 +43,7 @@
 //!   ([`error`]). No status change, gateway call or business rejection is decided in `grpc.rs`.
 
 pub mod config;
+pub mod consume;
 pub mod db;
 pub mod error;
 pub mod faults;

@@ -1,15 +1,22 @@
-//! `StartOrderSaga`: the OrderCreated consumer.
+//! `StartOrderSaga`: the OrderCreated consumer, over gRPC (the relay calls it) and as the
+//! orchestrator's [`EventHandler`] of the order events (Kafka).
 
 use std::time::Duration;
 
-use sagaflow_proto::orchestrator::v1::{
-    StartOrderSagaRequest, StartOrderSagaResponse,
-    orchestrator_service_server::{OrchestratorService as Rpc, OrchestratorServiceServer},
+use prost::Message as _;
+use sagaflow_events::{Envelope, EventHandler, Family, HandleError};
+use sagaflow_proto::{
+    orchestrator::v1::{
+        StartOrderSagaRequest, StartOrderSagaResponse,
+        orchestrator_service_server::{OrchestratorService as Rpc, OrchestratorServiceServer},
+    },
+    order::v1::OrderCreatedEvent,
 };
-use sagaflow_server::{ServiceError, validate::Validator};
+use sagaflow_server::{ServiceError, consume, validate::Validator};
 use sagaflow_telemetry::propagation;
 use sagaflow_workflow_engine::{Engine, EngineError, SagaId};
 use tonic::{Request, Response, Status, service::RoutesBuilder};
+use tracing::Instrument as _;
 
 use crate::order_saga::{DEFINITION_NAME, OrderSagaInput};
 
@@ -115,4 +122,50 @@ impl Rpc for OrchestratorService {
 
 fn anyhow_like(e: serde_json::Error) -> anyhow::Error {
     anyhow::Error::new(e).context("encoding the saga input")
+}
+
+/// The orchestrator's consumer of the order events (Kafka consumer group `sagaflow-orchestrator`,
+/// docs/architecture.md, "Events"): an OrderCreated starts its order's saga through the same
+/// handler as `StartOrderSaga` (the saga keyed by the order id is the inbox: a redelivery finds it
+/// and changes nothing); the order's other events are not the orchestrator's and pass.
+#[derive(Debug, Clone)]
+pub struct OrderCreatedConsumer(OrchestratorService);
+
+impl OrchestratorService {
+    /// This service as the consumer of the order events.
+    pub fn consumer(&self) -> OrderCreatedConsumer {
+        OrderCreatedConsumer(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for OrderCreatedConsumer {
+    /// # Errors
+    /// [`HandleError::Poison`] for an undecodable payload or an event StartOrderSaga refuses;
+    /// [`HandleError::Transient`] when the saga store is unavailable.
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandleError> {
+        if envelope.family != Family::Order {
+            return Err(HandleError::Poison(format!(
+                "the orchestrator consumes order events, not {:?}",
+                envelope.family
+            )));
+        }
+        if envelope.event_type != "OrderCreated" {
+            return Ok(());
+        }
+        let event = OrderCreatedEvent::decode(envelope.payload.as_slice())
+            .map_err(|e| consume::undecodable(&envelope, &e))?;
+        let request = consume::request(
+            StartOrderSagaRequest {
+                event_id: envelope.event_id.clone(),
+                event: Some(event),
+            },
+            &envelope,
+        );
+        Rpc::start_order_saga(&self.0, request)
+            .instrument(consume::span(&envelope))
+            .await
+            .map(drop)
+            .map_err(|status| consume::handle_error(&status))
+    }
 }

@@ -22,7 +22,7 @@ pub mod order_saga;
 pub mod typed;
 
 pub use definition::{OrderSagaError, StepPolicies, order_saga};
-pub use grpc::OrchestratorService;
+pub use grpc::{OrchestratorService, OrderCreatedConsumer};
 pub use order_saga::ServiceClients;
 
 /// The fully-qualified gRPC service name (for health and reflection).
