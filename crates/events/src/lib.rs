@@ -11,10 +11,15 @@
 //! - [`EventBus`]: which transport a process uses (`--event-bus`): the gRPC delivery of the
 //!   embedded default, or Apache Kafka.
 //!
+//! The Kafka transport is [`kafka`]: [`kafka::KafkaPublisher`], [`kafka::KafkaConsumer`],
+//! [`kafka::ensure_topics`].
+//!
 //! Topics ([`Family::topic`]) are one per event family, versioned: `sagaflow.order.events.v1`,
 //! `sagaflow.inventory.events.v1`.
 
 use std::fmt;
+
+pub mod kafka;
 
 /// The schema version every event written by this version carries (the `v1` of the topics and
 /// protobuf packages).
