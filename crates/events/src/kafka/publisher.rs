@@ -1,13 +1,17 @@
 //! [`KafkaPublisher`]: the outbox relay's publisher over Kafka, and [`classify`], what each
 //! producer error proves about its record.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use metrics::counter;
 use rdkafka::{
     error::KafkaError,
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer as _},
     types::RDKafkaErrorCode,
     util::Timeout,
 };
@@ -54,8 +58,15 @@ impl KafkaPublisherConfig {
 ///
 /// Per-aggregate order: one aggregate's records go to one partition (same key), and the relay
 /// publishes an aggregate's next event only after the previous one returned `Ok`.
+///
+/// Renewal: an idempotent producer whose state the broker no longer accepts (a fatal librdkafka
+/// error, or `ProducerFenced`, `InvalidProducerEpoch`, `UnknownProducerId`,
+/// `OutOfOrderSequenceNumber` — seen after a broker stopped long enough for records to time out:
+/// librdkafka bumps its epoch and Tansu fences it) never recovers; the failing `publish` returns
+/// in doubt and the next one uses a new producer (a new producer id). Order still holds: the
+/// relay's next attempt for the aggregate starts after this one returned.
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: RwLock<Arc<FutureProducer>>,
     config: KafkaPublisherConfig,
 }
 
@@ -77,7 +88,38 @@ impl KafkaPublisher {
         let producer = super::producer_client_config(&config)
             .create()
             .map_err(SetupError::Client)?;
-        Ok(Self { producer, config })
+        Ok(Self {
+            producer: RwLock::new(Arc::new(producer)),
+            config,
+        })
+    }
+
+    fn producer(&self) -> Arc<FutureProducer> {
+        Arc::clone(&self.producer.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces `failed` by a new producer (unless another call did already).
+    fn renew(&self, failed: &Arc<FutureProducer>) {
+        let fresh = match super::producer_client_config(&self.config).create() {
+            Ok(fresh) => Arc::new(fresh),
+            Err(error) => {
+                tracing::error!(%error, "kafka: cannot create a new producer");
+                return;
+            }
+        };
+        let old = {
+            let mut current = self
+                .producer
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !Arc::ptr_eq(&current, failed) {
+                return;
+            }
+            std::mem::replace(&mut *current, fresh)
+        };
+        tracing::warn!(client_id = %self.config.client_id, "kafka: producer renewed after a fatal error");
+        // Dropping a producer purges and flushes for up to 500 ms: not on an async worker.
+        drop(tokio::task::spawn_blocking(move || drop(old)));
     }
 
     /// Sends one record and waits for the broker's acknowledgement, bounded in time.
@@ -100,9 +142,10 @@ impl KafkaPublisher {
         // delivery report (librdkafka fails the record after `message.timeout.ms`); the outer
         // bound is a guard against a report that never comes.
         let bound = message_timeout * 2 + Duration::from_secs(1);
+        let producer = self.producer();
         let result = tokio::time::timeout(
             bound,
-            self.producer.send(record, Timeout::After(message_timeout)),
+            producer.send(record, Timeout::After(message_timeout)),
         )
         .await;
         let error = match result {
@@ -110,10 +153,15 @@ impl KafkaPublisher {
                 counter!(PUBLISHED, LABEL_TOPIC => topic.to_owned()).increment(1);
                 return Ok(());
             }
-            Ok(Err((error, _record))) => PublishError {
-                kind: classify(&error),
-                message: format!("kafka publish to {topic}: {error}"),
-            },
+            Ok(Err((error, _record))) => {
+                if needs_new_producer(&error) || producer.client().fatal_error().is_some() {
+                    self.renew(&producer);
+                }
+                PublishError {
+                    kind: classify(&error),
+                    message: format!("kafka publish to {topic}: {error}"),
+                }
+            }
             Err(_elapsed) => PublishError {
                 kind: FailureKind::InDoubt,
                 message: format!("kafka publish to {topic}: no acknowledgement within {bound:?}"),
@@ -151,6 +199,22 @@ impl Publisher for KafkaPublisher {
     }
 }
 
+/// Errors after which the idempotent producer's id or epoch is no longer accepted.
+fn needs_new_producer(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            C::Fatal
+                | C::Fenced
+                | C::ProducerFenced
+                | C::InvalidProducerEpoch
+                | C::UnknownProducerId
+                | C::OutOfOrderSequenceNumber
+        )
+    )
+}
+
 fn kind_label(kind: FailureKind) -> &'static str {
     match kind {
         FailureKind::Refused => "refused",
@@ -172,7 +236,8 @@ fn kind_label(kind: FailureKind) -> &'static str {
 ///   (`TopicAuthorizationFailed`, `ClusterAuthorizationFailed`);
 /// - [`FailureKind::InDoubt`]: everything else — `MessageTimedOut` (the broker may have written
 ///   it and the acknowledgement was lost), transport failures, all brokers down, request
-///   timeouts, `NotEnoughReplicasAfterAppend`, fatal idempotence errors, a dropped producer
+///   timeouts, `NotEnoughReplicas` (librdkafka retries it, and an earlier attempt may have been
+///   written), fatal idempotence errors (`ProducerFenced` …), a dropped producer
 ///   (`Canceled`), and any code not listed here. Retrying an in-doubt record is safe: the
 ///   consumer's inbox drops a duplicate.
 pub fn classify(error: &KafkaError) -> FailureKind {
@@ -253,10 +318,14 @@ mod tests {
             C::OutOfOrderSequenceNumber,
             C::Unknown,
             C::NotLeaderForPartition,
+            C::ProducerFenced,
         ] {
             assert_eq!(classify(&produce(code)), FailureKind::InDoubt, "{code:?}");
         }
         assert_eq!(classify(&KafkaError::Canceled), FailureKind::InDoubt);
+        assert!(needs_new_producer(&produce(C::ProducerFenced)));
+        assert!(needs_new_producer(&produce(C::Fatal)));
+        assert!(!needs_new_producer(&produce(C::MessageTimedOut)));
         assert_eq!(
             classify(&KafkaError::Flush(C::MessageSizeTooLarge)),
             FailureKind::InDoubt
