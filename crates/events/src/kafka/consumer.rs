@@ -424,6 +424,9 @@ impl KafkaConsumer {
     /// # Errors
     /// [`ConsumerError::Fatal`] on a fatal librdkafka consumer error (after the same drain).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        // The workers' token: cancelled when the loop ends for any reason, without cancelling
+        // the caller's.
+        let stop = shutdown.child_token();
         let concurrency = self.config.handler_concurrency.max(1);
         let max_buffered = self.config.max_buffered.max(1);
         let mut lanes: HashMap<LaneKey, Lane> = HashMap::new();
@@ -444,7 +447,7 @@ impl KafkaConsumer {
                 &mut running,
                 &mut running_lanes,
                 &mut buffered,
-                &shutdown,
+                &stop,
             );
             self.backpressure(buffered, max_buffered);
             tokio::select! {
@@ -485,7 +488,7 @@ impl KafkaConsumer {
 
         // Drain: queued records stay unfinished (not committed); running ones finish or give up
         // at their next wait (the token is cancelled, or the loop stopped on a fatal error).
-        shutdown.cancel();
+        stop.cancel();
         while let Some(joined) = running.join_next_with_id().await {
             self.finish(
                 joined,

@@ -24,8 +24,8 @@ use sagaflow_events::{
 use sagaflow_testkit::{eventually, kafka::Broker};
 
 use crate::support::{
-    CountingRecorder, Inbox, TestHandler, WITHIN, consumer_config, envelope, publisher, read_topic,
-    spawn_consumer,
+    CountingRecorder, FileInboxHandler, Inbox, TestHandler, WITHIN, consumer_config, envelope,
+    publisher, read_inbox_file, read_topic, spawn_consumer,
 };
 
 const ORDER: &str = "sagaflow.order.events.v1";
@@ -490,4 +490,194 @@ async fn a_publish_to_a_stopped_broker_fails_in_doubt_in_time_and_nothing_is_los
     assert_eq!(inbox.order()["order-a"], vec![1, 2, 3]);
     let copies = handler.calls_of(&during.event_id);
     assert!((1..=2).contains(&copies), "{copies} copies");
+}
+
+const MEMBER_BROKERS_ENV: &str = "SAGAFLOW_TEST_KAFKA_MEMBER_BROKERS";
+const MEMBER_INBOX_ENV: &str = "SAGAFLOW_TEST_KAFKA_MEMBER_INBOX";
+const CRASH_GROUP: &str = "crash";
+
+/// The member that `a_killed_member_s_partitions_are_taken_over_and_its_effects_not_repeated`
+/// runs as a child process and SIGKILLs. It never commits on its own (a commit interval of an
+/// hour), so every event it applied is redelivered to the survivor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper: the crash test runs it as a child process"]
+async fn crash_member_process() {
+    let (Ok(brokers), Ok(inbox)) = (
+        std::env::var(MEMBER_BROKERS_ENV),
+        std::env::var(MEMBER_INBOX_ENV),
+    ) else {
+        return;
+    };
+    let mut config = consumer_config(&brokers, CRASH_GROUP, &[ORDER]);
+    config.commit_interval_ms = 3_600_000;
+    let handler = Arc::new(FileInboxHandler::new(inbox.into(), "child"));
+    let running = spawn_consumer(config, handler);
+    // Bounded: the parent kills it long before.
+    let _ = tokio::time::timeout(Duration::from_secs(120), running.task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_member_s_partitions_are_taken_over_and_its_effects_not_repeated() {
+    let broker = Broker::start();
+    let brokers = broker.bootstrap();
+    kafka::ensure_topics(&brokers, &[(ORDER, 4)]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let inbox_path = dir.path().join("inbox");
+    let survivor = Arc::new(FileInboxHandler::new(inbox_path.clone(), "survivor"));
+    let running = spawn_consumer(
+        consumer_config(&brokers, CRASH_GROUP, &[ORDER]),
+        Arc::clone(&survivor),
+    );
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "kafka::crash_member_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(MEMBER_BROKERS_ENV, &brokers)
+        .env(MEMBER_INBOX_ENV, &inbox_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let publisher = Arc::new(publisher(&brokers));
+    let publish_round = |sequence: i64| {
+        let publisher = Arc::clone(&publisher);
+        async move {
+            join_all((0..16).map(|k| {
+                let publisher = Arc::clone(&publisher);
+                async move {
+                    let e = envelope(Family::Order, &format!("order-{k}"), sequence);
+                    publisher.publish(&e).await.unwrap();
+                    e
+                }
+            }))
+            .await
+        }
+    };
+    let mut sequence = 0;
+    let mut published = Vec::new();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let lines = read_inbox_file(&inbox_path);
+        if lines.iter().any(|l| l.member == "child") && lines.iter().any(|l| l.member == "survivor")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both members apply events within {WITHIN:?}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child member exited"
+        );
+        sequence += 1;
+        published.extend(publish_round(sequence).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGKILL: no revoke, no commit; its partitions move after the session timeout.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let applied_by_child = read_inbox_file(&inbox_path)
+        .iter()
+        .filter(|l| l.member == "child")
+        .count();
+    for _ in 0..3 {
+        sequence += 1;
+        published.extend(publish_round(sequence).await);
+    }
+    let total = published.len();
+    eventually(
+        std::fmt::from_fn(|f| {
+            write!(
+                f,
+                "{total} events in the inbox ({} so far)",
+                read_inbox_file(&inbox_path).len()
+            )
+        }),
+        WITHIN,
+        || async { (read_inbox_file(&inbox_path).len() == total).then_some(()) },
+    )
+    .await;
+    // Everything the child had applied (uncommitted) comes again: wait for those redeliveries.
+    eventually(
+        "the child's events redelivered to the survivor",
+        WITHIN,
+        || async { (survivor.duplicates.load(Ordering::SeqCst) >= applied_by_child).then_some(()) },
+    )
+    .await;
+    running.stop().await;
+
+    let lines = read_inbox_file(&inbox_path);
+    let ids: HashSet<&str> = lines.iter().map(|l| l.event_id.as_str()).collect();
+    assert_eq!(ids.len(), lines.len(), "an event applied twice");
+    for e in &published {
+        assert!(ids.contains(e.event_id.as_str()), "{} lost", e.event_id);
+    }
+    for k in 0..16 {
+        let key = format!("order-{k}");
+        let applied: Vec<i64> = lines
+            .iter()
+            .filter(|l| l.aggregate == key)
+            .map(|l| l.sequence)
+            .collect();
+        assert_eq!(
+            applied,
+            (1..=sequence).collect::<Vec<_>>(),
+            "{key} in order"
+        );
+    }
+    assert!(applied_by_child > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_goes_on_after_the_broker_was_stopped_longer_than_its_session() {
+    let broker = Broker::start();
+    let brokers = broker.bootstrap();
+    kafka::ensure_topics(&brokers, &[(ORDER, 2)]).await.unwrap();
+    let publisher = publisher(&brokers);
+    let inbox = Arc::new(Inbox::default());
+    let handler = Arc::new(TestHandler::with_inbox(Arc::clone(&inbox)));
+    let running = spawn_consumer(
+        consumer_config(&brokers, "pause", &[ORDER]),
+        Arc::clone(&handler),
+    );
+    let mut published = Vec::new();
+    for k in 0..10 {
+        let e = envelope(Family::Order, &format!("order-{k}"), 1);
+        publisher.publish(&e).await.unwrap();
+        published.push(e);
+    }
+    eventually("the first events handled", WITHIN, || async {
+        (inbox.len() == 10).then_some(())
+    })
+    .await;
+
+    broker.pause();
+    // The outage itself is the scenario: longer than the 6 s session timeout.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    broker.resume();
+
+    for k in 0..10 {
+        let e = envelope(Family::Order, &format!("order-{k}"), 2);
+        eventually("published after the outage", WITHIN, || async {
+            publisher.publish(&e).await.ok()
+        })
+        .await;
+        published.push(e);
+    }
+    eventually(
+        std::fmt::from_fn(|f| write!(f, "20 events handled ({} so far)", inbox.len())),
+        WITHIN,
+        || async { (inbox.len() == 20).then_some(()) },
+    )
+    .await;
+    running.stop().await;
+    for (key, applied) in inbox.order() {
+        assert_eq!(applied, vec![1, 2], "{key}");
+    }
 }

@@ -74,7 +74,10 @@ impl Running {
     }
 }
 
-pub(crate) fn spawn_consumer(config: KafkaConsumerConfig, handler: Arc<TestHandler>) -> Running {
+pub(crate) fn spawn_consumer<H: EventHandler>(
+    config: KafkaConsumerConfig,
+    handler: Arc<H>,
+) -> Running {
     let consumer = KafkaConsumer::new(config, handler).unwrap();
     let token = CancellationToken::new();
     let task = tokio::spawn({
@@ -281,5 +284,91 @@ impl Recorder for CountingRecorder {
 
     fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
         Histogram::noop()
+    }
+}
+
+/// One line of a [`FileInboxHandler`]'s inbox file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InboxLine {
+    pub(crate) event_id: String,
+    pub(crate) aggregate: String,
+    pub(crate) sequence: i64,
+    pub(crate) member: String,
+}
+
+/// Reads an inbox file (lines `event-id aggregate sequence member`).
+pub(crate) fn read_inbox_file(path: &std::path::Path) -> Vec<InboxLine> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            InboxLine {
+                event_id: parts[0].to_owned(),
+                aggregate: parts[1].to_owned(),
+                sequence: parts[2].parse().unwrap(),
+                member: parts[3].to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// A handler whose inbox is a file shared by processes: under an exclusive file lock it applies
+/// an event (appends its line) unless its id is there already, so "the effect and the inbox row
+/// commit together" holds across a SIGKILL, as a database transaction would make it.
+#[derive(Debug)]
+pub(crate) struct FileInboxHandler {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) member: String,
+    pub(crate) applied: AtomicUsize,
+    pub(crate) duplicates: AtomicUsize,
+}
+
+impl FileInboxHandler {
+    pub(crate) fn new(path: std::path::PathBuf, member: &str) -> Self {
+        Self {
+            path,
+            member: member.to_owned(),
+            applied: AtomicUsize::new(0),
+            duplicates: AtomicUsize::new(0),
+        }
+    }
+
+    fn apply(&self, envelope: &Envelope) -> std::io::Result<bool> {
+        use std::io::{Read as _, Write as _};
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.path)?;
+        file.lock()?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let seen = text
+            .lines()
+            .any(|l| l.split(' ').next() == Some(envelope.event_id.as_str()));
+        if !seen {
+            file.write_all(
+                format!(
+                    "{} {} {} {}\n",
+                    envelope.event_id, envelope.aggregate_id, envelope.sequence, self.member
+                )
+                .as_bytes(),
+            )?;
+        }
+        file.unlock()?;
+        Ok(!seen)
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for FileInboxHandler {
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandleError> {
+        match self.apply(&envelope) {
+            Ok(true) => self.applied.fetch_add(1, Ordering::SeqCst),
+            Ok(false) => self.duplicates.fetch_add(1, Ordering::SeqCst),
+            Err(e) => return Err(HandleError::Transient(e.to_string())),
+        };
+        Ok(())
     }
 }
