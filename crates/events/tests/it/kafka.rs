@@ -15,7 +15,7 @@ use rdkafka::{
 use sagaflow_events::{
     Envelope, FailureKind, Family, Publisher as _,
     kafka::{
-        self, CONSUMED, DEAD_LETTER_TOPIC, DEAD_LETTERED, HANDLER_FAILURES,
+        self, CONSUMED, CONSUMER_LAG, DEAD_LETTER_TOPIC, DEAD_LETTERED, HANDLER_FAILURES,
         HEADER_DEAD_LETTER_REASON, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_ORIGINAL_OFFSET,
         HEADER_ORIGINAL_PARTITION, HEADER_ORIGINAL_TOPIC, HEADER_SCHEMA_VERSION, HEADER_SEQUENCE,
         HEADER_TRACEPARENT, KafkaPublisher, KafkaPublisherConfig,
@@ -296,16 +296,25 @@ async fn a_transient_failure_is_retried_and_its_offset_not_committed_before_succ
         .lock()
         .unwrap()
         .insert(stuck.event_id.clone());
-    let running = spawn_consumer(
-        consumer_config(&brokers, "retry", &[ORDER]),
-        Arc::clone(&handler),
-    );
+    let mut config = consumer_config(&brokers, "retry", &[ORDER]);
+    config.statistics_interval_ms = 100;
+    let running = spawn_consumer(config, Arc::clone(&handler));
     eventually("the stuck event retried 3 times", WITHIN, || async {
         (inbox.contains(&done.event_id)
             && inbox.contains(&other.event_id)
             && handler.calls_of(&stuck.event_id) >= 3)
             .then_some(())
     })
+    .await;
+    // The lag gauge: the committed offset stays at the stuck event (1) of 4.
+    eventually(
+        "the consumer lag gauge shows the 3 records from the stuck one on",
+        WITHIN,
+        || async {
+            let lag = recorder.gauge(CONSUMER_LAG, &[("topic", ORDER), ("partition", "0")]);
+            (lag == Some(3.0)).then_some(())
+        },
+    )
     .await;
     assert_eq!(
         handler.calls_of(&behind.event_id),
@@ -350,7 +359,7 @@ async fn a_transient_failure_is_retried_and_its_offset_not_committed_before_succ
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_members_share_the_partitions_and_the_survivor_takes_over() {
     let recorder = CountingRecorder::global();
-    let _ = recorder.counter(CONSUMED, ("topic", ORDER));
+    let consumed_before = recorder.counter(CONSUMED, ("topic", ORDER));
     let broker = Broker::start();
     let brokers = broker.bootstrap();
     kafka::ensure_topics(&brokers, &[(ORDER, 4)]).await.unwrap();
@@ -434,6 +443,7 @@ async fn two_members_share_the_partitions_and_the_survivor_takes_over() {
     // event exactly once (its length equals the distinct ids published).
     let handler_oks = first.handled.load(Ordering::SeqCst) + second.handled.load(Ordering::SeqCst);
     assert_eq!(handler_oks, total + inbox.duplicates.load(Ordering::SeqCst));
+    assert!(recorder.counter(CONSUMED, ("topic", ORDER)) >= consumed_before + total as u64);
     eprintln!(
         "hand-over: {total} events, first member {handled_by_first}, redeliveries {}",
         inbox.duplicates.load(Ordering::SeqCst)
@@ -680,4 +690,22 @@ async fn a_consumer_goes_on_after_the_broker_was_stopped_longer_than_its_session
     for (key, applied) in inbox.order() {
         assert_eq!(applied, vec![1, 2], "{key}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_record_is_refused() {
+    let broker = Broker::start();
+    let brokers = broker.bootstrap();
+    kafka::ensure_topics(&brokers, &[(ORDER, 1)]).await.unwrap();
+    let publisher = publisher(&brokers);
+    let mut big = envelope(Family::Order, "order-big", 1);
+    // Above librdkafka's default message.max.bytes (1 000 000).
+    big.payload = vec![7; 2_000_000];
+    let error = publisher.publish(&big).await.expect_err("too large");
+    assert_eq!(error.kind, FailureKind::Refused, "{error}");
+    // The producer is still usable.
+    publisher
+        .publish(&envelope(Family::Order, "order-small", 1))
+        .await
+        .unwrap();
 }

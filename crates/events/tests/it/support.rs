@@ -233,6 +233,8 @@ pub(crate) async fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<
 #[derive(Debug, Default)]
 pub(crate) struct CountingRecorder {
     counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Gauges: f64 bits.
+    gauges: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl CountingRecorder {
@@ -248,8 +250,23 @@ impl CountingRecorder {
 
     /// The sum of the counters named `name` whose labels include `label`.
     pub(crate) fn counter(&self, name: &str, label: (&str, &str)) -> u64 {
+        Self::sum(&self.counters, name, label)
+    }
+
+    /// The value of the gauge `name{labels}` (labels in their order of declaration), if set.
+    pub(crate) fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let key = format!("{name}{{{}}}", labels.join(","));
+        self.gauges
+            .lock()
+            .unwrap()
+            .get(&key)
+            .map(|v| f64::from_bits(v.load(Ordering::SeqCst)))
+    }
+
+    fn sum(cells: &Mutex<HashMap<String, Arc<AtomicU64>>>, name: &str, label: (&str, &str)) -> u64 {
         let wanted = format!("{}={}", label.0, label.1);
-        self.counters
+        cells
             .lock()
             .unwrap()
             .iter()
@@ -263,23 +280,41 @@ impl CountingRecorder {
     }
 }
 
+impl CountingRecorder {
+    fn name(key: &Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+}
+
 impl Recorder for CountingRecorder {
     fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        let cell = Arc::clone(self.counters.lock().unwrap().entry(name).or_default());
+        let cell = Arc::clone(
+            self.counters
+                .lock()
+                .unwrap()
+                .entry(Self::name(key))
+                .or_default(),
+        );
         Counter::from_arc(cell)
     }
 
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        let cell = Arc::clone(
+            self.gauges
+                .lock()
+                .unwrap()
+                .entry(Self::name(key))
+                .or_default(),
+        );
+        Gauge::from_arc(cell)
     }
 
     fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
