@@ -37,6 +37,9 @@ pub enum Family {
 }
 
 impl Family {
+    /// Every family, in declaration order.
+    pub const ALL: [Self; 2] = [Self::Order, Self::Inventory];
+
     /// The Kafka topic of the family's schema-version-1 events.
     pub fn topic(self) -> &'static str {
         match self {
@@ -47,9 +50,7 @@ impl Family {
 
     /// The family whose topic is `topic`, if any.
     pub fn of_topic(topic: &str) -> Option<Self> {
-        [Self::Order, Self::Inventory]
-            .into_iter()
-            .find(|f| f.topic() == topic)
+        Self::ALL.into_iter().find(|f| f.topic() == topic)
     }
 }
 

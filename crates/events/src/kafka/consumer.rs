@@ -261,6 +261,11 @@ impl ConsumerContext for GroupContext {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
+                // TODO-design: handlers still running for these partitions are not waited for
+                // (this callback runs inside the loop's `recv`); their records are redelivered to
+                // the next owner, which may handle one while this member still does. The
+                // handler's inbox (one transaction with the effect) makes that safe; a bounded
+                // wait here would only save redeliveries.
                 let offsets = self.shared.tracker().revoke(&tps);
                 tracing::info!(group = %self.group, ?tps, ?offsets, "kafka: partitions revoked");
                 if !offsets.is_empty()

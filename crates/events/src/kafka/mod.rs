@@ -248,6 +248,17 @@ pub enum SetupError {
     },
 }
 
+/// Every topic of the system with `partitions` partitions each: one per [`Family`], then
+/// [`DEAD_LETTER_TOPIC`] (one partition: it is read by people, rarely). What the CLI and
+/// `compose.yaml` create.
+pub fn all_topics(partitions: i32) -> Vec<(&'static str, i32)> {
+    Family::ALL
+        .into_iter()
+        .map(|f| (f.topic(), partitions))
+        .chain([(DEAD_LETTER_TOPIC, 1)])
+        .collect()
+}
+
 /// How long [`ensure_topics`] waits for the broker, milliseconds.
 pub const ENSURE_TOPICS_TIMEOUT_MS: u64 = 15_000;
 
@@ -342,6 +353,18 @@ mod tests {
             headers.iter().map(|(n, v)| (*n, Some(v.as_bytes()))),
             Some(&[1, 2, 3]),
         )
+    }
+
+    #[test]
+    fn all_topics_are_the_families_and_the_dead_letters() {
+        assert_eq!(
+            all_topics(6),
+            vec![
+                ("sagaflow.order.events.v1", 6),
+                ("sagaflow.inventory.events.v1", 6),
+                ("sagaflow.dead-letter.v1", 1),
+            ]
+        );
     }
 
     #[test]

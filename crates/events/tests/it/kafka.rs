@@ -42,9 +42,13 @@ fn header<'a>(message: &'a rdkafka::message::OwnedMessage, name: &str) -> Option
 async fn a_published_envelope_arrives_with_every_header() {
     let broker = Broker::start();
     let brokers = broker.bootstrap();
-    kafka::ensure_topics(&brokers, &[(ORDER, 1)]).await.unwrap();
+    kafka::ensure_topics(&brokers, &kafka::all_topics(1))
+        .await
+        .unwrap();
     // Creating again is not an error.
-    kafka::ensure_topics(&brokers, &[(ORDER, 1)]).await.unwrap();
+    kafka::ensure_topics(&brokers, &kafka::all_topics(1))
+        .await
+        .unwrap();
 
     let traced = envelope(Family::Order, "order-1", 1);
     let untraced = Envelope {
