@@ -713,3 +713,83 @@ async fn an_oversized_record_is_refused() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_commits_only_up_to_a_record_still_being_retried() {
+    let broker = Broker::start();
+    let brokers = broker.bootstrap();
+    kafka::ensure_topics(&brokers, &[(ORDER, 2)]).await.unwrap();
+    let publisher = publisher(&brokers);
+    let done = envelope(Family::Order, "order-a", 1);
+    let stuck = envelope(Family::Order, "order-a", 2);
+    let behind = envelope(Family::Order, "order-a", 3);
+    let mut published = vec![done.clone(), stuck.clone(), behind.clone()];
+    for e in &published {
+        publisher.publish(e).await.unwrap();
+    }
+    for k in 0..8 {
+        let e = envelope(Family::Order, &format!("order-{k}"), 1);
+        publisher.publish(&e).await.unwrap();
+        published.push(e);
+    }
+
+    let inbox = Arc::new(Inbox::default());
+    let first = Arc::new(TestHandler::with_inbox(Arc::clone(&inbox)));
+    first.failing.lock().unwrap().insert(stuck.event_id.clone());
+    let a = spawn_consumer(
+        consumer_config(&brokers, "rebalance", &[ORDER]),
+        Arc::clone(&first),
+    );
+    eventually("all but the stuck key handled", WITHIN, || async {
+        (inbox.len() == 9 && first.calls_of(&stuck.event_id) >= 2).then_some(())
+    })
+    .await;
+
+    // A second member joins: the partitions are revoked and split. Publish until it handles
+    // something, so the rebalance has happened.
+    let second = Arc::new(TestHandler::with_inbox(Arc::clone(&inbox)));
+    let b = spawn_consumer(
+        consumer_config(&brokers, "rebalance", &[ORDER]),
+        Arc::clone(&second),
+    );
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let mut sequence = 1;
+    while second.handled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second member handles events within {WITHIN:?}"
+        );
+        sequence += 1;
+        for k in 0..8 {
+            let e = envelope(Family::Order, &format!("order-{k}"), sequence);
+            publisher.publish(&e).await.unwrap();
+            published.push(e);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // If the stuck event's partition went to the second member, it has handled it by now; if
+    // it stayed, the first member leaves still failing it and the second gets it then. Either
+    // way the partition restarts at the stuck event, not after it.
+    a.stop().await;
+    let total = published.len();
+    eventually(
+        std::fmt::from_fn(|f| write!(f, "{total} events in the inbox ({} so far)", inbox.len())),
+        WITHIN,
+        || async { (inbox.len() == total).then_some(()) },
+    )
+    .await;
+    b.stop().await;
+    assert!(second.calls_of(&stuck.event_id) >= 1);
+    assert_eq!(
+        second.calls_of(&done.event_id),
+        0,
+        "what was handled before the stuck event was committed, at the revoke or the stop"
+    );
+    assert_eq!(inbox.order()["order-a"], vec![1, 2, 3]);
+    for k in 0..8 {
+        assert_eq!(
+            inbox.order()[&format!("order-{k}")],
+            (1..=sequence).collect::<Vec<_>>()
+        );
+    }
+}
