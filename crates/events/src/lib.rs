@@ -11,10 +11,15 @@
 //! - [`EventBus`]: which transport a process uses (`--event-bus`): the gRPC delivery of the
 //!   embedded default, or Apache Kafka.
 //!
+//! The Kafka transport is [`kafka`]: [`kafka::KafkaPublisher`], [`kafka::KafkaConsumer`],
+//! [`kafka::ensure_topics`].
+//!
 //! Topics ([`Family::topic`]) are one per event family, versioned: `sagaflow.order.events.v1`,
 //! `sagaflow.inventory.events.v1`.
 
 use std::fmt;
+
+pub mod kafka;
 
 /// The schema version every event written by this version carries (the `v1` of the topics and
 /// protobuf packages).
@@ -32,6 +37,9 @@ pub enum Family {
 }
 
 impl Family {
+    /// Every family, in declaration order.
+    pub const ALL: [Self; 2] = [Self::Order, Self::Inventory];
+
     /// The Kafka topic of the family's schema-version-1 events.
     pub fn topic(self) -> &'static str {
         match self {
@@ -42,9 +50,7 @@ impl Family {
 
     /// The family whose topic is `topic`, if any.
     pub fn of_topic(topic: &str) -> Option<Self> {
-        [Self::Order, Self::Inventory]
-            .into_iter()
-            .find(|f| f.topic() == topic)
+        Self::ALL.into_iter().find(|f| f.topic() == topic)
     }
 }
 

@@ -11,6 +11,7 @@
 //! OTLP/gRPC trace receiver. With feature `service`, `service::ServiceHarness` starts one
 //! service's server over a fresh database (with the shared migrations, validation and grpcurl
 //! helpers), and `contract` is the command-contract suite every service with commands runs.
+//! With feature `kafka`, `kafka::Broker` is a real Kafka-protocol broker (Tansu) per test.
 
 #![allow(clippy::expect_used)]
 
@@ -18,6 +19,8 @@ use std::path::PathBuf;
 
 #[cfg(feature = "service")]
 pub mod contract;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 #[cfg(feature = "service")]
