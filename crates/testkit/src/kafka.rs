@@ -66,10 +66,17 @@ impl Broker {
     /// When the binary is missing, the process exits, or it does not answer within
     /// [`START_TIMEOUT`] (after three ports were tried): the test fails, it is not skipped.
     pub fn start() -> Self {
-        let bin = tansu_bin();
+        Self::start_with(&tansu_bin())
+    }
+
+    /// [`Broker::start`] with the binary at `bin`.
+    ///
+    /// # Panics
+    /// As [`Broker::start`].
+    pub fn start_with(bin: &Path) -> Self {
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(&bin) {
+            match Self::try_start(bin) {
                 Ok(broker) => return broker,
                 Err(why) => last = why,
             }

@@ -69,6 +69,8 @@ pub const HEADER_ORIGINAL_OFFSET: &str = "original-offset";
 pub const PUBLISHED: &str = "sagaflow_kafka_published_total";
 /// Publications that failed (counter; labels `topic`, `kind`: refused, not_delivered, in_doubt).
 pub const PUBLISH_FAILURES: &str = "sagaflow_kafka_publish_failures_total";
+/// Producers replaced after a fatal idempotence error (counter; see [`KafkaPublisher`]).
+pub const PRODUCER_RENEWALS: &str = "sagaflow_kafka_producer_renewals_total";
 /// Records received by a consumer (counter; label `topic`), redeliveries included.
 pub const CONSUMED: &str = "sagaflow_kafka_consumed_total";
 /// Records whose handler returned `Ok` (counter; label `topic`).

@@ -16,7 +16,9 @@ use rdkafka::{
     util::Timeout,
 };
 
-use super::{LABEL_KIND, LABEL_TOPIC, PUBLISH_FAILURES, PUBLISHED, SetupError, headers_of};
+use super::{
+    LABEL_KIND, LABEL_TOPIC, PRODUCER_RENEWALS, PUBLISH_FAILURES, PUBLISHED, SetupError, headers_of,
+};
 use crate::{Envelope, FailureKind, PublishError, Publisher};
 
 /// How a [`KafkaPublisher`] reaches the broker and how long it waits.
@@ -117,8 +119,10 @@ impl KafkaPublisher {
             }
             std::mem::replace(&mut *current, fresh)
         };
+        counter!(PRODUCER_RENEWALS).increment(1);
         tracing::warn!(client_id = %self.config.client_id, "kafka: producer renewed after a fatal error");
-        // Dropping a producer purges and flushes for up to 500 ms: not on an async worker.
+        // Dropping a producer purges and flushes for up to 500 ms: not on an async worker. Not
+        // joined: nothing waits for it and it cannot fail (a drop).
         drop(tokio::task::spawn_blocking(move || drop(old)));
     }
 

@@ -793,3 +793,9 @@ async fn a_rebalance_commits_only_up_to_a_record_still_being_retried() {
         );
     }
 }
+
+#[test]
+#[should_panic(expected = "could not start the tansu broker")]
+fn a_broker_that_cannot_start_fails_the_test() {
+    let _ = Broker::start_with(std::path::Path::new("/nonexistent/tansu"));
+}
