@@ -1,4 +1,6 @@
-//! Ranking rules, pure and tested without a server (docs/architecture.md, "Events").
+//! Ranking rules, pure and tested without a server (docs/architecture.md, "Events"): the
+//! product sales of completed orders and the TopProducts order, then the product view built from
+//! Inventory's events and the rule that makes it independent of redeliveries and arrival order.
 
 use std::cmp::Ordering;
 
@@ -72,6 +74,128 @@ pub fn add_order(sales: &mut Vec<ProductSales>, order: &CompletedOrder) {
     }
 }
 
+/// Product views returned by ListProductViews when the request's `page_size` is 0.
+pub const DEFAULT_PAGE_SIZE: i64 = 100;
+/// Largest `page_size` ListProductViews accepts.
+pub const MAX_PAGE_SIZE: i32 = 1000;
+
+/// The effective ListProductViews page size: 0 means [`DEFAULT_PAGE_SIZE`]; `None` when
+/// `page_size` is negative or above [`MAX_PAGE_SIZE`].
+pub fn effective_page_size(page_size: i32) -> Option<i64> {
+    match page_size {
+        0 => Some(DEFAULT_PAGE_SIZE),
+        1..=MAX_PAGE_SIZE => Some(i64::from(page_size)),
+        _ => None,
+    }
+}
+
+/// What one Inventory event did to its sku's stock (the `sagaflow.inventory.v1` events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockChange {
+    /// InventoryDeducted: an order took `quantity` units (1 or more).
+    Deducted {
+        /// Units taken.
+        quantity: i64,
+    },
+    /// InventoryRestored: a compensation gave back the `quantity` units an order had taken.
+    Restored {
+        /// Units given back.
+        quantity: i64,
+    },
+    /// InventoryRestocked: an operator added units (or, negative, set a lower stock).
+    Restocked {
+        /// Units added.
+        delta: i64,
+    },
+}
+
+impl StockChange {
+    /// How the change moves the product's net units sold: `+quantity` for a deduction,
+    /// `-quantity` for a restore, 0 for a restock.
+    pub fn units_sold_delta(self) -> i64 {
+        match self {
+            Self::Deducted { quantity } => quantity,
+            Self::Restored { quantity } => quantity.saturating_neg(),
+            Self::Restocked { .. } => 0,
+        }
+    }
+}
+
+/// One validated Inventory event as the product view records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryChange {
+    /// The sku whose stock changed.
+    pub sku: String,
+    /// The event's outbox sequence for its sku (1, 2, …): the later change has the higher one.
+    pub sequence: i64,
+    /// What the change was.
+    pub change: StockChange,
+    /// Units on hand after the change (0 or more).
+    pub stock_after: i64,
+}
+
+/// The read-optimised view of one product (docs/architecture.md, "Events").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductView {
+    /// Product sku.
+    pub sku: String,
+    /// Units on hand after the recorded event with the highest sequence.
+    pub stock: i64,
+    /// Units deducted minus units restored over every recorded event (negative for a while
+    /// when a restore is recorded before its deduction).
+    pub units_sold: i64,
+    /// Inventory events recorded for the sku.
+    pub events: i64,
+    /// The highest outbox sequence recorded for the sku.
+    pub last_sequence: i64,
+    /// When the latest event was recorded, unix ms.
+    pub updated_at: i64,
+}
+
+/// Applies one recorded (not redelivered: the inbox filters those out first) event to the
+/// sku's view, `None` before its first event; the store's upsert implements the same rule in
+/// SQL, this is its specification. Sums (`units_sold`, `events`) take every event, in any
+/// order; `stock` and `last_sequence` move only when the event's sequence is above the stored
+/// `last_sequence`, so an event that arrives late never puts an older stock back: the view
+/// after a set of events is the same whatever order they were recorded in. Saturates instead
+/// of overflowing.
+pub fn apply_change(
+    view: Option<ProductView>,
+    change: &InventoryChange,
+    now_ms: i64,
+) -> ProductView {
+    let units = change.change.units_sold_delta();
+    match view {
+        None => ProductView {
+            sku: change.sku.clone(),
+            stock: change.stock_after,
+            units_sold: units,
+            events: 1,
+            last_sequence: change.sequence,
+            updated_at: now_ms,
+        },
+        Some(view) => {
+            let newer = change.sequence > view.last_sequence;
+            ProductView {
+                units_sold: view.units_sold.saturating_add(units),
+                events: view.events.saturating_add(1),
+                stock: if newer {
+                    change.stock_after
+                } else {
+                    view.stock
+                },
+                last_sequence: if newer {
+                    change.sequence
+                } else {
+                    view.last_sequence
+                },
+                updated_at: now_ms,
+                sku: view.sku,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +247,100 @@ mod tests {
         add_order(&mut v, &order(&[("a", 2), ("b", 1)]));
         add_order(&mut v, &order(&[("a", 3)]));
         assert_eq!(v, vec![sales("a", 5, 2), sales("b", 1, 1)]);
+    }
+
+    fn change(sequence: i64, change: StockChange, stock_after: i64) -> InventoryChange {
+        InventoryChange {
+            sku: "KB-001".into(),
+            sequence,
+            change,
+            stock_after,
+        }
+    }
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(effective_page_size(0), Some(100));
+        assert_eq!(effective_page_size(1), Some(1));
+        assert_eq!(effective_page_size(1000), Some(1000));
+        assert_eq!(effective_page_size(1001), None);
+        assert_eq!(effective_page_size(-1), None);
+    }
+
+    #[test]
+    fn units_sold_moves_with_deductions_and_restores_only() {
+        assert_eq!(StockChange::Deducted { quantity: 3 }.units_sold_delta(), 3);
+        assert_eq!(StockChange::Restored { quantity: 2 }.units_sold_delta(), -2);
+        assert_eq!(StockChange::Restocked { delta: 50 }.units_sold_delta(), 0);
+        assert_eq!(StockChange::Restocked { delta: -5 }.units_sold_delta(), 0);
+    }
+
+    /// Every order of the same events gives the same view (but for the recording time).
+    #[test]
+    fn the_view_does_not_depend_on_the_arrival_order() {
+        let events = [
+            change(1, StockChange::Restocked { delta: 10 }, 10),
+            change(2, StockChange::Deducted { quantity: 3 }, 7),
+            change(3, StockChange::Deducted { quantity: 2 }, 5),
+            change(4, StockChange::Restored { quantity: 3 }, 8),
+        ];
+        let expected = ProductView {
+            sku: "KB-001".into(),
+            stock: 8,
+            units_sold: 2,
+            events: 4,
+            last_sequence: 4,
+            updated_at: 0,
+        };
+        // All 24 permutations of the four events (Heap's algorithm).
+        let mut order = [0_usize, 1, 2, 3];
+        let mut c = [0_usize; 4];
+        let mut seen = 0;
+        let mut check = |order: &[usize; 4]| {
+            let view = order
+                .iter()
+                .fold(None, |view, &i| Some(apply_change(view, &events[i], 0)));
+            assert_eq!(view.as_ref(), Some(&expected), "order {order:?}");
+            seen += 1;
+        };
+        check(&order);
+        let mut i = 1;
+        while i < 4 {
+            if c[i] < i {
+                order.swap(if i % 2 == 0 { 0 } else { c[i] }, i);
+                check(&order);
+                c[i] += 1;
+                i = 1;
+            } else {
+                c[i] = 0;
+                i += 1;
+            }
+        }
+        assert_eq!(seen, 24);
+    }
+
+    #[test]
+    fn a_late_event_moves_the_sums_but_not_the_stock() {
+        let newest = apply_change(
+            None,
+            &change(5, StockChange::Deducted { quantity: 1 }, 4),
+            7,
+        );
+        let late = apply_change(
+            Some(newest),
+            &change(3, StockChange::Restored { quantity: 2 }, 9),
+            8,
+        );
+        assert_eq!(
+            late,
+            ProductView {
+                sku: "KB-001".into(),
+                stock: 4,
+                units_sold: -1,
+                events: 2,
+                last_sequence: 5,
+                updated_at: 8,
+            }
+        );
     }
 }

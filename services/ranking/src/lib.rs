@@ -1,5 +1,6 @@
 //! The sagaflow ranking service (docs/architecture.md, "Events"): product sales aggregates built
-//! from the Order service's OrderCompleted events, and the TopProducts query.
+//! from the Order service's OrderCompleted events, and the TopProducts query; the read-optimised
+//! product view built from Inventory's events, and its GetProductView / ListProductViews queries.
 //!
 //! ```text
 //!  Order outbox ──relay──▶ RecordOrderCompleted(event_id, event)
@@ -8,10 +9,23 @@
 //!                              │   product_sales += units, orders += 1  (same transaction)
 //!                              ▼
 //!                          TopProducts(limit) ── units_sold desc, then sku
+//!
+//!  Inventory outbox ──relay──▶ RecordInventoryEvent(event_id, sequence, event)
+//!                              │ idempotency::execute(key = event_id)   (redelivery: replay)
+//!                              │   inbox row per event                  (same transaction)
+//!                              │   product_view: units_sold ± quantity, events += 1,
+//!                              │     stock, last_sequence ← event when sequence > last_sequence
+//!                              ▼
+//!                          GetProductView(sku), ListProductViews ── by sku
 //! ```
 //!
-//! - [`domain`]: the completed-order sales and the ranking rule;
-//! - `store`: the inbox and aggregate tables;
+//! A Kafka consumer records the same events without gRPC through [`events`]
+//! ([`events::record_inventory_event`], [`events::record_order_completed`]): the same commands
+//! under the same keys.
+//!
+//! - [`domain`]: the completed-order sales and the ranking rule; the product view's rule;
+//! - [`events`]: the consumers' entry points and payload decoders;
+//! - `store`: the inbox, aggregate and view tables;
 //! - `grpc`: the `sagaflow.ranking.v1.RankingService` implementation and validation.
 
 use std::time::Duration;
@@ -23,6 +37,7 @@ use sagaflow_server::{
 };
 
 pub mod domain;
+pub mod events;
 mod grpc;
 mod store;
 
@@ -57,7 +72,8 @@ impl RankingService {
 /// The retention job of the ranking database's processed-event inbox (docs/operations.md,
 /// "Retention"): rows recorded more than `window` ago are deleted, batch by batch, under the
 /// `ranking` database, table `inbox`. The window must be longer than any redelivery of an
-/// OrderCompleted event: an event delivered again after its row is gone is counted again.
+/// OrderCompleted or Inventory event: an event delivered again after its row (and its
+/// idempotency record) is gone is counted again.
 pub fn inbox_prune_job(db: Db, window: Duration) -> PruneJob {
     let inbox = OldRows {
         table: "inbox",

@@ -185,6 +185,29 @@ impl RankingService for Stub {
             applied: true,
         }))
     }
+
+    // Inventory's events and the product view are not this test's: the relay here delivers the
+    // order's events only.
+    async fn record_inventory_event(
+        &self,
+        _request: Request<sagaflow_proto::ranking::v1::RecordInventoryEventRequest>,
+    ) -> Result<Response<sagaflow_proto::ranking::v1::RecordInventoryEventResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn get_product_view(
+        &self,
+        _request: Request<sagaflow_proto::ranking::v1::GetProductViewRequest>,
+    ) -> Result<Response<sagaflow_proto::ranking::v1::GetProductViewResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn list_product_views(
+        &self,
+        _request: Request<sagaflow_proto::ranking::v1::ListProductViewsRequest>,
+    ) -> Result<Response<sagaflow_proto::ranking::v1::ListProductViewsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// The Prometheus recorder of this test process (installed once).

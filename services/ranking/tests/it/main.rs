@@ -9,5 +9,6 @@ mod grpcurl;
 mod harness;
 mod inbox;
 mod migrations;
+mod product_view;
 mod retention;
 mod validation;

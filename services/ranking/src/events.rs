@@ -1,0 +1,356 @@
+//! Ranking's event consumers without gRPC (docs/architecture.md, "Events"): what a Kafka
+//! consumer calls for each message, the same command as the gRPC delivery of the same event.
+//!
+//! ```text
+//!  (event_type, payload) ──decode_inventory_event──▶ InventoryEvent ─┐
+//!                                                                   ├─ record_inventory_event(db, event_id, sequence, event)
+//!  RankingService/RecordInventoryEvent ─────────────────────────────┘    │ idempotency store, key = event_id (other event: ALREADY_EXISTS)
+//!                                                                        │   inbox row                 (redelivery: applied = false)
+//!                                                                        │   product_view upsert       (one transaction)
+//!                                                                        ▼
+//!                                                                   Ok(applied)
+//!
+//!  payload ──decode_order_completed──▶ OrderCompletedEvent ──▶ record_order_completed(db, event_id, event)
+//! ```
+//!
+//! Both functions build the very request the gRPC delivery sends and run it through the same
+//! validation and the same idempotency store under the same key, so an event delivered once over
+//! gRPC and once over Kafka is recorded once, and a redelivery on either path answers
+//! `Ok(false)`.
+//!
+//! A consumer commits its offset only after `Ok(_)`; an `Err` tells it what to do:
+//!
+//! | error                               | what it means                        | consumer      |
+//! |-------------------------------------|--------------------------------------|---------------|
+//! | [`DecodeError`]                     | not an event Ranking knows           | dead-letter   |
+//! | `ServiceError::InvalidArgument`     | the event is malformed; nothing kept | dead-letter   |
+//! | `ServiceError::AlreadyExists`       | the event id was used for another    | dead-letter   |
+//! | `ServiceError::Unavailable`         | the database is unavailable          | retry         |
+//! | `ServiceError::Internal`            | a bug or unexpected failure (logged) | retry / alert |
+
+use prost::Message;
+use sagaflow_proto::{
+    inventory::v1::{InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent},
+    order::v1::OrderCompletedEvent,
+    ranking::v1::{self as pb, record_inventory_event_request::Event},
+};
+use sagaflow_server::{Db, ServiceError};
+
+use crate::grpc;
+
+/// The `event_type` of an InventoryDeducted event (the outbox's `event_type` column, the Kafka
+/// header).
+pub const INVENTORY_DEDUCTED: &str = "InventoryDeducted";
+/// The `event_type` of an InventoryRestored event.
+pub const INVENTORY_RESTORED: &str = "InventoryRestored";
+/// The `event_type` of an InventoryRestocked event.
+pub const INVENTORY_RESTOCKED: &str = "InventoryRestocked";
+/// The `event_type` of an OrderCompleted event.
+pub const ORDER_COMPLETED: &str = "OrderCompleted";
+
+/// One of Inventory's domain events (`proto/sagaflow/inventory/v1/inventory.proto`), as
+/// decoded from its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InventoryEvent {
+    /// `InventoryDeducted`: an order took units; they count as sold.
+    Deducted(InventoryDeductedEvent),
+    /// `InventoryRestored`: a compensation gave an order's units back; they no longer count.
+    Restored(InventoryRestoredEvent),
+    /// `InventoryRestocked`: an operator changed the stock; units sold are unchanged.
+    Restocked(InventoryRestockedEvent),
+}
+
+impl InventoryEvent {
+    /// The event's type name ([`INVENTORY_DEDUCTED`], [`INVENTORY_RESTORED`] or
+    /// [`INVENTORY_RESTOCKED`]).
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::Deducted(_) => INVENTORY_DEDUCTED,
+            Self::Restored(_) => INVENTORY_RESTORED,
+            Self::Restocked(_) => INVENTORY_RESTOCKED,
+        }
+    }
+
+    /// The sku the event is about (the Kafka message key).
+    pub fn sku(&self) -> &str {
+        match self {
+            Self::Deducted(e) => &e.sku,
+            Self::Restored(e) => &e.sku,
+            Self::Restocked(e) => &e.sku,
+        }
+    }
+}
+
+impl From<InventoryEvent> for Event {
+    fn from(event: InventoryEvent) -> Self {
+        match event {
+            InventoryEvent::Deducted(e) => Self::Deducted(e),
+            InventoryEvent::Restored(e) => Self::Restored(e),
+            InventoryEvent::Restocked(e) => Self::Restocked(e),
+        }
+    }
+}
+
+impl From<Event> for InventoryEvent {
+    fn from(event: Event) -> Self {
+        match event {
+            Event::Deducted(e) => Self::Deducted(e),
+            Event::Restored(e) => Self::Restored(e),
+            Event::Restocked(e) => Self::Restocked(e),
+        }
+    }
+}
+
+/// A message that is not an event Ranking can record: a poison message for the consumer's
+/// dead-letter topic (the reason is the error's text). Every attempt fails the same way.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The `event_type` names no event this function decodes.
+    #[error("unknown event type {event_type:?} (expected one of {expected})")]
+    UnknownType {
+        /// The type name as received.
+        event_type: String,
+        /// The type names accepted, for the message.
+        expected: &'static str,
+    },
+    /// The payload is not an encoded message of the type it claims.
+    #[error("the {event_type} payload does not decode: {source}")]
+    Undecodable {
+        /// The type name as received.
+        event_type: &'static str,
+        /// The protobuf decoder's error.
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+/// Decodes one of Inventory's events from its type name (`"InventoryDeducted"`,
+/// `"InventoryRestored"` or `"InventoryRestocked"`, exactly) and its protobuf payload (the
+/// encoded `sagaflow.inventory.v1.Inventory*Event` message). Checks nothing beyond decoding:
+/// [`record_inventory_event`] validates the fields.
+///
+/// # Errors
+/// [`DecodeError::UnknownType`] for any other type name, [`DecodeError::Undecodable`] when
+/// the payload is not an encoded message of that type.
+pub fn decode_inventory_event(
+    event_type: &str,
+    payload: &[u8],
+) -> Result<InventoryEvent, DecodeError> {
+    fn decode<M: Message + Default>(
+        event_type: &'static str,
+        payload: &[u8],
+    ) -> Result<M, DecodeError> {
+        M::decode(payload).map_err(|source| DecodeError::Undecodable { event_type, source })
+    }
+    match event_type {
+        INVENTORY_DEDUCTED => decode(INVENTORY_DEDUCTED, payload).map(InventoryEvent::Deducted),
+        INVENTORY_RESTORED => decode(INVENTORY_RESTORED, payload).map(InventoryEvent::Restored),
+        INVENTORY_RESTOCKED => decode(INVENTORY_RESTOCKED, payload).map(InventoryEvent::Restocked),
+        other => Err(DecodeError::UnknownType {
+            event_type: other.to_owned(),
+            expected: "InventoryDeducted, InventoryRestored, InventoryRestocked",
+        }),
+    }
+}
+
+/// Decodes an OrderCompleted event from its type name (`"OrderCompleted"`, exactly; Ranking
+/// records no other event of the order topic) and its protobuf payload (an encoded
+/// `sagaflow.order.v1.OrderCompletedEvent`).
+///
+/// # Errors
+/// [`DecodeError::UnknownType`] for any other type name (a consumer of the whole order topic
+/// skips OrderCreated before calling this), [`DecodeError::Undecodable`] when the payload does
+/// not decode.
+pub fn decode_order_completed(
+    event_type: &str,
+    payload: &[u8],
+) -> Result<OrderCompletedEvent, DecodeError> {
+    if event_type != ORDER_COMPLETED {
+        return Err(DecodeError::UnknownType {
+            event_type: event_type.to_owned(),
+            expected: ORDER_COMPLETED,
+        });
+    }
+    OrderCompletedEvent::decode(payload).map_err(|source| DecodeError::Undecodable {
+        event_type: ORDER_COMPLETED,
+        source,
+    })
+}
+
+/// Records one of Inventory's events in the product view, exactly as
+/// `RankingService/RecordInventoryEvent` with the same `event_id`, `sequence` and event would
+/// (docs/architecture.md, "Events"): in one transaction, the idempotency record and inbox row
+/// keyed by `event_id`, then the sku's view (`units_sold` + quantity for a deduction, −
+/// quantity for a restore; `events` + 1; `stock` and `last_sequence` from the event only when
+/// `sequence` is above the stored one).
+///
+/// - `event_id`: the outbox event id (a UUID), the inbox key;
+/// - `sequence`: the event's outbox sequence for its sku (1, 2, …; the Kafka envelope's
+///   `sequence`).
+///
+/// Returns `Ok(true)` when the event was applied, `Ok(false)` when `event_id` had already been
+/// recorded with this very event (a redelivery: nothing changed).
+///
+/// # Errors
+/// - `InvalidArgument` naming the field (`event_id` empty or not a UUID, `sequence` below 1,
+///   `deducted.sku` empty, `deducted.quantity` below 1, `deducted.stock_after` negative, …, the
+///   same paths as the RPC's); nothing was written, and every attempt fails the same way;
+/// - `AlreadyExists` (reason `IDEMPOTENCY_KEY_REUSED`) when `event_id` was recorded with another
+///   event or sequence; nothing changed;
+/// - `Unavailable` / `Internal` when the database fails (retry: nothing was recorded, or a
+///   retry answers `Ok(false)`).
+pub async fn record_inventory_event(
+    db: &Db,
+    event_id: &str,
+    sequence: i64,
+    event: InventoryEvent,
+) -> Result<bool, ServiceError> {
+    let req = pb::RecordInventoryEventRequest {
+        event_id: event_id.to_owned(),
+        sequence,
+        event: Some(event.into()),
+    };
+    let change = grpc::validate_inventory_event(&req)?;
+    grpc::record_inventory_event(db, req, change)
+        .await
+        .map_err(service_error)
+}
+
+/// Counts one completed order in the product sales, exactly as
+/// `RankingService/RecordOrderCompleted` with the same `event_id` and event would
+/// (docs/architecture.md, "Events"): in one transaction, the idempotency record keyed by
+/// `event_id`, the inbox row of the order, and each line's units and order added to its sku's
+/// sales.
+///
+/// Returns `Ok(true)` when the order was counted, `Ok(false)` when `event_id` had already been
+/// recorded with this very event, or the order had already been counted under another event id
+/// (nothing changed).
+///
+/// # Errors
+/// - `InvalidArgument` naming the field (`event_id`, `event.order`, `event.order.status` not
+///   COMPLETED, `event.order.lines[i].sku`, …, the same paths as the RPC's); nothing was
+///   written;
+/// - `AlreadyExists` (reason `IDEMPOTENCY_KEY_REUSED`) when `event_id` was recorded with another
+///   event; nothing changed;
+/// - `Unavailable` / `Internal` when the database fails (retry).
+pub async fn record_order_completed(
+    db: &Db,
+    event_id: &str,
+    event: OrderCompletedEvent,
+) -> Result<bool, ServiceError> {
+    let req = pb::RecordOrderCompletedRequest {
+        event_id: event_id.to_owned(),
+        event: Some(event),
+    };
+    let order = grpc::validate_event(&req)?;
+    grpc::record_order_completed(db, req, order)
+        .await
+        .map_err(service_error)
+}
+
+/// The `ServiceError` of a status answered by the idempotency store after validation passed:
+/// ALREADY_EXISTS (the key reused), INVALID_ARGUMENT (a value the database refused: the request
+/// as a whole), UNAVAILABLE, or INTERNAL (already logged where it arose). The effects store no
+/// other business error.
+fn service_error(status: tonic::Status) -> ServiceError {
+    use tonic::Code;
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::AlreadyExists => ServiceError::AlreadyExists {
+            reason: "IDEMPOTENCY_KEY_REUSED",
+            message,
+        },
+        Code::InvalidArgument => ServiceError::refused_value(message),
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::Cancelled
+        | Code::ResourceExhausted => ServiceError::Unavailable(message),
+        code => ServiceError::Internal(anyhow::anyhow!("{code:?}: {message}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_each_inventory_event_by_its_type() {
+        let deducted = InventoryDeductedEvent {
+            sku: "KB-001".into(),
+            order_id: "o".into(),
+            quantity: 2,
+            stock_after: 8,
+        };
+        let restored = InventoryRestoredEvent {
+            sku: "KB-001".into(),
+            order_id: "o".into(),
+            quantity: 2,
+            stock_after: 10,
+        };
+        let restocked = InventoryRestockedEvent {
+            sku: "KB-001".into(),
+            delta: 5,
+            stock_after: 15,
+        };
+        let cases = [
+            (INVENTORY_DEDUCTED, InventoryEvent::Deducted(deducted)),
+            (INVENTORY_RESTORED, InventoryEvent::Restored(restored)),
+            (INVENTORY_RESTOCKED, InventoryEvent::Restocked(restocked)),
+        ];
+        for (event_type, event) in cases {
+            let payload = match &event {
+                InventoryEvent::Deducted(e) => e.encode_to_vec(),
+                InventoryEvent::Restored(e) => e.encode_to_vec(),
+                InventoryEvent::Restocked(e) => e.encode_to_vec(),
+            };
+            let decoded = decode_inventory_event(event_type, &payload).unwrap();
+            assert_eq!(decoded.event_type(), event_type);
+            assert_eq!(decoded.sku(), "KB-001");
+            assert_eq!(decoded, event);
+        }
+    }
+
+    #[test]
+    fn unknown_types_and_undecodable_payloads_are_named() {
+        let err = decode_inventory_event("InventoryExploded", &[]).unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownType { .. }));
+        assert!(err.to_string().contains("\"InventoryExploded\""), "{err}");
+        // Case matters: the type names are exact.
+        assert!(decode_inventory_event("inventorydeducted", &[]).is_err());
+        // Field 1 (sku) as a length-delimited string of 10 bytes with 1 byte present.
+        let err = decode_inventory_event(INVENTORY_DEDUCTED, &[0x0a, 0x0a, b'K']).unwrap_err();
+        assert!(matches!(err, DecodeError::Undecodable { .. }));
+        assert!(err.to_string().contains("InventoryDeducted"), "{err}");
+
+        let err = decode_order_completed("OrderCreated", &[]).unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownType { .. }));
+        let err = decode_order_completed(ORDER_COMPLETED, &[0xff]).unwrap_err();
+        assert!(matches!(err, DecodeError::Undecodable { .. }));
+        assert_eq!(
+            decode_order_completed(ORDER_COMPLETED, &[]).unwrap(),
+            OrderCompletedEvent::default()
+        );
+    }
+
+    #[test]
+    fn statuses_of_the_store_map_back() {
+        let reused = service_error(tonic::Status::already_exists("reused"));
+        assert!(matches!(
+            reused,
+            ServiceError::AlreadyExists {
+                reason: "IDEMPOTENCY_KEY_REUSED",
+                ..
+            }
+        ));
+        assert!(service_error(tonic::Status::invalid_argument("x")).is_refused_value());
+        assert!(matches!(
+            service_error(tonic::Status::unavailable("db")),
+            ServiceError::Unavailable(_)
+        ));
+        assert!(matches!(
+            service_error(tonic::Status::internal("bug")),
+            ServiceError::Internal(_)
+        ));
+    }
+}
