@@ -49,7 +49,9 @@ use tonic::service::RoutesBuilder;
 
 use crate::{
     seed::{self, DEMO_SEED, Seed},
-    services::{EngineSettings, Peers, RelaySettings, Running, Service, Settings},
+    services::{
+        EngineSettings, EventArgs, EventSettings, Peers, RelaySettings, Running, Service, Settings,
+    },
 };
 
 /// Flags of `sagaflow dev`.
@@ -85,6 +87,8 @@ pub struct DevArgs {
     /// `lost_reply:P` (docs/operations.md, "Fault injection").
     #[arg(long, env = "SAGAFLOW_FAULTS", default_value = "")]
     pub faults: FaultConfig,
+    #[command(flatten)]
+    pub events: EventArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
@@ -132,6 +136,8 @@ pub struct EmbeddedConfig {
     /// Retention of every database (docs/operations.md, "Retention"); default: on, with the
     /// documented windows.
     pub retention: sagaflow_server::retention::RetentionConfig,
+    /// How events travel: gRPC inside the process (the default), or through Kafka.
+    pub events: EventSettings,
 }
 
 /// Where an embedded system keeps its databases.
@@ -189,6 +195,7 @@ impl EmbeddedConfig {
                 .map(String::from)
                 .to_vec(),
             retention: sagaflow_server::retention::RetentionConfig::default(),
+            events: EventSettings::default(),
         }
     }
 
@@ -232,6 +239,7 @@ impl EmbeddedConfig {
                 .map(String::from)
                 .to_vec(),
             retention: args.retention.config(args.saga_deadline_ms)?,
+            events: args.events.settings(),
         })
     }
 }
@@ -294,6 +302,12 @@ impl Embedded {
         // Every call the system makes to itself goes through the server's stack in-process: the
         // transport exists before the services that call through it, and serves once the server
         // is started below (calls made before that wait, as connections wait in a backlog).
+        if let Err(err) = config.events.prepare().await {
+            for (_, db) in &dbs {
+                db.close().await;
+            }
+            return Err(err);
+        }
         let local = InProcess::new();
         let settings = Settings {
             payment_methods: config.payment_methods.clone(),
@@ -315,6 +329,7 @@ impl Embedded {
                 sole_owner: config.storage == Storage::Sqlite,
                 saga_deadline: config.saga_deadline,
             },
+            events: config.events.clone(),
         };
         let peers = Peers::single(local.clone());
         let mut running = Running::default();

@@ -30,7 +30,7 @@ use tonic::{
 pub use crate::services::Service;
 use crate::{
     CliError,
-    services::{EngineSettings, Peers, RelaySettings, Running, Settings},
+    services::{EngineSettings, EventArgs, Peers, RelaySettings, Running, Settings},
 };
 
 /// Addresses of the other services (each a URL; several comma-separated URLs are load-balanced).
@@ -235,6 +235,8 @@ pub struct ServeArgs {
     )]
     pub outbox_retention_ms: u64,
     #[command(flatten)]
+    pub events: EventArgs,
+    #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
@@ -376,6 +378,7 @@ async fn serve_with(
                 sole_owner: false,
                 saga_deadline: Duration::from_millis(args.engine.saga_deadline_ms),
             },
+            events: args.events.settings(),
         };
     // The port first: a port in use changes nothing (no migration, no relay started).
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| {
@@ -384,6 +387,10 @@ async fn serve_with(
     let db = Db::connect(url, service.migrations(), &args.database.pool_config())
         .await
         .context("opening the database")?;
+    if let Err(err) = settings.events.prepare().await {
+        db.close().await;
+        return Err(CliError::Failed(err));
+    }
 
     let mut running = Running::default();
     let mut routes = RoutesBuilder::default();

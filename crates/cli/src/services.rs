@@ -8,7 +8,11 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
+use sagaflow_events::{
+    EventBus, EventHandler, Family, Publisher,
+    kafka::{self, KafkaConsumer, KafkaConsumerConfig, KafkaPublisher, KafkaPublisherConfig},
+};
 use sagaflow_orchestrator::{
     OrchestratorService, ServiceClients, StepPolicies, limits::DownstreamLimits, order_saga,
 };
@@ -143,14 +147,43 @@ impl Service {
         match self {
             Self::Coupon => sagaflow_coupon::CouponService::new(db.clone()).register(routes),
             Self::Inventory => {
-                sagaflow_inventory::InventoryService::new(db.clone()).register(routes);
+                let waker = RelayWaker::default();
+                sagaflow_inventory::InventoryService::new(db.clone())
+                    .with_relay_waker(waker.clone())
+                    .register(routes);
+                let publisher: Arc<dyn Publisher> = match &settings.events.bus {
+                    EventBus::Grpc => {
+                        Arc::new(sagaflow_inventory::events::InventoryGrpcPublisher::new(
+                            peers.ranking.clone(),
+                        ))
+                    }
+                    EventBus::Kafka { brokers } => kafka_publisher(brokers, self)?,
+                };
+                let relay = relay::OutboxRelay::new(
+                    db.clone(),
+                    Arc::new(sagaflow_inventory::events::InventoryOutbox),
+                    publisher,
+                    waker,
+                    settings.relay.poll,
+                );
+                start_relay(relay, &settings.relay, running);
             }
             Self::Payment => {
                 let gateway = Arc::new(sagaflow_payment::SimulatedGateway::new(settings.gateway));
                 sagaflow_payment::PaymentService::new(db.clone(), gateway).register(routes);
             }
             Self::Point => sagaflow_point::PointService::new(db.clone()).register(routes),
-            Self::Ranking => sagaflow_ranking::RankingService::new(db.clone()).register(routes),
+            Self::Ranking => {
+                let ranking = sagaflow_ranking::RankingService::new(db.clone());
+                let consumer = ranking.consumer();
+                ranking.register(routes);
+                settings.events.consume(
+                    self,
+                    &[Family::Order, Family::Inventory],
+                    Arc::new(consumer),
+                    running,
+                )?;
+            }
             Self::Order => {
                 let waker = RelayWaker::default();
                 sagaflow_order::OrderService::new(db.clone(), peers.inventory.clone())
@@ -158,23 +191,15 @@ impl Service {
                     .with_relay_waker(waker.clone())
                     .with_shutdown(running.stop.clone())
                     .register(routes);
-                let r = &settings.relay;
-                let mut relay = relay::grpc_relay(
-                    db.clone(),
-                    peers.orchestrator.clone(),
-                    peers.ranking.clone(),
-                    waker,
-                    r.poll,
-                )
-                .with_retry(r.retry)
-                .with_sent_retention(r.sent_retention);
-                if let Some(every) = r.backlog_sampling {
-                    relay = relay.with_backlog_sampling(every);
-                }
-                running.background.push((
-                    "outbox relay",
-                    tokio::spawn(relay.run(running.stop.clone())),
-                ));
+                let publisher: Arc<dyn Publisher> = match &settings.events.bus {
+                    EventBus::Grpc => Arc::new(relay::OrderGrpcPublisher::new(
+                        peers.orchestrator.clone(),
+                        peers.ranking.clone(),
+                    )),
+                    EventBus::Kafka { brokers } => kafka_publisher(brokers, self)?,
+                };
+                let relay = relay::relay_through(db.clone(), publisher, waker, settings.relay.poll);
+                start_relay(relay, &settings.relay, running);
             }
             Self::Orchestrator => {
                 let e = &settings.engine;
@@ -194,11 +219,141 @@ impl Service {
                     .sole_owner(e.sole_owner)
                     .build()
                     .context("starting the saga engine")?;
-                OrchestratorService::new(engine.clone(), e.saga_deadline).register(routes);
+                let orchestrator = OrchestratorService::new(engine.clone(), e.saga_deadline);
+                settings.events.consume(
+                    self,
+                    &[Family::Order],
+                    Arc::new(orchestrator.consumer()),
+                    running,
+                )?;
+                orchestrator.register(routes);
                 routes.add_service(SagaAdmin::new(engine.clone()).into_server());
                 running.engine = Some(engine);
             }
         }
+        Ok(())
+    }
+}
+
+/// A Kafka publisher for `service`'s outbox relay (client id `sagaflow-<service>`).
+fn kafka_publisher(brokers: &str, service: Service) -> anyhow::Result<Arc<dyn Publisher>> {
+    let mut config = KafkaPublisherConfig::new(brokers);
+    config.client_id = service.telemetry_name();
+    let publisher = KafkaPublisher::new(config)
+        .with_context(|| format!("creating the {} Kafka producer", service.name()))?;
+    Ok(Arc::new(publisher))
+}
+
+/// Starts `relay` with the retry, retention and sampling of `settings` into `running`.
+fn start_relay(relay: relay::OutboxRelay, settings: &RelaySettings, running: &mut Running) {
+    let mut relay = relay
+        .with_retry(settings.retry)
+        .with_sent_retention(settings.sent_retention);
+    if let Some(every) = settings.backlog_sampling {
+        relay = relay.with_backlog_sampling(every);
+    }
+    running.background.push((
+        "outbox relay",
+        tokio::spawn(relay.run(running.stop.clone())),
+    ));
+}
+
+/// How events travel between the services (docs/architecture.md, "Events"; "Kafka transport"):
+/// `--event-bus` and the Kafka consumers' settings, shared by `serve` and `dev`.
+#[derive(Debug, Clone, Args)]
+pub struct EventArgs {
+    /// `grpc` (the default: each outbox relay calls its consumers' delivery RPCs, no broker) or
+    /// `kafka://host:port[,host:port]` (the relays publish to Kafka; the orchestrator and Ranking
+    /// consume in consumer groups `sagaflow-orchestrator` and `sagaflow-ranking`).
+    #[arg(long, env = "SAGAFLOW_EVENT_BUS", default_value = "grpc")]
+    pub event_bus: EventBus,
+    /// Kafka only: `session.timeout.ms` of the consumers, milliseconds: how long the group waits
+    /// for a silent member before giving its partitions to another.
+    #[arg(
+        long,
+        env = "SAGAFLOW_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub kafka_session_timeout_ms: u64,
+    /// Kafka only: partitions of each event topic when this process creates it (an existing
+    /// topic is left as it is).
+    #[arg(long, env = "SAGAFLOW_KAFKA_PARTITIONS", default_value_t = 8,
+        value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub kafka_partitions: i32,
+}
+
+impl EventArgs {
+    /// The settings these flags give.
+    pub fn settings(&self) -> EventSettings {
+        EventSettings {
+            bus: self.event_bus.clone(),
+            session_timeout_ms: self.kafka_session_timeout_ms,
+            partitions: self.kafka_partitions,
+        }
+    }
+}
+
+/// How events travel between the services.
+#[derive(Debug, Clone, Default)]
+pub struct EventSettings {
+    /// The transport.
+    pub bus: EventBus,
+    /// Kafka consumers' `session.timeout.ms`, milliseconds (0: the default 10000).
+    pub session_timeout_ms: u64,
+    /// Partitions of each topic this process creates (0: 8).
+    pub partitions: i32,
+}
+
+impl EventSettings {
+    /// Creates the event topics and the dead-letter topic (Kafka only; existing topics are left
+    /// as they are). Call it before [`Service::register`].
+    ///
+    /// # Errors
+    /// When the broker cannot be reached or refuses to create a topic.
+    pub async fn prepare(&self) -> anyhow::Result<()> {
+        if let EventBus::Kafka { brokers } = &self.bus {
+            let partitions = if self.partitions > 0 {
+                self.partitions
+            } else {
+                8
+            };
+            kafka::ensure_topics(brokers, &kafka::all_topics(partitions))
+                .await
+                .with_context(|| format!("creating the event topics on {brokers}"))?;
+        }
+        Ok(())
+    }
+
+    /// With Kafka, starts `service`'s consumer group `sagaflow-<service>` on the topics of
+    /// `families`, running `handler` for each event, into `running`; with gRPC, nothing (the
+    /// relays call the delivery RPCs).
+    fn consume(
+        &self,
+        service: Service,
+        families: &[Family],
+        handler: Arc<dyn EventHandler>,
+        running: &mut Running,
+    ) -> anyhow::Result<()> {
+        let EventBus::Kafka { brokers } = &self.bus else {
+            return Ok(());
+        };
+        let topics: Vec<&str> = families.iter().map(|f| f.topic()).collect();
+        let mut config =
+            KafkaConsumerConfig::new(brokers.clone(), service.telemetry_name(), &topics);
+        if self.session_timeout_ms > 0 {
+            config.session_timeout_ms = self.session_timeout_ms;
+        }
+        let consumer = KafkaConsumer::new(config, handler)
+            .with_context(|| format!("creating the {} Kafka consumer", service.name()))?;
+        let stop = running.stop.clone();
+        running.background.push((
+            "kafka consumer",
+            tokio::spawn(async move {
+                if let Err(err) = consumer.run(stop).await {
+                    tracing::error!(error = %err, "ALERT: the Kafka consumer stopped");
+                }
+            }),
+        ));
         Ok(())
     }
 }
@@ -253,9 +408,11 @@ pub struct Settings {
     pub relay: RelaySettings,
     /// Orchestrator: the saga engine.
     pub engine: EngineSettings,
+    /// Order, Inventory, Ranking, orchestrator: how events travel.
+    pub events: EventSettings,
 }
 
-/// The order service's outbox relay (docs/architecture.md, "Events").
+/// The outbox relays of Order and Inventory (docs/architecture.md, "Events").
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     /// How often the relay looks for undelivered events when nothing wakes it.

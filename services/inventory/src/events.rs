@@ -7,11 +7,19 @@
 //! `sagaflow.inventory.events.v1`, key = sku, or Ranking's `RecordInventoryEvent` over gRPC.
 
 use prost::Message;
-use sagaflow_events::Family;
-use sagaflow_proto::inventory::v1::{
-    InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent,
+use sagaflow_events::{Envelope, Family, PublishError, Publisher};
+use sagaflow_proto::{
+    inventory::v1::{InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent},
+    ranking::v1::{
+        RecordInventoryEventRequest, ranking_service_client::RankingServiceClient,
+        record_inventory_event_request,
+    },
 };
-use sagaflow_server::outbox::{self, OutboxSchema};
+use sagaflow_server::{
+    outbox::{self, OutboxSchema},
+    relay,
+    transport::{TracedTransport, Transport, traced},
+};
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
@@ -92,6 +100,57 @@ pub(crate) async fn append(
         event.encode(),
     )
     .await
+}
+
+/// The gRPC delivery of Inventory's events (the embedded default's transport): each to
+/// `RankingService/RecordInventoryEvent`, with the relay's delivery timeout and the event's trace
+/// context.
+#[derive(Debug, Clone)]
+pub struct InventoryGrpcPublisher {
+    ranking: RankingServiceClient<TracedTransport>,
+}
+
+impl InventoryGrpcPublisher {
+    /// Delivers to Ranking through `ranking` (wrapped with [`traced`]).
+    pub fn new(ranking: impl Into<Transport>) -> Self {
+        Self {
+            ranking: RankingServiceClient::new(traced(ranking)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for InventoryGrpcPublisher {
+    /// # Errors
+    /// [`relay::publish_error`] of Ranking's status; an undecodable payload is in doubt (the
+    /// outbox checks every row before the relay reads it).
+    async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        let event =
+            InventoryEvent::decode(&envelope.event_type, &envelope.payload).map_err(|e| {
+                relay::publish_error(&tonic::Status::internal(format!(
+                    "undecodable outbox payload: {e}"
+                )))
+            })?;
+        let event = match event {
+            InventoryEvent::Deducted(e) => record_inventory_event_request::Event::Deducted(e),
+            InventoryEvent::Restored(e) => record_inventory_event_request::Event::Restored(e),
+            InventoryEvent::Restocked(e) => record_inventory_event_request::Event::Restocked(e),
+        };
+        let request = relay::delivery_request(
+            RecordInventoryEventRequest {
+                event_id: envelope.event_id.clone(),
+                sequence: envelope.sequence,
+                event: Some(event),
+            },
+            envelope.traceparent.as_deref(),
+        );
+        self.ranking
+            .clone()
+            .record_inventory_event(request)
+            .await
+            .map(drop)
+            .map_err(|status| relay::publish_error(&status))
+    }
 }
 
 /// Inventory's outbox schema: family [`Family::Inventory`], the three event types, nothing done

@@ -29,12 +29,14 @@
 //! | `ServiceError::Internal`            | a bug or unexpected failure (logged) | retry / alert |
 
 use prost::Message;
+use sagaflow_events::{Envelope, EventHandler, Family, HandleError};
 use sagaflow_proto::{
     inventory::v1::{InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent},
     order::v1::OrderCompletedEvent,
     ranking::v1::{self as pb, record_inventory_event_request::Event},
 };
-use sagaflow_server::{Db, ServiceError};
+use sagaflow_server::{Db, ServiceError, consume};
+use tracing::Instrument as _;
 
 use crate::grpc;
 
@@ -352,5 +354,53 @@ mod tests {
             service_error(tonic::Status::internal("bug")),
             ServiceError::Internal(_)
         ));
+    }
+}
+
+/// Ranking's consumer of the order and inventory events (Kafka consumer group
+/// `sagaflow-ranking`, docs/architecture.md, "Events"): OrderCompleted through
+/// [`record_order_completed`], Inventory's events through [`record_inventory_event`] — the code
+/// of the gRPC delivery RPCs, with their inbox; the order's other events pass.
+#[derive(Debug, Clone)]
+pub struct RankingConsumer {
+    db: Db,
+}
+
+impl crate::RankingService {
+    /// This service as the consumer of the order and inventory events.
+    pub fn consumer(&self) -> RankingConsumer {
+        RankingConsumer {
+            db: self.db.clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for RankingConsumer {
+    /// # Errors
+    /// [`HandleError::Poison`] for an undecodable payload, an unknown inventory event type or an
+    /// event the recording refuses; [`HandleError::Transient`] when the database is unavailable.
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandleError> {
+        let span = consume::span(&envelope);
+        let recorded = match envelope.family {
+            Family::Order if envelope.event_type == ORDER_COMPLETED => {
+                let event = decode_order_completed(&envelope.event_type, &envelope.payload)
+                    .map_err(|e| HandleError::Poison(e.to_string()))?;
+                record_order_completed(&self.db, &envelope.event_id, event)
+                    .instrument(span)
+                    .await
+            }
+            Family::Order => return Ok(()),
+            Family::Inventory => {
+                let event = decode_inventory_event(&envelope.event_type, &envelope.payload)
+                    .map_err(|e| HandleError::Poison(e.to_string()))?;
+                record_inventory_event(&self.db, &envelope.event_id, envelope.sequence, event)
+                    .instrument(span)
+                    .await
+            }
+        };
+        recorded
+            .map(drop)
+            .map_err(|err| consume::handle_error(&tonic::Status::from(err)))
     }
 }
