@@ -13,6 +13,11 @@
 //! - each COMPLETED order has one COMPLETED payment of its payable amount; each FAILED order has
 //!   none, or a CANCELED or REFUNDED one.
 //!
+//! - Ranking's read models (eventually consistent, docs/architecture.md, "Events"): per sku the
+//!   product view's stock is the Inventory stock, and the view's units sold and the sales
+//!   ranking's units each grew by the units of the run's COMPLETED orders ([`settled`] waits
+//!   for them to catch up).
+//!
 //! These deltas assume nobody else changes the same products, users or coupons meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +28,9 @@ use sagaflow_proto::{
     order::v1::{Order, OrderStatus},
     payment::v1::{GetPaymentRequest, PaymentStatus, payment_service_client::PaymentServiceClient},
     point::v1::{GetBalanceRequest, point_service_client::PointServiceClient},
+    ranking::v1::{
+        ListProductViewsRequest, TopProductsRequest, ranking_service_client::RankingServiceClient,
+    },
 };
 use sagaflow_server::transport::Transport;
 use tonic::Code;
@@ -36,6 +44,10 @@ pub struct Snapshot {
     pub balances: BTreeMap<String, i64>,
     /// coupon code → order holding it (`None` when AVAILABLE).
     pub coupons: BTreeMap<String, Option<String>>,
+    /// sku → Ranking's product view: (stock, units sold); skus without a view are absent.
+    pub views: BTreeMap<String, (i64, i64)>,
+    /// sku → units sold in Ranking's sales ranking (its top 1000 skus).
+    pub sales: BTreeMap<String, i64>,
 }
 
 /// Transports to the services whose state is checked (one channel for the embedded system).
@@ -49,6 +61,8 @@ pub struct Services {
     pub coupon: Transport,
     /// Payment.
     pub payment: Transport,
+    /// Ranking.
+    pub ranking: Transport,
 }
 
 impl Services {
@@ -59,7 +73,8 @@ impl Services {
             inventory: transport.clone(),
             point: transport.clone(),
             coupon: transport.clone(),
-            payment: transport,
+            payment: transport.clone(),
+            ranking: transport,
         }
     }
 }
@@ -118,7 +133,57 @@ pub async fn snapshot(
             Err(status) => return Err(status),
         }
     }
+    let mut ranking = RankingServiceClient::new(services.ranking.clone());
+    let mut page_token = String::new();
+    loop {
+        let page = ranking
+            .list_product_views(ListProductViewsRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        for v in page.views {
+            snap.views.insert(v.sku, (v.stock, v.units_sold));
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let top = ranking
+        .top_products(TopProductsRequest { limit: 1000 })
+        .await?
+        .into_inner();
+    for p in top.products {
+        snap.sales.insert(p.sku, p.units_sold);
+    }
     Ok(snap)
+}
+
+/// Takes the snapshot after the run and [`check`]s it, again every 200 ms while a check fails,
+/// for at most `patience`: Ranking's read models are eventually consistent, so right after the
+/// last order ended its events may still be on their way. Returns the last snapshot and report.
+///
+/// # Errors
+/// The first query that fails.
+pub async fn settled(
+    services: &Services,
+    orders: &[Order],
+    before: &Snapshot,
+    users: &BTreeSet<String>,
+    coupons: &BTreeSet<String>,
+    patience: std::time::Duration,
+) -> Result<(Snapshot, Report), tonic::Status> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let after = snapshot(services, users, coupons).await?;
+        let report = check(services, orders, before, &after).await?;
+        if report.violations.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok((after, report));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// What [`check`] found.
@@ -221,6 +286,24 @@ pub async fn check(
         let sold = units.get(sku.as_str()).copied().unwrap_or(0);
         report.expect(stock_before - stock_after == sold, || {
             format!("sku {sku}: stock went {stock_before} -> {stock_after}, but COMPLETED orders took {sold}")
+        });
+        // Ranking's read models (a sku the run did not touch may predate Inventory's events).
+        if sold > 0 || after.views.contains_key(sku) {
+            let (view_stock, view_sold) = after.views.get(sku).copied().unwrap_or_default();
+            let view_sold_before = before.views.get(sku).map_or(0, |v| v.1);
+            report.expect(view_stock == *stock_after, || {
+                format!(
+                    "sku {sku}: the product view says stock {view_stock}, Inventory {stock_after}"
+                )
+            });
+            report.expect(view_sold - view_sold_before == sold, || {
+                format!("sku {sku}: the product view's units sold went {view_sold_before} -> {view_sold}, but COMPLETED orders took {sold}")
+            });
+        }
+        let sales_before = before.sales.get(sku).copied().unwrap_or(0);
+        let sales_after = after.sales.get(sku).copied().unwrap_or(0);
+        report.expect(sales_after - sales_before == sold, || {
+            format!("sku {sku}: the sales ranking went {sales_before} -> {sales_after}, but COMPLETED orders took {sold}")
         });
     }
     for (user, balance_after) in &after.balances {

@@ -425,12 +425,16 @@ async fn run_in(
             .entry(sagaflow_cli::load::outcome_label(order))
             .or_default() += 1;
     }
-    let after = invariants::snapshot(&services, &users, &coupons)
-        .await
-        .context("snapshot after the load")?;
-    let api = invariants::check(&services, &orders, &before, &after)
-        .await
-        .context("checking the invariants through the query APIs")?;
+    let (_, api) = invariants::settled(
+        &services,
+        &orders,
+        &before,
+        &users,
+        &coupons,
+        Duration::from_secs(30),
+    )
+    .await
+    .context("checking the invariants through the query APIs")?;
     report.checks += api.checks;
     report.violations.extend(api.violations);
     let request_ids = plans.iter().map(|p| p.request.request_id.clone()).collect();
@@ -448,6 +452,7 @@ impl cluster::Cluster {
             point: self.channel(Role::Point)?.into(),
             coupon: self.channel(Role::Coupon)?.into(),
             payment: self.channel(Role::Payment)?.into(),
+            ranking: self.channel(Role::Ranking)?.into(),
         })
     }
 }

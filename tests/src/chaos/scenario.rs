@@ -93,11 +93,17 @@ impl Scenario {
                 .context("GetOrder answered no order")?;
             orders.push(order);
         }
-        let after = self.snapshot().await?;
         let services = self.cluster.services()?;
-        let report = sagaflow_cli::invariants::check(&services, &orders, before, &after)
-            .await
-            .context("checking the invariants")?;
+        let (_, report) = sagaflow_cli::invariants::settled(
+            &services,
+            &orders,
+            before,
+            &self.seed.users,
+            &self.seed.coupon_codes(),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .context("checking the invariants")?;
         Ok(report.violations)
     }
 
