@@ -32,6 +32,8 @@
 
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
+pub mod events;
+
 /// The encoded `FileDescriptorSet` of every sagaflow `.proto` file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/sagaflow_descriptor.bin"));

@@ -6,14 +6,9 @@
 //! ([`sagaflow_server::relay`]) with the [`InventoryOutbox`] schema: Kafka topic
 //! `sagaflow.inventory.events.v1`, key = sku, or Ranking's `RecordInventoryEvent` over gRPC.
 
-use prost::Message;
 use sagaflow_events::{Envelope, Family, PublishError, Publisher};
-use sagaflow_proto::{
-    inventory::v1::{InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent},
-    ranking::v1::{
-        RecordInventoryEventRequest, ranking_service_client::RankingServiceClient,
-        record_inventory_event_request,
-    },
+use sagaflow_proto::ranking::v1::{
+    RecordInventoryEventRequest, ranking_service_client::RankingServiceClient,
 };
 use sagaflow_server::{
     outbox::{self, OutboxSchema},
@@ -23,68 +18,10 @@ use sagaflow_server::{
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
-/// The stored type of an InventoryDeducted event.
-pub const DEDUCTED: &str = "InventoryDeducted";
-/// The stored type of an InventoryRestored event.
-pub const RESTORED: &str = "InventoryRestored";
-/// The stored type of an InventoryRestocked event.
-pub const RESTOCKED: &str = "InventoryRestocked";
-
-const EVENT_TYPES: [&str; 3] = [DEDUCTED, RESTORED, RESTOCKED];
-
-/// One of Inventory's events, decoded.
-#[derive(Debug, Clone, PartialEq)]
-pub enum InventoryEvent {
-    /// DeductInventory took units of the sku for an order.
-    Deducted(InventoryDeductedEvent),
-    /// RestoreInventory gave an order's units of the sku back.
-    Restored(InventoryRestoredEvent),
-    /// Restock added units of the sku.
-    Restocked(InventoryRestockedEvent),
-}
-
-impl InventoryEvent {
-    /// The stored type.
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            Self::Deducted(_) => DEDUCTED,
-            Self::Restored(_) => RESTORED,
-            Self::Restocked(_) => RESTOCKED,
-        }
-    }
-
-    /// The sku: the aggregate id, and the partition key.
-    pub fn sku(&self) -> &str {
-        match self {
-            Self::Deducted(e) => &e.sku,
-            Self::Restored(e) => &e.sku,
-            Self::Restocked(e) => &e.sku,
-        }
-    }
-
-    /// The encoded message.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            Self::Deducted(e) => e.encode_to_vec(),
-            Self::Restored(e) => e.encode_to_vec(),
-            Self::Restocked(e) => e.encode_to_vec(),
-        }
-    }
-
-    /// Decodes an event of the stored type `event_type` from `payload`.
-    ///
-    /// # Errors
-    /// Why not: an unknown type, or a payload that is not that type's message.
-    pub fn decode(event_type: &str, payload: &[u8]) -> Result<Self, String> {
-        let decoded = match event_type {
-            DEDUCTED => InventoryDeductedEvent::decode(payload).map(Self::Deducted),
-            RESTORED => InventoryRestoredEvent::decode(payload).map(Self::Restored),
-            RESTOCKED => InventoryRestockedEvent::decode(payload).map(Self::Restocked),
-            other => return Err(format!("unknown inventory event type {other:?}")),
-        };
-        decoded.map_err(|err| format!("{event_type} payload does not decode: {err}"))
-    }
-}
+pub use sagaflow_proto::events::{
+    INVENTORY_DEDUCTED as DEDUCTED, INVENTORY_EVENT_TYPES as EVENT_TYPES,
+    INVENTORY_RESTOCKED as RESTOCKED, INVENTORY_RESTORED as RESTORED, InventoryEvent,
+};
 
 /// Appends `event` to the outbox on the caller's transaction (see the module docs for where).
 pub(crate) async fn append(
@@ -131,16 +68,11 @@ impl Publisher for InventoryGrpcPublisher {
                     "undecodable outbox payload: {e}"
                 )))
             })?;
-        let event = match event {
-            InventoryEvent::Deducted(e) => record_inventory_event_request::Event::Deducted(e),
-            InventoryEvent::Restored(e) => record_inventory_event_request::Event::Restored(e),
-            InventoryEvent::Restocked(e) => record_inventory_event_request::Event::Restocked(e),
-        };
         let request = relay::delivery_request(
             RecordInventoryEventRequest {
                 event_id: envelope.event_id.clone(),
                 sequence: envelope.sequence,
-                event: Some(event),
+                event: Some(event.into()),
             },
             envelope.traceparent.as_deref(),
         );
@@ -171,7 +103,9 @@ impl OutboxSchema for InventoryOutbox {
     }
 
     fn check(&self, event_type: &str, payload: &[u8]) -> Result<(), String> {
-        InventoryEvent::decode(event_type, payload).map(|_| ())
+        InventoryEvent::decode(event_type, payload)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn keep_delivered(&self) -> Option<&'static str> {
@@ -185,6 +119,9 @@ impl OutboxSchema for InventoryOutbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sagaflow_proto::inventory::v1::{
+        InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent,
+    };
 
     #[test]
     fn events_round_trip_by_their_stored_type() {

@@ -31,105 +31,25 @@
 use prost::Message;
 use sagaflow_events::{Envelope, EventHandler, Family, HandleError};
 use sagaflow_proto::{
-    inventory::v1::{InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent},
     order::v1::OrderCompletedEvent,
-    ranking::v1::{self as pb, record_inventory_event_request::Event},
+    ranking::v1::{self as pb},
 };
 use sagaflow_server::{Db, ServiceError, consume};
 use tracing::Instrument as _;
 
 use crate::grpc;
 
-/// The `event_type` of an InventoryDeducted event (the outbox's `event_type` column, the Kafka
-/// header).
-pub const INVENTORY_DEDUCTED: &str = "InventoryDeducted";
-/// The `event_type` of an InventoryRestored event.
-pub const INVENTORY_RESTORED: &str = "InventoryRestored";
-/// The `event_type` of an InventoryRestocked event.
-pub const INVENTORY_RESTOCKED: &str = "InventoryRestocked";
+pub use sagaflow_proto::events::{
+    DecodeError, INVENTORY_DEDUCTED, INVENTORY_RESTOCKED, INVENTORY_RESTORED, InventoryEvent,
+};
+
 /// The `event_type` of an OrderCompleted event.
 pub const ORDER_COMPLETED: &str = "OrderCompleted";
 
-/// One of Inventory's domain events (`proto/sagaflow/inventory/v1/inventory.proto`), as
-/// decoded from its payload.
-#[derive(Debug, Clone, PartialEq)]
-pub enum InventoryEvent {
-    /// `InventoryDeducted`: an order took units; they count as sold.
-    Deducted(InventoryDeductedEvent),
-    /// `InventoryRestored`: a compensation gave an order's units back; they no longer count.
-    Restored(InventoryRestoredEvent),
-    /// `InventoryRestocked`: an operator changed the stock; units sold are unchanged.
-    Restocked(InventoryRestockedEvent),
-}
-
-impl InventoryEvent {
-    /// The event's type name ([`INVENTORY_DEDUCTED`], [`INVENTORY_RESTORED`] or
-    /// [`INVENTORY_RESTOCKED`]).
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            Self::Deducted(_) => INVENTORY_DEDUCTED,
-            Self::Restored(_) => INVENTORY_RESTORED,
-            Self::Restocked(_) => INVENTORY_RESTOCKED,
-        }
-    }
-
-    /// The sku the event is about (the Kafka message key).
-    pub fn sku(&self) -> &str {
-        match self {
-            Self::Deducted(e) => &e.sku,
-            Self::Restored(e) => &e.sku,
-            Self::Restocked(e) => &e.sku,
-        }
-    }
-}
-
-impl From<InventoryEvent> for Event {
-    fn from(event: InventoryEvent) -> Self {
-        match event {
-            InventoryEvent::Deducted(e) => Self::Deducted(e),
-            InventoryEvent::Restored(e) => Self::Restored(e),
-            InventoryEvent::Restocked(e) => Self::Restocked(e),
-        }
-    }
-}
-
-impl From<Event> for InventoryEvent {
-    fn from(event: Event) -> Self {
-        match event {
-            Event::Deducted(e) => Self::Deducted(e),
-            Event::Restored(e) => Self::Restored(e),
-            Event::Restocked(e) => Self::Restocked(e),
-        }
-    }
-}
-
-/// A message that is not an event Ranking can record: a poison message for the consumer's
-/// dead-letter topic (the reason is the error's text). Every attempt fails the same way.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    /// The `event_type` names no event this function decodes.
-    #[error("unknown event type {event_type:?} (expected one of {expected})")]
-    UnknownType {
-        /// The type name as received.
-        event_type: String,
-        /// The type names accepted, for the message.
-        expected: &'static str,
-    },
-    /// The payload is not an encoded message of the type it claims.
-    #[error("the {event_type} payload does not decode: {source}")]
-    Undecodable {
-        /// The type name as received.
-        event_type: &'static str,
-        /// The protobuf decoder's error.
-        #[source]
-        source: prost::DecodeError,
-    },
-}
-
 /// Decodes one of Inventory's events from its type name (`"InventoryDeducted"`,
 /// `"InventoryRestored"` or `"InventoryRestocked"`, exactly) and its protobuf payload (the
-/// encoded `sagaflow.inventory.v1.Inventory*Event` message). Checks nothing beyond decoding:
-/// [`record_inventory_event`] validates the fields.
+/// encoded `sagaflow.inventory.v1.Inventory*Event` message): [`InventoryEvent::decode`]. Checks
+/// nothing beyond decoding: [`record_inventory_event`] validates the fields.
 ///
 /// # Errors
 /// [`DecodeError::UnknownType`] for any other type name, [`DecodeError::Undecodable`] when
@@ -138,21 +58,7 @@ pub fn decode_inventory_event(
     event_type: &str,
     payload: &[u8],
 ) -> Result<InventoryEvent, DecodeError> {
-    fn decode<M: Message + Default>(
-        event_type: &'static str,
-        payload: &[u8],
-    ) -> Result<M, DecodeError> {
-        M::decode(payload).map_err(|source| DecodeError::Undecodable { event_type, source })
-    }
-    match event_type {
-        INVENTORY_DEDUCTED => decode(INVENTORY_DEDUCTED, payload).map(InventoryEvent::Deducted),
-        INVENTORY_RESTORED => decode(INVENTORY_RESTORED, payload).map(InventoryEvent::Restored),
-        INVENTORY_RESTOCKED => decode(INVENTORY_RESTOCKED, payload).map(InventoryEvent::Restocked),
-        other => Err(DecodeError::UnknownType {
-            event_type: other.to_owned(),
-            expected: "InventoryDeducted, InventoryRestored, InventoryRestocked",
-        }),
-    }
+    InventoryEvent::decode(event_type, payload)
 }
 
 /// Decodes an OrderCompleted event from its type name (`"OrderCompleted"`, exactly; Ranking
@@ -275,6 +181,9 @@ fn service_error(status: tonic::Status) -> ServiceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sagaflow_proto::inventory::v1::{
+        InventoryDeductedEvent, InventoryRestockedEvent, InventoryRestoredEvent,
+    };
 
     #[test]
     fn decodes_each_inventory_event_by_its_type() {
