@@ -48,6 +48,15 @@ impl Family {
         }
     }
 
+    /// The family's short name, `order` or `inventory` (the `family` label of the relay's
+    /// backlog gauges).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Inventory => "inventory",
+        }
+    }
+
     /// The family whose topic is `topic`, if any.
     pub fn of_topic(topic: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.topic() == topic)

@@ -69,12 +69,15 @@ pub const DELIVERED: &str = "sagaflow_outbox_delivered_total";
 pub const DELIVERY_FAILURES: &str = "sagaflow_outbox_delivery_failures_total";
 /// Delivered outbox rows deleted after the retention window (counter).
 pub const PRUNED: &str = "sagaflow_outbox_pruned_total";
-/// Undelivered outbox events at the last sample (gauge).
+/// Undelivered outbox events at the last sample (gauge; label `family`: `order`, `inventory`).
 pub const PENDING: &str = "sagaflow_outbox_pending";
-/// Age of the oldest undelivered event at the last sample, seconds; 0 when none (gauge).
+/// Age of the oldest undelivered event at the last sample, seconds; 0 when none (gauge; label
+/// `family`).
 pub const OLDEST_PENDING_AGE: &str = "sagaflow_outbox_oldest_pending_age_seconds";
 /// The label of the relay's counters.
 pub const LABEL_EVENT_TYPE: &str = "event_type";
+/// The label of the relay's gauges: the outbox's family ([`sagaflow_events::Family::name`]).
+pub const LABEL_FAMILY: &str = "family";
 
 /// Registers the help text of the relay's metrics with the installed recorder (call once after
 /// installing it).
@@ -441,8 +444,9 @@ impl OutboxRelay {
                         .oldest_created_at_ms
                         .map_or(0.0, |at| (now_ms() - at).max(0) as f64 / 1000.0),
                 );
-                gauge!(PENDING).set(pending);
-                gauge!(OLDEST_PENDING_AGE).set(age_seconds);
+                let family = self.schema.family().name();
+                gauge!(PENDING, LABEL_FAMILY => family).set(pending);
+                gauge!(OLDEST_PENDING_AGE, LABEL_FAMILY => family).set(age_seconds);
             }
             Err(err) => tracing::warn!(error = %err, "sampling the outbox backlog failed"),
         }

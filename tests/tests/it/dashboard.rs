@@ -304,7 +304,7 @@ fn dashboard_and_alerts_query_only_metrics_that_sagaflow_exports() {
                 text.contains(&format!(
                     "sagaflow_outbox_delivered_total{{event_type=\"{event}\"}} 1\n"
                 ))
-            }) && text.contains("\nsagaflow_outbox_pending 0\n");
+            }) && text.contains("\nsagaflow_outbox_pending{family=\"order\"} 0\n");
             async move { done.then_some(text) }
         },
     ));

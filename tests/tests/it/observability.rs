@@ -931,14 +931,17 @@ fn metrics_count_the_outcomes_of_a_mixed_run() {
                 delivered("OrderCreated") == placed
                     && delivered("OrderCompleted") == completed
                     && delivered("OrderFailed") == failed
-                    && s.get("sagaflow_outbox_pending") == Some(&0.0)
+                    && ["order", "inventory"].iter().all(|family| {
+                        s.get(&format!("sagaflow_outbox_pending{{family=\"{family}\"}}"))
+                            == Some(&0.0)
+                    })
             };
             done.then_some(text)
         },
     );
     let s = samples(&text);
     assert_eq!(
-        s.get("sagaflow_outbox_oldest_pending_age_seconds"),
+        s.get("sagaflow_outbox_oldest_pending_age_seconds{family=\"order\"}"),
         Some(&0.0),
         "{text}"
     );
