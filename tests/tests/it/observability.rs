@@ -359,6 +359,38 @@ fn check_order_trace<'a>(
         assert!(checked.children(delivery).is_empty());
     }
 
+    // Inventory's stock changes wrote their events (one per sku) in the handler of the
+    // DeductInventory / RestoreInventory call; each delivery to Ranking is in the trace, under a
+    // server span of that service.
+    let stock_changes: Vec<_> = spans
+        .iter()
+        .copied()
+        .filter(|s| {
+            s.name() == rpc(INVENTORY, "DeductInventory")
+                || s.name() == rpc(INVENTORY, "RestoreInventory")
+        })
+        .collect();
+    for delivery in spans.iter().copied().filter(|s| {
+        s.name() == "outbox.deliver"
+            && matches!(
+                s.str_attr("outbox.event_type"),
+                Some("InventoryDeducted" | "InventoryRestored")
+            )
+    }) {
+        let writer = spans
+            .iter()
+            .copied()
+            .find(|s| s.span_id() == delivery.parent_span_id());
+        assert!(
+            writer.is_some_and(|w| stock_changes.iter().any(|c| {
+                c.span_id() == w.span_id() || c.span_id() == w.parent_span_id()
+            })),
+            "an inventory event delivered outside a stock change's handler: {delivery:?}"
+        );
+        checked.child(delivery, &rpc(RANKING, "RecordInventoryEvent"));
+        server_spans_expected.push(rpc(RANKING, "RecordInventoryEvent"));
+    }
+
     // No other server span in the trace: every handler is accounted for.
     if expected.lost_parents_ok.is_empty() {
         let mut got: Vec<String> = spans
