@@ -704,11 +704,13 @@ pub(crate) async fn check_databases(
             format!("ranking of {sku}: (units, orders) {ranked:?}, expected {expected:?}")
         });
     }
-    let inbox: BTreeSet<String> = sqlx::query_scalar::<_, String>("SELECT order_id FROM inbox")
-        .fetch_all(&ranking_db)
-        .await?
-        .into_iter()
-        .collect();
+    // OrderCompleted rows (Inventory's events have no order id).
+    let inbox: BTreeSet<String> =
+        sqlx::query_scalar::<_, String>("SELECT order_id FROM inbox WHERE order_id IS NOT NULL")
+            .fetch_all(&ranking_db)
+            .await?
+            .into_iter()
+            .collect();
     let inbox: BTreeSet<&str> = inbox.iter().map(String::as_str).collect();
     c.expect(inbox == completed, || {
         format!(
@@ -717,6 +719,40 @@ pub(crate) async fn check_databases(
             completed.len()
         )
     });
+
+    // ---- Inventory's events: all published, none dead-lettered, and Ranking's product view is
+    // the stock and the units RESERVED orders hold (deducted minus restored), per sku.
+    let unpublished: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL OR dead_at IS NOT NULL",
+    )
+    .fetch_one(&inventory_db)
+    .await?;
+    c.expect(unpublished == 0, || {
+        format!("inventory outbox: {unpublished} events unpublished or dead-lettered")
+    });
+    let held: BTreeMap<String, (i64, i64)> = sqlx::query_as::<_, (String, i64, i64)>(
+        "SELECT p.sku, p.stock, CAST(COALESCE((SELECT SUM(l.quantity) FROM reservation_lines l \
+            JOIN reservations r ON r.order_id = l.order_id \
+            WHERE l.sku = p.sku AND r.status = 'RESERVED'), 0) AS BIGINT) FROM products p",
+    )
+    .fetch_all(&inventory_db)
+    .await?
+    .into_iter()
+    .map(|(sku, stock, held)| (sku, (stock, held)))
+    .collect();
+    let views: BTreeMap<String, (i64, i64)> =
+        sqlx::query_as::<_, (String, i64, i64)>("SELECT sku, stock, units_sold FROM product_view")
+            .fetch_all(&ranking_db)
+            .await?
+            .into_iter()
+            .map(|(sku, stock, sold)| (sku, (stock, sold)))
+            .collect();
+    for (sku, view) in &views {
+        let expected = held.get(sku).copied();
+        c.expect(expected == Some(*view), || {
+            format!("product view of {sku}: (stock, units sold) {view:?}, Inventory {expected:?}")
+        });
+    }
 
     // ---- idempotency keys: one key per saga and command, `<saga id>:<step>[:compensate]`, and
     // every step the journal says succeeded has its stored successful response in the service.

@@ -382,9 +382,9 @@ fn check_order_trace<'a>(
             .copied()
             .find(|s| s.span_id() == delivery.parent_span_id());
         assert!(
-            writer.is_some_and(|w| stock_changes.iter().any(|c| {
-                c.span_id() == w.span_id() || c.span_id() == w.parent_span_id()
-            })),
+            writer.is_some_and(|w| stock_changes
+                .iter()
+                .any(|c| { c.span_id() == w.span_id() || c.span_id() == w.parent_span_id() })),
             "an inventory event delivered outside a stock change's handler: {delivery:?}"
         );
         checked.child(delivery, &rpc(RANKING, "RecordInventoryEvent"));
