@@ -22,7 +22,7 @@ use sagaflow_proto::{
         inventory_service_client::InventoryServiceClient,
     },
     order::v1::{
-        FailureReason, GetOrderRequest, OrderCreatedEvent, OrderLineRequest, OrderStatus,
+        FailureReason, GetOrderRequest, Order, OrderCreatedEvent, OrderLineRequest, OrderStatus,
         PlaceOrderRequest, order_service_client::OrderServiceClient,
     },
     payment::v1::{GetPaymentRequest, PaymentStatus, payment_service_client::PaymentServiceClient},
@@ -168,6 +168,33 @@ impl System {
     /// places its order and starts its saga (as StartOrderSaga does, from the OrderCreated
     /// event's content). Returns the placed order's id.
     pub(crate) async fn place(&self, f: &Fixture) -> String {
+        let order = self.place_order(f).await;
+        let order_id = order.order_id.clone();
+        let input = OrderSagaInput::from_event(&OrderCreatedEvent {
+            order: Some(order),
+            payment_method: f.payment_method.to_owned(),
+        })
+        .unwrap();
+        let deadline = self.engine.now_ms() + 60_000;
+        let (_, created) = self
+            .engine
+            .start_with_id(
+                saga_id(&order_id),
+                DEFINITION_NAME,
+                &order_id,
+                serde_json::to_value(input).unwrap(),
+                None,
+                Some(deadline),
+            )
+            .await
+            .unwrap();
+        assert!(created);
+        order_id
+    }
+
+    /// Seeds the fixture's product, stock, points and coupon and places its order, without
+    /// starting its saga. Returns the placed order.
+    pub(crate) async fn place_order(&self, f: &Fixture) -> Order {
         self.inventory()
             .upsert_product(UpsertProductRequest {
                 sku: f.sku.clone(),
@@ -206,8 +233,7 @@ impl System {
             })
             .await
             .unwrap();
-        let order = self
-            .order()
+        self.order()
             .place_order(PlaceOrderRequest {
                 request_id: Uuid::new_v4().to_string(),
                 user_id: f.user.clone(),
@@ -223,28 +249,7 @@ impl System {
             .unwrap()
             .into_inner()
             .order
-            .unwrap();
-        let order_id = order.order_id.clone();
-        let input = OrderSagaInput::from_event(&OrderCreatedEvent {
-            order: Some(order),
-            payment_method: f.payment_method.to_owned(),
-        })
-        .unwrap();
-        let deadline = self.engine.now_ms() + 60_000;
-        let (_, created) = self
-            .engine
-            .start_with_id(
-                saga_id(&order_id),
-                DEFINITION_NAME,
-                &order_id,
-                serde_json::to_value(input).unwrap(),
-                None,
-                Some(deadline),
-            )
-            .await
-            .unwrap();
-        assert!(created);
-        order_id
+            .unwrap()
     }
 
     /// Waits until the saga of `order_id` comes to rest.

@@ -4,5 +4,6 @@
 // Test code: a failed unwrap is a failed test (clippy's allow-*-in-tests does not reach helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod consumer;
 mod harness;
 mod steps;
