@@ -4,6 +4,7 @@
 
 use prost::Message as _;
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
+use sagaflow_events::{Envelope, EventHandler, Family, HandleError, SCHEMA_VERSION};
 use sagaflow_proto::ranking::v1::{ProductView, RecordInventoryEventRequest};
 use sagaflow_ranking::{
     domain::{self, InventoryChange, StockChange},
@@ -355,7 +356,62 @@ async fn list_product_views_pages_by_sku(kind: Kind) {
     t.stop().await;
 }
 
+/// Ranking as the consumer of the event topics (docs/architecture.md, "Events"; Kafka consumer
+/// group `sagaflow-ranking`): an inventory event is recorded once however often it is consumed,
+/// the order's events other than OrderCompleted pass, and what can never be recorded is poison.
+async fn the_consumer_records_each_event_once_and_refuses_poison(kind: Kind) {
+    let mut t = TestRanking::start(kind, "rank_consumer").await;
+    let consumer = sagaflow_ranking::RankingService::new(t.db.clone()).consumer();
+    let request = deducted("KB-001", 1, 3, 7);
+    let event = InventoryEvent::from(request.event.clone().unwrap());
+    let envelope = Envelope {
+        family: Family::Inventory,
+        event_id: request.event_id.clone(),
+        event_type: event.event_type().to_owned(),
+        schema_version: SCHEMA_VERSION,
+        aggregate_id: "KB-001".into(),
+        sequence: 1,
+        payload: event.encode(),
+        traceparent: None,
+    };
+    for _ in 0..3 {
+        assert_eq!(consumer.handle(envelope.clone()).await, Ok(()));
+    }
+    assert_eq!(t.view("KB-001").await, Some(view("KB-001", 7, 3, 1, 1)));
+
+    let poison = |family, event_type: &str, payload: Vec<u8>| Envelope {
+        family,
+        event_type: event_type.to_owned(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        payload,
+        ..envelope.clone()
+    };
+    for bad in [
+        poison(Family::Inventory, "InventoryDeducted", vec![0xff, 0xff]),
+        poison(Family::Inventory, "InventoryLost", Vec::new()),
+        poison(Family::Order, "OrderCompleted", vec![0xff, 0xff]),
+    ] {
+        assert!(
+            matches!(
+                consumer.handle(bad.clone()).await,
+                Err(HandleError::Poison(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    // Not Ranking's: passes, records nothing.
+    assert_eq!(
+        consumer
+            .handle(poison(Family::Order, "OrderCreated", vec![0xff]))
+            .await,
+        Ok(())
+    );
+    assert_eq!(t.view_counts().await, [1, 1, 1]);
+    t.stop().await;
+}
+
 sagaflow_testkit::both_backends!(
+    the_consumer_records_each_event_once_and_refuses_poison,
     events_give_stock_and_units_sold,
     redelivered_and_shuffled_events_give_the_same_view,
     event_id_reused_for_another_event_is_already_exists,
