@@ -491,6 +491,7 @@ fn start_metrics(args: &MetricsArgs) -> anyhow::Result<Option<MetricsExporter>> 
     if exporter.is_some() {
         sagaflow_workflow_engine::metrics::describe();
         relay::describe_metrics();
+        sagaflow_events::kafka::describe_metrics();
         sagaflow_server::retention::describe_metrics();
     }
     Ok(exporter)

@@ -322,8 +322,11 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     if metrics.is_some() {
         match service {
             Service::Orchestrator => sagaflow_workflow_engine::metrics::describe(),
-            Service::Order => relay::describe_metrics(),
+            Service::Order | Service::Inventory => relay::describe_metrics(),
             _ => {}
+        }
+        if args.events.event_bus != sagaflow_events::EventBus::Grpc {
+            sagaflow_events::kafka::describe_metrics();
         }
         sagaflow_server::retention::describe_metrics();
     }
