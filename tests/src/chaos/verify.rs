@@ -722,13 +722,12 @@ pub(crate) async fn check_databases(
             completed.len()
         )
     });
-    let completed_events: BTreeSet<String> = sqlx::query_scalar(
-        "SELECT event_id FROM outbox WHERE event_type = 'OrderCompleted'",
-    )
-    .fetch_all(&order_db)
-    .await?
-    .into_iter()
-    .collect();
+    let completed_events: BTreeSet<String> =
+        sqlx::query_scalar("SELECT event_id FROM outbox WHERE event_type = 'OrderCompleted'")
+            .fetch_all(&order_db)
+            .await?
+            .into_iter()
+            .collect();
     let inventory_events: Vec<(String, String, String)> =
         sqlx::query_as("SELECT event_id, aggregate_id, event_type FROM outbox")
             .fetch_all(&inventory_db)
