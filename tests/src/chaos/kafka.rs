@@ -757,8 +757,7 @@ fn last_assignment(logs: &str) -> BTreeSet<i32> {
     let topic = Family::Order.topic();
     let Some(line) = logs
         .lines()
-        .filter(|l| l.contains("kafka: partitions assigned"))
-        .next_back()
+        .rfind(|l| l.contains("kafka: partitions assigned"))
     else {
         return BTreeSet::new();
     };
