@@ -4,8 +4,9 @@
 //! The engine marks its crash points (docs/architecture.md, "The engine" (Durability rule)) with
 //! the `fail` crate (`after_claim`,
 //! `before_step_call`, `after_step_reply_before_record`, `after_step_recorded`,
-//! `in_compensation`); they are compiled in only with the cargo feature `failpoints` (never in a
-//! production build). A chaos test arms them through the `FAILPOINTS` environment variable in the
+//! `in_compensation`), and the Kafka consumer (crates/events) marks one,
+//! `kafka_consumer_after_handle` (a handler returned Ok, its offset is not committed yet); they
+//! are compiled in only with the cargo feature `failpoints` (never in a production build). A chaos test arms them through the `FAILPOINTS` environment variable in the
 //! `fail` crate's syntax, `NAME=ACTIONS[;NAME=ACTIONS…]`, for example
 //! `before_step_call=5*off->1*panic` (let five hits pass, then fire once).
 //!

@@ -154,6 +154,9 @@ pub(crate) struct Cluster {
     step_attempts: u32,
     downstream_limits: String,
     gateway_latency_ms: u64,
+    kafka: Option<String>,
+    extra_args: Vec<(Role, Vec<String>)>,
+    extra_envs: Vec<(Role, String, String)>,
 }
 
 impl Cluster {
@@ -195,6 +198,9 @@ impl Cluster {
             step_attempts: config.step_attempts,
             downstream_limits: config.downstream_limits.clone(),
             gateway_latency_ms: config.gateway_latency_ms,
+            kafka: config.kafka.clone(),
+            extra_args: config.extra_args.clone(),
+            extra_envs: config.extra_envs.clone(),
         })
     }
 
@@ -346,6 +352,16 @@ impl Cluster {
         if node.role == Role::Payment && gateway_latency_ms > 0 {
             command.args(["--gateway-latency-ms", &gateway_latency_ms.to_string()]);
         }
+        if let Some(bootstrap) = &self.kafka {
+            // A short session: a killed consumer's partitions move to the others within 6 s
+            // (and a Tansu group join does not take the default's ~20 s).
+            command
+                .args(["--event-bus", &format!("kafka://{bootstrap}")])
+                .args(["--kafka-session-timeout-ms", "6000"]);
+        }
+        for (_, args) in self.extra_args.iter().filter(|(r, _)| *r == node.role) {
+            command.args(args);
+        }
         let spec = if faults {
             fault_spec(node.role, permanent)
         } else {
@@ -362,10 +378,14 @@ impl Cluster {
             .env_remove("FAILPOINTS")
             .env_remove("SAGAFLOW_LISTEN")
             .env_remove("SAGAFLOW_DATABASE_URL")
+            .env_remove("SAGAFLOW_EVENT_BUS")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true);
+        for (_, name, value) in self.extra_envs.iter().filter(|(r, _, _)| *r == node.role) {
+            command.env(name, value);
+        }
         node.armed = None;
         if let Some((name, spec)) = &failpoints {
             command.env("FAILPOINTS", format!("{name}={spec}"));
@@ -412,6 +432,14 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// What the current incarnation of node `index` logged so far.
+    pub(crate) fn log_of(&self, index: usize) -> String {
+        self.nodes
+            .get(index)
+            .and_then(|n| fs::read_to_string(&n.log).ok())
+            .unwrap_or_default()
     }
 
     /// SIGKILLs node `index` (a crash) and reaps it; `None` when it was not running.

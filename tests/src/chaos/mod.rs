@@ -33,6 +33,7 @@
 //! `SAGAFLOW_CHAOS_SEED=N` re-runs the same schedule (process timing still varies).
 
 mod cluster;
+mod kafka;
 mod outage;
 mod scenario;
 mod schedule;
@@ -52,6 +53,10 @@ use sagaflow_cli::invariants::{self, Services};
 use sagaflow_testkit::{Kind, TestDatabase};
 
 pub use cluster::{FaultCounts, Role};
+pub use kafka::{
+    BrokerOutageReport, CONSUMER_FAILPOINT, ConsumerCrashReport, DeadLetter, PoisonReport,
+    ReplicasReport, broker_outage, consumer_crash, poison, replicas,
+};
 pub use outage::{OutageReport, outage};
 pub use schedule::{ChaosEvent, FAILPOINTS, Failpoint};
 pub use takeover::{TakeoverReport, takeover};
@@ -88,6 +93,28 @@ pub struct ChaosConfig {
     pub downstream_limits: String,
     /// `--gateway-latency-ms` of the payment service (0: none).
     pub gateway_latency_ms: u64,
+    /// Whether the load phase injects faults (transient errors, latency, lost replies, the
+    /// permanent RestoreInventory errors) and SIGKILLs processes on the seeded schedule, with a
+    /// crash of everything at its end. Off: a clean run of the same workload.
+    pub chaos: bool,
+    /// The event bus of every process: `None` for the gRPC delivery (the default), or the
+    /// bootstrap servers (`127.0.0.1:PORT`) of a Kafka-protocol broker: every process then runs
+    /// with `--event-bus kafka://…` and a 6 s consumer session timeout.
+    pub kafka: Option<String>,
+    /// More arguments for every process of a role (for example `--metrics-listen` for the order
+    /// service), after the harness's own.
+    pub extra_args: Vec<(Role, Vec<String>)>,
+    /// More environment variables for every process of a role (for example a `RUST_LOG` that
+    /// enables a debug line), after the harness's own.
+    pub extra_envs: Vec<(Role, String, String)>,
+}
+
+impl ChaosConfig {
+    /// This configuration with the Kafka bus on the broker at `bootstrap` (`127.0.0.1:PORT`).
+    pub fn with_kafka(mut self, bootstrap: impl Into<String>) -> Self {
+        self.kafka = Some(bootstrap.into());
+        self
+    }
 }
 
 impl ChaosConfig {
@@ -107,6 +134,10 @@ impl ChaosConfig {
             step_attempts: 16,
             downstream_limits: sagaflow_orchestrator::limits::DEFAULT_LIMITS.to_owned(),
             gateway_latency_ms: 0,
+            chaos: true,
+            kafka: None,
+            extra_args: Vec::new(),
+            extra_envs: Vec::new(),
         }
     }
 
@@ -344,7 +375,7 @@ async fn run_in(
     urls: &BTreeMap<&'static str, String>,
 ) -> anyhow::Result<()> {
     let mut cluster = cluster::Cluster::new(dir, urls, config)?;
-    cluster.start_all(true).await?;
+    cluster.start_all(config.chaos).await?;
     let seed = workload::seed_data().await?;
     workload::apply_seed(&cluster, &seed).await?;
     let services = cluster.services()?;
@@ -356,7 +387,11 @@ async fn run_in(
 
     // Load phase: clients place orders while the killer follows the schedule.
     let plans = workload::plan_orders(config.seed, config.orders, &seed);
-    let events = schedule::schedule(config, &cluster.names());
+    let events = if config.chaos {
+        schedule::schedule(config, &cluster.names())
+    } else {
+        Vec::new()
+    };
     eprintln!(
         "chaos: {} scheduled kills; first: {}",
         events.len(),
@@ -405,8 +440,10 @@ async fn run_in(
 
     // Crash everything once more, then restart without faults and let every saga end.
     report.armed_unfired_at_end = cluster.armed();
-    report.final_crash = cluster.kill_all().await?;
-    cluster.start_all(false).await?;
+    if config.chaos {
+        report.final_crash = cluster.kill_all().await?;
+        cluster.start_all(false).await?;
+    }
     let settle_started = Instant::now();
     let placed = workload::finish_placing(&cluster, placed, &plans).await?;
     report.orders_placed = placed.orders.len();

@@ -704,20 +704,82 @@ pub(crate) async fn check_databases(
             format!("ranking of {sku}: (units, orders) {ranked:?}, expected {expected:?}")
         });
     }
-    // OrderCompleted rows (Inventory's events have no order id).
-    let inbox: BTreeSet<String> =
-        sqlx::query_scalar::<_, String>("SELECT order_id FROM inbox WHERE order_id IS NOT NULL")
+    // The inbox: one row per event the producers' outboxes hold for Ranking — each order's
+    // OrderCompleted and every Inventory event — and no other (a redelivery adds none). Only
+    // OrderCompleted rows name an order.
+    let inbox_rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT event_id, event_type, order_id FROM inbox")
             .fetch_all(&ranking_db)
-            .await?
-            .into_iter()
-            .collect();
-    let inbox: BTreeSet<&str> = inbox.iter().map(String::as_str).collect();
+            .await?;
+    let inbox: BTreeSet<&str> = inbox_rows
+        .iter()
+        .filter_map(|(_, _, order)| order.as_deref())
+        .collect();
     c.expect(inbox == completed, || {
         format!(
             "ranking inbox has {} orders, {} COMPLETED",
             inbox.len(),
             completed.len()
         )
+    });
+    let completed_events: BTreeSet<String> =
+        sqlx::query_scalar("SELECT event_id FROM outbox WHERE event_type = 'OrderCompleted'")
+            .fetch_all(&order_db)
+            .await?
+            .into_iter()
+            .collect();
+    let inventory_events: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT event_id, aggregate_id, event_type FROM outbox")
+            .fetch_all(&inventory_db)
+            .await?;
+    let mut expected_inbox: BTreeMap<&str, &str> = completed_events
+        .iter()
+        .map(|id| (id.as_str(), "OrderCompleted"))
+        .collect();
+    let mut events_of_sku: BTreeMap<&str, i64> = BTreeMap::new();
+    for (id, sku, kind) in &inventory_events {
+        expected_inbox.insert(id, kind);
+        *events_of_sku.entry(sku).or_default() += 1;
+    }
+    let got_inbox: BTreeMap<&str, &str> = inbox_rows
+        .iter()
+        .map(|(id, kind, _)| (id.as_str(), kind.as_str()))
+        .collect();
+    c.expect(got_inbox == expected_inbox, || {
+        let missing = expected_inbox
+            .keys()
+            .filter(|id| !got_inbox.contains_key(*id))
+            .count();
+        let unknown = got_inbox
+            .keys()
+            .filter(|id| !expected_inbox.contains_key(*id))
+            .count();
+        format!(
+            "ranking inbox: {} events, the outboxes {} ({missing} missing, {unknown} unknown)",
+            got_inbox.len(),
+            expected_inbox.len()
+        )
+    });
+    let view_events: BTreeMap<String, i64> =
+        sqlx::query_as::<_, (String, i64)>("SELECT sku, events FROM product_view")
+            .fetch_all(&ranking_db)
+            .await?
+            .into_iter()
+            .collect();
+    let view_events: BTreeMap<&str, i64> =
+        view_events.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    c.expect(view_events == events_of_sku, || {
+        format!(
+            "product view's event counts per sku {view_events:?}, Inventory's outbox \
+             {events_of_sku:?}"
+        )
+    });
+    let inventory_unsent: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(&inventory_db)
+            .await?;
+    c.expect(inventory_unsent == 0, || {
+        format!("Inventory's outbox has {inventory_unsent} events not published")
     });
 
     // ---- Inventory's events: all published, none dead-lettered, and Ranking's product view is

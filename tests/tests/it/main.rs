@@ -13,6 +13,7 @@ mod foundation;
 mod in_doubt;
 mod in_process;
 mod interrupt;
+mod kafka;
 mod logs;
 mod nul_bytes;
 mod observability;

@@ -6,7 +6,9 @@
 //!   delivery, StartOrderSaga, each saga step, each service handler, each compensation and the
 //!   finalizer, the OrderCompleted delivery to Ranking — is in that order's one trace under the
 //!   right parent. The batch exporter's schedule is set to 10 minutes: the spans arrive because
-//!   SIGTERM flushes them.
+//!   SIGTERM flushes them. `…_over_kafka`: the same with `--event-bus kafka://…` on a broker the
+//!   test starts: each consumer's `event.consume` span is a child of the handler that wrote the
+//!   event (its `traceparent` header), StartOrderSaga and the consumers' RPCs are not called.
 //! - `the_trace_survives_a_crash_and_links_the_recovery`: the same with `sagaflow dev` SIGKILLed
 //!   while the saga waits on a slow payment, restarted on the same port and data directory: the
 //!   recovered steps are still in the PlaceOrder trace, linked to the restarted engine's
@@ -152,6 +154,9 @@ struct Expected {
     lost_parents_ok: &'static [&'static str],
     /// Each (step, phase) ran exactly once (no retries, nothing lost).
     one_attempt_each: bool,
+    /// The events went through Kafka: each consumer's `event.consume` span is a child of the
+    /// handler that wrote the event (its `traceparent` header), with no RPC between.
+    kafka: bool,
 }
 
 /// The spans of one order's trace, checked.
@@ -216,6 +221,17 @@ fn outbox_delivery<'a>(trace: &OrderTrace<'a>, event_type: &str) -> &'a Received
     found[0]
 }
 
+/// The `event.consume` spans of `event_type` under `parent` (the handler that wrote the event).
+fn consumes<'a>(trace: &OrderTrace<'a>, parent: &Received, event_type: &str) -> Vec<&'a Received> {
+    trace
+        .children(parent)
+        .into_iter()
+        .filter(|s| {
+            s.name() == "event.consume" && s.str_attr("outbox.event_type") == Some(event_type)
+        })
+        .collect()
+}
+
 /// Checks that every span of order `order_id` is in trace `trace`, under the right parent, as
 /// `expected` says; `client_span` is the span id grpcurl sent.
 fn check_order_trace<'a>(
@@ -268,8 +284,25 @@ fn check_order_trace<'a>(
     let created = outbox_delivery(&checked, "OrderCreated");
     assert_eq!(created.parent_span_id(), handler.span_id());
     assert_eq!(created.str_attr("outbox.aggregate_id"), Some(order_id));
-    let start = checked.child(created, &rpc(ORCHESTRATOR, "StartOrderSaga"));
-    let start_handler = checked.child(start, "start_order_saga");
+    let start_handler = if expected.kafka {
+        // Published, not called: the orchestrator's consumer started the saga inside its
+        // `event.consume` span (Ranking's group consumes the event too, and passes it).
+        assert!(checked.children(created).is_empty(), "{created:?}");
+        let starts: Vec<&Received> = consumes(&checked, handler, "OrderCreated")
+            .into_iter()
+            .flat_map(|consume| checked.children(consume))
+            .filter(|s| s.name() == "start_order_saga")
+            .collect();
+        assert_eq!(
+            starts.len(),
+            1,
+            "one saga start under the consumers: {starts:?}"
+        );
+        starts[0]
+    } else {
+        let start = checked.child(created, &rpc(ORCHESTRATOR, "StartOrderSaga"));
+        checked.child(start, "start_order_saga")
+    };
     checked.saga_parent = start_handler;
 
     // Every step span of this saga, wherever it was exported, is in this trace, directly under
@@ -294,11 +327,11 @@ fn check_order_trace<'a>(
     checked.steps = steps;
 
     // Each expected call: its step span, and the service's server span as that span's child.
-    let mut server_spans_expected = vec![
-        rpc(ORDER, "PlaceOrder"),
-        rpc(INVENTORY, "BatchGetProducts"),
-        rpc(ORCHESTRATOR, "StartOrderSaga"),
-    ];
+    let mut server_spans_expected =
+        vec![rpc(ORDER, "PlaceOrder"), rpc(INVENTORY, "BatchGetProducts")];
+    if !expected.kafka {
+        server_spans_expected.push(rpc(ORCHESTRATOR, "StartOrderSaga"));
+    }
     let mut seen = HashSet::new();
     for (step, phase, method) in &expected.calls {
         let attempts = checked.step_spans(step, phase);
@@ -352,43 +385,50 @@ fn check_order_trace<'a>(
     assert_eq!(finals.len(), 1, "one {last_handler} handler span");
     let delivery = outbox_delivery(&checked, event_type);
     assert_eq!(delivery.parent_span_id(), finals[0].span_id());
-    if let Some(consumer) = consumer {
+    if expected.kafka {
+        assert!(checked.children(delivery).is_empty(), "{delivery:?}");
+        if consumer.is_some() {
+            assert!(
+                !consumes(&checked, finals[0], event_type).is_empty(),
+                "{event_type} consumed within the order's trace"
+            );
+        }
+    } else if let Some(consumer) = consumer {
         checked.child(delivery, consumer);
         server_spans_expected.push(consumer.clone());
     } else {
         assert!(checked.children(delivery).is_empty());
     }
 
-    // Inventory's stock changes wrote their events (one per sku) in the handler of the
-    // DeductInventory / RestoreInventory call; each delivery to Ranking is in the trace, under a
-    // server span of that service.
-    let stock_changes: Vec<_> = spans
+    // Inventory's events (DeductInventory's InventoryDeducted, RestoreInventory's
+    // InventoryRestored) are delivered within the order's trace too: to Ranking's
+    // RecordInventoryEvent (gRPC) or its consumer (Kafka).
+    let inventory_events: Vec<&Received> = spans
         .iter()
         .copied()
         .filter(|s| {
-            s.name() == rpc(INVENTORY, "DeductInventory")
-                || s.name() == rpc(INVENTORY, "RestoreInventory")
+            s.name() == "outbox.deliver"
+                && s.str_attr("outbox.event_type")
+                    .is_some_and(|t| t.starts_with("Inventory"))
         })
         .collect();
-    for delivery in spans.iter().copied().filter(|s| {
-        s.name() == "outbox.deliver"
-            && matches!(
-                s.str_attr("outbox.event_type"),
-                Some("InventoryDeducted" | "InventoryRestored")
-            )
-    }) {
-        let writer = spans
-            .iter()
-            .copied()
-            .find(|s| s.span_id() == delivery.parent_span_id());
-        assert!(
-            writer.is_some_and(|w| stock_changes
+    assert!(!inventory_events.is_empty(), "no Inventory event delivered");
+    for delivery in inventory_events {
+        let event_type = delivery.str_attr("outbox.event_type").unwrap_or_default();
+        if expected.kafka {
+            assert!(checked.children(delivery).is_empty(), "{delivery:?}");
+            let writer = spans
                 .iter()
-                .any(|c| { c.span_id() == w.span_id() || c.span_id() == w.parent_span_id() })),
-            "an inventory event delivered outside a stock change's handler: {delivery:?}"
-        );
-        checked.child(delivery, &rpc(RANKING, "RecordInventoryEvent"));
-        server_spans_expected.push(rpc(RANKING, "RecordInventoryEvent"));
+                .find(|s| s.span_id() == delivery.parent_span_id())
+                .unwrap_or_else(|| panic!("the writer of {delivery:?}"));
+            assert!(
+                !consumes(&checked, writer, event_type).is_empty(),
+                "{event_type} consumed within the order's trace"
+            );
+        } else {
+            checked.child(delivery, &rpc(RANKING, "RecordInventoryEvent"));
+            server_spans_expected.push(rpc(RANKING, "RecordInventoryEvent"));
+        }
     }
 
     // No other server span in the trace: every handler is accounted for.
@@ -438,16 +478,33 @@ fn tp(trace: &str, span: &str) -> String {
 
 #[test]
 fn one_trace_per_order_with_every_step_handler_and_compensation() {
+    one_trace_per_order(None);
+}
+
+/// The same over Kafka (`--event-bus kafka://…`, a broker started by the test): the
+/// `traceparent` header carries each order's trace through the broker to the consumers.
+#[test]
+fn one_trace_per_order_with_every_step_handler_and_compensation_over_kafka() {
+    let broker = sagaflow_testkit::kafka::Broker::start();
+    one_trace_per_order(Some(&broker));
+}
+
+fn one_trace_per_order(kafka: Option<&sagaflow_testkit::kafka::Broker>) {
     let rt = runtime();
     let collector = rt.block_on(Collector::start());
     let dir = tempfile::tempdir().unwrap();
+    let bus = kafka.map(|b| format!("kafka://{}", b.bootstrap()));
+    let extra: Vec<&str> = match &bus {
+        Some(bus) => vec!["--event-bus", bus, "--kafka-session-timeout-ms", "6000"],
+        None => Vec::new(),
+    };
     // A 10-minute export schedule: what arrives, arrives because SIGTERM flushed it.
     let mut dev = start_dev(
         "127.0.0.1:0",
         &dir.path().join("data"),
         &collector,
         "600000",
-        &[],
+        &extra,
     );
     let addr = dev.addr().to_owned();
 
@@ -483,9 +540,15 @@ fn one_trace_per_order_with_every_step_handler_and_compensation() {
 
     // Nothing of the order's end was exported on schedule: the flush at exit must send it.
     let ranked = |spans: &[Received]| {
-        spans
-            .iter()
-            .any(|s| s.trace_id() == TRACE_OK && s.name() == rpc(RANKING, "RecordOrderCompleted"))
+        spans.iter().any(|s| {
+            s.trace_id() == TRACE_OK
+                && if kafka.is_some() {
+                    s.name() == "event.consume"
+                        && s.str_attr("outbox.event_type") == Some("OrderCompleted")
+                } else {
+                    s.name() == rpc(RANKING, "RecordOrderCompleted")
+                }
+        })
     };
     assert!(!ranked(&collector.spans()), "exported before SIGTERM");
     assert_eq!(dev.terminate(WAIT), Some(0), "{}", dev.logs());
@@ -519,6 +582,7 @@ fn one_trace_per_order_with_every_step_handler_and_compensation() {
             ),
             lost_parents_ok: &[],
             one_attempt_each: true,
+            kafka: kafka.is_some(),
         },
     );
     for step in &trace.steps {
@@ -554,6 +618,7 @@ fn one_trace_per_order_with_every_step_handler_and_compensation() {
             final_event: ("fail_order", "OrderFailed", None),
             lost_parents_ok: &[],
             one_attempt_each: true,
+            kafka: kafka.is_some(),
         },
     );
     let pivot = trace.step_spans("complete_payment", "forward")[0];
@@ -682,6 +747,7 @@ fn the_trace_survives_a_crash_and_links_the_recovery() {
             // The StartPayment call in flight at the kill: its step span never ended.
             lost_parents_ok: &["sagaflow.payment.v1.PaymentService/StartPayment"],
             one_attempt_each: false,
+            kafka: false,
         },
     );
 

@@ -684,6 +684,13 @@ impl Worker {
                 let failure = match handled {
                     Ok(Ok(())) => {
                         counter!(HANDLED, LABEL_TOPIC => topic.to_owned()).increment(1);
+                        tracing::debug!(
+                            %topic, partition = item.tp.1, offset = item.offset,
+                            event_id = %envelope.event_id, "kafka: record handled"
+                        );
+                        // The crash tests' point: the handler's effect is committed, the offset
+                        // is not (a crash here redelivers the record to the next owner).
+                        fail::fail_point!("kafka_consumer_after_handle");
                         return Outcome::Done;
                     }
                     Ok(Err(HandleError::Poison(reason))) => break reason,
