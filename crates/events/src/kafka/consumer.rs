@@ -384,7 +384,7 @@ impl KafkaConsumer {
     ) -> Result<Self, SetupError> {
         let shared = Arc::new(Shared::default());
         let session = config.session_timeout_ms.max(1);
-        let consumer: StreamConsumer<GroupContext> = ClientConfig::new()
+        let consumer: StreamConsumer<GroupContext> = super::client_config()
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group_id)
             .set("client.id", &config.client_id)

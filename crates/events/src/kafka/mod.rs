@@ -284,7 +284,7 @@ pub async fn ensure_topics_replicated(
     topics: &[(&str, i32)],
     replication: i32,
 ) -> Result<(), SetupError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<DefaultClientContext> = client_config()
         .set("bootstrap.servers", brokers)
         .create()
         .map_err(SetupError::Client)?;
@@ -311,12 +311,25 @@ pub async fn ensure_topics_replicated(
     Ok(())
 }
 
+/// A new, empty librdkafka configuration, made on a thread of its own.
+///
+/// `ClientConfig::new` asks the `log` facade whether `librdkafka` logs are enabled, to pick
+/// librdkafka's log level. Through the tracing bridge that is a `Subscriber::enabled` call with
+/// no event after it, which leaves the per-layer filter state of the calling thread set
+/// (tracing-subscriber's per-layer filters): with a `RUST_LOG` that has a target directive
+/// (`info,sqlx=debug`), the next events of that thread, the process's own INFO lines among them,
+/// were dropped. On a thread that ends at once, that state goes with it.
+pub(crate) fn client_config() -> ClientConfig {
+    std::thread::scope(|scope| scope.spawn(ClientConfig::new).join())
+        .unwrap_or_else(|_| ClientConfig::new())
+}
+
 /// The client settings every producer of this module uses (publisher and dead-letter writer):
 /// idempotent (`enable.idempotence=true`, which librdkafka requires with `acks=all` and at most 5
 /// requests in flight per connection, so order per partition holds across its retries) and a
 /// bounded `message.timeout.ms`.
 fn producer_client_config(config: &KafkaPublisherConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
+    let mut client = client_config();
     client
         .set("bootstrap.servers", &config.brokers)
         .set("client.id", &config.client_id)
