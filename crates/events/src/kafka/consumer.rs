@@ -31,7 +31,7 @@ use std::{
 use futures::FutureExt as _;
 use metrics::{counter, gauge};
 use rdkafka::{
-    ClientConfig, ClientContext, Message as _, Offset, Statistics, TopicPartitionList,
+    ClientContext, Message as _, Offset, Statistics, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::KafkaError,
     message::{Header, Headers as _, OwnedHeaders, OwnedMessage},
