@@ -11,6 +11,7 @@
 //! OTLP/gRPC trace receiver. With feature `service`, `service::ServiceHarness` starts one
 //! service's server over a fresh database (with the shared migrations, validation and grpcurl
 //! helpers), and `contract` is the command-contract suite every service with commands runs.
+//! [`pki::TestPki`] makes a CA and certificates at test time for the TLS and mTLS tests.
 
 #![allow(clippy::expect_used)]
 
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 pub mod contract;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod pki;
 #[cfg(feature = "service")]
 pub mod service;
 
