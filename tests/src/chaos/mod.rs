@@ -370,7 +370,7 @@ async fn run_in(
     let load_started = Instant::now();
     let stop = tokio_util::sync::CancellationToken::new();
     let clients = workload::spawn_clients(
-        cluster.order_url(),
+        cluster.channel(Role::Order)?,
         plans.clone(),
         config.clients,
         tokio::time::Instant::now() + config.load_limit,
@@ -444,10 +444,10 @@ async fn run_in(
 impl cluster::Cluster {
     fn services(&self) -> anyhow::Result<Services> {
         Ok(Services {
-            inventory: self.channel(Role::Inventory)?.into(),
-            point: self.channel(Role::Point)?.into(),
-            coupon: self.channel(Role::Coupon)?.into(),
-            payment: self.channel(Role::Payment)?.into(),
+            inventory: self.channel(Role::Inventory)?,
+            point: self.channel(Role::Point)?,
+            coupon: self.channel(Role::Coupon)?,
+            payment: self.channel(Role::Payment)?,
         })
     }
 }
