@@ -294,6 +294,13 @@ fn timeline_line(
                 }
             })
         })
+        .or_else(|| {
+            // RetrySaga and CancelSaga name who asked (docs/operations.md, "Security").
+            detail
+                .get("operator")
+                .and_then(|o| o.as_str())
+                .map(|operator| format!("by {operator}"))
+        })
         .unwrap_or_default()
         // One line per entry, whatever the text holds (a reason may span lines).
         .replace(['\n', '\r'], " ");

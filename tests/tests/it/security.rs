@@ -579,4 +579,59 @@ fn the_saga_runs_over_mtls_between_serve_processes_on_postgres() {
     let (ok, out, err) = cli(&["saga", "show", &order_id], Some(TOKEN));
     assert!(ok, "saga show failed: {out}{err}");
     assert!(out.contains(&format!("saga {order_id}")), "{out}");
+
+    // An admin action is audited: an order whose payment hangs (`tok_slow`) is canceled by the
+    // operator before its pivot, and its journal names who did it, for GetSaga over grpcurl with
+    // `-H authorization:` as for `saga show`.
+    let slow = grpcurl(
+        &[
+            "-d",
+            r#"{"request_id":"mtls-grpcurl-slow","user_id":"alice","lines":[{"sku":"KB-001","quantity":1}],"payment_method":"tok_slow"}"#,
+        ],
+        "sagaflow.order.v1.OrderService/PlaceOrder",
+    );
+    let slow_id = slow["order"]["orderId"].as_str().unwrap().to_owned();
+    // The saga starts when the relay delivers OrderCreated: retry until it exists.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = cli(&["saga", "cancel", &slow_id], Some(TOKEN));
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && err.contains("not found"),
+            "saga cancel failed: {out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let orchestrator = format!("127.0.0.1:{}", port("orchestrator"));
+    let out = Command::new("grpcurl")
+        .args([
+            "-cacert",
+            &ca,
+            "-H",
+            &format!("authorization: Bearer {TOKEN}"),
+        ])
+        .args(["-d", &format!(r#"{{"saga_id":"{slow_id}"}}"#)])
+        .arg(&orchestrator)
+        .arg("sagaflow.workflow.v1.SagaAdminService/GetSaga")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saga: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let canceled = saga["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["eventType"] == "canceled")
+        .unwrap_or_else(|| panic!("no canceled entry: {saga}"));
+    let detail: Value = serde_json::from_str(canceled["detailJson"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["operator"], "token:kim", "{detail}");
+    let (ok, out, err) = cli(&["saga", "show", &slow_id], Some(TOKEN));
+    assert!(ok, "saga show failed: {out}{err}");
+    assert!(out.contains("by token:kim"), "{out}");
 }
