@@ -10,7 +10,9 @@
 #   <dir>/admin-tokens                its line for --admin-tokens-file: `<id> <sha256 hex>`
 #
 # Usage: scripts/gen-certs.sh [DIR] [OPERATOR_ID]   (default ./certs, operator id `operator`)
-# Extra host names for every service certificate: SAGAFLOW_CERT_HOSTS="sagaflow.example.com,…".
+# Extra host names for every service certificate: SAGAFLOW_CERT_HOSTS="sagaflow.example.com,…";
+# for one service's: SAGAFLOW_CERT_HOSTS_<SERVICE>, e.g. SAGAFLOW_CERT_HOSTS_ORCHESTRATOR=
+# "orchestrator-1,orchestrator-2" (replicas called by their own host names, as in compose.yaml).
 # An existing CA in DIR is reused, so new service certificates stay trusted by the running ones.
 set -euo pipefail
 
@@ -31,7 +33,8 @@ fi
 
 for s in $services; do
   sans="DNS:$s,DNS:localhost,IP:127.0.0.1"
-  IFS=',' read -ra extra <<< "${SAGAFLOW_CERT_HOSTS:-}"
+  own="SAGAFLOW_CERT_HOSTS_${s^^}"
+  IFS=',' read -ra extra <<< "${SAGAFLOW_CERT_HOSTS:-},${!own:-}"
   for h in "${extra[@]}"; do [ -n "$h" ] && sans="$sans,DNS:$h"; done
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -keyout "$dir/$s.key" -out "$dir/$s.csr" -subj "/CN=$s" 2>/dev/null

@@ -7,7 +7,7 @@
 //!  data dir: order.db coupon.db inventory.db payment.db point.db ranking.db workflow.db
 //!
 //!  grpcurl, demo and bench clients ──TCP──▶ one port ─┐
-//!                                                     ├─▶ TraceLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ routes:
+//!                                                     ├─▶ TraceLayer ─▶ AccessLayer ─▶ KeyedRateLimitLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ routes:
 //!  this process's own calls ──in-process transport────┘    (one stack, crates/server/src/grpc.rs)
 //!    ▲                                                     ├─ OrderService ──commit──▶ outbox ──relay──▶ StartOrderSaga ─┐
 //!    │                                                     ├─ Coupon/Inventory/Payment/Point/Ranking services            │
