@@ -489,7 +489,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "sagaflow dev is running: try `grpcurl -plaintext {} list`",
         system.addr()
     );
-    tracing::warn!(
+    // INFO, not WARN: it is the expected state of a laptop's system, printed at every start;
+    // a warning would be noise in every log check.
+    tracing::info!(
         addr = %system.addr(),
         "sagaflow dev is UNAUTHENTICATED and unencrypted: every RPC, the internal and admin ones \
          included, answers anyone who reaches this port; a deployment runs `sagaflow serve` with \

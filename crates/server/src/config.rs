@@ -320,6 +320,85 @@ mod tests {
         database: DatabaseArgs,
     }
 
+    #[derive(Debug, Parser)]
+    struct SecurityCli {
+        #[command(flatten)]
+        security: SecurityArgs,
+    }
+
+    fn resolve(args: &[&str], listen: &str) -> Result<Security, SecurityError> {
+        let mut all = vec!["x"];
+        all.extend_from_slice(args);
+        SecurityCli::try_parse_from(all)
+            .unwrap()
+            .security
+            .resolve(listen.parse().unwrap())
+    }
+
+    #[test]
+    fn a_public_address_needs_tls_a_ca_and_tokens_or_insecure() {
+        // Loopback: whatever is given, here nothing: every class open.
+        let open = resolve(&[], "127.0.0.1:50061").unwrap();
+        assert!(!open.access.is_enforced());
+        assert!(open.tls.server_config().is_none());
+        // Elsewhere: refused, naming everything that is missing, unless --insecure.
+        let err = resolve(&[], "0.0.0.0:50061").unwrap_err().to_string();
+        assert!(err.contains("refusing to listen on 0.0.0.0:50061"), "{err}");
+        for missing in [
+            "--tls-cert",
+            "--tls-ca",
+            "--admin-tokens-file",
+            "--insecure",
+        ] {
+            assert!(err.contains(missing), "{missing}: {err}");
+        }
+        assert!(resolve(&["--insecure"], "0.0.0.0:50061").is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, AdminTokens::line_for("kim", "t")).unwrap();
+        let tokens = tokens.to_str().unwrap();
+        // Tokens alone on a public address: still refused (no TLS: the token would travel in
+        // clear text).
+        let err = resolve(&["--admin-tokens-file", tokens], "10.0.0.5:50061")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--tls-cert") && !err.contains("admin tokens ("),
+            "{err}"
+        );
+        // Tokens on loopback: the admin class is enforced, the internal one open.
+        let admin = resolve(&["--admin-tokens-file", tokens], "127.0.0.1:1").unwrap();
+        assert!(admin.access.is_enforced());
+        // A CA without a certificate of its own cannot check client certificates.
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not read yet").unwrap();
+        assert!(matches!(
+            resolve(&["--tls-ca", ca.to_str().unwrap()], "127.0.0.1:1"),
+            Err(SecurityError::CaWithoutCert)
+        ));
+        // Unreadable files name their flag.
+        let err = resolve(
+            &["--admin-tokens-file", "/nonexistent/tokens"],
+            "127.0.0.1:1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/tokens"), "{err}");
+        let err = resolve(
+            &[
+                "--tls-cert",
+                "/nonexistent/c.pem",
+                "--tls-key",
+                "/nonexistent/k.pem",
+            ],
+            "127.0.0.1:1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--tls-cert"), "{err}");
+    }
+
     #[test]
     fn group_commit_writers_flag() {
         let cli = Cli::try_parse_from(["x"]).unwrap();

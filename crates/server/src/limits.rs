@@ -7,7 +7,7 @@
 //! | order lines (PlaceOrder, 100) | [`crate::validate::MAX_LINES`] in the order service's validation | INVALID_ARGUMENT naming `lines` |
 //! | calls in flight per connection (`--max-concurrent-per-connection`, default 256) | tonic's `concurrency_limit_per_connection` (tower's `ConcurrencyLimit`) and HTTP/2 `max_concurrent_streams` | further calls wait |
 //! | time per call (`--request-timeout-ms`, default 90 s: over GetOrder's longest wait of 60 s) | tonic's server `timeout` (the caller's `grpc-timeout` wins when shorter) | CANCELLED `Timeout expired` |
-//! | PlaceOrder per user (`--place-order-per-user-per-second`, `--place-order-burst`, default 50/s, burst 100) | [`KeyedRateLimitLayer`]: governor's GCRA keyed by the request's `user_id` | RESOURCE_EXHAUSTED, reason `RATE_LIMITED`, `google.rpc.RetryInfo` |
+//! | PlaceOrder per user (`serve`'s `--place-order-per-user-per-second`, `--place-order-burst`, default 50/s, burst 100; none in the embedded system) | [`KeyedRateLimitLayer`]: governor's GCRA keyed by the request's `user_id` | RESOURCE_EXHAUSTED, reason `RATE_LIMITED`, `google.rpc.RetryInfo` |
 
 use std::{
     collections::HashMap,
@@ -89,13 +89,21 @@ pub struct Limits {
     pub max_concurrent_per_connection: u32,
     /// Longest time a call may run.
     pub request_timeout: Duration,
-    /// PlaceOrder per user: `(per second, burst)`; `None` for no limit.
+    /// PlaceOrder per user: `(per second, burst)`; `None` for no limit (the default of
+    /// [`Limits::default`], not of the `serve` flags).
     pub place_order_per_user: Option<(NonZeroU32, NonZeroU32)>,
 }
 
 impl Default for Limits {
+    /// The flags' defaults without the per-user rate limit: what a server gets that nobody
+    /// configured (tests, the embedded `sagaflow dev`, `demo` and `bench`, whose load drivers
+    /// place many orders for few users); `sagaflow serve` takes [`LimitArgs`], rate limit
+    /// included.
     fn default() -> Self {
-        LimitArgs::default().limits()
+        Limits {
+            place_order_per_user: None,
+            ..LimitArgs::default().limits()
+        }
     }
 }
 
@@ -313,6 +321,7 @@ mod tests {
         let limits = LimitArgs::default().limits();
         assert_eq!(limits.request_timeout, Duration::from_secs(90));
         assert!(limits.place_order_per_user.is_some());
+        assert!(Limits::default().place_order_per_user.is_none());
         let off = LimitArgs {
             place_order_per_user_per_second: 0,
             ..LimitArgs::default()

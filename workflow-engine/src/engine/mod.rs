@@ -286,7 +286,7 @@ impl Engine {
             }
         };
         if state.status().is_active() && state.lease_owner.is_none() {
-            tracing::warn!(saga.id = %id, operator, "AUDIT: saga canceled by an operator: compensating");
+            tracing::info!(saga.id = %id, operator, "AUDIT: saga canceled by an operator: compensating");
             driver::spawn_claim(&self.inner, id);
         }
         Ok(state)
@@ -322,7 +322,7 @@ impl Engine {
             .operator_update(id, self.inner.now(), &decide)
             .await
             .map_err(|e| not_found_as(e, id))?;
-        tracing::warn!(saga.id = %id, operator, "AUDIT: saga resumed by an operator");
+        tracing::info!(saga.id = %id, operator, "AUDIT: saga resumed by an operator");
         driver::spawn_claim(&self.inner, id);
         Ok(state)
     }
