@@ -329,6 +329,7 @@ async fn limits_refuse_floods_oversized_messages_and_long_orders_and_the_server_
     config.limits = Limits {
         max_message_bytes: 64 * 1024,
         place_order_per_user: Some((1.try_into().unwrap(), 2.try_into().unwrap())),
+        request_timeout: Duration::from_secs(1),
         ..Limits::default()
     };
     let system = Embedded::start(config).await.unwrap();
@@ -405,6 +406,36 @@ async fn limits_refuse_floods_oversized_messages_and_long_orders_and_the_server_
     assert!(
         sagaflow_server::error::violated_fields(&refused).contains(&"lines".to_owned()),
         "{refused:?}"
+    );
+
+    // A call longer than the server's request timeout ends there, whatever the caller allows:
+    // GetOrder waiting up to 30 s for an order whose payment hangs (`tok_slow`).
+    let slow = orders
+        .place_order(PlaceOrderRequest {
+            payment_method: "tok_slow".into(),
+            ..order("slow", "erin")
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let started = std::time::Instant::now();
+    let timed_out = orders
+        .get_order(sagaflow_proto::order::v1::GetOrderRequest {
+            order_id: slow.order_id,
+            wait: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(timed_out.code(), Code::Cancelled, "{timed_out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
     );
 
     // The server is still up and serving.
