@@ -140,6 +140,12 @@ pub enum SecurityError {
         /// What is missing, for a person.
         missing: String,
     },
+    /// `--tls-cert` without `--tls-ca`: the process could not verify its peers' certificates
+    /// (no public roots are built in: a deployment has its own CA).
+    #[error(
+        "--tls-cert needs --tls-ca: the services' certificates are verified against the deployment's CA"
+    )]
+    CertWithoutCa,
     /// `--tls-ca` without `--tls-cert`: a server cannot check client certificates over
     /// plaintext.
     #[error(
@@ -165,6 +171,9 @@ impl SecurityArgs {
         let tls = self.tls.load()?;
         if tls.has_ca() && !tls.has_identity() {
             return Err(SecurityError::CaWithoutCert);
+        }
+        if tls.has_identity() && !tls.has_ca() {
+            return Err(SecurityError::CertWithoutCa);
         }
         let tokens = match &self.admin_tokens_file {
             Some(path) => Some(AdminTokens::load(path)?),
