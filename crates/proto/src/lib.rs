@@ -36,6 +36,14 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/sagaflow_descriptor.bin"));
 
+/// `sagaflow.audit.v1`: the admin action a service's ListAdminActions lists (docs/operations.md,
+/// "Security").
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("sagaflow.audit.v1");
+    }
+}
+
 /// `sagaflow.options.v1`: the options sagaflow's contracts carry, such as every RPC's class
 /// (`RpcClass`: public, internal, admin; docs/operations.md, "Security").
 pub mod options {

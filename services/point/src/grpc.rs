@@ -2,10 +2,13 @@
 //! invalid field is named, nothing is written) and the idempotency store around every mutating
 //! command (docs/architecture.md, "The service contract").
 
-use sagaflow_proto::point::v1::{
-    AdminAction, DeductPointsRequest, DeductPointsResponse, GetBalanceRequest, GetBalanceResponse,
-    GrantPointsRequest, GrantPointsResponse, ListAdminActionsRequest, ListAdminActionsResponse,
-    RestorePointsRequest, RestorePointsResponse, point_service_server,
+use sagaflow_proto::{
+    audit::v1::AdminAction,
+    point::v1::{
+        DeductPointsRequest, DeductPointsResponse, GetBalanceRequest, GetBalanceResponse,
+        GrantPointsRequest, GrantPointsResponse, ListAdminActionsRequest, ListAdminActionsResponse,
+        RestorePointsRequest, RestorePointsResponse, point_service_server,
+    },
 };
 use sagaflow_server::{
     ServiceError, access::identity_of, db::timestamp_from_ms, idempotency::respond,

