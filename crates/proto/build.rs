@@ -1,10 +1,9 @@
 //! Compiles every `.proto` file under `proto/` with protox (pure Rust: no `protoc` needed) and
 //! generates prost messages plus tonic clients and servers. The encoded descriptor set is written to
-//! `$OUT_DIR/sagaflow_descriptor.bin` for server reflection.
+//! `$OUT_DIR/sagaflow_descriptor.bin` for server reflection and for the servers'
+//! enforcement of each RPC's class (`sagaflow.options.v1.rpc_class`).
 
 use std::{env, fs, io, path::PathBuf};
-
-use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -15,9 +14,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     collect_protos(&proto_root, &mut files)?;
     files.sort();
 
-    let fds = protox::compile(&files, [&proto_root])?;
+    let mut compiler = protox::Compiler::new([&proto_root])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&files)?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out_dir.join("sagaflow_descriptor.bin"), fds.encode_to_vec())?;
+    // The encoded set keeps the custom method options (`sagaflow.options.v1.rpc_class`), which
+    // prost's `FileDescriptorSet` would drop: the servers enforce each RPC's class from it.
+    fs::write(
+        out_dir.join("sagaflow_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    let fds = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -20,6 +20,7 @@
 use sagaflow_proto::workflow::v1 as pb;
 use sagaflow_server::{
     ServiceError,
+    access::identity_of,
     db::{ms_from_timestamp, timestamp_from_ms},
     validate::{Validator, decode_page_token, encode_page_token},
 };
@@ -325,9 +326,11 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
         request: Request<pb::RetrySagaRequest>,
     ) -> Result<Response<pb::RetrySagaResponse>, Status> {
         let id = parse_id("saga_id", &request.get_ref().saga_id)?;
+        // Who asked, as the access layer established it: the journal keeps it (the audit).
+        let operator = identity_of(&request).to_string();
         let state = self
             .engine
-            .retry(id)
+            .retry_by(id, Some(&operator))
             .await
             .map_err(|e| engine_error(e, id))?;
         Ok(Response::new(pb::RetrySagaResponse {
@@ -377,9 +380,10 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
         request: Request<pb::CancelSagaRequest>,
     ) -> Result<Response<pb::CancelSagaResponse>, Status> {
         let id = parse_id("saga_id", &request.get_ref().saga_id)?;
+        let operator = identity_of(&request).to_string();
         let state = self
             .engine
-            .cancel(id)
+            .cancel_by(id, Some(&operator))
             .await
             .map_err(|e| engine_error(e, id))?;
         Ok(Response::new(pb::CancelSagaResponse {

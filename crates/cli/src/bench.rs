@@ -129,7 +129,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let interrupt = Interrupt::on_ctrl_c();
     let (embedded, peers, durability) = if args.targets.any() {
         let needed = [Service::Order, Service::Inventory].map(|s| (s, args.targets.url_or_dev(s)));
-        crate::targets::reachable(&needed).await?;
+        crate::targets::reachable(&args.targets, &needed).await?;
         (
             None,
             args.targets.peers(crate::targets::DEV_ADDR)?,

@@ -195,7 +195,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
             Service::Payment,
         ]
         .map(|s| (s, args.targets.url_or_dev(s)));
-        crate::targets::reachable(&needed).await?;
+        crate::targets::reachable(&args.targets, &needed).await?;
         (None, args.targets.peers(crate::targets::DEV_ADDR)?)
     } else {
         let dir = tempfile::Builder::new()

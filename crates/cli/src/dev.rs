@@ -7,7 +7,7 @@
 //!  data dir: order.db coupon.db inventory.db payment.db point.db ranking.db workflow.db
 //!
 //!  grpcurl, demo and bench clients ──TCP──▶ one port ─┐
-//!                                                     ├─▶ TraceLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ routes:
+//!                                                     ├─▶ TraceLayer ─▶ AccessLayer ─▶ KeyedRateLimitLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ routes:
 //!  this process's own calls ──in-process transport────┘    (one stack, crates/server/src/grpc.rs)
 //!    ▲                                                     ├─ OrderService ──commit──▶ outbox ──relay──▶ StartOrderSaga ─┐
 //!    │                                                     ├─ Coupon/Inventory/Payment/Point/Ranking services            │
@@ -37,10 +37,11 @@ use sagaflow_order::relay;
 use sagaflow_payment::SimulatedGatewayConfig;
 use sagaflow_server::{
     Db, PoolConfig,
-    config::Synchronous,
+    config::{Security, Synchronous},
     db::SqliteSynchronous,
     faults::FaultConfig,
-    grpc::{self, ServerHandle},
+    grpc::{self, ServerHandle, ServerOptions},
+    limits::Limits,
     transport::{InProcess, Transport},
 };
 use sagaflow_telemetry::metrics::{MetricsArgs, MetricsExporter};
@@ -93,6 +94,10 @@ pub struct DevArgs {
     pub metrics: MetricsArgs,
     #[command(flatten)]
     pub retention: sagaflow_server::config::RetentionArgs,
+    /// Listen on a non-loopback address although `dev` is unauthenticated (only on a network
+    /// where every host that can reach the port is trusted).
+    #[arg(long, env = "SAGAFLOW_INSECURE")]
+    pub insecure: bool,
 }
 
 /// Configuration of an embedded system.
@@ -138,6 +143,11 @@ pub struct EmbeddedConfig {
     pub retention: sagaflow_server::retention::RetentionConfig,
     /// How events travel: gRPC inside the process (the default), or through Kafka.
     pub events: EventSettings,
+    /// TLS and who may call what (default: plaintext, every call let through; docs/operations.md,
+    /// "Security"). The process's own in-process calls always pass.
+    pub security: Security,
+    /// The server's limits (message size, concurrency, timeout, PlaceOrder per user).
+    pub limits: Limits,
 }
 
 /// Where an embedded system keeps its databases.
@@ -196,6 +206,8 @@ impl EmbeddedConfig {
                 .to_vec(),
             retention: sagaflow_server::retention::RetentionConfig::default(),
             events: EventSettings::default(),
+            security: Security::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -240,6 +252,8 @@ impl EmbeddedConfig {
                 .to_vec(),
             retention: args.retention.config(args.saga_deadline_ms)?,
             events: args.events.settings(),
+            security: Security::default(),
+            limits: Limits::default(),
         })
     }
 }
@@ -348,7 +362,12 @@ impl Embedded {
                 listener,
                 routes,
                 &names,
-                config.faults.clone(),
+                ServerOptions {
+                    faults: config.faults.clone(),
+                    access: config.security.access.clone(),
+                    tls: config.security.tls.server_config(),
+                    limits: config.limits.clone(),
+                },
                 local.clone(),
             )
             .await
@@ -459,6 +478,15 @@ impl Embedded {
 /// # Errors
 /// As [`Embedded::start`]; when the metrics endpoint cannot be started.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() && !args.insecure {
+        anyhow::bail!(
+            "refusing to listen on {}: `sagaflow dev` is unauthenticated and unencrypted, so \
+             anyone who reaches the port could call every RPC, internal and admin ones included. \
+             Listen on 127.0.0.1, add --insecure on a network you trust, or run `sagaflow serve` \
+             with TLS and tokens (docs/operations.md, \"Security\")",
+            args.listen
+        );
+    }
     let config = EmbeddedConfig::from_args(&args)?;
     let metrics = start_metrics(&args.metrics)?;
     let system = match Embedded::start(config).await {
@@ -475,6 +503,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir = %args.data_dir.display(),
         "sagaflow dev is running: try `grpcurl -plaintext {} list`",
         system.addr()
+    );
+    // INFO, not WARN: it is the expected state of a laptop's system, printed at every start;
+    // a warning would be noise in every log check.
+    tracing::info!(
+        addr = %system.addr(),
+        "sagaflow dev is UNAUTHENTICATED and unencrypted: every RPC, the internal and admin ones \
+         included, answers anyone who reaches this port; a deployment runs `sagaflow serve` with \
+         TLS, client certificates and admin tokens (docs/operations.md, \"Security\")"
     );
     grpc::shutdown_signal().await;
     system.shutdown().await;

@@ -83,9 +83,14 @@ pub async fn run(args: SagaArgs) -> anyhow::Result<()> {
     let url = args
         .targets
         .url_or_dev(crate::services::Service::Orchestrator);
-    crate::targets::reachable(&[(crate::services::Service::Orchestrator, url.clone())]).await?;
-    let channel =
-        crate::targets::TargetArgs::channel(crate::services::Service::Orchestrator, &url)?;
+    crate::targets::reachable(
+        &args.targets,
+        &[(crate::services::Service::Orchestrator, url.clone())],
+    )
+    .await?;
+    let channel = args
+        .targets
+        .transport(crate::services::Service::Orchestrator, &url)?;
     let status_error = |status| status_error(&url, status);
     let mut admin = SagaAdminServiceClient::new(channel);
     match args.command {
@@ -288,6 +293,13 @@ fn timeline_line(
                     None => format!("reason {r}"),
                 }
             })
+        })
+        .or_else(|| {
+            // RetrySaga and CancelSaga name who asked (docs/operations.md, "Security").
+            detail
+                .get("operator")
+                .and_then(|o| o.as_str())
+                .map(|operator| format!("by {operator}"))
         })
         .unwrap_or_default()
         // One line per entry, whatever the text holds (a reason may span lines).

@@ -12,8 +12,8 @@ use sagaflow_proto::workflow::v1::{
     saga_admin_service_client::SagaAdminServiceClient,
 };
 use sagaflow_server::db::{ms_from_timestamp, timestamp_from_ms};
+use sagaflow_server::transport::Transport;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 /// Saga statuses on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,7 +125,7 @@ fn reason_of(saga: &Saga) -> String {
 /// Builds the row of `saga`; for a finished saga that failed, asks the admin API for its steps
 /// to name the one that failed.
 async fn row(
-    admin: &mut SagaAdminServiceClient<Channel>,
+    admin: &mut SagaAdminServiceClient<Transport>,
     saga: &Saga,
 ) -> Result<Row, tonic::Status> {
     let status = status_name(saga);
@@ -176,7 +176,7 @@ impl ListArgs {
 /// # Errors
 /// The admin API's status (INVALID_ARGUMENT for a bad filter, UNAVAILABLE, …).
 pub async fn list(
-    admin: &mut SagaAdminServiceClient<Channel>,
+    admin: &mut SagaAdminServiceClient<Transport>,
     args: &ListArgs,
 ) -> Result<Vec<Row>, tonic::Status> {
     let now = sagaflow_server::db::now_ms();

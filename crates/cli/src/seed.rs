@@ -184,7 +184,7 @@ pub struct SeedArgs {
 /// An unreadable or malformed file, a service that does not answer, or the first RPC that fails
 /// (named with the product, user or coupon).
 pub async fn run(args: SeedArgs) -> anyhow::Result<()> {
-    use crate::{services::Service, targets::TargetArgs};
+    use crate::services::Service;
 
     let json = match &args.file {
         Some(path) => {
@@ -195,12 +195,12 @@ pub async fn run(args: SeedArgs) -> anyhow::Result<()> {
     let seed = Seed::parse(&json)?;
     let targets = [Service::Inventory, Service::Point, Service::Coupon]
         .map(|s| (s, args.targets.url_or_dev(s)));
-    crate::targets::reachable(&targets).await?;
+    crate::targets::reachable(&args.targets, &targets).await?;
     let [inventory, point, coupon] = &targets;
     apply_split(
-        TargetArgs::channel(inventory.0, &inventory.1)?,
-        TargetArgs::channel(point.0, &point.1)?,
-        TargetArgs::channel(coupon.0, &coupon.1)?,
+        args.targets.transport(inventory.0, &inventory.1)?,
+        args.targets.transport(point.0, &point.1)?,
+        args.targets.transport(coupon.0, &coupon.1)?,
         &seed,
     )
     .await?;

@@ -18,8 +18,9 @@ use sagaflow_orchestrator::{
 use sagaflow_order::relay;
 use sagaflow_server::{
     Db,
-    config::{DatabaseArgs, FaultArgs, RetentionArgs},
+    config::{DatabaseArgs, FaultArgs, RetentionArgs, SecurityArgs},
     grpc,
+    tls::Tls,
 };
 use sagaflow_telemetry::metrics::{MetricsArgs, MetricsError, MetricsExporter};
 use tonic::{
@@ -88,19 +89,21 @@ pub struct PeerArgs {
 }
 
 impl PeerArgs {
-    /// Lazily connected channels to every peer.
+    /// Lazily connected channels to every peer; over TLS when this process has a certificate
+    /// (`tls`: presenting it as the client certificate, trusting only the CA).
     ///
     /// # Errors
     /// `CliError::Usage` naming the flag of a malformed URL.
-    pub fn peers(&self) -> Result<Peers, CliError> {
+    pub fn peers(&self, tls: &Tls) -> Result<Peers, CliError> {
+        let tls = tls.has_identity().then_some(tls);
         Ok(Peers {
-            order: channel("order-addr", &self.order_addr)?.into(),
-            coupon: channel("coupon-addr", &self.coupon_addr)?.into(),
-            inventory: channel("inventory-addr", &self.inventory_addr)?.into(),
-            payment: channel("payment-addr", &self.payment_addr)?.into(),
-            point: channel("point-addr", &self.point_addr)?.into(),
-            ranking: channel("ranking-addr", &self.ranking_addr)?.into(),
-            orchestrator: channel("orchestrator-addr", &self.orchestrator_addr)?.into(),
+            order: channel("order-addr", &self.order_addr, tls)?.into(),
+            coupon: channel("coupon-addr", &self.coupon_addr, tls)?.into(),
+            inventory: channel("inventory-addr", &self.inventory_addr, tls)?.into(),
+            payment: channel("payment-addr", &self.payment_addr, tls)?.into(),
+            point: channel("point-addr", &self.point_addr, tls)?.into(),
+            ranking: channel("ranking-addr", &self.ranking_addr, tls)?.into(),
+            orchestrator: channel("orchestrator-addr", &self.orchestrator_addr, tls)?.into(),
         })
     }
 }
@@ -240,6 +243,8 @@ pub struct ServeArgs {
     pub metrics: MetricsArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// The `--payment-methods` list, trimmed, without empty entries.
@@ -258,19 +263,31 @@ pub fn payment_methods(values: &[String]) -> Result<Vec<String>, CliError> {
     Ok(methods)
 }
 
-/// A lazily connected channel to one URL, or load-balanced over several comma-separated URLs.
+/// A lazily connected channel to one URL, or load-balanced over several comma-separated URLs;
+/// with `tls`, over TLS (an `http://` URL is called as `https://`: a process with a
+/// certificate never calls a peer in plaintext).
 ///
 /// # Errors
 /// `CliError::Usage` naming `flag` when a URL is malformed.
-pub fn channel(flag: &str, urls: &str) -> Result<Channel, CliError> {
+pub fn channel(flag: &str, urls: &str, tls: Option<&Tls>) -> Result<Channel, CliError> {
     let endpoints = urls
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .map(|u| {
-            Endpoint::from_shared(u.to_owned())
+            let url = match (tls, u.strip_prefix("http://")) {
+                (Some(_), Some(rest)) => format!("https://{rest}"),
+                _ => u.to_owned(),
+            };
+            let endpoint = Endpoint::from_shared(url)
                 .map(|e| e.connect_timeout(Duration::from_secs(2)))
-                .map_err(|e| CliError::Usage(format!("--{flag} {u:?}: {e}")))
+                .map_err(|e| CliError::Usage(format!("--{flag} {u:?}: {e}")))?;
+            match tls {
+                Some(tls) => endpoint
+                    .tls_config(tls.client_config())
+                    .map_err(|e| CliError::Usage(format!("--{flag} {u:?}: TLS: {e}"))),
+                None => Ok(endpoint),
+            }
         })
         .collect::<Result<Vec<_>, _>>()?;
     match endpoints.len() {
@@ -349,7 +366,11 @@ async fn serve_with(
         .retention
         .config(args.engine.saga_deadline_ms)
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    let peers = args.peers.peers()?;
+    let security = args
+        .security
+        .resolve(listen)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let peers = args.peers.peers(&security.tls)?;
     let settings =
         Settings {
             payment_methods: payment_methods(&args.payment_methods)?,
@@ -416,14 +437,13 @@ async fn serve_with(
             stop.cancel();
         }
     };
-    let served = grpc::serve(
-        listener,
-        routes,
-        service.grpc_names(),
-        args.faults.faults,
-        signal,
-    )
-    .await;
+    let options = grpc::ServerOptions {
+        faults: args.faults.faults,
+        tls: security.tls.server_config(),
+        access: security.access,
+        limits: args.security.limits.limits(),
+    };
+    let served = grpc::serve(listener, routes, service.grpc_names(), options, signal).await;
     running.shutdown().await;
     db.close().await;
     served.context("serving")?;

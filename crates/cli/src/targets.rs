@@ -11,12 +11,19 @@
 //!    orchestrator 50067);
 //! 4. the command's own default: `demo` and `bench` start an embedded system, `saga` and `seed`
 //!    talk to `sagaflow dev` on `http://127.0.0.1:50051`.
+//!
+//! Credentials (docs/operations.md, "Security"): with `--tls-ca` (`SAGAFLOW_TLS_CA`) every
+//! address is called over TLS trusting only that CA (an `http://` address as `https://`); with
+//! `SAGAFLOW_TOKEN` set, every call carries it as `authorization: Bearer <token>`, the
+//! operator's credential for the admin RPCs (`saga`, `seed`, and the seeding of `demo` and
+//! `bench`). The token is read from the environment only, never a flag: a flag shows in `ps`.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use clap::Args;
-use sagaflow_server::transport::Transport;
-use tonic::transport::{Channel, Endpoint};
+use sagaflow_server::transport::{BearerToken, Transport};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::{load::addr_url, services::Service};
 
@@ -54,7 +61,13 @@ pub struct TargetArgs {
     /// Orchestrator (the saga admin API).
     #[arg(long, env = "SAGAFLOW_ORCHESTRATOR_ADDR", global = true)]
     pub orchestrator_addr: Option<String>,
+    /// The deployment's CA certificate, PEM: call every service over TLS, trusting only it.
+    #[arg(long, env = "SAGAFLOW_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
 }
+
+/// The environment variable the client commands read the operator's bearer token from.
+pub const TOKEN_VARIABLE: &str = "SAGAFLOW_TOKEN";
 
 impl TargetArgs {
     /// Whether any address was given (`demo` and `bench` then drive that system instead of
@@ -95,7 +108,8 @@ impl TargetArgs {
         self.url(service).unwrap_or_else(|| DEV_ADDR.to_owned())
     }
 
-    /// A lazily connected channel to `service` at `url` (connect timeout 2 s).
+    /// A lazily connected plaintext channel to `service` at `url` (connect timeout 2 s): an
+    /// embedded system this process started.
     ///
     /// # Errors
     /// When `url` is not a valid URI; the message names the flag.
@@ -110,7 +124,53 @@ impl TargetArgs {
             })
     }
 
-    /// Channels (TCP transports) to every service, with `fallback` (an embedded system's URL) for those nothing
+    /// The endpoint of `service` at `url`: over TLS trusting `--tls-ca` when given (an
+    /// `http://` URL is then called as `https://`), connect timeout 2 s.
+    ///
+    /// # Errors
+    /// When `url` is not a valid URI (the message names the flag) or the CA cannot be read.
+    pub fn endpoint(&self, service: Service, url: &str) -> anyhow::Result<Endpoint> {
+        let url = match (&self.tls_ca, url.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => url.to_owned(),
+        };
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "--{}-addr (or --addr) {url:?} is not a URL: {e}",
+                    service.name()
+                )
+            })?
+            .connect_timeout(Duration::from_secs(2));
+        match &self.tls_ca {
+            Some(path) => {
+                let ca =
+                    std::fs::read(path).with_context(|| format!("--tls-ca {}", path.display()))?;
+                Ok(endpoint
+                    .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?)
+            }
+            None => Ok(endpoint),
+        }
+    }
+
+    /// The operator's bearer token from `SAGAFLOW_TOKEN`, if set (and a valid header value).
+    pub fn token() -> Option<BearerToken> {
+        std::env::var(TOKEN_VARIABLE)
+            .ok()
+            .and_then(|token| BearerToken::new(&token))
+    }
+
+    /// A lazily connected transport to `service` at `url`, over TLS with `--tls-ca`, every call
+    /// carrying `SAGAFLOW_TOKEN` when set.
+    ///
+    /// # Errors
+    /// As [`TargetArgs::endpoint`].
+    pub fn transport(&self, service: Service, url: &str) -> anyhow::Result<Transport> {
+        let channel = self.endpoint(service, url)?.connect_lazy();
+        Ok(Transport::tcp(channel, Self::token()))
+    }
+
+    /// Transports to every service, with `fallback` (an embedded system's URL) for those nothing
     /// addresses.
     ///
     /// # Errors
@@ -118,7 +178,7 @@ impl TargetArgs {
     pub fn peers(&self, fallback: &str) -> anyhow::Result<crate::services::Peers> {
         let ch = |service| {
             let url = self.url(service).unwrap_or_else(|| fallback.to_owned());
-            Self::channel(service, &url).map(Transport::from)
+            self.transport(service, &url)
         };
         Ok(crate::services::Peers {
             order: ch(Service::Order)?,
@@ -132,20 +192,19 @@ impl TargetArgs {
     }
 }
 
-/// Checks that every `(service, url)` answers a connection within 2 s (each distinct URL once), so
-/// that a command pointed at a system that is down says so at once instead of retrying.
+/// Checks that every `(service, url)` answers a connection within 2 s (each distinct URL once,
+/// over TLS with `targets`' `--tls-ca`), so that a command pointed at a system that is down says
+/// so at once instead of retrying.
 ///
 /// # Errors
 /// Names the first service whose address does not answer, the address, and the flag to fix.
-pub async fn reachable(targets: &[(Service, String)]) -> anyhow::Result<()> {
+pub async fn reachable(args: &TargetArgs, targets: &[(Service, String)]) -> anyhow::Result<()> {
     let mut seen = std::collections::BTreeSet::new();
     for (service, url) in targets {
         if !seen.insert(url.clone()) {
             continue;
         }
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| anyhow::anyhow!("--{}-addr {url:?} is not a URL: {e}", service.name()))?
-            .connect_timeout(Duration::from_secs(2));
+        let endpoint = args.endpoint(*service, url)?;
         if let Err(err) = endpoint.connect().await {
             anyhow::bail!(
                 "nothing answers at {url} (the {} service): {err}; start it (`sagaflow dev`, or \

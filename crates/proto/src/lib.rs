@@ -1,6 +1,6 @@
 //! Generated gRPC code for every sagaflow service (`proto/`; docs/architecture.md, "Layers"): prost
 //! messages, tonic server traits and typed clients, one module per proto package, plus the encoded
-//! file descriptor set that servers register for reflection.
+//! file descriptor set that servers register for reflection and read each RPC's class from.
 //!
 //! Other teams place orders through the typed client:
 //!
@@ -37,6 +37,22 @@ pub mod events;
 /// The encoded `FileDescriptorSet` of every sagaflow `.proto` file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/sagaflow_descriptor.bin"));
+
+/// `sagaflow.audit.v1`: the admin action a service's ListAdminActions lists (docs/operations.md,
+/// "Security").
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("sagaflow.audit.v1");
+    }
+}
+
+/// `sagaflow.options.v1`: the options sagaflow's contracts carry, such as every RPC's class
+/// (`RpcClass`: public, internal, admin; docs/operations.md, "Security").
+pub mod options {
+    pub mod v1 {
+        tonic::include_proto!("sagaflow.options.v1");
+    }
+}
 
 /// `sagaflow.order.v1`: the public order API and the saga's order commands.
 pub mod order {

@@ -1,17 +1,20 @@
 //! Configuration shared by every process: clap flags, each with a `SAGAFLOW_*` environment variable
 //! (12-factor; docs/operations.md, "Running") and a default that works on a laptop.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
 use crate::{
+    access::{AccessPolicy, AdminTokens, DEFAULT_INTERNAL_IDENTITIES},
     db::{PoolConfig, SqliteSynchronous},
     faults::FaultConfig,
+    limits::LimitArgs,
     retention::{
         DEFAULT_IDEMPOTENCY_MS, DEFAULT_INBOX_MS, DEFAULT_INTERVAL_MS, DEFAULT_SAGAS_MS,
         MAX_BATCH_ROWS, RetentionConfig,
     },
+    tls::{Tls, TlsArgs},
 };
 
 /// Where a server listens.
@@ -81,6 +84,125 @@ pub struct FaultArgs {
     /// `lost_reply:P`; see docs/operations.md, "Fault injection"). Empty: none.
     #[arg(long, env = "SAGAFLOW_FAULTS", default_value = "")]
     pub faults: FaultConfig,
+}
+
+/// Security of a server (docs/operations.md, "Security"): TLS, who may call admin and internal
+/// RPCs, limits, and the safe-default rule for non-loopback addresses.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Operators' tokens, one `<token id> <sha256 hex of the token>` a line (`#` comments):
+    /// admin RPCs then need `authorization: Bearer <token>`. Without it, admin RPCs are open
+    /// (allowed only on a loopback address, or with --insecure).
+    #[arg(long, env = "SAGAFLOW_ADMIN_TOKENS_FILE")]
+    pub admin_tokens_file: Option<PathBuf>,
+    /// Client-certificate identities (a DNS or URI SAN, or the subject CN) allowed to call
+    /// internal RPCs, comma-separated; enforced when --tls-ca is given. Default: the seven
+    /// service names (order, coupon, inventory, payment, point, ranking, orchestrator).
+    #[arg(
+        long,
+        env = "SAGAFLOW_INTERNAL_IDENTITIES",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_INTERNAL_IDENTITIES.map(String::from)
+    )]
+    pub internal_identities: Vec<String>,
+    /// Serve a non-loopback address without TLS, client-certificate checks and admin tokens.
+    /// Only on a network where every host that can reach the port is trusted.
+    #[arg(long, env = "SAGAFLOW_INSECURE")]
+    pub insecure: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// A server's security, resolved from [`SecurityArgs`].
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// TLS material (listener and clients).
+    pub tls: Tls,
+    /// What the access layer enforces.
+    pub access: AccessPolicy,
+}
+
+/// Security flags that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    /// A non-loopback address without TLS and credentials, and no `--insecure`.
+    #[error(
+        "refusing to listen on {listen} without {missing}: anyone who reaches the port could \
+         call the internal RPCs (the saga's commands) and the admin RPCs. Give --tls-cert, \
+         --tls-key, --tls-ca and --admin-tokens-file (scripts/gen-certs.sh makes a set), listen \
+         on 127.0.0.1, or add --insecure on a network you trust (docs/operations.md, \"Security\")"
+    )]
+    Unsafe {
+        /// The address.
+        listen: SocketAddr,
+        /// What is missing, for a person.
+        missing: String,
+    },
+    /// `--tls-cert` without `--tls-ca`: the process could not verify its peers' certificates
+    /// (no public roots are built in: a deployment has its own CA).
+    #[error(
+        "--tls-cert needs --tls-ca: the services' certificates are verified against the deployment's CA"
+    )]
+    CertWithoutCa,
+    /// `--tls-ca` without `--tls-cert`: a server cannot check client certificates over
+    /// plaintext.
+    #[error(
+        "--tls-ca needs --tls-cert and --tls-key on a server: client certificates are checked during the TLS handshake"
+    )]
+    CaWithoutCert,
+    /// A file cannot be read.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The tokens file cannot be read.
+    #[error(transparent)]
+    Tokens(#[from] crate::access::TokenFileError),
+}
+
+impl SecurityArgs {
+    /// The security of a server listening on `listen`: TLS when `--tls-cert` is given; admin
+    /// RPCs enforced with `--admin-tokens-file`; internal RPCs enforced with `--tls-ca`.
+    ///
+    /// # Errors
+    /// [`SecurityError::Unsafe`] for a non-loopback `listen` without all of TLS, a CA and admin
+    /// tokens, unless `--insecure`; a file that cannot be read.
+    pub fn resolve(&self, listen: SocketAddr) -> Result<Security, SecurityError> {
+        let tls = self.tls.load()?;
+        if tls.has_ca() && !tls.has_identity() {
+            return Err(SecurityError::CaWithoutCert);
+        }
+        if tls.has_identity() && !tls.has_ca() {
+            return Err(SecurityError::CertWithoutCa);
+        }
+        let tokens = match &self.admin_tokens_file {
+            Some(path) => Some(AdminTokens::load(path)?),
+            None => None,
+        };
+        if !listen.ip().is_loopback() && !self.insecure {
+            let missing: Vec<&str> = [
+                (!tls.has_identity()).then_some("TLS (--tls-cert, --tls-key)"),
+                (!tls.has_ca()).then_some("client-certificate checks (--tls-ca)"),
+                tokens
+                    .is_none()
+                    .then_some("admin tokens (--admin-tokens-file)"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !missing.is_empty() {
+                return Err(SecurityError::Unsafe {
+                    listen,
+                    missing: missing.join(", "),
+                });
+            }
+        }
+        let internal = tls.has_ca().then(|| self.internal_identities.clone());
+        Ok(Security {
+            access: AccessPolicy::new(tokens, internal),
+            tls,
+        })
+    }
 }
 
 /// Retention of idempotency records, finished sagas and inbox rows (docs/operations.md,
@@ -205,6 +327,85 @@ mod tests {
         retention: RetentionArgs,
         #[command(flatten)]
         database: DatabaseArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct SecurityCli {
+        #[command(flatten)]
+        security: SecurityArgs,
+    }
+
+    fn resolve(args: &[&str], listen: &str) -> Result<Security, SecurityError> {
+        let mut all = vec!["x"];
+        all.extend_from_slice(args);
+        SecurityCli::try_parse_from(all)
+            .unwrap()
+            .security
+            .resolve(listen.parse().unwrap())
+    }
+
+    #[test]
+    fn a_public_address_needs_tls_a_ca_and_tokens_or_insecure() {
+        // Loopback: whatever is given, here nothing: every class open.
+        let open = resolve(&[], "127.0.0.1:50061").unwrap();
+        assert!(!open.access.is_enforced());
+        assert!(open.tls.server_config().is_none());
+        // Elsewhere: refused, naming everything that is missing, unless --insecure.
+        let err = resolve(&[], "0.0.0.0:50061").unwrap_err().to_string();
+        assert!(err.contains("refusing to listen on 0.0.0.0:50061"), "{err}");
+        for missing in [
+            "--tls-cert",
+            "--tls-ca",
+            "--admin-tokens-file",
+            "--insecure",
+        ] {
+            assert!(err.contains(missing), "{missing}: {err}");
+        }
+        assert!(resolve(&["--insecure"], "0.0.0.0:50061").is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, AdminTokens::line_for("kim", "t")).unwrap();
+        let tokens = tokens.to_str().unwrap();
+        // Tokens alone on a public address: still refused (no TLS: the token would travel in
+        // clear text).
+        let err = resolve(&["--admin-tokens-file", tokens], "10.0.0.5:50061")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--tls-cert") && !err.contains("admin tokens ("),
+            "{err}"
+        );
+        // Tokens on loopback: the admin class is enforced, the internal one open.
+        let admin = resolve(&["--admin-tokens-file", tokens], "127.0.0.1:1").unwrap();
+        assert!(admin.access.is_enforced());
+        // A CA without a certificate of its own cannot check client certificates.
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not read yet").unwrap();
+        assert!(matches!(
+            resolve(&["--tls-ca", ca.to_str().unwrap()], "127.0.0.1:1"),
+            Err(SecurityError::CaWithoutCert)
+        ));
+        // Unreadable files name their flag.
+        let err = resolve(
+            &["--admin-tokens-file", "/nonexistent/tokens"],
+            "127.0.0.1:1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/tokens"), "{err}");
+        let err = resolve(
+            &[
+                "--tls-cert",
+                "/nonexistent/c.pem",
+                "--tls-key",
+                "/nonexistent/k.pem",
+            ],
+            "127.0.0.1:1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--tls-cert"), "{err}");
     }
 
     #[test]

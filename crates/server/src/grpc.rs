@@ -1,20 +1,23 @@
 //! The gRPC server every sagaflow process runs: the caller's services plus `grpc.health.v1` and
 //! server reflection in both v1 and v1alpha (grpcurl 1.8.6 speaks only v1alpha),
 //! behind the tracing layer (one span per call, parented to the caller's `traceparent`;
-//! [`sagaflow_telemetry::propagation::TraceLayer`]), the fault-injection layer
-//! ([`crate::faults`]) and the string-field guard ([`crate::string_guard`]: INVALID_ARGUMENT for
-//! a control character in any string field of a request), with graceful shutdown that finishes
-//! in-flight calls.
+//! [`sagaflow_telemetry::propagation::TraceLayer`]), the access layer ([`crate::access`]: each
+//! RPC's class from the protos, enforced), the per-user rate limit ([`crate::limits`]), the
+//! fault-injection layer ([`crate::faults`]) and the string-field guard
+//! ([`crate::string_guard`]: INVALID_ARGUMENT for a control character in any string field of a
+//! request, RESOURCE_EXHAUSTED for a message over the size limit), with TLS when configured
+//! ([`crate::tls`]), tonic's per-connection concurrency limit and request timeout, and graceful
+//! shutdown that finishes in-flight calls ([`ServerOptions`]; docs/operations.md, "Security").
 //!
 //! ```text
-//!  TcpListener ──────────────┐
-//!                            ├─▶ TraceLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ Routes ─┬─ caller's services
-//!  InProcess (embedded only) ┘   (layers(), one stack for both)                          ├─ grpc.health.v1.Health
-//!                                                                                        └─ grpc.reflection.{v1,v1alpha}.ServerReflection
+//!  TcpListener ─ TLS (rustls, optional client certificate) ─┐
+//!   concurrency per connection, request timeout             ├─▶ TraceLayer ─▶ AccessLayer ─▶ KeyedRateLimitLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ Routes ─┬─ caller's services
+//!  InProcess (embedded only) ───────────────────────────────┘   (layers(), one stack for both)                                                               ├─ grpc.health.v1.Health
+//!                                                                                                                                                            └─ grpc.reflection.{v1,v1alpha}.ServerReflection
 //! ```
 //!
-//! The tracing layer is outermost so that an injected fault, and a request the guard refuses, is
-//! recorded on the call's span (`rpc.grpc.status_code`) like any other answer. The embedded
+//! The tracing layer is outermost so that a refusal, an injected fault, and a request the guard
+//! refuses, is recorded on the call's span (`rpc.grpc.status_code`) like any other answer. The embedded
 //! system also serves its own calls through the same stack without a socket
 //! ([`spawn_on_in_process`], [`crate::transport::InProcess`]; docs/architecture.md, "Run modes").
 
@@ -27,8 +30,34 @@ use tonic::{
 };
 use tonic_health::ServingStatus;
 
+use tonic::transport::ServerTlsConfig;
+
 pub use crate::stack::{Layers, ServerStack, layers};
-use crate::{faults::FaultConfig, transport::InProcess};
+use crate::{access::AccessPolicy, faults::FaultConfig, limits::Limits, transport::InProcess};
+
+/// How a server is set up besides its routes (docs/operations.md, "Security"). The default is
+/// what tests and `sagaflow dev` run: plaintext, every call let through, the default limits, no
+/// faults. A [`FaultConfig`] converts into it.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Faults to inject (chaos tests).
+    pub faults: FaultConfig,
+    /// Who may call which RPC.
+    pub access: AccessPolicy,
+    /// TLS of the listener ([`crate::tls::Tls::server_config`]); `None` serves plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// Message size, concurrency, timeout and rate limits.
+    pub limits: Limits,
+}
+
+impl From<FaultConfig> for ServerOptions {
+    fn from(faults: FaultConfig) -> Self {
+        Self {
+            faults,
+            ..Self::default()
+        }
+    }
+}
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -97,16 +126,17 @@ pub async fn serve(
     listener: TcpListener,
     routes: RoutesBuilder,
     service_names: &[&str],
-    faults: FaultConfig,
+    options: impl Into<ServerOptions>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let options = options.into();
     let routes = with_health_and_reflection(routes, service_names).await?;
-    let layers = layers(faults.clone());
+    let layers = layers(&options);
     serve_routes(
         listener,
         routes,
         service_names,
-        &faults,
+        &options,
         layers,
         None,
         shutdown,
@@ -125,13 +155,13 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// Serves the finished `routes` behind `layers` (made from `faults`) on `listener`; `local`, if
+/// Serves the finished `routes` behind `layers` (made from `options`) on `listener`; `local`, if
 /// any, already serves the same stack and is closed when `shutdown` resolves or the server stops.
 async fn serve_routes(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&str],
-    faults: &FaultConfig,
+    options: &ServerOptions,
     layers: Layers,
     local: Option<InProcess>,
     shutdown: impl Future<Output = ()>,
@@ -141,13 +171,31 @@ async fn serve_routes(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(%addr, services = ?service_names, faults = %faults, in_process = local.is_some(), "gRPC server listening");
+    tracing::info!(
+        %addr,
+        services = ?service_names,
+        faults = %options.faults,
+        in_process = local.is_some(),
+        tls = options.tls.is_some(),
+        access = if options.access.is_enforced() { "enforced" } else { "open" },
+        "gRPC server listening"
+    );
     // Small unary messages: do not let Nagle's algorithm hold replies back. Set on the incoming
     // stream: tonic's `Server::tcp_nodelay` applies only to listeners tonic binds itself, and a
     // reply written in two segments (headers, then data and trailers) otherwise waits for the
     // client's delayed ACK, 40 ms on Linux.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let limits = &options.limits;
+    let mut builder = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(
+            usize::try_from(limits.max_concurrent_per_connection).unwrap_or(usize::MAX),
+        )
+        .max_concurrent_streams(Some(limits.max_concurrent_per_connection))
+        .timeout(limits.request_timeout);
+    if let Some(tls) = options.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .layer(layers.into_inner())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
@@ -236,10 +284,10 @@ pub async fn spawn(
     addr: std::net::SocketAddr,
     routes: RoutesBuilder,
     service_names: &[&str],
-    faults: FaultConfig,
+    options: impl Into<ServerOptions>,
 ) -> std::io::Result<ServerHandle> {
     let listener = TcpListener::bind(addr).await?;
-    spawn_on(listener, routes, service_names, faults)
+    spawn_on(listener, routes, service_names, options)
 }
 
 /// Serves `routes` on an already-bound `listener` on a background task (bind first when other
@@ -251,14 +299,15 @@ pub fn spawn_on(
     listener: TcpListener,
     routes: RoutesBuilder,
     service_names: &[&str],
-    faults: FaultConfig,
+    options: impl Into<ServerOptions>,
 ) -> std::io::Result<ServerHandle> {
+    let options = options.into();
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let names: Vec<String> = service_names.iter().map(|s| (*s).to_owned()).collect();
     let task = tokio::spawn(async move {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        serve(listener, routes, &names, faults, async {
+        serve(listener, routes, &names, options, async {
             let _ = stopped.await;
         })
         .await
@@ -282,14 +331,15 @@ pub async fn spawn_on_in_process(
     listener: TcpListener,
     routes: RoutesBuilder,
     service_names: &[&str],
-    faults: FaultConfig,
+    options: impl Into<ServerOptions>,
     local: InProcess,
 ) -> Result<ServerHandle, ServeError> {
+    let options = options.into();
     // Closed if this returns an error (or is dropped) before the server task owns it.
     let mut closer = CloseOnDrop(Some(local.clone()));
     let addr = listener.local_addr()?;
     let routes = with_health_and_reflection(routes, service_names).await?;
-    let layers = layers(faults.clone());
+    let layers = layers(&options);
     local.serve(layers.service(routes.clone().prepare()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let names: Vec<String> = service_names.iter().map(|s| (*s).to_owned()).collect();
@@ -302,7 +352,7 @@ pub async fn spawn_on_in_process(
             listener,
             routes,
             &names,
-            &faults,
+            &options,
             layers,
             Some(local),
             stopped,

@@ -1,6 +1,11 @@
 //! Shared service plumbing, written once and used by every sagaflow service and the orchestrator
 //! (plumbing is written once, never per service; docs/architecture.md, "Layers"):
 //!
+//! - [`access`]: each RPC's class (public, internal, admin) from the protos, enforced by one tower
+//!   layer: operators' bearer tokens, services' client certificates (docs/operations.md,
+//!   "Security");
+//! - [`tls`]: TLS of listeners and clients (rustls), `--tls-cert`, `--tls-key`, `--tls-ca`;
+//! - [`limits`]: message size, concurrency, timeout and per-user rate limits of every server;
 //! - [`config`]: flags and `SAGAFLOW_*` environment variables (clap) shared by every process;
 //! - [`db`]: sqlx pools and migrations for PostgreSQL and SQLite chosen by the URL, and each
 //!   database's group commit of keyed commands (docs/architecture.md, "Group commit");
@@ -42,6 +47,7 @@
 //!   [`ServiceError`] is **mapped** to a gRPC status in one place, `From<ServiceError> for Status`
 //!   ([`error`]). No status change, gateway call or business rejection is decided in `grpc.rs`.
 
+pub mod access;
 pub mod config;
 pub mod consume;
 pub mod db;
@@ -50,11 +56,13 @@ pub mod faults;
 mod group_commit;
 pub mod grpc;
 pub mod idempotency;
+pub mod limits;
 pub mod outbox;
 pub mod relay;
 pub mod retention;
 pub mod stack;
 pub mod string_guard;
+pub mod tls;
 pub mod transport;
 pub mod validate;
 

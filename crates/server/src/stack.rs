@@ -10,25 +10,41 @@ use tower::{
 };
 
 use crate::{
-    faults::{FaultConfig, FaultLayer, FaultService},
+    access::{AccessLayer, AccessService},
+    faults::{FaultLayer, FaultService},
+    grpc::ServerOptions,
+    limits::{KeyedRateLimit, KeyedRateLimitLayer},
     string_guard::{StringGuardLayer, StringGuardService},
 };
 
 /// The layers in front of the routes of every sagaflow server, outermost first: [`TraceLayer`],
-/// [`FaultLayer`], [`StringGuardLayer`]. The TCP server and the in-process transport are built
-/// from one value of it, so they cannot drift apart.
-pub type Layers =
-    ServiceBuilder<Stack<StringGuardLayer, Stack<FaultLayer, Stack<TraceLayer, Identity>>>>;
+/// [`AccessLayer`], [`KeyedRateLimitLayer`], [`FaultLayer`], [`StringGuardLayer`]. The TCP server
+/// and the in-process transport are built from one value of it, so they cannot drift apart.
+pub type Layers = ServiceBuilder<
+    Stack<
+        StringGuardLayer,
+        Stack<
+            FaultLayer,
+            Stack<KeyedRateLimitLayer, Stack<AccessLayer, Stack<TraceLayer, Identity>>>,
+        >,
+    >,
+>;
 
 /// The routes behind [`Layers`]: what one request goes through once it is on the server, over TCP
 /// (after tonic's own `grpc-timeout` timer) or in-process.
-pub type ServerStack = TraceService<FaultService<StringGuardService<Routes>>>;
+pub type ServerStack =
+    TraceService<AccessService<KeyedRateLimit<FaultService<StringGuardService<Routes>>>>>;
 
-/// The [`Layers`] injecting `faults` (none when empty).
-pub fn layers(faults: FaultConfig) -> Layers {
+/// The [`Layers`] of a server with `options`: its access policy, its limits, the faults it
+/// injects (none when empty).
+pub fn layers(options: &ServerOptions) -> Layers {
     ServiceBuilder::new()
-        // Outermost first: the span covers the faults injected below it.
+        // Outermost first: the span covers the refusals and faults below it.
         .layer(TraceLayer::new())
-        .layer(FaultLayer::new(faults))
-        .layer(StringGuardLayer)
+        // Before anything reads the body or injects a fault: a caller without the right
+        // credential gets nothing but its refusal (docs/operations.md, "Security").
+        .layer(AccessLayer::new(options.access.clone()))
+        .layer(KeyedRateLimitLayer::new(&options.limits))
+        .layer(FaultLayer::new(options.faults.clone()))
+        .layer(StringGuardLayer::new(options.limits.max_message_bytes))
 }

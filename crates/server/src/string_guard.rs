@@ -19,7 +19,9 @@
 //!
 //! A body that is not a well-formed uncompressed gRPC frame, or does not decode as the method's
 //! message, is passed on untouched: the handler's codec answers it as it always did. A body over
-//! [`MAX_REQUEST_BYTES`] is OUT_OF_RANGE, as tonic answers a message over its limit.
+//! the server's message limit (default and at most [`MAX_REQUEST_BYTES`]) is RESOURCE_EXHAUSTED
+//! with an `ErrorInfo` reason `MESSAGE_TOO_LARGE` (gRPC's code for a message over the limit;
+//! docs/operations.md, "Security"), and no handler runs.
 
 use std::{
     collections::HashMap,
@@ -31,6 +33,7 @@ use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use tonic::{Status, body::Body};
+use tonic_types::StatusExt as _;
 use tower::{Layer, Service};
 
 use crate::{ServiceError, validate::string_field_violations};
@@ -100,15 +103,39 @@ fn check_frames(input: &MessageDescriptor, mut body: &[u8]) -> Verdict {
     }
 }
 
-/// Adds the string-field guard to a server (`Server::builder().layer(StringGuardLayer)`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StringGuardLayer;
+/// Adds the string-field guard to a server (`Server::builder().layer(StringGuardLayer::default())`).
+#[derive(Debug, Clone, Copy)]
+pub struct StringGuardLayer {
+    max_request_bytes: usize,
+}
+
+impl Default for StringGuardLayer {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+impl StringGuardLayer {
+    /// A guard that also refuses a request message over `max_message_bytes` (at most 4 MiB,
+    /// tonic's own decoding limit: a larger value is that) with RESOURCE_EXHAUSTED
+    /// (docs/operations.md, "Security").
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self {
+            max_request_bytes: max_message_bytes.min(MAX_REQUEST_BYTES - 5) + 5,
+        }
+    }
+}
 
 impl<S> Layer<S> for StringGuardLayer {
     type Service = StringGuardService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        StringGuardService { service: inner }
+        StringGuardService {
+            service: inner,
+            max_request_bytes: self.max_request_bytes,
+        }
     }
 }
 
@@ -116,6 +143,7 @@ impl<S> Layer<S> for StringGuardLayer {
 #[derive(Debug, Clone)]
 pub struct StringGuardService<S> {
     service: S,
+    max_request_bytes: usize,
 }
 
 impl<S> Service<http::Request<Body>> for StringGuardService<S>
@@ -139,15 +167,26 @@ where
         // Take the service that was driven to readiness; leave a fresh clone in its place.
         let clone = self.service.clone();
         let mut service = std::mem::replace(&mut self.service, clone);
+        let max = self.max_request_bytes;
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let bytes = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+            let bytes = match Limited::new(body, max).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(err) => {
                     let status = if err.is::<http_body_util::LengthLimitError>() {
-                        Status::out_of_range(format!(
-                            "the request is larger than {MAX_REQUEST_BYTES} bytes"
-                        ))
+                        tracing::info!(path = parts.uri.path(), max, "request refused: too large");
+                        Status::with_error_details(
+                            tonic::Code::ResourceExhausted,
+                            format!("the request is larger than {max} bytes"),
+                            tonic_types::ErrorDetails::with_error_info(
+                                "MESSAGE_TOO_LARGE",
+                                crate::error::ERROR_DOMAIN,
+                                std::collections::HashMap::from([(
+                                    "max_bytes".to_owned(),
+                                    max.to_string(),
+                                )]),
+                            ),
+                        )
                     } else {
                         Status::from_error(err)
                     };

@@ -8,7 +8,7 @@
 //!  XServiceClient<TracedTransport>: protobuf encode, TraceInterceptor (traceparent), grpc-timeout
 //!      │
 //!      ├─ Transport::Tcp(Channel) ─▶ HTTP/2 over TCP ─▶ tonic server: grpc-timeout ─┐
-//!      │                                                                            ├─▶ TraceLayer ─▶ FaultLayer
+//!      │                                                                            ├─▶ TraceLayer ─▶ AccessLayer ─▶ KeyedRateLimitLayer ─▶ FaultLayer
 //!      └─ Transport::InProcess ─────────────────────▶ grpc-timeout (as tonic's) ────┘   ─▶ StringGuardLayer ─▶ Routes
 //! ```
 //!
@@ -27,7 +27,8 @@
 //!   handler that panics is answered CANCELLED, as the reset stream of its dead task is over TCP,
 //!   and the caller's task lives on;
 //! - request extensions are cleared (only headers and body cross a socket); the server's
-//!   `TcpConnectInfo` is absent (no handler reads the peer address);
+//!   `TcpConnectInfo` is absent (no handler reads the peer address); the call is marked as the
+//!   process's own instead, which the access layer lets through ([`crate::access`]);
 //! - before the server serves, calls wait, as connections wait in a bound listener's backlog;
 //!   once it has shut down they are refused as a closed port refuses them: UNAVAILABLE whose
 //!   message says `connect error` and whose source is a `ConnectionRefused` I/O error, so the
@@ -58,8 +59,45 @@ use crate::stack::ServerStack;
 pub enum Transport {
     /// HTTP/2 over TCP to a server at an address (a lazy channel connects on first use).
     Tcp(Channel),
+    /// HTTP/2 over TCP, every call carrying an operator's credential (`authorization: Bearer
+    /// <token>`, for admin RPCs; docs/operations.md, "Security"): the CLI's client commands.
+    TcpWithToken(Channel, BearerToken),
     /// The server of this very process, called through its tower stack.
     InProcess(InProcess),
+}
+
+/// The `authorization` header of an operator's bearer token (marked sensitive: never logged).
+#[derive(Clone)]
+pub struct BearerToken(http::HeaderValue);
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
+impl BearerToken {
+    /// The header for `token`; `None` when the token cannot be a header value (control
+    /// characters, non-ASCII) or is empty.
+    pub fn new(token: &str) -> Option<Self> {
+        let token = token.trim();
+        if token.is_empty() {
+            return None;
+        }
+        let mut value = http::HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+        value.set_sensitive(true);
+        Some(Self(value))
+    }
+}
+
+impl Transport {
+    /// `channel`, with every call carrying `token` when there is one.
+    pub fn tcp(channel: Channel, token: Option<BearerToken>) -> Self {
+        match token {
+            Some(token) => Self::TcpWithToken(channel, token),
+            None => Self::Tcp(channel),
+        }
+    }
 }
 
 /// A transport whose calls carry the caller's `traceparent`
@@ -91,14 +129,24 @@ impl Service<Request<Body>> for Transport {
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self {
-            Self::Tcp(channel) => channel.poll_ready(cx).map_err(Into::into),
+            Self::Tcp(channel) | Self::TcpWithToken(channel, _) => {
+                channel.poll_ready(cx).map_err(Into::into)
+            }
             Self::InProcess(local) => local.poll_ready(cx),
         }
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         match self {
             Self::Tcp(channel) => {
+                let call = channel.call(request);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+            Self::TcpWithToken(channel, token) => {
+                request
+                    .headers_mut()
+                    .entry(http::header::AUTHORIZATION)
+                    .or_insert_with(|| token.0.clone());
                 let call = channel.call(request);
                 Box::pin(async move { call.await.map_err(Into::into) })
             }
@@ -205,6 +253,11 @@ impl Service<Request<Body>> for InProcess {
         let deadline = grpc_timeout(request.headers());
         // Only headers and body cross a socket: the client's extensions stay with the client.
         *request.extensions_mut() = http::Extensions::new();
+        // ... and the server knows the call is this process's own (docs/operations.md,
+        // "Security": the process trusts itself).
+        request
+            .extensions_mut()
+            .insert(crate::access::InProcessCall::mark());
         let state = self.state.clone();
         let call = async move {
             let Some(stack) = Self::stack(state).await else {

@@ -12,6 +12,7 @@
 //! service's server over a fresh database (with the shared migrations, validation and grpcurl
 //! helpers), and `contract` is the command-contract suite every service with commands runs.
 //! With feature `kafka`, `kafka::Broker` is a real Kafka-protocol broker (Tansu) per test.
+//! [`pki::TestPki`] makes a CA and certificates at test time for the TLS and mTLS tests.
 
 #![allow(clippy::expect_used)]
 
@@ -23,6 +24,7 @@ pub mod contract;
 pub mod kafka;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod pki;
 #[cfg(feature = "service")]
 pub mod service;
 

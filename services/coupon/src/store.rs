@@ -90,15 +90,22 @@ async fn lock_coupon(
     row.map(Coupon::try_from).transpose()
 }
 
-/// IssueCoupon: creates an AVAILABLE coupon with `terms`, or returns the existing coupon when
+/// IssueCoupon by `actor` (the access layer's identity): creates an AVAILABLE coupon with
+/// `terms` and its `admin_audit` row in one transaction, or returns the existing coupon when
 /// one with identical terms exists (in whatever state it is now).
 ///
 /// # Errors
 /// `ALREADY_EXISTS` (reason `COUPON_EXISTS`) when the code exists with other terms
 /// ([`domain::decide_issue`]).
-pub(crate) async fn issue(conn: &mut AnyConnection, terms: &Terms) -> Result<Coupon, ServiceError> {
+pub(crate) async fn issue(
+    conn: &mut AnyConnection,
+    terms: &Terms,
+    actor: &str,
+) -> Result<Coupon, ServiceError> {
     let now = now_ms();
-    sqlx::query(
+    // The coupon and its audit row commit together: a coupon is never issued unaudited.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let inserted = sqlx::query(
         "INSERT INTO coupons (code, user_id, discount_amount, discount_percent, \
              min_order_amount, max_discount, expires_at, status, order_id, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $9) ON CONFLICT (code) DO NOTHING",
@@ -112,8 +119,21 @@ pub(crate) async fn issue(conn: &mut AnyConnection, terms: &Terms) -> Result<Cou
     .bind(terms.expires_at)
     .bind(Status::Available.as_str())
     .bind(now)
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
+    if inserted.rows_affected() == 1 {
+        sqlx::query(
+            "INSERT INTO admin_audit (at, actor, action, subject, detail, idempotency_key) \
+             VALUES ($1, $2, 'IssueCoupon', $3, $4, '')",
+        )
+        .bind(now)
+        .bind(actor)
+        .bind(terms.code.as_str())
+        .bind(serde_json::json!({ "user_id": terms.user_id }).to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
     let coupon = get_coupon(conn, &terms.code).await?.ok_or_else(|| {
         ServiceError::Internal(anyhow::anyhow!(
             "coupon {:?} vanished after its insert",
@@ -125,6 +145,32 @@ pub(crate) async fn issue(conn: &mut AnyConnection, terms: &Terms) -> Result<Cou
         message: why.message(&terms.code),
     })?;
     Ok(coupon)
+}
+
+/// One row of the admin audit (`admin_audit`).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    pub(crate) entry_id: i64,
+    pub(crate) at: i64,
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) subject: String,
+    pub(crate) detail: String,
+    pub(crate) idempotency_key: String,
+}
+
+/// The newest `limit` rows of the admin audit, newest first.
+pub(crate) async fn admin_actions(
+    conn: &mut AnyConnection,
+    limit: i64,
+) -> Result<Vec<AuditRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT entry_id, at, actor, action, subject, detail, idempotency_key \
+         FROM admin_audit ORDER BY entry_id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 /// The compensation records of (order, code): RestoreCoupon writes one, whatever the coupon's

@@ -84,8 +84,9 @@ async fn append_ledger(
     Ok(())
 }
 
-/// GrantPoints' effect: adds `amount` to the balance of `user_id` (creating it) and appends a
-/// GRANT ledger row under `key`. Returns the new balance.
+/// GrantPoints' effect: adds `amount` to the balance of `user_id` (creating it), appends a
+/// GRANT ledger row under `key` and an `admin_audit` row naming `actor` (who granted, as the
+/// access layer established it; docs/operations.md, "Security"). Returns the new balance.
 ///
 /// # Errors
 /// `INVALID_ARGUMENT` naming `amount` when the balance plus the points held by the user's orders
@@ -96,6 +97,7 @@ pub(crate) async fn grant(
     key: &str,
     user_id: &str,
     amount: i64,
+    actor: &str,
 ) -> Result<i64, ServiceError> {
     // Create the row first, so that two grants to a new user serialize on its lock instead of
     // both starting from 0.
@@ -124,7 +126,44 @@ pub(crate) async fn grant(
     };
     set_balance(conn, user_id, balance).await?;
     append_ledger(conn, user_id, LedgerKind::Grant, amount, None, key).await?;
+    sqlx::query(
+        "INSERT INTO admin_audit (at, actor, action, subject, detail, idempotency_key) \
+         VALUES ($1, $2, 'GrantPoints', $3, $4, $5)",
+    )
+    .bind(now_ms())
+    .bind(actor)
+    .bind(user_id)
+    .bind(format!("{{\"amount\":{amount}}}"))
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
     Ok(balance)
+}
+
+/// One row of the admin audit (`admin_audit`).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    pub(crate) entry_id: i64,
+    pub(crate) at: i64,
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) subject: String,
+    pub(crate) detail: String,
+    pub(crate) idempotency_key: String,
+}
+
+/// The newest `limit` rows of the admin audit, newest first.
+pub(crate) async fn admin_actions(
+    conn: &mut AnyConnection,
+    limit: i64,
+) -> Result<Vec<AuditRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT entry_id, at, actor, action, subject, detail, idempotency_key \
+         FROM admin_audit ORDER BY entry_id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 /// The order's deduction row, claimed by DeductPoints (DEDUCTED) and RestorePoints (RESTORED; a

@@ -1,6 +1,11 @@
 //! The distributed system as separate `sagaflow serve` processes on loopback: one node per
 //! service plus two orchestrator replicas, each on a port chosen once so that a restarted process
 //! comes back on the same address, each incarnation logging to its own file in the run directory.
+//!
+//! Security is on as in a deployment (docs/operations.md, "Security"): every node serves TLS
+//! with its service's certificate from a CA made for the run, calls its peers over mTLS, and
+//! enforces the classes (admin tokens, client certificates for internal RPCs); the harness's own
+//! clients trust the CA and carry the operator's token.
 
 use std::{
     collections::BTreeMap,
@@ -13,8 +18,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use sagaflow_cli::failpoints::{ABORT_PREFIX, ABORT_SUFFIX};
+use sagaflow_server::{
+    access::AdminTokens,
+    transport::{BearerToken, Transport},
+};
+use sagaflow_testkit::pki::{Leaf, TestPki};
 use tokio::process::{Child, Command};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use super::ChaosConfig;
 
@@ -28,6 +38,9 @@ pub(crate) const DATABASES: [&str; 7] = [
     "order",
     "workflow",
 ];
+
+/// The operator token the nodes accept (id `chaos`), which the harness's clients carry.
+const OPERATOR_TOKEN: &str = "chaos-operator-token";
 
 /// How long a process may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -138,7 +151,73 @@ pub(crate) struct Node {
 
 impl Node {
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The run's CA, each service's certificate (the orchestrator replicas share one) and the
+/// operator tokens file.
+#[derive(Debug)]
+struct Credentials {
+    pki: TestPki,
+    leaves: BTreeMap<&'static str, Leaf>,
+    tokens_file: PathBuf,
+}
+
+impl Credentials {
+    fn new() -> anyhow::Result<Self> {
+        let pki = TestPki::new("sagaflow chaos CA");
+        let leaves = [
+            Role::Inventory,
+            Role::Coupon,
+            Role::Payment,
+            Role::Point,
+            Role::Ranking,
+            Role::Order,
+            Role::Orchestrator,
+        ]
+        .into_iter()
+        .map(|role| (role.name(), pki.leaf(role.name())))
+        .collect();
+        let tokens_file = pki.dir().join("admin-tokens");
+        fs::write(&tokens_file, AdminTokens::line_for("chaos", OPERATOR_TOKEN))
+            .context("writing the admin tokens file")?;
+        Ok(Self {
+            pki,
+            leaves,
+            tokens_file,
+        })
+    }
+
+    /// The `serve` flags of a node of `role`.
+    fn args(&self, role: Role) -> anyhow::Result<Vec<String>> {
+        let leaf = self
+            .leaves
+            .get(role.name())
+            .with_context(|| format!("no certificate for {}", role.name()))?;
+        Ok(vec![
+            "--tls-cert".into(),
+            leaf.cert.display().to_string(),
+            "--tls-key".into(),
+            leaf.key.display().to_string(),
+            "--tls-ca".into(),
+            self.pki.ca_file.display().to_string(),
+            "--admin-tokens-file".into(),
+            self.tokens_file.display().to_string(),
+        ])
+    }
+
+    /// A lazily connected transport to `url` over TLS, trusting the CA, carrying the operator's
+    /// token (the harness seeds, reads sagas and places orders).
+    fn transport(&self, url: String) -> anyhow::Result<Transport> {
+        let channel = Endpoint::from_shared(url)?
+            .tls_config(
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.pki.ca_pem)),
+            )?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        Ok(Transport::tcp(channel, BearerToken::new(OPERATOR_TOKEN)))
     }
 }
 
@@ -157,6 +236,7 @@ pub(crate) struct Cluster {
     kafka: Option<String>,
     extra_args: Vec<(Role, Vec<String>)>,
     extra_envs: Vec<(Role, String, String)>,
+    credentials: Credentials,
 }
 
 impl Cluster {
@@ -201,6 +281,7 @@ impl Cluster {
             kafka: config.kafka.clone(),
             extra_args: config.extra_args.clone(),
             extra_envs: config.extra_envs.clone(),
+            credentials: Credentials::new()?,
         })
     }
 
@@ -223,11 +304,6 @@ impl Cluster {
             .with_context(|| format!("no {} node", role.name()))
     }
 
-    /// The order service's URL (clients).
-    pub(crate) fn order_url(&self) -> String {
-        self.first(Role::Order).map(Node::url).unwrap_or_default()
-    }
-
     /// The index of the first node of `role`.
     pub(crate) fn index_of(&self, role: Role) -> anyhow::Result<usize> {
         self.nodes
@@ -236,25 +312,19 @@ impl Cluster {
             .with_context(|| format!("no {} node", role.name()))
     }
 
-    /// A lazily connected channel to node `index`.
-    pub(crate) fn channel_to(&self, index: usize) -> anyhow::Result<Channel> {
+    /// A lazily connected transport to node `index` (TLS, the operator's token).
+    pub(crate) fn channel_to(&self, index: usize) -> anyhow::Result<Transport> {
         let node = self
             .nodes
             .get(index)
             .with_context(|| format!("no node {index}"))?;
-        Ok(Endpoint::from_shared(node.url())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .connect_lazy())
+        self.credentials.transport(node.url())
     }
 
-    /// A lazily connected channel to the first node of `role`.
-    pub(crate) fn channel(&self, role: Role) -> anyhow::Result<Channel> {
+    /// A lazily connected transport to the first node of `role` (TLS, the operator's token).
+    pub(crate) fn channel(&self, role: Role) -> anyhow::Result<Transport> {
         let url = self.first(role)?.url();
-        Ok(Endpoint::from_shared(url)?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .connect_lazy())
+        self.credentials.transport(url)
     }
 
     fn peer_args(&self) -> Vec<String> {
@@ -310,6 +380,7 @@ impl Cluster {
         let step_attempts = self.step_attempts.to_string();
         let downstream_limits = self.downstream_limits.clone();
         let gateway_latency_ms = self.gateway_latency_ms;
+        let security = self.credentials.args(self.nodes[index].role)?;
         let db_url = {
             let role = self.nodes[index].role;
             self.urls
@@ -334,7 +405,12 @@ impl Cluster {
                 "--db-max-connections",
                 &node.role.max_connections().to_string(),
             ])
-            .args(&peers);
+            .args(&peers)
+            .args(&security)
+            // The workload places hundreds of orders at once for a handful of seeded users: the
+            // per-user rate limit would turn them into retries (it has its own test,
+            // tests/tests/it/security.rs); every other limit stays at its default.
+            .args(["--place-order-per-user-per-second", "0"]);
         if node.role == Role::Orchestrator {
             // Short leases make takeovers quick. Steps retry long enough (16 attempts: about
             // 10 s with full jitter) to outlast a restarted service, so that the pivot's outcome

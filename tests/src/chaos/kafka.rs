@@ -102,15 +102,15 @@ impl Run {
     }
 
     /// Spawns `clients` clients placing `count` orders of the seeded mix.
-    fn load(&self, seed: u64, count: usize, clients: usize) -> Load {
+    fn load(&self, seed: u64, count: usize, clients: usize) -> anyhow::Result<Load> {
         let plans = workload::plan_orders(seed, count, &self.scenario.seed);
         let handles = workload::spawn_clients(
-            self.scenario.cluster.order_url(),
+            self.scenario.cluster.channel(Role::Order)?,
             plans.clone(),
             clients,
             tokio::time::Instant::now() + FINISH_BOUND,
         );
-        Load { plans, handles }
+        Ok(Load { plans, handles })
     }
 
     /// Joins the clients, places what got no answer, waits for every order to end, and runs
@@ -270,7 +270,7 @@ pub async fn broker_outage(orders: usize, outage: Duration) -> anyhow::Result<Br
     };
     let run = Run::start("kafka_outage", config).await?;
     let mut out = BrokerOutageReport::default();
-    let load = run.load(21, orders, 6);
+    let load = run.load(21, orders, 6)?;
     run.wait_for_sagas(10, Duration::from_secs(60)).await?;
 
     let order_db = verify::pool(&run.scenario.urls["order"]).await?;
@@ -496,7 +496,7 @@ pub async fn consumer_crash(orders: usize) -> anyhow::Result<ConsumerCrashReport
             Some((CONSUMER_FAILPOINT.to_owned(), "200*off->1*panic".to_owned())),
         )
         .await?;
-    let load = run.load(3, orders, 6);
+    let load = run.load(3, orders, 6)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let exited = run.scenario.cluster.reap_exited();
@@ -720,7 +720,7 @@ pub async fn replicas(orders: usize) -> anyhow::Result<ReplicasReport> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let load = run.load(4, orders, 6);
+    let load = run.load(4, orders, 6)?;
     let third = i64::try_from(orders / 3).unwrap_or(i64::MAX);
     run.wait_for_sagas(third, Duration::from_secs(90)).await?;
     out.started_before_kill = starters(&run.scenario.urls).await?;
@@ -926,7 +926,7 @@ pub async fn poison(orders: usize) -> anyhow::Result<PoisonReport> {
         .map_err(|(e, _)| e)
         .context("producing the headerless record")?;
 
-    let load = run.load(5, orders, 6);
+    let load = run.load(5, orders, 6)?;
     let finished = run.finish_and_check(load, &mut out.report).await?;
     out.orders = out.report.orders_placed;
     out.outcomes = finished.outcomes;

@@ -405,7 +405,7 @@ async fn run_in(
     let load_started = Instant::now();
     let stop = tokio_util::sync::CancellationToken::new();
     let clients = workload::spawn_clients(
-        cluster.order_url(),
+        cluster.channel(Role::Order)?,
         plans.clone(),
         config.clients,
         tokio::time::Instant::now() + config.load_limit,
@@ -485,11 +485,11 @@ async fn run_in(
 impl cluster::Cluster {
     fn services(&self) -> anyhow::Result<Services> {
         Ok(Services {
-            inventory: self.channel(Role::Inventory)?.into(),
-            point: self.channel(Role::Point)?.into(),
-            coupon: self.channel(Role::Coupon)?.into(),
-            payment: self.channel(Role::Payment)?.into(),
-            ranking: self.channel(Role::Ranking)?.into(),
+            inventory: self.channel(Role::Inventory)?,
+            point: self.channel(Role::Point)?,
+            coupon: self.channel(Role::Coupon)?,
+            payment: self.channel(Role::Payment)?,
+            ranking: self.channel(Role::Ranking)?,
         })
     }
 }

@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use sagaflow_proto::order::v1::{
     OrderLineRequest, PlaceOrderRequest, order_service_client::OrderServiceClient,
 };
+use sagaflow_server::transport::Transport;
 use sagaflow_testkit::{Kind, TestDatabase};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 use super::{ChaosConfig, cluster, verify, workload};
 
@@ -123,7 +123,7 @@ impl Scenario {
 /// # Errors
 /// When PlaceOrder fails.
 pub(crate) async fn place_plain(
-    channel: &Channel,
+    channel: &Transport,
     prefix: &str,
     count: usize,
 ) -> anyhow::Result<Vec<String>> {

@@ -46,14 +46,14 @@ pub struct TakeoverReport {
 /// Places `count` plain orders and waits up to 60 s for each to be terminal; the ids of those
 /// that were not.
 async fn place_and_finish(
-    channel: &tonic::transport::Channel,
+    channel: &sagaflow_server::transport::Transport,
     prefix: &str,
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
     let ids = scenario::place_plain(channel, prefix, count).await?;
     let mut set = JoinSet::new();
     for id in ids {
-        let mut client = OrderServiceClient::new(channel.clone().into());
+        let mut client = OrderServiceClient::new(channel.clone());
         set.spawn(async move {
             let order = sagaflow_proto::order::v1::Order {
                 order_id: id,

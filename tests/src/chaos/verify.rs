@@ -12,9 +12,9 @@ use sagaflow_proto::workflow::v1::{
     GetSagaRequest, ListSagasRequest, RetrySagaRequest, Saga, SagaStatus,
     saga_admin_service_client::SagaAdminServiceClient,
 };
+use sagaflow_server::transport::Transport;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::{
     ChaosConfig, ChaosReport,
@@ -42,7 +42,7 @@ fn url<'a>(urls: &'a BTreeMap<&'static str, String>, name: &str) -> anyhow::Resu
 
 /// Every saga with `status`, through the admin API.
 async fn list_sagas(
-    admin: &mut SagaAdminServiceClient<Channel>,
+    admin: &mut SagaAdminServiceClient<Transport>,
     status: SagaStatus,
 ) -> Result<Vec<Saga>, tonic::Status> {
     let mut sagas = Vec::new();
@@ -77,7 +77,7 @@ struct Progress {
 }
 
 async fn progress(
-    admin: &mut SagaAdminServiceClient<Channel>,
+    admin: &mut SagaAdminServiceClient<Transport>,
     order_db: &PgPool,
     workflow_db: &PgPool,
 ) -> anyhow::Result<Progress> {
@@ -103,7 +103,7 @@ async fn progress(
 /// delivered — and, when `finished`, nothing is left PENDING or in NEEDS_ATTENTION — or `limit`
 /// passes. Returns whether it got there.
 async fn wait_quiet(
-    admin: &mut SagaAdminServiceClient<Channel>,
+    admin: &mut SagaAdminServiceClient<Transport>,
     order_db: &PgPool,
     workflow_db: &PgPool,
     limit: Duration,

@@ -19,8 +19,9 @@ use sagaflow_proto::order::v1::{
     GetOrderRequest, Order, OrderLineRequest, PlaceOrderRequest,
     order_service_client::OrderServiceClient,
 };
+use sagaflow_server::transport::Transport;
 use tokio::{task::JoinHandle, time::Instant};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 use super::cluster::{Cluster, Role};
 
@@ -229,18 +230,14 @@ fn transient(code: Code) -> bool {
     )
 }
 
-fn client(url: &str) -> anyhow::Result<OrderServiceClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .connect_lazy();
-    Ok(OrderServiceClient::new(channel))
+fn client(cluster: &Cluster) -> anyhow::Result<OrderServiceClient<Transport>> {
+    Ok(OrderServiceClient::new(cluster.channel(Role::Order)?))
 }
 
 /// Places `plan` (retrying transient failures until `deadline`); `Ok(None)` when it got no
 /// answer by then.
 async fn place(
-    client: &mut OrderServiceClient<Channel>,
+    client: &mut OrderServiceClient<Transport>,
     plan: &OrderPlan,
     deadline: Instant,
     retries: &mut usize,
@@ -265,7 +262,7 @@ async fn place(
 }
 
 /// Waits up to `wait` for the order to finish (errors are ignored: the checks read it later).
-async fn wait_a_little(client: &mut OrderServiceClient<Channel>, order_id: &str, wait: Duration) {
+async fn wait_a_little(client: &mut OrderServiceClient<Transport>, order_id: &str, wait: Duration) {
     let mut request = tonic::Request::new(GetOrderRequest {
         order_id: order_id.to_owned(),
         wait: Some(prost_types::Duration {
@@ -279,7 +276,7 @@ async fn wait_a_little(client: &mut OrderServiceClient<Channel>, order_id: &str,
 
 /// Spawns `clients` tasks that take plans in turn until all are placed or `deadline` passes.
 pub(crate) fn spawn_clients(
-    url: String,
+    transport: Transport,
     plans: Arc<Vec<OrderPlan>>,
     clients: usize,
     deadline: Instant,
@@ -287,9 +284,9 @@ pub(crate) fn spawn_clients(
     let next = Arc::new(AtomicUsize::new(0));
     (0..clients)
         .map(|_| {
-            let (url, plans, next) = (url.clone(), plans.clone(), next.clone());
+            let (transport, plans, next) = (transport.clone(), plans.clone(), next.clone());
             tokio::spawn(async move {
-                let mut client = client(&url)?;
+                let mut client = OrderServiceClient::new(transport);
                 let mut out = Placements::default();
                 loop {
                     if Instant::now() >= deadline {
@@ -349,7 +346,7 @@ pub(crate) async fn finish_placing(
     mut placed: Placements,
     plans: &[OrderPlan],
 ) -> anyhow::Result<Placements> {
-    let mut client = client(&cluster.order_url())?;
+    let mut client = client(cluster)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     for index in std::mem::take(&mut placed.unanswered) {
         let plan = &plans[index];
@@ -378,7 +375,7 @@ pub(crate) async fn read_orders(
     cluster: &Cluster,
     placed: &Placements,
 ) -> anyhow::Result<Vec<Order>> {
-    let mut client = client(&cluster.order_url())?;
+    let mut client = client(cluster)?;
     let mut orders = Vec::with_capacity(placed.orders.len());
     for p in &placed.orders {
         let order = client

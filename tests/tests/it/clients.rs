@@ -143,7 +143,7 @@ fn python_client_example_places_orders_and_reads_error_details() {
 
     let out = run(&python, "python3", &["generate.py", gen_dir], HINT);
     let stdout = assert_success("generate.py", &out, HINT);
-    assert!(stdout.contains("generated 9 contracts"), "{stdout}");
+    assert!(stdout.contains("generated 11 contracts"), "{stdout}");
     assert!(
         Path::new(gen_dir)
             .join("sagaflow/order/v1/order_pb2_grpc.py")
@@ -172,7 +172,7 @@ fn typescript_client_example_places_orders_and_reads_error_details() {
     // Generates src/gen from proto/ and compiles to dist/ (both ignored by git).
     let out = run(&typescript, "npm", &["run", "--silent", "build"], HINT);
     let stdout = assert_success("npm run build", &out, HINT);
-    assert!(stdout.contains("generated 9 contracts"), "{stdout}");
+    assert!(stdout.contains("generated 11 contracts"), "{stdout}");
 
     let example = ["dist/place_order.js", dev.addr()];
     let out = run(&typescript, "node", &example, HINT);

@@ -83,12 +83,20 @@ fn describe_order_service_shows_the_public_rpcs_on_postgres() {
         &[],
         Some("describe sagaflow.order.v1.OrderService"),
     );
+    // Each with its class, visible to every client (docs/operations.md, "Security").
     for rpc in [
-        "rpc PlaceOrder ( .sagaflow.order.v1.PlaceOrderRequest ) returns ( .sagaflow.order.v1.PlaceOrderResponse );",
-        "rpc GetOrder ( .sagaflow.order.v1.GetOrderRequest ) returns ( .sagaflow.order.v1.GetOrderResponse );",
-        "rpc ListOrders ( .sagaflow.order.v1.ListOrdersRequest ) returns ( .sagaflow.order.v1.ListOrdersResponse );",
+        "rpc PlaceOrder ( .sagaflow.order.v1.PlaceOrderRequest ) returns ( .sagaflow.order.v1.PlaceOrderResponse ) {",
+        "rpc GetOrder ( .sagaflow.order.v1.GetOrderRequest ) returns ( .sagaflow.order.v1.GetOrderResponse ) {",
+        "rpc ListOrders ( .sagaflow.order.v1.ListOrdersRequest ) returns ( .sagaflow.order.v1.ListOrdersResponse ) {",
     ] {
-        assert!(described.contains(rpc), "missing {rpc:?} in:\n{described}");
+        let at = described
+            .find(rpc)
+            .unwrap_or_else(|| panic!("missing {rpc:?} in:\n{described}"));
+        let option = described[at + rpc.len()..].trim_start();
+        assert!(
+            option.starts_with("option (.sagaflow.options.v1.rpc_class) = RPC_CLASS_PUBLIC;"),
+            "{rpc:?} is not public in:\n{described}"
+        );
     }
     let message = grpcurl(
         p.addr(),

@@ -18,5 +18,7 @@ mod logs;
 mod nul_bytes;
 mod observability;
 mod recovery;
+mod rpc;
+mod security;
 mod startup_errors;
 mod walkthrough;

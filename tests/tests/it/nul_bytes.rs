@@ -13,10 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use prost::{
-    Message as _,
-    bytes::{Buf as _, BufMut as _},
-};
+use prost::Message as _;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
     Value,
@@ -24,12 +21,9 @@ use prost_reflect::{
 use sagaflow_cli::dev::{Embedded, EmbeddedConfig, Storage};
 use sagaflow_server::error::violated_fields;
 use sqlx::AnyPool;
-use tonic::{
-    Code, Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    codegen::http::uri::PathAndQuery,
-    transport::Channel,
-};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::rpc::valid_message;
 
 /// The value every case puts in its field.
 const NUL: &str = "a\u{0}b";
@@ -198,88 +192,6 @@ fn string_paths(message: &MessageDescriptor, prefix: &mut Vec<Step>, out: &mut V
     }
 }
 
-/// A request in which every field holds a plausible valid value (so that the NUL is the only
-/// thing wrong with it), fresh ids and keys from `serial`.
-fn valid_message(message: &MessageDescriptor, depth: usize, serial: &mut u64) -> DynamicMessage {
-    let mut out = DynamicMessage::new(message.clone());
-    match message.full_name() {
-        "google.protobuf.Timestamp" => {
-            let in_a_day = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                + 86_400
-                // Distinct times, in the order they are made (`created_after` < `created_before`).
-                + *serial;
-            *serial += 1;
-            out.set_field_by_name("seconds", Value::I64(i64::try_from(in_a_day).unwrap()));
-            return out;
-        }
-        "google.protobuf.Duration" => return out,
-        _ => {}
-    }
-    if depth > 8 {
-        return out;
-    }
-    for field in message.fields() {
-        if field.is_map() {
-            continue;
-        }
-        let value = valid_value(&field, depth, serial);
-        let value = if field.is_list() {
-            Value::List(vec![value])
-        } else {
-            value
-        };
-        out.set_field(&field, value);
-    }
-    out
-}
-
-fn valid_value(field: &FieldDescriptor, depth: usize, serial: &mut u64) -> Value {
-    match field.kind() {
-        Kind::String => Value::String(valid_string(field.name(), serial)),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(1),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(1),
-        Kind::Uint32 | Kind::Fixed32 => Value::U32(1),
-        Kind::Uint64 | Kind::Fixed64 => Value::U64(1),
-        Kind::Bool => Value::Bool(false),
-        Kind::Double => Value::F64(1.0),
-        Kind::Float => Value::F32(1.0),
-        Kind::Bytes => Value::Bytes(Default::default()),
-        // A *_COMPLETED status where there is one (a completed order is what RecordOrderCompleted
-        // takes), else the first value other than *_UNSPECIFIED.
-        Kind::Enum(e) => Value::EnumNumber(
-            e.values()
-                .find(|v| v.name().ends_with("_COMPLETED"))
-                .or_else(|| e.values().find(|v| v.number() != 0))
-                .map_or(0, |v| v.number()),
-        ),
-        Kind::Message(nested) => Value::Message(valid_message(&nested, depth + 1, serial)),
-    }
-}
-
-/// A valid value for a string field, chosen by its name (the demo seed's data where one exists).
-fn valid_string(name: &str, serial: &mut u64) -> String {
-    *serial += 1;
-    match name {
-        n if n.ends_with("_id") && n != "user_id" && n != "request_id" => {
-            uuid::Uuid::new_v4().to_string()
-        }
-        "idempotency_key" | "request_id" => format!("nul-bytes-{serial}"),
-        "user_id" => "alice".into(),
-        "sku" | "skus" => "KB-001".into(),
-        "code" | "coupon_code" => "WELCOME-ALICE".into(),
-        "payment_method" => "tok_ok".into(),
-        "page_token" => String::new(),
-        "definition_name" => "order".into(),
-        "operator" => "kim".into(),
-        "reason" => "checked".into(),
-        "name" => "Keyboard".into(),
-        _ => "x".into(),
-    }
-}
-
 /// Sets the field at `path` of `message` (which [`valid_message`] filled, lists included).
 fn set_path(message: &mut DynamicMessage, path: &[Step], value: Value) {
     let Some((step, rest)) = path.split_first() else {
@@ -358,15 +270,7 @@ impl System {
 
     /// Calls the RPC at `path` with an encoded request.
     async fn call(&self, path: &str, request: Vec<u8>) -> Result<Vec<u8>, Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready().await.unwrap();
-        grpc.unary(
-            tonic::Request::new(request),
-            PathAndQuery::try_from(path).unwrap(),
-            RawCodec,
-        )
-        .await
-        .map(tonic::Response::into_inner)
+        crate::rpc::call(self.channel.clone(), path, request).await
     }
 
     /// `database.table` → row count, for every table of every service database.
@@ -397,44 +301,5 @@ impl System {
             pool.close().await;
         }
         self.system.shutdown().await;
-    }
-}
-
-/// A codec for already-encoded protobuf: requests go out as given, answers come back as bytes.
-#[derive(Debug, Clone, Copy)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        Ok(Some(bytes.to_vec()))
     }
 }

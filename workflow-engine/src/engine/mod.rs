@@ -251,11 +251,26 @@ impl Engine {
     /// # Errors
     /// [`EngineError::NotFound`]; [`EngineError::Refused`] with [`Refusal::PastPivot`](crate::planner::Refusal::PastPivot) or
     /// [`Refusal::Finished`](crate::planner::Refusal::Finished); [`EngineError::UnknownDefinition`]; [`EngineError::Store`].
-    #[tracing::instrument(skip_all, fields(saga.id = %id), err(level = "debug"))]
     pub async fn cancel(&self, id: SagaId) -> Result<SagaState, EngineError> {
+        self.cancel_by(id, None).await
+    }
+
+    /// [`Engine::cancel`] by `operator` (the caller's identity, `token:<id>`, …), which the
+    /// journal's `canceled` entry keeps: the audit record of who canceled (docs/operations.md,
+    /// "Security").
+    ///
+    /// # Errors
+    /// As [`Engine::cancel`].
+    #[tracing::instrument(skip_all, fields(saga.id = %id, operator), err(level = "debug"))]
+    pub async fn cancel_by(
+        &self,
+        id: SagaId,
+        operator: Option<&str>,
+    ) -> Result<SagaState, EngineError> {
         let state = self.get(id).await?;
         let def = self.inner.definition_of(&state)?;
-        let decide = move |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1);
+        let decide =
+            move |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1, operator);
         // Before the update: the saga's driver on this engine may see its lease gone at once.
         self.inner.note_takeover(id);
         let state = match self
@@ -271,7 +286,7 @@ impl Engine {
             }
         };
         if state.status().is_active() && state.lease_owner.is_none() {
-            tracing::info!(saga.id = %id, "saga canceled by an operator: compensating");
+            tracing::info!(saga.id = %id, operator, "AUDIT: saga canceled by an operator: compensating");
             driver::spawn_claim(&self.inner, id);
         }
         Ok(state)
@@ -284,15 +299,30 @@ impl Engine {
     /// # Errors
     /// [`EngineError::NotFound`]; [`EngineError::Refused`] with [`Refusal::NotNeedsAttention`](crate::planner::Refusal::NotNeedsAttention);
     /// [`EngineError::Store`].
-    #[tracing::instrument(skip_all, fields(saga.id = %id), err(level = "debug"))]
     pub async fn retry(&self, id: SagaId) -> Result<SagaState, EngineError> {
+        self.retry_by(id, None).await
+    }
+
+    /// [`Engine::retry`] by `operator` (the caller's identity), which the journal's
+    /// `operator_retry` entry keeps: the audit record of who resumed it (docs/operations.md,
+    /// "Security").
+    ///
+    /// # Errors
+    /// As [`Engine::retry`].
+    #[tracing::instrument(skip_all, fields(saga.id = %id, operator), err(level = "debug"))]
+    pub async fn retry_by(
+        &self,
+        id: SagaId,
+        operator: Option<&str>,
+    ) -> Result<SagaState, EngineError> {
+        let decide = move |s: &SagaState| planner::retry_events(s, operator);
         let state = self
             .inner
             .store
-            .operator_update(id, self.inner.now(), &planner::retry_events)
+            .operator_update(id, self.inner.now(), &decide)
             .await
             .map_err(|e| not_found_as(e, id))?;
-        tracing::info!(saga.id = %id, "saga resumed by an operator");
+        tracing::info!(saga.id = %id, operator, "AUDIT: saga resumed by an operator");
         driver::spawn_claim(&self.inner, id);
         Ok(state)
     }

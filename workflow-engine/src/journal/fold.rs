@@ -156,7 +156,7 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
                 s.next_attempt_at = *at;
             }
         }
-        Event::Canceled { fencing_token } => {
+        Event::Canceled { fencing_token, .. } => {
             s.fencing_token = *fencing_token;
             release(&mut s);
         }
@@ -184,7 +184,7 @@ pub fn apply(state: Option<SagaState>, entry: &JournalEntry) -> Result<SagaState
             s.set_cursor(Cursor::Finalizing);
             s.attempt = *attempt;
         }
-        Event::OperatorRetry {} => {
+        Event::OperatorRetry { .. } => {
             s.position.resume();
             s.attempt = 1;
             s.undelivered = 0;

@@ -158,6 +158,11 @@ pub enum Event {
     Canceled {
         /// The new fencing token: a worker still running a step throws its result away.
         fencing_token: i64,
+        /// Who canceled it, as the server's access layer established it (`token:<id>`,
+        /// `in-process`, …; docs/operations.md, "Security"): the audit record. Absent in
+        /// entries written before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operator: Option<String>,
     },
     /// The saga starts compensating.
     SagaCompensating {
@@ -224,7 +229,12 @@ pub enum Event {
     },
     /// An operator resumed a NEEDS_ATTENTION saga (RetrySaga); later calls carry the next key
     /// generation.
-    OperatorRetry {},
+    OperatorRetry {
+        /// Who resumed it (as in [`Event::Canceled`]): the audit record. Absent in entries
+        /// written before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operator: Option<String>,
+    },
     /// An operator settled the parked call of a NEEDS_ATTENTION saga by hand (ResolveStep);
     /// the events that follow carry the saga on (an audit record: who, why).
     OperatorResolved {
@@ -269,7 +279,7 @@ impl Event {
             Self::FinalizerStarted { .. } => "finalizer_started",
             Self::FinalizerSucceeded { .. } => "finalizer_succeeded",
             Self::FinalizerFailed { .. } => "finalizer_failed",
-            Self::OperatorRetry {} => "operator_retry",
+            Self::OperatorRetry { .. } => "operator_retry",
             Self::OperatorResolved { .. } => "operator_resolved",
             Self::SagaCompleted {} => "saga_completed",
             Self::SagaCompensated {} => "saga_compensated",

@@ -40,7 +40,7 @@ fn events_round_trip_through_their_columns() {
             next_attempt_at: Some(5),
             backoff_cap_ms: Some(100),
         },
-        Event::OperatorRetry {},
+        Event::OperatorRetry { operator: None },
         Event::FinalizerStarted { attempt: 1 },
     ];
     for event in events {
@@ -281,7 +281,11 @@ fn events_that_cannot_happen_in_the_current_state_are_refused() {
     );
     assert_illegal(&s, Event::SagaCompleted {}, "current step succeeded");
     assert_illegal(&s, Event::SagaCompensated {}, "COMPENSATING");
-    assert_illegal(&s, Event::OperatorRetry {}, "NEEDS_ATTENTION");
+    assert_illegal(
+        &s,
+        Event::OperatorRetry { operator: None },
+        "NEEDS_ATTENTION",
+    );
     assert_illegal(
         &s,
         Event::LeaseAcquired {
@@ -369,7 +373,10 @@ fn events_that_cannot_happen_in_the_current_state_are_refused() {
     );
     assert_illegal(
         &compensating,
-        Event::Canceled { fencing_token: 9 },
+        Event::Canceled {
+            fencing_token: 9,
+            operator: None,
+        },
         "not yet compensating",
     );
     // After the end, nothing happens — not even a claim.
@@ -391,7 +398,7 @@ fn events_that_cannot_happen_in_the_current_state_are_refused() {
             attempt: 1,
         },
         Event::SagaNeedsAttention { reason: "x".into() },
-        Event::OperatorRetry {},
+        Event::OperatorRetry { operator: None },
         Event::SagaCompleted {},
         Event::SagaCompensated {},
     ] {

@@ -44,7 +44,7 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
             status.is_active(),
             "only a RUNNING or COMPENSATING saga is parked",
         ),
-        Event::OperatorRetry {} | Event::OperatorResolved { .. } => require(
+        Event::OperatorRetry { .. } | Event::OperatorResolved { .. } => require(
             status == SagaStatus::NeedsAttention,
             "operators resume or resolve only a NEEDS_ATTENTION saga",
         ),
@@ -94,7 +94,7 @@ pub(super) fn check(s: &SagaState, event: &Event) -> Result<(), Refused> {
                 "the deadline passes only at a forward step",
             )
         }
-        Event::Canceled { fencing_token } => {
+        Event::Canceled { fencing_token, .. } => {
             require(
                 running || status == SagaStatus::NeedsAttention,
                 "only a saga not yet compensating is canceled",

@@ -41,6 +41,7 @@ pub(crate) fn cancel_events(
     def: &SagaDefinition,
     state: &SagaState,
     new_token: i64,
+    operator: Option<&str>,
 ) -> Result<Vec<Event>, Refusal> {
     match state.cursor() {
         Cursor::EnteringCompensation | Cursor::Compensating(_) | Cursor::Finalizing => {
@@ -56,6 +57,7 @@ pub(crate) fn cancel_events(
     let uncertain = (state.attempt >= 1).then_some(index);
     let mut events = vec![Event::Canceled {
         fencing_token: new_token,
+        operator: operator.map(str::to_owned),
     }];
     events.extend(enter_compensation(
         def,
@@ -67,13 +69,18 @@ pub(crate) fn cancel_events(
     Ok(events)
 }
 
-/// The events of RetrySaga: resume a NEEDS_ATTENTION saga where it parked.
+/// The events of RetrySaga by `operator`: resume a NEEDS_ATTENTION saga where it parked.
 ///
 /// # Errors
 /// [`Refusal::NotNeedsAttention`].
-pub(crate) fn retry_events(state: &SagaState) -> Result<Vec<Event>, Refusal> {
+pub(crate) fn retry_events(
+    state: &SagaState,
+    operator: Option<&str>,
+) -> Result<Vec<Event>, Refusal> {
     if state.status() == SagaStatus::NeedsAttention {
-        Ok(vec![Event::OperatorRetry {}])
+        Ok(vec![Event::OperatorRetry {
+            operator: operator.map(str::to_owned),
+        }])
     } else {
         Err(Refusal::NotNeedsAttention)
     }

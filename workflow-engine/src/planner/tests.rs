@@ -154,17 +154,17 @@ fn pivot_unknown_outcome_parks_and_cancel_is_refused() {
             after_forward(&d, &s, index, Ok(json!(1)), 150, 0.5).unwrap(),
         );
     }
-    assert_eq!(cancel_events(&d, &s, 9), Err(Refusal::PastPivot));
+    assert_eq!(cancel_events(&d, &s, 9, None), Err(Refusal::PastPivot));
     for _ in 0..2 {
         let events = after_forward(&d, &s, 3, Err(StepError::transient("slow")), 150, 0.5).unwrap();
         s = run(&d, &s, events);
     }
     assert_eq!(s.status(), SagaStatus::NeedsAttention);
     assert_eq!(s.phase(), Phase::Forward);
-    s = run(&d, &s, retry_events(&s).unwrap());
+    s = run(&d, &s, retry_events(&s, None).unwrap());
     assert_eq!(s.status(), SagaStatus::Running);
     assert_eq!(s.attempt, 1);
-    assert_eq!(retry_events(&s), Err(Refusal::NotNeedsAttention));
+    assert_eq!(retry_events(&s, None), Err(Refusal::NotNeedsAttention));
 }
 
 #[test]
@@ -191,7 +191,7 @@ fn deadline_before_the_pivot_compensates_with_the_current_step() {
     assert_eq!(s.phase(), Phase::Finalizing);
     s = run(&d, &s, after_finalizer(&d, &s, Ok(Value::Null), 150, 0.5));
     assert_eq!(s.status(), SagaStatus::Compensated);
-    assert_eq!(cancel_events(&d, &s, 9), Err(Refusal::Finished));
+    assert_eq!(cancel_events(&d, &s, 9, None), Err(Refusal::Finished));
 }
 
 #[test]
@@ -203,7 +203,7 @@ fn transient_compensation_failures_retry_with_capped_backoff() {
         &s,
         after_forward(&d, &s, 0, Ok(json!(1)), 150, 0.5).unwrap(),
     );
-    s = run(&d, &s, cancel_events(&d, &s, 7).unwrap());
+    s = run(&d, &s, cancel_events(&d, &s, 7, None).unwrap());
     assert_eq!(s.fencing_token, 7);
     assert_eq!(s.lease_owner, None);
     assert_eq!(s.compensation_plan, vec!["a"]);

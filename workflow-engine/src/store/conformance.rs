@@ -337,14 +337,16 @@ async fn operator_updates_apply_or_refuse(store: &dyn SagaStore) {
     let def = definition();
     // RetrySaga of a running saga is refused and writes nothing.
     let refused = store
-        .operator_update(state.id, 1_100, &planner::retry_events)
+        .operator_update(state.id, 1_100, &|s: &SagaState| {
+            planner::retry_events(s, None)
+        })
         .await;
     assert!(matches!(
         refused,
         Err(OperatorError::Refused(Refusal::NotNeedsAttention))
     ));
     // CancelSaga before the pivot revokes the lease and compensates the current step.
-    let cancel = |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1);
+    let cancel = |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1, None);
     let canceled = store
         .operator_update(state.id, 1_200, &cancel)
         .await
@@ -369,7 +371,9 @@ async fn operator_updates_apply_or_refuse(store: &dyn SagaStore) {
         .unwrap();
     assert_eq!(again, canceled);
     let missing = store
-        .operator_update(SagaId::new(), 1_500, &planner::retry_events)
+        .operator_update(SagaId::new(), 1_500, &|s: &SagaState| {
+            planner::retry_events(s, None)
+        })
         .await;
     assert!(matches!(missing, Err(OperatorError::NotFound)));
 }
@@ -473,7 +477,8 @@ async fn assert_pruned(store: &dyn SagaStore, state: &SagaState) {
 async fn prunes_exactly_the_old_finished_sagas(store: &dyn SagaStore) {
     // Before every other check's sagas (created at 1_000 and later).
     let def = definition();
-    let cancel = |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1).unwrap();
+    let cancel =
+        |s: &SagaState| planner::cancel_events(&def, s, s.fencing_token + 1, None).unwrap();
     // Finished before the cutoff (500): pruned.
     let s = create(store, "c-prune-done-1", "e1", 100).await;
     let done_1 = complete(store, &s, 200).await;
