@@ -155,7 +155,7 @@ impl Run {
         let bound = tokio::time::Instant::now() + FINISH_BOUND;
         let mut waiting = JoinSet::new();
         for p in &placed.orders {
-            let mut client = OrderServiceClient::new(channel.clone().into());
+            let mut client = OrderServiceClient::new(channel.clone());
             let order = Order {
                 order_id: p.order_id.clone(),
                 ..Order::default()
