@@ -6,6 +6,7 @@
 //!   "Security");
 //! - [`tls`]: TLS of listeners and clients (rustls), `--tls-cert`, `--tls-key`, `--tls-ca`;
 //! - [`limits`]: message size, concurrency, timeout and per-user rate limits of every server;
+//! - [`audit`]: the audit of admin actions, one table shape and its listing for every service;
 //! - [`config`]: flags and `SAGAFLOW_*` environment variables (clap) shared by every process;
 //! - [`db`]: sqlx pools and migrations for PostgreSQL and SQLite chosen by the URL, and each
 //!   database's group commit of keyed commands (docs/architecture.md, "Group commit");
@@ -48,6 +49,7 @@
 //!   ([`error`]). No status change, gateway call or business rejection is decided in `grpc.rs`.
 
 pub mod access;
+pub mod audit;
 pub mod config;
 pub mod consume;
 pub mod db;

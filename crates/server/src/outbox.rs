@@ -194,7 +194,7 @@ pub async fn append(
 /// Errors of the outbox API.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    /// The database failed (see [`sagaflow_server::db::is_transient`] to decide on a retry).
+    /// The database failed (see [`crate::db::is_transient`] to decide on a retry).
     #[error("outbox database: {0}")]
     Database(#[from] sqlx::Error),
     /// The schema's [`OutboxSchema::on_dead_letter`] failed for a reason that may pass (its

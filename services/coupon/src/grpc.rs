@@ -2,18 +2,15 @@
 //! invalid field is named, nothing is written), proto ↔ domain mapping, and the idempotency store
 //! around the saga commands (docs/architecture.md, "The service contract").
 
-use sagaflow_proto::{
-    audit::v1::AdminAction,
-    coupon::v1::{
-        Coupon as ProtoCoupon, CouponStatus, GetCouponRequest, GetCouponResponse,
-        IssueCouponRequest, IssueCouponResponse, ListAdminActionsRequest, ListAdminActionsResponse,
-        RestoreCouponRequest, RestoreCouponResponse, UseCouponRequest, UseCouponResponse,
-        coupon_service_server,
-    },
+use sagaflow_proto::coupon::v1::{
+    Coupon as ProtoCoupon, CouponStatus, GetCouponRequest, GetCouponResponse, IssueCouponRequest,
+    IssueCouponResponse, ListAdminActionsRequest, ListAdminActionsResponse, RestoreCouponRequest,
+    RestoreCouponResponse, UseCouponRequest, UseCouponResponse, coupon_service_server,
 };
 use sagaflow_server::{
     ServiceError,
     access::identity_of,
+    audit,
     db::{ms_from_timestamp, timestamp_from_ms},
     idempotency::respond,
     validate::Validator,
@@ -150,32 +147,8 @@ impl coupon_service_server::CouponService for CouponService {
         &self,
         request: Request<ListAdminActionsRequest>,
     ) -> Result<Response<ListAdminActionsResponse>, Status> {
-        let req = request.into_inner();
-        let mut v = Validator::new();
-        let limit = if req.limit == 0 {
-            100
-        } else {
-            v.page_size("limit", req.limit)
-        };
-        v.finish()?;
-        let mut conn = self.db.connection().await?;
-        let rows = store::admin_actions(&mut conn, limit)
-            .await
-            .map_err(ServiceError::from)?;
-        Ok(Response::new(ListAdminActionsResponse {
-            actions: rows
-                .into_iter()
-                .map(|r| AdminAction {
-                    entry_id: r.entry_id,
-                    at: Some(timestamp_from_ms(r.at)),
-                    actor: r.actor,
-                    action: r.action,
-                    subject: r.subject,
-                    detail_json: r.detail,
-                    idempotency_key: r.idempotency_key,
-                })
-                .collect(),
-        }))
+        let actions = audit::list(&self.db, request.get_ref().limit).await?;
+        Ok(Response::new(ListAdminActionsResponse { actions }))
     }
 
     #[tracing::instrument(

@@ -9,7 +9,7 @@
 //! compensation.
 
 use sagaflow_server::{
-    Backend, ServiceError,
+    Backend, ServiceError, audit,
     db::now_ms,
     idempotency::late_action::{self, TombstoneTable},
 };
@@ -122,16 +122,14 @@ pub(crate) async fn issue(
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 1 {
-        sqlx::query(
-            "INSERT INTO admin_audit (at, actor, action, subject, detail, idempotency_key) \
-             VALUES ($1, $2, 'IssueCoupon', $3, $4, '')",
-        )
-        .bind(now)
-        .bind(actor)
-        .bind(terms.code.as_str())
-        .bind(serde_json::json!({ "user_id": terms.user_id }).to_string())
-        .execute(&mut *tx)
-        .await?;
+        let entry = audit::Entry {
+            actor,
+            action: "IssueCoupon",
+            subject: terms.code.as_str(),
+            detail_json: serde_json::json!({ "user_id": terms.user_id }).to_string(),
+            idempotency_key: "",
+        };
+        audit::record(&mut tx, &entry).await?;
     }
     tx.commit().await?;
     let coupon = get_coupon(conn, &terms.code).await?.ok_or_else(|| {
@@ -145,32 +143,6 @@ pub(crate) async fn issue(
         message: why.message(&terms.code),
     })?;
     Ok(coupon)
-}
-
-/// One row of the admin audit (`admin_audit`).
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct AuditRow {
-    pub(crate) entry_id: i64,
-    pub(crate) at: i64,
-    pub(crate) actor: String,
-    pub(crate) action: String,
-    pub(crate) subject: String,
-    pub(crate) detail: String,
-    pub(crate) idempotency_key: String,
-}
-
-/// The newest `limit` rows of the admin audit, newest first.
-pub(crate) async fn admin_actions(
-    conn: &mut AnyConnection,
-    limit: i64,
-) -> Result<Vec<AuditRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT entry_id, at, actor, action, subject, detail, idempotency_key \
-         FROM admin_audit ORDER BY entry_id DESC LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await
 }
 
 /// The compensation records of (order, code): RestoreCoupon writes one, whatever the coupon's

@@ -6,13 +6,16 @@ use std::collections::HashMap;
 
 use sagaflow_proto::inventory::v1::{
     BatchGetProductsRequest, BatchGetProductsResponse, DeductInventoryRequest,
-    DeductInventoryResponse, GetProductRequest, GetProductResponse, ListProductsRequest,
-    ListProductsResponse, Product, RestockRequest, RestockResponse, RestoreInventoryRequest,
-    RestoreInventoryResponse, StockLine as ProtoStockLine, UpsertProductRequest,
-    UpsertProductResponse, inventory_service_server,
+    DeductInventoryResponse, GetProductRequest, GetProductResponse, ListAdminActionsRequest,
+    ListAdminActionsResponse, ListProductsRequest, ListProductsResponse, Product, RestockRequest,
+    RestockResponse, RestoreInventoryRequest, RestoreInventoryResponse,
+    StockLine as ProtoStockLine, UpsertProductRequest, UpsertProductResponse,
+    inventory_service_server,
 };
 use sagaflow_server::{
     ServiceError,
+    access::identity_of,
+    audit,
     idempotency::respond,
     validate::{MAX_LINES, Validator, decode_page_token, encode_page_token},
 };
@@ -163,6 +166,8 @@ impl inventory_service_server::InventoryService for InventoryService {
         &self,
         request: Request<UpsertProductRequest>,
     ) -> Result<Response<UpsertProductResponse>, Status> {
+        // Who changes the catalog, for the audit row written with the change.
+        let actor = identity_of(&request).to_string();
         let req = request.into_inner();
         let mut v = Validator::new();
         v.required("sku", &req.sku);
@@ -170,18 +175,25 @@ impl inventory_service_server::InventoryService for InventoryService {
         v.required_text("name", &req.name);
         v.non_negative_i64("unit_price", req.unit_price);
         v.finish()?;
-        // Naturally idempotent: the same request leaves the same row, so it needs no key.
-        let product = store::upsert_product(
-            &mut *self.db.connection().await?,
-            &req.sku,
-            &req.name,
-            req.unit_price,
-        )
-        .await
-        .map_err(ServiceError::from)?;
+        // Naturally idempotent: the same request leaves the same row, so it needs no key. The
+        // row and its audit entry commit together.
+        let mut tx = self.db.begin().await.map_err(ServiceError::from)?;
+        let product = store::upsert_product(&mut tx, &req.sku, &req.name, req.unit_price, &actor)
+            .await
+            .map_err(ServiceError::from)?;
+        tx.commit().await.map_err(ServiceError::from)?;
         Ok(Response::new(UpsertProductResponse {
             product: Some(product.into()),
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_admin_actions(
+        &self,
+        request: Request<ListAdminActionsRequest>,
+    ) -> Result<Response<ListAdminActionsResponse>, Status> {
+        let actions = audit::list(&self.db, request.get_ref().limit).await?;
+        Ok(Response::new(ListAdminActionsResponse { actions }))
     }
 
     #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
@@ -189,6 +201,8 @@ impl inventory_service_server::InventoryService for InventoryService {
         &self,
         request: Request<RestockRequest>,
     ) -> Result<Response<RestockResponse>, Status> {
+        // Who restocks, for the audit row written with the restock.
+        let actor = identity_of(&request).to_string();
         let req = request.into_inner();
         let mut v = Validator::command(&req.idempotency_key);
         v.required("sku", &req.sku);
@@ -207,7 +221,8 @@ impl inventory_service_server::InventoryService for InventoryService {
             &req,
             move |conn| {
                 Box::pin(async move {
-                    let product = store::restock(conn, backend, &key, &sku, quantity).await?;
+                    let product =
+                        store::restock(conn, backend, &key, &sku, quantity, &actor).await?;
                     Ok(RestockResponse {
                         product: Some(product.into()),
                     })

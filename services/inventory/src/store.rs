@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use sagaflow_server::{
-    Backend, ServiceError,
+    Backend, ServiceError, audit,
     db::now_ms,
     idempotency::late_action::{self, RestorePlan, TombstoneTable, Value},
 };
@@ -93,13 +93,23 @@ pub(crate) async fn list_products(
     .await
 }
 
-/// Creates the product with stock 0, or updates its name and price (stock unchanged).
+/// Creates the product with stock 0, or updates its name and price (stock unchanged), with the
+/// `admin_audit` row naming `actor`, on the caller's transaction.
 pub(crate) async fn upsert_product(
     conn: &mut AnyConnection,
     sku: &str,
     name: &str,
     unit_price: i64,
+    actor: &str,
 ) -> Result<ProductRow, sqlx::Error> {
+    let entry = audit::Entry {
+        actor,
+        action: "UpsertProduct",
+        subject: sku,
+        detail_json: serde_json::json!({ "name": name, "unit_price": unit_price }).to_string(),
+        idempotency_key: "",
+    };
+    audit::record(conn, &entry).await?;
     sqlx::query_as(
         "INSERT INTO products (sku, name, unit_price, stock, created_at, updated_at) \
          VALUES ($1, $2, $3, 0, $4, $4) \
@@ -141,7 +151,8 @@ async fn set_stock(conn: &mut AnyConnection, sku: &str, stock: i64) -> Result<()
 }
 
 /// Restock's effect: adds `quantity` units to `sku`, records the restock in the ledger under
-/// `key` and appends its InventoryRestocked event to the outbox.
+/// `key`, appends its InventoryRestocked event to the outbox and its `admin_audit` row naming
+/// `actor`.
 ///
 /// # Errors
 /// `NOT_FOUND` for an unknown sku; `INVALID_ARGUMENT` naming `quantity` when the stock would
@@ -152,6 +163,7 @@ pub(crate) async fn restock(
     key: &str,
     sku: &str,
     quantity: i64,
+    actor: &str,
 ) -> Result<ProductRow, ServiceError> {
     let Some(mut product) = lock_product(conn, backend, sku).await? else {
         return Err(ServiceError::NotFound(format!("product {sku:?}")));
@@ -178,6 +190,14 @@ pub(crate) async fn restock(
         stock_after: stock,
     });
     events::append(conn, &event).await?;
+    let entry = audit::Entry {
+        actor,
+        action: "Restock",
+        subject: sku,
+        detail_json: format!("{{\"quantity\":{quantity}}}"),
+        idempotency_key: key,
+    };
+    audit::record(conn, &entry).await?;
     product.stock = stock;
     Ok(product)
 }

@@ -2,17 +2,13 @@
 //! invalid field is named, nothing is written) and the idempotency store around every mutating
 //! command (docs/architecture.md, "The service contract").
 
-use sagaflow_proto::{
-    audit::v1::AdminAction,
-    point::v1::{
-        DeductPointsRequest, DeductPointsResponse, GetBalanceRequest, GetBalanceResponse,
-        GrantPointsRequest, GrantPointsResponse, ListAdminActionsRequest, ListAdminActionsResponse,
-        RestorePointsRequest, RestorePointsResponse, point_service_server,
-    },
+use sagaflow_proto::point::v1::{
+    DeductPointsRequest, DeductPointsResponse, GetBalanceRequest, GetBalanceResponse,
+    GrantPointsRequest, GrantPointsResponse, ListAdminActionsRequest, ListAdminActionsResponse,
+    RestorePointsRequest, RestorePointsResponse, point_service_server,
 };
 use sagaflow_server::{
-    ServiceError, access::identity_of, db::timestamp_from_ms, idempotency::respond,
-    validate::Validator,
+    ServiceError, access::identity_of, audit, idempotency::respond, validate::Validator,
 };
 use tonic::{Request, Response, Status};
 
@@ -74,32 +70,8 @@ impl point_service_server::PointService for PointService {
         &self,
         request: Request<ListAdminActionsRequest>,
     ) -> Result<Response<ListAdminActionsResponse>, Status> {
-        let req = request.into_inner();
-        let mut v = Validator::new();
-        let limit = if req.limit == 0 {
-            100
-        } else {
-            v.page_size("limit", req.limit)
-        };
-        v.finish()?;
-        let mut conn = self.db.connection().await?;
-        let rows = store::admin_actions(&mut conn, limit)
-            .await
-            .map_err(ServiceError::from)?;
-        Ok(Response::new(ListAdminActionsResponse {
-            actions: rows
-                .into_iter()
-                .map(|r| AdminAction {
-                    entry_id: r.entry_id,
-                    at: Some(timestamp_from_ms(r.at)),
-                    actor: r.actor,
-                    action: r.action,
-                    subject: r.subject,
-                    detail_json: r.detail,
-                    idempotency_key: r.idempotency_key,
-                })
-                .collect(),
-        }))
+        let actions = audit::list(&self.db, request.get_ref().limit).await?;
+        Ok(Response::new(ListAdminActionsResponse { actions }))
     }
 
     #[tracing::instrument(

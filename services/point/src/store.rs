@@ -8,7 +8,7 @@
 //! on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already serializes writers.
 
 use sagaflow_server::{
-    Backend, ServiceError,
+    Backend, ServiceError, audit,
     db::now_ms,
     idempotency::late_action::{self, RestorePlan, TombstoneTable, Value},
 };
@@ -126,44 +126,15 @@ pub(crate) async fn grant(
     };
     set_balance(conn, user_id, balance).await?;
     append_ledger(conn, user_id, LedgerKind::Grant, amount, None, key).await?;
-    sqlx::query(
-        "INSERT INTO admin_audit (at, actor, action, subject, detail, idempotency_key) \
-         VALUES ($1, $2, 'GrantPoints', $3, $4, $5)",
-    )
-    .bind(now_ms())
-    .bind(actor)
-    .bind(user_id)
-    .bind(format!("{{\"amount\":{amount}}}"))
-    .bind(key)
-    .execute(&mut *conn)
-    .await?;
+    let entry = audit::Entry {
+        actor,
+        action: "GrantPoints",
+        subject: user_id,
+        detail_json: format!("{{\"amount\":{amount}}}"),
+        idempotency_key: key,
+    };
+    audit::record(conn, &entry).await?;
     Ok(balance)
-}
-
-/// One row of the admin audit (`admin_audit`).
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct AuditRow {
-    pub(crate) entry_id: i64,
-    pub(crate) at: i64,
-    pub(crate) actor: String,
-    pub(crate) action: String,
-    pub(crate) subject: String,
-    pub(crate) detail: String,
-    pub(crate) idempotency_key: String,
-}
-
-/// The newest `limit` rows of the admin audit, newest first.
-pub(crate) async fn admin_actions(
-    conn: &mut AnyConnection,
-    limit: i64,
-) -> Result<Vec<AuditRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT entry_id, at, actor, action, subject, detail, idempotency_key \
-         FROM admin_audit ORDER BY entry_id DESC LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await
 }
 
 /// The order's deduction row, claimed by DeductPoints (DEDUCTED) and RestorePoints (RESTORED; a
