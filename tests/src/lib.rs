@@ -262,3 +262,67 @@ pub fn wait_for_order(order_id: &str) -> sagaflow_proto::order::v1::GetOrderRequ
         }),
     }
 }
+
+/// Every service `sagaflow serve` runs, in the order the process tests start them.
+pub const SERVICES: [&str; 7] = [
+    "inventory",
+    "coupon",
+    "payment",
+    "point",
+    "ranking",
+    "order",
+    "orchestrator",
+];
+
+/// Where the seven `sagaflow serve` processes of a distributed test live: a free loopback port
+/// and a fresh PostgreSQL database (`<prefix>_<service>`) per service, and the
+/// `--<service>-addr <scheme>://127.0.0.1:<port>` flags that tell each process and the CLI
+/// where the others are.
+#[derive(Debug)]
+pub struct ServeLayout {
+    /// Service → port.
+    pub ports: Vec<(&'static str, u16)>,
+    /// The peer flags, `--<service>-addr URL` pairs.
+    pub addrs: Vec<String>,
+    /// One database per service, in [`SERVICES`] order (dropped with the layout).
+    pub dbs: Vec<sagaflow_testkit::TestDatabase>,
+}
+
+impl ServeLayout {
+    /// A layout whose URLs use `scheme` (`http`, or `https` with TLS) and whose databases are
+    /// named `<prefix>_<service>`.
+    pub fn new(scheme: &str, prefix: &str) -> Self {
+        let ports: Vec<(&'static str, u16)> = SERVICES.iter().map(|s| (*s, free_port())).collect();
+        let addrs = ports
+            .iter()
+            .flat_map(|(s, port)| {
+                [
+                    format!("--{s}-addr"),
+                    format!("{scheme}://127.0.0.1:{port}"),
+                ]
+            })
+            .collect();
+        let dbs = SERVICES
+            .iter()
+            .map(|s| {
+                sagaflow_testkit::TestDatabase::new(
+                    sagaflow_testkit::Kind::Postgres,
+                    &format!("{prefix}_{s}"),
+                )
+            })
+            .collect();
+        Self { ports, addrs, dbs }
+    }
+
+    /// The port of `service`.
+    ///
+    /// # Panics
+    /// When `service` is not one of [`SERVICES`] (a test's mistake).
+    pub fn port(&self, service: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, port)| *port)
+            .unwrap_or_else(|| panic!("{service} is not a service"))
+    }
+}

@@ -5,19 +5,9 @@
 
 use std::{process::Command, time::Duration};
 
-use sagaflow_testkit::{Kind, TestDatabase, grpcurl_json};
-use sagaflow_tests::{Process, free_port, sagaflow_bin};
+use sagaflow_testkit::grpcurl_json;
+use sagaflow_tests::{Process, ServeLayout, sagaflow_bin};
 use serde_json::{Value, json};
-
-const SERVICES: [&str; 7] = [
-    "inventory",
-    "coupon",
-    "payment",
-    "point",
-    "ranking",
-    "order",
-    "orchestrator",
-];
 
 /// Runs `sagaflow ARGS… ADDRS…`; returns (success, stdout, stderr).
 fn cli(args: &[&str], addrs: &[String]) -> (bool, String, String) {
@@ -36,19 +26,11 @@ fn cli(args: &[&str], addrs: &[String]) -> (bool, String, String) {
 
 #[test]
 fn seed_demo_bench_and_saga_show_drive_serve_processes_on_postgres() {
-    let ports: Vec<(&str, u16)> = SERVICES.iter().map(|s| (*s, free_port())).collect();
-    // The same flags tell each `serve` where its peers are and the CLI where the services are.
-    let addrs: Vec<String> = ports
-        .iter()
-        .flat_map(|(s, port)| [format!("--{s}-addr"), format!("http://127.0.0.1:{port}")])
-        .collect();
-    let dbs: Vec<TestDatabase> = SERVICES
-        .iter()
-        .map(|s| TestDatabase::new(Kind::Postgres, &format!("dist_{s}")))
-        .collect();
+    let layout = ServeLayout::new("http", "dist");
+    let (ports, addrs) = (&layout.ports, &layout.addrs);
     let _processes: Vec<Process> = ports
         .iter()
-        .zip(&dbs)
+        .zip(&layout.dbs)
         .map(|((service, port), db)| {
             let listen = format!("127.0.0.1:{port}");
             let mut args = vec![
@@ -63,11 +45,11 @@ fn seed_demo_bench_and_saga_show_drive_serve_processes_on_postgres() {
             Process::start(&args, &[], Duration::from_secs(60))
         })
         .collect();
-    let port = |name: &str| ports.iter().find(|(s, _)| *s == name).unwrap().1;
+    let port = |name: &str| layout.port(name);
 
     // Empty databases: seed them through the admin RPCs, twice (the second changes nothing).
     for _ in 0..2 {
-        let (ok, out, err) = cli(&["seed"], &addrs);
+        let (ok, out, err) = cli(&["seed"], addrs);
         assert!(ok, "seed failed: {out}{err}");
         assert!(out.contains("seeded 12 products"), "{out}");
     }
@@ -81,14 +63,14 @@ fn seed_demo_bench_and_saga_show_drive_serve_processes_on_postgres() {
     // 10 000 once: the second seed restocked nothing (its keys are fixed).
     assert_eq!(product["product"]["stock"], "10000", "{product}");
 
-    let (ok, out, err) = cli(&["demo", "--concurrency", "16"], &addrs);
+    let (ok, out, err) = cli(&["demo", "--concurrency", "16"], addrs);
     assert!(ok, "demo failed: {out}{err}");
     assert!(out.contains("checks, all hold"), "{out}");
     assert!(!out.contains("starting an embedded system"), "{out}");
 
     let (ok, out, err) = cli(
         &["bench", "--count", "60", "--concurrency", "8", "--json"],
-        &addrs,
+        addrs,
     );
     assert!(ok, "bench failed: {out}{err}");
     let report: Value = serde_json::from_str(out.trim()).unwrap();
@@ -107,7 +89,7 @@ fn seed_demo_bench_and_saga_show_drive_serve_processes_on_postgres() {
         .as_str()
         .unwrap_or_else(|| panic!("user-020 has no orders: {orders}"))
         .to_owned();
-    let (ok, out, err) = cli(&["saga", "show", &order_id], &addrs);
+    let (ok, out, err) = cli(&["saga", "show", &order_id], addrs);
     assert!(ok, "saga show failed: {out}{err}");
     assert!(out.contains(&format!("saga {order_id}")), "{out}");
 
@@ -124,7 +106,7 @@ fn seed_demo_bench_and_saga_show_drive_serve_processes_on_postgres() {
             "--limit",
             "5",
         ],
-        &addrs,
+        addrs,
     );
     assert!(ok, "saga list failed: {out}{err}");
     let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
@@ -143,7 +125,7 @@ fn seed_demo_bench_and_saga_show_drive_serve_processes_on_postgres() {
             "--status",
             "compensated",
         ],
-        &addrs,
+        addrs,
     );
     assert!(ok, "saga list failed: {out}{err}");
     let declined = out
@@ -159,7 +141,7 @@ fn seed_demo_bench_and_saga_show_drive_serve_processes_on_postgres() {
         "{out}"
     );
     // Nothing was created more than an hour ago.
-    let (ok, out, err) = cli(&["saga", "list", "--json", "--before", "1h"], &addrs);
+    let (ok, out, err) = cli(&["saga", "list", "--json", "--before", "1h"], addrs);
     assert!(ok, "saga list failed: {out}{err}");
     assert_eq!(
         serde_json::from_str::<Vec<Value>>(&out).unwrap().len(),

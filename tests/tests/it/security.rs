@@ -30,10 +30,10 @@ use sagaflow_server::{
     transport::{BearerToken, Transport},
 };
 use sagaflow_testkit::{
-    Kind, TestDatabase,
+    TestDatabase,
     pki::{Leaf, TestPki},
 };
-use sagaflow_tests::{Process, free_port, sagaflow_bin};
+use sagaflow_tests::{Process, ServeLayout, free_port, sagaflow_bin};
 use serde_json::Value;
 use tonic::{
     Code, Status,
@@ -480,34 +480,17 @@ fn serve_refuses_a_public_address_without_tls_and_credentials_and_dev_says_it_is
     dev.terminate(Duration::from_secs(10));
 }
 
-const SERVICES: [&str; 7] = [
-    "inventory",
-    "coupon",
-    "payment",
-    "point",
-    "ranking",
-    "order",
-    "orchestrator",
-];
-
 #[test]
 fn the_saga_runs_over_mtls_between_serve_processes_on_postgres() {
     let pki = TestPki::new("sagaflow deployment CA");
     let tokens_file = pki.dir().join("admin-tokens");
     std::fs::write(&tokens_file, AdminTokens::line_for("kim", TOKEN)).unwrap();
     let ca = pki.ca_file.to_str().unwrap().to_owned();
-    let ports: Vec<(&str, u16)> = SERVICES.iter().map(|s| (*s, free_port())).collect();
-    let addrs: Vec<String> = ports
-        .iter()
-        .flat_map(|(s, port)| [format!("--{s}-addr"), format!("https://127.0.0.1:{port}")])
-        .collect();
-    let dbs: Vec<TestDatabase> = SERVICES
-        .iter()
-        .map(|s| TestDatabase::new(Kind::Postgres, &format!("mtls_{s}")))
-        .collect();
+    let layout = ServeLayout::new("https", "mtls");
+    let (ports, addrs) = (&layout.ports, &layout.addrs);
     let _processes: Vec<Process> = ports
         .iter()
-        .zip(&dbs)
+        .zip(&layout.dbs)
         .map(|((service, port), db)| {
             let leaf = pki.leaf(service);
             let listen = format!("127.0.0.1:{port}");
@@ -532,12 +515,12 @@ fn the_saga_runs_over_mtls_between_serve_processes_on_postgres() {
             Process::start(&args, &[], Duration::from_secs(60))
         })
         .collect();
-    let port = |name: &str| ports.iter().find(|(s, _)| *s == name).unwrap().1;
+    let port = |name: &str| layout.port(name);
     let cli = |args: &[&str], token: Option<&str>| {
         let mut command = Command::new(sagaflow_bin());
         command
             .args(args)
-            .args(&addrs)
+            .args(addrs)
             .env("RUST_LOG", "warn")
             .env("SAGAFLOW_TLS_CA", &ca)
             .env_remove("SAGAFLOW_TOKEN");
