@@ -40,13 +40,11 @@ pub fn sagaflow_bin() -> PathBuf {
     bin
 }
 
-/// A loopback port that was free a moment ago (bind to port 0, read it, release it). For
-/// processes that must come back on the same address after a restart.
+/// A loopback port reserved for this test process (below the kernel's ephemeral range, locked
+/// against other tests; `sagaflow_testkit::ports`). For processes started by address that must
+/// come back on the same address after a restart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    sagaflow_testkit::reserved_port()
 }
 
 /// Readiness line of `sagaflow dev`, logged once the demo data is seeded.

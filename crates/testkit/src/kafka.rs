@@ -13,7 +13,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Shutdown, TcpListener, TcpStream},
+    net::{Shutdown, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -199,10 +199,7 @@ impl Drop for Broker {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+    crate::reserved_port()
 }
 
 /// Sends a Metadata v0 request (no topics) and reads the whole response.

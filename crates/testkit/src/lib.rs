@@ -18,6 +18,8 @@
 
 use std::path::PathBuf;
 
+pub use ports::reserved_port;
+
 #[cfg(feature = "service")]
 pub mod contract;
 #[cfg(feature = "kafka")]
@@ -25,6 +27,7 @@ pub mod kafka;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod pki;
+pub mod ports;
 #[cfg(feature = "service")]
 pub mod service;
 

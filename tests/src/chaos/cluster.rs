@@ -622,8 +622,8 @@ fn tail(logs: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port reserved for this test process: a node comes back on the same one after
+/// every kill (`sagaflow_testkit::ports`).
 fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
+    Ok(sagaflow_testkit::reserved_port())
 }
