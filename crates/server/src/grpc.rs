@@ -186,16 +186,30 @@ async fn serve_routes(
     // client's delayed ACK, 40 ms on Linux.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let limits = &options.limits;
+    // Calls over the per-connection limit are shed (RESOURCE_EXHAUSTED), not queued: HTTP/2
+    // lets more streams in than that, so they reach the server instead of waiting in the
+    // client (docs/operations.md, "Request limits").
     let mut builder = tonic::transport::Server::builder()
+        .load_shed(true)
         .concurrency_limit_per_connection(
             usize::try_from(limits.max_concurrent_per_connection).unwrap_or(usize::MAX),
         )
-        .max_concurrent_streams(Some(limits.max_concurrent_per_connection))
-        .timeout(limits.request_timeout);
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .timeout(limits.request_timeout)
+        .http2_keepalive_interval(limits.http2_keepalive_interval)
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
+    if let Some(age) = limits.max_connection_age {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(limits.request_timeout);
+    }
     if let Some(tls) = options.tls.clone() {
         builder = builder.tls_config(tls)?;
     }
     builder
+        .layer(crate::limits::CallLimitLayer::new(
+            limits.max_concurrent_calls,
+        ))
         .layer(layers.into_inner())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
