@@ -7,12 +7,14 @@
 //!   [`DEFAULT_MAX_ELEMENTS`]) with INVALID_ARGUMENT and a `google.rpc.BadRequest` naming the
 //!   field by its proto path (`lines`, `event.order.lines`), as soon as the element over the
 //!   limit arrives: the rest of the body is never read, nothing is decoded;
-//! - a message larger than its service's largest legitimate request ([`max_message_bytes`]:
+//! - a body that grows larger than its service's largest legitimate request ([`max_message_bytes`]:
 //!   computed from the protos, the element limits and [`crate::validate::MAX_STRING_BYTES`]) or
 //!   the server's `--max-message-bytes` with RESOURCE_EXHAUSTED, reason `MESSAGE_TOO_LARGE`.
 //!
 //! ```text
-//!  body chunks ─▶ gRPC frame header (5 bytes: flag, length) ── length > limit ─▶ RESOURCE_EXHAUSTED
+//!  body chunks ─▶ more than the limit read ─▶ RESOURCE_EXHAUSTED
+//!       │
+//!       ├─▶ gRPC frame header (5 bytes: flag, length)
 //!       │               │
 //!       │               ▼
 //!       │         tag ─▶ field of the input message?
@@ -288,13 +290,13 @@ enum Frame {
     },
 }
 
-/// Why the pass stopped looking.
+/// Why the pass stopped looking. (A message over the size limit is refused by the reader as
+/// the bytes arrive, not from its declared length: a field over its limit found in the first
+/// bytes of a huge message is INVALID_ARGUMENT naming the field, the more useful answer.)
 #[derive(Debug, PartialEq)]
 enum Stop {
     /// A field is over its limit.
     Over(Violation),
-    /// The message is larger than the limit (declared length, bytes).
-    TooLarge(usize),
     /// The body is not something the pass reads (compressed, malformed): the codec answers it.
     Unreadable,
 }
@@ -305,7 +307,6 @@ enum Stop {
 struct Scanner<'p> {
     plans: &'p Plans,
     root: usize,
-    max_message: usize,
     /// Next byte to read.
     pos: usize,
     stack: Vec<Frame>,
@@ -329,11 +330,10 @@ fn varint(buf: &[u8], pos: usize) -> Result<Option<(u64, usize)>, Stop> {
 }
 
 impl<'p> Scanner<'p> {
-    fn new(plans: &'p Plans, root: usize, max_message: usize) -> Self {
+    fn new(plans: &'p Plans, root: usize) -> Self {
         Self {
             plans,
             root,
-            max_message,
             pos: 0,
             stack: Vec::new(),
             counts: Vec::new(),
@@ -349,9 +349,6 @@ impl<'p> Scanner<'p> {
                     return Ok(());
                 };
                 let len = usize::try_from(u32::from_be_bytes([a, b, c, d])).unwrap_or(usize::MAX);
-                if len > self.max_message {
-                    return Err(Stop::TooLarge(len));
-                }
                 if flag != 0 {
                     return Err(Stop::Unreadable);
                 }
@@ -591,7 +588,7 @@ pub struct RepeatedLimit<S> {
 /// Reads `body` through the pass of `root`: the whole body when nothing stops it (or the pass
 /// cannot read it, within `max` bytes of message), else the answer.
 async fn read_counted(body: Body, root: usize, max: usize) -> Result<Bytes, Status> {
-    let mut scanner = Scanner::new(&PLANS, root, max);
+    let mut scanner = Scanner::new(&PLANS, root);
     let mut body = body;
     let mut buf = BytesMut::new();
     let mut scanning = true;
@@ -600,18 +597,20 @@ async fn read_counted(body: Body, root: usize, max: usize) -> Result<Bytes, Stat
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        // A body over the limit (frame headers included) is refused, whatever it holds.
-        if buf.len() + data.len() > max.saturating_add(5) {
-            return Err(too_large(max));
-        }
-        buf.extend_from_slice(&data);
+        // Read at most the limit (frame header included); the pass looks at what was read
+        // before a body over it is refused, so the answer does not depend on how it arrived.
+        let room = max.saturating_add(5).saturating_sub(buf.len());
+        let over_limit = data.len() > room;
+        buf.extend_from_slice(&data[..data.len().min(room)]);
         if scanning {
             match scanner.scan(&buf) {
                 Ok(()) => {}
                 Err(Stop::Over(violation)) => return Err(over(violation)),
-                Err(Stop::TooLarge(_)) => return Err(too_large(max)),
                 Err(Stop::Unreadable) => scanning = false,
             }
+        }
+        if over_limit {
+            return Err(too_large(max));
         }
     }
     Ok(buf.freeze())
@@ -682,8 +681,8 @@ mod tests {
 
     /// Runs the pass of `path` over `body` fed in pieces of `step` bytes.
     fn scan(path: &str, body: &[u8], step: usize) -> Result<(), Stop> {
-        let (root, max) = PLANS.methods[path];
-        let mut scanner = Scanner::new(&PLANS, root, max);
+        let (root, _) = PLANS.methods[path];
+        let mut scanner = Scanner::new(&PLANS, root);
         let mut end = 0;
         while end < body.len() {
             end = (end + step).min(body.len());
@@ -776,7 +775,7 @@ mod tests {
         // Only the first kilobyte arrives: the pass answers from it.
         body.extend_from_slice(&message[..1024]);
         let (root, _) = PLANS.methods[PLACE];
-        let mut scanner = Scanner::new(&PLANS, root, 8 * 1024 * 1024);
+        let mut scanner = Scanner::new(&PLANS, root);
         assert_eq!(violation(scanner.scan(&body)).field, "lines");
         assert!(scanner.pos < 1024, "stopped at byte {}", scanner.pos);
     }
@@ -838,15 +837,15 @@ mod tests {
             frame(&m)
         };
         let run = |body: &[u8]| {
-            let mut s = Scanner::new(&plans, 0, 1024);
+            let mut s = Scanner::new(&plans, 0);
             (1..=body.len()).try_for_each(|end| s.scan(&body[..end]))
         };
         assert_eq!(run(&packed(&[1, 0x80, 1, 2])), Ok(()));
         assert_eq!(violation(run(&packed(&[1, 2, 3, 4]))).field, "ids");
     }
 
-    #[test]
-    fn sizes_and_unreadable_bodies() {
+    #[tokio::test]
+    async fn sizes_and_unreadable_bodies() {
         let max = max_message_bytes(PLACE).unwrap();
         // The largest legitimate PlaceOrder fits, and the limit is far below tonic's 4 MiB.
         let mut big = lines(MAX_LINES);
@@ -860,10 +859,29 @@ mod tests {
             Some(MIN_MESSAGE_BYTES)
         );
         assert_eq!(max_message_bytes("/grpc.health.v1.Health/Check"), None);
-        // A declared length over the limit is refused from the header alone.
-        let mut header = vec![0];
-        header.extend_from_slice(&u32::try_from(max + 1).unwrap().to_be_bytes());
-        assert_eq!(scan(PLACE, &header, 5), Err(Stop::TooLarge(max + 1)));
+        // A body over the limit is refused as it arrives; one within passes whole; a field over
+        // its limit in the first bytes of a huge message is named.
+        let (root, _) = PLANS.methods[PLACE];
+        let read = |body: Vec<u8>| read_counted(Body::new(Full::new(Bytes::from(body))), root, max);
+        let mut huge = lines(1);
+        huge.request_id = "r".repeat(max);
+        let refused = read(frame(&huge.encode_to_vec())).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        let body = frame(&big.encode_to_vec());
+        assert_eq!(read(body.clone()).await.unwrap(), body);
+        let mut many = lines(MAX_LINES + 1);
+        many.request_id = "r".repeat(max);
+        let refused = read(frame(&many.encode_to_vec())).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "request_id comes first"
+        );
+        many.request_id = "r".into();
+        many.payment_method = "p".repeat(max);
+        let refused = read(frame(&many.encode_to_vec())).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(crate::error::violated_fields(&refused), ["lines"]);
         // Compressed and malformed bodies are left to the codec.
         let mut compressed = frame(&lines(1).encode_to_vec());
         compressed[0] = 1;
