@@ -389,6 +389,7 @@ async fn a_connections_waits_beyond_its_limit_are_refused_not_queued() {
     );
     for status in &refused {
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("connection"), "{status:?}");
     }
     assert!(took < Duration::from_secs(10), "refused after {took:?}");
     // The 8 still wait; another connection is served.
@@ -536,7 +537,7 @@ async fn five_thousand_waits_over_many_connections_cost_postgres_o1_queries_a_se
         (window + Duration::from_secs(11)).as_secs_f64()
     );
     assert!(
-        waiting - idle <= 5.0,
+        waiting - idle <= 10.0,
         "{waiting:.1} queries/s with {WAITERS} waiters, {idle:.1} idle"
     );
     assert!(polls <= 30.0, "{polls} shared polls in 26 s");
