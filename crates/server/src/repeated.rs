@@ -859,6 +859,19 @@ mod tests {
             Some(MIN_MESSAGE_BYTES)
         );
         assert_eq!(max_message_bytes("/grpc.health.v1.Health/Check"), None);
+        // The values docs/operations.md, "Request limits", gives.
+        for (path, kib) in [
+            (PLACE, 128),
+            ("/sagaflow.inventory.v1.InventoryService/GetProduct", 128),
+            ("/sagaflow.orchestrator.v1.OrchestratorService/StartOrderSaga", 128),
+            ("/sagaflow.ranking.v1.RankingService/TopProducts", 128),
+            ("/sagaflow.coupon.v1.CouponService/GetCoupon", 16),
+            ("/sagaflow.payment.v1.PaymentService/GetPayment", 16),
+            ("/sagaflow.workflow.v1.SagaAdminService/GetSaga", 16),
+            ("/sagaflow.order.v1.OutboxAdminService/ListDeadLetters", 16),
+        ] {
+            assert_eq!(max_message_bytes(path), Some(kib * 1024), "{path}");
+        }
         // A body over the limit is refused as it arrives; one within passes whole; a field over
         // its limit in the first bytes of a huge message is named.
         let (root, _) = PLANS.methods[PLACE];
