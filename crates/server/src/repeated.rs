@@ -863,7 +863,10 @@ mod tests {
         for (path, kib) in [
             (PLACE, 128),
             ("/sagaflow.inventory.v1.InventoryService/GetProduct", 128),
-            ("/sagaflow.orchestrator.v1.OrchestratorService/StartOrderSaga", 128),
+            (
+                "/sagaflow.orchestrator.v1.OrchestratorService/StartOrderSaga",
+                128,
+            ),
             ("/sagaflow.ranking.v1.RankingService/TopProducts", 128),
             ("/sagaflow.coupon.v1.CouponService/GetCoupon", 16),
             ("/sagaflow.payment.v1.PaymentService/GetPayment", 16),

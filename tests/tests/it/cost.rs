@@ -502,7 +502,9 @@ async fn five_thousand_waits_over_many_connections_cost_postgres_o1_queries_a_se
         .map(|(_, db)| db.split('?').next().unwrap_or(db).to_owned())
         .unwrap();
     let admin = sqlx::PgPool::connect(&inventory_db.url).await.unwrap();
-    let window = Duration::from_secs(15);
+    // Each caller waits at most 60 s: registering them, the 11 s for the statistics and the
+    // window must fit in that.
+    let window = Duration::from_secs(10);
 
     // Idle: what the relay, retention and pool do without anyone waiting.
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -518,7 +520,8 @@ async fn five_thousand_waits_over_many_connections_cost_postgres_o1_queries_a_se
         .collect();
     let started = Instant::now();
     wait_for_waiters(&metrics, WAITERS).await;
-    println!("{WAITERS} waiters registered in {:?}", started.elapsed());
+    let registered = started.elapsed();
+    println!("{WAITERS} waiters registered in {registered:?}");
     let polls_before = sample(&scrape(&metrics), WAIT_POLLS);
     // Each caller's first read is flushed to the statistics within 10 s; then measure.
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -527,7 +530,7 @@ async fn five_thousand_waits_over_many_connections_cost_postgres_o1_queries_a_se
     assert_eq!(
         sample(&scrape(&metrics), WAITERS_GAUGE),
         WAITERS as f64,
-        "every caller still waits through the measurement"
+        "every caller still waits through the measurement (registering took {registered:?})"
     );
     println!(
         "PostgreSQL queries a second on the order database: {idle:.1} idle, {waiting:.1} with \
@@ -540,7 +543,7 @@ async fn five_thousand_waits_over_many_connections_cost_postgres_o1_queries_a_se
         waiting - idle <= 10.0,
         "{waiting:.1} queries/s with {WAITERS} waiters, {idle:.1} idle"
     );
-    assert!(polls <= 30.0, "{polls} shared polls in 26 s");
+    assert!(polls <= 25.0, "{polls} shared polls in 21 s");
     for call in calls {
         call.abort();
     }
