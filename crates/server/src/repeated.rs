@@ -124,6 +124,8 @@ struct Plans {
     plans: Vec<Plan>,
     /// Request path → (root plan, the service's largest legitimate message in bytes).
     methods: HashMap<String, (usize, usize)>,
+    /// Service full name → its largest legitimate message in bytes.
+    services: HashMap<String, usize>,
 }
 
 impl Plans {
@@ -157,6 +159,7 @@ impl Plans {
             for (path, root) in roots {
                 plans.methods.insert(path, (root, limit));
             }
+            plans.services.insert(service.full_name().to_owned(), limit);
         }
         plans
     }
@@ -267,6 +270,18 @@ static PLANS: LazyLock<Plans> = LazyLock::new(|| {
 /// sagaflow RPC (health, reflection).
 pub fn max_message_bytes(path: &str) -> Option<usize> {
     PLANS.methods.get(path).map(|(_, limit)| *limit)
+}
+
+/// The `max_decoding_message_size` of the generated server of `service` (its full name,
+/// `sagaflow.order.v1.OrderService`): the same per-service limit as [`max_message_bytes`], so
+/// that tonic's codec holds it too (`XServiceServer::new(svc).max_decoding_message_size(..)`);
+/// tonic's 4 MiB default for a name that is not a sagaflow service.
+pub fn max_decoding_message_size(service: &str) -> usize {
+    PLANS
+        .services
+        .get(service)
+        .copied()
+        .unwrap_or(crate::limits::DEFAULT_MAX_MESSAGE_BYTES)
 }
 
 /// Where the pass stands in one message it is inside.
@@ -859,6 +874,10 @@ mod tests {
             Some(MIN_MESSAGE_BYTES)
         );
         assert_eq!(max_message_bytes("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            max_decoding_message_size("sagaflow.order.v1.OrderService"),
+            128 * 1024
+        );
         // The values docs/operations.md, "Request limits", gives.
         for (path, kib) in [
             (PLACE, 128),

@@ -166,6 +166,8 @@ impl OrderService {
     /// ([`OUTBOX_ADMIN_SERVICE_NAME`]).
     pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
         routes.add_service(admin::OutboxAdmin::new(self.db.clone()).into_server());
-        routes.add_service(OrderServiceServer::new(self));
+        routes.add_service(OrderServiceServer::new(self).max_decoding_message_size(
+            sagaflow_server::repeated::max_decoding_message_size(SERVICE_NAME),
+        ));
     }
 }
