@@ -2,18 +2,22 @@
 //! server reflection in both v1 and v1alpha (grpcurl 1.8.6 speaks only v1alpha),
 //! behind the tracing layer (one span per call, parented to the caller's `traceparent`;
 //! [`sagaflow_telemetry::propagation::TraceLayer`]), the access layer ([`crate::access`]: each
-//! RPC's class from the protos, enforced), the per-user rate limit ([`crate::limits`]), the
+//! RPC's class from the protos, enforced), the count of repeated fields and the per-service
+//! message limit ([`crate::repeated`]), the per-user rate limit ([`crate::limits`]), the
 //! fault-injection layer ([`crate::faults`]) and the string-field guard
 //! ([`crate::string_guard`]: INVALID_ARGUMENT for a control character in any string field of a
 //! request, RESOURCE_EXHAUSTED for a message over the size limit), with TLS when configured
-//! ([`crate::tls`]), tonic's per-connection concurrency limit and request timeout, and graceful
-//! shutdown that finishes in-flight calls ([`ServerOptions`]; docs/operations.md, "Security").
+//! ([`crate::tls`]), tonic's per-connection concurrency limit (calls over it shed, not queued),
+//! the server-wide call limit ([`crate::limits::CallLimitLayer`]), request timeout, HTTP/2
+//! keepalive and connection age, and graceful shutdown that finishes in-flight calls
+//! ([`ServerOptions`]; docs/operations.md, "Security" and "Request limits").
 //!
 //! ```text
 //!  TcpListener ─ TLS (rustls, optional client certificate) ─┐
-//!   concurrency per connection, request timeout             ├─▶ TraceLayer ─▶ AccessLayer ─▶ KeyedRateLimitLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ Routes ─┬─ caller's services
-//!  InProcess (embedded only) ───────────────────────────────┘   (layers(), one stack for both)                                                               ├─ grpc.health.v1.Health
-//!                                                                                                                                                            └─ grpc.reflection.{v1,v1alpha}.ServerReflection
+//!   calls per connection (shed), per server (CallLimitLayer),│
+//!   request timeout, keepalive, connection age              ├─▶ TraceLayer ─▶ AccessLayer ─▶ RepeatedLimitLayer ─▶ KeyedRateLimitLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ Routes ─┬─ caller's services
+//!  InProcess (embedded only) ───────────────────────────────┘   (layers(), one stack for both)                                                                                      ├─ grpc.health.v1.Health
+//!                                                                                                                                                                                   └─ grpc.reflection.{v1,v1alpha}.ServerReflection
 //! ```
 //!
 //! The tracing layer is outermost so that a refusal, an injected fault, and a request the guard
