@@ -504,6 +504,56 @@ mod tests {
         assert_eq!(details.error_info().unwrap().reason, "RATE_LIMITED");
     }
 
+    #[tokio::test]
+    async fn calls_over_the_server_limit_are_refused_at_once() {
+        use tower::ServiceExt as _;
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = futures::FutureExt::shared(released);
+        let inner = tower::service_fn(move |_req: http::Request<Body>| {
+            let released = released.clone();
+            async move {
+                let _ = released.await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+            }
+        });
+        let mut service = CallLimitLayer::new(1).layer(inner);
+        // `call` takes the place at once: the first call holds it until released, and the
+        // second is answered without reaching the inner service.
+        let first = service
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(Body::empty()));
+        let first = tokio::spawn(first);
+        let second = service
+            .clone()
+            .oneshot(http::Request::new(Body::empty()))
+            .await
+            .unwrap();
+        let status = Status::from_header_map(second.headers()).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "SERVER_BUSY"
+        );
+        release.send(()).unwrap();
+        assert!(
+            first
+                .await
+                .unwrap()
+                .unwrap()
+                .headers()
+                .get("grpc-status")
+                .is_none()
+        );
+        // The place is free again.
+        let third = service
+            .oneshot(http::Request::new(Body::empty()))
+            .await
+            .unwrap();
+        assert!(third.headers().get("grpc-status").is_none());
+    }
+
     #[test]
     fn flags_make_limits() {
         let limits = LimitArgs::default().limits();

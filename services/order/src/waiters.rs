@@ -278,6 +278,45 @@ mod tests {
         assert_eq!(waiters.total(), 0);
     }
 
+    /// An order made terminal behind this process's back (no announce) wakes its callers
+    /// through the shared poll: one query per interval while anyone waits, none while nobody
+    /// does.
+    #[tokio::test]
+    async fn the_shared_poll_wakes_callers_of_orders_finished_elsewhere() {
+        let store = sagaflow_testkit::TestDatabase::sqlite("waiters");
+        let db = Db::connect(
+            &store.url,
+            crate::migrations(),
+            &sagaflow_server::PoolConfig::default(),
+        )
+        .await
+        .unwrap();
+        let waiters = Waiters::new(10);
+        let stop = CancellationToken::new();
+        let poll = tokio::spawn(waiters.poll(db.clone(), Duration::from_millis(20), stop.clone()));
+        assert!(waiters.is_polled());
+        let waiting = waiters.wait_for("o-1").unwrap();
+        let woken = waiting.notify().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO orders (order_id, request_id, user_id, subtotal, discount, points, \
+             payable, status, payment_method, created_at, updated_at) \
+             VALUES ('o-1', 'r-1', 'alice', 10, 0, 0, 10, 'COMPLETED', 'tok_ok', $1, $1)",
+        )
+        .bind(now)
+        .execute(db.pool())
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), woken)
+            .await
+            .expect("the shared poll announces the order");
+        stop.cancel();
+        poll.await.unwrap();
+        db.close().await;
+    }
+
     #[test]
     fn callers_over_the_cap_are_refused_and_a_freed_place_is_taken_again() {
         let waiters = Waiters::new(2);
