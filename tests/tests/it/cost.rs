@@ -550,3 +550,57 @@ async fn five_thousand_waits_over_many_connections_cost_postgres_o1_queries_a_se
     }
     admin.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_over_the_processs_cap_are_refused_with_a_reason() {
+    use tonic_types::StatusExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dev = dev(
+        &dir.path().join("data"),
+        &[
+            "--max-order-waiters",
+            "3",
+            "--gateway-slow-ms",
+            "120000",
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    let channel = Channel::from_shared(dev.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut orders = OrderServiceClient::new(channel.clone());
+    let order = orders
+        .place_order(slow_order("cost-cap"))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = OrderServiceClient::new(channel.clone());
+            let request = get(&order.order_id, 30);
+            tokio::spawn(async move { client.get_order(request).await })
+        })
+        .collect();
+    wait_for_waiters(&metrics, 3).await;
+    let refused = orders
+        .get_order(get(&order.order_id, 30))
+        .await
+        .unwrap_err();
+    println!("the 4th wait: {refused:?}");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let info = refused.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "TOO_MANY_WAITERS");
+    assert_eq!(info.metadata["max_waiters"], "3");
+    // A read without `wait` is not a waiter and is served.
+    let now = orders.get_order(get(&order.order_id, 0)).await.unwrap();
+    assert_eq!(now.into_inner().order.unwrap().order_id, order.order_id);
+    for call in waiting {
+        call.abort();
+    }
+}
