@@ -189,6 +189,11 @@ impl Process {
         }
     }
 
+    /// The process id, while the process runs (for reading `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The address the server bound, `127.0.0.1:PORT`.
     pub fn addr(&self) -> &str {
         &self.addr

@@ -94,6 +94,8 @@ pub struct DevArgs {
     pub metrics: MetricsArgs,
     #[command(flatten)]
     pub retention: sagaflow_server::config::RetentionArgs,
+    #[command(flatten)]
+    pub server_limits: sagaflow_server::limits::ServerLimitArgs,
     /// Listen on a non-loopback address although `dev` is unauthenticated (only on a network
     /// where every host that can reach the port is trusted).
     #[arg(long, env = "SAGAFLOW_INSECURE")]
@@ -253,7 +255,7 @@ impl EmbeddedConfig {
             retention: args.retention.config(args.saga_deadline_ms)?,
             events: args.events.settings(),
             security: Security::default(),
-            limits: Limits::default(),
+            limits: args.server_limits.limits(),
         })
     }
 }
@@ -344,6 +346,7 @@ impl Embedded {
                 saga_deadline: config.saga_deadline,
             },
             events: config.events.clone(),
+            max_order_waiters: config.limits.max_order_waiters,
         };
         let peers = Peers::single(local.clone());
         let mut running = Running::default();

@@ -403,6 +403,7 @@ async fn serve_with(
                 saga_deadline: Duration::from_millis(args.engine.saga_deadline_ms),
             },
             events: args.events.settings(),
+            max_order_waiters: args.security.limits.limits().max_order_waiters,
         };
     // The port first: a port in use changes nothing (no migration, no relay started).
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| {

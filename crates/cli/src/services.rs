@@ -186,11 +186,16 @@ impl Service {
             }
             Self::Order => {
                 let waker = RelayWaker::default();
-                sagaflow_order::OrderService::new(db.clone(), peers.inventory.clone())
+                let order = sagaflow_order::OrderService::new(db.clone(), peers.inventory.clone())
                     .with_payment_methods(settings.payment_methods.clone())
                     .with_relay_waker(waker.clone())
                     .with_shutdown(running.stop.clone())
-                    .register(routes);
+                    .with_max_waiters(settings.max_order_waiters);
+                running.background.push((
+                    "GetOrder wait poll",
+                    tokio::spawn(order.poll_waiters(running.stop.clone())),
+                ));
+                order.register(routes);
                 let publisher: Arc<dyn Publisher> = match &settings.events.bus {
                     EventBus::Grpc => Arc::new(relay::OrderGrpcPublisher::new(
                         peers.orchestrator.clone(),
@@ -410,6 +415,8 @@ pub struct Settings {
     pub engine: EngineSettings,
     /// Order, Inventory, Ranking, orchestrator: how events travel.
     pub events: EventSettings,
+    /// Order: GetOrder callers kept waiting at once (`--max-order-waiters`).
+    pub max_order_waiters: usize,
 }
 
 /// The outbox relays of Order and Inventory (docs/architecture.md, "Events").

@@ -65,8 +65,48 @@ pub enum ServiceError {
     Internal(#[source] anyhow::Error),
 }
 
+/// Most violations an INVALID_ARGUMENT reports (message and `BadRequest`); the rest are
+/// counted in a last entry, "and N more" (docs/operations.md, "Request limits").
+pub const MAX_REPORTED_VIOLATIONS: usize = 20;
+
+/// Longest field path or description reported, bytes (longer ones are cut, with `…`).
+pub const MAX_VIOLATION_TEXT_BYTES: usize = 256;
+
+/// `text` cut to at most [`MAX_VIOLATION_TEXT_BYTES`] bytes on a character boundary.
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_VIOLATION_TEXT_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_VIOLATION_TEXT_BYTES - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The violations a status reports: at most [`MAX_REPORTED_VIOLATIONS`], each text bounded,
+/// then one entry for the request as a whole saying how many more there were.
+fn reported(violations: &[Violation]) -> Vec<Violation> {
+    let mut out: Vec<Violation> = violations
+        .iter()
+        .take(MAX_REPORTED_VIOLATIONS)
+        .map(|v| Violation {
+            field: bounded(&v.field),
+            description: bounded(&v.description),
+        })
+        .collect();
+    let more = violations.len().saturating_sub(MAX_REPORTED_VIOLATIONS);
+    if more > 0 {
+        out.push(Violation {
+            field: String::new(),
+            description: format!("and {more} more"),
+        });
+    }
+    out
+}
+
 fn describe(violations: &[Violation]) -> String {
-    violations
+    reported(violations)
         .iter()
         .map(|v| {
             if v.field.is_empty() {
@@ -136,7 +176,7 @@ impl From<ServiceError> for Status {
             ServiceError::InvalidArgument(violations) => {
                 let message = format!("invalid argument: {}", describe(&violations));
                 let details = ErrorDetails::with_bad_request(
-                    violations
+                    reported(&violations)
                         .into_iter()
                         .map(|v| FieldViolation::new(v.field, v.description))
                         .collect::<Vec<_>>(),
@@ -236,6 +276,28 @@ mod tests {
             status.message(),
             "invalid argument: the request contains a character the database cannot store"
         );
+    }
+
+    #[test]
+    fn at_most_twenty_violations_are_reported_each_bounded() {
+        let violations: Vec<Violation> = (0..2_000)
+            .map(|i| Violation {
+                field: format!("lines[{i}].sku"),
+                description: "x".repeat(10_000),
+            })
+            .collect();
+        let status: Status = ServiceError::InvalidArgument(violations).into();
+        let fields = violated_fields(&status);
+        assert_eq!(fields.len(), MAX_REPORTED_VIOLATIONS + 1);
+        assert_eq!(fields[19], "lines[19].sku");
+        assert_eq!(fields[20], "");
+        let details = status.get_details_bad_request().unwrap();
+        assert_eq!(details.field_violations[20].description, "and 1980 more");
+        assert!(details.field_violations[0].description.len() <= MAX_VIOLATION_TEXT_BYTES);
+        assert!(status.message().ends_with("the request and 1980 more"));
+        assert!(status.message().len() < 21 * 2 * MAX_VIOLATION_TEXT_BYTES);
+        // A cut lands on a character boundary.
+        assert!(bounded(&"한".repeat(200)).len() <= MAX_VIOLATION_TEXT_BYTES);
     }
 
     #[test]

@@ -2,18 +2,22 @@
 //! server reflection in both v1 and v1alpha (grpcurl 1.8.6 speaks only v1alpha),
 //! behind the tracing layer (one span per call, parented to the caller's `traceparent`;
 //! [`sagaflow_telemetry::propagation::TraceLayer`]), the access layer ([`crate::access`]: each
-//! RPC's class from the protos, enforced), the per-user rate limit ([`crate::limits`]), the
+//! RPC's class from the protos, enforced), the count of repeated fields and the per-service
+//! message limit ([`crate::repeated`]), the per-user rate limit ([`crate::limits`]), the
 //! fault-injection layer ([`crate::faults`]) and the string-field guard
 //! ([`crate::string_guard`]: INVALID_ARGUMENT for a control character in any string field of a
 //! request, RESOURCE_EXHAUSTED for a message over the size limit), with TLS when configured
-//! ([`crate::tls`]), tonic's per-connection concurrency limit and request timeout, and graceful
-//! shutdown that finishes in-flight calls ([`ServerOptions`]; docs/operations.md, "Security").
+//! ([`crate::tls`]), tonic's per-connection concurrency limit (calls over it shed, not queued),
+//! the server-wide call limit ([`crate::limits::CallLimitLayer`]), request timeout, HTTP/2
+//! keepalive and connection age, and graceful shutdown that finishes in-flight calls
+//! ([`ServerOptions`]; docs/operations.md, "Security" and "Request limits").
 //!
 //! ```text
 //!  TcpListener ─ TLS (rustls, optional client certificate) ─┐
-//!   concurrency per connection, request timeout             ├─▶ TraceLayer ─▶ AccessLayer ─▶ KeyedRateLimitLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ Routes ─┬─ caller's services
-//!  InProcess (embedded only) ───────────────────────────────┘   (layers(), one stack for both)                                                               ├─ grpc.health.v1.Health
-//!                                                                                                                                                            └─ grpc.reflection.{v1,v1alpha}.ServerReflection
+//!   calls per connection (shed), per server (CallLimitLayer),│
+//!   request timeout, keepalive, connection age              ├─▶ TraceLayer ─▶ AccessLayer ─▶ RepeatedLimitLayer ─▶ KeyedRateLimitLayer ─▶ FaultLayer ─▶ StringGuardLayer ─▶ Routes ─┬─ caller's services
+//!  InProcess (embedded only) ───────────────────────────────┘   (layers(), one stack for both)                                                                                      ├─ grpc.health.v1.Health
+//!                                                                                                                                                                                   └─ grpc.reflection.{v1,v1alpha}.ServerReflection
 //! ```
 //!
 //! The tracing layer is outermost so that a refusal, an injected fault, and a request the guard
@@ -186,16 +190,30 @@ async fn serve_routes(
     // client's delayed ACK, 40 ms on Linux.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let limits = &options.limits;
+    // Calls over the per-connection limit are shed (RESOURCE_EXHAUSTED), not queued: HTTP/2
+    // lets more streams in than that, so they reach the server instead of waiting in the
+    // client (docs/operations.md, "Request limits").
     let mut builder = tonic::transport::Server::builder()
+        .load_shed(true)
         .concurrency_limit_per_connection(
             usize::try_from(limits.max_concurrent_per_connection).unwrap_or(usize::MAX),
         )
-        .max_concurrent_streams(Some(limits.max_concurrent_per_connection))
-        .timeout(limits.request_timeout);
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .timeout(limits.request_timeout)
+        .http2_keepalive_interval(limits.http2_keepalive_interval)
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
+    if let Some(age) = limits.max_connection_age {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(limits.request_timeout);
+    }
     if let Some(tls) = options.tls.clone() {
         builder = builder.tls_config(tls)?;
     }
     builder
+        .layer(crate::limits::CallLimitLayer::new(
+            limits.max_concurrent_calls,
+        ))
         .layer(layers.into_inner())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {

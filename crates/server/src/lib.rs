@@ -6,6 +6,8 @@
 //!   "Security");
 //! - [`tls`]: TLS of listeners and clients (rustls), `--tls-cert`, `--tls-key`, `--tls-ca`;
 //! - [`limits`]: message size, concurrency, timeout and per-user rate limits of every server;
+//! - [`repeated`]: repeated fields counted on the wire and refused over their limits before any
+//!   decoding, and each service's message size limit;
 //! - [`audit`]: the audit of admin actions, one table shape and its listing for every service;
 //! - [`config`]: flags and `SAGAFLOW_*` environment variables (clap) shared by every process;
 //! - [`db`]: sqlx pools and migrations for PostgreSQL and SQLite chosen by the URL, and each
@@ -61,6 +63,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod outbox;
 pub mod relay;
+pub mod repeated;
 pub mod retention;
 pub mod stack;
 pub mod string_guard;

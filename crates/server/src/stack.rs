@@ -14,26 +14,32 @@ use crate::{
     faults::{FaultLayer, FaultService},
     grpc::ServerOptions,
     limits::{KeyedRateLimit, KeyedRateLimitLayer},
+    repeated::{RepeatedLimit, RepeatedLimitLayer},
     string_guard::{StringGuardLayer, StringGuardService},
 };
 
 /// The layers in front of the routes of every sagaflow server, outermost first: [`TraceLayer`],
-/// [`AccessLayer`], [`KeyedRateLimitLayer`], [`FaultLayer`], [`StringGuardLayer`]. The TCP server
+/// [`AccessLayer`], [`RepeatedLimitLayer`], [`KeyedRateLimitLayer`], [`FaultLayer`],
+/// [`StringGuardLayer`]. The TCP server
 /// and the in-process transport are built from one value of it, so they cannot drift apart.
 pub type Layers = ServiceBuilder<
     Stack<
         StringGuardLayer,
         Stack<
             FaultLayer,
-            Stack<KeyedRateLimitLayer, Stack<AccessLayer, Stack<TraceLayer, Identity>>>,
+            Stack<
+                KeyedRateLimitLayer,
+                Stack<RepeatedLimitLayer, Stack<AccessLayer, Stack<TraceLayer, Identity>>>,
+            >,
         >,
     >,
 >;
 
 /// The routes behind [`Layers`]: what one request goes through once it is on the server, over TCP
 /// (after tonic's own `grpc-timeout` timer) or in-process.
-pub type ServerStack =
-    TraceService<AccessService<KeyedRateLimit<FaultService<StringGuardService<Routes>>>>>;
+pub type ServerStack = TraceService<
+    AccessService<RepeatedLimit<KeyedRateLimit<FaultService<StringGuardService<Routes>>>>>,
+>;
 
 /// The [`Layers`] of a server with `options`: its access policy, its limits, the faults it
 /// injects (none when empty).
@@ -44,6 +50,10 @@ pub fn layers(options: &ServerOptions) -> Layers {
         // Before anything reads the body or injects a fault: a caller without the right
         // credential gets nothing but its refusal (docs/operations.md, "Security").
         .layer(AccessLayer::new(options.access.clone()))
+        // Before anything decodes the body: repeated fields are counted on the wire and refused
+        // over their limits, messages over their service's size (docs/operations.md, "Request
+        // limits").
+        .layer(RepeatedLimitLayer::new(options.limits.max_message_bytes))
         .layer(KeyedRateLimitLayer::new(&options.limits))
         .layer(FaultLayer::new(options.faults.clone()))
         .layer(StringGuardLayer::new(options.limits.max_message_bytes))

@@ -197,7 +197,12 @@ where
                 Verdict::Reject(violations) => {
                     tracing::info!(
                         path = parts.uri.path(),
-                        fields = ?violations.iter().map(|v| v.field.as_str()).collect::<Vec<_>>(),
+                        count = violations.len(),
+                        fields = ?violations
+                            .iter()
+                            .take(crate::error::MAX_REPORTED_VIOLATIONS)
+                            .map(|v| v.field.as_str())
+                            .collect::<Vec<_>>(),
                         "request refused: control characters in string fields"
                     );
                     Ok(Status::from(ServiceError::InvalidArgument(violations)).into_http())

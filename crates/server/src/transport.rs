@@ -8,7 +8,7 @@
 //!  XServiceClient<TracedTransport>: protobuf encode, TraceInterceptor (traceparent), grpc-timeout
 //!      │
 //!      ├─ Transport::Tcp(Channel) ─▶ HTTP/2 over TCP ─▶ tonic server: grpc-timeout ─┐
-//!      │                                                                            ├─▶ TraceLayer ─▶ AccessLayer ─▶ KeyedRateLimitLayer ─▶ FaultLayer
+//!      │                                                                            ├─▶ TraceLayer ─▶ AccessLayer ─▶ RepeatedLimitLayer ─▶ KeyedRateLimitLayer ─▶ FaultLayer
 //!      └─ Transport::InProcess ─────────────────────▶ grpc-timeout (as tonic's) ────┘   ─▶ StringGuardLayer ─▶ Routes
 //! ```
 //!

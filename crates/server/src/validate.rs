@@ -44,7 +44,13 @@ pub const MAX_PAGE_SIZE: i32 = 1000;
 /// Page size used when a request gives 0.
 pub const DEFAULT_PAGE_SIZE: i32 = 50;
 
-/// Accumulates field violations.
+/// Most violations a [`Validator`] keeps; later ones are dropped (a status reports at most
+/// [`crate::error::MAX_REPORTED_VIOLATIONS`] of them anyway). Requests reach a validator with
+/// at most [`MAX_LINES`] elements per repeated field ([`crate::repeated`]), so this only bounds
+/// the work of one that did not.
+pub const MAX_KEPT_VIOLATIONS: usize = 1_000;
+
+/// Accumulates field violations (at most [`MAX_KEPT_VIOLATIONS`]).
 #[derive(Debug, Default)]
 pub struct Validator {
     violations: Vec<Violation>,
@@ -58,6 +64,9 @@ impl Validator {
 
     /// Records a violation of `field` (once: the same field and description again is ignored).
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        if self.violations.len() >= MAX_KEPT_VIOLATIONS {
+            return;
+        }
         let violation = Violation {
             field: field.into(),
             description: description.into(),

@@ -58,6 +58,8 @@ impl CouponService {
 
     /// Adds the service to a tonic router (`CouponServiceServer::new(self)`).
     pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(CouponServiceServer::new(self));
+        routes.add_service(CouponServiceServer::new(self).max_decoding_message_size(
+            sagaflow_server::repeated::max_decoding_message_size(SERVICE_NAME),
+        ));
     }
 }

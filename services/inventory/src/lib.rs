@@ -80,6 +80,8 @@ impl InventoryService {
 
     /// Adds the service to a tonic router (`InventoryServiceServer::new(self)`).
     pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(InventoryServiceServer::new(self));
+        routes.add_service(InventoryServiceServer::new(self).max_decoding_message_size(
+            sagaflow_server::repeated::max_decoding_message_size(SERVICE_NAME),
+        ));
     }
 }

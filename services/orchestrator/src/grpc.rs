@@ -40,7 +40,11 @@ impl OrchestratorService {
 
     /// Adds the tonic server of this service to `routes`.
     pub fn register(self, routes: &mut RoutesBuilder) {
-        routes.add_service(OrchestratorServiceServer::new(self));
+        routes.add_service(
+            OrchestratorServiceServer::new(self).max_decoding_message_size(
+                sagaflow_server::repeated::max_decoding_message_size(crate::SERVICE_NAME),
+            ),
+        );
     }
 }
 

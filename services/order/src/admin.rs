@@ -26,7 +26,9 @@ impl OutboxAdmin {
     }
 
     pub(crate) fn into_server(self) -> OutboxAdminServiceServer<Self> {
-        OutboxAdminServiceServer::new(self)
+        OutboxAdminServiceServer::new(self).max_decoding_message_size(
+            sagaflow_server::repeated::max_decoding_message_size(crate::OUTBOX_ADMIN_SERVICE_NAME),
+        )
     }
 }
 

@@ -348,16 +348,27 @@ impl OrderService {
     }
 
     /// The order, once it is terminal or `wait` has passed (at once when `wait` is zero).
-    /// Woken by this process's notice for this order; re-reads every [`WAIT_POLL_INTERVAL`] for
-    /// changes made elsewhere. Bounded by `wait` (at most 60 s, validated).
+    /// Woken by the notice of this order (this process's CompleteOrder and FailOrder, and the
+    /// shared poll for changes made elsewhere; `crate::waiters`): it reads the order when it
+    /// starts and when woken, not on a timer. Bounded by `wait` (at most 60 s, validated).
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED, reason `TOO_MANY_WAITERS`, when the process already keeps its cap of
+    /// waiting callers (`--max-order-waiters`); NOT_FOUND for an unknown order.
     async fn wait_for_terminal(&self, order_id: &str, wait: Duration) -> Result<Order, Status> {
+        if wait.is_zero() {
+            let mut conn = self.db.connection().await?;
+            return Ok(load_existing(&mut conn, order_id).await?);
+        }
         let deadline = tokio::time::Instant::now() + wait;
-        let waiting = self.waiters.wait_for(order_id);
+        let waiting = self.waiters.wait_for(order_id).map_err(too_many_waiters)?;
         tracing::debug!(
             order_id,
             wait_ms = wait.as_millis() as u64,
             "GetOrder is waiting for a terminal status"
         );
+        // Without the shared poll (a service built in a test), re-read on a timer instead.
+        let polled = self.waiters.is_polled();
         loop {
             // Listen before the read, so a change between the read and the wait is seen.
             let notified = waiting.notify().notified();
@@ -370,7 +381,11 @@ impl OrderService {
             if order.status.is_terminal() || now >= deadline {
                 return Ok(order);
             }
-            let nap = WAIT_POLL_INTERVAL.min(deadline - now);
+            let nap = if polled {
+                deadline - now
+            } else {
+                WAIT_POLL_INTERVAL.min(deadline - now)
+            };
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep(nap) => {}
@@ -378,6 +393,24 @@ impl OrderService {
             }
         }
     }
+}
+
+/// RESOURCE_EXHAUSTED for a GetOrder wait over the process's cap.
+fn too_many_waiters(err: crate::waiters::TooManyWaiters) -> Status {
+    use tonic_types::StatusExt as _;
+    tracing::info!(max = err.max, "GetOrder wait refused: too many waiters");
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "this server already keeps {} GetOrder calls waiting: retry later, or without `wait`",
+            err.max
+        ),
+        tonic_types::ErrorDetails::with_error_info(
+            "TOO_MANY_WAITERS",
+            sagaflow_server::error::ERROR_DOMAIN,
+            HashMap::from([("max_waiters".to_owned(), err.max.to_string())]),
+        ),
+    )
 }
 
 /// Checks every field of PlaceOrder (each invalid one named in the INVALID_ARGUMENT) and returns

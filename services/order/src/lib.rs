@@ -15,8 +15,9 @@
 //!  PlaceOrder ─validate─▶ replay? ─no─▶ Inventory.BatchGetProducts (one call) ─▶ price
 //!      └─▶ one transaction: order PENDING + lines + history + OutboxEvent(OrderCreated) + key
 //!  CompleteOrder / FailOrder ─▶ one transaction: status + history + OutboxEvent + key
-//!      └─▶ in-process notice for that order ─▶ wakes its GetOrder{wait} callers (which also
-//!          re-read every second, to see changes made by another replica)
+//!      └─▶ in-process notice for that order ─▶ wakes its GetOrder{wait} callers (and one
+//!          shared poll a second, `OrderService::poll_waiters`, notices the changes made by
+//!          another replica; docs/operations.md, "Request limits")
 //! ```
 //!
 //! An order's saga id is its order id: the orchestrator starts the saga keyed by the order id.
@@ -43,6 +44,8 @@ pub mod relay;
 mod store;
 mod waiters;
 
+pub use waiters::{WAIT_POLLS, WAITERS_GAUGE};
+
 /// The fully-qualified gRPC service name (for health and reflection).
 pub const SERVICE_NAME: &str = "sagaflow.order.v1.OrderService";
 
@@ -53,8 +56,10 @@ pub const OUTBOX_ADMIN_SERVICE_NAME: &str = "sagaflow.order.v1.OutboxAdminServic
 /// How long PlaceOrder waits for Inventory to price an order before answering UNAVAILABLE.
 pub const INVENTORY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often a waiting GetOrder re-reads the order (changes made by another replica, or by the
-/// outbox relay failing an undeliverable order, do not reach this process's notices).
+/// How often the shared poll of GetOrder's waiters looks for orders that another replica (or
+/// the outbox relay failing an undeliverable order) made terminal, as such changes do not reach
+/// this process's notices; without the shared poll, how often each waiting caller re-reads its
+/// order.
 pub const WAIT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 sagaflow_server::service_migrations!(
@@ -128,6 +133,27 @@ impl OrderService {
         self
     }
 
+    /// The same service, keeping at most `max` GetOrder callers waiting at once (one more is
+    /// RESOURCE_EXHAUSTED, reason `TOO_MANY_WAITERS`; docs/operations.md, "Request limits").
+    /// Default: `sagaflow_server::limits::Limits::default().max_order_waiters`. Call before
+    /// [`OrderService::poll_waiters`].
+    pub fn with_max_waiters(mut self, max: usize) -> Self {
+        self.waiters = waiters::Waiters::new(max);
+        self
+    }
+
+    /// The shared poll of GetOrder's waiters, to run as a background task until `stop` is
+    /// cancelled: while anyone waits, one query every [`WAIT_POLL_INTERVAL`] for the orders that
+    /// reached a terminal status lately, whoever changed them, wakes their callers; the callers
+    /// themselves read only when they start and when woken. From this call on, callers count on
+    /// it (without it each re-reads its order every [`WAIT_POLL_INTERVAL`]).
+    pub fn poll_waiters(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.waiters.poll(self.db.clone(), WAIT_POLL_INTERVAL, stop)
+    }
+
     /// How many GetOrder callers of this process (this service and its clones) wait on
     /// `order_id` right now: a caller counts from when its wait starts on the server until it
     /// returns (tests wait on it instead of on time).
@@ -140,6 +166,8 @@ impl OrderService {
     /// ([`OUTBOX_ADMIN_SERVICE_NAME`]).
     pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
         routes.add_service(admin::OutboxAdmin::new(self.db.clone()).into_server());
-        routes.add_service(OrderServiceServer::new(self));
+        routes.add_service(OrderServiceServer::new(self).max_decoding_message_size(
+            sagaflow_server::repeated::max_decoding_message_size(SERVICE_NAME),
+        ));
     }
 }

@@ -89,6 +89,8 @@ impl PaymentService {
 
     /// Adds the gRPC service to `routes`.
     pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(PaymentServiceServer::new(self));
+        routes.add_service(PaymentServiceServer::new(self).max_decoding_message_size(
+            sagaflow_server::repeated::max_decoding_message_size(SERVICE_NAME),
+        ));
     }
 }

@@ -59,6 +59,8 @@ impl PointService {
 
     /// Adds the service to a tonic router (`PointServiceServer::new(self)`).
     pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(PointServiceServer::new(self));
+        routes.add_service(PointServiceServer::new(self).max_decoding_message_size(
+            sagaflow_server::repeated::max_decoding_message_size(SERVICE_NAME),
+        ));
     }
 }

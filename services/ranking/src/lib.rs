@@ -65,7 +65,9 @@ impl RankingService {
 
     /// Adds the gRPC service to `routes`.
     pub fn register(self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(RankingServiceServer::new(self));
+        routes.add_service(RankingServiceServer::new(self).max_decoding_message_size(
+            sagaflow_server::repeated::max_decoding_message_size(SERVICE_NAME),
+        ));
     }
 }
 

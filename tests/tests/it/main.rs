@@ -5,6 +5,7 @@
 
 mod chaos;
 mod clients;
+mod cost;
 mod crash_restart;
 mod dashboard;
 mod demo;
