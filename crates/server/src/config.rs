@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use crate::{
     access::{AccessPolicy, AdminTokens, DEFAULT_INTERNAL_IDENTITIES},
     db::{PoolConfig, SqliteSynchronous},
+    end_users::UserVerifier,
     faults::FaultConfig,
     limits::LimitArgs,
     retention::{
@@ -113,6 +114,50 @@ pub struct SecurityArgs {
     pub insecure: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub end_users: EndUserArgs,
+}
+
+/// End-user authentication on the public RPCs (docs/operations.md, "End users"): with an issuer
+/// and a key set, every public sagaflow RPC needs `authorization: Bearer <JWT>` (or an operator
+/// token); the user is the token's subject. Without them, public RPCs are anonymous.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EndUserArgs {
+    /// Issuer (`iss`) of the end users' bearer JWTs, e.g. `https://id.example.com/`; needs
+    /// --jwt-jwks-file. Unset: public RPCs are anonymous.
+    #[arg(long, env = "SAGAFLOW_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Audience the tokens must name in `aud`. Unset: a token that names any audience is refused.
+    #[arg(long, env = "SAGAFLOW_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The issuer's public keys, a JWKS file (`{"keys": [...]}`; EdDSA, ES256/384, RS/PS keys;
+    /// symmetric keys refused). Read at start.
+    #[arg(long, env = "SAGAFLOW_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+}
+
+impl EndUserArgs {
+    /// The verifier these flags describe; `None` without an issuer.
+    ///
+    /// # Errors
+    /// [`SecurityError::EndUsers`] for an issuer without a key set (or the reverse), an
+    /// audience without an issuer; [`SecurityError::KeySet`] when the file cannot be used.
+    pub fn verifier(&self) -> Result<Option<UserVerifier>, SecurityError> {
+        match (&self.jwt_issuer, &self.jwt_jwks_file) {
+            (None, None) if self.jwt_audience.is_none() => Ok(None),
+            (Some(issuer), Some(path)) => Ok(Some(UserVerifier::from_jwks_file(
+                issuer.clone(),
+                self.jwt_audience.clone(),
+                path,
+            )?)),
+            (Some(_), None) => Err(SecurityError::EndUsers(
+                "--jwt-issuer needs --jwt-jwks-file (the issuer's public keys)",
+            )),
+            (None, _) => Err(SecurityError::EndUsers(
+                "--jwt-jwks-file and --jwt-audience need --jwt-issuer",
+            )),
+        }
+    }
 }
 
 /// A server's security, resolved from [`SecurityArgs`].
@@ -158,6 +203,12 @@ pub enum SecurityError {
     /// The tokens file cannot be read.
     #[error(transparent)]
     Tokens(#[from] crate::access::TokenFileError),
+    /// End-user flags that do not go together.
+    #[error("{0}")]
+    EndUsers(&'static str),
+    /// The end users' key set cannot be read or used.
+    #[error("--jwt-jwks-file {0}")]
+    KeySet(#[from] crate::end_users::KeySetError),
 }
 
 impl SecurityArgs {
@@ -198,10 +249,11 @@ impl SecurityArgs {
             }
         }
         let internal = tls.has_ca().then(|| self.internal_identities.clone());
-        Ok(Security {
-            access: AccessPolicy::new(tokens, internal),
-            tls,
-        })
+        let mut access = AccessPolicy::new(tokens, internal);
+        if let Some(verifier) = self.end_users.verifier()? {
+            access = access.with_end_users(verifier, None);
+        }
+        Ok(Security { access, tls })
     }
 }
 
@@ -406,6 +458,39 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--tls-cert"), "{err}");
+    }
+
+    #[test]
+    fn end_user_flags_go_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::end_users::DevKey::load_or_create(dir.path()).unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, serde_json::to_string(&key.jwks()).unwrap()).unwrap();
+        let jwks = jwks.to_str().unwrap();
+        let on = resolve(
+            &["--jwt-issuer", "sagaflow-dev", "--jwt-jwks-file", jwks],
+            "127.0.0.1:1",
+        )
+        .unwrap();
+        assert!(on.access.authenticates_users());
+        assert!(!resolve(&[], "127.0.0.1:1").unwrap().access.authenticates_users());
+        for args in [
+            vec!["--jwt-issuer", "x"],
+            vec!["--jwt-jwks-file", jwks],
+            vec!["--jwt-audience", "shop"],
+        ] {
+            assert!(
+                matches!(resolve(&args, "127.0.0.1:1"), Err(SecurityError::EndUsers(_))),
+                "{args:?}"
+            );
+        }
+        let err = resolve(
+            &["--jwt-issuer", "x", "--jwt-jwks-file", "/nonexistent/jwks"],
+            "127.0.0.1:1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--jwt-jwks-file /nonexistent/jwks"), "{err}");
     }
 
     #[test]
