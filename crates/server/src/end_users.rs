@@ -440,6 +440,17 @@ impl DevKey {
         UserVerifier::new(DEV_ISSUER, None, &self.jwks(), DEV_KEY_FILE)
     }
 
+    /// A token with exactly `claims`, signed with this key (kid `sagaflow-dev-1`): for tools and
+    /// tests that need a token [`DevKey::mint`] does not make (another issuer, a past `exp`).
+    ///
+    /// # Errors
+    /// When signing fails (not expected for a key that parsed).
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(DEV_KEY_ID.to_owned());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&self.pkcs8))
+    }
+
     /// A token for `subject` valid for `ttl` from now, issued by [`DEV_ISSUER`] and signed with
     /// this key (what `sagaflow token` prints).
     ///
@@ -453,9 +464,7 @@ impl DevKey {
             "iat": now,
             "exp": now.saturating_add(ttl.as_secs()),
         });
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(DEV_KEY_ID.to_owned());
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&self.pkcs8))
+        self.sign(&claims)
     }
 }
 
