@@ -42,9 +42,9 @@ use sagaflow_payment::SimulatedGatewayConfig;
 use sagaflow_server::{
     Db, PoolConfig,
     access::{AccessPolicy, AdminTokens},
-    end_users::{DevKey, dev_operator_token},
     config::{Security, Synchronous},
     db::SqliteSynchronous,
+    end_users::{DevKey, dev_operator_token},
     faults::FaultConfig,
     grpc::{self, ServerHandle, ServerOptions},
     limits::Limits,

@@ -35,7 +35,10 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<String> {
     if args.user.is_empty() || args.user.len() > 256 || args.user.chars().any(char::is_control) {
         anyhow::bail!("the user id must be 1 to 256 bytes without control characters");
     }
-    anyhow::ensure!(args.ttl >= Duration::from_secs(1), "--ttl must be at least 1s");
+    anyhow::ensure!(
+        args.ttl >= Duration::from_secs(1),
+        "--ttl must be at least 1s"
+    );
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
     let key = DevKey::load_or_create(&args.data_dir)?;

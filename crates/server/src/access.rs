@@ -203,7 +203,10 @@ impl Identity {
     /// their own (an empty `requested` means them); everyone else the one in `requested`.
     /// `Err(())` when an end user names another user: the handler answers NOT_FOUND, the same
     /// for every other user, existing or not, so users cannot be probed.
-    #[expect(clippy::result_unit_err, reason = "the handler makes its own NOT_FOUND")]
+    #[expect(
+        clippy::result_unit_err,
+        reason = "the handler makes its own NOT_FOUND"
+    )]
     pub fn reading_user(&self, requested: &str) -> Result<String, ()> {
         match self.end_user() {
             None => Ok(requested.to_owned()),
@@ -439,7 +442,11 @@ impl AccessPolicy {
     /// users"): a bearer JWT `verifier` accepts, an operator token (of the admin tokens, or
     /// `operators`), or a service certificate of the internal identities.
     #[must_use]
-    pub fn with_end_users(mut self, verifier: UserVerifier, operators: Option<AdminTokens>) -> Self {
+    pub fn with_end_users(
+        mut self,
+        verifier: UserVerifier,
+        operators: Option<AdminTokens>,
+    ) -> Self {
         self.users = Some(Arc::new(verifier));
         self.public_operators = operators.map(Arc::new);
         self
@@ -1078,7 +1085,10 @@ mod tests {
         );
         // The dev policy: end users only, admin and internal open.
         let dev = AccessPolicy::open().with_end_users(key.verifier().unwrap(), None);
-        assert_eq!(dev.decide(GRANT, &Credentials::default()).unwrap(), Identity::Anonymous);
+        assert_eq!(
+            dev.decide(GRANT, &Credentials::default()).unwrap(),
+            Identity::Anonymous
+        );
         assert_eq!(
             reason(dev.decide(BALANCE, &Credentials::default())),
             (Code::Unauthenticated, "CREDENTIALS_MISSING".into())
@@ -1092,12 +1102,18 @@ mod tests {
         assert_eq!(alice.acting_user("user_id", "alice").unwrap(), "alice");
         let denied = alice.acting_user("user_id", "bob").unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied);
-        assert_eq!(denied.get_details_error_info().unwrap().reason, USER_MISMATCH);
+        assert_eq!(
+            denied.get_details_error_info().unwrap().reason,
+            USER_MISMATCH
+        );
         assert_eq!(alice.reading_user("").unwrap(), "alice");
         assert!(alice.reading_user("bob").is_err());
         assert!(alice.may_see("alice") && !alice.may_see("bob"));
         assert_eq!(alice.visible(Some(("bob", 1)), |r| r.0), None);
-        assert_eq!(alice.visible(Some(("alice", 1)), |r| r.0), Some(("alice", 1)));
+        assert_eq!(
+            alice.visible(Some(("alice", 1)), |r| r.0),
+            Some(("alice", 1))
+        );
         for everyone in [
             Identity::Anonymous,
             Identity::InProcess,

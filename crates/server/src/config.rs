@@ -473,14 +473,22 @@ mod tests {
         )
         .unwrap();
         assert!(on.access.authenticates_users());
-        assert!(!resolve(&[], "127.0.0.1:1").unwrap().access.authenticates_users());
+        assert!(
+            !resolve(&[], "127.0.0.1:1")
+                .unwrap()
+                .access
+                .authenticates_users()
+        );
         for args in [
             vec!["--jwt-issuer", "x"],
             vec!["--jwt-jwks-file", jwks],
             vec!["--jwt-audience", "shop"],
         ] {
             assert!(
-                matches!(resolve(&args, "127.0.0.1:1"), Err(SecurityError::EndUsers(_))),
+                matches!(
+                    resolve(&args, "127.0.0.1:1"),
+                    Err(SecurityError::EndUsers(_))
+                ),
                 "{args:?}"
             );
         }

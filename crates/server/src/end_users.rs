@@ -162,7 +162,8 @@ impl UserVerifier {
         };
         let mut keys = Vec::with_capacity(jwks.keys.len());
         for (index, jwk) in jwks.keys.iter().enumerate() {
-            let algorithm = key_algorithm(jwk).map_err(|why| malformed(format!("key {index}: {why}")))?;
+            let algorithm =
+                key_algorithm(jwk).map_err(|why| malformed(format!("key {index}: {why}")))?;
             let key = DecodingKey::from_jwk(jwk)
                 .map_err(|err| malformed(format!("key {index}: {err}")))?;
             keys.push(VerifyingKey {
@@ -456,7 +457,11 @@ impl DevKey {
     ///
     /// # Errors
     /// When signing fails (a key ring refuses: not expected for a key that parsed).
-    pub fn mint(&self, subject: &str, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn mint(
+        &self,
+        subject: &str,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = serde_json::json!({
             "iss": DEV_ISSUER,
@@ -492,9 +497,11 @@ pub fn dev_operator_token(data_dir: &Path) -> Result<String, KeySetError> {
     let token = hex::encode(bytes);
     match write_private(&path, format!("{token}\n").as_bytes()) {
         Ok(()) => Ok(token),
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(&path)
-            .map(|t| t.trim().to_owned())
-            .map_err(|source| io(&path, source)),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::read_to_string(&path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|source| io(&path, source))
+        }
         Err(source) => Err(io(&path, source)),
     }
 }
@@ -547,10 +554,7 @@ mod tests {
         let verifier = key.verifier().unwrap();
         let token = key.mint("alice", Duration::from_secs(3600)).unwrap();
         assert_eq!(verifier.verify(&token).unwrap(), "alice");
-        assert_eq!(
-            again.verifier().unwrap().verify(&token).unwrap(),
-            "alice"
-        );
+        assert_eq!(again.verifier().unwrap().verify(&token).unwrap(), "alice");
         let operator = dev_operator_token(dir.path()).unwrap();
         assert_eq!(operator.len(), 64);
         assert_eq!(dev_operator_token(dir.path()).unwrap(), operator);
@@ -568,7 +572,8 @@ mod tests {
         let other_dir = tempfile::tempdir().unwrap();
         let other = DevKey::load_or_create(other_dir.path()).unwrap();
         let verifier = key.verifier().unwrap();
-        let claims = |iss: &str, exp: u64| serde_json::json!({"iss": iss, "sub": "bob", "exp": exp});
+        let claims =
+            |iss: &str, exp: u64| serde_json::json!({"iss": iss, "sub": "bob", "exp": exp});
         let hour_later = now() + 3600;
         // Valid, with and without kid.
         let ok = sign(&key, &claims(DEV_ISSUER, hour_later), None);
@@ -585,21 +590,55 @@ mod tests {
         // An expired token of another key is invalid, not expired: the claims of an unverified
         // token say nothing.
         let forged_expired = sign(&other, &claims(DEV_ISSUER, now() - 3600), None);
-        assert_eq!(verifier.verify(&forged_expired).unwrap_err().reason(), "TOKEN_INVALID");
+        assert_eq!(
+            verifier.verify(&forged_expired).unwrap_err().reason(),
+            "TOKEN_INVALID"
+        );
         // Another issuer.
         let foreign = sign(&key, &claims("https://elsewhere", hour_later), None);
-        assert!(verifier.verify(&foreign).unwrap_err().to_string().contains("issuer"));
+        assert!(
+            verifier
+                .verify(&foreign)
+                .unwrap_err()
+                .to_string()
+                .contains("issuer")
+        );
         // An unknown kid; malformed; missing claims; bad subjects; an audience nobody asked for.
         let unknown = sign(&key, &claims(DEV_ISSUER, hour_later), Some("other"));
-        assert_eq!(verifier.verify(&unknown).unwrap_err().reason(), "TOKEN_INVALID");
+        assert_eq!(
+            verifier.verify(&unknown).unwrap_err().reason(),
+            "TOKEN_INVALID"
+        );
         for junk in ["", "abc", "a.b.c", "eyJhbGciOiJub25lIn0.e30."] {
-            assert_eq!(verifier.verify(junk).unwrap_err().reason(), "TOKEN_INVALID", "{junk}");
+            assert_eq!(
+                verifier.verify(junk).unwrap_err().reason(),
+                "TOKEN_INVALID",
+                "{junk}"
+            );
         }
-        let no_exp = sign(&key, &serde_json::json!({"iss": DEV_ISSUER, "sub": "bob"}), None);
-        assert!(verifier.verify(&no_exp).unwrap_err().to_string().contains("missing"));
+        let no_exp = sign(
+            &key,
+            &serde_json::json!({"iss": DEV_ISSUER, "sub": "bob"}),
+            None,
+        );
+        assert!(
+            verifier
+                .verify(&no_exp)
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
         for sub in ["", "bo\nb"] {
-            let t = sign(&key, &serde_json::json!({"iss": DEV_ISSUER, "sub": sub, "exp": hour_later}), None);
-            assert_eq!(verifier.verify(&t).unwrap_err().reason(), "TOKEN_INVALID", "{sub:?}");
+            let t = sign(
+                &key,
+                &serde_json::json!({"iss": DEV_ISSUER, "sub": sub, "exp": hour_later}),
+                None,
+            );
+            assert_eq!(
+                verifier.verify(&t).unwrap_err().reason(),
+                "TOKEN_INVALID",
+                "{sub:?}"
+            );
         }
         let with_aud = sign(
             &key,
@@ -615,7 +654,12 @@ mod tests {
             &serde_json::json!({"iss": DEV_ISSUER, "sub": "bob", "exp": hour_later, "aud": "bank"}),
             None,
         );
-        assert!(shop.verify(&other_aud).unwrap_err().to_string().contains("audience"));
+        assert!(
+            shop.verify(&other_aud)
+                .unwrap_err()
+                .to_string()
+                .contains("audience")
+        );
     }
 
     #[test]
@@ -629,10 +673,15 @@ mod tests {
         for (text, expect) in [
             ("not json", "not a JWKS"),
             (r#"{"keys": []}"#, "no key"),
-            (r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#, "symmetric"),
+            (
+                r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#,
+                "symmetric",
+            ),
         ] {
             std::fs::write(&path, text).unwrap();
-            let err = UserVerifier::from_jwks_file("i", None, &path).unwrap_err().to_string();
+            let err = UserVerifier::from_jwks_file("i", None, &path)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expect), "{text}: {err}");
         }
         let err = UserVerifier::from_jwks_file("i", None, Path::new("/nonexistent/jwks"))

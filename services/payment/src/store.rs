@@ -92,7 +92,10 @@ pub(crate) async fn record_owner(
 ///
 /// # Errors
 /// `UNAVAILABLE` / `INTERNAL` when the database fails.
-pub(crate) async fn owner<'e, E>(executor: E, order_id: &str) -> Result<Option<String>, ServiceError>
+pub(crate) async fn owner<'e, E>(
+    executor: E,
+    order_id: &str,
+) -> Result<Option<String>, ServiceError>
 where
     E: Executor<'e, Database = Any>,
 {

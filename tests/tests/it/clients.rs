@@ -42,8 +42,14 @@ impl Dev {
         let data = dir.path().join("data");
         let process = sagaflow_tests::start_dev_authenticated("127.0.0.1:0", &data, &[], &[]);
         let tokens = vec![
-            ("SAGAFLOW_TOKEN_ALICE", sagaflow_tests::dev_token(&data, "alice")),
-            ("SAGAFLOW_TOKEN_BOB", sagaflow_tests::dev_token(&data, "bob")),
+            (
+                "SAGAFLOW_TOKEN_ALICE",
+                sagaflow_tests::dev_token(&data, "alice"),
+            ),
+            (
+                "SAGAFLOW_TOKEN_BOB",
+                sagaflow_tests::dev_token(&data, "bob"),
+            ),
         ];
         let operator = sagaflow_tests::dev_operator_token(&data);
         Self {
@@ -155,7 +161,12 @@ fn check_example_output(addr: &str, operator: &str, stdout: &str, banner: &str) 
     let failed = order_id_after(stdout, "failed ");
     let order = &grpcurl_json(
         addr,
-        &["-H", &header, "-d", &json!({ "order_id": failed }).to_string()],
+        &[
+            "-H",
+            &header,
+            "-d",
+            &json!({ "order_id": failed }).to_string(),
+        ],
         GET_ORDER,
     )["order"];
     assert_eq!(order["status"], "ORDER_STATUS_FAILED", "{order}");

@@ -109,7 +109,12 @@ fn orders_of(addr: &str, operator: &str, user: &str) -> Vec<String> {
 }
 
 fn balance(addr: &str, token: &str, user: &str) -> String {
-    ok(addr, token, &format!("{POINT}/GetBalance"), json!({ "user_id": user }))["balance"]
+    ok(
+        addr,
+        token,
+        &format!("{POINT}/GetBalance"),
+        json!({ "user_id": user }),
+    )["balance"]
         .as_str()
         .unwrap_or("0")
         .to_owned()
@@ -150,9 +155,18 @@ fn users_act_and_read_only_as_themselves() {
     assert_eq!(bob_orders, [bobs.clone()]);
 
     // -- alice cannot place an order as bob: PERMISSION_DENIED, nothing written.
-    let denied = refused(addr, Some(&alice), &place_order, place("bob", "as-bob", None));
+    let denied = refused(
+        addr,
+        Some(&alice),
+        &place_order,
+        place("bob", "as-bob", None),
+    );
     assert_eq!(denied.code, "PermissionDenied", "{denied:?}");
-    assert_eq!(denied.reason.as_deref(), Some("USER_MISMATCH"), "{denied:?}");
+    assert_eq!(
+        denied.reason.as_deref(),
+        Some("USER_MISMATCH"),
+        "{denied:?}"
+    );
     assert_eq!(orders_of(addr, &operator, "bob"), bob_orders);
     assert!(orders_of(addr, &operator, "alice").is_empty());
 
@@ -225,22 +239,34 @@ fn users_act_and_read_only_as_themselves() {
         "alice"
     );
     assert_eq!(
-        ok(addr, &alice, &format!("{COUPON}/GetCoupon"), json!({ "code": "WELCOME-ALICE" }))
-            ["coupon"]["status"],
+        ok(
+            addr,
+            &alice,
+            &format!("{COUPON}/GetCoupon"),
+            json!({ "code": "WELCOME-ALICE" })
+        )["coupon"]["status"],
         "COUPON_STATUS_AVAILABLE"
     );
     // The operator sees bob's balance and coupon.
     assert_eq!(balance(addr, &operator, "bob"), bob_balance);
     assert_eq!(
-        ok(addr, &operator, &format!("{COUPON}/GetCoupon"), json!({ "code": "WELCOME-BOB" }))
-            ["coupon"]["userId"],
+        ok(
+            addr,
+            &operator,
+            &format!("{COUPON}/GetCoupon"),
+            json!({ "code": "WELCOME-BOB" })
+        )["coupon"]["userId"],
         "bob"
     );
 
     // -- alice cannot spend bob's coupon: her order fails COUPON_UNAVAILABLE, the coupon stays
     //    bob's and AVAILABLE.
-    let spent = ok(addr, &alice, &place_order, place("alice", "bobs-coupon", Some("WELCOME-BOB")))
-        ["order"]["orderId"]
+    let spent = ok(
+        addr,
+        &alice,
+        &place_order,
+        place("alice", "bobs-coupon", Some("WELCOME-BOB")),
+    )["order"]["orderId"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -248,8 +274,12 @@ fn users_act_and_read_only_as_themselves() {
     assert_eq!(order["status"], "ORDER_STATUS_FAILED", "{order}");
     assert_eq!(order["failureReason"], "FAILURE_REASON_COUPON_UNAVAILABLE");
     assert_eq!(
-        ok(addr, &bob, &format!("{COUPON}/GetCoupon"), json!({ "code": "WELCOME-BOB" }))
-            ["coupon"]["status"],
+        ok(
+            addr,
+            &bob,
+            &format!("{COUPON}/GetCoupon"),
+            json!({ "code": "WELCOME-BOB" })
+        )["coupon"]["status"],
         "COUPON_STATUS_AVAILABLE"
     );
 
@@ -263,7 +293,10 @@ fn users_act_and_read_only_as_themselves() {
     assert_eq!(retry["order"]["orderId"], alices.as_str());
     let bob_retry = ok(addr, &bob, &place_order, place("bob", "same-id", None));
     assert_eq!(bob_retry["order"]["orderId"], bobs.as_str());
-    assert_eq!(wait(addr, &alice, &alices)["status"], "ORDER_STATUS_COMPLETED");
+    assert_eq!(
+        wait(addr, &alice, &alices)["status"],
+        "ORDER_STATUS_COMPLETED"
+    );
     let mut mine = orders_of(addr, &operator, "alice");
     mine.sort();
     let mut expect = vec![spent.clone(), alices.clone()];
@@ -291,7 +324,10 @@ fn users_act_and_read_only_as_themselves() {
         ),
         (
             "wrong issuer",
-            Some(signed(&data, &claims("https://issuer.example", now() + 3600))),
+            Some(signed(
+                &data,
+                &claims("https://issuer.example", now() + 3600),
+            )),
             "TOKEN_INVALID",
         ),
         ("malformed", Some("not-a-jwt".to_owned()), "TOKEN_INVALID"),
@@ -299,7 +335,10 @@ fn users_act_and_read_only_as_themselves() {
     ];
     for (what, token, reason) in &cases {
         for (method, body) in [
-            (place_order.clone(), place("alice", &format!("bad-{what}"), None)),
+            (
+                place_order.clone(),
+                place("alice", &format!("bad-{what}"), None),
+            ),
             (format!("{POINT}/GetBalance"), json!({ "user_id": "alice" })),
             (format!("{ORDER}/GetOrder"), json!({ "order_id": alices })),
             (format!("{INVENTORY}/ListProducts"), json!({})),

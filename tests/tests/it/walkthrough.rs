@@ -61,7 +61,11 @@ impl Dev {
     /// A public RPC as `user`.
     fn call_as(&self, user: &str, method: &str, body: Value) -> Value {
         let header = self.header(user);
-        grpcurl_json(self.addr(), &["-H", &header, "-d", &body.to_string()], method)
+        grpcurl_json(
+            self.addr(),
+            &["-H", &header, "-d", &body.to_string()],
+            method,
+        )
     }
 
     /// An admin RPC (open on `dev`: no token).
@@ -71,20 +75,30 @@ impl Dev {
 
     fn stock(&self, sku: &str) -> i64 {
         as_i64(
-            &self.call_as("alice", &format!("{INVENTORY}/GetProduct"), json!({ "sku": sku }))
-                ["product"]["stock"],
+            &self.call_as(
+                "alice",
+                &format!("{INVENTORY}/GetProduct"),
+                json!({ "sku": sku }),
+            )["product"]["stock"],
         )
     }
 
     fn balance(&self, user: &str) -> i64 {
         as_i64(
-            &self.call_as(user, &format!("{POINT}/GetBalance"), json!({ "user_id": user }))
-                ["balance"],
+            &self.call_as(
+                user,
+                &format!("{POINT}/GetBalance"),
+                json!({ "user_id": user }),
+            )["balance"],
         )
     }
 
     fn coupon(&self, user: &str, code: &str) -> Value {
-        self.call_as(user, &format!("{COUPON}/GetCoupon"), json!({ "code": code }))["coupon"]
+        self.call_as(
+            user,
+            &format!("{COUPON}/GetCoupon"),
+            json!({ "code": code }),
+        )["coupon"]
             .clone()
     }
 
@@ -312,7 +326,11 @@ fn readme_walkthrough_and_every_failure_reason() {
     }
 
     // -- ranking counts the completed order only
-    let top = dev.call_as("alice", &format!("{RANKING}/TopProducts"), json!({ "limit": 5 }));
+    let top = dev.call_as(
+        "alice",
+        &format!("{RANKING}/TopProducts"),
+        json!({ "limit": 5 }),
+    );
     let products = top["products"].as_array().unwrap();
     assert_eq!(products.len(), 1, "{top}");
     assert_eq!(products[0]["sku"], "KB-001");
