@@ -152,7 +152,7 @@ fn users_act_and_read_only_as_themselves() {
     let bob_balance = balance(addr, &bob, "bob");
     assert_eq!(bob_balance, "20000");
     let bob_orders = orders_of(addr, &operator, "bob");
-    assert_eq!(bob_orders, [bobs.clone()]);
+    assert_eq!(bob_orders, std::slice::from_ref(&bobs));
 
     // -- alice cannot place an order as bob: PERMISSION_DENIED, nothing written.
     let denied = refused(
@@ -299,7 +299,7 @@ fn users_act_and_read_only_as_themselves() {
     );
     let mut mine = orders_of(addr, &operator, "alice");
     mine.sort();
-    let mut expect = vec![spent.clone(), alices.clone()];
+    let mut expect = vec![spent, alices.clone()];
     expect.sort();
     assert_eq!(mine, expect);
     let listed = ok(addr, &alice, &format!("{ORDER}/ListOrders"), json!({}));
