@@ -457,6 +457,11 @@ impl AccessPolicy {
         self.users.is_some()
     }
 
+    /// The end users' verifier, when public RPCs need one.
+    pub fn users(&self) -> Option<&Arc<UserVerifier>> {
+        self.users.as_ref()
+    }
+
     /// Whether any class is enforced.
     pub fn is_enforced(&self) -> bool {
         self.admin.is_some() || self.internal.is_some() || self.users.is_some()
@@ -746,8 +751,9 @@ pub struct AccessService<S> {
 
 impl<S> Service<http::Request<Body>> for AccessService<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>> + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -772,6 +778,29 @@ where
             };
             req.extensions_mut().insert(identity);
             return Box::pin(self.inner.call(req));
+        }
+        // A key set from a JWKS URL that is due for a fetch: fetch first (at most one call at a
+        // time waits for it; crate::end_users::jwks_url), then decide as below.
+        if class == Some(Some(RpcClass::Public))
+            && let Some(users) = self.policy.users().cloned()
+        {
+            let bearer = Credentials::of(&req).bearer.map(str::to_owned);
+            if users.needs_refresh(bearer.as_deref()) {
+                let policy = self.policy.clone();
+                // Take the service that was driven to readiness; leave a fresh clone in its place.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                return Box::pin(async move {
+                    users.refresh_if_needed(bearer.as_deref()).await;
+                    match policy.decide(req.uri().path(), &Credentials::of(&req)) {
+                        Ok(identity) => {
+                            req.extensions_mut().insert(identity);
+                            inner.call(req).await
+                        }
+                        Err(status) => Ok(status.into_http()),
+                    }
+                });
+            }
         }
         let decided = self.policy.decide(req.uri().path(), &Credentials::of(&req));
         match decided {

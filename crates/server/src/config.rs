@@ -131,9 +131,22 @@ pub struct EndUserArgs {
     #[arg(long, env = "SAGAFLOW_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// The issuer's public keys, a JWKS file (`{"keys": [...]}`; EdDSA, ES256/384, RS/PS keys;
-    /// symmetric keys refused). Read at start.
-    #[arg(long, env = "SAGAFLOW_JWT_JWKS_FILE")]
+    /// symmetric keys refused). Read at start. Or --jwt-jwks-url.
+    #[arg(long, env = "SAGAFLOW_JWT_JWKS_FILE", conflicts_with = "jwt_jwks_url")]
     pub jwt_jwks_file: Option<PathBuf>,
+    /// The issuer's public keys at a URL (`http://` or `https://`), fetched on the first call
+    /// that needs them, again every --jwt-jwks-refresh-ms and when a token names an unknown key
+    /// id (at most every 10 s); a failed fetch keeps the keys there were.
+    #[arg(long, env = "SAGAFLOW_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// CA certificates (PEM) an `https://` --jwt-jwks-url is verified against (required for
+    /// https: no public roots are built in).
+    #[arg(long, env = "SAGAFLOW_JWT_JWKS_CA")]
+    pub jwt_jwks_ca: Option<PathBuf>,
+    /// How often the keys of --jwt-jwks-url are fetched again, milliseconds. Default 300000.
+    #[arg(long, env = "SAGAFLOW_JWT_JWKS_REFRESH_MS", default_value_t = 300_000,
+          value_parser = clap::value_parser!(u64).range(1000..))]
+    pub jwt_jwks_refresh_ms: u64,
 }
 
 impl EndUserArgs {
@@ -143,18 +156,25 @@ impl EndUserArgs {
     /// [`SecurityError::EndUsers`] for an issuer without a key set (or the reverse), an
     /// audience without an issuer; [`SecurityError::KeySet`] when the file cannot be used.
     pub fn verifier(&self) -> Result<Option<UserVerifier>, SecurityError> {
-        match (&self.jwt_issuer, &self.jwt_jwks_file) {
-            (None, None) if self.jwt_audience.is_none() => Ok(None),
-            (Some(issuer), Some(path)) => Ok(Some(UserVerifier::from_jwks_file(
+        match (&self.jwt_issuer, &self.jwt_jwks_file, &self.jwt_jwks_url) {
+            (None, None, None) if self.jwt_audience.is_none() => Ok(None),
+            (Some(issuer), Some(path), _) => Ok(Some(UserVerifier::from_jwks_file(
                 issuer.clone(),
                 self.jwt_audience.clone(),
                 path,
             )?)),
-            (Some(_), None) => Err(SecurityError::EndUsers(
-                "--jwt-issuer needs --jwt-jwks-file (the issuer's public keys)",
+            (Some(issuer), None, Some(url)) => Ok(Some(UserVerifier::from_jwks_url(
+                issuer.clone(),
+                self.jwt_audience.clone(),
+                url,
+                self.jwt_jwks_ca.as_deref(),
+                std::time::Duration::from_millis(self.jwt_jwks_refresh_ms),
+            )?)),
+            (Some(_), None, None) => Err(SecurityError::EndUsers(
+                "--jwt-issuer needs --jwt-jwks-file or --jwt-jwks-url (the issuer's public keys)",
             )),
-            (None, _) => Err(SecurityError::EndUsers(
-                "--jwt-jwks-file and --jwt-audience need --jwt-issuer",
+            (None, ..) => Err(SecurityError::EndUsers(
+                "--jwt-jwks-file, --jwt-jwks-url and --jwt-audience need --jwt-issuer",
             )),
         }
     }
@@ -207,7 +227,7 @@ pub enum SecurityError {
     #[error("{0}")]
     EndUsers(&'static str),
     /// The end users' key set cannot be read or used.
-    #[error("--jwt-jwks-file {0}")]
+    #[error("--jwt-jwks-file / --jwt-jwks-url {0}")]
     KeySet(#[from] crate::end_users::KeySetError),
 }
 
@@ -498,7 +518,25 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("--jwt-jwks-file /nonexistent/jwks"), "{err}");
+        assert!(err.contains("/nonexistent/jwks"), "{err}");
+        let url = resolve(
+            &[
+                "--jwt-issuer",
+                "x",
+                "--jwt-jwks-url",
+                "http://127.0.0.1:9/jwks",
+            ],
+            "127.0.0.1:1",
+        )
+        .unwrap();
+        assert!(url.access.authenticates_users());
+        assert!(matches!(
+            resolve(
+                &["--jwt-jwks-url", "http://127.0.0.1:9/jwks"],
+                "127.0.0.1:1"
+            ),
+            Err(SecurityError::EndUsers(_))
+        ));
     }
 
     #[test]

@@ -27,9 +27,11 @@ use std::{
     io::Write as _,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
+    sync::{Arc, PoisonError, RwLock},
     time::Duration,
 };
 
+use self::jwks_url::JwksUrl;
 use base64::Engine as _;
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation,
@@ -43,6 +45,8 @@ use ring::{
     rand::{SecureRandom as _, SystemRandom},
     signature::{Ed25519KeyPair, KeyPair as _},
 };
+
+pub mod jwks_url;
 
 /// The issuer of the tokens `sagaflow dev` issues and accepts (`iss`).
 pub const DEV_ISSUER: &str = "sagaflow-dev";
@@ -119,18 +123,22 @@ struct Claims {
 
 /// Verifies end users' bearer JWTs against one issuer, an optional audience and a key set
 /// (docs/operations.md, "End users"). Cheap to clone behind an `Arc`; verification is
-/// synchronous and does no I/O.
+/// synchronous and does no I/O. A key set from a JWKS URL is fetched by
+/// [`UserVerifier::refresh_if_needed`], which the access layer awaits before it verifies.
 #[derive(Clone)]
 pub struct UserVerifier {
     issuer: String,
     audience: Option<String>,
-    keys: Vec<VerifyingKey>,
+    /// The current keys; replaced whole by a refresh of a JWKS URL.
+    keys: Arc<RwLock<Arc<Vec<VerifyingKey>>>>,
+    /// Where the keys come from when it is a URL; `None`: fixed at start (a file, `dev`'s key).
+    source: Option<Arc<JwksUrl>>,
 }
 
 impl fmt::Debug for UserVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let keys: Vec<String> = self
-            .keys
+            .current_keys()
             .iter()
             .map(|k| format!("{:?}/{}", k.algorithm, k.kid.as_deref().unwrap_or("-")))
             .collect();
@@ -156,30 +164,85 @@ impl UserVerifier {
         jwks: &JwkSet,
         path: &str,
     ) -> Result<Self, KeySetError> {
-        let malformed = |reason: String| KeySetError::Malformed {
-            path: path.to_owned(),
-            reason,
-        };
-        let mut keys = Vec::with_capacity(jwks.keys.len());
-        for (index, jwk) in jwks.keys.iter().enumerate() {
-            let algorithm =
-                key_algorithm(jwk).map_err(|why| malformed(format!("key {index}: {why}")))?;
-            let key = DecodingKey::from_jwk(jwk)
-                .map_err(|err| malformed(format!("key {index}: {err}")))?;
-            keys.push(VerifyingKey {
-                kid: jwk.common.key_id.clone(),
-                algorithm,
-                key,
-            });
-        }
-        if keys.is_empty() {
-            return Err(malformed("the key set has no key".into()));
-        }
         Ok(Self {
             issuer: issuer.into(),
             audience,
-            keys,
+            keys: Arc::new(RwLock::new(Arc::new(keys_of(jwks, path)?))),
+            source: None,
         })
+    }
+
+    /// A verifier whose key set is the JWKS at `url` (`http://` or `https://`; HTTPS trusts only
+    /// the CA certificates of the PEM file `ca`: no public roots are built in), fetched on the
+    /// first call that needs it and again every `refresh`, or when a token names an unknown `kid`
+    /// (at most every [`jwks_url::MIN_REFETCH`]); a failed fetch keeps the keys it had (logged).
+    ///
+    /// # Errors
+    /// [`KeySetError::Malformed`] for a URL of another scheme or without a host, HTTPS without
+    /// `ca`; [`KeySetError::Io`] when `ca` cannot be read.
+    pub fn from_jwks_url(
+        issuer: impl Into<String>,
+        audience: Option<String>,
+        url: &str,
+        ca: Option<&Path>,
+        refresh: Duration,
+    ) -> Result<Self, KeySetError> {
+        Ok(Self {
+            issuer: issuer.into(),
+            audience,
+            keys: Arc::new(RwLock::new(Arc::new(Vec::new()))),
+            source: Some(Arc::new(JwksUrl::new(url, ca, refresh)?)),
+        })
+    }
+
+    /// Whether [`UserVerifier::refresh_if_needed`] would fetch for `token` (cheap: no I/O).
+    pub fn needs_refresh(&self, token: Option<&str>) -> bool {
+        self.source
+            .as_ref()
+            .is_some_and(|source| source.due(self.names_unknown_kid(token)))
+    }
+
+    /// Fetches the JWKS of the URL when it is due (see [`UserVerifier::from_jwks_url`]); one
+    /// fetch at a time (a call that finds one running goes on with the keys there are), bounded
+    /// by [`jwks_url::FETCH_TIMEOUT`]. Nothing for a fixed key set.
+    pub async fn refresh_if_needed(&self, token: Option<&str>) {
+        let Some(source) = &self.source else {
+            return;
+        };
+        let unknown = self.names_unknown_kid(token);
+        match source.fetch_if_due(unknown).await {
+            None => {}
+            Some(Ok(jwks)) => match keys_of(&jwks, source.shown()) {
+                Ok(keys) => {
+                    tracing::info!(url = source.shown(), keys = keys.len(), "JWKS fetched");
+                    *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "JWKS refused: keeping the keys there were");
+                }
+            },
+            Some(Err(err)) => {
+                tracing::warn!(url = source.shown(), error = %err, "JWKS fetch failed: keeping the keys there were");
+            }
+        }
+    }
+
+    /// Whether `token`'s header names a `kid` the current keys do not have.
+    fn names_unknown_kid(&self, token: Option<&str>) -> bool {
+        let Some(kid) = token
+            .and_then(|t| jsonwebtoken::decode_header(t).ok())
+            .and_then(|h| h.kid)
+        else {
+            return false;
+        };
+        !self
+            .current_keys()
+            .iter()
+            .any(|k| k.kid.as_deref() == Some(kid.as_str()))
+    }
+
+    fn current_keys(&self) -> Arc<Vec<VerifyingKey>> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Reads a JWKS file (`{"keys": [...]}`, RFC 7517 §5) and makes a verifier of it.
@@ -216,13 +279,13 @@ impl UserVerifier {
     pub fn verify(&self, token: &str) -> Result<String, TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| TokenError::Invalid("malformed (not a signed JWT)"))?;
+        let keys = self.current_keys();
         let candidates: Vec<&VerifyingKey> = match &header.kid {
-            Some(kid) => self
-                .keys
+            Some(kid) => keys
                 .iter()
                 .filter(|k| k.kid.as_deref() == Some(kid.as_str()))
                 .collect(),
-            None => self.keys.iter().collect(),
+            None => keys.iter().collect(),
         };
         let candidates: Vec<&VerifyingKey> = candidates
             .into_iter()
@@ -271,6 +334,30 @@ impl UserVerifier {
         }
         Err(last)
     }
+}
+
+/// The verification keys of `jwks` (`path` names its source in errors).
+fn keys_of(jwks: &JwkSet, path: &str) -> Result<Vec<VerifyingKey>, KeySetError> {
+    let malformed = |reason: String| KeySetError::Malformed {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut keys = Vec::with_capacity(jwks.keys.len());
+    for (index, jwk) in jwks.keys.iter().enumerate() {
+        let algorithm =
+            key_algorithm(jwk).map_err(|why| malformed(format!("key {index}: {why}")))?;
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|err| malformed(format!("key {index}: {err}")))?;
+        keys.push(VerifyingKey {
+            kid: jwk.common.key_id.clone(),
+            algorithm,
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err(malformed("the key set has no key".into()));
+    }
+    Ok(keys)
 }
 
 /// A subject usable as a user id: not empty, at most 256 bytes, no control characters (user ids
