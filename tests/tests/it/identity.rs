@@ -399,3 +399,96 @@ fn token_command_and_open_flag() {
         "{logs}"
     );
 }
+
+/// A tiny HTTP server on 127.0.0.1 answering every request with `body` (JSON) on a thread of its
+/// own; its URL and the count of requests it answered.
+fn jwks_server(body: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::{
+        io::{Read as _, Write as _},
+        sync::{Arc, atomic::AtomicUsize},
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&count);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    (url, count)
+}
+
+/// `sagaflow serve` with `--jwt-issuer` and `--jwt-jwks-url`: the issuer's keys are fetched from
+/// the URL (once), a token of that issuer is the user, anything else UNAUTHENTICATED.
+#[test]
+fn serve_verifies_tokens_of_the_configured_issuer_from_a_jwks_url() {
+    const ISSUER: &str = "https://id.example.test/";
+    let dir = tempfile::tempdir().unwrap();
+    let key = DevKey::load_or_create(dir.path()).unwrap();
+    let (url, fetches) = jwks_server(serde_json::to_string(&key.jwks()).unwrap());
+    let data = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", sagaflow_tests::free_port());
+    let point = sagaflow_tests::Process::start(
+        &[
+            "serve",
+            "point",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-jwks-url",
+            &url,
+        ],
+        &[],
+        std::time::Duration::from_secs(60),
+    );
+    let balance = format!("{POINT}/GetBalance");
+    let token = key
+        .sign(&json!({ "iss": ISSUER, "sub": "alice", "exp": now() + 3600 }))
+        .unwrap();
+    let reply = ok(point.addr(), &token, &balance, json!({}));
+    assert_eq!(reply["userId"], "alice");
+    let r = refused(
+        point.addr(),
+        Some(&token),
+        &balance,
+        json!({ "user_id": "bob" }),
+    );
+    assert_eq!(r.code, "NotFound", "{r:?}");
+    let r = refused(point.addr(), None, &balance, json!({ "user_id": "alice" }));
+    assert_eq!(r.reason.as_deref(), Some("CREDENTIALS_MISSING"), "{r:?}");
+    // A token of `dev`'s issuer, signed by the same key: another issuer.
+    let dev_token = key
+        .mint("alice", std::time::Duration::from_secs(3600))
+        .unwrap();
+    let r = refused(point.addr(), Some(&dev_token), &balance, json!({}));
+    assert_eq!(r.code, "Unauthenticated", "{r:?}");
+    assert_eq!(r.reason.as_deref(), Some("TOKEN_INVALID"), "{r:?}");
+    assert!(r.message.contains("issuer"), "{r:?}");
+    let r = refused(
+        point.addr(),
+        Some(
+            &key.sign(&json!({ "iss": ISSUER, "sub": "alice", "exp": now() - 3600 }))
+                .unwrap(),
+        ),
+        &balance,
+        json!({}),
+    );
+    assert_eq!(r.reason.as_deref(), Some("TOKEN_EXPIRED"), "{r:?}");
+    // Fetched once (the refresh interval is 5 minutes; every token named the known kid).
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
