@@ -13,6 +13,7 @@
 //!     │    an operator token (admin tokens file; `dev`'s own) ─────────────▶ handler (token:<id>)
 //!     │    a JWT of the configured issuer and key set (crate::end_users) ─▶ handler (user:<sub>)
 //!     │    expired ─▶ UNAUTHENTICATED  TOKEN_EXPIRED;  anything else ─▶ UNAUTHENTICATED  TOKEN_INVALID
+//!     │    (a JWKS URL never fetched ─▶ UNAVAILABLE  KEYS_UNAVAILABLE)
 //!     ├─ no token, an allowed service certificate ─────────────────────────▶ handler (service:<name>)
 //!     └─ nothing ─▶ UNAUTHENTICATED  CREDENTIALS_MISSING
 //!  internal ─ client certificate (mTLS, verified against --tls-ca by rustls)
@@ -543,7 +544,7 @@ impl AccessPolicy {
             return match verifier.verify(bearer) {
                 Ok(subject) => Ok(Identity::User(subject)),
                 Err(err) => Err(refusal(
-                    Code::Unauthenticated,
+                    err.code(),
                     err.reason(),
                     path,
                     class,
@@ -676,22 +677,26 @@ impl<'a> Credentials<'a> {
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs)
             .and_then(|certs| certs.first().map(|leaf| certificate_names(leaf.as_ref())));
-        let bearer = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then_some(token.trim())
-            });
         Self {
             in_process: request.extensions().get::<InProcessCall>().is_some(),
             certificate_names,
-            bearer,
+            bearer: bearer_of(request),
         }
     }
+}
+
+/// The token of `request`'s `authorization: Bearer <token>` header, if it has one.
+fn bearer_of(request: &http::Request<Body>) -> Option<&str> {
+    request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        })
 }
 
 /// The DNS and URI SANs and the subject CNs of a DER certificate (empty if it does not parse: a
@@ -784,7 +789,7 @@ where
         if class == Some(Some(RpcClass::Public))
             && let Some(users) = self.policy.users().cloned()
         {
-            let bearer = Credentials::of(&req).bearer.map(str::to_owned);
+            let bearer = bearer_of(&req).map(str::to_owned);
             if users.needs_refresh(bearer.as_deref()) {
                 let policy = self.policy.clone();
                 // Take the service that was driven to readiness; leave a fresh clone in its place.

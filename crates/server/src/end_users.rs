@@ -72,14 +72,30 @@ pub enum TokenError {
     /// or without a usable subject. `ErrorInfo` reason `TOKEN_INVALID`; the text says which.
     #[error("the bearer token is not valid: {0}")]
     Invalid(&'static str),
+    /// The key set of a JWKS URL has never been fetched (the issuer's server does not answer):
+    /// nothing can be verified, whatever the token. UNAVAILABLE, `ErrorInfo` reason
+    /// `KEYS_UNAVAILABLE`: the caller may retry.
+    #[error("the issuer's keys cannot be fetched: try again later")]
+    KeysUnavailable,
 }
 
 impl TokenError {
-    /// The `google.rpc.ErrorInfo` reason: `TOKEN_EXPIRED` or `TOKEN_INVALID`.
+    /// The `google.rpc.ErrorInfo` reason: `TOKEN_EXPIRED`, `TOKEN_INVALID` or
+    /// `KEYS_UNAVAILABLE`.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Expired => "TOKEN_EXPIRED",
             Self::Invalid(_) => "TOKEN_INVALID",
+            Self::KeysUnavailable => "KEYS_UNAVAILABLE",
+        }
+    }
+
+    /// The gRPC code of the refusal: UNAUTHENTICATED, or UNAVAILABLE for
+    /// [`TokenError::KeysUnavailable`].
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Self::Expired | Self::Invalid(_) => tonic::Code::Unauthenticated,
+            Self::KeysUnavailable => tonic::Code::Unavailable,
         }
     }
 }
@@ -280,6 +296,9 @@ impl UserVerifier {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| TokenError::Invalid("malformed (not a signed JWT)"))?;
         let keys = self.current_keys();
+        if keys.is_empty() {
+            return Err(TokenError::KeysUnavailable);
+        }
         let candidates: Vec<&VerifyingKey> = match &header.kid {
             Some(kid) => keys
                 .iter()

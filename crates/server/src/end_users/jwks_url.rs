@@ -317,6 +317,31 @@ mod tests {
         assert_eq!(verifier.verify(&rotated_token).unwrap(), "bob");
     }
 
+    #[tokio::test]
+    async fn an_unreachable_url_makes_every_token_unavailable_not_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DevKey::load_or_create(dir.path()).unwrap();
+        // A port nothing listens on (bound, then released).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let verifier = UserVerifier::from_jwks_url(
+            crate::end_users::DEV_ISSUER,
+            None,
+            &format!("http://127.0.0.1:{port}/jwks"),
+            None,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let token = key.mint("alice", Duration::from_secs(3600)).unwrap();
+        verifier.refresh_if_needed(Some(&token)).await;
+        let err = verifier.verify(&token).unwrap_err();
+        assert_eq!(err, crate::end_users::TokenError::KeysUnavailable);
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+
     #[test]
     fn urls_are_checked() {
         let hour = Duration::from_secs(3600);
