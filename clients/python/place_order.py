@@ -15,12 +15,17 @@ Against the demo data of a fresh `sagaflow dev` (README.md, "Walkthrough"), it
    ALREADY_EXISTS answer (reason IDEMPOTENCY_KEY_REUSED, domain sagaflow), then sends an unknown
    payment method and reads the google.rpc.BadRequest of the INVALID_ARGUMENT answer.
 
+Every call of a user carries that user's bearer token from the environment,
+`SAGAFLOW_TOKEN_ALICE` and `SAGAFLOW_TOKEN_BOB` (`sagaflow token alice` prints one for a
+`sagaflow dev`; docs/operations.md, "End users"); unset, calls carry none (`sagaflow dev --open`).
+
 Every value is checked: a wrong one prints what was expected and exits 1 (WELCOME-ALICE is
 single-use, so a second run against the same data fails at step 1). Exits 2 when the server
 cannot be reached.
 """
 
 import argparse
+import os
 import pathlib
 import sys
 import uuid
@@ -70,11 +75,18 @@ def main() -> int:
     return 0
 
 
-def wait_for(orders, order_pb2, order_id: str):
+def auth(user: str):
+    """The call metadata of `user`: `authorization: Bearer <SAGAFLOW_TOKEN_<USER>>`, if set."""
+    token = os.environ.get(f"SAGAFLOW_TOKEN_{user.upper()}")
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+def wait_for(orders, order_pb2, user: str, order_id: str):
     """GetOrder with `wait`: blocks until the order is terminal (at most 30 s)."""
     reply = orders.GetOrder(
         order_pb2.GetOrderRequest(order_id=order_id, wait=duration_pb2.Duration(seconds=30)),
         timeout=40,
+        metadata=auth(user),
     )
     return reply.order
 
@@ -93,11 +105,11 @@ def run(orders, order_pb2) -> None:
         points=5000,
         payment_method="tok_ok",
     )
-    placed = orders.PlaceOrder(request, timeout=10).order
+    placed = orders.PlaceOrder(request, timeout=10, metadata=auth("alice")).order
     check("placed status", status_name(placed.status), "ORDER_STATUS_PENDING")
     # The discount is applied by saga step 2: until then payable is subtotal - points.
     check("placed payable", placed.payable, 84000)
-    order = wait_for(orders, order_pb2, placed.order_id)
+    order = wait_for(orders, order_pb2, "alice", placed.order_id)
     check(
         "alice's order status (WELCOME-ALICE is single-use: run against fresh demo data)",
         status_name(order.status),
@@ -125,8 +137,9 @@ def run(orders, order_pb2) -> None:
             payment_method="tok_capture_decline",
         ),
         timeout=10,
+        metadata=auth("bob"),
     ).order
-    failed = wait_for(orders, order_pb2, failed.order_id)
+    failed = wait_for(orders, order_pb2, "bob", failed.order_id)
     check("bob's order status", status_name(failed.status), "ORDER_STATUS_FAILED")
     check("failure reason", reason_name(failed.failure_reason), "FAILURE_REASON_PAYMENT_DECLINED")
     check("discount after failure", failed.discount, 0)
@@ -137,7 +150,7 @@ def run(orders, order_pb2) -> None:
     reused = order_pb2.PlaceOrderRequest()
     reused.CopyFrom(request)
     reused.lines[0].quantity = 2
-    err = rpc_error(lambda: orders.PlaceOrder(reused, timeout=10))
+    err = rpc_error(lambda: orders.PlaceOrder(reused, timeout=10, metadata=auth("alice")))
     check("reused request id code", err.code(), grpc.StatusCode.ALREADY_EXISTS)
     info = detail(err, error_details_pb2.ErrorInfo)
     check("ErrorInfo reason", info.reason, "IDEMPOTENCY_KEY_REUSED")
@@ -149,7 +162,7 @@ def run(orders, order_pb2) -> None:
     bad.CopyFrom(request)
     bad.request_id = f"python-example-{uuid.uuid4()}"
     bad.payment_method = "tok_unknown"
-    err = rpc_error(lambda: orders.PlaceOrder(bad, timeout=10))
+    err = rpc_error(lambda: orders.PlaceOrder(bad, timeout=10, metadata=auth("alice")))
     check("unknown payment method code", err.code(), grpc.StatusCode.INVALID_ARGUMENT)
     fields = [v.field for v in detail(err, error_details_pb2.BadRequest).field_violations]
     check("BadRequest fields", fields, ["payment_method"])

@@ -50,10 +50,26 @@ pub fn free_port() -> u16 {
 /// Readiness line of `sagaflow dev`, logged once the demo data is seeded.
 pub const DEV_READY: &str = "sagaflow dev is running";
 
+/// `sagaflow dev --open --listen LISTEN --data-dir DATA EXTRA…` with `envs`, once ready (see
+/// [`start_dev_authenticated`]): without end-user authentication, for tests that are not about
+/// who the caller is (public RPCs answer without a token, for any user).
+pub fn start_dev(listen: &str, data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Process {
+    let mut args = vec!["--open"];
+    args.extend_from_slice(extra);
+    start_dev_authenticated(listen, data, &args, envs)
+}
+
 /// `sagaflow dev --listen LISTEN --data-dir DATA EXTRA…` with `envs`, once ready: its health
 /// service answers SERVING for the whole server and the readiness line ([`DEV_READY`], logged
-/// after the demo data is seeded) is out. Waits up to 60 s. The one way tests start `dev`.
-pub fn start_dev(listen: &str, data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Process {
+/// after the demo data is seeded) is out. Waits up to 60 s. With `dev`'s default end-user
+/// authentication: public RPCs need a token of [`dev_token`] (or [`dev_operator_token`]). The
+/// one way tests start `dev` (with [`start_dev`]).
+pub fn start_dev_authenticated(
+    listen: &str,
+    data: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Process {
     const WITHIN: Duration = Duration::from_secs(60);
     let data = data.to_str().expect("a UTF-8 data directory");
     let mut args = vec!["dev", "--listen", listen, "--data-dir", data];
@@ -68,6 +84,34 @@ pub fn start_dev(listen: &str, data: &Path, extra: &[&str], envs: &[(&str, &str)
         dev.addr()
     );
     dev
+}
+
+/// The token `sagaflow token USER --data-dir DATA` prints (signed with that `dev`'s key, valid
+/// for an hour).
+pub fn dev_token(data: &Path, user: &str) -> String {
+    let out = Command::new(sagaflow_bin())
+        .args(["token", user, "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("run sagaflow token");
+    assert!(
+        out.status.success(),
+        "sagaflow token {user}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("a UTF-8 token")
+        .trim()
+        .to_owned()
+}
+
+/// The operator token `sagaflow dev` made in DATA (`dev-operator-token`): sees every user's
+/// data on the public RPCs.
+pub fn dev_operator_token(data: &Path) -> String {
+    fs::read_to_string(data.join("dev-operator-token"))
+        .expect("dev's operator token")
+        .trim()
+        .to_owned()
 }
 
 /// A child process (one a test runs with its own output, like `sagaflow demo`) killed and reaped

@@ -43,19 +43,32 @@ export function orderClient(addr: string): OrderServiceClient {
   return new proto.sagaflow.order.v1.OrderService(addr, grpc.credentials.createInsecure());
 }
 
-/** Calls a unary method of `client` and resolves with its reply (rejects with the ServiceError). */
+/**
+ * The call metadata of `user`: `authorization: Bearer <token>` from `SAGAFLOW_TOKEN_<USER>`
+ * (`sagaflow token alice` prints one for a `sagaflow dev`), empty when it is not set.
+ */
+export function auth(user: string): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  const token = process.env[`SAGAFLOW_TOKEN_${user.toUpperCase()}`];
+  if (token) metadata.set('authorization', `Bearer ${token}`);
+  return metadata;
+}
+
+/** Calls a unary method of `client` with `metadata` and resolves with its reply (rejects with the ServiceError). */
 export function unary<Req, Res>(
   client: grpc.Client,
   method: (
     req: Req,
+    metadata: grpc.Metadata,
     options: grpc.CallOptions,
     callback: (err: grpc.ServiceError | null, res?: Res) => void,
   ) => grpc.ClientUnaryCall,
   request: Req,
   timeoutMs: number,
+  metadata: grpc.Metadata = new grpc.Metadata(),
 ): Promise<Res> {
   return new Promise((resolve, reject) => {
-    method.call(client, request, { deadline: Date.now() + timeoutMs }, (err, res) => {
+    method.call(client, request, metadata, { deadline: Date.now() + timeoutMs }, (err, res) => {
       if (err) reject(err);
       else if (res === undefined) reject(new Error('no reply'));
       else resolve(res);

@@ -15,6 +15,10 @@
 //    ALREADY_EXISTS answer (reason IDEMPOTENCY_KEY_REUSED, domain sagaflow), then sends an unknown
 //    payment method and reads the google.rpc.BadRequest of the INVALID_ARGUMENT answer.
 //
+// Every call of a user carries that user's bearer token from the environment,
+// SAGAFLOW_TOKEN_ALICE and SAGAFLOW_TOKEN_BOB (`sagaflow token alice` prints one for a `sagaflow
+// dev`; docs/operations.md, "End users"); unset, calls carry none (`sagaflow dev --open`).
+//
 // Every value is checked: a wrong one prints what was expected and exits 1 (WELCOME-ALICE is
 // single-use, so a second run against the same data fails at step 1). Exits 2 when the server
 // cannot be reached.
@@ -24,7 +28,7 @@ import { isDeepStrictEqual } from 'node:util';
 
 import * as grpc from '@grpc/grpc-js';
 
-import { errorDetails, orderClient, unary } from './client';
+import { auth, errorDetails, orderClient, unary } from './client';
 import type { GetOrderResponse__Output } from './gen/sagaflow/order/v1/GetOrderResponse';
 import type { Order__Output } from './gen/sagaflow/order/v1/Order';
 import type { OrderServiceClient } from './gen/sagaflow/order/v1/OrderService';
@@ -47,12 +51,14 @@ function won(value: string): number {
   return n;
 }
 
+/** PlaceOrder as the request's user (with that user's token). */
 function place(orders: OrderServiceClient, request: PlaceOrderRequest): Promise<Order__Output> {
   return unary<PlaceOrderRequest, PlaceOrderResponse__Output>(
     orders,
     orders.PlaceOrder,
     request,
     10_000,
+    auth(request.userId ?? ''),
   ).then((reply) => {
     if (reply.order === null) throw new Mismatch('PlaceOrder returned no order');
     return reply.order;
@@ -60,12 +66,17 @@ function place(orders: OrderServiceClient, request: PlaceOrderRequest): Promise<
 }
 
 /** GetOrder with `wait`: blocks until the order is terminal (at most 30 s). */
-async function waitFor(orders: OrderServiceClient, orderId: string): Promise<Order__Output> {
+async function waitFor(
+  orders: OrderServiceClient,
+  user: string,
+  orderId: string,
+): Promise<Order__Output> {
   const reply = await unary<object, GetOrderResponse__Output>(
     orders,
     orders.GetOrder,
     { orderId, wait: { seconds: 30 } },
     40_000,
+    auth(user),
   );
   if (reply.order === null) throw new Mismatch('GetOrder returned no order');
   return reply.order;
@@ -97,7 +108,7 @@ async function run(orders: OrderServiceClient): Promise<void> {
   check('placed status', placed.status, 'ORDER_STATUS_PENDING');
   // The discount is applied by saga step 2: until then payable is subtotal - points.
   check('placed payable', won(placed.payable), 84000);
-  const order = await waitFor(orders, placed.orderId);
+  const order = await waitFor(orders, 'alice', placed.orderId);
   check(
     "alice's order status (WELCOME-ALICE is single-use: run against fresh demo data)",
     order.status,
@@ -127,7 +138,7 @@ async function run(orders: OrderServiceClient): Promise<void> {
     points: 1000,
     paymentMethod: 'tok_capture_decline',
   });
-  const failed = await waitFor(orders, bob.orderId);
+  const failed = await waitFor(orders, 'bob', bob.orderId);
   check("bob's order status", failed.status, 'ORDER_STATUS_FAILED');
   check('failure reason', failed.failureReason, 'FAILURE_REASON_PAYMENT_DECLINED');
   check('discount after failure', won(failed.discount), 0);

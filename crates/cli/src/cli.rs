@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sagaflow_telemetry::{LogFormat, TelemetryGuard, metrics::MetricsError};
 
-use crate::{CliError, bench, demo, dev, recovery, saga, seed, serve};
+use crate::{CliError, bench, demo, dev, recovery, saga, seed, serve, token};
 
 /// The sagaflow order system: gRPC services coordinated by a durable saga engine.
 #[derive(Debug, Parser)]
@@ -38,6 +38,8 @@ enum Command {
     Seed(seed::SeedArgs),
     /// Inspect, retry or cancel sagas through the admin API.
     Saga(saga::SagaArgs),
+    /// Print a bearer token for a user, signed with `sagaflow dev`'s development key.
+    Token(token::TokenArgs),
 }
 
 /// Exit code for invalid configuration (EX_USAGE of sysexits.h).
@@ -71,7 +73,7 @@ pub fn main() -> ExitCode {
             Command::Bench(_) => "sagaflow-bench".to_owned(),
             Command::Recovery(_) => "sagaflow-recovery".to_owned(),
             Command::Serve(args) => args.service.telemetry_name(),
-            Command::Saga(_) | Command::Seed(_) => "sagaflow-cli".to_owned(),
+            Command::Saga(_) | Command::Seed(_) | Command::Token(_) => "sagaflow-cli".to_owned(),
         };
         let mut config = sagaflow_telemetry::TelemetryConfig::from_env(service, format);
         if matches!(cli.command, Command::Bench(_) | Command::Demo(_)) {
@@ -164,6 +166,13 @@ async fn run(command: Command) -> Result<(), CliError> {
             .map_err(CliError::Failed),
         Command::Serve(args) => serve::run(args).await,
         Command::Saga(args) => saga::run(args).await.map_err(CliError::Failed),
+        Command::Token(args) => match token::run(&args) {
+            Ok(token) => {
+                println!("{token}");
+                Ok(())
+            }
+            Err(err) => Err(CliError::Failed(err)),
+        },
     }
 }
 

@@ -28,7 +28,11 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `--metrics-listen ADDR` serves the engine's and the
 //! relay's Prometheus metrics (including the sampled outbox backlog).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -37,8 +41,10 @@ use sagaflow_order::relay;
 use sagaflow_payment::SimulatedGatewayConfig;
 use sagaflow_server::{
     Db, PoolConfig,
+    access::{AccessPolicy, AdminTokens},
     config::{Security, Synchronous},
     db::SqliteSynchronous,
+    end_users::{DevKey, dev_operator_token},
     faults::FaultConfig,
     grpc::{self, ServerHandle, ServerOptions},
     limits::Limits,
@@ -100,6 +106,11 @@ pub struct DevArgs {
     /// where every host that can reach the port is trusted).
     #[arg(long, env = "SAGAFLOW_INSECURE")]
     pub insecure: bool,
+    /// Run without end-user authentication: public RPCs answer anyone, as any user (logged as a
+    /// warning). Without it, public RPCs need a token of `sagaflow token <user>`
+    /// (docs/operations.md, "End users").
+    #[arg(long, env = "SAGAFLOW_DEV_OPEN")]
+    pub open: bool,
 }
 
 /// Configuration of an embedded system.
@@ -148,6 +159,11 @@ pub struct EmbeddedConfig {
     /// TLS and who may call what (default: plaintext, every call let through; docs/operations.md,
     /// "Security"). The process's own in-process calls always pass.
     pub security: Security,
+    /// End-user authentication with the development key of `data_dir` (`sagaflow dev` without
+    /// `--open`; docs/operations.md, "End users"): the key and `dev`'s operator token are made on
+    /// the first start, and public RPCs then need a token of `sagaflow token` or that operator
+    /// token. Default false (the embedded systems of `demo` and `bench`).
+    pub dev_end_users: bool,
     /// The server's limits (message size, concurrency, timeout, PlaceOrder per user).
     pub limits: Limits,
 }
@@ -210,6 +226,7 @@ impl EmbeddedConfig {
             events: EventSettings::default(),
             security: Security::default(),
             limits: Limits::default(),
+            dev_end_users: false,
         }
     }
 
@@ -256,6 +273,7 @@ impl EmbeddedConfig {
             events: args.events.settings(),
             security: Security::default(),
             limits: args.server_limits.limits(),
+            dev_end_users: !args.open,
         })
     }
 }
@@ -288,6 +306,10 @@ impl Embedded {
         crate::datadir::prepare(&config.data_dir)?;
         // Before anything is opened: a second `dev` on the same directory changes nothing.
         let lock = crate::datadir::DataDirLock::exclusive(&config.data_dir)?;
+        let mut access = config.security.access.clone();
+        if config.dev_end_users {
+            access = dev_access(access, &config.data_dir)?;
+        }
 
         let pool = PoolConfig {
             sqlite_synchronous: match config.sqlite_synchronous {
@@ -367,7 +389,7 @@ impl Embedded {
                 &names,
                 ServerOptions {
                     faults: config.faults.clone(),
-                    access: config.security.access.clone(),
+                    access,
                     tls: config.security.tls.server_config(),
                     limits: config.limits.clone(),
                 },
@@ -475,6 +497,17 @@ impl Embedded {
     }
 }
 
+/// `policy` with end-user authentication by the development key of `data_dir`, and `dev`'s
+/// operator token accepted on the public RPCs (both made on the first start, mode 0600;
+/// docs/operations.md, "End users").
+fn dev_access(policy: AccessPolicy, data_dir: &Path) -> anyhow::Result<AccessPolicy> {
+    let key = DevKey::load_or_create(data_dir).context("the development signing key")?;
+    let operator = dev_operator_token(data_dir).context("the development operator token")?;
+    let operators = AdminTokens::parse(&AdminTokens::line_for("dev", &operator))
+        .context("the development operator token")?;
+    Ok(policy.with_end_users(key.verifier()?, Some(operators)))
+}
+
 /// `sagaflow dev`: runs the embedded system until SIGTERM or Ctrl-C, with the metrics endpoint
 /// when `--metrics-listen` is set.
 ///
@@ -511,10 +544,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // a warning would be noise in every log check.
     tracing::info!(
         addr = %system.addr(),
-        "sagaflow dev is UNAUTHENTICATED and unencrypted: every RPC, the internal and admin ones \
-         included, answers anyone who reaches this port; a deployment runs `sagaflow serve` with \
-         TLS, client certificates and admin tokens (docs/operations.md, \"Security\")"
+        "sagaflow dev's internal and admin RPCs are UNAUTHENTICATED and unencrypted: they answer \
+         anyone who reaches this port; a deployment runs `sagaflow serve` with TLS, client \
+         certificates and admin tokens (docs/operations.md, \"Security\")"
     );
+    if args.open {
+        tracing::warn!(
+            addr = %system.addr(),
+            "sagaflow dev --open: end-user authentication is OFF; the public RPCs answer anyone, \
+             who may act as and read the data of any user (docs/operations.md, \"End users\")"
+        );
+    } else {
+        tracing::info!(
+            data_dir = %args.data_dir.display(),
+            "public RPCs need a user's token: `sagaflow token alice --data-dir {}` prints one \
+             (send it as `authorization: Bearer <token>`)",
+            args.data_dir.display()
+        );
+    }
     grpc::shutdown_signal().await;
     system.shutdown().await;
     if let Some(metrics) = metrics {

@@ -6,6 +6,7 @@
 //! - [`demo`]: places the shipped sample orders and checks the invariants (`sagaflow demo`);
 //! - [`bench`](mod@bench): a load generator (`sagaflow bench`);
 //! - [`saga`]: the saga admin API (`sagaflow saga show|list|retry|cancel`);
+//! - [`token`]: a development bearer token for an end user (`sagaflow token alice`);
 //! - [`retention`]: which retention jobs `serve` and `dev` run;
 //! - [`invariants`]: the invariants of docs/architecture.md, "Invariants", checked through the
 //!   query APIs;
@@ -30,6 +31,7 @@ pub mod seed;
 pub mod serve;
 pub mod services;
 pub mod targets;
+pub mod token;
 
 /// Why a command failed: bad configuration (exit 64) or a runtime failure (exit 1).
 #[derive(Debug)]

@@ -85,6 +85,8 @@ fn spawn_dev(binary: Option<&Path>, dir: &Path, port: u16) -> anyhow::Result<Chi
     };
     Command::new(exe)
         .arg("dev")
+        // The benchmark places orders for many users: no end-user authentication.
+        .arg("--open")
         .arg("--data-dir")
         .arg(dir)
         .arg("--listen")

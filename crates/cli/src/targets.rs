@@ -17,12 +17,18 @@
 //! `SAGAFLOW_TOKEN` set, every call carries it as `authorization: Bearer <token>`, the
 //! operator's credential for the admin RPCs (`saga`, `seed`, and the seeding of `demo` and
 //! `bench`). The token is read from the environment only, never a flag: a flag shows in `ps`.
+//! Without it, the operator token of a `sagaflow dev` data directory is sent when there is one
+//! (`--data-dir`, `SAGAFLOW_DATA_DIR`, default `.sagaflow`): `dev` accepts it on its public RPCs,
+//! so the commands see every user's orders (docs/operations.md, "End users").
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
-use sagaflow_server::transport::{BearerToken, Transport};
+use sagaflow_server::{
+    end_users::DEV_OPERATOR_TOKEN_FILE,
+    transport::{BearerToken, Transport},
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::{load::addr_url, services::Service};
@@ -64,6 +70,11 @@ pub struct TargetArgs {
     /// The deployment's CA certificate, PEM: call every service over TLS, trusting only it.
     #[arg(long, env = "SAGAFLOW_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
+    /// Data directory of the `sagaflow dev` called (default `.sagaflow`): without
+    /// `SAGAFLOW_TOKEN`, its operator token (`dev-operator-token`, made by `dev`) is sent, which
+    /// `dev` accepts on the public RPCs for every user's data.
+    #[arg(long, env = "SAGAFLOW_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The environment variable the client commands read the operator's bearer token from.
@@ -153,11 +164,20 @@ impl TargetArgs {
         }
     }
 
-    /// The operator's bearer token from `SAGAFLOW_TOKEN`, if set (and a valid header value).
-    pub fn token() -> Option<BearerToken> {
-        std::env::var(TOKEN_VARIABLE)
+    /// The operator's bearer token from `SAGAFLOW_TOKEN`, if set (and a valid header value);
+    /// else the operator token of the `sagaflow dev` data directory (`--data-dir`, default
+    /// `.sagaflow`), if there is one.
+    pub fn token(&self) -> Option<BearerToken> {
+        if let Ok(token) = std::env::var(TOKEN_VARIABLE) {
+            return BearerToken::new(&token);
+        }
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".sagaflow"));
+        std::fs::read_to_string(dir.join(DEV_OPERATOR_TOKEN_FILE))
             .ok()
-            .and_then(|token| BearerToken::new(&token))
+            .and_then(|token| BearerToken::new(token.trim()))
     }
 
     /// A lazily connected transport to `service` at `url`, over TLS with `--tls-ca`, every call
@@ -167,7 +187,7 @@ impl TargetArgs {
     /// As [`TargetArgs::endpoint`].
     pub fn transport(&self, service: Service, url: &str) -> anyhow::Result<Transport> {
         let channel = self.endpoint(service, url)?.connect_lazy();
-        Ok(Transport::tcp(channel, Self::token()))
+        Ok(Transport::tcp(channel, self.token()))
     }
 
     /// Transports to every service, with `fallback` (an embedded system's URL) for those nothing

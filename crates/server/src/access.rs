@@ -7,7 +7,15 @@
 //!  request ─▶ class of the path (descriptor set)
 //!     │  health, reflection, any non-sagaflow path: public
 //!     ▼
-//!  public ─────────────────────────────────────────────────────────────▶ handler (anonymous)
+//!  public, without end-user auth ──────────────────────────────────────▶ handler (anonymous)
+//!  public, with end-user auth (--jwt-issuer, or `sagaflow dev` without --open):
+//!     │  `authorization: Bearer <token>`:
+//!     │    an operator token (admin tokens file; `dev`'s own) ─────────────▶ handler (token:<id>)
+//!     │    a JWT of the configured issuer and key set (crate::end_users) ─▶ handler (user:<sub>)
+//!     │    expired ─▶ UNAUTHENTICATED  TOKEN_EXPIRED;  anything else ─▶ UNAUTHENTICATED  TOKEN_INVALID
+//!     │    (a JWKS URL never fetched ─▶ UNAVAILABLE  KEYS_UNAVAILABLE)
+//!     ├─ no token, an allowed service certificate ─────────────────────────▶ handler (service:<name>)
+//!     └─ nothing ─▶ UNAUTHENTICATED  CREDENTIALS_MISSING
 //!  internal ─ client certificate (mTLS, verified against --tls-ca by rustls)
 //!     │         whose SAN/CN is an allowed service identity ──────────▶ handler (service:<name>)
 //!     ├─ a valid operator token instead ─▶ PERMISSION_DENIED  WRONG_CLASS
@@ -25,6 +33,11 @@
 //! or written) with a `google.rpc.ErrorInfo` (domain `sagaflow`, metadata `rpc` and `class`). The
 //! caller's [`Identity`] goes into the request's extensions for the handlers that record who
 //! acted (the audit of admin actions).
+//!
+//! What an end user may see is decided in the handlers by one rule, written here once
+//! ([`Identity::acting_user`], [`Identity::reading_user`], [`Identity::may_see`]): a user acts and
+//! reads as themself only, another user's record is NOT_FOUND exactly like a missing one;
+//! operators, services and the process itself see everything (docs/operations.md, "End users").
 //!
 //! Calls this process makes to itself through the in-process transport (the embedded system,
 //! [`crate::transport::InProcess`]) are the process's own and pass as [`Identity::InProcess`]:
@@ -51,7 +64,7 @@ use tonic::{
 use tonic_types::{ErrorDetails, StatusExt as _};
 use tower::{Layer, Service};
 
-use crate::error::ERROR_DOMAIN;
+use crate::{end_users::UserVerifier, error::ERROR_DOMAIN};
 
 /// The full name of the method option that classifies an RPC (`proto/sagaflow/options/v1`).
 pub const RPC_CLASS_OPTION: &str = "sagaflow.options.v1.rpc_class";
@@ -59,7 +72,8 @@ pub const RPC_CLASS_OPTION: &str = "sagaflow.options.v1.rpc_class";
 /// Who may call an RPC: the `sagaflow.options.v1.RpcClass` of its proto definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RpcClass {
-    /// Anyone who reaches the port.
+    /// Anyone who reaches the port; an end user's bearer JWT when end-user authentication is on
+    /// (docs/operations.md, "End users").
     Public,
     /// Another sagaflow service: a client certificate of an allowed identity.
     Internal,
@@ -145,16 +159,87 @@ pub enum Identity {
     Service(String),
     /// An operator, by the id of their token in the admin tokens file.
     Operator(String),
+    /// An end user, by the subject of their verified bearer JWT ([`crate::end_users`]).
+    User(String),
+}
+
+/// `google.rpc.ErrorInfo` reason of a PlaceOrder (or any command acting for a user) whose
+/// `user_id` is not the authenticated caller's.
+pub const USER_MISMATCH: &str = "USER_MISMATCH";
+
+impl Identity {
+    /// The end user this caller is, if it is one; `None` for operators, services, the process
+    /// itself and anonymous callers (no end-user auth), who see every user's data.
+    pub fn end_user(&self) -> Option<&str> {
+        match self {
+            Self::User(subject) => Some(subject),
+            Self::Anonymous | Self::InProcess | Self::Service(_) | Self::Operator(_) => None,
+        }
+    }
+
+    /// The user a command such as PlaceOrder acts for (docs/operations.md, "End users"): an end
+    /// user acts as themself (an empty `requested` means them); everyone else names the user in
+    /// `requested`, returned as is (its validation is the handler's).
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED with `ErrorInfo` reason [`USER_MISMATCH`] (metadata `field`) when an end
+    /// user names another user in `field`.
+    pub fn acting_user(&self, field: &str, requested: &str) -> Result<String, Status> {
+        match self.end_user() {
+            None => Ok(requested.to_owned()),
+            Some(user) if requested.is_empty() || requested == user => Ok(user.to_owned()),
+            Some(_) => Err(Status::with_error_details(
+                Code::PermissionDenied,
+                format!("{field} must be the authenticated caller's user id (or empty)"),
+                ErrorDetails::with_error_info(
+                    USER_MISMATCH,
+                    ERROR_DOMAIN,
+                    HashMap::from([("field".to_owned(), field.to_owned())]),
+                ),
+            )),
+        }
+    }
+
+    /// The user whose data a read such as ListOrders or GetBalance returns: an end user reads
+    /// their own (an empty `requested` means them); everyone else the one in `requested`.
+    /// `Err(())` when an end user names another user: the handler answers NOT_FOUND, the same
+    /// for every other user, existing or not, so users cannot be probed.
+    #[expect(
+        clippy::result_unit_err,
+        reason = "the handler makes its own NOT_FOUND"
+    )]
+    pub fn reading_user(&self, requested: &str) -> Result<String, ()> {
+        match self.end_user() {
+            None => Ok(requested.to_owned()),
+            Some(user) if requested.is_empty() || requested == user => Ok(user.to_owned()),
+            Some(_) => Err(()),
+        }
+    }
+
+    /// Whether this caller may see a record owned by `owner` (an order, a payment, a coupon).
+    /// A handler treats a record it may not see exactly as a missing one (same NOT_FOUND, same
+    /// message), so ids cannot be probed.
+    pub fn may_see(&self, owner: &str) -> bool {
+        self.end_user().is_none_or(|user| user == owner)
+    }
+
+    /// `found` when this caller may see it ([`Identity::may_see`] of its `owner`), else `None`:
+    /// the one way a handler reads a user's record.
+    pub fn visible<T>(&self, found: Option<T>, owner: impl FnOnce(&T) -> &str) -> Option<T> {
+        found.filter(|record| self.may_see(owner(record)))
+    }
 }
 
 impl fmt::Display for Identity {
-    /// `anonymous`, `in-process`, `service:<name>`, `token:<id>`: the form audit records keep.
+    /// `anonymous`, `in-process`, `service:<name>`, `token:<id>`, `user:<sub>`: the form audit
+    /// records keep.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Anonymous => f.write_str("anonymous"),
             Self::InProcess => f.write_str("in-process"),
             Self::Service(name) => write!(f, "service:{name}"),
             Self::Operator(id) => write!(f, "token:{id}"),
+            Self::User(subject) => write!(f, "user:{subject}"),
         }
     }
 }
@@ -320,6 +405,12 @@ pub struct AccessPolicy {
     /// Internal RPCs need a client certificate naming one of these; `None`: internal RPCs are
     /// open.
     internal: Option<Arc<Vec<String>>>,
+    /// Public sagaflow RPCs need an end user's JWT this verifies (or an operator token, or a
+    /// service certificate); `None`: public RPCs are anonymous.
+    users: Option<Arc<UserVerifier>>,
+    /// Operator tokens accepted on the public RPCs besides the admin tokens: `sagaflow dev`'s
+    /// own ([`crate::end_users::dev_operator_token`]), whose admin RPCs are open.
+    public_operators: Option<Arc<AdminTokens>>,
 }
 
 impl AccessPolicy {
@@ -343,12 +434,38 @@ impl AccessPolicy {
         Self {
             admin: tokens.map(Arc::new),
             internal: internal_identities.map(Arc::new),
+            users: None,
+            public_operators: None,
         }
+    }
+
+    /// This policy with end-user authentication on the public RPCs (docs/operations.md, "End
+    /// users"): a bearer JWT `verifier` accepts, an operator token (of the admin tokens, or
+    /// `operators`), or a service certificate of the internal identities.
+    #[must_use]
+    pub fn with_end_users(
+        mut self,
+        verifier: UserVerifier,
+        operators: Option<AdminTokens>,
+    ) -> Self {
+        self.users = Some(Arc::new(verifier));
+        self.public_operators = operators.map(Arc::new);
+        self
+    }
+
+    /// Whether public RPCs need an end user's (or operator's) credential.
+    pub fn authenticates_users(&self) -> bool {
+        self.users.is_some()
+    }
+
+    /// The end users' verifier, when public RPCs need one.
+    pub fn users(&self) -> Option<&Arc<UserVerifier>> {
+        self.users.as_ref()
     }
 
     /// Whether any class is enforced.
     pub fn is_enforced(&self) -> bool {
-        self.admin.is_some() || self.internal.is_some()
+        self.admin.is_some() || self.internal.is_some() || self.users.is_some()
     }
 
     /// Decides a call to `path` with `credentials` (see the module docs): the caller's identity,
@@ -366,7 +483,8 @@ impl AccessPolicy {
             return Ok(unchecked);
         }
         let class = match class_of(path) {
-            None | Some(Some(RpcClass::Public)) => return Ok(Identity::Anonymous),
+            None => return Ok(Identity::Anonymous),
+            Some(Some(RpcClass::Public)) if self.users.is_none() => return Ok(Identity::Anonymous),
             Some(None) => {
                 return Err(refusal(
                     Code::PermissionDenied,
@@ -385,7 +503,10 @@ impl AccessPolicy {
             .bearer
             .map(|t| self.admin.as_ref().and_then(|tokens| tokens.verify(t)));
         match class {
-            RpcClass::Public => Ok(Identity::Anonymous),
+            RpcClass::Public => match &self.users {
+                Some(verifier) => self.public_decision(path, credentials, verifier),
+                None => Ok(Identity::Anonymous),
+            },
             RpcClass::Internal => {
                 let Some(identities) = &self.internal else {
                     return Ok(unchecked);
@@ -402,6 +523,50 @@ impl AccessPolicy {
                 }
                 Self::admin_decision(path, credentials, token)
             }
+        }
+    }
+
+    fn public_decision(
+        &self,
+        path: &str,
+        credentials: &Credentials<'_>,
+        verifier: &UserVerifier,
+    ) -> Result<Identity, Status> {
+        let class = Some(RpcClass::Public);
+        if let Some(bearer) = credentials.bearer {
+            let operator = [&self.admin, &self.public_operators]
+                .into_iter()
+                .flatten()
+                .find_map(|tokens| tokens.verify(bearer));
+            if let Some(id) = operator {
+                return Ok(Identity::Operator(id.to_owned()));
+            }
+            return match verifier.verify(bearer) {
+                Ok(subject) => Ok(Identity::User(subject)),
+                Err(err) => Err(refusal(
+                    err.code(),
+                    err.reason(),
+                    path,
+                    class,
+                    &format!("public RPC: {err}"),
+                )),
+            };
+        }
+        let service = match (&self.internal, &credentials.certificate_names) {
+            (Some(identities), Some(names)) => {
+                names.iter().find(|n| identities.iter().any(|i| i == *n))
+            }
+            _ => None,
+        };
+        match service {
+            Some(name) => Ok(Identity::Service(name.clone())),
+            None => Err(refusal(
+                Code::Unauthenticated,
+                "CREDENTIALS_MISSING",
+                path,
+                class,
+                "public RPC: a user's bearer token (`authorization: Bearer <JWT>`) is required",
+            )),
         }
     }
 
@@ -512,22 +677,26 @@ impl<'a> Credentials<'a> {
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs)
             .and_then(|certs| certs.first().map(|leaf| certificate_names(leaf.as_ref())));
-        let bearer = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then_some(token.trim())
-            });
         Self {
             in_process: request.extensions().get::<InProcessCall>().is_some(),
             certificate_names,
-            bearer,
+            bearer: bearer_of(request),
         }
     }
+}
+
+/// The token of `request`'s `authorization: Bearer <token>` header, if it has one.
+fn bearer_of(request: &http::Request<Body>) -> Option<&str> {
+    request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        })
 }
 
 /// The DNS and URI SANs and the subject CNs of a DER certificate (empty if it does not parse: a
@@ -587,8 +756,9 @@ pub struct AccessService<S> {
 
 impl<S> Service<http::Request<Body>> for AccessService<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>> + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -601,11 +771,10 @@ where
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         // Nothing to check (an open policy, a public RPC, health, reflection): no certificate is
         // parsed, no header read.
+        let class = class_of(req.uri().path());
         if !self.policy.is_enforced()
-            || matches!(
-                class_of(req.uri().path()),
-                None | Some(Some(RpcClass::Public))
-            )
+            || class.is_none()
+            || (class == Some(Some(RpcClass::Public)) && !self.policy.authenticates_users())
         {
             let identity = if req.extensions().get::<InProcessCall>().is_some() {
                 Identity::InProcess
@@ -614,6 +783,29 @@ where
             };
             req.extensions_mut().insert(identity);
             return Box::pin(self.inner.call(req));
+        }
+        // A key set from a JWKS URL that is due for a fetch: fetch first (at most one call at a
+        // time waits for it; crate::end_users::jwks_url), then decide as below.
+        if class == Some(Some(RpcClass::Public))
+            && let Some(users) = self.policy.users().cloned()
+        {
+            let bearer = bearer_of(&req).map(str::to_owned);
+            if users.needs_refresh(bearer.as_deref()) {
+                let policy = self.policy.clone();
+                // Take the service that was driven to readiness; leave a fresh clone in its place.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                return Box::pin(async move {
+                    users.refresh_if_needed(bearer.as_deref()).await;
+                    match policy.decide(req.uri().path(), &Credentials::of(&req)) {
+                        Ok(identity) => {
+                            req.extensions_mut().insert(identity);
+                            inner.call(req).await
+                        }
+                        Err(status) => Ok(status.into_http()),
+                    }
+                });
+            }
         }
         let decided = self.policy.decide(req.uri().path(), &Credentials::of(&req));
         match decided {
@@ -856,9 +1048,115 @@ mod tests {
             (Code::PermissionDenied, "PEER_NOT_ALLOWED".into())
         );
         assert_eq!(Identity::Operator("kim".into()).to_string(), "token:kim");
+        assert_eq!(Identity::User("alice".into()).to_string(), "user:alice");
         assert_eq!(
             Identity::Service("order".into()).to_string(),
             "service:order"
         );
+    }
+
+    #[test]
+    fn end_users_on_public_rpcs() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::end_users::DevKey::load_or_create(dir.path()).unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = crate::end_users::DevKey::load_or_create(other_dir.path()).unwrap();
+        let p = policy().with_end_users(
+            key.verifier().unwrap(),
+            Some(AdminTokens::parse(&AdminTokens::line_for("dev", "dev-secret")).unwrap()),
+        );
+        let hour = std::time::Duration::from_secs(3600);
+        let alice = key.mint("alice", hour).unwrap();
+        let forged = other.mint("alice", hour).unwrap();
+        let with = |bearer| Credentials {
+            bearer: Some(bearer),
+            ..Credentials::default()
+        };
+        assert_eq!(
+            p.decide(BALANCE, &with(&alice)).unwrap(),
+            Identity::User("alice".into())
+        );
+        assert_eq!(
+            reason(p.decide(BALANCE, &with(&forged))),
+            (Code::Unauthenticated, "TOKEN_INVALID".into())
+        );
+        assert_eq!(
+            reason(p.decide(BALANCE, &Credentials::default())),
+            (Code::Unauthenticated, "CREDENTIALS_MISSING".into())
+        );
+        // Operators: the admin tokens and the extra public ones.
+        assert_eq!(
+            p.decide(BALANCE, &with("secret-kim")).unwrap(),
+            Identity::Operator("kim".into())
+        );
+        assert_eq!(
+            p.decide(BALANCE, &with("dev-secret")).unwrap(),
+            Identity::Operator("dev".into())
+        );
+        // A service certificate, the process itself; health stays open.
+        let service = Credentials {
+            certificate_names: Some(vec!["order".into()]),
+            ..Credentials::default()
+        };
+        assert_eq!(
+            p.decide(BALANCE, &service).unwrap(),
+            Identity::Service("order".into())
+        );
+        let local = Credentials {
+            in_process: true,
+            ..Credentials::default()
+        };
+        assert_eq!(p.decide(BALANCE, &local).unwrap(), Identity::InProcess);
+        assert_eq!(
+            p.decide("/grpc.health.v1.Health/Check", &Credentials::default())
+                .unwrap(),
+            Identity::Anonymous
+        );
+        // A user's JWT is no admin credential.
+        assert_eq!(
+            reason(p.decide(GRANT, &with(&alice))),
+            (Code::Unauthenticated, "TOKEN_INVALID".into())
+        );
+        // The dev policy: end users only, admin and internal open.
+        let dev = AccessPolicy::open().with_end_users(key.verifier().unwrap(), None);
+        assert_eq!(
+            dev.decide(GRANT, &Credentials::default()).unwrap(),
+            Identity::Anonymous
+        );
+        assert_eq!(
+            reason(dev.decide(BALANCE, &Credentials::default())),
+            (Code::Unauthenticated, "CREDENTIALS_MISSING".into())
+        );
+    }
+
+    #[test]
+    fn ownership_rule() {
+        let alice = Identity::User("alice".into());
+        assert_eq!(alice.acting_user("user_id", "").unwrap(), "alice");
+        assert_eq!(alice.acting_user("user_id", "alice").unwrap(), "alice");
+        let denied = alice.acting_user("user_id", "bob").unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        assert_eq!(
+            denied.get_details_error_info().unwrap().reason,
+            USER_MISMATCH
+        );
+        assert_eq!(alice.reading_user("").unwrap(), "alice");
+        assert!(alice.reading_user("bob").is_err());
+        assert!(alice.may_see("alice") && !alice.may_see("bob"));
+        assert_eq!(alice.visible(Some(("bob", 1)), |r| r.0), None);
+        assert_eq!(
+            alice.visible(Some(("alice", 1)), |r| r.0),
+            Some(("alice", 1))
+        );
+        for everyone in [
+            Identity::Anonymous,
+            Identity::InProcess,
+            Identity::Service("order".into()),
+            Identity::Operator("kim".into()),
+        ] {
+            assert_eq!(everyone.acting_user("user_id", "bob").unwrap(), "bob");
+            assert_eq!(everyone.reading_user("bob").unwrap(), "bob");
+            assert!(everyone.may_see("bob"));
+        }
     }
 }

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use crate::{
     access::{AccessPolicy, AdminTokens, DEFAULT_INTERNAL_IDENTITIES},
     db::{PoolConfig, SqliteSynchronous},
+    end_users::UserVerifier,
     faults::FaultConfig,
     limits::LimitArgs,
     retention::{
@@ -113,6 +114,70 @@ pub struct SecurityArgs {
     pub insecure: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub end_users: EndUserArgs,
+}
+
+/// End-user authentication on the public RPCs (docs/operations.md, "End users"): with an issuer
+/// and a key set, every public sagaflow RPC needs `authorization: Bearer <JWT>` (or an operator
+/// token); the user is the token's subject. Without them, public RPCs are anonymous.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EndUserArgs {
+    /// Issuer (`iss`) of the end users' bearer JWTs, e.g. `https://id.example.com/`; needs
+    /// --jwt-jwks-file. Unset: public RPCs are anonymous.
+    #[arg(long, env = "SAGAFLOW_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Audience the tokens must name in `aud`. Unset: a token that names any audience is refused.
+    #[arg(long, env = "SAGAFLOW_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The issuer's public keys, a JWKS file (`{"keys": [...]}`; EdDSA, ES256/384, RS/PS keys;
+    /// symmetric keys refused). Read at start. Or --jwt-jwks-url.
+    #[arg(long, env = "SAGAFLOW_JWT_JWKS_FILE", conflicts_with = "jwt_jwks_url")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// The issuer's public keys at a URL (`http://` or `https://`), fetched on the first call
+    /// that needs them, again every --jwt-jwks-refresh-ms and when a token names an unknown key
+    /// id (at most every 10 s); a failed fetch keeps the keys there were.
+    #[arg(long, env = "SAGAFLOW_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// CA certificates (PEM) an `https://` --jwt-jwks-url is verified against (required for
+    /// https: no public roots are built in).
+    #[arg(long, env = "SAGAFLOW_JWT_JWKS_CA")]
+    pub jwt_jwks_ca: Option<PathBuf>,
+    /// How often the keys of --jwt-jwks-url are fetched again, milliseconds. Default 300000.
+    #[arg(long, env = "SAGAFLOW_JWT_JWKS_REFRESH_MS", default_value_t = 300_000,
+          value_parser = clap::value_parser!(u64).range(1000..))]
+    pub jwt_jwks_refresh_ms: u64,
+}
+
+impl EndUserArgs {
+    /// The verifier these flags describe; `None` without an issuer.
+    ///
+    /// # Errors
+    /// [`SecurityError::EndUsers`] for an issuer without a key set (or the reverse), an
+    /// audience without an issuer; [`SecurityError::KeySet`] when the file cannot be used.
+    pub fn verifier(&self) -> Result<Option<UserVerifier>, SecurityError> {
+        match (&self.jwt_issuer, &self.jwt_jwks_file, &self.jwt_jwks_url) {
+            (None, None, None) if self.jwt_audience.is_none() => Ok(None),
+            (Some(issuer), Some(path), _) => Ok(Some(UserVerifier::from_jwks_file(
+                issuer.clone(),
+                self.jwt_audience.clone(),
+                path,
+            )?)),
+            (Some(issuer), None, Some(url)) => Ok(Some(UserVerifier::from_jwks_url(
+                issuer.clone(),
+                self.jwt_audience.clone(),
+                url,
+                self.jwt_jwks_ca.as_deref(),
+                std::time::Duration::from_millis(self.jwt_jwks_refresh_ms),
+            )?)),
+            (Some(_), None, None) => Err(SecurityError::EndUsers(
+                "--jwt-issuer needs --jwt-jwks-file or --jwt-jwks-url (the issuer's public keys)",
+            )),
+            (None, ..) => Err(SecurityError::EndUsers(
+                "--jwt-jwks-file, --jwt-jwks-url and --jwt-audience need --jwt-issuer",
+            )),
+        }
+    }
 }
 
 /// A server's security, resolved from [`SecurityArgs`].
@@ -158,6 +223,12 @@ pub enum SecurityError {
     /// The tokens file cannot be read.
     #[error(transparent)]
     Tokens(#[from] crate::access::TokenFileError),
+    /// End-user flags that do not go together.
+    #[error("{0}")]
+    EndUsers(&'static str),
+    /// The end users' key set cannot be read or used.
+    #[error("--jwt-jwks-file / --jwt-jwks-url {0}")]
+    KeySet(#[from] crate::end_users::KeySetError),
 }
 
 impl SecurityArgs {
@@ -198,10 +269,11 @@ impl SecurityArgs {
             }
         }
         let internal = tls.has_ca().then(|| self.internal_identities.clone());
-        Ok(Security {
-            access: AccessPolicy::new(tokens, internal),
-            tls,
-        })
+        let mut access = AccessPolicy::new(tokens, internal);
+        if let Some(verifier) = self.end_users.verifier()? {
+            access = access.with_end_users(verifier, None);
+        }
+        Ok(Security { access, tls })
     }
 }
 
@@ -406,6 +478,65 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--tls-cert"), "{err}");
+    }
+
+    #[test]
+    fn end_user_flags_go_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::end_users::DevKey::load_or_create(dir.path()).unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, serde_json::to_string(&key.jwks()).unwrap()).unwrap();
+        let jwks = jwks.to_str().unwrap();
+        let on = resolve(
+            &["--jwt-issuer", "sagaflow-dev", "--jwt-jwks-file", jwks],
+            "127.0.0.1:1",
+        )
+        .unwrap();
+        assert!(on.access.authenticates_users());
+        assert!(
+            !resolve(&[], "127.0.0.1:1")
+                .unwrap()
+                .access
+                .authenticates_users()
+        );
+        for args in [
+            vec!["--jwt-issuer", "x"],
+            vec!["--jwt-jwks-file", jwks],
+            vec!["--jwt-audience", "shop"],
+        ] {
+            assert!(
+                matches!(
+                    resolve(&args, "127.0.0.1:1"),
+                    Err(SecurityError::EndUsers(_))
+                ),
+                "{args:?}"
+            );
+        }
+        let err = resolve(
+            &["--jwt-issuer", "x", "--jwt-jwks-file", "/nonexistent/jwks"],
+            "127.0.0.1:1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/jwks"), "{err}");
+        let url = resolve(
+            &[
+                "--jwt-issuer",
+                "x",
+                "--jwt-jwks-url",
+                "http://127.0.0.1:9/jwks",
+            ],
+            "127.0.0.1:1",
+        )
+        .unwrap();
+        assert!(url.access.authenticates_users());
+        assert!(matches!(
+            resolve(
+                &["--jwt-jwks-url", "http://127.0.0.1:9/jwks"],
+                "127.0.0.1:1"
+            ),
+            Err(SecurityError::EndUsers(_))
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`access`]: each RPC's class (public, internal, admin) from the protos, enforced by one tower
 //!   layer: operators' bearer tokens, services' client certificates (docs/operations.md,
 //!   "Security");
+//! - [`end_users`]: end users' bearer JWTs on the public RPCs, and `sagaflow dev`'s signing key;
 //! - [`tls`]: TLS of listeners and clients (rustls), `--tls-cert`, `--tls-key`, `--tls-ca`;
 //! - [`limits`]: message size, concurrency, timeout and per-user rate limits of every server;
 //! - [`repeated`]: repeated fields counted on the wire and refused over their limits before any
@@ -55,6 +56,7 @@ pub mod audit;
 pub mod config;
 pub mod consume;
 pub mod db;
+pub mod end_users;
 pub mod error;
 pub mod faults;
 mod group_commit;

@@ -456,7 +456,12 @@ where
                 Ok(collected) => collected.to_bytes(),
                 Err(err) => return Ok(Status::from_error(err).into_http()),
             };
-            let key = key_of(&rule.input, &rule.field, &bytes);
+            // An end user's calls count as theirs, whatever user_id they name (an empty one
+            // included; docs/operations.md, "End users").
+            let key = match parts.extensions.get::<crate::access::Identity>() {
+                Some(crate::access::Identity::User(subject)) => subject.clone(),
+                _ => key_of(&rule.input, &rule.field, &bytes),
+            };
             if rule.limiter.len() > RETAIN_ABOVE_KEYS {
                 rule.limiter.retain_recent();
             }

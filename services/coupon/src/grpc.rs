@@ -116,12 +116,16 @@ impl coupon_service_server::CouponService for CouponService {
         &self,
         request: Request<GetCouponRequest>,
     ) -> Result<Response<GetCouponResponse>, Status> {
+        let identity = identity_of(&request);
         let req = request.into_inner();
         let mut v = Validator::new();
         v.required("code", &req.code);
         v.finish()?;
-        let coupon = store::get_coupon(&mut *self.db.connection().await?, &req.code)
-            .await?
+        // Another user's coupon is NOT_FOUND like a missing code (docs/operations.md, "End
+        // users"): codes cannot be probed.
+        let found = store::get_coupon(&mut *self.db.connection().await?, &req.code).await?;
+        let coupon = identity
+            .visible(found, |c| c.terms.user_id.as_str())
             .ok_or_else(|| ServiceError::NotFound(format!("coupon {:?}", req.code)))?;
         Ok(Response::new(GetCouponResponse {
             coupon: Some(coupon.into()),

@@ -329,6 +329,7 @@ impl OrderStep for StartPayment {
                     order_id: input.order_id.clone(),
                     amount: payable(input, applied.as_ref()),
                     payment_method: input.payment_method.clone(),
+                    user_id: input.user_id.clone(),
                 },
                 timeout,
             ))

@@ -29,7 +29,13 @@ pub(crate) async fn load_existing(
 ) -> Result<Order, ServiceError> {
     store::load(conn, order_id)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("order {order_id}")))
+        .ok_or_else(|| order_not_found(order_id))
+}
+
+/// The NOT_FOUND of a missing order, and of another user's (docs/operations.md, "End users"):
+/// one message for both, so order ids cannot be probed.
+pub(crate) fn order_not_found(order_id: &str) -> ServiceError {
+    ServiceError::NotFound(format!("order {order_id}"))
 }
 
 /// ApplyCoupon's effect (saga step 2): takes `discount` (KRW won, as the Coupon service's

@@ -14,6 +14,7 @@ use sagaflow_proto::{
 };
 use sagaflow_server::{
     ServiceError,
+    access::identity_of,
     db::now_ms,
     idempotency,
     validate::{MAX_LINES, Validator, decode_page_token, encode_page_token},
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use crate::{
     INVENTORY_TIMEOUT, OrderService, WAIT_POLL_INTERVAL,
-    commands::{self, load_existing},
+    commands::{self, load_existing, order_not_found},
     convert::{reason_from_proto, to_proto},
     domain::{Amounts, FailureReason, Order, OrderStatus, PricingError, price_lines},
     events::OrderEvent,
@@ -43,9 +44,15 @@ impl OrderServiceApi for OrderService {
         &self,
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
-        let req = request.into_inner();
+        // The order's user is the caller (docs/operations.md, "End users"): an end user's empty
+        // `user_id` is theirs, another user's is PERMISSION_DENIED.
+        let identity = identity_of(&request);
+        let mut req = request.into_inner();
+        req.user_id = identity.acting_user("user_id", &req.user_id)?;
         let lines = validate_place(&req, self.payment_methods.as_deref())?;
-        let key = format!("PlaceOrder:{}", req.request_id);
+        // `request_id` is scoped per user: two users' equal ids are two orders.
+        let scoped_request_id = scoped_request_id(&req.user_id, &req.request_id);
+        let key = format!("PlaceOrder:{scoped_request_id}");
         // A repeat is answered from the idempotency store, without asking Inventory.
         if let Some(stored) = idempotency::lookup(&self.db, PLACE, &key, &req).await? {
             return Ok(Response::new(self.current(stored).await?));
@@ -87,7 +94,7 @@ impl OrderServiceApi for OrderService {
             order: Some(to_proto(&order)),
             payment_method: order.payment_method.clone(),
         });
-        let request_id = req.request_id.clone();
+        let request_id = scoped_request_id;
         let event_id = Uuid::new_v4().to_string();
         // What the relay needs to deliver the event without reading it back.
         let handed = self.relay.as_ref().map(|_| {
@@ -124,14 +131,26 @@ impl OrderServiceApi for OrderService {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let identity = identity_of(&request);
         let req = request.into_inner();
         let mut v = Validator::new();
         let order_id = v.uuid_text("order_id", &req.order_id);
-        let wait = v.wait("wait", req.wait.as_ref());
+        let wait = v.wait("wait", req.wait.as_ref()).unwrap_or_default();
         v.finish()?;
-        let order = self
-            .wait_for_terminal(&order_id, wait.unwrap_or_default())
-            .await?;
+        // Another user's order is NOT_FOUND like a missing one, and answered at once: waiting for
+        // it would tell that it exists (docs/operations.md, "End users").
+        let mut conn = self.db.connection().await?;
+        let first = identity
+            .visible(store::load(&mut conn, &order_id).await?, |o| {
+                o.user_id.as_str()
+            })
+            .ok_or_else(|| order_not_found(&order_id))?;
+        drop(conn);
+        let order = if first.status.is_terminal() || wait.is_zero() {
+            first
+        } else {
+            self.wait_for_terminal(&order_id, wait).await?
+        };
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(to_proto(&order)),
         }))
@@ -142,7 +161,13 @@ impl OrderServiceApi for OrderService {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
-        let req = request.into_inner();
+        let identity = identity_of(&request);
+        let mut req = request.into_inner();
+        // An end user lists their own orders; another user's list is NOT_FOUND, whoever they
+        // are (docs/operations.md, "End users").
+        req.user_id = identity
+            .reading_user(&req.user_id)
+            .map_err(|()| ServiceError::NotFound(format!("orders of user {:?}", req.user_id)))?;
         let mut v = Validator::new();
         v.required("user_id", &req.user_id);
         let page_size = v.page_size("page_size", req.page_size);
@@ -411,6 +436,14 @@ fn too_many_waiters(err: crate::waiters::TooManyWaiters) -> Status {
             HashMap::from([("max_waiters".to_owned(), err.max.to_string())]),
         ),
     )
+}
+
+/// The stored form of a PlaceOrder `request_id`, scoped by its user (docs/operations.md, "End
+/// users"): `<byte length of user_id>:<user_id>:<request_id>`, unambiguous whatever either
+/// contains. The idempotency key is `PlaceOrder:` and this; migration 0007 rewrote the rows placed
+/// before.
+pub(crate) fn scoped_request_id(user_id: &str, request_id: &str) -> String {
+    format!("{}:{user_id}:{request_id}", user_id.len())
 }
 
 /// Checks every field of PlaceOrder (each invalid one named in the INVALID_ARGUMENT) and returns

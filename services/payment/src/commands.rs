@@ -6,7 +6,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use sagaflow_proto::payment::v1 as pb;
-use sagaflow_server::{Db, ServiceError, idempotency};
+use sagaflow_server::{Db, ServiceError, access::Identity, idempotency};
 use tonic::Status;
 
 use crate::{
@@ -33,7 +33,20 @@ const REFUND: &str = "payment.RefundPayment";
 /// # Errors
 /// `NOT_FOUND` when the order has no payment (a tombstone is not a payment: the order was never
 /// charged); `UNAVAILABLE` / `INTERNAL` when the database fails.
-pub(crate) async fn get(db: &Db, order_id: &str) -> Result<Payment, ServiceError> {
+///
+/// An end user sees only a payment StartPayment recorded as theirs (docs/operations.md, "End
+/// users"); another user's is the same NOT_FOUND as a missing one.
+pub(crate) async fn get(
+    db: &Db,
+    order_id: &str,
+    identity: &Identity,
+) -> Result<Payment, ServiceError> {
+    if identity.end_user().is_some() {
+        let owner = store::owner(db.pool(), order_id).await?;
+        if !owner.is_some_and(|owner| identity.may_see(&owner)) {
+            return Err(rejected(order_id, Rejection::NotFound));
+        }
+    }
     match store::find(db.pool(), order_id).await? {
         Some(PaymentRecord::Payment(p)) => Ok(p),
         Some(PaymentRecord::Tombstone { .. }) | None => {
@@ -62,6 +75,13 @@ pub(crate) async fn start(
     order_id: String,
 ) -> Result<pb::StartPaymentResponse, Status> {
     let key = req.idempotency_key.clone();
+    // The user is a function of the order, so it stays out of the request's hash: a step
+    // retried across an upgrade (without user_id before) is the same request.
+    let owner = req.user_id.clone();
+    let req = pb::StartPaymentRequest {
+        user_id: String::new(),
+        ..req
+    };
     if let Some(stored) = idempotency::lookup(&db, START, &key, &req).await? {
         return Ok(stored);
     }
@@ -75,6 +95,9 @@ pub(crate) async fn start(
     let backend = db.backend();
     let result = idempotency::execute(&db, START, &key, &req, move |conn| {
         Box::pin(async move {
+            if !owner.is_empty() {
+                store::record_owner(conn, &id, &owner).await?;
+            }
             let stored = store::find(&mut *conn, &id).await?;
             let payment = match (
                 decide_start(stored.as_ref(), amount, &method),

@@ -7,7 +7,7 @@ use std::{future::Future, sync::Arc};
 use sagaflow_proto::payment::v1::{
     self as pb, payment_service_server::PaymentService as PaymentServiceApi,
 };
-use sagaflow_server::{ServiceError, validate::Validator};
+use sagaflow_server::{ServiceError, access::identity_of, validate::Validator};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -23,11 +23,12 @@ impl PaymentServiceApi for PaymentService {
         &self,
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
+        let identity = identity_of(&request);
         let req = request.into_inner();
         let mut v = Validator::new();
         let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
-        let payment = get(&self.db, &order_id).await?;
+        let payment = get(&self.db, &order_id, &identity).await?;
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(to_proto(&payment)),
         }))

@@ -67,6 +67,46 @@ impl PaymentRow {
 ///
 /// # Errors
 /// `UNAVAILABLE` / `INTERNAL` when the database fails.
+/// Records that the payment of `order_id` belongs to `user_id` (the first StartPayment's user;
+/// a repeat changes nothing).
+///
+/// # Errors
+/// `UNAVAILABLE` / `INTERNAL` when the database fails.
+pub(crate) async fn record_owner(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    user_id: &str,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "INSERT INTO payment_owners (order_id, user_id) VALUES ($1, $2) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(user_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The user the payment of `order_id` belongs to; `None` when StartPayment recorded none.
+///
+/// # Errors
+/// `UNAVAILABLE` / `INTERNAL` when the database fails.
+pub(crate) async fn owner<'e, E>(
+    executor: E,
+    order_id: &str,
+) -> Result<Option<String>, ServiceError>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let owner: Option<(String,)> =
+        sqlx::query_as("SELECT user_id FROM payment_owners WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(executor)
+            .await?;
+    Ok(owner.map(|(user,)| user))
+}
+
 pub(crate) async fn find<'e, E>(
     executor: E,
     order_id: &str,

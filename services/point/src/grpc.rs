@@ -21,7 +21,13 @@ impl point_service_server::PointService for PointService {
         &self,
         request: Request<GetBalanceRequest>,
     ) -> Result<Response<GetBalanceResponse>, Status> {
-        let req = request.into_inner();
+        let identity = identity_of(&request);
+        let mut req = request.into_inner();
+        // An end user reads their own balance; another user's is NOT_FOUND, whoever they are
+        // (docs/operations.md, "End users").
+        req.user_id = identity
+            .reading_user(&req.user_id)
+            .map_err(|()| ServiceError::NotFound(format!("balance of user {:?}", req.user_id)))?;
         let mut v = Validator::new();
         v.required("user_id", &req.user_id);
         v.finish()?;

@@ -26,10 +26,59 @@ fn repo() -> PathBuf {
         .to_owned()
 }
 
+/// A `sagaflow dev` with end-user authentication on, the tokens of alice and bob from
+/// `sagaflow token` (the examples read them from `SAGAFLOW_TOKEN_ALICE` / `_BOB`), and its
+/// operator token.
+struct Dev {
+    process: sagaflow_tests::Process,
+    tokens: Vec<(&'static str, String)>,
+    operator: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Dev {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let process = sagaflow_tests::start_dev_authenticated("127.0.0.1:0", &data, &[], &[]);
+        let tokens = vec![
+            (
+                "SAGAFLOW_TOKEN_ALICE",
+                sagaflow_tests::dev_token(&data, "alice"),
+            ),
+            (
+                "SAGAFLOW_TOKEN_BOB",
+                sagaflow_tests::dev_token(&data, "bob"),
+            ),
+        ];
+        let operator = sagaflow_tests::dev_operator_token(&data);
+        Self {
+            process,
+            tokens,
+            operator,
+            _dir: dir,
+        }
+    }
+
+    fn addr(&self) -> &str {
+        self.process.addr()
+    }
+
+    fn envs(&self) -> Vec<(&str, &str)> {
+        self.tokens.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
 /// Runs `program args…` in `dir`; panics (naming `hint`) when it cannot be started.
 fn run(dir: &Path, program: &str, args: &[&str], hint: &str) -> Output {
+    run_with(dir, program, args, &[], hint)
+}
+
+/// [`run`] with environment variables.
+fn run_with(dir: &Path, program: &str, args: &[&str], envs: &[(&str, &str)], hint: &str) -> Output {
     Command::new(program)
         .args(args)
+        .envs(envs.iter().copied())
         .current_dir(dir)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} ({e}): {hint}"))
@@ -66,8 +115,10 @@ fn order_id_after(stdout: &str, prefix: &str) -> String {
         .to_owned()
 }
 
-/// What every example prints on success, and the server's view of the orders it names.
-fn check_example_output(addr: &str, stdout: &str, banner: &str) {
+/// What every example prints on success, and the server's view of the orders it names (read
+/// with `dev`'s operator token, `operator`).
+fn check_example_output(addr: &str, operator: &str, stdout: &str, banner: &str) {
+    let header = format!("authorization: Bearer {operator}");
     assert!(
         stdout.lines().any(|l| l.starts_with("completed ")
             && l.ends_with(": subtotal 89000 discount 8900 points 5000 payable 75100")),
@@ -95,7 +146,12 @@ fn check_example_output(addr: &str, stdout: &str, banner: &str) {
     let completed = order_id_after(stdout, "completed ");
     let order = &grpcurl_json(
         addr,
-        &["-d", &json!({ "order_id": completed }).to_string()],
+        &[
+            "-H",
+            &header,
+            "-d",
+            &json!({ "order_id": completed }).to_string(),
+        ],
         GET_ORDER,
     )["order"];
     assert_eq!(order["status"], "ORDER_STATUS_COMPLETED", "{order}");
@@ -105,7 +161,12 @@ fn check_example_output(addr: &str, stdout: &str, banner: &str) {
     let failed = order_id_after(stdout, "failed ");
     let order = &grpcurl_json(
         addr,
-        &["-d", &json!({ "order_id": failed }).to_string()],
+        &[
+            "-H",
+            &header,
+            "-d",
+            &json!({ "order_id": failed }).to_string(),
+        ],
         GET_ORDER,
     )["order"];
     assert_eq!(order["status"], "ORDER_STATUS_FAILED", "{order}");
@@ -136,7 +197,7 @@ fn check_second_run_fails(out: &Output) {
 fn python_client_example_places_orders_and_reads_error_details() {
     const HINT: &str = "pip install -r clients/python/requirements.txt";
     let dir = tempfile::tempdir().unwrap();
-    let dev = sagaflow_tests::start_dev("127.0.0.1:0", &dir.path().join("data"), &[], &[]);
+    let dev = Dev::start();
     let python = repo().join("clients/python");
     let gen_dir = dir.path().join("gen");
     let gen_dir = gen_dir.to_str().unwrap();
@@ -151,18 +212,26 @@ fn python_client_example_places_orders_and_reads_error_details() {
     );
 
     let example = ["place_order.py", dev.addr(), "--gen-dir", gen_dir];
-    let out = run(&python, "python3", &example, HINT);
+    let out = run_with(&python, "python3", &example, &dev.envs(), HINT);
     let stdout = assert_success("place_order.py", &out, HINT);
-    check_example_output(dev.addr(), &stdout, "python client: all checks passed");
+    check_example_output(
+        dev.addr(),
+        &dev.operator,
+        &stdout,
+        "python client: all checks passed",
+    );
 
-    check_second_run_fails(&run(&python, "python3", &example, HINT));
+    check_second_run_fails(&run_with(&python, "python3", &example, &dev.envs(), HINT));
+    // Without tokens every call is refused: the example reports the server's refusal.
+    let out = run(&python, "python3", &example, HINT);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("UNAUTHENTICATED"), "{}", text(&out).1);
 }
 
 #[test]
 fn typescript_client_example_places_orders_and_reads_error_details() {
     const HINT: &str = "run `npm ci` in clients/typescript";
-    let dir = tempfile::tempdir().unwrap();
-    let dev = sagaflow_tests::start_dev("127.0.0.1:0", &dir.path().join("data"), &[], &[]);
+    let dev = Dev::start();
     let typescript = repo().join("clients/typescript");
     assert!(
         typescript.join("node_modules/@grpc/grpc-js").exists(),
@@ -175,9 +244,14 @@ fn typescript_client_example_places_orders_and_reads_error_details() {
     assert!(stdout.contains("generated 11 contracts"), "{stdout}");
 
     let example = ["dist/place_order.js", dev.addr()];
-    let out = run(&typescript, "node", &example, HINT);
+    let out = run_with(&typescript, "node", &example, &dev.envs(), HINT);
     let stdout = assert_success("node dist/place_order.js", &out, HINT);
-    check_example_output(dev.addr(), &stdout, "typescript client: all checks passed");
+    check_example_output(
+        dev.addr(),
+        &dev.operator,
+        &stdout,
+        "typescript client: all checks passed",
+    );
 
-    check_second_run_fails(&run(&typescript, "node", &example, HINT));
+    check_second_run_fails(&run_with(&typescript, "node", &example, &dev.envs(), HINT));
 }

@@ -95,16 +95,21 @@ fn operator_cancels_log_no_errors_or_warnings() {
     use serde_json::json;
 
     let dir = tempfile::tempdir().unwrap();
-    let dev = sagaflow_tests::start_dev(
-        "127.0.0.1:0",
-        &dir.path().join("data"),
-        &[],
-        &[("RUST_LOG", "info")],
+    let data = dir.path().join("data");
+    // With end-user authentication (dev's default, which logs no warning): alice's token on
+    // the public calls, none on the admin ones.
+    let dev =
+        sagaflow_tests::start_dev_authenticated("127.0.0.1:0", &data, &[], &[("RUST_LOG", "info")]);
+    let alice = format!(
+        "authorization: Bearer {}",
+        sagaflow_tests::dev_token(&data, "alice")
     );
     let place = |request_id: &str, card: &str| {
         let reply = grpcurl_json(
             dev.addr(),
             &[
+                "-H",
+                &alice,
                 "-d",
                 &json!({"request_id": request_id, "user_id": "alice",
                         "lines": [{"sku": "KB-001", "quantity": 1}], "payment_method": card})
@@ -126,6 +131,8 @@ fn operator_cancels_log_no_errors_or_warnings() {
     let order = grpcurl_json(
         dev.addr(),
         &[
+            "-H",
+            &alice,
             "-d",
             &json!({ "order_id": done, "wait": "30s" }).to_string(),
         ],
@@ -156,6 +163,8 @@ fn operator_cancels_log_no_errors_or_warnings() {
     let order = grpcurl_json(
         dev.addr(),
         &[
+            "-H",
+            &alice,
             "-d",
             &json!({ "order_id": slow, "wait": "30s" }).to_string(),
         ],

@@ -11,6 +11,7 @@ mod dashboard;
 mod demo;
 mod distributed;
 mod foundation;
+mod identity;
 mod in_doubt;
 mod in_process;
 mod interrupt;

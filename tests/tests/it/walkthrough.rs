@@ -1,8 +1,10 @@
 //! The order saga end to end (docs/architecture.md, "The order saga"): a real `sagaflow dev`
 //! process driven with the real grpcurl through the README walkthrough, then one order per failure
-//! reason, asserting the final status and every stock, balance, coupon and payment value.
+//! reason, asserting the final status and every stock, balance, coupon and payment value. Every
+//! public call carries the token of its user from `sagaflow token <user>`, as the README shows
+//! (docs/operations.md, "End users").
 
-use std::{cell::RefCell, fmt, time::Duration};
+use std::{cell::RefCell, collections::HashMap, fmt, path::PathBuf, time::Duration};
 
 use sagaflow_testkit::{eventually_blocking, grpcurl_json, grpcurl_output};
 use sagaflow_tests::Process;
@@ -18,6 +20,8 @@ const ADMIN: &str = "sagaflow.workflow.v1.SagaAdminService";
 
 struct Dev {
     process: Process,
+    data: PathBuf,
+    tokens: RefCell<HashMap<String, String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -25,43 +29,90 @@ impl Dev {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let process = sagaflow_tests::start_dev(
+        // With end-user authentication, as the README runs it.
+        let process = sagaflow_tests::start_dev_authenticated(
             "127.0.0.1:0",
             &data,
             &[],
             // The debug line of GetOrder's long-poll tells the shutdown check it is in flight.
             &[("RUST_LOG", "info,sagaflow_order=debug")],
         );
-        Self { process, _dir: dir }
+        Self {
+            process,
+            data,
+            tokens: RefCell::default(),
+            _dir: dir,
+        }
     }
 
     fn addr(&self) -> &str {
         self.process.addr()
     }
 
+    /// `authorization: Bearer <token of user>`, the token from `sagaflow token <user>`.
+    fn header(&self, user: &str) -> String {
+        let mut tokens = self.tokens.borrow_mut();
+        let token = tokens
+            .entry(user.to_owned())
+            .or_insert_with(|| sagaflow_tests::dev_token(&self.data, user));
+        format!("authorization: Bearer {token}")
+    }
+
+    /// A public RPC as `user`.
+    fn call_as(&self, user: &str, method: &str, body: Value) -> Value {
+        let header = self.header(user);
+        grpcurl_json(
+            self.addr(),
+            &["-H", &header, "-d", &body.to_string()],
+            method,
+        )
+    }
+
+    /// An admin RPC (open on `dev`: no token).
     fn call(&self, method: &str, body: Value) -> Value {
         grpcurl_json(self.addr(), &["-d", &body.to_string()], method)
     }
 
     fn stock(&self, sku: &str) -> i64 {
         as_i64(
-            &self.call(&format!("{INVENTORY}/GetProduct"), json!({ "sku": sku }))["product"]["stock"],
+            &self.call_as(
+                "alice",
+                &format!("{INVENTORY}/GetProduct"),
+                json!({ "sku": sku }),
+            )["product"]["stock"],
         )
     }
 
     fn balance(&self, user: &str) -> i64 {
-        as_i64(&self.call(&format!("{POINT}/GetBalance"), json!({ "user_id": user }))["balance"])
+        as_i64(
+            &self.call_as(
+                user,
+                &format!("{POINT}/GetBalance"),
+                json!({ "user_id": user }),
+            )["balance"],
+        )
     }
 
-    fn coupon(&self, code: &str) -> Value {
-        self.call(&format!("{COUPON}/GetCoupon"), json!({ "code": code }))["coupon"].clone()
+    fn coupon(&self, user: &str, code: &str) -> Value {
+        self.call_as(
+            user,
+            &format!("{COUPON}/GetCoupon"),
+            json!({ "code": code }),
+        )["coupon"]
+            .clone()
     }
 
     /// The order's payment, or None when it has none (NOT_FOUND).
-    fn payment(&self, order_id: &str) -> Option<Value> {
+    fn payment(&self, user: &str, order_id: &str) -> Option<Value> {
+        let header = self.header(user);
         let out = grpcurl_output(
             self.addr(),
-            &["-d", &json!({ "order_id": order_id }).to_string()],
+            &[
+                "-H",
+                &header,
+                "-d",
+                &json!({ "order_id": order_id }).to_string(),
+            ],
             Some(&format!("{PAYMENT}/GetPayment")),
         );
         if out.status.success() {
@@ -74,15 +125,18 @@ impl Dev {
         }
     }
 
+    /// PlaceOrder as the request's `user_id`.
     fn place(&self, body: Value) -> String {
-        let reply = self.call(&format!("{ORDER}/PlaceOrder"), body);
+        let user = body["user_id"].as_str().unwrap().to_owned();
+        let reply = self.call_as(&user, &format!("{ORDER}/PlaceOrder"), body);
         assert_eq!(reply["order"]["status"], "ORDER_STATUS_PENDING", "{reply}");
         reply["order"]["orderId"].as_str().unwrap().to_owned()
     }
 
     /// GetOrder with `wait`, as the README shows.
-    fn wait(&self, order_id: &str) -> Value {
-        let order = self.call(
+    fn wait(&self, user: &str, order_id: &str) -> Value {
+        let order = self.call_as(
+            user,
             &format!("{ORDER}/GetOrder"),
             json!({ "order_id": order_id, "wait": "30s" }),
         )["order"]
@@ -122,7 +176,7 @@ fn readme_walkthrough_and_every_failure_reason() {
     assert_eq!(dev.stock("KB-001"), 10_000);
     assert_eq!(dev.balance("alice"), 50_000);
     assert_eq!(
-        dev.coupon("WELCOME-ALICE")["status"],
+        dev.coupon("alice", "WELCOME-ALICE")["status"],
         "COUPON_STATUS_AVAILABLE"
     );
 
@@ -132,7 +186,7 @@ fn readme_walkthrough_and_every_failure_reason() {
         "lines": [{ "sku": "KB-001", "quantity": 1 }],
         "coupon_code": "WELCOME-ALICE", "points": 5000, "payment_method": "tok_ok"
     }));
-    let order = dev.wait(&ok);
+    let order = dev.wait("alice", &ok);
     assert_eq!(order["status"], "ORDER_STATUS_COMPLETED", "{order}");
     assert_eq!(as_i64(&order["subtotal"]), 89_000);
     assert_eq!(as_i64(&order["discount"]), 8_900);
@@ -140,14 +194,15 @@ fn readme_walkthrough_and_every_failure_reason() {
     assert_eq!(as_i64(&order["payable"]), 75_100);
     assert_eq!(dev.stock("KB-001"), 9_999);
     assert_eq!(dev.balance("alice"), 45_000);
-    let coupon = dev.coupon("WELCOME-ALICE");
+    let coupon = dev.coupon("alice", "WELCOME-ALICE");
     assert_eq!(coupon["status"], "COUPON_STATUS_USED");
     assert_eq!(coupon["orderId"], ok.as_str());
-    let payment = dev.payment(&ok).expect("a payment");
+    let payment = dev.payment("alice", &ok).expect("a payment");
     assert_eq!(payment["status"], "PAYMENT_STATUS_COMPLETED");
     assert_eq!(as_i64(&payment["amount"]), 75_100);
     // A repeat of the same request returns the same order.
-    let again = dev.call(
+    let again = dev.call_as(
+        "alice",
         &format!("{ORDER}/PlaceOrder"),
         json!({
             "request_id": "walkthrough-1", "user_id": "alice",
@@ -169,7 +224,7 @@ fn readme_walkthrough_and_every_failure_reason() {
         "lines": [{ "sku": "MS-001", "quantity": 1 }],
         "coupon_code": "WELCOME-BOB", "points": 1000, "payment_method": "tok_capture_decline"
     }));
-    let order = dev.wait(&declined);
+    let order = dev.wait("bob", &declined);
     assert_eq!(order["status"], "ORDER_STATUS_FAILED", "{order}");
     assert_eq!(order["failureReason"], "FAILURE_REASON_PAYMENT_DECLINED");
     assert_eq!(
@@ -180,11 +235,11 @@ fn readme_walkthrough_and_every_failure_reason() {
     assert_eq!(dev.stock("MS-001"), 10_000);
     assert_eq!(dev.balance("bob"), 20_000);
     assert_eq!(
-        dev.coupon("WELCOME-BOB")["status"],
+        dev.coupon("bob", "WELCOME-BOB")["status"],
         "COUPON_STATUS_AVAILABLE"
     );
     let payment = dev
-        .payment(&declined)
+        .payment("bob", &declined)
         .expect("the authorization is recorded");
     assert_eq!(payment["status"], "PAYMENT_STATUS_CANCELED");
 
@@ -271,16 +326,22 @@ fn readme_walkthrough_and_every_failure_reason() {
     }
 
     // -- ranking counts the completed order only
-    let top = dev.call(&format!("{RANKING}/TopProducts"), json!({ "limit": 5 }));
+    let top = dev.call_as(
+        "alice",
+        &format!("{RANKING}/TopProducts"),
+        json!({ "limit": 5 }),
+    );
     let products = top["products"].as_array().unwrap();
     assert_eq!(products.len(), 1, "{top}");
     assert_eq!(products[0]["sku"], "KB-001");
     assert_eq!(as_i64(&products[0]["unitsSold"]), 1);
 
     // -- one order per remaining failure reason, placed together
-    let placed: Vec<(&str, String)> = vec![
+    // (alice names bob's coupon: refused by the saga, the coupon is not hers)
+    let placed: Vec<(&str, &str, String)> = vec![
         (
             "FAILURE_REASON_COUPON_UNAVAILABLE",
+            "alice",
             dev.place(json!({
                 "request_id": "reason-coupon", "user_id": "alice",
                 "lines": [{ "sku": "HS-001", "quantity": 1 }],
@@ -289,6 +350,7 @@ fn readme_walkthrough_and_every_failure_reason() {
         ),
         (
             "FAILURE_REASON_OUT_OF_STOCK",
+            "alice",
             dev.place(json!({
                 "request_id": "reason-stock", "user_id": "alice",
                 "lines": [{ "sku": "HS-001", "quantity": 1 }, { "sku": "SOLD-001", "quantity": 1 }],
@@ -297,6 +359,7 @@ fn readme_walkthrough_and_every_failure_reason() {
         ),
         (
             "FAILURE_REASON_PAYMENT_DECLINED",
+            "alice",
             dev.place(json!({
                 "request_id": "reason-declined", "user_id": "alice",
                 "lines": [{ "sku": "HS-001", "quantity": 1 }],
@@ -305,6 +368,7 @@ fn readme_walkthrough_and_every_failure_reason() {
         ),
         (
             "FAILURE_REASON_INSUFFICIENT_POINTS",
+            "user-poor",
             dev.place(json!({
                 "request_id": "reason-points", "user_id": "user-poor",
                 "lines": [{ "sku": "HS-001", "quantity": 1 }],
@@ -313,6 +377,7 @@ fn readme_walkthrough_and_every_failure_reason() {
         ),
         (
             "FAILURE_REASON_DEADLINE_EXCEEDED",
+            "alice",
             dev.place(json!({
                 "request_id": "reason-slow", "user_id": "alice",
                 "lines": [{ "sku": "HS-001", "quantity": 1 }],
@@ -352,11 +417,11 @@ fn readme_walkthrough_and_every_failure_reason() {
     assert_eq!(v["saga"]["status"], "SAGA_STATUS_COMPENSATING", "{v}");
 
     let hs_before = 10_000;
-    for (reason, id) in &placed {
-        let order = dev.wait(id);
+    for (reason, user, id) in &placed {
+        let order = dev.wait(user, id);
         assert_eq!(order["status"], "ORDER_STATUS_FAILED", "{reason}: {order}");
         assert_eq!(order["failureReason"], *reason, "{order}");
-        let payment = dev.payment(id);
+        let payment = dev.payment(user, id);
         assert!(
             payment
                 .as_ref()
@@ -364,7 +429,7 @@ fn readme_walkthrough_and_every_failure_reason() {
             "{reason}: payment {payment:?}"
         );
     }
-    let order = dev.wait(&canceled);
+    let order = dev.wait("bob", &canceled);
     assert_eq!(order["failureReason"], "FAILURE_REASON_CANCELED", "{order}");
     // Every failed order gave its stock, points and coupons back.
     assert_eq!(dev.stock("HS-001"), hs_before);
@@ -373,7 +438,7 @@ fn readme_walkthrough_and_every_failure_reason() {
     assert_eq!(dev.balance("alice"), 45_000);
     assert_eq!(dev.balance("bob"), 20_000);
     assert_eq!(
-        dev.coupon("WELCOME-BOB")["status"],
+        dev.coupon("bob", "WELCOME-BOB")["status"],
         "COUPON_STATUS_AVAILABLE"
     );
 
@@ -387,6 +452,8 @@ fn readme_walkthrough_and_every_failure_reason() {
     let poll = std::process::Command::new("grpcurl")
         .args([
             "-plaintext",
+            "-H",
+            &dev.header("alice"),
             "-d",
             &json!({ "order_id": slow, "wait": "60s" }).to_string(),
         ])

@@ -202,6 +202,7 @@ pub(crate) fn start_req(
         order_id: order_id.into(),
         amount,
         payment_method: token.into(),
+        user_id: "alice".into(),
     }
 }
 
