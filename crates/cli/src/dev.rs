@@ -150,8 +150,9 @@ pub struct EmbeddedConfig {
     pub limits: Limits,
 }
 
-/// Where an embedded system keeps its databases.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Where an embedded system keeps its databases. Its `Debug` shows the URL with any password
+/// removed ([`sagaflow_server::db::redact`]).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum Storage {
     /// `<data_dir>/<service>.db`.
     #[default]
@@ -163,6 +164,19 @@ pub enum Storage {
         /// Prefix of the database names.
         prefix: String,
     },
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("Sqlite"),
+            Self::Postgres { url, prefix } => f
+                .debug_struct("Postgres")
+                .field("url", &sagaflow_server::db::redact(url))
+                .field("prefix", prefix)
+                .finish(),
+        }
+    }
 }
 
 impl Storage {

@@ -25,8 +25,9 @@ pub struct ListenArgs {
     pub listen: SocketAddr,
 }
 
-/// Database connection settings.
-#[derive(Debug, Clone, Args)]
+/// Database connection settings. Its `Debug` shows the URL with any password removed
+/// ([`crate::db::redact`]).
+#[derive(Clone, Args)]
 pub struct DatabaseArgs {
     /// Database URL: `postgres://user@host:5432/db` or `sqlite://path/to/file.db`. Default: a
     /// SQLite file named after the service under the data directory.
@@ -50,6 +51,20 @@ pub struct DatabaseArgs {
         value_parser = clap::value_parser!(u16).range(1..=64)
     )]
     pub db_group_commit_writers: Option<u16>,
+}
+
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(crate::db::redact),
+            )
+            .field("db_max_connections", &self.db_max_connections)
+            .field("sqlite_synchronous", &self.sqlite_synchronous)
+            .field("db_group_commit_writers", &self.db_group_commit_writers)
+            .finish()
+    }
 }
 
 /// `PRAGMA synchronous` choices exposed on the command line.

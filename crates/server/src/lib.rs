@@ -50,11 +50,13 @@
 
 pub mod access;
 pub mod audit;
+pub mod card_token;
 pub mod config;
 pub mod consume;
 pub mod db;
 pub mod error;
 pub mod faults;
+pub mod files;
 mod group_commit;
 pub mod grpc;
 pub mod idempotency;
