@@ -37,6 +37,7 @@ use sagaflow_order::relay;
 use sagaflow_payment::SimulatedGatewayConfig;
 use sagaflow_server::{
     Db, PoolConfig,
+    card_token::{self, CardTokenKey},
     config::{Security, Synchronous},
     db::SqliteSynchronous,
     faults::FaultConfig,
@@ -300,6 +301,11 @@ impl Embedded {
         crate::datadir::prepare(&config.data_dir)?;
         // Before anything is opened: a second `dev` on the same directory changes nothing.
         let lock = crate::datadir::DataDirLock::exclusive(&config.data_dir)?;
+        // Order and Payment share it (docs/architecture.md, "Card tokens").
+        let card_token_key = CardTokenKey::load_or_create(
+            &config.data_dir.join(card_token::DEFAULT_KEY_FILE_NAME),
+        )
+        .context("loading the card-token key")?;
 
         let pool = PoolConfig {
             sqlite_synchronous: match config.sqlite_synchronous {
@@ -339,6 +345,7 @@ impl Embedded {
         let local = InProcess::new();
         let settings = Settings {
             payment_methods: config.payment_methods.clone(),
+            card_token_key: Some(card_token_key),
             gateway: config.gateway,
             relay: RelaySettings {
                 poll: config.relay_poll,

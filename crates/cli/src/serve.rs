@@ -18,6 +18,7 @@ use sagaflow_orchestrator::{
 use sagaflow_order::relay;
 use sagaflow_server::{
     Db,
+    card_token::{self, CardTokenKey},
     config::{DatabaseArgs, FaultArgs, RetentionArgs, SecurityArgs},
     grpc,
     tls::Tls,
@@ -217,6 +218,12 @@ pub struct ServeArgs {
         default_values_t = sagaflow_payment::SIMULATED_CARD_TOKENS.map(String::from)
     )]
     pub payment_methods: Vec<String>,
+    /// Order and Payment only: the deployment's card-token key, a file of 64 hex digits
+    /// (`openssl rand -hex 32`), the same for every order and payment process (docs/operations.md,
+    /// "Secrets and card tokens"); it must exist. Default: `<data-dir>/card-token.key`, created
+    /// (mode 0600) when missing.
+    #[arg(long, env = "SAGAFLOW_CARD_TOKEN_KEY_FILE")]
+    pub card_token_key_file: Option<PathBuf>,
     /// Order only: failed deliveries after which the outbox relay dead-letters an event, when
     /// none of them was in doubt and the last was a definite refusal by its consumer (an
     /// OrderCreated's order is then failed, reason INTERNAL); deliveries in doubt are retried for
@@ -371,9 +378,14 @@ async fn serve_with(
         .resolve(listen)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let peers = args.peers.peers(&security.tls)?;
+    let card_token_key = match service {
+        Service::Order | Service::Payment => Some(card_token_key(&args)?),
+        _ => None,
+    };
     let settings =
         Settings {
             payment_methods: payment_methods(&args.payment_methods)?,
+            card_token_key,
             gateway: args.gateway.config(),
             relay: RelaySettings {
                 retry: relay::RetryPolicy {
@@ -504,4 +516,20 @@ mod tests {
             Err(CliError::Usage(_))
         ));
     }
+}
+
+/// The card-token key of `serve order|payment`: `--card-token-key-file`, or the data directory's
+/// (created when missing; docs/operations.md, "Secrets and card tokens").
+///
+/// # Errors
+/// `CliError::Usage` (exit 64) naming the file when it is missing, unreadable or malformed.
+fn card_token_key(args: &ServeArgs) -> Result<CardTokenKey, CliError> {
+    let loaded = match &args.card_token_key_file {
+        Some(path) => CardTokenKey::load(path),
+        None => {
+            crate::datadir::prepare(&args.data_dir)?;
+            CardTokenKey::load_or_create(&args.data_dir.join(card_token::DEFAULT_KEY_FILE_NAME))
+        }
+    };
+    loaded.map_err(|err| CliError::Usage(err.to_string()))
 }

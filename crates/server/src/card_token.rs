@@ -28,6 +28,10 @@ pub const MASK_MIN_LEN_FOR_LAST4: usize = 12;
 /// What every sealed token starts with (the format's version included).
 pub const SEALED_PREFIX: &str = "sealed:v1:";
 
+/// Name of the key file in a data directory, the default key of `sagaflow dev` and of `sagaflow
+/// serve order|payment` without `--card-token-key-file`.
+pub const DEFAULT_KEY_FILE_NAME: &str = "card-token.key";
+
 /// Length of a key, bytes (AES-256).
 const KEY_LEN: usize = 32;
 
@@ -134,35 +138,48 @@ impl CardTokenKey {
     }
 
     /// [`CardTokenKey::load`]s `path`, first writing a fresh random key there (mode 0600) when
-    /// the file does not exist (the default key in a data directory).
+    /// the file does not exist (the default key in a data directory). Processes starting together
+    /// agree on one key: the new key is written to a temporary file and linked to `path` only if
+    /// nothing is there yet (a link never replaces a file), so a reader never sees a half-written
+    /// key and the loser of a race loads the winner's.
     ///
     /// # Errors
     /// [`CardTokenError::KeyFile`] when it cannot be created or read.
     pub fn load_or_create(path: &Path) -> Result<Self, CardTokenError> {
         use std::os::unix::fs::OpenOptionsExt as _;
 
-        let created = std::fs::OpenOptions::new()
+        if path.exists() {
+            return Self::load(path);
+        }
+        let key_err = |reason: String| CardTokenError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let key = Self::generate()?;
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let written = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(crate::files::PRIVATE_FILE_MODE)
-            .open(path);
-        match created {
-            Ok(mut file) => {
-                let key = Self::generate()?;
-                file.write_all(format!("{}\n", hex::encode(key.raw)).as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(|err| CardTokenError::KeyFile {
-                        path: path.display().to_string(),
-                        reason: format!("cannot write a new key: {err}"),
-                    })?;
+            .open(&tmp)
+            .and_then(|mut file| {
+                file.write_all(format!("{}\n", hex::encode(key.raw)).as_bytes())?;
+                file.sync_all()
+            });
+        if let Err(err) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(key_err(format!("cannot write a new key: {err}")));
+        }
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
                 tracing::info!(file = %path.display(), "created a card-token key");
                 Ok(key)
             }
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Self::load(path),
-            Err(err) => Err(CardTokenError::KeyFile {
-                path: path.display().to_string(),
-                reason: format!("cannot create it: {err}"),
-            }),
+            Err(err) => Err(key_err(format!("cannot create it: {err}"))),
         }
     }
 
