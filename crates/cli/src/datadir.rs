@@ -55,8 +55,8 @@ pub fn prepare(dir: &Path) -> anyhow::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)).map_err(
             |err| {
                 anyhow::anyhow!(
-                    "the data directory {} has mode {mode:o} and cannot be restricted to \
-                     {DIR_MODE:o}: {err}; make it yours or pass another --data-dir",
+                    "cannot write in the data directory {} (mode {mode:o}, cannot restrict it to \
+                     {DIR_MODE:o}: {err}); make it yours or pass a writable --data-dir",
                     dir.display()
                 )
             },

@@ -301,11 +301,6 @@ impl Embedded {
         crate::datadir::prepare(&config.data_dir)?;
         // Before anything is opened: a second `dev` on the same directory changes nothing.
         let lock = crate::datadir::DataDirLock::exclusive(&config.data_dir)?;
-        // Order and Payment share it (docs/architecture.md, "Card tokens").
-        let card_token_key = CardTokenKey::load_or_create(
-            &config.data_dir.join(card_token::DEFAULT_KEY_FILE_NAME),
-        )
-        .context("loading the card-token key")?;
 
         let pool = PoolConfig {
             sqlite_synchronous: match config.sqlite_synchronous {
@@ -342,6 +337,18 @@ impl Embedded {
             }
             return Err(err);
         }
+        // Order and Payment share it (docs/architecture.md, "Card tokens").
+        let card_token_key = match CardTokenKey::load_or_create(
+            &config.data_dir.join(card_token::DEFAULT_KEY_FILE_NAME),
+        ) {
+            Ok(key) => key,
+            Err(err) => {
+                for (_, db) in &dbs {
+                    db.close().await;
+                }
+                return Err(anyhow::Error::new(err).context("loading the card-token key"));
+            }
+        };
         let local = InProcess::new();
         let settings = Settings {
             payment_methods: config.payment_methods.clone(),

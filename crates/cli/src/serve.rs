@@ -378,14 +378,12 @@ async fn serve_with(
         .resolve(listen)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let peers = args.peers.peers(&security.tls)?;
-    let card_token_key = match service {
-        Service::Order | Service::Payment => Some(card_token_key(&args)?),
-        _ => None,
-    };
-    let settings =
+    let mut settings =
         Settings {
             payment_methods: payment_methods(&args.payment_methods)?,
-            card_token_key,
+            // Read once the port and the database are open: a start that fails on them creates
+            // no key file.
+            card_token_key: None,
             gateway: args.gateway.config(),
             relay: RelaySettings {
                 retry: relay::RetryPolicy {
@@ -426,6 +424,15 @@ async fn serve_with(
     if let Err(err) = settings.events.prepare().await {
         db.close().await;
         return Err(CliError::Failed(err));
+    }
+    if matches!(service, Service::Order | Service::Payment) {
+        match card_token_key(&args) {
+            Ok(key) => settings.card_token_key = Some(key),
+            Err(err) => {
+                db.close().await;
+                return Err(err);
+            }
+        }
     }
 
     let mut running = Running::default();
