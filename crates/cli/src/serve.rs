@@ -337,6 +337,10 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         }
     };
     sagaflow_server::Backend::from_url(&url).map_err(|e| CliError::Usage(e.to_string()))?;
+    let url = args
+        .database
+        .url_with_password(&url)
+        .map_err(CliError::Usage)?;
     let policies = args.engine.policies()?;
     crate::failpoints::arm_from_env()?;
     let metrics = MetricsExporter::from_args(&args.metrics).map_err(|err| match err {
