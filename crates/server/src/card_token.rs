@@ -109,8 +109,8 @@ impl CardTokenKey {
         Ok(Self { raw })
     }
 
-    /// Reads the key from `path`: 64 hex digits, surrounding blanks ignored. A file that group
-    /// or others may read is tightened to 0600 ([`crate::files::tighten`]).
+    /// Reads the key from `path`: 64 hex digits, surrounding blanks ignored. The file's mode is
+    /// left alone: an operator's file (a mounted secret) may not even be ours to change.
     ///
     /// # Errors
     /// [`CardTokenError::KeyFile`] when it is missing, unreadable or not 64 hex digits.
@@ -125,7 +125,6 @@ impl CardTokenKey {
                  process needs the same key)"
             ))
         })?;
-        crate::files::tighten(path).map_err(|err| key_err(format!("cannot restrict it: {err}")))?;
         let bytes = hex::decode(text.trim())
             .map_err(|err| key_err(format!("not hex ({err}): expected 64 hex digits")))?;
         let raw: [u8; KEY_LEN] = bytes.try_into().map_err(|bytes: Vec<u8>| {
@@ -149,6 +148,11 @@ impl CardTokenKey {
         use std::os::unix::fs::OpenOptionsExt as _;
 
         if path.exists() {
+            // Ours (in the data directory): owner-only like every file there.
+            crate::files::tighten(path).map_err(|err| CardTokenError::KeyFile {
+                path: path.display().to_string(),
+                reason: format!("cannot restrict it to its owner: {err}"),
+            })?;
             return Self::load(path);
         }
         let key_err = |reason: String| CardTokenError::KeyFile {
