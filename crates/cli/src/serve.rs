@@ -473,6 +473,22 @@ async fn serve_with(
     Ok(())
 }
 
+/// The card-token key of `serve order|payment`: `--card-token-key-file`, or the data directory's
+/// (created when missing; docs/operations.md, "Secrets and card tokens").
+///
+/// # Errors
+/// `CliError::Usage` (exit 64) naming the file when it is missing, unreadable or malformed.
+fn card_token_key(args: &ServeArgs) -> Result<CardTokenKey, CliError> {
+    let loaded = match &args.card_token_key_file {
+        Some(path) => CardTokenKey::load(path),
+        None => {
+            crate::datadir::prepare(&args.data_dir)?;
+            CardTokenKey::load_or_create(&args.data_dir.join(card_token::DEFAULT_KEY_FILE_NAME))
+        }
+    };
+    loaded.map_err(|err| CliError::Usage(err.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -527,20 +543,4 @@ mod tests {
             Err(CliError::Usage(_))
         ));
     }
-}
-
-/// The card-token key of `serve order|payment`: `--card-token-key-file`, or the data directory's
-/// (created when missing; docs/operations.md, "Secrets and card tokens").
-///
-/// # Errors
-/// `CliError::Usage` (exit 64) naming the file when it is missing, unreadable or malformed.
-fn card_token_key(args: &ServeArgs) -> Result<CardTokenKey, CliError> {
-    let loaded = match &args.card_token_key_file {
-        Some(path) => CardTokenKey::load(path),
-        None => {
-            crate::datadir::prepare(&args.data_dir)?;
-            CardTokenKey::load_or_create(&args.data_dir.join(card_token::DEFAULT_KEY_FILE_NAME))
-        }
-    };
-    loaded.map_err(|err| CliError::Usage(err.to_string()))
 }

@@ -76,7 +76,9 @@ pub enum CardTokenError {
     },
     /// The value is not a sealed token, was sealed with another key or for another order, or
     /// was altered.
-    #[error("the sealed card token cannot be opened (another deployment's key, another order, or altered)")]
+    #[error(
+        "the sealed card token cannot be opened (another deployment's key, another order, or altered)"
+    )]
     Unopenable,
     /// The system random source failed.
     #[error("the system random source failed")]
@@ -231,7 +233,8 @@ impl CardTokenKey {
             return Err(CardTokenError::Unopenable);
         }
         let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CardTokenError::Unopenable)?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| CardTokenError::Unopenable)?;
         let mut buf = ciphertext.to_vec();
         let clear = self
             .aead()
@@ -273,14 +276,25 @@ mod tests {
         assert!(!sealed.contains("tok_capture_decline"));
         assert_eq!(key.open(&sealed, order).unwrap(), "tok_capture_decline");
         // Random nonces: two seals differ.
-        assert_ne!(key.seal("tok_ok", order).unwrap(), key.seal("tok_ok", order).unwrap());
+        assert_ne!(
+            key.seal("tok_ok", order).unwrap(),
+            key.seal("tok_ok", order).unwrap()
+        );
         // Another order, another key, an altered byte, not sealed at all.
         assert!(key.open(&sealed, "another").is_err());
-        assert!(CardTokenKey::generate().unwrap().open(&sealed, order).is_err());
-        let mut altered = sealed.clone().into_bytes();
+        assert!(
+            CardTokenKey::generate()
+                .unwrap()
+                .open(&sealed, order)
+                .is_err()
+        );
+        let mut altered = sealed.into_bytes();
         let last = altered.len() - 1;
         altered[last] = if altered[last] == b'0' { b'1' } else { b'0' };
-        assert!(key.open(&String::from_utf8(altered).unwrap(), order).is_err());
+        assert!(
+            key.open(&String::from_utf8(altered).unwrap(), order)
+                .is_err()
+        );
         assert!(key.open("tok_ok", order).is_err());
         assert!(key.open("sealed:v1:zz", order).is_err());
         assert!(key.open("sealed:v1:", order).is_err());

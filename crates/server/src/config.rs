@@ -115,7 +115,9 @@ impl DatabaseArgs {
                 }
             })
             .collect();
-        let (base, fragment) = url.split_once('#').map_or((url, None), |(b, f)| (b, Some(f)));
+        let (base, fragment) = url
+            .split_once('#')
+            .map_or((url, None), |(b, f)| (b, Some(f)));
         let separator = if base.contains('?') { '&' } else { '?' };
         let mut out = format!("{base}{separator}password={encoded}");
         if let Some(fragment) = fragment {

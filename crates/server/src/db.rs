@@ -809,7 +809,10 @@ mod tests {
             "postgresql://u:***@h:5432/db?sslmode=disable"
         );
         // Percent-encoded, and a raw `@` inside the password.
-        assert_eq!(redact("postgres://u:p%40ss%3Aw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact("postgres://u:p%40ss%3Aw@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
         // Empty user; no database part; a user with no password stays as is.
         assert_eq!(redact("postgres://:secret@h"), "postgres://:***@h");

@@ -613,10 +613,9 @@ impl SimulatedGateway {
         operation: Operation,
         request: &OperationRequest,
     ) -> Result<GatewayReference, GatewayError> {
-        let token = CardToken::parse(&request.card_token)
-            .ok_or_else(|| {
-                GatewayError::UnknownCardToken(sagaflow_server::card_token::mask(&request.card_token))
-            })?;
+        let token = CardToken::parse(&request.card_token).ok_or_else(|| {
+            GatewayError::UnknownCardToken(sagaflow_server::card_token::mask(&request.card_token))
+        })?;
         let mut state = self.lock();
         let answer = operate_locked(&mut state, operation, request, token);
         let authorization_order = state
@@ -761,10 +760,9 @@ impl PaymentGateway for SimulatedGateway {
         request: &AuthorizeRequest,
     ) -> Result<GatewayReference, GatewayError> {
         self.latency().await;
-        let token = CardToken::parse(&request.card_token)
-            .ok_or_else(|| {
-                GatewayError::UnknownCardToken(sagaflow_server::card_token::mask(&request.card_token))
-            })?;
+        let token = CardToken::parse(&request.card_token).ok_or_else(|| {
+            GatewayError::UnknownCardToken(sagaflow_server::card_token::mask(&request.card_token))
+        })?;
         let answer = {
             let mut state = self.lock();
             let answer = match state.answers.get(&request.idempotency_key) {

@@ -122,7 +122,10 @@ mod tests {
             gw.authorize(&authorize("o3", &sealed)).await,
             Err(GatewayError::UnknownCardToken("sealed:v1:…".into()))
         );
-        let foreign = CardTokenKey::generate().unwrap().seal("tok_ok", "o4").unwrap();
+        let foreign = CardTokenKey::generate()
+            .unwrap()
+            .seal("tok_ok", "o4")
+            .unwrap();
         assert!(gw.authorize(&authorize("o4", &foreign)).await.is_err());
         // A clear token passes through.
         assert!(gw.authorize(&authorize("o5", "tok_ok")).await.is_ok());

@@ -25,7 +25,10 @@ const ADMIN: &str = "sagaflow.workflow.v1.SagaAdminService";
 
 /// The two card tokens used, and what of each must never be seen in clear (`tok_…line` is the
 /// mask of `tok_capture_decline`: its tail is allowed, its middle is not).
-const TOKENS: [(&str, &str); 2] = [("tok_ok", "tok_ok"), ("tok_capture_decline", "capture_decl")];
+const TOKENS: [(&str, &str); 2] = [
+    ("tok_ok", "tok_ok"),
+    ("tok_capture_decline", "capture_decl"),
+];
 
 /// The one way these tests start `sagaflow dev` (flags every test here needs go here).
 fn start(data: &Path) -> Process {
@@ -65,9 +68,7 @@ fn assert_no_clear_token<'a>(haystacks: impl IntoIterator<Item = (String, &'a [u
     for (name, bytes) in haystacks {
         for (token, needle) in TOKENS {
             assert!(
-                !bytes
-                    .windows(needle.len())
-                    .any(|w| w == needle.as_bytes()),
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
                 "{token} in clear in {name}"
             );
         }
@@ -111,7 +112,10 @@ fn card_tokens_are_masked_everywhere_and_orders_still_pay() {
     let declined_order = wait(&declined_id);
     // The token reached the gateway at authorization and at capture: one order captured, the
     // other declined at capture (the pivot) and compensated.
-    assert_eq!(paid_order["order"]["status"], "ORDER_STATUS_COMPLETED", "{paid_order}");
+    assert_eq!(
+        paid_order["order"]["status"], "ORDER_STATUS_COMPLETED",
+        "{paid_order}"
+    );
     assert_eq!(declined_order["order"]["status"], "ORDER_STATUS_FAILED");
     assert_eq!(
         declined_order["order"]["failureReason"], "FAILURE_REASON_PAYMENT_DECLINED",
@@ -147,8 +151,7 @@ fn card_tokens_are_masked_everywhere_and_orders_still_pay() {
         &json!({ "saga_id": paid_id }),
     );
     // The saga input holds the masked and the sealed token (the payment step's).
-    let input: Value =
-        serde_json::from_str(saga["saga"]["inputJson"].as_str().unwrap()).unwrap();
+    let input: Value = serde_json::from_str(saga["saga"]["inputJson"].as_str().unwrap()).unwrap();
     assert_eq!(input["payment_method"], "tok_…", "{input}");
     assert!(
         input["sealed_payment_method"]
@@ -185,7 +188,10 @@ fn card_tokens_are_masked_everywhere_and_orders_still_pay() {
 
     let replies: Vec<(String, String)> = [
         ("PlaceOrder", paid.to_string() + &declined.to_string()),
-        ("GetOrder", paid_order.to_string() + &declined_order.to_string()),
+        (
+            "GetOrder",
+            paid_order.to_string() + &declined_order.to_string(),
+        ),
         ("ListOrders", listed.to_string()),
         (
             "GetPayment",
