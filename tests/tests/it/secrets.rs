@@ -340,3 +340,66 @@ fn data_directory_is_owner_only_and_tightened_when_wider() {
     }
     assert_eq!(dev.terminate(Duration::from_secs(30)), Some(0));
 }
+
+/// A database URL is printed with its passwords removed, whatever form holds them
+/// (`sagaflow_server::db::redact`): the start-up error of `serve` names the URL, redacted.
+#[test]
+fn start_up_errors_print_database_urls_without_passwords() {
+    let port = sagaflow_tests::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("pw");
+    std::fs::write(&password_file, "s3cret-from-file\n").unwrap();
+    let cases: [(String, Vec<&str>, &str); 4] = [
+        (
+            format!("postgres://order:s3cret-userinfo@127.0.0.1:{port}/sagaflow_nowhere"),
+            vec![],
+            "postgres://order:***@127.0.0.1",
+        ),
+        (
+            format!(
+                "postgres://order@127.0.0.1:{port}/sagaflow_nowhere?sslmode=disable&password=s3cret-query"
+            ),
+            vec![],
+            "&password=***",
+        ),
+        (
+            format!("postgres://order@127.0.0.1:{port}/sagaflow_nowhere?sslmode=disable"),
+            vec!["--database-password-file", password_file.to_str().unwrap()],
+            "?sslmode=disable&password=***",
+        ),
+        (
+            "host=127.0.0.1 user=order password=s3cret-conninfo".to_owned(),
+            vec![],
+            "password=***",
+        ),
+    ];
+    for (url, extra, shown) in &cases {
+        let out = std::process::Command::new(sagaflow_bin())
+            .args([
+                "serve",
+                "order",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                url,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{url} started");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !printed.contains("s3cret"),
+            "{url}: a password printed:\n{printed}"
+        );
+        assert!(
+            printed.contains(shown),
+            "{url}: {shown:?} not in:\n{printed}"
+        );
+    }
+}
