@@ -32,6 +32,11 @@ pub const SEALED_PREFIX: &str = "sealed:v1:";
 /// serve order|payment` without `--card-token-key-file`.
 pub const DEFAULT_KEY_FILE_NAME: &str = "card-token.key";
 
+/// Longest sealed token, bytes: the sealed form of the longest card token PlaceOrder accepts
+/// ([`crate::validate::MAX_STRING_BYTES`]): prefix, hex of nonce ‖ token ‖ 16-byte tag.
+pub const SEALED_MAX_BYTES: usize =
+    SEALED_PREFIX.len() + 2 * (NONCE_LEN + crate::validate::MAX_STRING_BYTES + 16);
+
 /// Length of a key, bytes (AES-256).
 const KEY_LEN: usize = 32;
 
@@ -265,6 +270,13 @@ mod tests {
         for token in ["tok_ok", "tok_capture_decline", "tok_slow"] {
             assert_ne!(mask(token), token);
         }
+    }
+
+    #[test]
+    fn the_longest_token_seals_within_the_bound() {
+        let key = CardTokenKey::generate().unwrap();
+        let longest = "x".repeat(crate::validate::MAX_STRING_BYTES);
+        assert_eq!(key.seal(&longest, "o").unwrap().len(), SEALED_MAX_BYTES);
     }
 
     #[test]
