@@ -63,6 +63,25 @@ pub fn mask(token: &str) -> String {
     }
 }
 
+/// `value` with every string in it that is a sealed card token replaced by its mask
+/// (`sealed:v1:…`): what admin views show of a document that carries one (a saga input), so
+/// that they show masked forms only, not even the ciphertext.
+pub fn mask_sealed_in_json(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::String(s) if is_sealed(s) => serde_json::Value::String(mask(s)),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(mask_sealed_in_json).collect())
+        }
+        serde_json::Value::Object(fields) => serde_json::Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), mask_sealed_in_json(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// Whether `value` is a sealed card token ([`SEALED_PREFIX`]).
 pub fn is_sealed(value: &str) -> bool {
     value.starts_with(SEALED_PREFIX)
@@ -270,6 +289,26 @@ mod tests {
         for token in ["tok_ok", "tok_capture_decline", "tok_slow"] {
             assert_ne!(mask(token), token);
         }
+    }
+
+    #[test]
+    fn sealed_strings_in_json_are_masked() {
+        let key = CardTokenKey::generate().unwrap();
+        let input = serde_json::json!({
+            "payment_method": "tok_…",
+            "sealed_payment_method": key.seal("tok_ok", "o").unwrap(),
+            "lines": [{"sku": "KB-001"}, key.seal("tok_ok", "o").unwrap()],
+            "points": 5,
+        });
+        assert_eq!(
+            mask_sealed_in_json(&input),
+            serde_json::json!({
+                "payment_method": "tok_…",
+                "sealed_payment_method": "sealed:v1:…",
+                "lines": [{"sku": "KB-001"}, "sealed:v1:…"],
+                "points": 5,
+            })
+        );
     }
 
     #[test]
