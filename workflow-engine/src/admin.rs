@@ -131,7 +131,8 @@ fn status_from_pb(status: pb::SagaStatus) -> Option<SagaStatus> {
     }
 }
 
-/// The admin API's view of a state row.
+/// The admin API's view of a state row. Sealed card tokens in the input show as their mask
+/// (docs/operations.md, "Secrets and card tokens").
 pub fn saga_to_pb(s: &SagaState) -> pb::Saga {
     pb::Saga {
         saga_id: s.id.to_string(),
@@ -142,7 +143,7 @@ pub fn saga_to_pb(s: &SagaState) -> pb::Saga {
         phase: s.phase().as_str().to_owned(),
         current_step: s.current_step().unwrap_or_default().to_owned(),
         attempt: s.attempt,
-        input_json: s.input.to_string(),
+        input_json: sagaflow_server::card_token::mask_sealed_in_json(&s.input).to_string(),
         outputs_json: serde_json::Value::Object(s.outputs.clone()).to_string(),
         next_attempt_at: Some(timestamp_from_ms(s.next_attempt_at)),
         lease_owner: s.lease_owner.clone().unwrap_or_default(),

@@ -136,8 +136,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
             "remote (its own settings)".to_owned(),
         )
     } else {
+        // Owner-only from the start, as `datadir::prepare` wants it (docs/operations.md, "Files
+        // and permissions").
         let dir = tempfile::Builder::new()
             .prefix("sagaflow-bench-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                crate::datadir::DIR_MODE,
+            ))
             .tempdir()
             .context("creating a data directory")?;
         let mut config = EmbeddedConfig::bench(dir.path().to_path_buf());

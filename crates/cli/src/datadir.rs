@@ -9,18 +9,26 @@
 use std::{
     fs::{File, OpenOptions, TryLockError},
     io::{Read as _, Seek as _, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::Path,
 };
 
 use anyhow::Context as _;
 
 /// A held lock on a data directory.
-/// Creates the data directory `dir` when missing and checks that it is one.
+/// Mode of the data directory: the owner only (docs/operations.md, "Files and permissions").
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates the data directory `dir` when missing (mode [`DIR_MODE`], parents included), checks
+/// that it is one, and tightens an existing one that group or others may enter to [`DIR_MODE`]
+/// (one log line saying so; docs/operations.md, "Files and permissions").
 ///
 /// # Errors
 /// One line naming the directory, what is wrong and what to do: a file in its place, a
-/// directory that cannot be created.
+/// directory that cannot be created or whose mode cannot be changed.
 pub fn prepare(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!(
             "--data-dir {} is a file, not a directory: pass a directory (it is created when \
@@ -28,12 +36,37 @@ pub fn prepare(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir).map_err(|err| {
-        anyhow::anyhow!(
-            "cannot create the data directory {}: {err}; pass a writable --data-dir",
-            dir.display()
-        )
-    })
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {err}; pass a writable --data-dir",
+                dir.display()
+            )
+        })?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|err| anyhow::anyhow!("cannot read the data directory {}: {err}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & !DIR_MODE != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)).map_err(
+            |err| {
+                anyhow::anyhow!(
+                    "cannot write in the data directory {} (mode {mode:o}, cannot restrict it to \
+                     {DIR_MODE:o}: {err}); make it yours or pass a writable --data-dir",
+                    dir.display()
+                )
+            },
+        )?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "data directory had mode {mode:o}, open to other users: tightened to {DIR_MODE:o}"
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -67,6 +100,7 @@ impl DataDirLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(sagaflow_server::files::PRIVATE_FILE_MODE)
             .open(&path)
             .map_err(|err| {
                 anyhow::anyhow!(
@@ -76,6 +110,8 @@ impl DataDirLock {
                     path.display()
                 )
             })?;
+        sagaflow_server::files::tighten(&path)
+            .with_context(|| format!("restricting {} to its owner", path.display()))?;
         let taken = if exclusive {
             file.try_lock()
         } else {

@@ -198,8 +198,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
         crate::targets::reachable(&args.targets, &needed).await?;
         (None, args.targets.peers(crate::targets::DEV_ADDR)?)
     } else {
+        // Owner-only from the start, as `datadir::prepare` wants it (docs/operations.md, "Files
+        // and permissions").
         let dir = tempfile::Builder::new()
             .prefix("sagaflow-demo-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                crate::datadir::DIR_MODE,
+            ))
             .tempdir()
             .context("creating a data directory")?;
         let config = EmbeddedConfig::demo(dir.path().to_path_buf());

@@ -42,6 +42,7 @@ use sagaflow_payment::SimulatedGatewayConfig;
 use sagaflow_server::{
     Db, PoolConfig,
     access::{AccessPolicy, AdminTokens},
+    card_token::{self, CardTokenKey},
     config::{Security, Synchronous},
     db::SqliteSynchronous,
     end_users::{DevKey, dev_operator_token},
@@ -168,8 +169,9 @@ pub struct EmbeddedConfig {
     pub limits: Limits,
 }
 
-/// Where an embedded system keeps its databases.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Where an embedded system keeps its databases. Its `Debug` shows the URL with any password
+/// removed ([`sagaflow_server::db::redact`]).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum Storage {
     /// `<data_dir>/<service>.db`.
     #[default]
@@ -181,6 +183,19 @@ pub enum Storage {
         /// Prefix of the database names.
         prefix: String,
     },
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("Sqlite"),
+            Self::Postgres { url, prefix } => f
+                .debug_struct("Postgres")
+                .field("url", &sagaflow_server::db::redact(url))
+                .field("prefix", prefix)
+                .finish(),
+        }
+    }
 }
 
 impl Storage {
@@ -346,9 +361,22 @@ impl Embedded {
             }
             return Err(err);
         }
+        // Order and Payment share it (docs/architecture.md, "Card tokens").
+        let card_token_key = match CardTokenKey::load_or_create(
+            &config.data_dir.join(card_token::DEFAULT_KEY_FILE_NAME),
+        ) {
+            Ok(key) => key,
+            Err(err) => {
+                for (_, db) in &dbs {
+                    db.close().await;
+                }
+                return Err(anyhow::Error::new(err).context("loading the card-token key"));
+            }
+        };
         let local = InProcess::new();
         let settings = Settings {
             payment_methods: config.payment_methods.clone(),
+            card_token_key: Some(card_token_key),
             gateway: config.gateway,
             relay: RelaySettings {
                 poll: config.relay_poll,

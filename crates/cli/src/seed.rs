@@ -85,10 +85,15 @@ pub async fn seed_once(
 ) -> anyhow::Result<bool> {
     let marker = data_dir.join(MARKER);
     if marker.exists() {
+        // Owner-only like every file of the directory (docs/operations.md, "Files and
+        // permissions").
+        sagaflow_server::files::tighten(&marker)
+            .with_context(|| format!("restricting {}", marker.display()))?;
         return Ok(false);
     }
     apply(transport, seed).await?;
-    std::fs::write(&marker, "demo data seeded\n")
+    sagaflow_server::files::create_private(&marker)
+        .and_then(|()| std::fs::write(&marker, "demo data seeded\n"))
         .with_context(|| format!("writing {}", marker.display()))?;
     Ok(true)
 }

@@ -18,6 +18,7 @@ use sagaflow_orchestrator::{
 use sagaflow_order::relay;
 use sagaflow_server::{
     Db,
+    card_token::{self, CardTokenKey},
     config::{DatabaseArgs, FaultArgs, RetentionArgs, SecurityArgs},
     grpc,
     tls::Tls,
@@ -217,6 +218,12 @@ pub struct ServeArgs {
         default_values_t = sagaflow_payment::SIMULATED_CARD_TOKENS.map(String::from)
     )]
     pub payment_methods: Vec<String>,
+    /// Order and Payment only: the deployment's card-token key, a file of 64 hex digits
+    /// (`openssl rand -hex 32`), the same for every order and payment process (docs/operations.md,
+    /// "Secrets and card tokens"); it must exist. Default: `<data-dir>/card-token.key`, created
+    /// (mode 0600) when missing.
+    #[arg(long, env = "SAGAFLOW_CARD_TOKEN_KEY_FILE")]
+    pub card_token_key_file: Option<PathBuf>,
     /// Order only: failed deliveries after which the outbox relay dead-letters an event, when
     /// none of them was in doubt and the last was a definite refusal by its consumer (an
     /// OrderCreated's order is then failed, reason INTERNAL); deliveries in doubt are retried for
@@ -330,6 +337,10 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         }
     };
     sagaflow_server::Backend::from_url(&url).map_err(|e| CliError::Usage(e.to_string()))?;
+    let url = args
+        .database
+        .url_with_password(&url)
+        .map_err(CliError::Usage)?;
     let policies = args.engine.policies()?;
     crate::failpoints::arm_from_env()?;
     let metrics = MetricsExporter::from_args(&args.metrics).map_err(|err| match err {
@@ -371,9 +382,12 @@ async fn serve_with(
         .resolve(listen)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let peers = args.peers.peers(&security.tls)?;
-    let settings =
+    let mut settings =
         Settings {
             payment_methods: payment_methods(&args.payment_methods)?,
+            // Read once the port and the database are open: a start that fails on them creates
+            // no key file.
+            card_token_key: None,
             gateway: args.gateway.config(),
             relay: RelaySettings {
                 retry: relay::RetryPolicy {
@@ -416,6 +430,15 @@ async fn serve_with(
         db.close().await;
         return Err(CliError::Failed(err));
     }
+    if matches!(service, Service::Order | Service::Payment) {
+        match card_token_key(&args) {
+            Ok(key) => settings.card_token_key = Some(key),
+            Err(err) => {
+                db.close().await;
+                return Err(err);
+            }
+        }
+    }
 
     let mut running = Running::default();
     let mut routes = RoutesBuilder::default();
@@ -449,6 +472,22 @@ async fn serve_with(
     db.close().await;
     served.context("serving")?;
     Ok(())
+}
+
+/// The card-token key of `serve order|payment`: `--card-token-key-file`, or the data directory's
+/// (created when missing; docs/operations.md, "Secrets and card tokens").
+///
+/// # Errors
+/// `CliError::Usage` (exit 64) naming the file when it is missing, unreadable or malformed.
+fn card_token_key(args: &ServeArgs) -> Result<CardTokenKey, CliError> {
+    let loaded = match &args.card_token_key_file {
+        Some(path) => CardTokenKey::load(path),
+        None => {
+            crate::datadir::prepare(&args.data_dir)?;
+            CardTokenKey::load_or_create(&args.data_dir.join(card_token::DEFAULT_KEY_FILE_NAME))
+        }
+    };
+    loaded.map_err(|err| CliError::Usage(err.to_string()))
 }
 
 #[cfg(test)]

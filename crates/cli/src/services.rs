@@ -170,7 +170,11 @@ impl Service {
             }
             Self::Payment => {
                 let gateway = Arc::new(sagaflow_payment::SimulatedGateway::new(settings.gateway));
-                sagaflow_payment::PaymentService::new(db.clone(), gateway).register(routes);
+                let mut payment = sagaflow_payment::PaymentService::new(db.clone(), gateway);
+                if let Some(key) = &settings.card_token_key {
+                    payment = payment.with_card_token_key(key.clone());
+                }
+                payment.register(routes);
             }
             Self::Point => sagaflow_point::PointService::new(db.clone()).register(routes),
             Self::Ranking => {
@@ -186,8 +190,13 @@ impl Service {
             }
             Self::Order => {
                 let waker = RelayWaker::default();
+                let key = settings
+                    .card_token_key
+                    .clone()
+                    .context("the order service needs a card-token key")?;
                 let order = sagaflow_order::OrderService::new(db.clone(), peers.inventory.clone())
                     .with_payment_methods(settings.payment_methods.clone())
+                    .with_card_token_key(key)
                     .with_relay_waker(waker.clone())
                     .with_shutdown(running.stop.clone())
                     .with_max_waiters(settings.max_order_waiters);
@@ -407,6 +416,9 @@ impl Peers {
 pub struct Settings {
     /// Order: the payment methods PlaceOrder accepts.
     pub payment_methods: Vec<String>,
+    /// Order and Payment: the deployment's card-token key (docs/architecture.md, "Card tokens");
+    /// `None` in other services.
+    pub card_token_key: Option<sagaflow_server::card_token::CardTokenKey>,
     /// Payment: the simulated gateway.
     pub gateway: SimulatedGatewayConfig,
     /// Order: the outbox relay.

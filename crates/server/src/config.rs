@@ -26,13 +26,20 @@ pub struct ListenArgs {
     pub listen: SocketAddr,
 }
 
-/// Database connection settings.
-#[derive(Debug, Clone, Args)]
+/// Database connection settings. Its `Debug` shows the URL with any password removed
+/// ([`crate::db::redact`]).
+#[derive(Clone, Args)]
 pub struct DatabaseArgs {
     /// Database URL: `postgres://user@host:5432/db` or `sqlite://path/to/file.db`. Default: a
     /// SQLite file named after the service under the data directory.
     #[arg(long, env = "SAGAFLOW_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// PostgreSQL only: a file holding the password of the URL's user (one line; a trailing
+    /// newline is ignored), so that the password is in neither the URL nor the environment (a
+    /// compose or Kubernetes secret; docs/operations.md, "Secrets and card tokens"). It replaces
+    /// any password the URL has.
+    #[arg(long, env = "SAGAFLOW_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<std::path::PathBuf>,
     /// Most pooled connections (default 16 on PostgreSQL, 4 on SQLite).
     #[arg(long, env = "SAGAFLOW_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
@@ -51,6 +58,75 @@ pub struct DatabaseArgs {
         value_parser = clap::value_parser!(u16).range(1..=64)
     )]
     pub db_group_commit_writers: Option<u16>,
+}
+
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(crate::db::redact),
+            )
+            .field("database_password_file", &self.database_password_file)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("sqlite_synchronous", &self.sqlite_synchronous)
+            .field("db_group_commit_writers", &self.db_group_commit_writers)
+            .finish()
+    }
+}
+
+impl DatabaseArgs {
+    /// `url` with the password of `--database-password-file` (if given) added as its
+    /// `password` query parameter, percent-encoded (the parameter wins over a password in the
+    /// URL's user part).
+    ///
+    /// # Errors
+    /// A one-line message naming the flag: the file cannot be read or is empty, or `url` is not a
+    /// PostgreSQL URL.
+    pub fn url_with_password(&self, url: &str) -> Result<String, String> {
+        let Some(path) = &self.database_password_file else {
+            return Ok(url.to_owned());
+        };
+        if !matches!(crate::Backend::from_url(url), Ok(crate::Backend::Postgres)) {
+            return Err(format!(
+                "--database-password-file is for PostgreSQL URLs only, not {}",
+                crate::db::redact(url)
+            ));
+        }
+        let password = std::fs::read_to_string(path).map_err(|err| {
+            format!(
+                "--database-password-file {}: {err}; pass a readable file",
+                path.display()
+            )
+        })?;
+        let password = password.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(format!(
+                "--database-password-file {} is empty",
+                path.display()
+            ));
+        }
+        let encoded: String = password
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let (base, fragment) = url
+            .split_once('#')
+            .map_or((url, None), |(b, f)| (b, Some(f)));
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let mut out = format!("{base}{separator}password={encoded}");
+        if let Some(fragment) = fragment {
+            out.push('#');
+            out.push_str(fragment);
+        }
+        Ok(out)
+    }
 }
 
 /// `PRAGMA synchronous` choices exposed on the command line.
@@ -389,6 +465,46 @@ impl RetentionArgs {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn password_file_goes_into_the_query_encoded() {
+        use clap::Parser as _;
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            db: DatabaseArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "p@ss w+rd/&=\n").unwrap();
+        let args = Cli::parse_from(["x", "--database-password-file", file.to_str().unwrap()]).db;
+        let url = args
+            .url_with_password("postgres://order@postgres:5432/sagaflow_order?sslmode=disable")
+            .unwrap();
+        assert_eq!(
+            url,
+            "postgres://order@postgres:5432/sagaflow_order?sslmode=disable\
+             &password=p%40ss%20w%2Brd%2F%26%3D"
+        );
+        // What sqlx reads from it is the password itself.
+        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        assert_eq!(options.get_username(), "order");
+        assert!(!crate::db::redact(&url).contains("p%40ss"));
+        assert_eq!(
+            args.url_with_password("postgres://h/db").unwrap(),
+            "postgres://h/db?password=p%40ss%20w%2Brd%2F%26%3D"
+        );
+        assert!(args.url_with_password("sqlite://a.db").is_err());
+        std::fs::write(&file, "\n").unwrap();
+        assert!(args.url_with_password("postgres://h/db").is_err());
+        let none = Cli::parse_from(["x"]).db;
+        assert_eq!(
+            none.url_with_password("sqlite://a.db").unwrap(),
+            "sqlite://a.db"
+        );
+    }
+
     use clap::Parser;
 
     use super::*;

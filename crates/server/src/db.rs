@@ -270,7 +270,13 @@ impl Db {
                     .map_err(connect_err)?;
                 url.to_owned()
             }
-            Backend::Sqlite => sqlite_url_with_create(url),
+            Backend::Sqlite => {
+                // Owner-only from the first byte (docs/operations.md, "Files and permissions"):
+                // the file is made 0600 before SQLite opens it, and SQLite gives its `-wal` and
+                // `-shm` files the database file's mode.
+                restrict_sqlite_files(url).map_err(|err| connect_err(sqlx::Error::Io(err)))?;
+                sqlite_url_with_create(url)
+            }
         };
         let options = AnyConnectOptions::from_str(&url)
             .map_err(connect_err)?
@@ -324,6 +330,10 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(connect_err)?;
+        if backend == Backend::Sqlite {
+            // `-wal`/`-shm` left by an older version with a wider mode.
+            restrict_sqlite_files(&url).map_err(|err| connect_err(sqlx::Error::Io(err)))?;
+        }
         let migrator = match backend {
             Backend::Postgres => migrations.postgres,
             Backend::Sqlite => migrations.sqlite,
@@ -506,23 +516,170 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
     }
 }
 
-/// Removes the password from a URL for logs and errors.
+/// What stands in for a removed password in [`redact`]'s output.
+const REDACTED: &str = "***";
+
+/// Removes every password from a database URL for logs, errors and printed output
+/// (docs/operations.md, "Secrets and card tokens"). Each form libpq and sqlx accept:
+///
+/// | form                                   | becomes                              |
+/// |----------------------------------------|--------------------------------------|
+/// | `postgres://u:pw@h/db`                 | `postgres://u:***@h/db`              |
+/// | `postgres://u@h/db?password=pw&x=1`    | `postgres://u@h/db?password=***&x=1` |
+/// | `…&sslpassword=pw` (any key naming a password, also percent-encoded: `pass%77ord`) | `…&sslpassword=***` |
+/// | `host=h user=u password='p w'` (key=value conninfo, quoted or not) | `host=h user=u password=***` |
+/// | `sqlite:…`                             | unchanged (no credentials)            |
+///
+/// The password itself is never parsed for meaning: in the userinfo everything between the
+/// first `:` and the last `@` before the path goes (a raw `@` or `%40` in it included).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
+    if url.starts_with("sqlite:") {
+        return url.to_owned();
+    }
+    let Some(scheme_end) = url.find("://") else {
+        return redact_conninfo(url);
+    };
+    let rest_start = scheme_end + 3;
+    // The authority ends at the first `/`, `?` or `#` after the last `@` (a password may hold
+    // `/`, `?` or `#` only percent-encoded, but a raw `@` is tolerated by the parsers).
+    let rest = &url[rest_start..];
+    let query_start = rest.find('?');
+    let authority_scope = &rest[..query_start.unwrap_or(rest.len())];
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..rest_start]);
+    let after_userinfo = match authority_scope.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push(':');
+                    out.push_str(REDACTED);
+                }
+                None => out.push_str(userinfo),
+            }
+            at
+        }
+        None => 0,
+    };
+    match query_start {
+        Some(q) => {
+            out.push_str(&rest[after_userinfo..=q]);
+            let (query, fragment) = match rest[q + 1..].split_once('#') {
+                Some((query, fragment)) => (query, Some(fragment)),
+                None => (&rest[q + 1..], None),
+            };
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if names_a_password(key) => format!("{key}={REDACTED}"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+            if let Some(fragment) = fragment {
+                out.push('#');
+                out.push_str(fragment);
             }
         }
-        _ => url.to_owned(),
+        None => out.push_str(&rest[after_userinfo..]),
     }
+    out
+}
+
+/// Whether a URL query key or conninfo keyword (percent-decoded, any case) names a password:
+/// `password`, `sslpassword` and any other key containing the word.
+fn names_a_password(key: &str) -> bool {
+    let decoded = percent_decode_lossy(key.trim());
+    decoded.to_ascii_lowercase().contains("password")
+}
+
+/// `%XX` sequences decoded (`+` kept: libpq does not read it as a space in keys); an invalid
+/// sequence is kept as written.
+fn percent_decode_lossy(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(&hi), Some(&lo)) = (bytes.get(i + 1), bytes.get(i + 2))
+            && let (Some(hi), Some(lo)) = (hex(hi), hex(lo))
+        {
+            // Two hex digits: at most 255.
+            out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The key=value (libpq "conninfo") form: `host=h password=pw`, values quoted with `'…'` and
+/// `\'` / `\\` escapes or bare up to the next blank; blanks around `=` allowed. Any text that
+/// is not in that shape is kept, but a value after a password keyword is always replaced.
+fn redact_conninfo(conninfo: &str) -> String {
+    let chars: Vec<char> = conninfo.chars().collect();
+    let mut out = String::with_capacity(conninfo.len());
+    let mut i = 0;
+    while i < chars.len() {
+        // Blanks between pairs.
+        if chars[i].is_whitespace() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        // The keyword.
+        let key_start = i;
+        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
+            i += 1;
+        }
+        let key: String = chars[key_start..i].iter().collect();
+        out.push_str(&key);
+        // Blanks and the `=`.
+        let mut j = i;
+        while j < chars.len() && chars[j].is_whitespace() {
+            j += 1;
+        }
+        if j >= chars.len() || chars[j] != '=' {
+            // Not a pair: keep what was read and go on.
+            continue;
+        }
+        out.extend(&chars[i..=j]);
+        i = j + 1;
+        while i < chars.len() && chars[i].is_whitespace() {
+            out.push(chars[i]);
+            i += 1;
+        }
+        // The value.
+        let value_start = i;
+        if i < chars.len() && chars[i] == '\'' {
+            i += 1;
+            while i < chars.len() && chars[i] != '\'' {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i = (i + 1).min(chars.len());
+        } else {
+            while i < chars.len() && !chars[i].is_whitespace() {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i = i.min(chars.len());
+        }
+        if names_a_password(&key) {
+            out.push_str(REDACTED);
+        } else {
+            out.extend(&chars[value_start..i]);
+        }
+    }
+    out
 }
 
 /// The cause of a failed open, once, with what to do: the driver's own message (its error chain
@@ -563,6 +720,21 @@ fn describe_open_error(backend: Backend, error: &sqlx::Error) -> String {
         Backend::Postgres => "check --database-url (host, port, user, password, database)",
     };
     format!("{cause}; {hint}")
+}
+
+/// Creates a missing SQLite file of `url` with mode 0600 and tightens the file and its `-wal` and
+/// `-shm` to 0600 (`crate::files`).
+fn restrict_sqlite_files(url: &str) -> std::io::Result<()> {
+    let Some([db, wal, shm]) = crate::files::sqlite_files(url) else {
+        return Ok(());
+    };
+    // A file that cannot be created here (a missing or read-only directory) is left to SQLite,
+    // whose error says what is wrong; the mode is checked once it opened.
+    if crate::files::create_private(&db).is_err() {
+        return Ok(());
+    }
+    crate::files::tighten(&wal)?;
+    crate::files::tighten(&shm)
 }
 
 fn sqlite_url_with_create(url: &str) -> String {
@@ -628,6 +800,90 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn redact_userinfo_forms() {
+        assert_eq!(
+            redact("postgresql://u:secret@h:5432/db?sslmode=disable"),
+            "postgresql://u:***@h:5432/db?sslmode=disable"
+        );
+        // Percent-encoded, and a raw `@` inside the password.
+        assert_eq!(
+            redact("postgres://u:p%40ss%3Aw@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
+        // Empty user; no database part; a user with no password stays as is.
+        assert_eq!(redact("postgres://:secret@h"), "postgres://:***@h");
+        assert_eq!(redact("postgres://h/db?x=1"), "postgres://h/db?x=1");
+        // An `@` in the query is not the userinfo's.
+        assert_eq!(
+            redact("postgres://h/db?application_name=a@b&password=secret"),
+            "postgres://h/db?application_name=a@b&password=***"
+        );
+    }
+
+    #[test]
+    fn redact_query_forms() {
+        assert_eq!(
+            redact("postgres://u@h/db?password=secret"),
+            "postgres://u@h/db?password=***"
+        );
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=disable&password=secret&x=1"),
+            "postgres://u@h/db?sslmode=disable&password=***&x=1"
+        );
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=require&sslpassword=secret"),
+            "postgres://u@h/db?sslmode=require&sslpassword=***"
+        );
+        // Percent-encoded key (`%77` is `w`), any case, and a fragment kept.
+        assert_eq!(
+            redact("postgres://u@h/db?pass%77ord=secret#f"),
+            "postgres://u@h/db?pass%77ord=***#f"
+        );
+        assert_eq!(
+            redact("postgres://u@h/db?PASSWORD=secret"),
+            "postgres://u@h/db?PASSWORD=***"
+        );
+        // Both places at once.
+        assert_eq!(
+            redact("postgres://u:one@h/db?password=two"),
+            "postgres://u:***@h/db?password=***"
+        );
+    }
+
+    #[test]
+    fn redact_conninfo_forms() {
+        assert_eq!(
+            redact("host=h user=u password=secret dbname=d"),
+            "host=h user=u password=*** dbname=d"
+        );
+        assert_eq!(
+            redact("host=h password = 'se cr\\'et' dbname=d"),
+            "host=h password = *** dbname=d"
+        );
+        assert_eq!(redact("password=secret"), "password=***");
+        assert_eq!(redact("mysql-ish thing"), "mysql-ish thing");
+    }
+
+    #[test]
+    fn redact_leaves_sqlite_alone() {
+        for url in [
+            "sqlite:a.db",
+            "sqlite://data/order.db?mode=rwc",
+            "sqlite::memory:",
+        ] {
+            assert_eq!(redact(url), url);
+        }
+        for url in [
+            "postgres://u:secret@h/db?password=secret",
+            "host=h password='secret'",
+            "postgres://u:secret@h/db?%70assword=secret",
+        ] {
+            assert!(!redact(url).contains("secret"), "{url} -> {}", redact(url));
+        }
     }
 
     #[test]

@@ -53,12 +53,14 @@
 
 pub mod access;
 pub mod audit;
+pub mod card_token;
 pub mod config;
 pub mod consume;
 pub mod db;
 pub mod end_users;
 pub mod error;
 pub mod faults;
+pub mod files;
 mod group_commit;
 pub mod grpc;
 pub mod idempotency;

@@ -813,6 +813,7 @@ mod tests {
             event: Some(OrderCreatedEvent {
                 order: Some(order(n)),
                 payment_method: "tok_ok".into(),
+                sealed_payment_method: String::new(),
             }),
         };
         let path = "/sagaflow.orchestrator.v1.OrchestratorService/StartOrderSaga";

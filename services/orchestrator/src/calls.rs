@@ -68,8 +68,13 @@ pub struct OrderSagaInput {
     pub subtotal: i64,
     /// Points spent, KRW won.
     pub points: i64,
-    /// Card token of the simulated gateway.
+    /// The card token, masked for display (`tok_…line`; docs/architecture.md, "Card tokens").
+    /// Inputs of sagas started before card tokens were sealed hold the token itself here.
     pub payment_method: String,
+    /// The card token sealed for this order (`sealed:v1:…`), passed to StartPayment as it is:
+    /// only the payment service opens it. Empty in inputs written before it existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sealed_payment_method: String,
 }
 
 impl OrderSagaInput {
@@ -98,7 +103,18 @@ impl OrderSagaInput {
             subtotal: order.subtotal,
             points: order.points,
             payment_method: event.payment_method.clone(),
+            sealed_payment_method: event.sealed_payment_method.clone(),
         })
+    }
+
+    /// What StartPayment's `payment_method` carries: the sealed card token, or for an input
+    /// written before tokens were sealed, the token it holds.
+    pub fn payment_token(&self) -> &str {
+        if self.sealed_payment_method.is_empty() {
+            &self.payment_method
+        } else {
+            &self.sealed_payment_method
+        }
     }
 
     /// Whether steps 1 and 2 run: the order names a coupon.

@@ -12,7 +12,7 @@ use sagaflow_proto::{
     },
     order::v1::OrderCreatedEvent,
 };
-use sagaflow_server::{ServiceError, consume, validate::Validator};
+use sagaflow_server::{ServiceError, card_token, consume, validate::Validator};
 use sagaflow_telemetry::propagation;
 use sagaflow_workflow_engine::{Engine, EngineError, SagaId};
 use tonic::{Request, Response, Status, service::RoutesBuilder};
@@ -94,6 +94,16 @@ impl Rpc for OrchestratorService {
             "must not be empty",
         );
         v.required("event.payment_method", &event.payment_method);
+        v.check(
+            event.sealed_payment_method.is_empty()
+                || (card_token::is_sealed(&event.sealed_payment_method)
+                    && event.sealed_payment_method.len() <= card_token::SEALED_MAX_BYTES),
+            "event.sealed_payment_method",
+            format!(
+                "must be empty or a sealed card token of at most {} bytes",
+                card_token::SEALED_MAX_BYTES
+            ),
+        );
         v.finish()?;
         let Some(order_id) = order_id else {
             return Err(ServiceError::invalid("event.order.order_id", "must be a UUID").into());

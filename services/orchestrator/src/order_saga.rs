@@ -328,7 +328,7 @@ impl OrderStep for StartPayment {
                     idempotency_key: key,
                     order_id: input.order_id.clone(),
                     amount: payable(input, applied.as_ref()),
-                    payment_method: input.payment_method.clone(),
+                    payment_method: input.payment_token().to_owned(),
                     user_id: input.user_id.clone(),
                 },
                 timeout,
@@ -604,6 +604,7 @@ mod tests {
             subtotal: 10_000,
             points: 1_000,
             payment_method: "tok_ok".into(),
+            sealed_payment_method: String::new(),
         };
         assert_eq!(payable(&input, None), 9_000);
         let applied = ApplyCouponOutput {

@@ -200,7 +200,9 @@ pub struct Order {
     pub status: OrderStatus,
     /// Set when FAILED.
     pub failure_reason: Option<FailureReason>,
-    /// The card token the payment step charges.
+    /// The card token the payment step charges, masked (`sagaflow_server::card_token::mask`):
+    /// the token itself is only in the OrderCreated event, sealed (docs/architecture.md, "Card
+    /// tokens").
     pub payment_method: String,
     /// Unix milliseconds.
     pub created_at_ms: i64,

@@ -15,6 +15,7 @@ use sagaflow_proto::{
 use sagaflow_server::{
     ServiceError,
     access::identity_of,
+    card_token,
     db::now_ms,
     idempotency,
     validate::{MAX_LINES, Validator, decode_page_token, encode_page_token},
@@ -78,21 +79,33 @@ impl OrderServiceApi for OrderService {
             )
         })?;
         let now = now_ms();
+        let order_id = Uuid::now_v7().to_string();
+        // The card token in clear goes no further than this: sealed for the payment service,
+        // masked for everything else (docs/architecture.md, "Card tokens").
+        let card_token_key = self.card_token_key.as_ref().ok_or_else(|| {
+            ServiceError::Internal(anyhow::anyhow!(
+                "this order service has no card-token key (OrderService::with_card_token_key)"
+            ))
+        })?;
+        let sealed_payment_method = card_token_key
+            .seal(&req.payment_method, &order_id)
+            .map_err(|err| ServiceError::Internal(err.into()))?;
         let order = Order {
-            order_id: Uuid::now_v7().to_string(),
+            order_id,
             user_id: req.user_id.clone(),
             lines,
             coupon_code: req.coupon_code.clone().filter(|c| !c.is_empty()),
             amounts,
             status: OrderStatus::Pending,
             failure_reason: None,
-            payment_method: req.payment_method.clone(),
+            payment_method: card_token::mask(&req.payment_method),
             created_at_ms: now,
             updated_at_ms: now,
         };
         let created = OrderEvent::Created(pb::OrderCreatedEvent {
             order: Some(to_proto(&order)),
             payment_method: order.payment_method.clone(),
+            sealed_payment_method,
         });
         let request_id = scoped_request_id;
         let event_id = Uuid::new_v4().to_string();

@@ -30,6 +30,7 @@ use sagaflow_proto::{
 };
 use sagaflow_server::{
     Db,
+    card_token::CardTokenKey,
     transport::{TracedTransport, Transport, traced},
 };
 
@@ -85,6 +86,9 @@ pub struct OrderService {
     shutdown: tokio_util::sync::CancellationToken,
     /// The payment methods PlaceOrder accepts; `None`: any (non-empty) one.
     payment_methods: Option<Arc<BTreeSet<String>>>,
+    /// Seals PlaceOrder's card token for the payment service; `None`: PlaceOrder is
+    /// FAILED_PRECONDITION (docs/architecture.md, "Card tokens").
+    card_token_key: Option<Arc<CardTokenKey>>,
 }
 
 impl OrderService {
@@ -100,7 +104,18 @@ impl OrderService {
             relay: None,
             shutdown: tokio_util::sync::CancellationToken::new(),
             payment_methods: None,
+            card_token_key: None,
         }
+    }
+
+    /// The same service, sealing PlaceOrder's card token with `key` (the deployment's card-token
+    /// key, the payment service's too) before it is stored or published: the order row keeps the
+    /// masked token, the OrderCreated event the masked and the sealed one (docs/architecture.md,
+    /// "Card tokens"). Without this call PlaceOrder answers FAILED_PRECONDITION; `sagaflow serve
+    /// order` and the embedded system always make it.
+    pub fn with_card_token_key(mut self, key: CardTokenKey) -> Self {
+        self.card_token_key = Some(Arc::new(key));
+        self
     }
 
     /// The same service, accepting in PlaceOrder only a `payment_method` equal to one of

@@ -188,7 +188,8 @@ async fn authorize(
                 tracing::warn!(error = %err, "cannot delete the intent of an unknown card token");
             }
             Err(
-                ServiceError::invalid("payment_method", format!("unknown card token {token:?}"))
+                // `token` is masked already (GatewayError::UnknownCardToken).
+                ServiceError::invalid("payment_method", format!("unknown card token {token}"))
                     .into(),
             )
         }

@@ -107,7 +107,8 @@ pub enum GatewayError {
     #[error("capture declined: {0}")]
     CaptureDeclined(String),
     /// The card token is not one the gateway knows (the service answers `INVALID_ARGUMENT`
-    /// naming `payment_method`).
+    /// naming `payment_method`); it holds the token masked
+    /// (`sagaflow_server::card_token::mask`).
     #[error("unknown card token {0:?}")]
     UnknownCardToken(String),
     /// The operation does not fit the authorization's state (void after capture, capture after
@@ -612,8 +613,9 @@ impl SimulatedGateway {
         operation: Operation,
         request: &OperationRequest,
     ) -> Result<GatewayReference, GatewayError> {
-        let token = CardToken::parse(&request.card_token)
-            .ok_or_else(|| GatewayError::UnknownCardToken(request.card_token.clone()))?;
+        let token = CardToken::parse(&request.card_token).ok_or_else(|| {
+            GatewayError::UnknownCardToken(sagaflow_server::card_token::mask(&request.card_token))
+        })?;
         let mut state = self.lock();
         let answer = operate_locked(&mut state, operation, request, token);
         let authorization_order = state
@@ -758,8 +760,9 @@ impl PaymentGateway for SimulatedGateway {
         request: &AuthorizeRequest,
     ) -> Result<GatewayReference, GatewayError> {
         self.latency().await;
-        let token = CardToken::parse(&request.card_token)
-            .ok_or_else(|| GatewayError::UnknownCardToken(request.card_token.clone()))?;
+        let token = CardToken::parse(&request.card_token).ok_or_else(|| {
+            GatewayError::UnknownCardToken(sagaflow_server::card_token::mask(&request.card_token))
+        })?;
         let answer = {
             let mut state = self.lock();
             let answer = match state.answers.get(&request.idempotency_key) {
@@ -890,7 +893,7 @@ mod tests {
         );
         assert_eq!(
             gw.authorize(&authorize("d", "tok_nope")).await,
-            Err(GatewayError::UnknownCardToken("tok_nope".into()))
+            Err(GatewayError::UnknownCardToken("tok_…".into()))
         );
     }
 

@@ -7,7 +7,7 @@ use std::{future::Future, sync::Arc};
 use sagaflow_proto::payment::v1::{
     self as pb, payment_service_server::PaymentService as PaymentServiceApi,
 };
-use sagaflow_server::{ServiceError, access::identity_of, validate::Validator};
+use sagaflow_server::{ServiceError, access::identity_of, card_token, validate::Validator};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -42,7 +42,20 @@ impl PaymentServiceApi for PaymentService {
         let mut v = Validator::command(&req.idempotency_key);
         let order_id = v.uuid_text("order_id", &req.order_id);
         v.non_negative_i64("amount", req.amount);
-        v.required("payment_method", &req.payment_method);
+        if card_token::is_sealed(&req.payment_method) {
+            // Sealed by the order service: longer than a card token (docs/architecture.md,
+            // "Card tokens").
+            v.check(
+                req.payment_method.len() <= card_token::SEALED_MAX_BYTES,
+                "payment_method",
+                format!(
+                    "a sealed card token is at most {} bytes",
+                    card_token::SEALED_MAX_BYTES
+                ),
+            );
+        } else {
+            v.required("payment_method", &req.payment_method);
+        }
         v.finish()?;
         let command = start(self.db.clone(), Arc::clone(&self.gateway), req, order_id);
         run_to_completion(command).await.map(Response::new)

@@ -56,6 +56,7 @@ mod convert;
 pub mod domain;
 pub mod gateway;
 mod grpc;
+pub mod sealed;
 mod store;
 
 pub use gateway::{
@@ -85,6 +86,14 @@ impl PaymentService {
     /// A service over `db` (migrated with [`migrations`]) that charges through `gateway`.
     pub fn new(db: Db, gateway: Arc<dyn PaymentGateway>) -> Self {
         Self { db, gateway }
+    }
+
+    /// The same service, opening card tokens sealed by the order service with `key` (the
+    /// deployment's card-token key) right before each gateway call ([`sealed::OpeningGateway`];
+    /// docs/architecture.md, "Card tokens"). Without it a sealed token is an unknown card token.
+    pub fn with_card_token_key(mut self, key: sagaflow_server::card_token::CardTokenKey) -> Self {
+        self.gateway = Arc::new(sealed::OpeningGateway::new(key, self.gateway));
+        self
     }
 
     /// Adds the gRPC service to `routes`.

@@ -21,6 +21,7 @@ mod nul_bytes;
 mod observability;
 mod recovery;
 mod rpc;
+mod secrets;
 mod security;
 mod startup_errors;
 mod walkthrough;

@@ -99,6 +99,11 @@ fn a_sqlite_file_that_is_not_a_database() {
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("order.db"), vec![0x5a_u8; 8192]).unwrap();
     let db = data.join("order.db");
+    // Owner-only already, as `sagaflow dev` would leave them: no line about tightening them
+    // (docs/operations.md, "Files and permissions").
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
     fails_in_one_line(
         &[
             "dev",

@@ -40,6 +40,7 @@ async fn an_order_created_starts_one_saga_however_often_it_is_consumed(kind: Kin
         OrderCreatedEvent {
             order: Some(order),
             payment_method: f.payment_method.to_owned(),
+            sealed_payment_method: String::new(),
         }
         .encode_to_vec(),
     );

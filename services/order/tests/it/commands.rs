@@ -70,7 +70,15 @@ async fn place_order_prices_and_writes_the_outbox(kind: Kind) {
         panic!("not an OrderCreated event");
     };
     assert_eq!(created.order.as_ref(), Some(&order));
-    assert_eq!(created.payment_method, "tok_ok");
+    // The card token is masked, and sealed for the payment service (docs/architecture.md,
+    // "Card tokens").
+    assert_eq!(created.payment_method, "tok_…");
+    assert!(
+        created.sealed_payment_method.starts_with("sealed:v1:"),
+        "{}",
+        created.sealed_payment_method
+    );
+    assert!(!created.sealed_payment_method.contains("tok_ok"));
 
     let got = t.get(&order.order_id).await;
     assert_eq!(got, order);

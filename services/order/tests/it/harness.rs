@@ -60,7 +60,9 @@ fn order_service(db: Db, inventory_url: &str) -> OrderService {
     let inventory = Endpoint::from_shared(inventory_url.to_owned())
         .unwrap()
         .connect_lazy();
-    OrderService::new(db, inventory).with_payment_methods(PAYMENT_METHODS.iter().copied())
+    OrderService::new(db, inventory)
+        .with_payment_methods(PAYMENT_METHODS.iter().copied())
+        .with_card_token_key(sagaflow_server::card_token::CardTokenKey::generate().unwrap())
 }
 
 pub(crate) async fn start(kind: Kind, name: &str) -> TestOrder {
