@@ -89,6 +89,8 @@ pub struct DevArgs {
     #[arg(long, env = "SAGAFLOW_FAULTS", default_value = "")]
     pub faults: FaultConfig,
     #[command(flatten)]
+    pub trace: sagaflow_server::config::TraceArgs,
+    #[command(flatten)]
     pub events: EventArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -148,6 +150,10 @@ pub struct EmbeddedConfig {
     pub security: Security,
     /// The server's limits (message size, concurrency, timeout, PlaceOrder per user).
     pub limits: Limits,
+    /// Adopt every caller's `traceparent` (`--trust-traceparent`); default `false`: public and
+    /// admin calls start a new trace linked to the caller's (docs/operations.md, "Logs and
+    /// traces from untrusted input").
+    pub trust_traceparent: bool,
 }
 
 /// Where an embedded system keeps its databases.
@@ -208,6 +214,7 @@ impl EmbeddedConfig {
             events: EventSettings::default(),
             security: Security::default(),
             limits: Limits::default(),
+            trust_traceparent: false,
         }
     }
 
@@ -254,6 +261,7 @@ impl EmbeddedConfig {
             events: args.events.settings(),
             security: Security::default(),
             limits: Limits::default(),
+            trust_traceparent: args.trace.trust_traceparent,
         })
     }
 }
@@ -367,6 +375,7 @@ impl Embedded {
                     access: config.security.access.clone(),
                     tls: config.security.tls.server_config(),
                     limits: config.limits.clone(),
+                    trust_traceparent: config.trust_traceparent,
                 },
                 local.clone(),
             )

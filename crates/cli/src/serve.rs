@@ -18,7 +18,7 @@ use sagaflow_orchestrator::{
 use sagaflow_order::relay;
 use sagaflow_server::{
     Db,
-    config::{DatabaseArgs, FaultArgs, RetentionArgs, SecurityArgs},
+    config::{DatabaseArgs, FaultArgs, RetentionArgs, SecurityArgs, TraceArgs},
     grpc,
     tls::Tls,
 };
@@ -202,6 +202,8 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub faults: FaultArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
     #[command(flatten)]
     pub peers: PeerArgs,
     #[command(flatten)]
@@ -442,6 +444,7 @@ async fn serve_with(
         tls: security.tls.server_config(),
         access: security.access,
         limits: args.security.limits.limits(),
+        trust_traceparent: args.trace.trust_traceparent,
     };
     let served = grpc::serve(listener, routes, service.grpc_names(), options, signal).await;
     running.shutdown().await;

@@ -279,12 +279,12 @@ where
                 tokio::time::sleep(plan.delay).await;
             }
             if let Some(code) = plan.error {
-                tracing::info!(%path, ?code, "fault injected: error");
+                tracing::info!(path = %crate::untrusted::untrusted(&path), ?code, "fault injected: error");
                 return Ok(Status::new(code, "injected fault").into_http());
             }
             let response = inner.call(req).await?;
             if plan.lose_reply {
-                tracing::info!(%path, "fault injected: lost reply");
+                tracing::info!(path = %crate::untrusted::untrusted(&path), "fault injected: lost reply");
                 return Ok(Status::unavailable("injected fault: reply lost").into_http());
             }
             Ok(response)

@@ -48,6 +48,11 @@ pub struct ServerOptions {
     pub tls: Option<ServerTlsConfig>,
     /// Message size, concurrency, timeout and rate limits.
     pub limits: Limits,
+    /// Adopt every caller's `traceparent` (`--trust-traceparent`); default `false`: only internal
+    /// RPCs and in-process calls continue the caller's trace, any other call starts a new trace
+    /// linked to it ([`crate::stack::is_trusted_call`]; docs/operations.md, "Logs and traces from
+    /// untrusted input").
+    pub trust_traceparent: bool,
 }
 
 impl From<FaultConfig> for ServerOptions {

@@ -65,7 +65,7 @@ impl Rpc for OrchestratorService {
     /// # Errors
     /// INVALID_ARGUMENT naming `event_id` / `event.order` / `event.order.order_id`; UNAVAILABLE
     /// when the saga store is unreachable or the orchestrator is shutting down.
-    #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(event_id = tracing::field::Empty), err(level = "debug"))]
     async fn start_order_saga(
         &self,
         request: Request<StartOrderSagaRequest>,
@@ -91,6 +91,7 @@ impl Rpc for OrchestratorService {
         );
         v.required("event.payment_method", &event.payment_method);
         v.finish()?;
+        sagaflow_server::untrusted::record("event_id", &req.event_id);
         let Some(order_id) = order_id else {
             return Err(ServiceError::invalid("event.order.order_id", "must be a UUID").into());
         };

@@ -38,13 +38,14 @@ const FAIL: &str = "order.FailOrder";
 
 #[tonic::async_trait]
 impl OrderServiceApi for OrderService {
-    #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(request_id = tracing::field::Empty), err(level = "debug"))]
     async fn place_order(
         &self,
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
         let req = request.into_inner();
         let lines = validate_place(&req, self.payment_methods.as_deref())?;
+        sagaflow_server::untrusted::record("request_id", &req.request_id);
         let key = format!("PlaceOrder:{}", req.request_id);
         // A repeat is answered from the idempotency store, without asking Inventory.
         if let Some(stored) = idempotency::lookup(&self.db, PLACE, &key, &req).await? {
@@ -119,7 +120,7 @@ impl OrderServiceApi for OrderService {
         Ok(Response::new(executed.response))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty), err(level = "debug"))]
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,
@@ -129,6 +130,7 @@ impl OrderServiceApi for OrderService {
         let order_id = v.uuid_text("order_id", &req.order_id);
         let wait = v.wait("wait", req.wait.as_ref());
         v.finish()?;
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let order = self
             .wait_for_terminal(&order_id, wait.unwrap_or_default())
             .await?;
@@ -137,7 +139,7 @@ impl OrderServiceApi for OrderService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty), err(level = "debug"))]
     async fn list_orders(
         &self,
         request: Request<pb::ListOrdersRequest>,
@@ -165,6 +167,7 @@ impl OrderServiceApi for OrderService {
             "is not a page token from a previous response",
         );
         v.finish()?;
+        sagaflow_server::untrusted::record("user_id", &req.user_id);
         let after = after.ok().flatten();
         let mut conn = self.db.connection().await?;
         // One extra row tells whether another page follows.
@@ -191,7 +194,7 @@ impl OrderServiceApi for OrderService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty), err(level = "debug"))]
     async fn apply_coupon(
         &self,
         request: Request<pb::ApplyCouponRequest>,
@@ -202,6 +205,7 @@ impl OrderServiceApi for OrderService {
         validate_rule(&mut v, req.rule.as_ref());
         v.non_negative_i64("discount", req.discount);
         v.finish()?;
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let (id, discount) = (order_id, req.discount);
         idempotency::respond(
             &self.db,
@@ -220,7 +224,7 @@ impl OrderServiceApi for OrderService {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty), err(level = "debug"))]
     async fn complete_order(
         &self,
         request: Request<pb::CompleteOrderRequest>,
@@ -229,13 +233,14 @@ impl OrderServiceApi for OrderService {
         let mut v = Validator::command(&req.idempotency_key);
         let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let order = self
             .finish(COMPLETE, &req.idempotency_key, &req, order_id, None)
             .await?;
         Ok(Response::new(pb::CompleteOrderResponse { order }))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty), err(level = "debug"))]
     async fn fail_order(
         &self,
         request: Request<pb::FailOrderRequest>,
@@ -250,6 +255,7 @@ impl OrderServiceApi for OrderService {
             "must be a FAILURE_REASON_* value other than UNSPECIFIED",
         );
         v.finish()?;
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let order = self
             .finish(FAIL, &req.idempotency_key, &req, order_id, reason)
             .await?;
