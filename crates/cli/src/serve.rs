@@ -312,6 +312,8 @@ pub fn channel(flag: &str, urls: &str, tls: Option<&Tls>) -> Result<Channel, Cli
 /// `CliError::Usage` for bad flags (exit 64); `CliError::Failed` when the database or the port
 /// cannot be opened.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    // First: a build without failpoints refuses FAILPOINTS before it creates or opens anything.
+    crate::failpoints::arm_from_env()?;
     let service = args.service;
     let listen = args
         .listen
@@ -333,7 +335,6 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     };
     sagaflow_server::Backend::from_url(&url).map_err(|e| CliError::Usage(e.to_string()))?;
     let policies = args.engine.policies()?;
-    crate::failpoints::arm_from_env()?;
     let metrics = MetricsExporter::from_args(&args.metrics).map_err(|err| match err {
         MetricsError::NoPort(_) => CliError::Usage(err.to_string()),
         other => CliError::Failed(other.into()),

@@ -94,7 +94,7 @@ impl fmt::Display for Untrusted<'_> {
 /// for text the process wrote itself that may quote a client's value (an error's message); the
 /// pretty log format passes every field through it, so no field value can break a log line.
 pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| is_escaped(c)) {
+    if !text.chars().any(is_escaped) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -121,9 +121,15 @@ mod tests {
         assert_eq!(untrusted("plain-id_1").to_string(), "plain-id_1");
         assert_eq!(untrusted("a\nb\r\tc").to_string(), r"a\nb\r\tc");
         assert_eq!(untrusted("\u{1b}[31mred").to_string(), r"\u{1b}[31mred");
-        assert_eq!(untrusted("\0\u{7f}\u{85}").to_string(), r"\u{0}\u{7f}\u{85}");
+        assert_eq!(
+            untrusted("\0\u{7f}\u{85}").to_string(),
+            r"\u{0}\u{7f}\u{85}"
+        );
         assert_eq!(untrusted("ab\u{202e}cd").to_string(), r"ab\u{202e}cd");
-        assert_eq!(untrusted("zero\u{200b}width").to_string(), r"zero\u{200b}width");
+        assert_eq!(
+            untrusted("zero\u{200b}width").to_string(),
+            r"zero\u{200b}width"
+        );
         assert_eq!(untrusted(r"a\nb").to_string(), r"a\\nb");
         assert_eq!(untrusted("쿠폰-é").to_string(), "쿠폰-é");
         assert!(!untrusted("x\ny").to_string().contains('\n'));

@@ -225,21 +225,29 @@ fn a_forged_request_id_is_one_escaped_truncated_pretty_line() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    assert!(!logs.contains('\u{1b}'), "an ESC byte reached the log:\n{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "an ESC byte reached the log:\n{logs}"
+    );
     let about: Vec<&str> = logs.lines().filter(|l| l.contains("forge")).collect();
     assert_eq!(about.len(), 1, "{about:#?}");
     let line = about[0];
     let shown = sagaflow_server::untrusted::untrusted(&forged_request_id()).to_string();
     assert!(line.contains(&format!("value={shown}")), "{line}");
     assert!(
-        line.contains(r"forge-\n2026-12-07T00:00:00.000000Z ERROR sagaflow: forged line\u{1b}[2J\u{1b}[31m"),
+        line.contains(
+            r"forge-\n2026-12-07T00:00:00.000000Z ERROR sagaflow: forged line\u{1b}[2J\u{1b}[31m"
+        ),
         "{line}"
     );
     assert!(line.contains("…[truncated, 50071 bytes]"), "{line}");
     assert!(line.contains("request refused"), "{line}");
     assert!(line.len() < 600, "{} bytes: {line}", line.len());
     // No line begins with the forged text.
-    assert!(!logs.lines().any(|l| l.starts_with("2026-12-07T00:00:00")), "{logs}");
+    assert!(
+        !logs.lines().any(|l| l.starts_with("2026-12-07T00:00:00")),
+        "{logs}"
+    );
 }
 
 /// The same in the JSON format: every line is one JSON object, one of them about the request,
@@ -248,7 +256,10 @@ fn a_forged_request_id_is_one_escaped_truncated_pretty_line() {
 fn a_forged_request_id_is_one_escaped_truncated_json_line() {
     let (refused, logs) = log_of_a_forged_request("json");
     assert!(!refused.status.success());
-    assert!(!logs.contains('\u{1b}'), "an ESC byte reached the log:\n{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "an ESC byte reached the log:\n{logs}"
+    );
     let lines: Vec<Value> = logs
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -264,7 +275,10 @@ fn a_forged_request_id_is_one_escaped_truncated_json_line() {
         value,
         sagaflow_server::untrusted::untrusted(&forged_request_id()).to_string()
     );
-    assert!(!value.contains('\n') && !value.contains('\u{1b}'), "{value}");
+    assert!(
+        !value.contains('\n') && !value.contains('\u{1b}'),
+        "{value}"
+    );
     assert!(value.ends_with("…[truncated, 50071 bytes]"), "{value}");
     assert_eq!(about[0]["fields"], "request_id", "{}", about[0]);
 }

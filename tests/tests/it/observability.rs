@@ -1305,7 +1305,10 @@ fn public_calls_start_a_new_trace_linked_to_the_callers() {
         .iter()
         .filter(|s| s.trace_id() == TRACE_CALLER)
         .collect();
-    assert!(adopted.is_empty(), "spans in the caller's trace: {adopted:#?}");
+    assert!(
+        adopted.is_empty(),
+        "spans in the caller's trace: {adopted:#?}"
+    );
     // PlaceOrder: a root span, linked to grpcurl's.
     let places: Vec<&Received> = spans
         .iter()
@@ -1313,7 +1316,11 @@ fn public_calls_start_a_new_trace_linked_to_the_callers() {
         .collect();
     assert_eq!(places.len(), 1, "{places:#?}");
     let place_order = places[0];
-    assert_eq!(place_order.parent_span_id(), "", "a new root: {place_order:?}");
+    assert_eq!(
+        place_order.parent_span_id(),
+        "",
+        "a new root: {place_order:?}"
+    );
     assert_eq!(
         place_order.links(),
         vec![(TRACE_CALLER.to_owned(), CLIENT_CALLER.to_owned())]
