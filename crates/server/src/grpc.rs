@@ -78,6 +78,35 @@ pub enum ServeError {
     Listener(#[from] std::io::Error),
 }
 
+/// The files of [`sagaflow_proto::FILE_DESCRIPTOR_SET`] that define the services named in
+/// `service_names` (fully-qualified), with every file they import, transitively: what reflection
+/// may describe on a port that serves those services. Empty if the set does not decode (a build
+/// problem, logged): reflection then describes no sagaflow service rather than every one.
+pub fn served_files(service_names: &[&str]) -> prost_types::FileDescriptorSet {
+    let pool = match prost_reflect::DescriptorPool::decode(sagaflow_proto::FILE_DESCRIPTOR_SET) {
+        Ok(pool) => pool,
+        Err(err) => {
+            tracing::error!(error = %err, "the descriptor set does not decode: reflection describes no sagaflow service");
+            return prost_types::FileDescriptorSet::default();
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<prost_reflect::FileDescriptor> = service_names
+        .iter()
+        .filter_map(|name| pool.get_service_by_name(name))
+        .map(|service| service.parent_file())
+        .collect();
+    let mut file = Vec::new();
+    while let Some(next) = stack.pop() {
+        if !seen.insert(next.name().to_owned()) {
+            continue;
+        }
+        stack.extend(next.dependencies());
+        file.push(next.file_descriptor_proto().clone());
+    }
+    prost_types::FileDescriptorSet { file }
+}
+
 /// `routes` with the health service (`service_names` and the whole server SERVING) and
 /// reflection added.
 async fn with_health_and_reflection(
@@ -94,12 +123,14 @@ async fn with_health_and_reflection(
         .set_service_status("", ServingStatus::Serving)
         .await;
 
-    // Reflection lists only what this process serves (a `serve inventory` must not advertise
-    // the point service), and knows the google.rpc error details so that grpcurl can print a
-    // status's ErrorInfo and BadRequest.
+    // Reflection lists and describes only what this process serves: the files of its services
+    // and their imports (a `serve order` neither lists nor describes SagaAdminService or the
+    // point service; docs/operations.md, "Logs and traces from untrusted input"), plus health and
+    // the google.rpc error details so that grpcurl can print a status's ErrorInfo and BadRequest.
+    let served = served_files(service_names);
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(sagaflow_proto::FILE_DESCRIPTOR_SET)
+            .register_file_descriptor_set(served.clone())
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")

@@ -47,10 +47,9 @@ impl OrchestratorService {
 fn engine_status(err: EngineError) -> Status {
     match err {
         EngineError::ShuttingDown => Status::unavailable("the orchestrator is shutting down"),
-        EngineError::Store(e) => {
-            tracing::warn!(error = %e, "saga store failed");
-            Status::unavailable(format!("saga store: {e}"))
-        }
+        // The cause goes to the log line with the error id the caller sees (crates/server's
+        // `error` module).
+        EngineError::Store(e) => ServiceError::Unavailable(format!("saga store: {e}")).into(),
         other => ServiceError::Internal(other.into()).into(),
     }
 }

@@ -9,6 +9,7 @@ mod crash_restart;
 mod dashboard;
 mod demo;
 mod distributed;
+mod exposure;
 mod foundation;
 mod in_doubt;
 mod in_process;
