@@ -78,3 +78,44 @@ pub fn is_known_method(path: &str) -> bool {
 pub fn is_trusted_call(path: &str, extensions: &http::Extensions) -> bool {
     extensions.get::<InProcessCall>().is_some() || class_of(path) == Some(Some(RpcClass::Internal))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_methods_are_named() {
+        assert!(is_known_method("/sagaflow.order.v1.OrderService/PlaceOrder"));
+        assert!(is_known_method("/grpc.health.v1.Health/Check"));
+        assert!(is_known_method(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        ));
+        assert!(!is_known_method("/sagaflow.order.v1.OrderService/Forged"));
+        assert!(!is_known_method("/grpc.health.v1.Health/"));
+        assert!(!is_known_method("/x"));
+    }
+
+    #[test]
+    fn internal_and_in_process_calls_are_trusted() {
+        let none = http::Extensions::new();
+        assert!(is_trusted_call(
+            "/sagaflow.payment.v1.PaymentService/StartPayment",
+            &none
+        ));
+        assert!(!is_trusted_call(
+            "/sagaflow.order.v1.OrderService/PlaceOrder",
+            &none
+        ));
+        assert!(!is_trusted_call(
+            "/sagaflow.workflow.v1.SagaAdminService/GetSaga",
+            &none
+        ));
+        assert!(!is_trusted_call("/grpc.health.v1.Health/Check", &none));
+        let mut local = http::Extensions::new();
+        local.insert(InProcessCall::mark());
+        assert!(is_trusted_call(
+            "/sagaflow.order.v1.OrderService/PlaceOrder",
+            &local
+        ));
+    }
+}

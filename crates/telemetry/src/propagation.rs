@@ -42,7 +42,7 @@ use std::{
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector, TextMapPropagator as _},
-    trace::TraceContextExt as _,
+    trace::{SpanContext, TraceContextExt as _, TraceState},
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::{
@@ -170,7 +170,10 @@ pub fn set_parent_from_traceparent(span: &Span, traceparent: &str) -> bool {
         return false;
     }
     let Some(cx) = context_from_traceparent(traceparent) else {
-        tracing::debug!(traceparent, "ignoring a malformed traceparent");
+        tracing::debug!(
+            traceparent = %crate::untrusted::untrusted(traceparent),
+            "ignoring a malformed traceparent"
+        );
         return false;
     };
     match span.set_parent(cx) {
@@ -366,7 +369,16 @@ fn server_span(layer: &TraceLayer, request: &http::Request<impl Sized>) -> Span 
                 // Fails only when OpenTelemetry is off (no layer): nothing to parent then.
                 let _ = span.set_parent(cx);
             } else {
-                span.add_link(cx.span().span_context().clone());
+                // The link keeps the caller's ids and flags, not its `tracestate`: vendor data a
+                // client chose is not carried into this trace.
+                let caller = cx.span().span_context().clone();
+                span.add_link(SpanContext::new(
+                    caller.trace_id(),
+                    caller.span_id(),
+                    caller.trace_flags(),
+                    true,
+                    TraceState::default(),
+                ));
             }
         }
     }
