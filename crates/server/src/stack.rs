@@ -85,7 +85,9 @@ mod tests {
 
     #[test]
     fn only_known_methods_are_named() {
-        assert!(is_known_method("/sagaflow.order.v1.OrderService/PlaceOrder"));
+        assert!(is_known_method(
+            "/sagaflow.order.v1.OrderService/PlaceOrder"
+        ));
         assert!(is_known_method("/grpc.health.v1.Health/Check"));
         assert!(is_known_method(
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
