@@ -3,6 +3,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+# No features: fault injection (`fault-injection`, `failpoints`) is for test builds only, and this
+# binary refuses SAGAFLOW_FAULTS and FAILPOINTS (docs/operations.md, "Fault injection (test builds
+# only)"; scripts/check-release-faults.sh).
 RUN cargo build --release --locked -p sagaflow-cli
 
 FROM debian:bookworm-slim

@@ -149,6 +149,17 @@ pub struct Process {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The `addr` field of a "gRPC server listening" line, in the pretty (`addr=…`) or the JSON
+/// (`"addr":"…"`) log format.
+fn listening_addr(line: &str) -> Option<String> {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json["addr"].as_str().map(str::to_owned);
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .map(str::to_owned)
+}
+
 impl Process {
     /// Starts `sagaflow args…` with `envs`, logging to a file in a temp dir, and waits up to
     /// `timeout` for the "gRPC server listening" line, whose address it records.
@@ -189,11 +200,9 @@ impl Process {
         loop {
             let logs = self.logs();
             if let Some(line) = logs.lines().find(|l| l.contains("gRPC server listening"))
-                && let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
+                && let Some(addr) = listening_addr(line)
             {
-                return addr.to_owned();
+                return addr;
             }
             if let Some(status) = self
                 .child

@@ -228,12 +228,13 @@ impl SagaAdmin {
 
 #[tonic::async_trait]
 impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
-    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(saga.id = tracing::field::Empty), err(level = "info"))]
     async fn get_saga(
         &self,
         request: Request<pb::GetSagaRequest>,
     ) -> Result<Response<pb::GetSagaResponse>, Status> {
         let id = parse_id("saga_id", &request.get_ref().saga_id)?;
+        tracing::Span::current().record("saga.id", tracing::field::display(id));
         let state = self.engine.get(id).await.map_err(|e| engine_error(e, id))?;
         let entries = self
             .engine
@@ -321,12 +322,13 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(saga.id = tracing::field::Empty), err(level = "info"))]
     async fn retry_saga(
         &self,
         request: Request<pb::RetrySagaRequest>,
     ) -> Result<Response<pb::RetrySagaResponse>, Status> {
         let id = parse_id("saga_id", &request.get_ref().saga_id)?;
+        tracing::Span::current().record("saga.id", tracing::field::display(id));
         // Who asked, as the access layer established it: the journal keeps it (the audit).
         let operator = identity_of(&request).to_string();
         let state = self
@@ -339,7 +341,7 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(saga.id = tracing::field::Empty), err(level = "info"))]
     async fn resolve_step(
         &self,
         request: Request<pb::ResolveStepRequest>,
@@ -362,6 +364,7 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
         v.max_len("operator", &req.operator);
         v.required_text("reason", &req.reason);
         v.finish()?;
+        sagaflow_server::untrusted::record("saga.id", &req.saga_id);
         let (Some(id), Some(resolution)) = (id.map(SagaId), resolution) else {
             return Err(ServiceError::invalid("saga_id", "must be a UUID").into());
         };
@@ -375,12 +378,13 @@ impl pb::saga_admin_service_server::SagaAdminService for SagaAdmin {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(saga.id = %request.get_ref().saga_id), err(level = "info"))]
+    #[tracing::instrument(skip_all, fields(saga.id = tracing::field::Empty), err(level = "info"))]
     async fn cancel_saga(
         &self,
         request: Request<pb::CancelSagaRequest>,
     ) -> Result<Response<pb::CancelSagaResponse>, Status> {
         let id = parse_id("saga_id", &request.get_ref().saga_id)?;
+        tracing::Span::current().record("saga.id", tracing::field::display(id));
         let operator = identity_of(&request).to_string();
         let state = self
             .engine

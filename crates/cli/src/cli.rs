@@ -125,8 +125,24 @@ async fn flush(telemetry: TelemetryGuard) {
     }
 }
 
+/// Refuses fault injection that this build cannot do: `SAGAFLOW_FAULTS`/`--faults` without the
+/// cargo feature `fault-injection`, which only test builds enable (docs/operations.md, "Fault
+/// injection (test builds only)"). A release binary told to inject faults stops here, before it
+/// opens a database or a port, rather than run without them or with them.
+fn refuse_faults_not_compiled_in(command: &Command) -> Result<(), CliError> {
+    let faults = match command {
+        Command::Dev(args) => &args.faults,
+        Command::Serve(args) => &args.faults.faults,
+        _ => return Ok(()),
+    };
+    faults
+        .ensure_compiled_in()
+        .map_err(|err| CliError::Usage(err.to_string()))
+}
+
 /// Runs one command to its end.
 async fn run(command: Command) -> Result<(), CliError> {
+    refuse_faults_not_compiled_in(&command)?;
     match command {
         Command::Dev(args) => dev::run(args).await.map_err(|err| {
             // An unusable metrics address is a configuration error, as for `serve`.

@@ -96,6 +96,8 @@ pub struct DevArgs {
     #[arg(long, env = "SAGAFLOW_FAULTS", default_value = "")]
     pub faults: FaultConfig,
     #[command(flatten)]
+    pub trace: sagaflow_server::config::TraceArgs,
+    #[command(flatten)]
     pub events: EventArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -167,6 +169,10 @@ pub struct EmbeddedConfig {
     pub dev_end_users: bool,
     /// The server's limits (message size, concurrency, timeout, PlaceOrder per user).
     pub limits: Limits,
+    /// Adopt every caller's `traceparent` (`--trust-traceparent`); default `false`: public and
+    /// admin calls start a new trace linked to the caller's (docs/operations.md, "Logs and
+    /// traces from untrusted input").
+    pub trust_traceparent: bool,
 }
 
 /// Where an embedded system keeps its databases. Its `Debug` shows the URL with any password
@@ -242,6 +248,7 @@ impl EmbeddedConfig {
             security: Security::default(),
             limits: Limits::default(),
             dev_end_users: false,
+            trust_traceparent: false,
         }
     }
 
@@ -289,6 +296,7 @@ impl EmbeddedConfig {
             security: Security::default(),
             limits: args.server_limits.limits(),
             dev_end_users: !args.open,
+            trust_traceparent: args.trace.trust_traceparent,
         })
     }
 }
@@ -420,6 +428,7 @@ impl Embedded {
                     access,
                     tls: config.security.tls.server_config(),
                     limits: config.limits.clone(),
+                    trust_traceparent: config.trust_traceparent,
                 },
                 local.clone(),
             )

@@ -17,8 +17,9 @@
 //! `std::process::abort()` (SIGABRT), after printing `failpoint NAME hit: aborting the process`
 //! to stderr. Other panics keep the default behaviour.
 //!
-//! Without the feature, a non-empty `FAILPOINTS` is reported with a warning and ignored; with it,
-//! the process logs `failpoints armed` with the configuration, which the chaos harness checks.
+//! Without the feature, a non-empty `FAILPOINTS` is refused: `sagaflow serve` exits 64 before it
+//! opens anything (docs/operations.md, "Fault injection (test builds only)"); with it, the process
+//! logs `failpoints armed` with the configuration, which the chaos harness checks.
 
 use crate::CliError;
 
@@ -70,7 +71,8 @@ pub fn failpoint_of_panic(message: &str) -> Option<&str> {
 /// logging is set up.
 ///
 /// # Errors
-/// `CliError::Usage` when `FAILPOINTS` does not parse or names an invalid action.
+/// `CliError::Usage` when `FAILPOINTS` does not parse or names an invalid action, or is set in a
+/// build without the `failpoints` feature.
 pub fn arm_from_env() -> Result<(), CliError> {
     let spec = std::env::var(ENV).unwrap_or_default();
     let entries = parse(&spec).map_err(CliError::Usage)?;
@@ -105,11 +107,11 @@ fn arm(spec: &str, entries: &[(String, String)]) -> Result<(), CliError> {
 
 #[cfg(not(feature = "failpoints"))]
 fn arm(spec: &str, _entries: &[(String, String)]) -> Result<(), CliError> {
-    tracing::warn!(
-        failpoints = %spec,
-        "{ENV} is set, but this sagaflow was built without the `failpoints` feature: ignored"
-    );
-    Ok(())
+    Err(CliError::Usage(format!(
+        "{ENV} is set ({spec}), but this sagaflow was built without the `failpoints` cargo \
+         feature, which only test builds enable: refusing to start (unset {ENV}; \
+         docs/operations.md, \"Fault injection (test builds only)\")"
+    )))
 }
 
 #[cfg(test)]

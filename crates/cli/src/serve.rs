@@ -19,7 +19,7 @@ use sagaflow_order::relay;
 use sagaflow_server::{
     Db,
     card_token::{self, CardTokenKey},
-    config::{DatabaseArgs, FaultArgs, RetentionArgs, SecurityArgs},
+    config::{DatabaseArgs, FaultArgs, RetentionArgs, SecurityArgs, TraceArgs},
     grpc,
     tls::Tls,
 };
@@ -204,6 +204,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub faults: FaultArgs,
     #[command(flatten)]
+    pub trace: TraceArgs,
+    #[command(flatten)]
     pub peers: PeerArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -317,6 +319,8 @@ pub fn channel(flag: &str, urls: &str, tls: Option<&Tls>) -> Result<Channel, Cli
 /// `CliError::Usage` for bad flags (exit 64); `CliError::Failed` when the database or the port
 /// cannot be opened.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    // First: a build without failpoints refuses FAILPOINTS before it creates or opens anything.
+    crate::failpoints::arm_from_env()?;
     let service = args.service;
     let listen = args
         .listen
@@ -342,7 +346,6 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         .url_with_password(&url)
         .map_err(CliError::Usage)?;
     let policies = args.engine.policies()?;
-    crate::failpoints::arm_from_env()?;
     let metrics = MetricsExporter::from_args(&args.metrics).map_err(|err| match err {
         MetricsError::NoPort(_) => CliError::Usage(err.to_string()),
         other => CliError::Failed(other.into()),
@@ -466,6 +469,7 @@ async fn serve_with(
         tls: security.tls.server_config(),
         access: security.access,
         limits: args.security.limits.limits(),
+        trust_traceparent: args.trace.trust_traceparent,
     };
     let served = grpc::serve(listener, routes, service.grpc_names(), options, signal).await;
     running.shutdown().await;

@@ -163,6 +163,18 @@ pub struct FaultArgs {
     pub faults: FaultConfig,
 }
 
+/// Whose trace context a server continues (docs/operations.md, "Logs and traces from untrusted
+/// input").
+#[derive(Debug, Clone, Default, Args)]
+pub struct TraceArgs {
+    /// Continue the trace named by any caller's `traceparent`, public RPCs included: only where
+    /// every client is trusted (a gateway in front that sets it). Default off: a public or admin
+    /// call starts a new trace linked to the caller's; internal RPCs, which only sagaflow
+    /// services call, always continue theirs.
+    #[arg(long, env = "SAGAFLOW_TRUST_TRACEPARENT")]
+    pub trust_traceparent: bool,
+}
+
 /// Security of a server (docs/operations.md, "Security"): TLS, who may call admin and internal
 /// RPCs, limits, and the safe-default rule for non-loopback addresses.
 #[derive(Debug, Clone, Args)]

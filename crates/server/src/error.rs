@@ -8,8 +8,14 @@
 //! | `NotFound`           | `NOT_FOUND`           | —                              |
 //! | `AlreadyExists`      | `ALREADY_EXISTS`      | `ErrorInfo` reason             |
 //! | `FailedPrecondition` | `FAILED_PRECONDITION` | `google.rpc.ErrorInfo` reason  |
-//! | `Unavailable`        | `UNAVAILABLE`         | —                              |
-//! | `Internal`           | `INTERNAL`            | none: the cause is only logged |
+//! | `Unavailable`        | `UNAVAILABLE`         | `RequestInfo` error id; the cause is only logged |
+//! | `Internal`           | `INTERNAL`            | `RequestInfo` error id; the cause is only logged |
+//!
+//! A transient or internal failure never reaches the caller in words (docs/operations.md, "Logs
+//! and traces from untrusted input"): the caller reads `temporarily unavailable, retry; error id
+//! <id>` or `internal error, error id <id>` (and the id in a `google.rpc.RequestInfo`), while the
+//! cause — a sqlx, tonic, gateway or downstream message — goes to one log line with the same
+//! `error_id`, so an operator finds it from what the caller reports.
 //!
 //! A database error caused by a value of the request (PostgreSQL SQLSTATE class 22, such as the
 //! 22021 of a U+0000 in text) is `InvalidArgument`, not `Internal`: see `From<sqlx::Error>`.
@@ -166,6 +172,22 @@ impl ServiceError {
     }
 }
 
+/// A new error id: 16 random hex digits, shown to the caller of a transient or internal failure
+/// and logged with its cause (`error_id`).
+pub fn error_id() -> String {
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    id.truncate(16);
+    id
+}
+
+/// The error id of a status made from [`ServiceError::Unavailable`] or
+/// [`ServiceError::Internal`] (its `google.rpc.RequestInfo.request_id`), if any.
+pub fn error_id_of(status: &Status) -> Option<String> {
+    status
+        .get_details_request_info()
+        .map(|info| info.request_id)
+}
+
 /// The `ErrorInfo.domain` of sagaflow errors.
 pub const ERROR_DOMAIN: &str = "sagaflow";
 
@@ -198,10 +220,25 @@ impl From<ServiceError> for Status {
                 message,
                 ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
             ),
-            ServiceError::Unavailable(message) => Status::unavailable(message),
+            ServiceError::Unavailable(cause) => {
+                let id = error_id();
+                // INFO: transient by definition (the caller retries); a persistent outage shows
+                // as its cause's own warnings (pool, store, delivery).
+                tracing::info!(error_id = %id, error = %cause, "answered UNAVAILABLE");
+                Status::with_error_details(
+                    code,
+                    format!("temporarily unavailable, retry; error id {id}"),
+                    ErrorDetails::with_request_info(id, ""),
+                )
+            }
             ServiceError::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "internal error");
-                Status::internal("internal error")
+                let id = error_id();
+                tracing::error!(error_id = %id, error = format!("{cause:#}"), "internal error");
+                Status::with_error_details(
+                    code,
+                    format!("internal error, error id {id}"),
+                    ErrorDetails::with_request_info(id, ""),
+                )
             }
         }
     }
@@ -305,5 +342,22 @@ mod tests {
         let status: Status = ServiceError::Internal(anyhow::anyhow!("secret path /x")).into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("secret"));
+        let id = error_id_of(&status).unwrap();
+        assert_eq!(id.len(), 16);
+        assert_eq!(status.message(), format!("internal error, error id {id}"));
+    }
+
+    #[test]
+    fn unavailable_hides_the_cause() {
+        let status: Status =
+            ServiceError::Unavailable("database: pool timed out on 10.0.0.7".into()).into();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("10.0.0.7"), "{status:?}");
+        let id = error_id_of(&status).unwrap();
+        assert_eq!(
+            status.message(),
+            format!("temporarily unavailable, retry; error id {id}")
+        );
+        assert_ne!(error_id(), error_id());
     }
 }

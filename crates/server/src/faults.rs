@@ -1,6 +1,13 @@
 //! Fault injection for chaos tests (`tests/src/chaos/`): a tower layer, off by default, configured
 //! by a flag or `SAGAFLOW_FAULTS`.
 //!
+//! **Test builds only** (docs/operations.md, "Fault injection (test builds only)"): the layer
+//! injects anything only when this crate is built with the cargo feature `fault-injection`
+//! ([`COMPILED_IN`]), which the tests crates enable and a release build (`cargo build --release
+//! -p sagaflow-cli`, the Docker image) does not. Without it the layer passes every call through
+//! and `sagaflow` refuses to start with faults configured ([`FaultConfig::ensure_compiled_in`]):
+//! a production process cannot be told to commit effects and answer UNAVAILABLE.
+//!
 //! Syntax: rules separated by `;`, each `METHOD=FAULT[,FAULT…]`, where `METHOD` is `*`, an RPC
 //! name (`StartPayment`) or a full path suffix (`PaymentService/StartPayment`), and `FAULT` is
 //!
@@ -14,18 +21,36 @@
 //! Example: `SAGAFLOW_FAULTS='StartPayment=error:unavailable:0.2,latency:5-50;*=lost_reply:0.05'`.
 //! Health checks and reflection (`/grpc.*`) are never faulted.
 
+#[cfg(feature = "fault-injection")]
+use std::time::Duration;
 use std::{
     fmt,
     str::FromStr,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use futures::future::BoxFuture;
+#[cfg(feature = "fault-injection")]
 use rand::Rng;
-use tonic::{Code, Status, body::Body};
+#[cfg(feature = "fault-injection")]
+use tonic::Status;
+use tonic::{Code, body::Body};
 use tower::{Layer, Service};
+
+/// Whether this build injects faults (cargo feature `fault-injection`; test builds only).
+pub const COMPILED_IN: bool = cfg!(feature = "fault-injection");
+
+/// Faults were configured for a build without the `fault-injection` feature.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error(
+    "fault injection is configured (SAGAFLOW_FAULTS / --faults = {spec}), but this sagaflow was \
+     built without the `fault-injection` cargo feature, which only test builds enable: refusing \
+     to start (unset SAGAFLOW_FAULTS; docs/operations.md, \"Fault injection (test builds only)\")"
+)]
+pub struct FaultsNotCompiled {
+    spec: String,
+}
 
 /// One injected fault.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +86,7 @@ pub struct FaultRule {
 }
 
 impl FaultRule {
+    #[cfg(feature = "fault-injection")]
     fn matches(&self, path: &str) -> bool {
         self.pattern == "*" || path.ends_with(&format!("/{}", self.pattern))
     }
@@ -85,6 +111,21 @@ impl FaultConfig {
     /// Whether no fault is configured.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Ok when no fault is configured or this build injects faults ([`COMPILED_IN`]).
+    ///
+    /// # Errors
+    /// [`FaultsNotCompiled`] for a non-empty configuration in a build without the
+    /// `fault-injection` feature: the caller refuses to start (exit 64 for `sagaflow`).
+    pub fn ensure_compiled_in(&self) -> Result<(), FaultsNotCompiled> {
+        if self.is_empty() || COMPILED_IN {
+            Ok(())
+        } else {
+            Err(FaultsNotCompiled {
+                spec: self.to_string(),
+            })
+        }
     }
 }
 
@@ -191,8 +232,13 @@ pub struct FaultLayer {
 }
 
 impl FaultLayer {
-    /// A layer applying `config` (an empty config passes every call through untouched).
+    /// A layer applying `config` (an empty config passes every call through untouched, and so
+    /// does every config in a build without the `fault-injection` feature: see
+    /// [`FaultConfig::ensure_compiled_in`]).
     pub fn new(config: FaultConfig) -> Self {
+        if !COMPILED_IN && !config.is_empty() {
+            tracing::error!(faults = %config, "fault injection is not compiled in: no fault is injected");
+        }
         Self {
             config: Arc::new(config),
         }
@@ -214,10 +260,15 @@ impl<S> Layer<S> for FaultLayer {
 #[derive(Debug, Clone)]
 pub struct FaultService<S> {
     inner: S,
+    #[cfg_attr(
+        not(feature = "fault-injection"),
+        expect(dead_code, reason = "read only where faults are compiled in")
+    )]
     config: Arc<FaultConfig>,
 }
 
 /// What one call is subjected to, decided before it runs.
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Default)]
 struct Plan {
     delay: Duration,
@@ -225,6 +276,7 @@ struct Plan {
     lose_reply: bool,
 }
 
+#[cfg(feature = "fault-injection")]
 fn plan(config: &FaultConfig, path: &str) -> Plan {
     let mut plan = Plan::default();
     if path.starts_with("/grpc.") {
@@ -265,6 +317,12 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[cfg(not(feature = "fault-injection"))]
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        Box::pin(self.inner.call(req))
+    }
+
+    #[cfg(feature = "fault-injection")]
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         if self.config.is_empty() {
             return Box::pin(self.inner.call(req));
@@ -279,12 +337,12 @@ where
                 tokio::time::sleep(plan.delay).await;
             }
             if let Some(code) = plan.error {
-                tracing::info!(%path, ?code, "fault injected: error");
+                tracing::info!(path = %crate::untrusted::untrusted(&path), ?code, "fault injected: error");
                 return Ok(Status::new(code, "injected fault").into_http());
             }
             let response = inner.call(req).await?;
             if plan.lose_reply {
-                tracing::info!(%path, "fault injected: lost reply");
+                tracing::info!(path = %crate::untrusted::untrusted(&path), "fault injected: lost reply");
                 return Ok(Status::unavailable("injected fault: reply lost").into_http());
             }
             Ok(response)
@@ -330,6 +388,14 @@ mod tests {
         assert_eq!("".parse::<FaultConfig>().unwrap(), FaultConfig::default());
     }
 
+    #[test]
+    fn a_configuration_needs_the_feature() {
+        assert!(FaultConfig::default().ensure_compiled_in().is_ok());
+        let config: FaultConfig = "*=lost_reply:1".parse().unwrap();
+        assert_eq!(config.ensure_compiled_in().is_ok(), COMPILED_IN);
+    }
+
+    #[cfg(feature = "fault-injection")]
     #[test]
     fn certain_faults_always_apply_and_health_is_spared() {
         let config: FaultConfig = "*=error:internal:1,lost_reply:1,latency:3".parse().unwrap();

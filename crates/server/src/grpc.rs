@@ -52,6 +52,11 @@ pub struct ServerOptions {
     pub tls: Option<ServerTlsConfig>,
     /// Message size, concurrency, timeout and rate limits.
     pub limits: Limits,
+    /// Adopt every caller's `traceparent` (`--trust-traceparent`); default `false`: only internal
+    /// RPCs and in-process calls continue the caller's trace, any other call starts a new trace
+    /// linked to it ([`crate::stack::is_trusted_call`]; docs/operations.md, "Logs and traces from
+    /// untrusted input").
+    pub trust_traceparent: bool,
 }
 
 impl From<FaultConfig> for ServerOptions {
@@ -77,6 +82,65 @@ pub enum ServeError {
     Listener(#[from] std::io::Error),
 }
 
+/// The files of [`sagaflow_proto::FILE_DESCRIPTOR_SET`] that define the services named in
+/// `service_names` (fully-qualified), with every file they import, transitively, as an encoded
+/// `FileDescriptorSet`: what reflection may describe on a port that serves those services. Each
+/// file's bytes are copied as they are, since decoding into `prost_types` would drop the custom
+/// options (`rpc_class`) that `describe` shows. Empty if the set does not decode (a build
+/// problem, logged): reflection then describes no sagaflow service rather than every one.
+pub fn served_files(service_names: &[&str]) -> Vec<u8> {
+    use prost::{
+        Message as _,
+        encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint},
+    };
+
+    let all = sagaflow_proto::FILE_DESCRIPTOR_SET;
+    let pool = match prost_reflect::DescriptorPool::decode(all) {
+        Ok(pool) => pool,
+        Err(err) => {
+            tracing::error!(error = %err, "the descriptor set does not decode: reflection describes no sagaflow service");
+            return Vec::new();
+        }
+    };
+    // The names of the files to keep: each served service's file and its imports.
+    let mut keep = std::collections::HashSet::new();
+    let mut stack: Vec<prost_reflect::FileDescriptor> = service_names
+        .iter()
+        .filter_map(|name| pool.get_service_by_name(name))
+        .map(|service| service.parent_file())
+        .collect();
+    while let Some(file) = stack.pop() {
+        if keep.insert(file.name().to_owned()) {
+            stack.extend(file.dependencies());
+        }
+    }
+    // `FileDescriptorSet { repeated FileDescriptorProto file = 1; }`: copy the kept entries.
+    let mut out = Vec::new();
+    let mut rest = all;
+    while !rest.is_empty() {
+        let Ok((tag, wire_type)) = decode_key(&mut rest) else {
+            break;
+        };
+        let Ok(len) = decode_varint(&mut rest).map(|l| usize::try_from(l).unwrap_or(usize::MAX))
+        else {
+            break;
+        };
+        if tag != 1 || wire_type != WireType::LengthDelimited || len > rest.len() {
+            break;
+        }
+        let (file, after) = rest.split_at(len);
+        rest = after;
+        let kept = prost_types::FileDescriptorProto::decode(file)
+            .is_ok_and(|proto| keep.contains(proto.name()));
+        if kept {
+            encode_key(1, WireType::LengthDelimited, &mut out);
+            encode_varint(file.len() as u64, &mut out);
+            out.extend_from_slice(file);
+        }
+    }
+    out
+}
+
 /// `routes` with the health service (`service_names` and the whole server SERVING) and
 /// reflection added.
 async fn with_health_and_reflection(
@@ -93,12 +157,14 @@ async fn with_health_and_reflection(
         .set_service_status("", ServingStatus::Serving)
         .await;
 
-    // Reflection lists only what this process serves (a `serve inventory` must not advertise
-    // the point service), and knows the google.rpc error details so that grpcurl can print a
-    // status's ErrorInfo and BadRequest.
+    // Reflection lists and describes only what this process serves: the files of its services
+    // and their imports (a `serve order` neither lists nor describes SagaAdminService or the
+    // point service; docs/operations.md, "Logs and traces from untrusted input"), plus health and
+    // the google.rpc error details so that grpcurl can print a status's ErrorInfo and BadRequest.
+    let served = served_files(service_names);
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(sagaflow_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(&served)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")

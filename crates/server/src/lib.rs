@@ -77,3 +77,6 @@ pub mod validate;
 
 pub use db::{Backend, Db, Migrations, PoolConfig, Tx};
 pub use error::ServiceError;
+/// Client-supplied strings in logs and spans, escaped and truncated (docs/operations.md, "Logs and
+/// traces from untrusted input"): re-exported so that every service records them the same way.
+pub use sagaflow_telemetry::untrusted;

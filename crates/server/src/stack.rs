@@ -10,7 +10,7 @@ use tower::{
 };
 
 use crate::{
-    access::{AccessLayer, AccessService},
+    access::{AccessLayer, AccessService, InProcessCall, RpcClass, class_of},
     faults::{FaultLayer, FaultService},
     grpc::ServerOptions,
     limits::{KeyedRateLimit, KeyedRateLimitLayer},
@@ -44,9 +44,15 @@ pub type ServerStack = TraceService<
 /// The [`Layers`] of a server with `options`: its access policy, its limits, the faults it
 /// injects (none when empty).
 pub fn layers(options: &ServerOptions) -> Layers {
+    let trace = TraceLayer::new().known_methods(is_known_method);
+    let trace = if options.trust_traceparent {
+        trace
+    } else {
+        trace.trusting(is_trusted_call)
+    };
     ServiceBuilder::new()
         // Outermost first: the span covers the refusals and faults below it.
-        .layer(TraceLayer::new())
+        .layer(trace)
         // Before anything reads the body or injects a fault: a caller without the right
         // credential gets nothing but its refusal (docs/operations.md, "Security").
         .layer(AccessLayer::new(options.access.clone()))
@@ -57,4 +63,71 @@ pub fn layers(options: &ServerOptions) -> Layers {
         .layer(KeyedRateLimitLayer::new(&options.limits))
         .layer(FaultLayer::new(options.faults.clone()))
         .layer(StringGuardLayer::new(options.limits.max_message_bytes))
+}
+
+/// The infrastructure methods every sagaflow server serves besides its own.
+const INFRA_METHODS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// Whether `path` is a method a span may be named after: a sagaflow RPC of the descriptor set,
+/// health or reflection. Any other path is `_OTHER` (docs/operations.md, "Logs and traces from
+/// untrusted input").
+pub fn is_known_method(path: &str) -> bool {
+    class_of(path).is_some() || INFRA_METHODS.contains(&path)
+}
+
+/// Whether a call's `traceparent` is adopted when the server does not trust every caller's
+/// (`--trust-traceparent` off, the default): the process's own in-process calls, and internal
+/// RPCs, which only sagaflow services call (with their client certificate where access is
+/// enforced), so one saga stays one trace across services. A public or admin RPC starts a new
+/// trace that links the caller's (docs/operations.md, "Logs and traces from untrusted input").
+pub fn is_trusted_call(path: &str, extensions: &http::Extensions) -> bool {
+    extensions.get::<InProcessCall>().is_some() || class_of(path) == Some(Some(RpcClass::Internal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_methods_are_named() {
+        assert!(is_known_method(
+            "/sagaflow.order.v1.OrderService/PlaceOrder"
+        ));
+        assert!(is_known_method("/grpc.health.v1.Health/Check"));
+        assert!(is_known_method(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        ));
+        assert!(!is_known_method("/sagaflow.order.v1.OrderService/Forged"));
+        assert!(!is_known_method("/grpc.health.v1.Health/"));
+        assert!(!is_known_method("/x"));
+    }
+
+    #[test]
+    fn internal_and_in_process_calls_are_trusted() {
+        let none = http::Extensions::new();
+        assert!(is_trusted_call(
+            "/sagaflow.payment.v1.PaymentService/StartPayment",
+            &none
+        ));
+        assert!(!is_trusted_call(
+            "/sagaflow.order.v1.OrderService/PlaceOrder",
+            &none
+        ));
+        assert!(!is_trusted_call(
+            "/sagaflow.workflow.v1.SagaAdminService/GetSaga",
+            &none
+        ));
+        assert!(!is_trusted_call("/grpc.health.v1.Health/Check", &none));
+        let mut local = http::Extensions::new();
+        local.insert(InProcessCall::mark());
+        assert!(is_trusted_call(
+            "/sagaflow.order.v1.OrderService/PlaceOrder",
+            &local
+        ));
+    }
 }

@@ -36,7 +36,7 @@ use tonic::{Status, body::Body};
 use tonic_types::StatusExt as _;
 use tower::{Layer, Service};
 
-use crate::{ServiceError, validate::string_field_violations};
+use crate::{ServiceError, untrusted::untrusted, validate::string_field_violations};
 
 /// Largest request body the guard reads: tonic's default message limit (4 MiB) plus the 5-byte
 /// frame header.
@@ -72,14 +72,40 @@ pub fn input_message(path: &str) -> Option<MessageDescriptor> {
 enum Verdict {
     /// Pass the body on.
     Pass,
-    /// Answer INVALID_ARGUMENT with these violations.
-    Reject(Vec<crate::error::Violation>),
+    /// Answer INVALID_ARGUMENT with these violations; the first refused value goes to the log
+    /// line, escaped and truncated.
+    Reject(Vec<crate::error::Violation>, String),
+}
+
+/// The first string of `message` (depth first, map keys included) holding a character no string
+/// field may hold: the value the refusal's log line shows ([`crate::untrusted`]).
+fn first_refused_value(message: &DynamicMessage) -> Option<String> {
+    fn in_value(value: &prost_reflect::Value) -> Option<String> {
+        use prost_reflect::{MapKey, Value};
+        match value {
+            Value::String(text) => text
+                .chars()
+                .any(crate::validate::is_forbidden_in_text)
+                .then(|| text.clone()),
+            Value::Message(message) => first_refused_value(message),
+            Value::List(items) => items.iter().find_map(in_value),
+            Value::Map(entries) => entries.iter().find_map(|(key, item)| match key {
+                MapKey::String(k) if k.chars().any(crate::validate::is_forbidden_in_text) => {
+                    Some(k.clone())
+                }
+                _ => in_value(item),
+            }),
+            _ => None,
+        }
+    }
+    message.fields().find_map(|(_, value)| in_value(value))
 }
 
 /// Checks the gRPC frames of `body` (1-byte compression flag, 4-byte big-endian length, message)
 /// as messages of `input`.
 fn check_frames(input: &MessageDescriptor, mut body: &[u8]) -> Verdict {
     let mut violations = Vec::new();
+    let mut refused = None;
     while !body.is_empty() {
         let Some((&[flag, a, b, c, d], rest)) = body.split_first_chunk::<5>() else {
             return Verdict::Pass;
@@ -91,7 +117,13 @@ fn check_frames(input: &MessageDescriptor, mut body: &[u8]) -> Verdict {
         }
         let (message, rest) = rest.split_at(len);
         match DynamicMessage::decode(input.clone(), message) {
-            Ok(message) => violations.extend(string_field_violations(&message)),
+            Ok(message) => {
+                let found = string_field_violations(&message);
+                if !found.is_empty() && refused.is_none() {
+                    refused = first_refused_value(&message);
+                }
+                violations.extend(found);
+            }
             Err(_) => return Verdict::Pass,
         }
         body = rest;
@@ -99,7 +131,7 @@ fn check_frames(input: &MessageDescriptor, mut body: &[u8]) -> Verdict {
     if violations.is_empty() {
         Verdict::Pass
     } else {
-        Verdict::Reject(violations)
+        Verdict::Reject(violations, refused.unwrap_or_default())
     }
 }
 
@@ -194,15 +226,21 @@ where
                 }
             };
             match check_frames(&input, &bytes) {
-                Verdict::Reject(violations) => {
+                Verdict::Reject(violations, value) => {
+                    // One line, whatever the request holds: the fields and the first refused
+                    // value escaped and truncated (docs/operations.md, "Logs and traces from
+                    // untrusted input").
+                    let fields = violations
+                        .iter()
+                        .take(crate::error::MAX_REPORTED_VIOLATIONS)
+                        .map(|v| v.field.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
                     tracing::info!(
                         path = parts.uri.path(),
                         count = violations.len(),
-                        fields = ?violations
-                            .iter()
-                            .take(crate::error::MAX_REPORTED_VIOLATIONS)
-                            .map(|v| v.field.as_str())
-                            .collect::<Vec<_>>(),
+                        fields = %untrusted(&fields),
+                        value = %untrusted(&value),
                         "request refused: control characters in string fields"
                     );
                     Ok(Status::from(ServiceError::InvalidArgument(violations)).into_http())
@@ -261,13 +299,15 @@ mod tests {
     #[test]
     fn names_every_offending_field_by_its_path() {
         let input = input_message("/sagaflow.order.v1.OrderService/PlaceOrder").unwrap();
-        let Verdict::Reject(violations) = check_frames(&input, &frame(&place("a\0b", "x\u{1b}")))
+        let Verdict::Reject(violations, value) =
+            check_frames(&input, &frame(&place("a\0b", "x\u{1b}")))
         else {
             panic!("expected a rejection");
         };
         let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["user_id", "lines[1].sku", "coupon_code"]);
         assert!(violations[0].description.contains("U+0000"));
+        assert_eq!(value, "a\0b");
     }
 
     #[test]

@@ -33,6 +33,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, prelude::*};
 pub mod export;
 pub mod metrics;
 pub mod propagation;
+pub mod untrusted;
 
 /// The environment variable that turns OTLP export on (OpenTelemetry specification), e.g.
 /// `http://localhost:4317`.
@@ -361,6 +362,7 @@ fn log_layer(format: LogFormat, default_filter: &str) -> BoxedLayer {
     match format {
         LogFormat::Pretty => fmt::layer()
             .compact()
+            .fmt_fields(escaped_fields())
             .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .with_filter(filter)
@@ -372,6 +374,26 @@ fn log_layer(format: LogFormat, default_filter: &str) -> BoxedLayer {
             .with_filter(filter)
             .boxed(),
     }
+}
+
+/// The pretty format's field formatter: `name=value` separated by spaces (the message bare), every
+/// value passed through [`untrusted::escape`], so that no field — an error message quoting a
+/// client's value included — can end a log line early or carry a terminal escape sequence
+/// (docs/operations.md, "Logs and traces from untrusted input"). The JSON format escapes control
+/// characters itself.
+fn escaped_fields() -> impl for<'w> fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt as _;
+
+    fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = untrusted::escape(&text);
+        if field.name() == "message" {
+            writer.write_str(&text)
+        } else {
+            write!(writer, "{field}={text}")
+        }
+    })
+    .delimited(" ")
 }
 
 fn export_filter(directives: &str) -> Result<EnvFilter, TelemetryError> {

@@ -1,8 +1,10 @@
 //! W3C trace-context propagation over gRPC (docs/operations.md, "Watching").
 //!
 //! - Servers: [`TraceLayer`] opens one span per request, named `{rpc.service}/{rpc.method}`, whose
-//!   parent is the caller's `traceparent` — set before the span is first entered (a parent set
-//!   later is ignored), so handlers' `#[instrument]` spans nest under the caller's trace.
+//!   parent is the caller's `traceparent` when the server trusts the call — set before the span
+//!   is first entered (a parent set later is ignored), so handlers' `#[instrument]` spans nest
+//!   under the caller's trace — and which otherwise starts a new trace linked to the caller's
+//!   ([`TraceLayer::trusting`]; docs/operations.md, "Logs and traces from untrusted input").
 //! - Clients: wrap the channel (or any client transport: TCP or in-process alike) with [`traced`]
 //!   and every call carries the current span's `traceparent` ([`TraceInterceptor`], [`inject`]).
 //! - Sagas: store [`current_traceparent`] with the saga; when a step runs later (after a crash,
@@ -40,7 +42,7 @@ use std::{
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector, TextMapPropagator as _},
-    trace::TraceContextExt as _,
+    trace::{SpanContext, TraceContextExt as _, TraceState},
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::{
@@ -168,7 +170,10 @@ pub fn set_parent_from_traceparent(span: &Span, traceparent: &str) -> bool {
         return false;
     }
     let Some(cx) = context_from_traceparent(traceparent) else {
-        tracing::debug!(traceparent, "ignoring a malformed traceparent");
+        tracing::debug!(
+            traceparent = %crate::untrusted::untrusted(traceparent),
+            "ignoring a malformed traceparent"
+        );
         return false;
     };
     match span.set_parent(cx) {
@@ -234,15 +239,63 @@ pub fn traced<T>(transport: T) -> Traced<T> {
 // server side
 
 /// Tower layer for tonic servers (`Server::builder().layer(TraceLayer::new())`): one span per
-/// request, following the OpenTelemetry RPC conventions, parented to the caller's
-/// `traceparent`/`tracestate` headers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TraceLayer;
+/// request, following the OpenTelemetry RPC conventions.
+///
+/// Its parent (docs/operations.md, "Logs and traces from untrusted input"): by default the
+/// caller's `traceparent`/`tracestate` headers are trusted, as between sagaflow's own services.
+/// A server that faces clients it does not control says which calls it trusts
+/// ([`TraceLayer::trusting`]): an untrusted call gets a new root span (a new trace, sampled by
+/// this process) with a **link** to the caller's context, so a client can neither choose the
+/// trace id nor unsample the request, and its trace is still one click away.
+///
+/// Its name: `{rpc.service}/{rpc.method}` for the methods [`TraceLayer::known_methods`] accepts
+/// (default: every path), else `_OTHER` (rpc.method `_OTHER`, no rpc.service), the
+/// OpenTelemetry RPC conventions' rule, so a client cannot mint unbounded operation names.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceLayer {
+    known: fn(&str) -> bool,
+    trusted: fn(&str, &http::Extensions) -> bool,
+}
+
+impl Default for TraceLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The method name of a request whose path is not a known method (OpenTelemetry RPC semantic
+/// conventions, `rpc.method`).
+pub const OTHER_METHOD: &str = "_OTHER";
+
+fn every_path(_: &str) -> bool {
+    true
+}
+
+fn every_call(_: &str, _: &http::Extensions) -> bool {
+    true
+}
 
 impl TraceLayer {
-    /// The layer.
+    /// The layer: every path named as it is, every caller's context adopted.
     pub fn new() -> Self {
-        Self
+        Self {
+            known: every_path,
+            trusted: every_call,
+        }
+    }
+
+    /// Names only the paths `known` accepts (`/pkg.Service/Method`); every other request's span
+    /// and `rpc.method` are `_OTHER`.
+    pub fn known_methods(mut self, known: fn(&str) -> bool) -> Self {
+        self.known = known;
+        self
+    }
+
+    /// Adopts the caller's `traceparent` only for calls `trusted` accepts (given the path and
+    /// the request's extensions); every other call starts a new trace linked to the caller's.
+    pub fn trusting(mut self, trusted: fn(&str, &http::Extensions) -> bool) -> Self {
+        self.trusted = trusted;
+        self
     }
 }
 
@@ -250,7 +303,10 @@ impl<S> Layer<S> for TraceLayer {
     type Service = TraceService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TraceService { inner }
+        TraceService {
+            inner,
+            layer: *self,
+        }
     }
 }
 
@@ -258,6 +314,7 @@ impl<S> Layer<S> for TraceLayer {
 #[derive(Debug, Clone)]
 pub struct TraceService<S> {
     inner: S,
+    layer: TraceLayer,
 }
 
 /// Splits `/pkg.Service/Method` into (`pkg.Service`, `Method`).
@@ -266,10 +323,20 @@ fn split_path(path: &str) -> (&str, &str) {
     trimmed.rsplit_once('/').unwrap_or((trimmed, ""))
 }
 
-/// The server span for a request, its parent already set from the request headers.
-fn server_span(headers: &http::HeaderMap, path: &str) -> Span {
-    let (service, method) = split_path(path);
-    let name = format!("{service}/{method}");
+/// The server span for a request, its parent (or link) already set from the request headers.
+fn server_span(layer: &TraceLayer, request: &http::Request<impl Sized>) -> Span {
+    let path = request.uri().path();
+    let known = (layer.known)(path);
+    let (service, method) = if known {
+        split_path(path)
+    } else {
+        ("", OTHER_METHOD)
+    };
+    let name = if known {
+        format!("{service}/{method}")
+    } else {
+        OTHER_METHOD.to_owned()
+    };
     macro_rules! rpc_span {
         ($level:expr) => {
             tracing::span!(
@@ -280,22 +347,39 @@ fn server_span(headers: &http::HeaderMap, path: &str) -> Span {
                 { semconv::OTEL_KIND } = "server",
                 { semconv::OTEL_STATUS_CODE } = Empty,
                 { semconv::RPC_SYSTEM } = "grpc",
-                { semconv::RPC_SERVICE } = %service,
+                { semconv::RPC_SERVICE } = Empty,
                 { semconv::RPC_METHOD } = %method,
                 { semconv::RPC_GRPC_STATUS_CODE } = Empty,
             )
         };
     }
-    let span = if QUIET_PREFIXES.iter().any(|p| path.starts_with(p)) {
+    let span = if known && QUIET_PREFIXES.iter().any(|p| path.starts_with(p)) {
         rpc_span!(tracing::Level::DEBUG)
     } else {
         rpc_span!(tracing::Level::INFO)
     };
+    if known {
+        span.record(semconv::RPC_SERVICE, service);
+    }
+    let headers = request.headers();
     if !span.is_disabled() && headers.contains_key(TRACEPARENT) {
         let cx = propagator().extract(&HeaderExtractor(headers));
         if has_valid_span(&cx) {
-            // Fails only when OpenTelemetry is off (no layer): nothing to parent then.
-            let _ = span.set_parent(cx);
+            if known && (layer.trusted)(path, request.extensions()) {
+                // Fails only when OpenTelemetry is off (no layer): nothing to parent then.
+                let _ = span.set_parent(cx);
+            } else {
+                // The link keeps the caller's ids and flags, not its `tracestate`: vendor data a
+                // client chose is not carried into this trace.
+                let caller = cx.span().span_context().clone();
+                span.add_link(SpanContext::new(
+                    caller.trace_id(),
+                    caller.span_id(),
+                    caller.trace_flags(),
+                    true,
+                    TraceState::default(),
+                ));
+            }
         }
     }
     span
@@ -359,7 +443,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let span = server_span(request.headers(), request.uri().path());
+        let span = server_span(&self.layer, &request);
         let inner = {
             let _entered = span.enter();
             self.inner.call(request)

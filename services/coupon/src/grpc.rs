@@ -111,7 +111,7 @@ fn validate_issue(req: &IssueCouponRequest) -> Result<Terms, ServiceError> {
 
 #[tonic::async_trait]
 impl coupon_service_server::CouponService for CouponService {
-    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    #[tracing::instrument(skip_all, fields(code = tracing::field::Empty))]
     async fn get_coupon(
         &self,
         request: Request<GetCouponRequest>,
@@ -121,6 +121,7 @@ impl coupon_service_server::CouponService for CouponService {
         let mut v = Validator::new();
         v.required("code", &req.code);
         v.finish()?;
+        sagaflow_server::untrusted::record("code", &req.code);
         // Another user's coupon is NOT_FOUND like a missing code (docs/operations.md, "End
         // users"): codes cannot be probed.
         let found = store::get_coupon(&mut *self.db.connection().await?, &req.code).await?;
@@ -132,12 +133,13 @@ impl coupon_service_server::CouponService for CouponService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    #[tracing::instrument(skip_all, fields(code = tracing::field::Empty))]
     async fn issue_coupon(
         &self,
         request: Request<IssueCouponRequest>,
     ) -> Result<Response<IssueCouponResponse>, Status> {
         let terms = validate_issue(request.get_ref())?;
+        sagaflow_server::untrusted::record("code", &request.get_ref().code);
         let actor = identity_of(&request).to_string();
         // Naturally idempotent: an identical coupon is returned as it is, so it needs no key.
         let coupon = store::issue(&mut *self.db.connection().await?, &terms, &actor).await?;
@@ -157,7 +159,7 @@ impl coupon_service_server::CouponService for CouponService {
 
     #[tracing::instrument(
         skip_all,
-        fields(code = %request.get_ref().code, order_id = %request.get_ref().order_id)
+        fields(code = tracing::field::Empty, order_id = tracing::field::Empty)
     )]
     async fn use_coupon(
         &self,
@@ -170,6 +172,8 @@ impl coupon_service_server::CouponService for CouponService {
         let order_id = v.uuid_text("order_id", &req.order_id);
         v.non_negative_i64("order_amount", req.order_amount);
         v.finish()?;
+        sagaflow_server::untrusted::record("code", &req.code);
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let backend = self.db.backend();
         let (code, user_id, amount) = (req.code.clone(), req.user_id.clone(), req.order_amount);
         respond(
@@ -195,7 +199,7 @@ impl coupon_service_server::CouponService for CouponService {
 
     #[tracing::instrument(
         skip_all,
-        fields(code = %request.get_ref().code, order_id = %request.get_ref().order_id)
+        fields(code = tracing::field::Empty, order_id = tracing::field::Empty)
     )]
     async fn restore_coupon(
         &self,
@@ -206,6 +210,8 @@ impl coupon_service_server::CouponService for CouponService {
         v.required("code", &req.code);
         let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
+        sagaflow_server::untrusted::record("code", &req.code);
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let backend = self.db.backend();
         let code = req.code.clone();
         respond(

@@ -90,7 +90,7 @@ fn validate_lines(v: &mut Validator, lines: &[ProtoStockLine]) -> Vec<StockLine>
 
 #[tonic::async_trait]
 impl inventory_service_server::InventoryService for InventoryService {
-    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
+    #[tracing::instrument(skip_all, fields(sku = tracing::field::Empty))]
     async fn get_product(
         &self,
         request: Request<GetProductRequest>,
@@ -99,6 +99,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         let mut v = Validator::new();
         v.required("sku", &req.sku);
         v.finish()?;
+        sagaflow_server::untrusted::record("sku", &req.sku);
         let product = store::get_product(&mut *self.db.connection().await?, &req.sku)
             .await
             .map_err(ServiceError::from)?
@@ -161,7 +162,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
+    #[tracing::instrument(skip_all, fields(sku = tracing::field::Empty))]
     async fn upsert_product(
         &self,
         request: Request<UpsertProductRequest>,
@@ -175,6 +176,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         v.required_text("name", &req.name);
         v.non_negative_i64("unit_price", req.unit_price);
         v.finish()?;
+        sagaflow_server::untrusted::record("sku", &req.sku);
         // Naturally idempotent: the same request leaves the same row, so it needs no key. The
         // row and its audit entry commit together.
         let mut tx = self.db.begin().await.map_err(ServiceError::from)?;
@@ -196,7 +198,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         Ok(Response::new(ListAdminActionsResponse { actions }))
     }
 
-    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
+    #[tracing::instrument(skip_all, fields(sku = tracing::field::Empty))]
     async fn restock(
         &self,
         request: Request<RestockRequest>,
@@ -208,6 +210,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         v.required("sku", &req.sku);
         v.positive_i32("quantity", req.quantity);
         v.finish()?;
+        sagaflow_server::untrusted::record("sku", &req.sku);
         let backend = self.db.backend();
         let (key, sku, quantity) = (
             req.idempotency_key.clone(),
@@ -234,7 +237,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         Ok(response)
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty))]
     async fn deduct_inventory(
         &self,
         request: Request<DeductInventoryRequest>,
@@ -244,6 +247,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         let order_id = v.uuid_text("order_id", &req.order_id);
         let lines = validate_lines(&mut v, &req.lines);
         v.finish()?;
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let backend = self.db.backend();
         let taken = req.lines.clone();
         let response = respond(
@@ -263,7 +267,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         Ok(response)
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty))]
     async fn restore_inventory(
         &self,
         request: Request<RestoreInventoryRequest>,
@@ -272,6 +276,7 @@ impl inventory_service_server::InventoryService for InventoryService {
         let mut v = Validator::command(&req.idempotency_key);
         let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let backend = self.db.backend();
         let response = respond(
             &self.db,

@@ -51,10 +51,9 @@ impl OrchestratorService {
 fn engine_status(err: EngineError) -> Status {
     match err {
         EngineError::ShuttingDown => Status::unavailable("the orchestrator is shutting down"),
-        EngineError::Store(e) => {
-            tracing::warn!(error = %e, "saga store failed");
-            Status::unavailable(format!("saga store: {e}"))
-        }
+        // The cause goes to the log line with the error id the caller sees (crates/server's
+        // `error` module).
+        EngineError::Store(e) => ServiceError::Unavailable(format!("saga store: {e}")).into(),
         other => ServiceError::Internal(other.into()).into(),
     }
 }
@@ -69,7 +68,7 @@ impl Rpc for OrchestratorService {
     /// # Errors
     /// INVALID_ARGUMENT naming `event_id` / `event.order` / `event.order.order_id`; UNAVAILABLE
     /// when the saga store is unreachable or the orchestrator is shutting down.
-    #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(event_id = tracing::field::Empty), err(level = "debug"))]
     async fn start_order_saga(
         &self,
         request: Request<StartOrderSagaRequest>,
@@ -105,6 +104,7 @@ impl Rpc for OrchestratorService {
             ),
         );
         v.finish()?;
+        sagaflow_server::untrusted::record("event_id", &req.event_id);
         let Some(order_id) = order_id else {
             return Err(ServiceError::invalid("event.order.order_id", "must be a UUID").into());
         };

@@ -40,7 +40,7 @@ const FAIL: &str = "order.FailOrder";
 
 #[tonic::async_trait]
 impl OrderServiceApi for OrderService {
-    #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(request_id = tracing::field::Empty), err(level = "debug"))]
     async fn place_order(
         &self,
         request: Request<pb::PlaceOrderRequest>,
@@ -51,6 +51,7 @@ impl OrderServiceApi for OrderService {
         let mut req = request.into_inner();
         req.user_id = identity.acting_user("user_id", &req.user_id)?;
         let lines = validate_place(&req, self.payment_methods.as_deref())?;
+        sagaflow_server::untrusted::record("request_id", &req.request_id);
         // `request_id` is scoped per user: two users' equal ids are two orders.
         let scoped_request_id = scoped_request_id(&req.user_id, &req.request_id);
         let key = format!("PlaceOrder:{scoped_request_id}");
@@ -139,7 +140,7 @@ impl OrderServiceApi for OrderService {
         Ok(Response::new(executed.response))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty), err(level = "debug"))]
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,
@@ -150,6 +151,7 @@ impl OrderServiceApi for OrderService {
         let order_id = v.uuid_text("order_id", &req.order_id);
         let wait = v.wait("wait", req.wait.as_ref()).unwrap_or_default();
         v.finish()?;
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         // Another user's order is NOT_FOUND like a missing one, and answered at once: waiting for
         // it would tell that it exists (docs/operations.md, "End users").
         let mut conn = self.db.connection().await?;
@@ -169,7 +171,7 @@ impl OrderServiceApi for OrderService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty), err(level = "debug"))]
     async fn list_orders(
         &self,
         request: Request<pb::ListOrdersRequest>,
@@ -203,6 +205,7 @@ impl OrderServiceApi for OrderService {
             "is not a page token from a previous response",
         );
         v.finish()?;
+        sagaflow_server::untrusted::record("user_id", &req.user_id);
         let after = after.ok().flatten();
         let mut conn = self.db.connection().await?;
         // One extra row tells whether another page follows.
@@ -229,7 +232,7 @@ impl OrderServiceApi for OrderService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty), err(level = "debug"))]
     async fn apply_coupon(
         &self,
         request: Request<pb::ApplyCouponRequest>,
@@ -240,6 +243,7 @@ impl OrderServiceApi for OrderService {
         validate_rule(&mut v, req.rule.as_ref());
         v.non_negative_i64("discount", req.discount);
         v.finish()?;
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let (id, discount) = (order_id, req.discount);
         idempotency::respond(
             &self.db,
@@ -258,7 +262,7 @@ impl OrderServiceApi for OrderService {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty), err(level = "debug"))]
     async fn complete_order(
         &self,
         request: Request<pb::CompleteOrderRequest>,
@@ -267,13 +271,14 @@ impl OrderServiceApi for OrderService {
         let mut v = Validator::command(&req.idempotency_key);
         let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let order = self
             .finish(COMPLETE, &req.idempotency_key, &req, order_id, None)
             .await?;
         Ok(Response::new(pb::CompleteOrderResponse { order }))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(order_id = tracing::field::Empty), err(level = "debug"))]
     async fn fail_order(
         &self,
         request: Request<pb::FailOrderRequest>,
@@ -288,6 +293,7 @@ impl OrderServiceApi for OrderService {
             "must be a FAILURE_REASON_* value other than UNSPECIFIED",
         );
         v.finish()?;
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let order = self
             .finish(FAIL, &req.idempotency_key, &req, order_id, reason)
             .await?;

@@ -16,7 +16,7 @@ use crate::{PointService, store};
 
 #[tonic::async_trait]
 impl point_service_server::PointService for PointService {
-    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
     async fn get_balance(
         &self,
         request: Request<GetBalanceRequest>,
@@ -31,6 +31,7 @@ impl point_service_server::PointService for PointService {
         let mut v = Validator::new();
         v.required("user_id", &req.user_id);
         v.finish()?;
+        sagaflow_server::untrusted::record("user_id", &req.user_id);
         let mut conn = self.db.connection().await?;
         let balance = store::balance(&mut conn, &req.user_id)
             .await
@@ -41,7 +42,7 @@ impl point_service_server::PointService for PointService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
     async fn grant_points(
         &self,
         request: Request<GrantPointsRequest>,
@@ -53,6 +54,7 @@ impl point_service_server::PointService for PointService {
         v.required("user_id", &req.user_id);
         v.positive_i64("amount", req.amount);
         v.finish()?;
+        sagaflow_server::untrusted::record("user_id", &req.user_id);
         let backend = self.db.backend();
         let (key, user_id, amount) = (req.idempotency_key.clone(), req.user_id.clone(), req.amount);
         respond(
@@ -82,7 +84,7 @@ impl point_service_server::PointService for PointService {
 
     #[tracing::instrument(
         skip_all,
-        fields(user_id = %request.get_ref().user_id, order_id = %request.get_ref().order_id)
+        fields(user_id = tracing::field::Empty, order_id = tracing::field::Empty)
     )]
     async fn deduct_points(
         &self,
@@ -94,6 +96,8 @@ impl point_service_server::PointService for PointService {
         let order_id = v.uuid_text("order_id", &req.order_id);
         v.positive_i64("amount", req.amount);
         v.finish()?;
+        sagaflow_server::untrusted::record("user_id", &req.user_id);
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let backend = self.db.backend();
         let (key, user_id, amount) = (req.idempotency_key.clone(), req.user_id.clone(), req.amount);
         respond(
@@ -114,7 +118,7 @@ impl point_service_server::PointService for PointService {
 
     #[tracing::instrument(
         skip_all,
-        fields(user_id = %request.get_ref().user_id, order_id = %request.get_ref().order_id)
+        fields(user_id = tracing::field::Empty, order_id = tracing::field::Empty)
     )]
     async fn restore_points(
         &self,
@@ -125,6 +129,8 @@ impl point_service_server::PointService for PointService {
         v.required("user_id", &req.user_id);
         let order_id = v.uuid_text("order_id", &req.order_id);
         v.finish()?;
+        sagaflow_server::untrusted::record("user_id", &req.user_id);
+        sagaflow_server::untrusted::record("order_id", &req.order_id);
         let backend = self.db.backend();
         let (key, user_id) = (req.idempotency_key.clone(), req.user_id.clone());
         respond(

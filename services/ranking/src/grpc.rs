@@ -49,20 +49,21 @@ impl RankingServiceApi for RankingService {
         Ok(Response::new(pb::TopProductsResponse { products }))
     }
 
-    #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(event_id = tracing::field::Empty), err(level = "debug"))]
     async fn record_order_completed(
         &self,
         request: Request<pb::RecordOrderCompletedRequest>,
     ) -> Result<Response<pb::RecordOrderCompletedResponse>, Status> {
         let req = request.into_inner();
         let order = validate_event(&req)?;
+        sagaflow_server::untrusted::record("event_id", &req.event_id);
         let applied = record_order_completed(&self.db, req, order).await?;
         Ok(Response::new(pb::RecordOrderCompletedResponse { applied }))
     }
 
     #[tracing::instrument(
         skip_all,
-        fields(event_id = %request.get_ref().event_id, sequence = request.get_ref().sequence),
+        fields(event_id = tracing::field::Empty, sequence = request.get_ref().sequence),
         err(level = "debug")
     )]
     async fn record_inventory_event(
@@ -71,11 +72,12 @@ impl RankingServiceApi for RankingService {
     ) -> Result<Response<pb::RecordInventoryEventResponse>, Status> {
         let req = request.into_inner();
         let change = validate_inventory_event(&req)?;
+        sagaflow_server::untrusted::record("event_id", &req.event_id);
         let applied = record_inventory_event(&self.db, req, change).await?;
         Ok(Response::new(pb::RecordInventoryEventResponse { applied }))
     }
 
-    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(sku = tracing::field::Empty), err(level = "debug"))]
     async fn get_product_view(
         &self,
         request: Request<pb::GetProductViewRequest>,
@@ -84,6 +86,7 @@ impl RankingServiceApi for RankingService {
         let mut v = Validator::new();
         v.required("sku", &req.sku);
         v.finish()?;
+        sagaflow_server::untrusted::record("sku", &req.sku);
         let view = store::product_view(&mut *self.db.connection().await?, &req.sku)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("product view of sku {:?}", req.sku)))?;

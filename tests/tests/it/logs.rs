@@ -1,6 +1,8 @@
 //! What the logs say in a normal run: one INFO line per finished saga plus a bounded number of
 //! lifecycle lines, no WARN or ERROR for the expected business outcomes (declined cards, out of
-//! stock, unusable coupons, slow gateways), and nothing per saga under `bench`.
+//! stock, unusable coupons, slow gateways), and nothing per saga under `bench`. A request id made
+//! to forge log lines (newlines, ANSI escapes, 50 kB) is one escaped, truncated line in the pretty
+//! and the JSON format (docs/operations.md, "Logs and traces from untrusted input").
 
 use std::process::Command;
 
@@ -181,4 +183,111 @@ fn operator_cancels_log_no_errors_or_warnings() {
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
         .collect();
     assert!(noisy.is_empty(), "operator cancels logged: {noisy:#?}");
+}
+
+/// A request id built to forge log lines: a newline followed by a fake ERROR line, ANSI escape
+/// sequences (clear screen, red) and 50,000 more bytes.
+fn forged_request_id() -> String {
+    format!(
+        "forge-\n2026-12-07T00:00:00.000000Z ERROR sagaflow: forged line\u{1b}[2J\u{1b}[31m{}",
+        "A".repeat(50_000)
+    )
+}
+
+/// `sagaflow dev` logging in `format` (`pretty` or `json`) at INFO, sent a PlaceOrder whose
+/// request id is [`forged_request_id`]; returns the refusal and every line it logged.
+fn log_of_a_forged_request(format: &str) -> (std::process::Output, String) {
+    use sagaflow_testkit::grpcurl_output;
+    use serde_json::json;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = sagaflow_tests::start_dev(
+        "127.0.0.1:0",
+        &dir.path().join("data"),
+        &[],
+        &[("RUST_LOG", "info"), ("SAGAFLOW_LOG_FORMAT", format)],
+    );
+    let body = json!({
+        "request_id": forged_request_id(), "user_id": "alice",
+        "lines": [{ "sku": "KB-001", "quantity": 1 }], "payment_method": "tok_ok"
+    })
+    .to_string();
+    let refused = grpcurl_output(
+        dev.addr(),
+        &["-d", &body],
+        Some("sagaflow.order.v1.OrderService/PlaceOrder"),
+    );
+    // SIGTERM: every line is written before the logs are read.
+    assert_eq!(dev.terminate(std::time::Duration::from_secs(30)), Some(0));
+    (refused, dev.logs())
+}
+
+/// The one log line about the forged request: escaped (no raw newline, no ESC byte, the
+/// backslash escapes visible) and truncated to 128 characters plus the length marker. Pretty
+/// format.
+#[test]
+fn a_forged_request_id_is_one_escaped_truncated_pretty_line() {
+    let (refused, logs) = log_of_a_forged_request("pretty");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("InvalidArgument"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "an ESC byte reached the log:\n{logs}"
+    );
+    let about: Vec<&str> = logs.lines().filter(|l| l.contains("forge")).collect();
+    assert_eq!(about.len(), 1, "{about:#?}");
+    let line = about[0];
+    let shown = sagaflow_server::untrusted::untrusted(&forged_request_id()).to_string();
+    assert!(line.contains(&format!("value={shown}")), "{line}");
+    assert!(
+        line.contains(
+            r"forge-\n2026-12-07T00:00:00.000000Z ERROR sagaflow: forged line\u{1b}[2J\u{1b}[31m"
+        ),
+        "{line}"
+    );
+    assert!(line.contains("…[truncated, 50071 bytes]"), "{line}");
+    assert!(line.contains("request refused"), "{line}");
+    assert!(line.len() < 600, "{} bytes: {line}", line.len());
+    // No line begins with the forged text.
+    assert!(
+        !logs.lines().any(|l| l.starts_with("2026-12-07T00:00:00")),
+        "{logs}"
+    );
+}
+
+/// The same in the JSON format: every line is one JSON object, one of them about the request,
+/// its `value` the escaped, truncated request id.
+#[test]
+fn a_forged_request_id_is_one_escaped_truncated_json_line() {
+    let (refused, logs) = log_of_a_forged_request("json");
+    assert!(!refused.status.success());
+    assert!(
+        !logs.contains('\u{1b}'),
+        "an ESC byte reached the log:\n{logs}"
+    );
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let about: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l.to_string().contains("forge"))
+        .collect();
+    assert_eq!(about.len(), 1, "{about:#?}");
+    let value = about[0]["value"].as_str().unwrap();
+    assert_eq!(
+        value,
+        sagaflow_server::untrusted::untrusted(&forged_request_id()).to_string()
+    );
+    assert!(
+        !value.contains('\n') && !value.contains('\u{1b}'),
+        "{value}"
+    );
+    assert!(value.ends_with("…[truncated, 50071 bytes]"), "{value}");
+    assert_eq!(about[0]["fields"], "request_id", "{}", about[0]);
 }

@@ -10,6 +10,7 @@ mod crash_restart;
 mod dashboard;
 mod demo;
 mod distributed;
+mod exposure;
 mod foundation;
 mod identity;
 mod in_doubt;

@@ -17,6 +17,9 @@
 //!   declined, out of stock) and retried orders; every counter and histogram count scraped from
 //!   `--metrics-listen` equals what the sagas' journals and the orders say.
 //! - `metrics_listen_on_port_zero_is_a_usage_error`: exit 64 for `serve` and `dev`.
+//! - `public_calls_start_a_new_trace_linked_to_the_callers`: without `--trust-traceparent` (the
+//!   tests above pass it) grpcurl's `traceparent` is linked from a new root PlaceOrder span, not
+//!   adopted; the internal hops stay in the new trace; unknown methods' spans are `_OTHER`.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -54,8 +57,24 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// `sagaflow dev` on `listen` and `data`, exporting to `collector`, with `extra` flags.
+/// `sagaflow dev` on `listen` and `data`, exporting to `collector`, with `extra` flags and
+/// `--trust-traceparent`: these tests follow grpcurl's trace through the whole saga, as a
+/// deployment that trusts its clients' trace context sees it (the default, linking instead, is
+/// `public_calls_start_a_new_trace_linked_to_the_callers`).
 fn start_dev(
+    listen: &str,
+    data: &Path,
+    collector: &Collector,
+    schedule_delay_ms: &str,
+    extra: &[&str],
+) -> Process {
+    let mut flags = vec!["--trust-traceparent"];
+    flags.extend_from_slice(extra);
+    start_dev_exporting(listen, data, collector, schedule_delay_ms, &flags)
+}
+
+/// `sagaflow dev` on `listen` and `data`, exporting to `collector`, with `extra` flags only.
+fn start_dev_exporting(
     listen: &str,
     data: &Path,
     collector: &Collector,
@@ -1203,4 +1222,143 @@ fn a_collector_that_is_down_is_reported_once_with_what_was_lost() {
     assert!(warnings[0].contains(&endpoint), "{}", warnings[0]);
     assert!(warnings[0].contains("lost_spans="), "{}", warnings[0]);
     dev.terminate(WAIT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// untrusted trace context and method names (docs/operations.md, "Logs and traces from untrusted
+// input")
+
+const TRACE_CALLER: &str = "7e57ab1e7e57ab1e7e57ab1e7e57ab1e";
+const CLIENT_CALLER: &str = "c0ffee00c0ffee00";
+
+/// Calls `path` (a method no server has) with an empty message; returns the refusal.
+async fn call_unknown(addr: &str, path: &str) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path).unwrap();
+    grpc.unary(
+        tonic::Request::new(()),
+        path,
+        tonic_prost::ProstCodec::<(), ()>::default(),
+    )
+    .await
+    .unwrap_err()
+}
+
+/// By default (no `--trust-traceparent`) a public call's `traceparent` is linked, not adopted:
+/// PlaceOrder's server span is a root of a new trace with a link to grpcurl's span, and nothing
+/// is exported in the caller's trace; the internal hops (pricing, the saga start, every step)
+/// still continue the new trace, so the order is one trace. Calls to methods no server has are
+/// named `_OTHER`, whatever their path.
+#[test]
+fn public_calls_start_a_new_trace_linked_to_the_callers() {
+    let rt = runtime();
+    let collector = rt.block_on(Collector::start());
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = start_dev_exporting(
+        "127.0.0.1:0",
+        &dir.path().join("data"),
+        &collector,
+        "600000",
+        &[],
+    );
+    let addr = dev.addr().to_owned();
+    let order_id = place(
+        &addr,
+        Some(&tp(TRACE_CALLER, CLIENT_CALLER)),
+        json!({
+            "request_id": "obs-linked", "user_id": "alice",
+            "lines": [{ "sku": "KB-001", "quantity": 1 }],
+            "payment_method": "tok_ok"
+        }),
+    );
+    assert_eq!(
+        wait_order(&addr, &order_id)["status"],
+        "ORDER_STATUS_COMPLETED"
+    );
+    let forged = format!("/{}/{}", "A".repeat(2000), "Forged");
+    for path in ["/sagaflow.evil.v1.Forged/Method", forged.as_str()] {
+        let status = rt.block_on(call_unknown(&addr, path));
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    }
+    assert_eq!(dev.terminate(WAIT), Some(0), "{}", dev.logs());
+    let spans = rt.block_on(collector.wait_for(
+        Duration::from_secs(10),
+        "the order's steps and the unknown calls",
+        |spans| {
+            spans.iter().filter(|s| s.name() == "_OTHER").count() == 2
+                && spans
+                    .iter()
+                    .filter(|s| s.name() == "saga.step" && s.str_attr("saga.id") == Some(&order_id))
+                    .count()
+                    >= 4
+        },
+    ));
+
+    // Nothing joined the caller's trace.
+    let adopted: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.trace_id() == TRACE_CALLER)
+        .collect();
+    assert!(
+        adopted.is_empty(),
+        "spans in the caller's trace: {adopted:#?}"
+    );
+    // PlaceOrder: a root span, linked to grpcurl's.
+    let places: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.name() == rpc(ORDER, "PlaceOrder"))
+        .collect();
+    assert_eq!(places.len(), 1, "{places:#?}");
+    let place_order = places[0];
+    assert_eq!(
+        place_order.parent_span_id(),
+        "",
+        "a new root: {place_order:?}"
+    );
+    assert_eq!(
+        place_order.links(),
+        vec![(TRACE_CALLER.to_owned(), CLIENT_CALLER.to_owned())]
+    );
+    // The internal hops continue the new trace: pricing, the saga start, every step.
+    let trace = place_order.trace_id();
+    let in_trace = |name: &str| {
+        spans
+            .iter()
+            .filter(|s| s.name() == name && s.trace_id() == trace)
+            .count()
+    };
+    assert_eq!(in_trace(&rpc(INVENTORY, "BatchGetProducts")), 1);
+    assert_eq!(in_trace(&rpc(ORCHESTRATOR, "StartOrderSaga")), 1);
+    let steps: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.name() == "saga.step" && s.str_attr("saga.id") == Some(&order_id))
+        .collect();
+    assert!(
+        steps.iter().all(|s| s.trace_id() == trace),
+        "every step in the order's trace: {steps:#?}"
+    );
+    // Unknown methods: `_OTHER`, never the path.
+    let others: Vec<&Received> = spans.iter().filter(|s| s.name() == "_OTHER").collect();
+    for other in &others {
+        assert_eq!(other.span.kind, KIND_SERVER);
+        assert_eq!(other.str_attr("rpc.method"), Some("_OTHER"), "{other:?}");
+        assert_eq!(other.str_attr("rpc.service"), None, "{other:?}");
+        assert_eq!(
+            other.int_attr("rpc.grpc.status_code"),
+            Some(tonic::Code::Unimplemented as i64)
+        );
+    }
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.name().contains("Forged") || s.name().contains("AAAA")),
+        "a span named after a client's path"
+    );
+    rt.block_on(collector.stop());
 }
