@@ -396,7 +396,10 @@ pub(crate) async fn check_databases(
                 o.order_id, o.request_id
             )
         });
-        c.expect(plan_request_ids.contains(&o.request_id), || {
+        // The row keeps the request id scoped by its user (docs/operations.md, "End users"):
+        // `<byte length of user>:<user>:<request_id>`.
+        let request_id = unscoped_request_id(&o.request_id);
+        c.expect(plan_request_ids.contains(request_id), || {
             format!(
                 "order {} has an unknown request id {}",
                 o.order_id, o.request_id
@@ -989,4 +992,30 @@ pub(crate) async fn drop_databases<'a>(
     }
     server.close().await;
     Ok(())
+}
+
+/// The client's request id of an order row's scoped `request_id`
+/// (`<byte length of user>:<user>:<request_id>`, docs/operations.md, "End users"); the stored
+/// value itself when it is not in that form, so the check above reports it.
+fn unscoped_request_id(stored: &str) -> &str {
+    stored
+        .split_once(':')
+        .and_then(|(len, rest)| {
+            let len: usize = len.parse().ok()?;
+            rest.get(len..)?.strip_prefix(':')
+        })
+        .unwrap_or(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unscoped_request_id;
+
+    #[test]
+    fn scoped_request_ids_give_back_the_clients_id() {
+        assert_eq!(unscoped_request_id("5:alice:chaos-1"), "chaos-1");
+        assert_eq!(unscoped_request_id("4:éve:a:b"), "a:b");
+        assert_eq!(unscoped_request_id("chaos-1"), "chaos-1");
+        assert_eq!(unscoped_request_id("9:alice:x"), "9:alice:x");
+    }
 }
