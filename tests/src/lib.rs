@@ -14,7 +14,8 @@ pub mod chaos;
 
 use std::{
     fs,
-    io::Read,
+    io::{Read, Write as _},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -381,4 +382,23 @@ impl ServeLayout {
             .map(|(_, port)| *port)
             .unwrap_or_else(|| panic!("{service} is not a service"))
     }
+}
+
+/// GET `http://<addr>/metrics` of a process started with `--metrics-listen <addr>`: the
+/// Prometheus text exposition. Panics unless the answer is `200`.
+pub fn scrape_metrics(addr: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }

@@ -10,8 +10,6 @@
 //!   second (one shared poll), not one per caller.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::Path,
     time::{Duration, Instant},
 };
@@ -259,21 +257,7 @@ async fn two_million_elements_in_any_repeated_field_are_refused_before_they_are_
 
 /// GET http://addr/metrics: the Prometheus text.
 fn scrape(addr: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
+    sagaflow_tests::scrape_metrics(addr)
 }
 
 /// The value of the unlabelled sample `name` at `metrics` (0 when absent).

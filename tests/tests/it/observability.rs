@@ -23,8 +23,6 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::Path,
     time::Duration,
 };
@@ -832,20 +830,7 @@ fn the_trace_survives_a_crash_and_links_the_recovery() {
 
 /// GET http://addr/metrics: the Prometheus text.
 fn scrape(addr: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
+    sagaflow_tests::scrape_metrics(addr)
 }
 
 /// The samples of `text`: `name{labels}` → value (labels as rendered).
